@@ -1,0 +1,1 @@
+"""What shows: Grafana boards built as code, their provisioning and their checks."""

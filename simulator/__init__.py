@@ -1,0 +1,1 @@
+"""The device fleet: a physics-based simulator of elevator terminals with labelled faults."""

@@ -1,0 +1,18 @@
+-- Privileges, re-applied on every migrate so that tables added later are covered.
+--   tianyan_writer     the pipeline: reads and writes operational tables; may only append
+--                      to the audit ledger.
+--   tianyan_analyst    read-only, everything (Grafana, notebooks).
+--   tianyan_regulator  read-only, everything.
+--   tianyan_public     the public lookup view only.
+
+GRANT USAGE ON SCHEMA tianyan TO tianyan_writer, tianyan_analyst, tianyan_regulator, tianyan_public;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA tianyan FROM tianyan_writer, tianyan_analyst, tianyan_regulator, tianyan_public;
+
+GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA tianyan TO tianyan_writer;
+REVOKE UPDATE ON audit_ledger FROM tianyan_writer;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA tianyan TO tianyan_writer;
+
+GRANT SELECT ON ALL TABLES IN SCHEMA tianyan TO tianyan_analyst, tianyan_regulator;
+
+GRANT SELECT ON public_elevator TO tianyan_public;

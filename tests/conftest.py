@@ -1,0 +1,58 @@
+"""Shared fixtures. Tests talk to the real Kafka and TimescaleDB that `make test` starts;
+if they do not answer, the tests fail (they are never skipped)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tianyan import stack
+from tianyan.settings import Settings
+
+TIANYAN = str(Path(sys.executable).with_name("tianyan"))
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    s = Settings.from_env()
+    down = [f"{st.name}: {st.detail}" for st in stack.status(s) if not st.ok]
+    if down:
+        pytest.fail("the stack is not up (run `make setup`): " + "; ".join(down))
+    return s
+
+
+@pytest.fixture(scope="session")
+def superuser_url(settings: Settings) -> str:
+    """The local cluster's superuser, for creating scratch databases."""
+    return f"postgresql://postgres@127.0.0.1:{settings.pg_port}/postgres"
+
+
+@pytest.fixture
+def scratch_db(
+    settings: Settings, superuser_url: str, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A new, empty database owned by the tianyan role; its admin URL; dropped afterwards."""
+    name = "tianyan_test_" + request.node.name.lower().replace("[", "_").replace("]", "")[:40]
+    with psycopg.connect(superuser_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}" OWNER tianyan')
+    with psycopg.connect(superuser_url.rsplit("/", 1)[0] + f"/{name}", autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION timescaledb")
+    yield f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{name}"
+    with psycopg.connect(superuser_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrations_copy(tmp_path: Path) -> Path:
+    """A private copy of sql/ so a test may edit a migration."""
+    from sql import migrate
+
+    dst = tmp_path / "sql"
+    shutil.copytree(migrate.HERE, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst

@@ -1,0 +1,114 @@
+"""The local stack's lifecycle, on a second stack of its own (own var dir and ports), so the
+stack the other tests use stays up: up twice, status, down, up again with data kept."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tianyan.settings import PROJECT_ROOT
+
+from .conftest import TIANYAN
+
+VAR = PROJECT_ROOT / "var" / "test-stack"
+PORTS = {"TIANYAN_KAFKA_PORT": "29192", "TIANYAN_PG_PORT": "55442"}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIANYAN_")}
+    env.update({"TIANYAN_VAR_DIR": str(VAR), "TIANYAN_KAFKA_HEAP_MB": "384", **PORTS, **extra})
+    return env
+
+
+def tianyan(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TIANYAN, *args], env=_env(**extra), capture_output=True, text=True, timeout=300
+    )
+
+
+def _jar_fingerprint() -> dict[str, float]:
+    return {p.name: p.stat().st_mtime for p in (VAR / "kafka" / "jars").iterdir()}
+
+
+@pytest.fixture(scope="module")
+def second_stack(settings: object) -> Iterator[None]:
+    # `settings` first: the main stack must be up, which also means the software is installed.
+    tianyan("stack", "down")
+    shutil.rmtree(VAR, ignore_errors=True)
+    yield
+    tianyan("stack", "down")
+    shutil.rmtree(VAR, ignore_errors=True)
+
+
+def test_lifecycle(second_stack: None) -> None:
+    first = tianyan("stack", "up")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "kafka        up" in first.stdout and "timescaledb  up" in first.stdout
+    assert "29192" in (VAR / "kafka" / "server.properties").read_text()
+    jars = _jar_fingerprint()
+    assert any(name.startswith("kafka_2.13-4.") for name in jars)
+
+    # Idempotent: a second `up` starts nothing new and fetches no jars again.
+    pid = (VAR / "kafka" / "kafka.pid").read_text()
+    again = tianyan("stack", "up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (VAR / "kafka" / "kafka.pid").read_text() == pid
+    assert _jar_fingerprint() == jars
+
+    status = tianyan("stack", "status")
+    assert status.returncode == 0, status.stdout
+
+    # Data written before `down` is there after the next `up`.
+    url = "postgresql://tianyan@127.0.0.1:55442/tianyan"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS kept (note text)")
+        conn.execute("INSERT INTO kept VALUES ('before down')")
+
+    down = tianyan("stack", "down")
+    assert down.returncode == 0, down.stderr
+    status = tianyan("stack", "status")
+    assert status.returncode == 1
+    assert "kafka        DOWN" in status.stdout and "timescaledb  DOWN" in status.stdout
+
+    up = tianyan("stack", "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT note FROM kept").fetchall() == [("before down",)]
+    assert _jar_fingerprint() == jars
+
+
+def test_status_names_the_service_that_does_not_answer(settings: object) -> None:
+    # The main stack is up; point only Kafka somewhere nothing listens.
+    res = subprocess.run(
+        [TIANYAN, "stack", "status"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TIANYAN_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
+    )
+    assert res.returncode == 1
+    lines = {line.split()[0]: line for line in res.stdout.splitlines()}
+    assert " DOWN " in lines["kafka"] and "127.0.0.1:1" in lines["kafka"]
+    assert " up " in lines["timescaledb"]
+
+
+def test_missing_java_is_explained(tmp_path: Path) -> None:
+    """Set-up without Java on PATH says what to install instead of failing obscurely."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "runuser", "id", "cut", "dpkg-query", "grep"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    env = _env(TIANYAN_VAR_DIR=str(tmp_path / "var"), PATH=str(bin_dir))
+    res = subprocess.run(
+        [TIANYAN, "stack", "up"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode != 0
+    assert "needs java" in res.stderr and "apt-get install openjdk-17-jre-headless" in res.stderr

@@ -1,0 +1,74 @@
+"""Settings from the environment: where Kafka and TimescaleDB are, and where the local stack lives.
+
+Every setting has a ``TIANYAN_*`` variable and a default that points at the local stack
+(``tianyan stack up``). Point the variables at an existing Kafka cluster and TimescaleDB
+to run tianyan against them instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The repository root: the local stack keeps its data and logs under ``var/`` here.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A ``TIANYAN_*`` variable holds a value tianyan cannot use."""
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; build with :meth:`from_env`."""
+
+    var_dir: Path
+    kafka_port: int
+    kafka_controller_port: int
+    kafka_heap_mb: int
+    kafka_bootstrap: str
+    pg_port: int
+    database_url: str
+    admin_database_url: str
+    raw_topic: str
+    quarantine_topic: str
+    raw_partitions: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        var_dir = Path(_env("TIANYAN_VAR_DIR", str(PROJECT_ROOT / "var"))).resolve()
+        kafka_port = _env_int("TIANYAN_KAFKA_PORT", 19092)
+        pg_port = _env_int("TIANYAN_PG_PORT", 55432)
+        db = _env("TIANYAN_DATABASE_NAME", "tianyan")
+        return cls(
+            var_dir=var_dir,
+            kafka_port=kafka_port,
+            kafka_controller_port=_env_int("TIANYAN_KAFKA_CONTROLLER_PORT", kafka_port + 1),
+            kafka_heap_mb=_env_int("TIANYAN_KAFKA_HEAP_MB", 768),
+            kafka_bootstrap=_env("TIANYAN_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_port}"),
+            pg_port=pg_port,
+            database_url=_env(
+                "TIANYAN_DATABASE_URL", f"postgresql://tianyan_writer@127.0.0.1:{pg_port}/{db}"
+            ),
+            admin_database_url=_env(
+                "TIANYAN_ADMIN_DATABASE_URL", f"postgresql://tianyan@127.0.0.1:{pg_port}/{db}"
+            ),
+            raw_topic=_env("TIANYAN_RAW_TOPIC", "tianyan.telemetry.raw"),
+            quarantine_topic=_env("TIANYAN_QUARANTINE_TOPIC", "tianyan.telemetry.quarantine"),
+            raw_partitions=_env_int("TIANYAN_RAW_PARTITIONS", 8),
+        )

@@ -1,0 +1,220 @@
+"""The local Apache Kafka broker: official jars from Maven Central, KRaft combined mode."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from tianyan.settings import Settings
+
+from .errors import StackError
+
+HERE = Path(__file__).parent
+POM = HERE / "pom.xml"
+LOG4J_CONFIG = HERE / "log4j2.yaml"
+
+
+def _require(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise StackError(
+            f"the Kafka broker needs {tool}, which is not installed: "
+            f"install it (apt-get install {package}) and run again"
+        )
+    return path
+
+
+class LocalKafka:
+    """The broker under ``var/kafka``: jars, data, configuration and pid file."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.var_dir / "kafka"
+        self.jars = self.root / "jars"
+        self.data = self.root / "data"
+        self.config = self.root / "server.properties"
+        self.pid_file = self.root / "kafka.pid"
+        self.log = settings.var_dir / "log" / "kafka.log"
+
+    # -- jars ---------------------------------------------------------------------------------
+    def install(self) -> None:
+        """Resolve the broker's jars with Maven once; later calls find the stamp and return."""
+        _require("java", "openjdk-17-jre-headless")
+        stamp = self.jars / ".pom-sha256"
+        want = hashlib.sha256(POM.read_bytes()).hexdigest()
+        if stamp.exists() and stamp.read_text() == want:
+            return
+        mvn = _require("mvn", "maven")
+        if self.jars.exists():
+            shutil.rmtree(self.jars)
+        res = subprocess.run(
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={self.jars}",
+                "-DincludeScope=runtime",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            raise StackError(
+                f"Maven could not resolve the Kafka jars:\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
+            )
+        stamp.write_text(want)
+
+    # -- configuration and storage ---------------------------------------------------------
+    def _write_config(self) -> None:
+        s = self.settings
+        self.config.write_text(
+            "# Written by `tianyan stack up`; edits are overwritten.\n"
+            "process.roles=broker,controller\n"
+            "node.id=1\n"
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{s.kafka_controller_port}\n"
+            f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}\n"
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}\n"
+            "controller.listener.names=CONTROLLER\n"
+            "inter.broker.listener.name=PLAINTEXT\n"
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+            f"log.dirs={self.data}\n"
+            f"num.partitions={s.raw_partitions}\n"
+            # One node: every internal topic has a single replica.
+            "offsets.topic.replication.factor=1\n"
+            "transaction.state.log.replication.factor=1\n"
+            "transaction.state.log.min.isr=1\n"
+            "share.coordinator.state.topic.replication.factor=1\n"
+            "share.coordinator.state.topic.min.isr=1\n"
+            "group.initial.rebalance.delay.ms=0\n"
+            "auto.create.topics.enable=false\n"
+            "log.retention.hours=168\n"
+            "message.max.bytes=1048588\n"
+        )
+
+    def _format(self) -> None:
+        if (self.data / "meta.properties").exists():
+            return
+        self.data.mkdir(parents=True, exist_ok=True)
+        # A Kafka cluster id is 16 random bytes in URL-safe base64 without padding.
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        res = subprocess.run(
+            [
+                "java",
+                "-cp",
+                f"{self.jars}/*",
+                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "--cluster-id",
+                cluster_id,
+                "--config",
+                str(self.config),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            raise StackError(f"formatting Kafka storage failed: {res.stdout}{res.stderr}")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+        return pid
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        if self.pid() is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self._format()
+        heap = f"{self.settings.kafka_heap_mb}m"
+        with self.log.open("ab") as log:
+            proc = subprocess.Popen(
+                [
+                    "java",
+                    f"-Xmx{heap}",
+                    "-Xms256m",
+                    "-XX:+UseG1GC",
+                    f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                    "-cp",
+                    f"{self.jars}/*",
+                    "kafka.Kafka",
+                    str(self.config),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-10:])
+                raise StackError(f"the Kafka broker exited with {proc.returncode}:\n{tail}")
+            try:
+                check_kafka(self.settings.kafka_bootstrap, timeout_s=3)
+                return
+            except StackError:
+                time.sleep(0.5)
+        raise StackError(
+            f"the Kafka broker did not answer within {timeout_s:.0f} s; see {self.log}"
+        )
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+
+
+def check_kafka(bootstrap: str, timeout_s: float = 5.0) -> str:
+    """Ask the cluster for its metadata; raises :class:`StackError` if it does not answer."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    ms = int(timeout_s * 1000)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=ms,
+            bootstrap_timeout_ms=ms,
+            client_id="tianyan-status",
+        )
+    except (KafkaError, OSError, ValueError) as e:
+        raise StackError(f"Kafka does not answer at {bootstrap}: {e}") from e
+    try:
+        cluster = admin.describe_cluster()
+    except (KafkaError, OSError) as e:
+        raise StackError(f"Kafka does not answer at {bootstrap}: {e}") from e
+    finally:
+        admin.close()
+    brokers = cluster.get("brokers", [])
+    return f"cluster {cluster.get('cluster_id')}, {len(brokers)} broker(s)"
