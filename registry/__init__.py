@@ -2,4 +2,11 @@
 
 from .model import BUILDING_TYPES, DISTRICT_NAMES, DISTRICTS, ELEVATOR_COLUMNS, District, Elevator
 
-__all__ = ["BUILDING_TYPES", "DISTRICTS", "DISTRICT_NAMES", "ELEVATOR_COLUMNS", "District", "Elevator"]
+__all__ = [
+    "BUILDING_TYPES",
+    "DISTRICTS",
+    "DISTRICT_NAMES",
+    "ELEVATOR_COLUMNS",
+    "District",
+    "Elevator",
+]

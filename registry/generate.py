@@ -14,8 +14,13 @@ import numpy as np
 from .model import BUILDING_TYPES, DISTRICTS, Elevator
 
 BUILDING_TYPE_SHARE = {
-    "residential": 0.62, "office": 0.12, "mall": 0.07, "government": 0.06,
-    "hospital": 0.05, "school": 0.05, "station": 0.03,
+    "residential": 0.62,
+    "office": 0.12,
+    "mall": 0.07,
+    "government": 0.06,
+    "hospital": 0.05,
+    "school": 0.05,
+    "station": 0.03,
 }
 #: Storeys (inclusive ranges) by building type; residential mixes mid- and high-rise.
 FLOORS = {
@@ -29,9 +34,13 @@ FLOORS = {
 }
 #: Rated loads in kg by building type (GB/T 7025.1 series); hospitals carry beds.
 LOADS = {
-    "residential": (800, 1000, 1050), "office": (1000, 1050, 1350, 1600),
-    "hospital": (1600,), "school": (1000, 1050), "mall": (1350, 1600),
-    "station": (1000, 1350, 1600), "government": (800, 1000, 1050),
+    "residential": (800, 1000, 1050),
+    "office": (1000, 1050, 1350, 1600),
+    "hospital": (1600,),
+    "school": (1000, 1050),
+    "mall": (1350, 1600),
+    "station": (1000, 1350, 1600),
+    "government": (800, 1000, 1050),
 }
 #: Share of elevators that are 4 m/s lifts in towers of 45-70 storeys.
 TOWER_SHARE = 0.004
@@ -47,8 +56,24 @@ MAINTENANCE_COMPANIES = (
     ("赣榆永安电梯维修有限公司", "0518-85510009"),
     ("东海宏远电梯有限公司", "0518-85510010"),
 )
-ROADS = ("朝阳", "解放", "通灌", "海连", "凌州", "郁洲", "新浦", "苍梧", "花果山", "港城",
-         "振华", "人民", "建设", "幸福", "海宁", "瀛洲")
+ROADS = (
+    "朝阳",
+    "解放",
+    "通灌",
+    "海连",
+    "凌州",
+    "郁洲",
+    "新浦",
+    "苍梧",
+    "花果山",
+    "港城",
+    "振华",
+    "人民",
+    "建设",
+    "幸福",
+    "海宁",
+    "瀛洲",
+)
 
 
 def _speed_for(floors: int, rng: np.random.Generator) -> float:
@@ -97,24 +122,30 @@ def generate(seed: int, count: int, as_of: dt.date) -> list[Elevator]:
         managed = btype == "residential" and rng.random() < 0.8
         terminal_p = min(1.0, d.terminal_share * (1.3 if managed else 1.0))
         road = ROADS[int(rng.integers(len(ROADS)))]
-        number, block, car = int(rng.integers(1, 300)), int(rng.integers(1, 30)), int(rng.integers(1, 5))
-        elevators.append(Elevator(
-            registration_code=f"3110{d.admin_code}{installed.year:04d}{i + 1:06d}",
-            address=f"连云港市{d.name_zh}{road}路{number}号{block}栋{car}号梯",
-            district=d.name,
-            latitude=round(float(lat), 6),
-            longitude=round(float(lon), 6),
-            building_type=btype,
-            user_unit=f"{d.name_zh}{road}{'物业' if managed else '管理处'}",
-            property_managed=managed,
-            rated_speed_mps=speed,
-            rated_load_kg=load,
-            floors=floors,
-            installed_on=installed,
-            maintenance_company=company,
-            maintenance_contact=contact,
-            last_maintenance_on=max(installed, as_of - dt.timedelta(days=maint_age)),
-            last_inspection_on=max(installed, as_of - dt.timedelta(days=insp_age)),
-            has_terminal=bool(rng.random() < terminal_p),
-        ))
+        number, block, car = (
+            int(rng.integers(1, 300)),
+            int(rng.integers(1, 30)),
+            int(rng.integers(1, 5)),
+        )
+        elevators.append(
+            Elevator(
+                registration_code=f"3110{d.admin_code}{installed.year:04d}{i + 1:06d}",
+                address=f"连云港市{d.name_zh}{road}路{number}号{block}栋{car}号梯",
+                district=d.name,
+                latitude=round(float(lat), 6),
+                longitude=round(float(lon), 6),
+                building_type=btype,
+                user_unit=f"{d.name_zh}{road}{'物业' if managed else '管理处'}",
+                property_managed=managed,
+                rated_speed_mps=speed,
+                rated_load_kg=load,
+                floors=floors,
+                installed_on=installed,
+                maintenance_company=company,
+                maintenance_contact=contact,
+                last_maintenance_on=max(installed, as_of - dt.timedelta(days=maint_age)),
+                last_inspection_on=max(installed, as_of - dt.timedelta(days=insp_age)),
+                has_terminal=bool(rng.random() < terminal_p),
+            )
+        )
     return elevators

@@ -12,7 +12,15 @@ import re
 from dataclasses import dataclass, fields
 from typing import Final
 
-BUILDING_TYPES: Final = ("residential", "office", "hospital", "school", "mall", "station", "government")
+BUILDING_TYPES: Final = (
+    "residential",
+    "office",
+    "hospital",
+    "school",
+    "mall",
+    "station",
+    "government",
+)
 
 #: 20 digits (TSG 08 special-equipment registration code).
 REGISTRATION_CODE = re.compile(r"^[0-9]{20}$")
@@ -42,7 +50,9 @@ DISTRICTS: Final = (
     District("Donghai", "东海县", "county", "320722", 34.542, 118.770, 8.0, 0.08, 0.31),
     District("Guanyun", "灌云县", "county", "320723", 34.284, 119.240, 7.0, 0.06, 0.28),
     District("Guannan", "灌南县", "county", "320724", 34.090, 119.350, 6.0, 0.05, 0.26),
-    District("Development Zone", "经济技术开发区", "zone", "320771", 34.640, 119.300, 5.0, 0.10, 0.60),
+    District(
+        "Development Zone", "经济技术开发区", "zone", "320771", 34.640, 119.300, 5.0, 0.10, 0.60
+    ),
     District("Xuwei", "徐圩新区", "zone", "320772", 34.570, 119.550, 6.0, 0.02, 0.70),
     District("High-tech Zone", "高新区", "zone", "320773", 34.600, 119.205, 4.0, 0.10, 0.65),
     District("Yuntaishan", "云台山景区", "zone", "320774", 34.660, 119.330, 3.0, 0.01, 0.40),

@@ -19,9 +19,18 @@ import psycopg
 
 from .model import BUILDING_TYPES, DISTRICTS, ELEVATOR_COLUMNS, REGISTRATION_CODE, Elevator
 
-REQUIRED = ("registration_code", "address", "district", "building_type", "rated_speed_mps",
-            "rated_load_kg", "floors")
-_DISTRICT_BY_NAME = {d.name.lower(): d.name for d in DISTRICTS} | {d.name_zh: d.name for d in DISTRICTS}
+REQUIRED = (
+    "registration_code",
+    "address",
+    "district",
+    "building_type",
+    "rated_speed_mps",
+    "rated_load_kg",
+    "floors",
+)
+_DISTRICT_BY_NAME = {d.name.lower(): d.name for d in DISTRICTS} | {
+    d.name_zh: d.name for d in DISTRICTS
+}
 _TRUE = {"true", "1", "yes", "y", "是", "t"}
 _FALSE = {"false", "0", "no", "n", "否", "f", ""}
 
@@ -142,7 +151,9 @@ def read_csv(path: Path) -> ImportResult:
             for row in reader:
                 line = reader.line_num
                 if None in row:
-                    result.bad_rows.append(BadRow(line, f"{len(row[None])} value(s) more than the header"))  # type: ignore[index]
+                    result.bad_rows.append(
+                        BadRow(line, f"{len(row[None])} value(s) more than the header")
+                    )  # type: ignore[index]
                     continue
                 try:
                     e = parse_row(row)
@@ -150,9 +161,13 @@ def read_csv(path: Path) -> ImportResult:
                     result.bad_rows.append(BadRow(line, str(err)))
                     continue
                 if e.registration_code in seen:
-                    result.bad_rows.append(BadRow(
-                        line, f"registration_code: {e.registration_code} repeats line "
-                              f"{seen[e.registration_code]}"))
+                    result.bad_rows.append(
+                        BadRow(
+                            line,
+                            f"registration_code: {e.registration_code} repeats line "
+                            f"{seen[e.registration_code]}",
+                        )
+                    )
                     continue
                 seen[e.registration_code] = line
                 result.elevators.append(e)

@@ -1,1 +1,27 @@
-"""What re-feeds history: reads stored telemetry or files and publishes it back to Kafka."""
+"""What re-feeds history: stored telemetry or the simulator's files, published back to Kafka
+with per-elevator order and original event times preserved."""
+
+from .run import ReplaySummary, replay
+from .sources import (
+    ReplayItem,
+    ReplaySourceError,
+    count_database,
+    count_jsonl,
+    count_parquet,
+    from_database,
+    from_jsonl,
+    from_parquet,
+)
+
+__all__ = [
+    "ReplayItem",
+    "ReplaySourceError",
+    "ReplaySummary",
+    "count_database",
+    "count_jsonl",
+    "count_parquet",
+    "from_database",
+    "from_jsonl",
+    "from_parquet",
+    "replay",
+]

@@ -41,15 +41,27 @@ class RawPublisher:
         self.sent = 0
         self.failed = 0
         self.first_error: str | None = None
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "linger.ms": linger_ms,
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 500_000,
-            "message.max.bytes": 1_048_576,
-            "client.id": "tianyan-publisher",
-        })
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": linger_ms,
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 500_000,
+                "message.max.bytes": 1_048_576,
+                "client.id": "tianyan-publisher",
+            }
+        )
+        try:
+            metadata = self._producer.list_topics(topic, timeout=10)
+        except KafkaException as e:
+            raise PublishError(f"Kafka does not answer at {bootstrap}: {e}") from e
+        topic_md = metadata.topics.get(topic)
+        if topic_md is None or topic_md.error is not None:
+            raise PublishError(
+                f"topic {topic!r} does not exist on {bootstrap} "
+                "(create the pipeline's topics with `tianyan topics ensure`)"
+            )
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -61,8 +73,9 @@ class RawPublisher:
         """Queue one message; blocks only while the client's queue is full."""
         while True:
             try:
-                self._producer.produce(self.topic, key=key, value=value,
-                                       on_delivery=self._on_delivery)
+                self._producer.produce(
+                    self.topic, key=key, value=value, on_delivery=self._on_delivery
+                )
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -77,7 +90,8 @@ class RawPublisher:
         remaining = self._producer.flush(timeout_s)
         if remaining:
             raise PublishError(
-                f"{remaining} message(s) to {self.topic} still unacknowledged after {timeout_s:.0f} s"
+                f"{remaining} message(s) to {self.topic} still unacknowledged "
+                f"after {timeout_s:.0f} s"
             )
         if self.failed:
             raise PublishError(
@@ -88,7 +102,11 @@ class RawPublisher:
     def __enter__(self) -> RawPublisher:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.flush()

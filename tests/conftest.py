@@ -56,3 +56,48 @@ def migrations_copy(tmp_path: Path) -> Path:
     dst = tmp_path / "sql"
     shutil.copytree(migrate.HERE, dst, ignore=shutil.ignore_patterns("__pycache__"))
     return dst
+
+
+@pytest.fixture
+def fresh_topic(settings: Settings, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new 4-partition topic on the real Kafka, deleted afterwards."""
+    import uuid
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    name = f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:8]}".replace("[", "_").replace(
+        "]", ""
+    )
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin.create_topics([NewTopic(name, 4, 1)])
+    yield name
+    admin.delete_topics([name])
+    admin.close()
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list:
+    """Every record of ``topic`` (at least ``expected`` of them), per partition in offset order."""
+    import time
+
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    records: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500, max_records=50_000).values():
+                records.extend(batch)
+        # Anything beyond `expected` would be a duplicate: give it a moment to show up.
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+    finally:
+        consumer.close()
+    return records

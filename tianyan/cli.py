@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import time
@@ -140,6 +141,311 @@ def contract_validate(path: Path) -> None:
                 click.echo(f"{path}:{lineno}: {e.reason}")
     click.echo(json.dumps({"valid": good, "invalid": bad}))
     sys.exit(1 if bad else 0)
+
+
+# -- registry -----------------------------------------------------------------------------------
+@main.group()
+def registry() -> None:
+    """The elevator registry: a synthetic city, or a real export."""
+
+
+@registry.command("generate")
+@click.option("--seed", type=int, default=20210101, show_default=True)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Elevators (the real city has 30,000-45,000).",
+)
+@click.option(
+    "--as-of",
+    "as_of",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Date the registry describes (maintenance and inspection dates are "
+    "relative to it); default today.",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the registry to this CSV file (the import format).",
+)
+@click.option("--no-db", is_flag=True, help="Do not store it in TimescaleDB.")
+def registry_generate(
+    seed: int, count: int, as_of: dt.datetime | None, csv_path: Path | None, no_db: bool
+) -> None:
+    """Build a synthetic Lianyungang deterministically from a seed."""
+    from registry.generate import generate
+    from registry.store import upsert, write_csv
+
+    day = as_of.date() if as_of else dt.date.today()
+    elevators = generate(seed, count, day)
+    summary: dict[str, object] = {
+        "elevators": len(elevators),
+        "seed": seed,
+        "as_of": day.isoformat(),
+    }
+    if csv_path:
+        with csv_path.open("w", encoding="utf-8") as f:
+            write_csv(elevators, f)
+        summary["csv"] = str(csv_path)
+    if not no_db:
+        r = upsert(_settings().database_url, elevators)
+        summary |= {"inserted": r.inserted, "updated": r.updated, "unchanged": r.unchanged}
+    click.echo(json.dumps(summary, ensure_ascii=False))
+
+
+@registry.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def registry_import(path: Path) -> None:
+    """Load a registry export (CSV); report every bad row, keep every good one.
+
+    Exits 1 when some rows were bad (the good rows are stored all the same).
+    """
+    from registry.store import RegistryError, read_csv, upsert
+
+    try:
+        result = read_csv(path)
+    except RegistryError as e:
+        raise click.ClickException(str(e)) from e
+    for bad in result.bad_rows:
+        click.echo(f"{path}:{bad.line}: {bad.reason}", err=True)
+    r = upsert(_settings().database_url, result.elevators)
+    click.echo(
+        json.dumps(
+            {
+                "good_rows": len(result.elevators),
+                "bad_rows": len(result.bad_rows),
+                "inserted": r.inserted,
+                "updated": r.updated,
+                "unchanged": r.unchanged,
+            }
+        )
+    )
+    sys.exit(1 if result.bad_rows else 0)
+
+
+# -- simulate ----------------------------------------------------------------------------------
+DEFAULT_SCENARIO = (
+    Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "default.toml"
+)
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime:
+    if value is None:
+        return dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+@main.command()
+@click.option(
+    "--scenario",
+    "scenario_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DEFAULT_SCENARIO,
+    show_default=True,
+)
+@click.option("--seed", type=int, default=None, help="Override the scenario's seed.")
+@click.option(
+    "--elevators",
+    "count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Simulate this many elevators of the registry (default: all fitted with a terminal).",
+)
+@click.option("--district", "districts", multiple=True, help="Only these districts (repeatable).")
+@click.option(
+    "--start",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    default=None,
+    help="Simulated clock start, UTC (default now).",
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Simulated seconds.",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="N× real time (1 = real time); default as fast as possible.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to FILE.jsonl or FILE.parquet instead of Kafka.",
+)
+@click.option(
+    "--registry-seed",
+    type=int,
+    default=None,
+    help="Simulate a generated registry (this seed) instead of the stored one.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def simulate(
+    scenario_path: Path,
+    seed: int | None,
+    count: int | None,
+    districts: tuple[str, ...],
+    start: dt.datetime | None,
+    duration_s: float,
+    speed: float | None,
+    out: Path | None,
+    registry_seed: int | None,
+    quiet: bool,
+) -> None:
+    """Simulate the fleet's terminals, with labelled faults, into Kafka or files.
+
+    The last line is one JSON object with the counts and the rate.
+    """
+    import simulator
+    from streams.producer import RawPublisher
+
+    try:
+        scenario = simulator.load_scenario(scenario_path, seed=seed)
+    except simulator.ScenarioError as e:
+        raise click.ClickException(str(e)) from e
+    settings = _settings()
+    clock = _utc(start)
+    elevators = _fleet(settings, registry_seed, count, districts, clock.date())
+    if out is not None:
+        if out.suffix not in (".jsonl", ".parquet"):
+            raise click.ClickException(f"--out: {out} must end in .jsonl or .parquet")
+        output: simulator.FileOutput | simulator.KafkaOutput = simulator.FileOutput(out)
+        summary = simulator.simulate(
+            scenario,
+            elevators,
+            start=clock,
+            duration_s=duration_s,
+            output=output,
+            speed=speed,
+            progress=not quiet,
+        )
+    else:
+        with RawPublisher(settings.kafka_bootstrap, settings.raw_topic) as publisher:
+            output = simulator.KafkaOutput(publisher, settings.database_url)
+            summary = simulator.simulate(
+                scenario,
+                elevators,
+                start=clock,
+                duration_s=duration_s,
+                output=output,
+                speed=speed,
+                progress=not quiet,
+            )
+    click.echo(summary.as_json())
+
+
+def _fleet(
+    settings: Settings,
+    registry_seed: int | None,
+    count: int | None,
+    districts: tuple[str, ...],
+    day: dt.date,
+) -> list:
+    from registry.generate import generate
+    from registry.store import load
+
+    if registry_seed is not None:
+        fleet = generate(registry_seed, count or 2000, day)
+        if districts:
+            fleet = [e for e in fleet if e.district in districts]
+    else:
+        fleet = load(settings.database_url, districts or None)
+        if not fleet:
+            raise click.ClickException(
+                "the registry is empty: run `tianyan registry generate` (or import one), "
+                "or pass --registry-seed"
+            )
+    fitted = [e for e in fleet if e.has_terminal]
+    return (fitted or fleet)[: count or None]
+
+
+# -- replay ------------------------------------------------------------------------------------
+@main.command("replay")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Replay a FILE.jsonl or FILE.parquet instead of TimescaleDB.",
+)
+@click.option(
+    "--start",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    default=None,
+    help="Start of the stored time range, UTC.",
+)
+@click.option(
+    "--end",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    default=None,
+    help="End of the stored time range (exclusive), UTC.",
+)
+@click.option("--elevator", "elevators", multiple=True, help="Only this elevator (repeatable).")
+@click.option("--district", "districts", multiple=True, help="Only this district (repeatable).")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="N× real time; default as fast as possible.",
+)
+@click.option("--topic", default=None, help="Publish here instead of the raw topic.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def replay_command(
+    source: Path | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    elevators: tuple[str, ...],
+    districts: tuple[str, ...],
+    speed: float | None,
+    topic: str | None,
+    quiet: bool,
+) -> None:
+    """Publish history back to Kafka, per-elevator order and event times preserved.
+
+    Downstream sinks are idempotent on (elevator, sample time), so replaying a range twice
+    duplicates nothing. The last line is one JSON summary.
+    """
+    import replay as rp
+    from streams.producer import PublishError, RawPublisher
+
+    settings = _settings()
+    try:
+        if source is not None:
+            if elevators or districts or start or end:
+                raise click.ClickException(
+                    "--from replays a whole file: drop the range and filters"
+                )
+            if source.suffix == ".jsonl":
+                items, total = rp.from_jsonl(source), rp.count_jsonl(source)
+            elif source.suffix == ".parquet":
+                items, total = rp.from_parquet(source), rp.count_parquet(source)
+            else:
+                raise click.ClickException(f"--from: {source} must end in .jsonl or .parquet")
+        else:
+            if start is None or end is None:
+                raise click.ClickException("replaying from TimescaleDB needs --start and --end")
+            lo, hi = _utc(start), _utc(end)
+            total = rp.count_database(
+                settings.database_url, lo, hi, elevators=elevators, districts=districts
+            )
+            items = rp.from_database(
+                settings.database_url, lo, hi, elevators=elevators, districts=districts
+            )
+        publisher = RawPublisher(settings.kafka_bootstrap, topic or settings.raw_topic)
+        summary = rp.replay(items, publisher, speed=speed, total=total, progress=not quiet)
+    except (rp.ReplaySourceError, PublishError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(summary.as_json())
 
 
 # -- demo ---------------------------------------------------------------------------------------

@@ -206,8 +206,9 @@ class TelemetryMessage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     elevator_id
         The elevator's 20-digit registration code.
     seq
-        Per-terminal message sequence number, increasing by one per message; a repeated
-        ``(elevator_id, seq)`` is a duplicate.
+        Per-terminal message sequence number, increasing by one per message and never
+        reused (a terminal keeps it across restarts); a repeated ``(elevator_id, seq)`` is a
+        duplicate.
     kind
         ``"batch"`` while the car moves or its state changes, ``"heartbeat"`` every 30 s
         while idle (a single sample of the current state).
