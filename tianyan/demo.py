@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from streams.producer import RawPublisher
 from streams.sinks import TimescaleSink
 from streams.topics import ensure_topics, topic_specs
 from tianyan import contract
@@ -94,7 +95,7 @@ def trip_messages(
 
 
 def run(settings: Settings, say: Callable[[str], None] = print) -> DemoResult:
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
 
     started = time.monotonic()
     created = ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
@@ -107,15 +108,22 @@ def run(settings: Settings, say: Callable[[str], None] = print) -> DemoResult:
     bad = contract.encode(messages[0]).replace(b'"speed_mps":[', b'"speed_mps":["fast",', 1)
     payloads.append((DEMO_ELEVATORS[0].encode(), bad))
 
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
-    futures = [producer.send(settings.raw_topic, key=k, value=v) for k, v in payloads]
-    producer.flush()
-    producer.close()
-    spans: dict[int, tuple[int, int]] = {}
-    for f in futures:
-        md = f.get(timeout=30)
-        lo, hi = spans.get(md.partition, (md.offset, md.offset))
-        spans[md.partition] = (min(lo, md.offset), max(hi, md.offset))
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        client_id="tianyan-demo",
+    )
+    parts = [
+        TopicPartition(settings.raw_topic, p)
+        for p in sorted(consumer.partitions_for_topic(settings.raw_topic) or ())
+    ]
+    consumer.assign(parts)
+    # Read back from where the topic ended before this run's messages.
+    for tp, offset in consumer.end_offsets(parts).items():
+        consumer.seek(tp, offset)
+    with RawPublisher(settings.kafka_bootstrap, settings.raw_topic) as publisher:
+        for key, value in payloads:
+            publisher.publish(key, value)
     say(
         f"produced {len(payloads)} messages to {settings.raw_topic} "
         f"({sum(len(m.samples.t_ms) for m in messages)} samples "
@@ -123,32 +131,21 @@ def run(settings: Settings, say: Callable[[str], None] = print) -> DemoResult:
         "1 malformed)"
     )
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        client_id="tianyan-demo",
-    )
-    parts = [TopicPartition(settings.raw_topic, p) for p in spans]
-    consumer.assign(parts)
-    for tp in parts:
-        consumer.seek(tp, spans[tp.partition][0])
     valid: list[TelemetryMessage] = []
     rejected: list[str] = []
-    remaining = {tp.partition: spans[tp.partition][1] for tp in parts}
     consumed = 0
+    ours = {key for key, _ in payloads}
     deadline = time.monotonic() + 30
-    while remaining and time.monotonic() < deadline:
-        for tp, records in consumer.poll(timeout_ms=1000).items():
+    while consumed < len(payloads) and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=1000).values():
             for r in records:
-                if r.offset > remaining.get(tp.partition, -1):
-                    continue
+                if r.key not in ours:
+                    continue  # another producer's message on the shared topic
                 consumed += 1
                 try:
                     valid.append(contract.decode(r.value))
                 except contract.InvalidMessage as e:
                     rejected.append(e.reason)
-                if r.offset == remaining[tp.partition]:
-                    del remaining[tp.partition]
     consumer.close()
     say(f"consumed {consumed} messages: {len(valid)} valid, {len(rejected)} rejected")
     for reason in rejected:
