@@ -4,7 +4,7 @@
 CREATE TABLE fault_label (
     run_id       text NOT NULL,
     label_id     integer NOT NULL,
-    elevator_id  char(20) NOT NULL,
+    elevator_id  char(20) COLLATE "C" NOT NULL,
     fault_type   text NOT NULL,
     gb_code      char(2),
     onset        timestamptz NOT NULL,
