@@ -50,6 +50,9 @@ class RawPublisher:
                 "queue.buffering.max.messages": 500_000,
                 "message.max.bytes": 1_048_576,
                 "client.id": "tianyan-publisher",
+                # The Java client's (and kafka-python's) partitioner: an elevator's messages
+                # land on the same partition whichever client a terminal or tool uses.
+                "partitioner": "murmur2_random",
             }
         )
         try:
@@ -69,13 +72,39 @@ class RawPublisher:
             if self.first_error is None:
                 self.first_error = str(err)
 
-    def publish(self, key: bytes, value: bytes) -> None:
-        """Queue one message; blocks only while the client's queue is full."""
+    def publish(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        headers: dict[str, str | bytes | None] | None = None,
+    ) -> None:
+        """Queue one message; blocks only while the client's queue is full.
+
+        ``topic`` defaults to the publisher's topic, ``partition`` to the one the key
+        hashes to.
+        """
         while True:
             try:
-                self._producer.produce(
-                    self.topic, key=key, value=value, on_delivery=self._on_delivery
-                )
+                if partition is None:
+                    self._producer.produce(
+                        topic or self.topic,
+                        key=key,
+                        value=value,
+                        headers=headers,
+                        on_delivery=self._on_delivery,
+                    )
+                else:
+                    self._producer.produce(
+                        topic or self.topic,
+                        key=key,
+                        value=value,
+                        partition=partition,
+                        headers=headers,
+                        on_delivery=self._on_delivery,
+                    )
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -88,15 +117,16 @@ class RawPublisher:
     def flush(self, timeout_s: float = 60.0) -> None:
         """Wait until every queued message is acknowledged; raise if any was refused."""
         remaining = self._producer.flush(timeout_s)
+        failed, self.failed = self.failed, 0
+        first_error, self.first_error = self.first_error, None
         if remaining:
             raise PublishError(
                 f"{remaining} message(s) to {self.topic} still unacknowledged "
                 f"after {timeout_s:.0f} s"
             )
-        if self.failed:
+        if failed:
             raise PublishError(
-                f"{self.failed} of {self.sent} message(s) to {self.topic} were refused: "
-                f"{self.first_error}"
+                f"{failed} of {self.sent} message(s) to {self.topic} were refused: {first_error}"
             )
 
     def __enter__(self) -> RawPublisher:

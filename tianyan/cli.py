@@ -448,6 +448,42 @@ def replay_command(
     click.echo(summary.as_json())
 
 
+# -- worker ------------------------------------------------------------------------------------
+@main.command()
+@click.option(
+    "--loglevel",
+    type=click.Choice(["debug", "info", "warn", "error"]),
+    default="info",
+    show_default=True,
+)
+def worker(loglevel: str) -> None:
+    """Run a stream worker: raw telemetry → validation → windows and trips → TimescaleDB.
+
+    Start several (each with its own TIANYAN_WORKER_WEB_PORT) to share the partitions.
+    Metrics at http://127.0.0.1:PORT/metrics, health at /health.
+    """
+    from faust.worker import Worker as FaustWorker
+
+    from streams.app import create_app
+
+    settings = _settings()
+    app, _ = create_app(settings)
+    # Structured logs: one JSON object per line on stderr, Faust's own lines included.
+    app.conf.logging_config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": "pythonjsonlogger.json.JsonFormatter",
+                "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            }
+        },
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"level": loglevel.upper().replace("WARN", "WARNING"), "handlers": ["stderr"]},
+    }
+    FaustWorker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
 # -- demo ---------------------------------------------------------------------------------------
 @main.command()
 def demo() -> None:

@@ -48,6 +48,14 @@ class Settings:
     raw_topic: str
     quarantine_topic: str
     raw_partitions: int
+    worker_id: str
+    worker_web_port: int
+    grace_ms: int
+    batch_messages: int
+    batch_linger_ms: int
+    checkpoint_interval_s: float
+    raw_retention_days: int
+    evidence_window_s: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -71,4 +79,12 @@ class Settings:
             raw_topic=_env("TIANYAN_RAW_TOPIC", "tianyan.telemetry.raw"),
             quarantine_topic=_env("TIANYAN_QUARANTINE_TOPIC", "tianyan.telemetry.quarantine"),
             raw_partitions=_env_int("TIANYAN_RAW_PARTITIONS", 8),
+            worker_id=_env("TIANYAN_WORKER_ID", "tianyan-worker"),
+            worker_web_port=_env_int("TIANYAN_WORKER_WEB_PORT", 6066),
+            grace_ms=_env_int("TIANYAN_GRACE_MS", 5_000),
+            batch_messages=_env_int("TIANYAN_BATCH_MESSAGES", 2_000),
+            batch_linger_ms=_env_int("TIANYAN_BATCH_LINGER_MS", 100),
+            checkpoint_interval_s=_env_int("TIANYAN_CHECKPOINT_INTERVAL_MS", 2_000) / 1000,
+            raw_retention_days=_env_int("TIANYAN_RAW_RETENTION_DAYS", 7),
+            evidence_window_s=_env_int("TIANYAN_EVIDENCE_WINDOW_S", 300),
         )

