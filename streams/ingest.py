@@ -14,9 +14,10 @@ from typing import Any, NamedTuple
 
 from tianyan import contract
 from tianyan.contract import TelemetryMessage
+from tianyan.records import Trip, WindowFeature
 
-from .trips import Trip, TripState, initial_trip_state, segment_message
-from .windows import WindowFeature, WindowState, fold_message, initial_window_state
+from .trips import TripState, initial_trip_state, segment_message
+from .windows import WindowState, fold_message, initial_window_state
 
 #: How many sequence numbers below the newest each elevator remembers for de-duplication.
 #: A terminal resends within seconds; 64 messages is over a minute of driving.

@@ -49,6 +49,7 @@ import msgspec
 
 from streams.windows import MAX_SAMPLE_GAP_MS, MOVING_SPEED_MPS
 from tianyan.contract import Direction, DoorState, TelemetryMessage
+from tianyan.records import Trip
 
 #: A standstill this long ends a trip: shorter dips below the moving speed happen while
 #: levelling in, and 0.5 s is five samples at 10 Hz.
@@ -73,70 +74,6 @@ _IDLE: Final = 0  # standing, no trip open
 _MOVING: Final = 1  # in a trip, last sample moving
 _STOPPING: Final = 2  # in a trip, standing for less than STOP_CONFIRM_MS
 _ARRIVED: Final = 3  # trip ended, waiting for the doors before emitting it
-
-
-class Trip(msgspec.Struct, frozen=True):
-    """One run from standstill to standstill: a row of ``trip``.
-
-    Field names equal the table's columns, except ``start_ms`` and ``end_ms`` (the sink
-    turns epoch ms into ``start_time`` and ``end_time``).
-
-    Attributes
-    ----------
-    start_ms
-        First sample faster than :data:`MOVING_SPEED_MPS`, Unix epoch ms.
-    elevator_id
-        Registration code of the elevator.
-    end_ms
-        First sample of the final standstill, Unix epoch ms.
-    start_floor
-        Floor reported at departure (the standing sample just before the start, if within
-        :data:`MAX_SAMPLE_GAP_MS`; else the first moving sample).
-    end_floor
-        Floor reported at ``end_ms`` (the nearest landing, also when stopped between floors).
-    direction
-        :class:`~tianyan.contract.Direction` from the position change: 1 up, 2 down; if the
-        position did not change, the last non-zero direction the terminal reported, else 0.
-    duration_s
-        ``end_ms - start_ms``, s.
-    distance_m
-        ``|position at end - position at departure|``, m.
-    peak_speed_mps
-        Highest speed in the trip, m/s.
-    peak_accel_mps2
-        Largest ``|acceleration|`` in the trip, m/s².
-    peak_jerk_mps3
-        Largest ``|Δa / Δt|`` between consecutive samples at most
-        :data:`MAX_SAMPLE_GAP_MS` apart, the later one in the trip, m/s³; None if none.
-    load_kg
-        Highest load during the trip, kg.
-    leveling_offset_mm
-        Leveling offset when the standstill was confirmed (:data:`STOP_CONFIRM_MS` after the
-        stop), mm; None if the car stopped outside the door zone.
-    door_opening_s
-        Duration of the OPENING phase at arrival (first OPENING sample to first OPEN
-        sample), s; None if the doors did not open before the trip was emitted or an edge
-        of the phase was not seen within :data:`MAX_SAMPLE_GAP_MS`.
-    door_closing_s
-        Duration of the last CLOSING phase completed (CLOSING → CLOSED) while the car stood
-        before departure, with no opening after it, s; None if not seen.
-    """
-
-    start_ms: int
-    elevator_id: str
-    end_ms: int
-    start_floor: int
-    end_floor: int
-    direction: int
-    duration_s: float
-    distance_m: float
-    peak_speed_mps: float
-    peak_accel_mps2: float
-    peak_jerk_mps3: float | None
-    load_kg: float
-    leveling_offset_mm: float | None
-    door_opening_s: float | None
-    door_closing_s: float | None
 
 
 class TripState(msgspec.Struct):

@@ -43,6 +43,7 @@ from typing import Any, Final
 import msgspec
 
 from tianyan.contract import DoorState, TelemetryMessage
+from tianyan.records import WindowFeature
 
 #: A car faster than this is moving. Terminals report a few mm/s of creep and sensor noise
 #: at standstill; 0.05 m/s is far below any lift's levelling speed (≈ 0.1-0.3 m/s).
@@ -65,75 +66,6 @@ _CLOSING: Final = int(DoorState.CLOSING)
 _STOP_DOORS: Final = (_OPENING, _OPEN)
 #: Marks "no value yet" in accumulators whose real values are never negative.
 _NONE: Final = -1.0
-
-
-class WindowFeature(msgspec.Struct, frozen=True):
-    """One closed tumbling window of one elevator: a row of ``window_feature``.
-
-    Field names equal the table's columns, except ``bucket_start_ms`` (the sink turns epoch
-    ms into ``bucket_start``). Features with no data are None (NULL).
-
-    Attributes
-    ----------
-    bucket_start_ms
-        Window start, Unix epoch ms; the window is ``[start, start + width_s)``.
-    elevator_id
-        Registration code of the elevator.
-    width_s
-        Window width, s: 1 or 60.
-    samples
-        Samples folded into the window (late samples excluded), ≥ 1.
-    speed_max_mps
-        Highest speed, m/s.
-    speed_mean_mps
-        Mean speed over the samples (not time weighted), m/s.
-    accel_peak_mps2
-        Largest ``|acceleration|``, m/s².
-    jerk_peak_mps3
-        Largest ``|Δa / Δt|`` between consecutive in-order samples at most
-        :data:`MAX_SAMPLE_GAP_MS` apart, credited to the later sample's window, m/s³;
-        None if no such pair.
-    load_max_kg
-        Highest load, kg.
-    moving_s
-        Time with speed above :data:`MOVING_SPEED_MPS`, s (sample time weights).
-    occupied_s
-        Time with passengers present, s (sample time weights).
-    door_open_count
-        Door openings begun: transitions into OPENING, or into OPEN from CLOSED or CLOSING
-        (an opening that fell between two samples).
-    door_close_count
-        Door closings begun: transitions into CLOSING, or into CLOSED from OPENING or OPEN.
-    door_opening_s
-        Mean duration of the OPENING phases that completed (OPENING → OPEN) in the window,
-        from the first OPENING sample to the first OPEN sample, s; None if none completed or
-        if a phase edge was not seen within :data:`MAX_SAMPLE_GAP_MS`.
-    door_closing_s
-        The same for CLOSING phases that completed (CLOSING → CLOSED), s.
-    door_open_s
-        Time with the doors in state OPEN, s (sample time weights).
-    leveling_offset_mm
-        Leveling offset of the window's last stopped sample in a landing (door zone, speed
-        at most :data:`MOVING_SPEED_MPS`, doors OPENING or OPEN), mm; None if no stop.
-    """
-
-    bucket_start_ms: int
-    elevator_id: str
-    width_s: int
-    samples: int
-    speed_max_mps: float
-    speed_mean_mps: float
-    accel_peak_mps2: float
-    jerk_peak_mps3: float | None
-    load_max_kg: float
-    moving_s: float
-    occupied_s: float
-    door_open_count: int
-    door_close_count: int
-    door_opening_s: float | None
-    door_closing_s: float | None
-    door_open_s: float
-    leveling_offset_mm: float | None
 
 
 class FoldStats(msgspec.Struct, frozen=True):

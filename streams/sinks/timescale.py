@@ -18,9 +18,7 @@ import psycopg
 
 from tianyan import contract
 from tianyan.contract import COLUMNS, TelemetryMessage
-
-from ..trips import Trip
-from ..windows import WindowFeature
+from tianyan.records import Trip, WindowFeature
 
 
 class SinkError(RuntimeError):
