@@ -131,7 +131,8 @@ _SPAN = dt.timedelta(milliseconds=contract.MAX_MESSAGE_SPAN_MS)
 
 
 def _filters(elevators: Sequence[str], districts: Sequence[str]) -> tuple[str, dict[str, object]]:
-    where, params = "", {}
+    where = ""
+    params: dict[str, object] = {}
     if elevators:
         where += " AND elevator_id = ANY(%(elevators)s)"
         params["elevators"] = list(elevators)

@@ -142,6 +142,6 @@ def _run(conn: psycopg.Connection, path: Path, record: Migration) -> None:
 def _execute(conn: psycopg.Connection, path: Path) -> None:
     try:
         # No parameters: psycopg sends the file as one simple query, statements and all.
-        conn.execute(path.read_text())  # type: ignore[arg-type]
+        conn.execute(path.read_text())
     except psycopg.Error as e:
         raise MigrationError(f"{path.name} failed: {e}") from e

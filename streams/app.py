@@ -176,6 +176,10 @@ class Worker:
                 await asyncio.sleep(SINK_RETRY_S)
                 continue
             metrics.BATCH_WRITE_SECONDS.observe(time.perf_counter() - started)
+            durable_ms = time.time() * 1000
+            observe = metrics.SAMPLE_TO_DURABLE_SECONDS.observe
+            for m in batch.messages:
+                observe((durable_ms - m.samples.t_ms[-1]) / 1000)
             metrics.ROWS_WRITTEN.labels("samples").inc(result.samples)
             metrics.ROWS_WRITTEN.labels("windows").inc(result.windows)
             metrics.ROWS_WRITTEN.labels("trips").inc(result.trips)

@@ -44,6 +44,32 @@ BATCH_WRITE_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     registry=REGISTRY,
 )
+SAMPLE_TO_DURABLE_SECONDS = Histogram(
+    "tianyan_sample_to_durable_seconds",
+    "From a message's last sample time (terminal clock) to its rows being committed",
+    buckets=(
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.8,
+        1.0,
+        1.25,
+        1.5,
+        2.0,
+        2.5,
+        3.0,
+        4.0,
+        5.0,
+        7.5,
+        10.0,
+        20.0,
+        60.0,
+    ),
+    registry=REGISTRY,
+)
 CHECKPOINTS = Counter(
     "tianyan_checkpoints_total",
     "State checkpoints (changelog flushed, offsets acknowledged)",

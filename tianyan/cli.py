@@ -484,6 +484,60 @@ def worker(loglevel: str) -> None:
     FaustWorker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
+# -- bench -------------------------------------------------------------------------------------
+@main.group()
+def bench() -> None:
+    """Benchmarks on the local stack; each prints its figures, the last line one JSON object."""
+
+
+@bench.command("stream")
+@click.option("--elevators", type=click.IntRange(min=10), default=12_000, show_default=True)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=10),
+    default=90.0,
+    show_default=True,
+    help="Simulated seconds of backlog for (a), (b), (d).",
+)
+@click.option(
+    "--rate",
+    "rate",
+    type=click.FloatRange(min=1),
+    default=10_000.0,
+    show_default=True,
+    help="Messages/s arriving in real time for the latency run (c).",
+)
+@click.option(
+    "--latency-seconds", "latency_s", type=click.FloatRange(min=5), default=30.0, show_default=True
+)
+@click.option(
+    "--detectors/--no-detectors",
+    default=False,
+    show_default=True,
+    help="Also run (b) with the detectors on.",
+)
+def bench_stream(
+    elevators: int, duration_s: float, rate: float, latency_s: float, detectors: bool
+) -> None:
+    """Stream processing: ceiling, one worker end to end, latency, COPY, memory."""
+    from tianyan.bench import BenchConfig, run
+
+    result = run(
+        _settings(),
+        BenchConfig(
+            elevators=elevators,
+            duration_s=duration_s,
+            rate_msgs_per_s=rate,
+            latency_s=latency_s,
+            detectors=detectors,
+        ),
+    )
+    for key, value in result.items():
+        click.echo(f"{key:40} {value}")
+    click.echo(json.dumps(result))
+
+
 # -- demo ---------------------------------------------------------------------------------------
 @main.command()
 def demo() -> None:

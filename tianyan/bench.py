@@ -1,0 +1,419 @@
+"""``tianyan bench stream``: what one worker does on this machine, measured on the real stack.
+
+(a) ceiling     a plain aiokafka consumer decoding the same messages (msgspec, the contract)
+(b) end to end  one ``tianyan worker`` from Kafka into TimescaleDB, messages and samples/s
+(c) latency     last sample time → rows committed, p50 and p99, while messages arrive in real
+                time at a set rate (from the worker's histogram, interpolated within buckets)
+(d) COPY        the sink's rows/s against psql's own COPY of the same rows into the same table
+(e) memory      the worker's peak resident memory, with every simulated elevator's state
+
+The workload is a simulated city (``simulator``) written to JSON Lines and published to a
+topic of its own; each run uses its own topic, consumer group and database, dropped after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from streams.producer import RawPublisher
+from streams.sinks import TimescaleSink
+from tianyan import contract
+from tianyan.settings import PROJECT_ROOT, Settings
+
+PARTITIONS = 8
+
+
+@dataclass
+class BenchConfig:
+    elevators: int = 12_000
+    duration_s: float = 90.0
+    rate_msgs_per_s: float = 10_000.0
+    latency_s: float = 30.0
+    web_port: int = 16099
+    detectors: bool = False
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _Scratch:
+    """A topic pair, a consumer group and a database of the run's own."""
+
+    def __init__(self, settings: Settings) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+
+        from sql.migrate import migrate
+
+        tag = uuid.uuid4().hex[:8]
+        self.settings = settings
+        self.raw, self.quarantine = f"bench.raw.{tag}", f"bench.quarantine.{tag}"
+        self.group = f"bench-worker-{tag}"
+        self.dbname = f"tianyan_bench_{tag}"
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin.create_topics([NewTopic(self.raw, PARTITIONS, 1), NewTopic(self.quarantine, 1, 1)])
+        admin.close()
+        self.superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}"
+        with psycopg.connect(self.superuser + "/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.dbname}" OWNER tianyan')
+        with psycopg.connect(f"{self.superuser}/{self.dbname}", autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION timescaledb")
+        self.admin_url = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{self.dbname}"
+        self.writer_url = f"postgresql://tianyan_writer@127.0.0.1:{settings.pg_port}/{self.dbname}"
+        migrate(self.admin_url)
+
+    def env(self, topic: str, web_port: int, detectors: bool) -> dict[str, str]:
+        return {
+            **os.environ,
+            "TIANYAN_RAW_TOPIC": topic,
+            "TIANYAN_QUARANTINE_TOPIC": self.quarantine,
+            "TIANYAN_RAW_PARTITIONS": str(PARTITIONS),
+            "TIANYAN_WORKER_ID": f"{self.group}-{topic.rsplit('.', 1)[-1]}",
+            "TIANYAN_DATABASE_URL": self.writer_url,
+            "TIANYAN_WORKER_WEB_PORT": str(web_port),
+            "TIANYAN_DETECTORS": "on" if detectors else "off",
+        }
+
+    def new_topic(self, suffix: str) -> str:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+
+        name = f"{self.raw}.{suffix}"
+        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin.create_topics([NewTopic(name, PARTITIONS, 1)])
+        admin.close()
+        return name
+
+    def drop(self) -> None:
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        try:
+            ours = [
+                t
+                for t in admin.list_topics()
+                if self.raw in t or self.quarantine in t or self.group in t
+            ]
+            if ours:
+                admin.delete_topics(ours)
+        finally:
+            admin.close()
+        with psycopg.connect(self.superuser + "/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+
+
+def _workload(cfg: BenchConfig, start: dt.datetime, duration_s: float, path: Path) -> int:
+    import simulator
+    from registry.generate import generate
+
+    scenario = simulator.load_scenario(simulator.SCENARIO_DIR / "busy.toml")
+    fleet = generate(2026, cfg.elevators, start.date())
+    summary = simulator.simulate(
+        scenario,
+        fleet,
+        start=start,
+        duration_s=duration_s,
+        output=simulator.FileOutput(path),
+        progress=False,
+    )
+    return summary.messages
+
+
+def _key(line: bytes) -> bytes:
+    from replay.sources import _peek
+
+    return _peek(line)[0] or b""
+
+
+def _publish_file(settings: Settings, topic: str, path: Path) -> int:
+    n = 0
+    with RawPublisher(settings.kafka_bootstrap, topic) as pub, path.open("rb") as f:
+        for line in f:
+            line = line.rstrip(b"\n")
+            pub.publish(_key(line), line)
+            n += 1
+    return n
+
+
+def ceiling(settings: Settings, topic: str, expected: int) -> float:
+    """(a) messages/s of a plain aiokafka consumer decoding every message."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> float:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            max_poll_records=5000,
+        )
+        await consumer.start()
+        n, started = 0, None
+        try:
+            while n < expected:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+                if started is None and batches:
+                    started = time.perf_counter()
+                for records in batches.values():
+                    for r in records:
+                        with contextlib.suppress(contract.InvalidMessage):
+                            contract.decode(r.value)
+                    n += len(records)
+        finally:
+            await consumer.stop()
+        return n / (time.perf_counter() - (started or time.perf_counter()))
+
+    return asyncio.run(run())
+
+
+def _metrics(port: int) -> dict[str, float]:
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith("tianyan_"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    tianyan = str(Path(sys.executable).with_name("tianyan"))
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [tianyan, "worker", "--loglevel", "warn"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop_worker(proc: subprocess.Popen[bytes]) -> int:
+    """Stop the worker; returns its peak resident memory in kB."""
+    peak = 0
+    try:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1])
+    except OSError:
+        pass
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return peak
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: {what} did not happen within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def end_to_end(
+    scratch: _Scratch, topic: str, expected: int, port: int, detectors: bool, log: Path
+) -> dict[str, float]:
+    """(b) one worker draining ``expected`` messages already in ``topic``."""
+    worker = _start_worker(scratch.env(topic, port, detectors), log)
+    try:
+        _wait(lambda: _metrics(port).get("tianyan_messages_total", 0) > 0, 120, "first batch")
+        t0, m0 = time.perf_counter(), _metrics(port)
+
+        def done() -> bool:
+            m = _metrics(port)
+            return (
+                m.get("tianyan_messages_total", 0)
+                + m.get("tianyan_duplicates_total", 0)
+                + m.get("tianyan_quarantined_total", 0)
+            ) >= expected
+
+        _wait(done, 900, "draining the topic")
+        t1, m1 = time.perf_counter(), _metrics(port)
+    finally:
+        peak_kb = _stop_worker(worker)
+    seconds = t1 - t0
+    return {
+        "messages_per_s": (m1["tianyan_messages_total"] - m0["tianyan_messages_total"]) / seconds,
+        "samples_per_s": (m1["tianyan_samples_total"] - m0["tianyan_samples_total"]) / seconds,
+        "peak_rss_mb": peak_kb / 1024,
+    }
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Quantile from cumulative histogram buckets, linear within the bucket."""
+    total = buckets[-1][1]
+    target = q * total
+    prev_le, prev_n = 0.0, 0.0
+    for le, n in buckets:
+        if n >= target:
+            if le == float("inf"):
+                return prev_le
+            span = n - prev_n
+            return prev_le + (le - prev_le) * ((target - prev_n) / span if span else 1.0)
+        prev_le, prev_n = le, n
+    return prev_le
+
+
+def latency(scratch: _Scratch, cfg: BenchConfig, tmp: Path) -> dict[str, float]:
+    """(c) real-time arrival at ``rate`` messages/s; p50/p99 of sample → durable."""
+    topic = scratch.new_topic("rt")
+    lead_s = 20.0
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead_s)
+    path = tmp / "realtime.jsonl"
+    _workload(cfg, start.replace(microsecond=0), cfg.latency_s, path)
+    lines = path.read_bytes().splitlines()
+    # Thin the city to the target rate: keep whole elevators (their order and seq intact).
+    wanted = cfg.rate_msgs_per_s * cfg.latency_s
+    keep_every = max(1, round(len(lines) / wanted)) if len(lines) > wanted else 1
+    timed = []
+    for ln in lines:
+        key = _key(ln)
+        if key and int(key) % keep_every:
+            continue
+        try:
+            due = contract.decode(ln).samples.t_ms[-1] / 1000
+        except contract.InvalidMessage:
+            due = 0.0  # malformed: sent at once
+        timed.append((due, key, ln))
+    timed.sort(key=lambda item: item[0])
+    port = cfg.web_port + 1
+    worker = _start_worker(scratch.env(topic, port, cfg.detectors), tmp / "latency.log")
+    try:
+        _wait(lambda: bool(_metrics(port)), 120, "the latency worker answering")
+        # Publish each message when its last sample has happened, as a terminal would.
+        with RawPublisher(scratch.settings.kafka_bootstrap, topic, linger_ms=5) as pub:
+            for due, key, line in timed:
+                wait = due - time.time()
+                if wait > 0:
+                    time.sleep(wait)
+                pub.publish(key, line)
+        time.sleep(5)
+        m = _metrics(port)
+    finally:
+        _stop_worker(worker)
+    buckets = sorted(
+        (float(k.split('le="')[1].split('"')[0]), v)
+        for k, v in m.items()
+        if k.startswith("tianyan_sample_to_durable_seconds_bucket")
+    )
+    return {
+        "latency_rate_msgs_per_s": len(timed) / cfg.latency_s,
+        "latency_p50_s": _quantile(buckets, 0.50),
+        "latency_p99_s": _quantile(buckets, 0.99),
+    }
+
+
+def copy_rates(scratch: _Scratch, path: Path, tmp: Path, limit: int = 100_000) -> dict[str, float]:
+    """(d) the sink's rows/s, then psql COPY of the same rows into the same empty table."""
+    messages = []
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                messages.append(contract.decode(line.rstrip(b"\n")))
+            except contract.InvalidMessage:
+                continue
+            if len(messages) >= limit:
+                break
+    with psycopg.connect(scratch.admin_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tianyan.telemetry_sample")
+    started = time.perf_counter()
+    rows = 0
+    with TimescaleSink(scratch.writer_url) as sink:
+        for i in range(0, len(messages), 2000):
+            rows += sink.write_batch(messages[i : i + 2000]).samples
+    sink_s = time.perf_counter() - started
+    csv_path = tmp / "rows.csv"
+    # COPY of a hypertable itself reads only its (empty) parent: select from it instead.
+    subprocess.run(
+        [
+            "psql",
+            scratch.admin_url,
+            "-q",
+            "-c",
+            f"\\copy (SELECT * FROM tianyan.telemetry_sample) TO '{csv_path}' (FORMAT csv)",
+        ],
+        check=True,
+    )
+    with psycopg.connect(scratch.admin_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tianyan.telemetry_sample")
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            "psql",
+            scratch.admin_url,
+            "-q",
+            "-c",
+            f"\\copy tianyan.telemetry_sample FROM '{csv_path}' (FORMAT csv)",
+        ],
+        check=True,
+    )
+    psql_s = time.perf_counter() - started
+    with psycopg.connect(scratch.admin_url) as conn:
+        copied = conn.execute("SELECT count(*) FROM tianyan.telemetry_sample").fetchone()
+    if not copied or copied[0] != rows:
+        raise RuntimeError(f"bench: psql copied {copied} rows, expected {rows}")
+    return {
+        "copy_rows": rows,
+        "sink_rows_per_s": rows / sink_s,
+        "psql_copy_rows_per_s": rows / psql_s,
+    }
+
+
+def run(settings: Settings, cfg: BenchConfig) -> dict[str, object]:
+    scratch = _Scratch(settings)
+    tmp = Path(tempfile.mkdtemp(prefix="tianyan-bench-", dir=PROJECT_ROOT / "var"))
+    result: dict[str, object] = {"elevators": cfg.elevators}
+    try:
+        start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+        _say(f"bench: simulating {cfg.elevators} elevators for {cfg.duration_s:.0f} s")
+        path = tmp / "workload.jsonl"
+        expected = _workload(cfg, start, cfg.duration_s, path)
+        published = _publish_file(settings, scratch.raw, path)
+        result["messages"] = published
+        _say(f"bench: (a) plain aiokafka consumer over {published} messages")
+        ceiling_msgs_per_s = ceiling(settings, scratch.raw, published)
+        result["ceiling_msgs_per_s"] = ceiling_msgs_per_s
+        _say("bench: (b) one worker end to end, detectors off then on")
+        off = end_to_end(scratch, scratch.raw, published, cfg.web_port, False, tmp / "off.log")
+        result |= {f"worker_{k}": v for k, v in off.items()}
+        if cfg.detectors:
+            topic = scratch.new_topic("det")
+            _publish_file(settings, topic, path)
+            on = end_to_end(scratch, topic, published, cfg.web_port + 2, True, tmp / "on.log")
+            result |= {f"worker_with_detectors_{k}": v for k, v in on.items()}
+        result["ratio_b_over_a"] = off["messages_per_s"] / ceiling_msgs_per_s
+        _say(
+            f"bench: (c) latency at {cfg.rate_msgs_per_s:.0f} messages/s for {cfg.latency_s:.0f} s"
+        )
+        result |= latency(scratch, cfg, tmp)
+        _say("bench: (d) COPY rows/s, sink against psql")
+        result |= copy_rates(scratch, path, tmp)
+        result["peak_rss_mb"] = off["peak_rss_mb"]
+        result["simulated_messages"] = expected
+    finally:
+        scratch.drop()
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
