@@ -153,7 +153,7 @@ def read_csv(path: Path) -> ImportResult:
                 if None in row:
                     result.bad_rows.append(
                         BadRow(line, f"{len(row[None])} value(s) more than the header")
-                    )  # type: ignore[index]
+                    )
                     continue
                 try:
                     e = parse_row(row)

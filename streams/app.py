@@ -28,6 +28,7 @@ import msgspec
 from faust.types import Message
 from faust.web import Request, Response, View
 
+from detectors.thresholds import ElevatorLimits
 from tianyan.settings import Settings
 
 from . import metrics
@@ -43,6 +44,42 @@ log = logging.getLogger("tianyan.worker")
 SINK_RETRY_S = 2.0
 #: The health endpoint reports unhealthy when no batch loop turn finished for this long.
 STALL_S = 30.0
+
+
+class RegistryLimits:
+    """Each elevator's ratings from the registry, cached; refreshed when the registry changes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._limits: dict[str, ElevatorLimits] = {}
+        self._version: tuple[object, ...] | None = None
+        self._unknown = ElevatorLimits.unknown()
+        self.refresh()
+
+    def refresh(self) -> None:
+        import psycopg
+
+        from registry.store import load
+
+        try:
+            with psycopg.connect(self.url) as conn:
+                version = conn.execute(
+                    "SELECT count(*), max(updated_at) FROM tianyan.elevator"
+                ).fetchone()
+            if version == self._version:
+                return
+            self._limits = {
+                e.registration_code: ElevatorLimits(e.rated_speed_mps, e.rated_load_kg, e.floors)
+                for e in load(self.url)
+            }
+            self._version = version
+            log.info("registry loaded", extra={"elevators": len(self._limits)})
+        except psycopg.Error as e:
+            # Keep the limits we have; unknown elevators get the conservative defaults.
+            log.error("registry refresh failed", extra={"error": str(e)})
+
+    def get(self, elevator_id: str) -> ElevatorLimits:
+        return self._limits.get(elevator_id, self._unknown)
 
 
 class Worker:
@@ -66,7 +103,12 @@ class Worker:
         self.state_table = app.Table(
             "elevator-state", partitions=settings.raw_partitions, key_type=bytes, value_type=bytes
         )
-        self.ingest = Ingest(settings.grace_ms, load_state=self._load_state)
+        self.limits = RegistryLimits(settings.database_url)
+        self.ingest = Ingest(
+            settings.grace_ms,
+            load_state=self._load_state,
+            limits_for=self.limits.get if settings.detectors_enabled else None,
+        )
         self.sink = TimescaleSink(settings.database_url)
         # Quarantine and state changelog, flushed together at each checkpoint.
         self.producer = RawPublisher(
@@ -124,6 +166,11 @@ class Worker:
             [e for e, st in list(self.ingest.states.items()) if self._partition_of.get(e) in gone]
         )
 
+    async def tick(self) -> None:
+        batch = self.ingest.tick()
+        if batch.alerts:
+            await self._finish(await self._write(batch, []))
+
     # -- the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
         linger_s = self.settings.batch_linger_ms / 1000
@@ -165,7 +212,11 @@ class Worker:
             started = time.perf_counter()
             try:
                 result = await asyncio.to_thread(
-                    self.sink.write_batch, batch.messages, batch.windows, batch.trips
+                    self.sink.write_batch,
+                    batch.messages,
+                    batch.windows,
+                    batch.trips,
+                    batch.alerts,
                 )
             except SinkError as e:
                 metrics.SINK_ERRORS.inc()
@@ -191,7 +242,18 @@ class Worker:
             self.producer.publish(
                 record.key or b"", record.value, headers={"reason": reason.encode()[:1000]}
             )
+        for alert in batch.alerts:
+            self.producer.publish(
+                alert.elevator_id.encode(),
+                msgspec.json.encode(alert),
+                topic=self.settings.alerts_topic,
+            )
+        metrics.ALERTS.inc(len(batch.alerts))
         for elevator_id, partition in batch.touched.items():
+            if partition < 0:  # from a tick: the partition seen last
+                partition = self._partition_of.get(elevator_id, -1)
+                if partition < 0:
+                    continue
             self._dirty[elevator_id] = partition
             self._partition_of[elevator_id] = partition
         self._held.extend(messages)
@@ -236,6 +298,16 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     @app.task
     async def ingest() -> None:
         await worker.run()
+
+    @app.timer(interval=5.0)
+    async def silence() -> None:
+        # Conditions that arise from silence (a terminal offline) need no message: check
+        # every few seconds at stream time; the alerts go through the same path.
+        await worker.tick()
+
+    @app.timer(interval=60.0)
+    async def registry_refresh() -> None:
+        await asyncio.to_thread(worker.limits.refresh)
 
     @app.timer(interval=3600.0)
     async def retention() -> None:

@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from detectors.alerts import Alert
+from detectors.rules import RuleState, observe, tick
+from detectors.thresholds import ElevatorLimits, Thresholds
 from tianyan import contract
 from tianyan.contract import TelemetryMessage
 from tianyan.records import Trip, WindowFeature
@@ -44,12 +47,18 @@ class ElevatorState:
     elevator_id: str
     windows: WindowState
     trip: TripState
+    rules: RuleState
     last_seq: int = -1
     seen_mask: int = 0
 
     @classmethod
     def new(cls, elevator_id: str) -> ElevatorState:
-        return cls(elevator_id, initial_window_state(elevator_id), initial_trip_state(elevator_id))
+        return cls(
+            elevator_id,
+            initial_window_state(elevator_id),
+            initial_trip_state(elevator_id),
+            RuleState.new(elevator_id),
+        )
 
     def admit(self, seq: int) -> bool:
         """Record ``seq`` as seen; False if it was seen before (an exact duplicate)."""
@@ -80,6 +89,7 @@ class ElevatorState:
             "seen_mask": self.seen_mask,
             "windows": self.windows.to_dict(),
             "trip": self.trip.to_dict(),
+            "rules": self.rules.to_dict(),
         }
 
     @classmethod
@@ -88,6 +98,9 @@ class ElevatorState:
             elevator_id=data["elevator_id"],
             windows=WindowState.from_dict(data["windows"]),
             trip=TripState.from_dict(data["trip"]),
+            rules=RuleState.from_dict(data["rules"])
+            if "rules" in data
+            else RuleState.new(data["elevator_id"]),
             last_seq=data["last_seq"],
             seen_mask=data["seen_mask"],
         )
@@ -101,6 +114,7 @@ class IngestBatch:
     quarantined: list[tuple[RawRecord, str]] = field(default_factory=list)
     windows: list[WindowFeature] = field(default_factory=list)
     trips: list[Trip] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
     duplicates: int = 0
     samples: int = 0
     late_samples: int = 0
@@ -119,16 +133,29 @@ class Ingest:
     load_state
         Called with an elevator id the first time it is seen; returns its saved state as
         a dict (from the worker's Faust table) or None for a new elevator.
+    limits_for
+        The elevator's own ratings (from the registry) for the safety rules; None turns
+        the detectors off.
+    thresholds
+        The detectors' limits (``detectors.thresholds``).
     """
 
     def __init__(
-        self, grace_ms: int, load_state: Callable[[str], dict[str, Any] | None] = lambda _: None
+        self,
+        grace_ms: int,
+        load_state: Callable[[str], dict[str, Any] | None] = lambda _: None,
+        limits_for: Callable[[str], ElevatorLimits] | None = None,
+        thresholds: Thresholds | None = None,
     ) -> None:
         if grace_ms < 0:
             raise ValueError(f"grace_ms: {grace_ms} is negative")
         self.grace_ms = grace_ms
         self._load_state = load_state
+        self._limits_for = limits_for
+        self.thresholds = thresholds or Thresholds()
         self.states: dict[str, ElevatorState] = {}
+        #: The latest sample time seen: stream time, for conditions that need no message.
+        self.stream_time_ms = 0
 
     def state(self, elevator_id: str) -> ElevatorState:
         st = self.states.get(elevator_id)
@@ -165,4 +192,25 @@ class Ingest:
             out.late_samples += stats.samples_late
             st.trip, trips = segment_message(st.trip, message)
             out.trips.extend(trips)
+            if self._limits_for is not None:
+                st.rules, alerts = observe(
+                    st.rules, message, self._limits_for(message.elevator_id), self.thresholds
+                )
+                out.alerts.extend(alerts)
+            last = message.samples.t_ms[-1]
+            if last > self.stream_time_ms:
+                self.stream_time_ms = last
+        return out
+
+    def tick(self) -> IngestBatch:
+        """Conditions that arise from silence (device offline), at stream time."""
+        out = IngestBatch()
+        if self._limits_for is None or not self.stream_time_ms:
+            return out
+        now = self.stream_time_ms
+        for elevator_id, st in self.states.items():
+            st.rules, alerts = tick(st.rules, now, self._limits_for(elevator_id), self.thresholds)
+            if alerts:
+                out.alerts.extend(alerts)
+                out.touched[elevator_id] = -1
         return out

@@ -17,6 +17,9 @@ REGISTRY = CollectorRegistry()
 
 MESSAGES = Counter("tianyan_messages_total", "Valid, new raw messages processed", registry=REGISTRY)
 SAMPLES = Counter("tianyan_samples_total", "Samples in those messages", registry=REGISTRY)
+ALERTS = Counter(
+    "tianyan_alerts_total", "Alerts raised or cleared by the detectors", registry=REGISTRY
+)
 QUARANTINED = Counter(
     "tianyan_quarantined_total",
     "Messages refused by the contract and sent to the quarantine topic",

@@ -26,6 +26,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.raw_topic, settings.raw_partitions, {"retention.ms": str(7 * _DAY_MS)}),
         # Quarantined messages are kept long enough for a terminal vendor to be told.
         TopicSpec(settings.quarantine_topic, 1, {"retention.ms": str(30 * _DAY_MS)}),
+        # Alerts keyed by elevator, like the raw topic: incidents consume them in order.
+        TopicSpec(
+            settings.alerts_topic, settings.raw_partitions, {"retention.ms": str(30 * _DAY_MS)}
+        ),
     ]
 
 

@@ -33,6 +33,17 @@ def _env_int(name: str, default: int) -> int:
         raise SettingsError(f"{name}={raw!r} is not an integer") from None
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "on", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "off", "no"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not on/off")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings; build with :meth:`from_env`."""
@@ -47,6 +58,8 @@ class Settings:
     admin_database_url: str
     raw_topic: str
     quarantine_topic: str
+    alerts_topic: str
+    detectors_enabled: bool
     raw_partitions: int
     worker_id: str
     worker_web_port: int
@@ -78,6 +91,8 @@ class Settings:
             ),
             raw_topic=_env("TIANYAN_RAW_TOPIC", "tianyan.telemetry.raw"),
             quarantine_topic=_env("TIANYAN_QUARANTINE_TOPIC", "tianyan.telemetry.quarantine"),
+            alerts_topic=_env("TIANYAN_ALERTS_TOPIC", "tianyan.alerts"),
+            detectors_enabled=_env_bool("TIANYAN_DETECTORS", True),
             raw_partitions=_env_int("TIANYAN_RAW_PARTITIONS", 8),
             worker_id=_env("TIANYAN_WORKER_ID", "tianyan-worker"),
             worker_web_port=_env_int("TIANYAN_WORKER_WEB_PORT", 6066),

@@ -10,12 +10,16 @@ a redelivery after a crash or a duplicated message never writes a row twice. Whe
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 import psycopg
+from psycopg.types.json import Jsonb
 
+from detectors.alerts import Alert
 from tianyan import contract
 from tianyan.contract import COLUMNS, TelemetryMessage
 from tianyan.records import Trip, WindowFeature
@@ -35,6 +39,8 @@ CREATE TEMP TABLE IF NOT EXISTS message_staging (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS window_staging ON COMMIT DELETE ROWS AS
     SELECT *, 0::bigint AS bucket_start_ms FROM tianyan.window_feature WITH NO DATA;
+CREATE TEMP TABLE IF NOT EXISTS alert_staging ON COMMIT DELETE ROWS AS
+    SELECT * FROM tianyan.alert WITH NO DATA;
 CREATE TEMP TABLE IF NOT EXISTS trip_staging ON COMMIT DELETE ROWS AS
     SELECT *, 0::bigint AS start_ms, 0::bigint AS end_ms FROM tianyan.trip WITH NO DATA;
 """
@@ -85,6 +91,52 @@ def _copy_text(messages: Sequence[TelemetryMessage]) -> bytes:
     )
 
 
+_ALERT_COLUMNS = (
+    "alert_id",
+    "alert_key",
+    "state",
+    "raised_at",
+    "condition_since",
+    "elevator_id",
+    "alert_type",
+    "gb_code",
+    "severity",
+    "detector",
+    "estimated_trapped",
+    "evidence",
+    "probable_cause",
+    "suggested_handling",
+)
+_INSERT_ALERTS = (
+    f"INSERT INTO tianyan.alert ({', '.join(_ALERT_COLUMNS)}) "
+    f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alert_staging ON CONFLICT DO NOTHING"
+)
+#: alert_id is derived from the natural key, so a replayed alert gets the same id.
+_ALERT_NAMESPACE = uuid.UUID("5d1c8f7e-8a8e-4c55-9a49-7d3f3e0c2a11")
+
+
+def _alert_row(a: Alert) -> tuple[object, ...]:
+    def ts(ms: int) -> dt.datetime:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+    return (
+        uuid.uuid5(_ALERT_NAMESPACE, f"{a.alert_key}|{a.state}"),
+        a.alert_key,
+        a.state,
+        ts(a.raised_at_ms),
+        ts(a.condition_since_ms),
+        a.elevator_id,
+        a.alert_type,
+        a.gb_code,
+        a.severity,
+        str(a.evidence.get("detector", "rules")),
+        a.estimated_trapped,
+        Jsonb(a.evidence),
+        a.probable_cause,
+        a.suggested_handling,
+    )
+
+
 @dataclass(frozen=True)
 class WriteResult:
     """Rows new in this batch (the rest were already stored)."""
@@ -93,6 +145,7 @@ class WriteResult:
     codes: int
     windows: int
     trips: int
+    alerts: int = 0
 
 
 class TimescaleSink:
@@ -128,6 +181,7 @@ class TimescaleSink:
         messages: Sequence[TelemetryMessage],
         windows: Sequence[WindowFeature] = (),
         trips: Sequence[Trip] = (),
+        alerts: Sequence[Alert] = (),
     ) -> WriteResult:
         """Store a batch in one transaction; durable when this returns."""
         conn = self._connection()
@@ -158,7 +212,16 @@ class TimescaleSink:
                             copy.write_row(msgspec.structs.astuple(t))
                     cur.execute(_INSERT_TRIPS)
                     n_trips = cur.rowcount
-            return WriteResult(samples, codes, n_windows, n_trips)
+                n_alerts = 0
+                if alerts:
+                    with cur.copy(
+                        f"COPY alert_staging ({', '.join(_ALERT_COLUMNS)}) FROM STDIN"
+                    ) as copy:
+                        for a in alerts:
+                            copy.write_row(_alert_row(a))
+                    cur.execute(_INSERT_ALERTS)
+                    n_alerts = cur.rowcount
+            return WriteResult(samples, codes, n_windows, n_trips, n_alerts)
         except psycopg.Error as e:
             if conn.closed or conn.broken:
                 self._conn = None

@@ -1,0 +1,808 @@
+"""Safety rules: a pure per-elevator step over telemetry messages, plus a clock tick.
+
+The worker keeps one :class:`RuleState` per elevator (checkpointed with :meth:`RuleState.to_dict`)
+and calls, for each validated, de-duplicated message in arrival order::
+
+    state = RuleState.new(elevator_id)                               # or RuleState.from_dict(saved)
+    state, alerts = observe(state, message, limits, thresholds)      # per message
+    state, alerts = tick(state, now_ms, limits, thresholds)          # every few seconds
+
+``limits`` is the elevator's :class:`~detectors.thresholds.ElevatorLimits` (or
+``ElevatorLimits.unknown()``), ``thresholds`` the shared :class:`~detectors.thresholds.Thresholds`.
+``now_ms`` is stream time (e.g. the newest sample time the worker has seen on the partition),
+never the wall clock. The state is updated in place and returned.
+
+What is judged, and how
+-----------------------
+All judgements are on sample times. Instantaneous conditions must hold on
+``confirm_samples`` consecutive samples (2: one noisy sample is not a fault) and clear when
+they fail as often; durations are measured from the first sample at which a condition held:
+
+- ``overspeed``: speed ≥ overspeed_ratio × rated speed.
+- ``overload``: load > overload_ratio × rated load (standing or, worse, moving: evidence says).
+- ``overtravel_top`` / ``overtravel_bottom``: position beyond the top / bottom landing by more
+  than ``overtravel_margin_m``.
+- ``door_open_while_running``: moving with the doors not closed after the doors had been
+  closing for departure (the car left with its doors commanded shut).
+- ``unintended_movement``: the car left the door zone with the doors not closed after they
+  had been opening for passengers at that stop (GB/T 7588.1 5.6.7).
+- ``stopped_outside_door_zone``: standing outside the door zone for
+  ``stopped_outside_zone_after_s``.
+- ``trapped_between_levels``: standing outside the door zone, doors closed, passengers present
+  for ``trapped_after_s``; ``trapped_at_level``: the same in the door zone when the doors have not
+  opened since the car stopped. The alarm button held ``alarm_stationary_s`` in a standing car
+  with doors closed and passengers raises either at once. Cleared when the doors open or the
+  passengers are gone.
+- ``run_time_limiter``: a run (moving, or the run command held with doors closed) that
+  stalls outside the door zone and either lasts longer than the limit or ends (the limiter
+  cutting the command) after at least limit − ``run_time_tolerance_s``.
+- ``stopping_accuracy``: leveling offset beyond ±10 mm once the stop is confirmed;
+  ``leveling_accuracy``: beyond ±20 mm while the doors are open. Both are episodes: raised at the
+  first bad stop, cleared after ``accuracy_clear_stops`` good stops.
+- ``power_loss``: event 41, or the service mode dropping to 0 (stopped) unexplained by an
+  overtravel, unintended movement or run-time limiter; cleared by event 40 or the mode's return.
+- ``alarm_button``: the alarm pressed (column or event 90); cleared on release.
+- ``repeated_door_reopening``: ``reopenings_alert`` reopenings of a closing door in one stop.
+- ``device_offline`` (from :func:`tick`): silence beyond ``heartbeat_timeout_s``, or beyond
+  ``active_silence_timeout_s`` if the car was in use.
+
+Terminal fault and event codes are sufficient but never necessary evidence: a code raises its
+alert at once if the signals have not already, and the signals raise every alert without codes.
+
+Input hygiene: samples at or before the latest sample time seen (duplicates, out-of-order
+messages, a clock stepping back) are skipped, as the trip segmenter does; gaps in time are
+taken as they are (a condition that held before a gap and after it is taken to have held
+throughout). Contract-validated messages carry no NaN; a NaN that reaches a rule (a message
+built without validation) compares false, so it neither raises nor clears anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from tianyan.contract import DoorState, TelemetryMessage
+
+from .alerts import Alert, make_alert
+from .thresholds import ElevatorLimits, Thresholds
+
+_CLOSED: Final = int(DoorState.CLOSED)
+_OPENING: Final = int(DoorState.OPENING)
+_OPEN: Final = int(DoorState.OPEN)
+_CLOSING: Final = int(DoorState.CLOSING)
+_NONE: Final = -1
+#: Terminal codes remembered per elevator for evidence (bounded).
+RECENT_CODES: Final = 8
+#: Alarm held this long in a standing car with doors closed and passengers = trapped at once.
+ALARM_STATIONARY_S: Final = 1.0
+#: Reopenings of a closing door within one stop that make an alert (normal obstruction: 1).
+REOPENINGS_ALERT: Final = 3
+
+#: Terminal fault codes and the alert each is sufficient evidence of ("11" depends on zone).
+CODE_ALERT: Final[dict[str, str]] = {
+    "04": "stopped_outside_door_zone",
+    "05": "unintended_movement",
+    "06": "run_time_limiter",
+    "09": "overtravel_top",
+    "10": "overtravel_bottom",
+}
+#: Modes the power-loss rule leaves alone: the car is out of normal service for a reason the
+#: terminal already told (out-of-service alerts explain mode 0).
+_EXPLAINS_MODE_0: Final = (
+    "overtravel_top",
+    "overtravel_bottom",
+    "unintended_movement",
+    "run_time_limiter",
+)
+
+
+class RuleState(msgspec.Struct):
+    """One elevator's rule state: the latest sample's facts, when each began, and the
+    conditions in progress. A fixed set of scalars plus two dicts keyed by alert type
+    (at most one entry per type), so its size is bounded.
+
+    Times are Unix ms; ``-1`` means "none".
+    """
+
+    elevator_id: str
+    initialized: bool = False
+    last_t_ms: int = _NONE
+    active_car: bool = False
+    moving: bool = False
+    standing_since_ms: int = _NONE
+    stop_checked: bool = False
+    stop_level_bad: bool = False
+    stop_doors_opened: bool = False
+    good_stops: int = 0
+    good_level_stops: int = 0
+    door: int = _CLOSED
+    door_since_ms: int = _NONE
+    intent_open: bool = False
+    opened_in_stop: bool = False
+    departed_open: bool = False
+    reopenings: int = 0
+    zone: bool = True
+    zone_since_ms: int = _NONE
+    passengers: bool = False
+    passengers_since_ms: int = _NONE
+    alarm: bool = False
+    alarm_since_ms: int = _NONE
+    direction: int = 0
+    mode: int = 1
+    running: bool = False
+    stalled_since_ms: int = _NONE
+    run_since_ms: int = _NONE
+    position_m: float = 0.0
+    load_kg: float = 0.0
+    leveling_offset_mm: float = 0.0
+    speed_mps: float = 0.0
+    accel_mps2: float = 0.0
+    #: condition name → [consecutive samples holding, consecutive failing, first holding ms]
+    runs: dict[str, list[int]] = {}
+    #: alert type → [condition since ms, raised at ms, estimated trapped or -1, flag]
+    active: dict[str, list[int]] = {}
+    recent_codes: list[list[Any]] = []
+
+    @classmethod
+    def new(cls, elevator_id: str) -> RuleState:
+        """The state of an elevator never seen."""
+        return cls(elevator_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types, for the worker's changelog table."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RuleState:
+        """Restore :meth:`to_dict` output."""
+        return msgspec.convert(data, cls)
+
+
+class _Derived:
+    """Absolute limits of one (limits, thresholds) pair, computed once."""
+
+    __slots__ = (
+        "bottom_m",
+        "limits",
+        "load_kg",
+        "outside_ms",
+        "run_limit_ms",
+        "run_tolerance_ms",
+        "stall_min_ms",
+        "stop_confirm_ms",
+        "thresholds",
+        "top_m",
+        "trapped_ms",
+        "v_over",
+        "v_stand",
+    )
+
+    def __init__(self, limits: ElevatorLimits, th: Thresholds) -> None:
+        self.limits, self.thresholds = limits, th
+        self.v_over = th.overspeed_ratio * limits.rated_speed_mps
+        self.load_kg = th.overload_ratio * limits.rated_load_kg
+        self.top_m = limits.top_position_m + th.overtravel_margin_m
+        self.bottom_m = -th.overtravel_margin_m
+        self.v_stand = th.standstill_speed_mps
+        self.trapped_ms = th.trapped_after_s * 1000.0
+        self.outside_ms = th.stopped_outside_zone_after_s * 1000.0
+        self.run_limit_ms = limits.run_time_limit_s(th) * 1000.0
+        self.run_tolerance_ms = th.run_time_tolerance_s * 1000.0
+        self.stall_min_ms = th.run_stall_min_s * 1000.0
+        self.stop_confirm_ms = th.stop_confirm_s * 1000.0
+
+
+_derived_cache: dict[tuple[int, int], _Derived] = {}
+
+
+def _derive(limits: ElevatorLimits, th: Thresholds) -> _Derived:
+    # Keyed by identity (hashing two dataclasses per message would cost more than the
+    # rules); the entry holds both objects, so their ids cannot be reused while cached.
+    key = (id(limits), id(th))
+    d = _derived_cache.get(key)
+    if d is None or d.limits is not limits or d.thresholds is not th:
+        if len(_derived_cache) > 100_000:
+            _derived_cache.clear()
+        d = _derived_cache[key] = _Derived(limits, th)
+    return d
+
+
+class _Emitter:
+    """Collects one call's alerts and keeps ``state.active`` in step."""
+
+    __slots__ = ("d", "out", "st")
+
+    def __init__(self, st: RuleState, d: _Derived) -> None:
+        self.st, self.d = st, d
+        self.out: list[Alert] = []
+
+    def evidence(self, t_ms: int, **extra: Any) -> dict[str, Any]:
+        st, d = self.st, self.d
+        lim = d.limits
+        ev: dict[str, Any] = {
+            "at_ms": t_ms,
+            "speed_mps": st.speed_mps,
+            "accel_mps2": st.accel_mps2,
+            "position_m": st.position_m,
+            "door": st.door,
+            "door_zone": st.zone,
+            "leveling_offset_mm": st.leveling_offset_mm,
+            "load_kg": st.load_kg,
+            "passengers": st.passengers,
+            "alarm": st.alarm,
+            "service_mode": st.mode,
+            "direction": st.direction,
+            "standing_since_ms": None if st.standing_since_ms < 0 else st.standing_since_ms,
+            "limits": {
+                "source": "registry" if lim.from_registry else "defaults (not in registry)",
+                "rated_speed_mps": lim.rated_speed_mps,
+                "rated_load_kg": lim.rated_load_kg,
+                "floors": lim.floors,
+                "floor_height_m": lim.floor_height_m,
+            },
+            "terminal_codes": [list(c) for c in st.recent_codes],
+        }
+        ev.update(extra)
+        return ev
+
+    def raise_(
+        self,
+        alert_type: str,
+        since_ms: int,
+        t_ms: int,
+        *,
+        flag: int = 0,
+        gb_code: str | None = None,
+        **extra: Any,
+    ) -> None:
+        st = self.st
+        if alert_type in st.active:
+            return
+        trapped = None
+        if alert_type in ("trapped_between_levels", "trapped_at_level"):
+            mass = self.d.thresholds.passenger_mass_kg
+            trapped = max(1, round(st.load_kg / mass)) if mass > 0 else 1
+        since_ms = int(since_ms)
+        st.active[alert_type] = [since_ms, int(t_ms), -1 if trapped is None else trapped, flag]
+        ev = self.evidence(t_ms, window_ms=[since_ms, int(t_ms)], **extra)
+        self.out.append(
+            make_alert(
+                st.elevator_id,
+                alert_type,
+                since_ms,
+                int(t_ms),
+                ev,
+                estimated_trapped=trapped,
+                gb_code=gb_code,
+            )
+        )
+
+    def clear(self, alert_type: str, t_ms: int, reason: str) -> None:
+        entry = self.st.active.pop(alert_type, None)
+        if entry is None:
+            return
+        since_ms, raised_ms, trapped, flag = entry
+        ev = self.evidence(t_ms, reason=reason, raised_at_ms=raised_ms)
+        gb = None
+        if alert_type == "terminal_fault":
+            gb = f"{flag:02d}"
+        alert = make_alert(
+            self.st.elevator_id,
+            alert_type,
+            since_ms,
+            int(t_ms),
+            ev,
+            estimated_trapped=None if trapped < 0 else trapped,
+            gb_code=gb,
+        )
+        self.out.append(msgspec.structs.replace(alert, state="cleared"))
+
+
+def _instant(em: _Emitter, name: str, holds: bool, t: int, confirm: int, **extra: Any) -> None:
+    """Advance the confirm/clear counters of an instantaneous condition."""
+    st = em.st
+    runs = st.runs
+    r = runs.get(name)
+    if holds:
+        if r is None:
+            r = runs[name] = [0, 0, t]
+        elif r[0] == 0:
+            r[2] = t
+        r[0] += 1
+        r[1] = 0
+        if r[0] >= confirm and name not in st.active:
+            em.raise_(name, r[2], t, **extra)
+    elif r is not None:
+        if name in st.active:
+            r[0] = 0
+            r[1] += 1
+            if r[1] >= confirm:
+                del runs[name]
+                em.clear(name, t, "condition no longer holds")
+        else:
+            del runs[name]
+
+
+def _start(st: RuleState, s: Any, i: int, v_stand: float) -> None:
+    """First sample ever: take the car as found, every condition beginning now."""
+    t = s.t_ms[i]
+    st.initialized = True
+    st.last_t_ms = t - 1
+    moving = s.speed_mps[i] > v_stand
+    st.moving = moving
+    st.standing_since_ms = _NONE if moving else t
+    st.stop_checked = moving
+    st.door = s.door[i]
+    st.door_since_ms = t
+    st.intent_open = st.door in (_OPENING, _OPEN)  # found open: opened for passengers
+    st.zone = bool(s.door_zone[i])
+    st.zone_since_ms = t
+    st.passengers = bool(s.passengers[i])
+    st.passengers_since_ms = t
+    st.mode = s.service_mode[i]
+    st.direction = s.direction[i]
+
+
+def observe(
+    state: RuleState, message: TelemetryMessage, limits: ElevatorLimits, thresholds: Thresholds
+) -> tuple[RuleState, list[Alert]]:
+    """Fold one message into ``state``; the alerts raised and cleared by it, in time order.
+
+    Examples
+    --------
+    A car stops between floors with two people inside; 30 s later it is a trapping:
+
+    >>> from detectors.testing import car, message
+    >>> lim = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000, floors=10)
+    >>> st = RuleState.new("32070620200000000001")
+    >>> alerts = []
+    >>> for sec in range(35):
+    ...     rows = [car(t_ms=1_700_000_000_000 + sec * 1000 + k * 100, position_m=4.5,
+    ...                 door_zone=False, passengers=True, load_kg=150.0) for k in range(10)]
+    ...     st, out = observe(st, message(rows, seq=sec), lim, Thresholds())
+    ...     alerts += out
+    >>> [(a.alert_type, a.estimated_trapped) for a in alerts]
+    [('stopped_outside_door_zone', None), ('trapped_between_levels', 2)]
+    """
+    st = state
+    s = message.samples
+    ts = s.t_ms
+    n = len(ts)
+    d = _derive(limits, thresholds)
+    em = _Emitter(st, d)
+    if not st.initialized:
+        _start(st, s, 0, d.v_stand)
+    elif ts[-1] <= st.last_t_ms:
+        return st, []  # all old: a duplicate or a late message
+    if "device_offline" in st.active:
+        em.clear("device_offline", ts[0], "messages resumed")
+    fast = (
+        not st.active
+        and not st.runs
+        and not message.faults
+        and not message.events
+        and ts[0] > st.last_t_ms
+        and (st.moving or st.stop_checked)
+        and not st.alarm
+        and _uniform(st, s, d, n)
+    )
+    if not fast:
+        _samples(em, s, n, d, thresholds)
+    else:
+        i = n - 1
+        st.last_t_ms = ts[i]
+        st.position_m = s.position_m[i]
+        st.load_kg = s.load_kg[i]
+        st.leveling_offset_mm = s.leveling_offset_mm[i]
+        st.speed_mps = s.speed_mps[i]
+        st.accel_mps2 = s.accel_mps2[i]
+    if message.faults or message.events:
+        _codes(em, message)
+    _timers(em, st.last_t_ms, extrapolated=False)
+    st.active_car = message.kind == "batch" and (
+        st.moving or st.door != _CLOSED or st.passengers or st.alarm
+    )
+    return st, em.out
+
+
+def _uniform(st: RuleState, s: Any, d: _Derived, n: int) -> bool:
+    """True when nothing in the message can change a rule's state (the common case): one
+    door state, zone, presence, mode and direction throughout, all equal to the last
+    sample's, no alarm, no limit approached, and the car moving or standing throughout."""
+    door = st.door
+    if (
+        s.door.count(door) != n
+        or s.door_zone.count(st.zone) != n
+        or s.passengers.count(st.passengers) != n
+        or True in s.alarm
+        or s.service_mode.count(st.mode) != n
+        or s.direction.count(st.direction) != n
+    ):
+        return False
+    pos = s.position_m
+    if max(pos) > d.top_m or min(pos) < d.bottom_m or max(s.load_kg) > d.load_kg:
+        return False
+    sp = s.speed_mps
+    if st.moving:
+        return door == _CLOSED and min(sp) > d.v_stand and max(sp) < d.v_over
+    if max(sp) > d.v_stand:
+        return False
+    if st.running != (st.direction != 0 and door == _CLOSED):
+        return False
+    if door == _OPEN and st.zone:
+        lev = d.thresholds.leveling_accuracy_mm
+        off = s.leveling_offset_mm
+        return max(off) <= lev and min(off) >= -lev
+    return True
+
+
+def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
+    """The per-sample path: every transition and instantaneous condition."""
+    st = em.st
+    confirm = th.confirm_samples
+    v_stand, v_over, load_lim = d.v_stand, d.v_over, d.load_kg
+    top_m, bottom_m = d.top_m, d.bottom_m
+    lev_acc, stop_acc = th.leveling_accuracy_mm, th.stopping_accuracy_mm
+    ts, sp, acc, pos, dirs = s.t_ms, s.speed_mps, s.accel_mps2, s.position_m, s.direction
+    loads, doors, zones, pas, alarms = s.load_kg, s.door, s.door_zone, s.passengers, s.alarm
+    modes, offs = s.service_mode, s.leveling_offset_mm
+    active, runs = st.active, st.runs
+    for i in range(n):
+        t = ts[i]
+        if t <= st.last_t_ms:
+            continue
+        v, p, door, zone, dirn = sp[i], pos[i], doors[i], zones[i], dirs[i]
+        prev_dir = st.direction
+        st.last_t_ms = t
+        st.speed_mps, st.accel_mps2, st.position_m = v, acc[i], p
+        st.load_kg, st.leveling_offset_mm, st.direction = loads[i], offs[i], dirn
+        moving = v > v_stand
+        # --- motion
+        if moving:
+            if not st.moving:
+                _departure(em, st, t, door, th)
+            st.moving = True
+        elif st.standing_since_ms < 0 or st.moving or zone != st.zone:
+            # A new stop; a zone change while standing means the car moved unseen (a gap).
+            if zone and st.running:
+                st.run_since_ms = t  # arrived at a landing: a held command is a new run
+            st.moving = False
+            st.standing_since_ms = t
+            st.stop_checked = False
+            st.opened_in_stop = False
+            st.stop_doors_opened = False
+            st.stop_level_bad = False
+            st.reopenings = 0
+        # --- doors
+        if door != st.door:
+            prev = st.door
+            st.door, st.door_since_ms = door, t
+            if door == _OPENING:
+                st.intent_open = True
+                if prev == _CLOSING:
+                    st.reopenings += 1
+                    if st.reopenings >= REOPENINGS_ALERT:
+                        em.raise_("repeated_door_reopening", t, t, reopenings=st.reopenings)
+            elif door in (_CLOSING, _CLOSED):
+                st.intent_open = False
+            if door == _CLOSED and "repeated_door_reopening" in active:
+                em.clear("repeated_door_reopening", t, "doors closed")
+        if not moving and (door in (_OPENING, _OPEN)):
+            st.opened_in_stop = True
+        if zone != st.zone:
+            st.zone, st.zone_since_ms = zone, t
+        if pas[i] != st.passengers:
+            st.passengers, st.passengers_since_ms = pas[i], t
+        alarm = alarms[i]
+        if alarm != st.alarm:
+            st.alarm = alarm
+            if alarm:
+                st.alarm_since_ms = t
+                em.raise_("alarm_button", t, t)
+            else:
+                em.clear("alarm_button", t, "alarm button released")
+        # --- run-time limiter: a run is motion or the run command held with doors closed
+        running = moving or (dirn != 0 and door == _CLOSED)
+        if running:
+            if not st.running or (dirn != 0 and prev_dir != 0 and dirn != prev_dir):
+                st.running, st.run_since_ms = True, t  # a new run command
+                if "run_time_limiter" in active and modes[i] != 0:
+                    em.clear("run_time_limiter", t, "limiter reset: a new run began")
+        elif st.running:
+            # The command dropped after a stall seen on the previous sample (not across a
+            # gap from a moving car): the limiter cut it if the run lasted about the limit.
+            if (
+                not zone
+                and st.stalled_since_ms >= 0
+                and t - st.stalled_since_ms >= d.stall_min_ms
+                and t - st.run_since_ms >= d.run_limit_ms - d.run_tolerance_ms
+            ):
+                em.raise_(
+                    "run_time_limiter",
+                    t,
+                    t,
+                    run_since_ms=st.run_since_ms,
+                    run_s=(t - st.run_since_ms) / 1000.0,
+                    limit_s=d.run_limit_ms / 1000.0,
+                    how="run command dropped while stalled outside the door zone",
+                )
+            st.running, st.run_since_ms = False, _NONE
+        if running and not moving:
+            if st.stalled_since_ms < 0:
+                st.stalled_since_ms = t
+        else:
+            st.stalled_since_ms = _NONE
+        mode = modes[i]
+        prev_mode, st.mode = st.mode, mode
+        # --- instantaneous conditions (counters only touched when something holds)
+        c = v >= v_over
+        if c or "overspeed" in runs:
+            _instant(em, "overspeed", c, t, confirm, limit_mps=v_over)
+        ld = loads[i]
+        c = ld > load_lim
+        if c or "overload" in runs:
+            _instant(em, "overload", c, t, confirm, limit_kg=load_lim, car_moving=moving)
+        c = p > top_m
+        if c or "overtravel_top" in runs:
+            _instant(em, "overtravel_top", c, t, confirm, limit_m=top_m)
+        c = p < bottom_m
+        if c or "overtravel_bottom" in runs:
+            _instant(em, "overtravel_bottom", c, t, confirm, limit_m=bottom_m)
+        open_ = door != _CLOSED
+        c = moving and open_ and not st.departed_open
+        if c or "door_open_while_running" in runs:
+            _instant(em, "door_open_while_running", c, t, confirm)
+        # Doors open outside the unlocking zone: after a departure with the doors opening
+        # for passengers, or found standing so (the movement fell in a gap).
+        c = open_ and not zone and (st.departed_open or not moving)
+        if c or "unintended_movement" in runs:
+            _instant(em, "unintended_movement", c, t, confirm)
+        # --- service mode 0 (stopped): a power loss unless another alert explains it; judged
+        # after the instantaneous conditions, on the confirm-th sample, so that an
+        # overtravel or unintended movement seen in the same samples explains it.
+        if mode == 0:
+            power = active.get("power_loss")
+            if power is not None:
+                power[3] = 1  # mode 0 seen: the alert clears on its return
+            else:
+                r = runs.get("mode_stopped")
+                if r is None:
+                    r = runs["mode_stopped"] = [0, 0, t]
+                r[0] += 1
+                if r[0] == confirm and not any(k in active for k in _EXPLAINS_MODE_0):
+                    em.raise_(
+                        "power_loss",
+                        r[2],
+                        t,
+                        flag=1,
+                        how="service mode 0 (stopped) without another explanation",
+                    )
+        elif prev_mode == 0:
+            runs.pop("mode_stopped", None)
+            power = active.get("power_loss")
+            if power is not None and power[3]:
+                em.clear("power_loss", t, "service mode back from 0")
+        if not moving:
+            # --- stopping and leveling accuracy, once per stop / while the doors are open
+            if zone and door == _OPEN:
+                st.stop_doors_opened = True
+                c = abs(offs[i]) > lev_acc
+                if c or "leveling_accuracy" in runs:
+                    r = runs.get("leveling_accuracy")
+                    if c:
+                        if r is None:
+                            r = runs["leveling_accuracy"] = [0, 0, t]
+                        r[0] += 1
+                        if r[0] >= confirm:
+                            st.stop_level_bad = True
+                            em.raise_("leveling_accuracy", r[2], t, limit_mm=lev_acc)
+                    elif r is not None:
+                        r[0] = 0
+            if not st.stop_checked and t - st.standing_since_ms >= d.stop_confirm_ms:
+                st.stop_checked = True
+                if (
+                    zone
+                    and door == _CLOSED
+                    and st.passengers
+                    and ("trapped_between_levels" in active)
+                ):
+                    # Re-levelled with the doors still shut: the same people, now at a level.
+                    em.clear("trapped_between_levels", t, "car re-levelled; doors still closed")
+                    em.raise_("trapped_at_level", st.standing_since_ms, t, how="handover")
+                if zone and mode == 1:  # a stop in normal service, not an emergency stop
+                    off = offs[i]
+                    if abs(off) > stop_acc:
+                        st.good_stops = 0
+                        em.raise_(
+                            "stopping_accuracy",
+                            st.standing_since_ms,
+                            t,
+                            limit_mm=stop_acc,
+                        )
+                    elif off == off:  # NaN is neither good nor bad
+                        st.good_stops += 1
+                        if (
+                            "stopping_accuracy" in active
+                            and st.good_stops >= th.accuracy_clear_stops
+                        ):
+                            em.clear("stopping_accuracy", t, "stops back within tolerance")
+        # --- clearing of conditions that end with the car's state
+        if active:
+            _clear_on_state(em, st, t, door, zone, moving, mode)
+
+
+def _departure(em: _Emitter, st: RuleState, t: int, door: int, th: Thresholds) -> None:
+    """The car starts moving: close the stop's bookkeeping."""
+    st.departed_open = door != _CLOSED and st.intent_open
+    st.standing_since_ms = _NONE
+    st.stop_checked = False
+    if st.stop_doors_opened:
+        runs = st.runs
+        runs.pop("leveling_accuracy", None)
+        if st.stop_level_bad:
+            st.good_level_stops = 0
+        else:
+            st.good_level_stops += 1
+            if "leveling_accuracy" in st.active and st.good_level_stops >= th.accuracy_clear_stops:
+                em.clear("leveling_accuracy", t, "stops back within tolerance")
+    if "repeated_door_reopening" in st.active:
+        em.clear("repeated_door_reopening", t, "car departed")
+    if "terminal_fault" in st.active and door == _CLOSED and st.mode == 1:
+        em.clear("terminal_fault", t, "car back in normal service")
+
+
+def _clear_on_state(
+    em: _Emitter, st: RuleState, t: int, door: int, zone: bool, moving: bool, mode: int
+) -> None:
+    active = st.active
+    doors_open = door in (_OPENING, _OPEN)
+    for kind in ("trapped_between_levels", "trapped_at_level"):
+        if kind in active:
+            if doors_open:
+                em.clear(kind, t, "doors opened")
+            elif not st.passengers:
+                em.clear(kind, t, "no passengers sensed")
+    if "stopped_outside_door_zone" in active and zone:
+        em.clear("stopped_outside_door_zone", t, "car back in the door zone")
+    if "run_time_limiter" in active and zone and not moving and mode != 0:
+        em.clear("run_time_limiter", t, "car at a landing and back in service")
+
+
+def _codes(em: _Emitter, message: TelemetryMessage) -> None:
+    """Terminal codes: remembered for evidence; each is sufficient evidence of its alert."""
+    st = em.st
+    t_last = st.last_t_ms
+    for code_event in message.faults:
+        code, t = code_event.code, code_event.t_ms
+        st.recent_codes = [*st.recent_codes[-(RECENT_CODES - 1) :], [t, code]]
+        kind = CODE_ALERT.get(code)
+        if code == "11":
+            kind = "trapped_at_level" if st.zone else "trapped_between_levels"
+            if "trapped_at_level" in st.active or "trapped_between_levels" in st.active:
+                continue
+        if kind is not None:
+            em.raise_(kind, t, max(t, t_last), source=f"terminal fault code {code}")
+        elif "terminal_fault" not in st.active:
+            em.raise_(
+                "terminal_fault",
+                t,
+                max(t, t_last),
+                flag=int(code),
+                gb_code=code,
+                source=f"terminal fault code {code}",
+            )
+    for code_event in message.events:
+        code, t = code_event.code, code_event.t_ms
+        st.recent_codes = [*st.recent_codes[-(RECENT_CODES - 1) :], [t, code]]
+        if code == "41":
+            em.raise_("power_loss", t, max(t, t_last), source="terminal event 41")
+            if st.mode == 0 and "power_loss" in st.active:
+                st.active["power_loss"][3] = 1
+        elif code == "40":
+            em.clear("power_loss", max(t, t_last), "terminal event 40 (back to normal)")
+            em.clear("terminal_fault", max(t, t_last), "terminal event 40 (back to normal)")
+        elif code == "90" and st.alarm_since_ms < t and "alarm_button" not in st.active:
+            # The press fell between samples: an alert with no release to wait for.
+            em.raise_("alarm_button", t, max(t, t_last), source="terminal event 90")
+            em.clear("alarm_button", max(t, t_last), "press seen only as event 90")
+
+
+def _timers(em: _Emitter, t: int, extrapolated: bool) -> None:
+    """Conditions judged by how long they have held, at time ``t``."""
+    st, d = em.st, em.d
+    if st.standing_since_ms < 0 or st.door != _CLOSED:
+        return
+    extra: dict[str, Any] = {"extrapolated_from_ms": st.last_t_ms} if extrapolated else {}
+    zone = st.zone
+    base = max(st.standing_since_ms, st.door_since_ms, st.zone_since_ms)
+    if not zone and t - base >= d.outside_ms:
+        em.raise_("stopped_outside_door_zone", base, t, **extra)
+    if st.passengers:
+        since = max(base, st.passengers_since_ms)
+        kind = "trapped_at_level" if zone else "trapped_between_levels"
+        if "trapped_at_level" not in st.active and "trapped_between_levels" not in st.active:
+            alarm_held = st.alarm and t - max(since, st.alarm_since_ms) >= ALARM_STATIONARY_S * 1e3
+            if alarm_held:
+                em.raise_(kind, since, t, how="alarm button pressed in a standing car", **extra)
+            elif (zone is False or not st.opened_in_stop) and t - since >= d.trapped_ms:
+                em.raise_(kind, since, t, how="timer", **extra)
+    if (
+        st.running
+        and not st.moving
+        and not zone
+        and t - st.run_since_ms > d.run_limit_ms
+        and "run_time_limiter" not in st.active
+    ):
+        em.raise_(
+            "run_time_limiter",
+            st.run_since_ms + int(d.run_limit_ms),
+            t,
+            run_since_ms=st.run_since_ms,
+            limit_s=d.run_limit_ms / 1000.0,
+            how="run command held beyond the limit with the car stalled",
+            **extra,
+        )
+
+
+def tick(
+    state: RuleState, now_ms: int, limits: ElevatorLimits, thresholds: Thresholds
+) -> tuple[RuleState, list[Alert]]:
+    """Time-based conditions at stream time ``now_ms`` with no new message: device offline,
+    and — once the device is offline — the timers of a car last seen trapped.
+
+    Examples
+    --------
+    >>> from detectors.testing import car, message
+    >>> lim = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000, floors=10)
+    >>> st, _ = observe(RuleState.new("32070620200000000001"),
+    ...                 message([car(t_ms=1_700_000_000_000)], kind="heartbeat"), lim, Thresholds())
+    >>> st, out = tick(st, 1_700_000_070_000, lim, Thresholds())
+    >>> [a.alert_type for a in out]
+    ['device_offline']
+    """
+    st = state
+    if not st.initialized or st.last_t_ms < 0:
+        return st, []
+    d = _derive(limits, thresholds)
+    em = _Emitter(st, d)
+    silence_ms = now_ms - st.last_t_ms
+    timeout_s = (
+        thresholds.active_silence_timeout_s if st.active_car else thresholds.heartbeat_timeout_s
+    )
+    if silence_ms > timeout_s * 1000.0:
+        em.raise_(
+            "device_offline",
+            st.last_t_ms,
+            now_ms,
+            silence_s=silence_ms / 1000.0,
+            timeout_s=timeout_s,
+            car_was_in_use=st.active_car,
+        )
+    if silence_ms >= thresholds.active_silence_timeout_s * 1000.0:
+        _timers(em, now_ms, extrapolated=True)
+    return st, em.out
+
+
+def alert_types() -> list[str]:
+    """Every alert type the rules can raise."""
+    return [
+        "trapped_between_levels",
+        "trapped_at_level",
+        "overspeed",
+        "overload",
+        "overtravel_top",
+        "overtravel_bottom",
+        "door_open_while_running",
+        "unintended_movement",
+        "stopped_outside_door_zone",
+        "run_time_limiter",
+        "stopping_accuracy",
+        "leveling_accuracy",
+        "power_loss",
+        "alarm_button",
+        "device_offline",
+        "repeated_door_reopening",
+        "terminal_fault",
+    ]

@@ -1,0 +1,427 @@
+"""Statistical detectors for slow degradation: EWMA and CUSUM charts, a robust z-score
+against a bounded history, and the per-trip fold that applies them to leveling offsets and
+door times (leveling drift, door-operator wear) and trip features (trip anomalies).
+
+Every detector is a small object with ``learn_one(x)`` / ``score_one(x)`` and plain-data
+state (``to_dict`` / ``from_dict``); memory is fixed (EWMA, CUSUM) or bounded by a
+reservoir size (robust z). Non-finite values are ignored (not learned) and score NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import msgspec
+import numpy as np
+
+from tianyan.records import Trip
+
+from .alerts import Alert, make_alert
+from .thresholds import ElevatorLimits
+
+#: The trip features the robust and online detectors look at.
+TRIP_FEATURES: Final = (
+    "peak_accel_mps2",
+    "peak_jerk_mps3",
+    "door_opening_s",
+    "door_closing_s",
+    "leveling_offset_mm",
+    "speed_ratio",
+)
+
+
+def trip_features(trip: Trip, limits: ElevatorLimits) -> dict[str, float]:
+    """Numeric features of one trip (missing ones NaN); speeds relative to rated."""
+    nan = math.nan
+
+    def f(v: float | None) -> float:
+        return nan if v is None else float(v)
+
+    rated = limits.rated_speed_mps or nan
+    return {
+        "peak_accel_mps2": f(trip.peak_accel_mps2),
+        "peak_jerk_mps3": f(trip.peak_jerk_mps3),
+        "door_opening_s": f(trip.door_opening_s),
+        "door_closing_s": f(trip.door_closing_s),
+        "leveling_offset_mm": f(trip.leveling_offset_mm),
+        "speed_ratio": f(trip.peak_speed_mps) / rated,
+    }
+
+
+@dataclass
+class Ewma:
+    """EWMA chart of one series against a baseline learned over its first ``warmup`` values.
+
+    ``score_one`` is ``|ewma − mean| / (L σ_ewma)``: ≥ 1 beyond the control limit.
+
+    Parameters
+    ----------
+    alpha
+        Smoothing weight of a new value (λ).
+    limit_sigmas
+        L, the control limit in standard deviations of the EWMA statistic.
+    warmup
+        Values that form the in-control baseline (mean and variance, Welford).
+    min_sigma
+        Floor on the baseline standard deviation (a quantised sensor can read constant).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> chart = Ewma(alpha=0.1, limit_sigmas=4.0, warmup=50, min_sigma=0.1)
+    >>> for x in rng.normal(0.0, 1.0, 200):
+    ...     chart.learn_one(float(x))
+    >>> chart.score_one(0.0) < 1.0
+    True
+    >>> for x in rng.normal(3.0, 1.0, 30):
+    ...     chart.learn_one(float(x))
+    >>> chart.score_one(3.0) > 1.0
+    True
+    """
+
+    alpha: float = 0.1
+    limit_sigmas: float = 4.0
+    warmup: int = 50
+    min_sigma: float = 0.0
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    ewma: float = math.nan
+
+    def learn_one(self, x: float) -> None:
+        if not math.isfinite(x):
+            return
+        if self.n < self.warmup:
+            self.n += 1
+            delta = x - self.mean
+            self.mean += delta / self.n
+            self.m2 += delta * (x - self.mean)
+            self.ewma = self.mean
+            return
+        self.ewma = self.alpha * x + (1 - self.alpha) * self.ewma
+
+    @property
+    def sigma(self) -> float:
+        var = self.m2 / (self.n - 1) if self.n > 1 else 0.0
+        return max(math.sqrt(var), self.min_sigma)
+
+    def score_one(self, x: float | None = None) -> float:
+        """Distance of the (current, or ``x``-updated) EWMA from baseline in control limits;
+        NaN during warm-up or for a non-finite ``x``."""
+        if self.n < self.warmup:
+            return math.nan
+        e = self.ewma
+        if x is not None:
+            if not math.isfinite(x):
+                return math.nan
+            e = self.alpha * x + (1 - self.alpha) * e
+        sd = self.sigma * math.sqrt(self.alpha / (2 - self.alpha))
+        if sd <= 0:
+            return math.inf if e != self.mean else 0.0
+        return abs(e - self.mean) / (self.limit_sigmas * sd)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Ewma:
+        return cls(**data)
+
+
+@dataclass
+class Cusum:
+    """Two-sided tabular CUSUM (Page) in baseline standard deviations: slack ``k``,
+    decision interval ``h``; ``score_one`` is ``max(S+, S−) / h`` (≥ 1 alarms).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> c = Cusum(k=0.5, h=8.0, warmup=50)
+    >>> for x in rng.normal(10.0, 1.0, 300):
+    ...     c.learn_one(float(x))
+    >>> c.score_one() < 1.0
+    True
+    >>> for x in rng.normal(11.5, 1.0, 30):
+    ...     c.learn_one(float(x))
+    >>> c.score_one() >= 1.0
+    True
+    """
+
+    k: float = 0.5
+    h: float = 8.0
+    warmup: int = 50
+    min_sigma: float = 0.0
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    s_hi: float = 0.0
+    s_lo: float = 0.0
+
+    def learn_one(self, x: float) -> None:
+        if not math.isfinite(x):
+            return
+        if self.n < self.warmup:
+            self.n += 1
+            delta = x - self.mean
+            self.mean += delta / self.n
+            self.m2 += delta * (x - self.mean)
+            return
+        var = self.m2 / (self.n - 1) if self.n > 1 else 0.0
+        sd = max(math.sqrt(var), self.min_sigma, 1e-12)
+        z = (x - self.mean) / sd
+        self.s_hi = max(0.0, self.s_hi + z - self.k)
+        self.s_lo = max(0.0, self.s_lo - z - self.k)
+
+    def score_one(self, x: float | None = None) -> float:
+        if self.n < self.warmup:
+            return math.nan
+        if x is not None and not math.isfinite(x):
+            return math.nan
+        return max(self.s_hi, self.s_lo) / self.h
+
+    def reset(self) -> None:
+        self.s_hi = self.s_lo = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cusum:
+        return cls(**data)
+
+
+@dataclass
+class RobustZ:
+    """Robust z-score ``0.6745 (x − median) / MAD`` against the last ``size`` values
+    (a ring buffer: bounded memory, the history follows slow change).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(2)
+    >>> rz = RobustZ(size=200)
+    >>> for x in rng.normal(2.5, 0.05, 300):
+    ...     rz.learn_one(float(x))
+    >>> abs(rz.score_one(2.5)) < 1, rz.score_one(3.5) > 6
+    (True, True)
+    """
+
+    size: int = 200
+    min_count: int = 30
+    min_mad: float = 1e-6
+    values: list[float] = field(default_factory=list)
+    pos: int = 0
+
+    def learn_one(self, x: float) -> None:
+        if not math.isfinite(x):
+            return
+        if len(self.values) < self.size:
+            self.values.append(float(x))
+        else:
+            self.values[self.pos] = float(x)
+            self.pos = (self.pos + 1) % self.size
+
+    def score_one(self, x: float) -> float:
+        """Signed robust z of ``x``; NaN with fewer than ``min_count`` values or bad ``x``."""
+        if not math.isfinite(x) or len(self.values) < self.min_count:
+            return math.nan
+        arr = np.asarray(self.values)
+        med = float(np.median(arr))
+        mad = max(float(np.median(np.abs(arr - med))), self.min_mad)
+        return 0.6745 * (x - med) / mad
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RobustZ:
+        return cls(**data)
+
+
+@dataclass
+class TripHealthState:
+    """One elevator's degradation charts, folded per trip.
+
+    Leveling drift: EWMA of the stop's leveling offset (λ 0.1, L 4.5, baseline over 50
+    stops, σ ≥ 1 mm) and a mean shift of at least ``min_shift_mm`` (3 mm: below that a
+    drift is noise at this level). Door-operator wear: EWMA of door opening and closing
+    times (λ 0.1, L 4.5, σ ≥ 0.05 s) whose mean must also be ``min_ratio`` (1.15) × the
+    baseline. Trip anomaly: robust z of :data:`TRIP_FEATURES` beyond ``z_limit`` (8).
+
+    Examples
+    --------
+    >>> st = TripHealthState.new("32070620200000000001")
+    >>> isinstance(st.to_dict(), dict)
+    True
+    """
+
+    elevator_id: str
+    leveling: Ewma = field(default_factory=lambda: Ewma(0.1, 4.5, 50, 1.0))
+    door_opening: Ewma = field(default_factory=lambda: Ewma(0.1, 4.5, 50, 0.05))
+    door_closing: Ewma = field(default_factory=lambda: Ewma(0.1, 4.5, 50, 0.05))
+    history: dict[str, RobustZ] = field(
+        default_factory=lambda: {k: RobustZ(200, 50) for k in TRIP_FEATURES}
+    )
+    active: dict[str, int] = field(default_factory=dict)
+    min_shift_mm: float = 3.0
+    min_ratio: float = 1.15
+    z_limit: float = 8.0
+
+    @classmethod
+    def new(cls, elevator_id: str) -> TripHealthState:
+        return cls(elevator_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "elevator_id": self.elevator_id,
+            "leveling": self.leveling.to_dict(),
+            "door_opening": self.door_opening.to_dict(),
+            "door_closing": self.door_closing.to_dict(),
+            "history": {k: v.to_dict() for k, v in self.history.items()},
+            "active": dict(self.active),
+            "min_shift_mm": self.min_shift_mm,
+            "min_ratio": self.min_ratio,
+            "z_limit": self.z_limit,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TripHealthState:
+        return cls(
+            elevator_id=data["elevator_id"],
+            leveling=Ewma.from_dict(data["leveling"]),
+            door_opening=Ewma.from_dict(data["door_opening"]),
+            door_closing=Ewma.from_dict(data["door_closing"]),
+            history={k: RobustZ.from_dict(v) for k, v in data["history"].items()},
+            active={k: int(v) for k, v in data["active"].items()},
+            min_shift_mm=data["min_shift_mm"],
+            min_ratio=data["min_ratio"],
+            z_limit=data["z_limit"],
+        )
+
+
+def observe_trip(
+    state: TripHealthState, trip: Trip, limits: ElevatorLimits
+) -> tuple[TripHealthState, list[Alert]]:
+    """Fold one trip into the elevator's charts; alerts raised (and cleared) by it.
+
+    Leveling drift and door wear are raised once and cleared when the chart returns within
+    its limits; a trip anomaly is an instant (raised and cleared by the same trip).
+    """
+    st = state
+    out: list[Alert] = []
+    t = trip.end_ms
+    feats = trip_features(trip, limits)
+    src = "registry" if limits.from_registry else "defaults (not in registry)"
+
+    def chart(kind: str, flagged: bool, evidence: dict[str, Any]) -> None:
+        if flagged and kind not in st.active:
+            st.active[kind] = t
+            out.append(make_alert(st.elevator_id, kind, t, t, {**evidence, "limits": src}))
+        elif not flagged and kind in st.active:
+            since = st.active.pop(kind)
+            a = make_alert(st.elevator_id, kind, since, t, {**evidence, "reason": "in control"})
+            out.append(_cleared(a))
+
+    off = feats["leveling_offset_mm"]
+    if math.isfinite(off):
+        st.leveling.learn_one(off)
+        score = st.leveling.score_one()
+        shift = abs(st.leveling.ewma - st.leveling.mean) if st.leveling.n else 0.0
+        if math.isfinite(score):
+            chart(
+                "leveling_drift",
+                score >= 1.0 and shift >= st.min_shift_mm,
+                {"ewma_mm": st.leveling.ewma, "baseline_mm": st.leveling.mean, "score": score},
+            )
+    wear = False
+    wear_ev: dict[str, Any] = {}
+    judged = False
+    for name, ch in (("door_opening_s", st.door_opening), ("door_closing_s", st.door_closing)):
+        x = feats[name]
+        if not math.isfinite(x):
+            continue
+        ch.learn_one(x)
+        score = ch.score_one()
+        if not math.isfinite(score):
+            continue
+        judged = True
+        ratio = ch.ewma / ch.mean if ch.mean > 0 else math.nan
+        wear_ev[name] = {"ewma_s": ch.ewma, "baseline_s": ch.mean, "score": score}
+        wear |= score >= 1.0 and ratio >= st.min_ratio
+    if judged:
+        chart("door_operator_wear", wear, wear_ev)
+    zs: dict[str, float] = {}
+    for name, x in feats.items():
+        z = st.history[name].score_one(x)
+        if math.isfinite(z):
+            zs[name] = z
+        st.history[name].learn_one(x)
+    worst = max(zs, key=lambda k: abs(zs[k]), default=None)
+    if worst is not None and abs(zs[worst]) > st.z_limit:
+        a = make_alert(
+            st.elevator_id,
+            "trip_anomaly",
+            trip.start_ms,
+            t,
+            {"robust_z": zs, "feature": worst, "limit": st.z_limit, "limits": src},
+        )
+        out += [a, _cleared(a)]
+    return st, out
+
+
+def _cleared(a: Alert) -> Alert:
+    return msgspec.structs.replace(a, state="cleared")
+
+
+def cohort_key(limits: ElevatorLimits, building_type: str) -> str:
+    """Elevators judged together: same rated speed, floors band (≤ 6, 7–11, 12–18, 19–33,
+    34+) and building type."""
+    f = limits.floors
+    band = "≤6" if f <= 6 else "7-11" if f <= 11 else "12-18" if f <= 18 else "19-33"
+    if f > 33:
+        band = "34+"
+    return f"{limits.rated_speed_mps:.2f}|{band}|{building_type}"
+
+
+@dataclass
+class CohortState:
+    """Robust z of trip features against a cohort's pooled history (bounded per cohort).
+
+    Examples
+    --------
+    >>> cs = CohortState()
+    >>> cs.score_trip("1.00|7-11|residential", {"door_opening_s": 2.5})
+    {'door_opening_s': nan}
+    """
+
+    size: int = 500
+    cohorts: dict[str, dict[str, RobustZ]] = field(default_factory=dict)
+
+    def score_trip(self, key: str, features: dict[str, float]) -> dict[str, float]:
+        """Signed robust z per feature against the cohort, then learn the trip."""
+        hist = self.cohorts.setdefault(key, {})
+        out = {}
+        for name, x in features.items():
+            rz = hist.get(name)
+            if rz is None:
+                rz = hist[name] = RobustZ(self.size, 50)
+            out[name] = rz.score_one(x)
+            rz.learn_one(x)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "cohorts": {k: {n: r.to_dict() for n, r in v.items()} for k, v in self.cohorts.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CohortState:
+        return cls(
+            size=data["size"],
+            cohorts={
+                k: {n: RobustZ.from_dict(r) for n, r in v.items()}
+                for k, v in data["cohorts"].items()
+            },
+        )

@@ -1,0 +1,239 @@
+"""Every limit the detectors apply, in one place, each named with its unit and its source.
+
+Limits that scale with the elevator (overspeed, overload, overtravel, run-time limiter) are
+ratios or margins here and become absolute values through :class:`ElevatorLimits`, built
+per elevator from its registry record.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+
+class ThresholdError(ValueError):
+    """An override names a threshold that does not exist or gives it an unusable value."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The detectors' limits. Override any with ``Thresholds(**overrides)`` or
+    :meth:`from_mapping` (which refuses unknown names).
+
+    Attributes
+    ----------
+    overspeed_ratio
+        Speed at or above this multiple of rated speed is overspeed: the governor trips at
+        ≥ 115 % of rated speed (GB/T 7588.1-2020 / EN 81-20 5.6.2.2.1.1).
+    overload_ratio
+        Load above this multiple of rated load is overload: the car must not start and a
+        signal sounds (GB/T 7588.1-2020 5.12.1.2).
+    confirm_samples
+        Consecutive samples an instantaneous condition (overspeed, overload, overtravel,
+        door open while running, unintended movement, leveling) must hold before it is
+        raised, and must fail before it clears: rejects single-sample sensor noise at a
+        cost of one sample period (0.1 s at 10 Hz).
+    standstill_speed_mps
+        At or below this speed the car stands (the same value the trip segmenter uses).
+    trapped_after_s
+        Car stopped, doors closed, passengers present and no way out for longer than this
+        is a trapping, as platforms implement it (MISSION.md: "more than ~30 s").
+    stopped_outside_zone_after_s
+        A car standing outside the door zone this long is stopped outside the unlocking
+        zone (GB/T 24476 fault 04); terminals raise 04 about 1 s after the stop.
+    stopping_accuracy_mm
+        Stopping accuracy ±10 mm (GB/T 7588.1-2020 5.12.1.1.4).
+    leveling_accuracy_mm
+        Leveling accuracy ±20 mm while loading; beyond it the car must re-level
+        (GB/T 7588.1-2020 5.12.1.1.4).
+    stop_confirm_s
+        The car must have stood this long before its stopping accuracy is judged (the trip
+        segmenter's STOP_CONFIRM_MS).
+    accuracy_clear_stops
+        Consecutive in-tolerance stops that clear a stopping-accuracy alert (hysteresis, so
+        a car hovering at the limit raises one alert, not one per stop).
+    overtravel_margin_m
+        Position beyond the top / bottom landing by more than this is overtravel (冲顶 /
+        蹲底, provincial fault codes 09 / 10); equals the unlocking-zone half-height of
+        EN 81-20 5.12.1.4 (0.2 m), the range in which a car is still "at" the landing.
+    run_time_limit_s
+        Upper bound of the motor run-time limiter (GB/T 7588.1-2020 5.9.2.7): the lesser
+        of 45 s and full travel + ``run_time_margin_s``.
+    run_time_margin_s
+        Added to the full-travel time (GB/T 7588.1-2020 5.9.2.7: 10 s).
+    run_time_min_s
+        Lower bound of the limiter (GB/T 7588.1-2020 5.9.2.7: 20 s).
+    run_time_tolerance_s
+        A stalled run whose command drops after at least limit − this is read as the
+        limiter tripping (the terminal's and our estimate of full-travel time differ by
+        the car's own acceleration and jerk).
+    run_stall_min_s
+        A run counts as stalled (the car standing with the command held) only after this
+        long: the last samples of a normal run's S-curve are slower than the standstill
+        speed for a few tenths of a second.
+    travel_accel_mps2, travel_jerk_mps3
+        Acceleration and jerk used to estimate full-travel time: the low ends of the
+        realistic range (MISSION.md: 0.4–1.0 m/s², 1–2 m/s³, typical ≥ 0.6), so the
+        estimate is never shorter than the real car's and a normal run never trips it.
+    emergency_decel_mps2
+        Deceleration beyond normal operation (≤ 1.0 m/s², MISSION.md): an emergency stop,
+        reported as evidence of a power loss.
+    heartbeat_timeout_s
+        No message for longer than this from an idle car is "device offline": two missed
+        30-s heartbeats (GB/T 24476 terminals; the contract's heartbeat period) plus 5 s.
+    active_silence_timeout_s
+        A car that was active (moving, doors not closed, passengers) sends every second;
+        silence this long from it is "device offline" at once.
+    passenger_mass_kg
+        Mass of one passenger for estimating people trapped (GB/T 7588.1 Table 6: 75 kg).
+    default_rated_speed_mps, default_rated_load_kg, default_floors
+        Used for an elevator that is not in the registry; deliberately strict (a slow, small
+        car) so that an unknown car is over- rather than under-alarmed, and every alert
+        says the limits were defaults. ``default_floors`` 0 means "unknown": overtravel top
+        is then judged from terminal code 09 only.
+    """
+
+    overspeed_ratio: float = 1.15
+    overload_ratio: float = 1.10
+    confirm_samples: int = 2
+    standstill_speed_mps: float = 0.05
+    trapped_after_s: float = 30.0
+    stopped_outside_zone_after_s: float = 1.0
+    stopping_accuracy_mm: float = 10.0
+    leveling_accuracy_mm: float = 20.0
+    stop_confirm_s: float = 0.5
+    accuracy_clear_stops: int = 3
+    overtravel_margin_m: float = 0.2
+    run_time_limit_s: float = 45.0
+    run_time_margin_s: float = 10.0
+    run_time_min_s: float = 20.0
+    run_time_tolerance_s: float = 2.0
+    run_stall_min_s: float = 2.0
+    travel_accel_mps2: float = 0.6
+    travel_jerk_mps3: float = 1.0
+    emergency_decel_mps2: float = 1.2
+    heartbeat_timeout_s: float = 65.0
+    active_silence_timeout_s: float = 10.0
+    passenger_mass_kg: float = 75.0
+    default_rated_speed_mps: float = 1.0
+    default_rated_load_kg: float = 630.0
+    default_floors: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ThresholdError(f"{f.name}: {value!r} is not a number")
+            if not math.isfinite(value) or value < 0:
+                raise ThresholdError(f"{f.name}: {value!r} is not a finite number ≥ 0")
+        if self.confirm_samples < 1:
+            raise ThresholdError("confirm_samples: at least 1 sample is needed")
+
+    @classmethod
+    def from_mapping(cls, overrides: Mapping[str, Any]) -> Thresholds:
+        """Defaults with ``overrides`` applied; unknown names raise :class:`ThresholdError`.
+
+        Examples
+        --------
+        >>> Thresholds.from_mapping({"trapped_after_s": 20}).trapped_after_s
+        20
+        >>> Thresholds.from_mapping({"trapped_s": 20})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        detectors.thresholds.ThresholdError: trapped_s: unknown threshold (known: ...)
+        """
+        known = {f.name for f in fields(cls)}
+        for name in overrides:
+            if name not in known:
+                raise ThresholdError(_unknown_names_message(name))
+        return cls(**dict(overrides))
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Every threshold's name."""
+        return [f.name for f in fields(cls)]
+
+
+def _unknown_names_message(name: str) -> str:
+    return f"{name}: unknown threshold (known: {', '.join(Thresholds.names())})"
+
+
+class _RegistryElevator(Protocol):
+    rated_speed_mps: float
+    rated_load_kg: float
+    floors: int
+
+
+@dataclass(frozen=True)
+class ElevatorLimits:
+    """One elevator's own ratings, the base of every relative limit.
+
+    Parameters
+    ----------
+    rated_speed_mps, rated_load_kg, floors
+        From the registry (``registry.model.Elevator``).
+    floor_height_m
+        Landing-to-landing height (the registry does not record it; 3 m is typical).
+    from_registry
+        False when the elevator is not in the registry and the values are
+        :class:`Thresholds` defaults; every alert's evidence then says so.
+
+    Examples
+    --------
+    >>> lim = ElevatorLimits(rated_speed_mps=1.75, rated_load_kg=1000, floors=18)
+    >>> round(lim.top_position_m, 1)
+    51.0
+    """
+
+    rated_speed_mps: float
+    rated_load_kg: float
+    floors: int
+    floor_height_m: float = 3.0
+    from_registry: bool = True
+
+    @classmethod
+    def of(cls, elevator: _RegistryElevator, floor_height_m: float = 3.0) -> ElevatorLimits:
+        """Limits of a registry record (anything with the three rating attributes)."""
+        return cls(
+            float(elevator.rated_speed_mps),
+            float(elevator.rated_load_kg),
+            int(elevator.floors),
+            floor_height_m,
+        )
+
+    @classmethod
+    def unknown(cls, thresholds: Thresholds | None = None) -> ElevatorLimits:
+        """Conservative defaults for an elevator missing from the registry."""
+        th = thresholds or Thresholds()
+        return cls(
+            th.default_rated_speed_mps,
+            th.default_rated_load_kg,
+            th.default_floors,
+            3.0,
+            from_registry=False,
+        )
+
+    @property
+    def top_position_m(self) -> float:
+        """Position of the top landing above the lowest one, m (inf if floors unknown)."""
+        return (self.floors - 1) * self.floor_height_m if self.floors >= 2 else math.inf
+
+    def full_travel_s(self, accel_mps2: float, jerk_mps3: float) -> float:
+        """Time of a run over the full travel at rated speed with an S-curve, s."""
+        distance_m = self.top_position_m if self.floors >= 2 else 0.0
+        if distance_m <= 0.0 or self.rated_speed_mps <= 0.0:
+            return 0.0
+        v, a, j = self.rated_speed_mps, accel_mps2, jerk_mps3
+        # Distance to reach rated speed and brake again; shorter runs never reach it.
+        if v * (v / a + a / j) <= distance_m:
+            return distance_m / v + v / a + a / j
+        # Rated speed not reached: peak speed v_p solves v_p (v_p/a + a/j) = distance.
+        vp = (-(a * a / j) + math.sqrt((a * a / j) ** 2 + 4 * distance_m * a)) / 2
+        return 2 * (vp / a + a / j) if vp > 0 else 0.0
+
+    def run_time_limit_s(self, th: Thresholds) -> float:
+        """The motor run-time limiter's limit: min(45 s, full travel + 10 s), ≥ 20 s."""
+        travel = self.full_travel_s(th.travel_accel_mps2, th.travel_jerk_mps3)
+        return min(th.run_time_limit_s, max(th.run_time_min_s, travel + th.run_time_margin_s))

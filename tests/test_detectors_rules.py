@@ -1,0 +1,242 @@
+"""Safety rules on hand-built message sequences (explicit timestamps) and on simulator output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detectors import ElevatorLimits, RuleState, ThresholdError, Thresholds, observe, tick
+from detectors.alerts import Alert
+from detectors.testing import car, message
+
+from . import detectors_support as support
+
+T0 = 1_700_000_000_000
+LIM = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000.0, floors=10)
+TH = Thresholds()
+
+
+def feed(seconds: list[list[dict[str, Any]]], **kw: Any) -> tuple[RuleState, list[Alert]]:
+    """Messages (one per list of rows) through the rules; every alert in order."""
+    st = RuleState.new(support_id())
+    out: list[Alert] = []
+    for seq, rows in enumerate(seconds):
+        st, alerts = observe(st, message(rows, seq=seq, **kw), LIM, TH)
+        out += alerts
+    return st, out
+
+
+def support_id() -> str:
+    return "32070620200000000001"
+
+
+def second(sec: int, **values: Any) -> list[dict[str, Any]]:
+    """Ten samples at 10 Hz of second ``sec`` with the same values."""
+    return [car(t_ms=T0 + sec * 1000 + k * 100, **values) for k in range(10)]
+
+
+def kinds(alerts: list[Alert], state: str = "raised") -> list[str]:
+    return [a.alert_type for a in alerts if a.state == state]
+
+
+def test_trapped_between_levels_after_30_s_then_cleared_when_doors_open() -> None:
+    stuck = {"position_m": 4.5, "door_zone": False, "passengers": True, "load_kg": 160.0}
+    seconds = [second(0, speed_mps=1.0, position_m=4.0, door_zone=False, passengers=True)]
+    seconds += [second(s, **stuck) for s in range(1, 40)]
+    seconds += [second(40, position_m=6.0, door=1, passengers=True)]
+    _, alerts = feed(seconds)
+    trapped = [a for a in alerts if a.alert_type == "trapped_between_levels"]
+    assert [a.state for a in trapped] == ["raised", "cleared"]
+    raised = trapped[0]
+    assert raised.condition_since_ms == T0 + 1000
+    assert raised.condition_since_ms + 30_000 <= raised.raised_at_ms <= T0 + 32_000
+    assert raised.estimated_trapped == 2 and raised.gb_code == "11"
+    assert raised.severity == "critical" and "rescue" in raised.suggested_handling.lower()
+    assert trapped[1].alert_key == raised.alert_key
+    assert "stopped_outside_door_zone" in kinds(alerts)
+
+
+def test_trapped_at_level_when_doors_do_not_open_after_arrival() -> None:
+    seconds = [second(0, speed_mps=0.8, door_zone=True, passengers=True, load_kg=80.0)]
+    seconds += [second(s, passengers=True, load_kg=80.0) for s in range(1, 33)]
+    _, alerts = feed(seconds)
+    assert kinds(alerts) == ["trapped_at_level"]
+    assert alerts[0].estimated_trapped == 1
+
+
+def test_no_trapping_when_the_doors_opened_at_the_stop() -> None:
+    seconds = [second(0, speed_mps=0.8, passengers=True), second(1, door=2, passengers=True)]
+    seconds += [second(s, passengers=True) for s in range(2, 40)]
+    _, alerts = feed(seconds)
+    assert kinds(alerts) == []
+
+
+def test_alarm_in_a_standing_closed_car_with_passengers_is_a_trapping_at_once() -> None:
+    seconds = [second(0, speed_mps=0.8, passengers=True)]
+    seconds += [second(s, passengers=True, door_zone=False, position_m=1.5) for s in (1, 2)]
+    seconds += [
+        second(s, passengers=True, door_zone=False, position_m=1.5, alarm=True) for s in (3, 4)
+    ]
+    _, alerts = feed(seconds)
+    assert "alarm_button" in kinds(alerts)
+    trapped = [a for a in alerts if a.alert_type == "trapped_between_levels"]
+    assert trapped and trapped[0].raised_at_ms <= T0 + 5000
+    assert trapped[0].evidence["how"] == "alarm button pressed in a standing car"
+
+
+def test_overspeed_needs_two_samples() -> None:
+    one = [car(t_ms=T0 + k * 100, speed_mps=1.2 if k == 5 else 1.0) for k in range(10)]
+    _, alerts = feed([one])
+    assert kinds(alerts) == []
+    two = [car(t_ms=T0 + k * 100, speed_mps=1.2 if k in (5, 6) else 1.0) for k in range(10)]
+    _, alerts = feed([two])
+    assert kinds(alerts) == ["overspeed"]
+    assert kinds(alerts, "cleared") == ["overspeed"]
+    assert alerts[0].condition_since_ms == T0 + 500 and alerts[0].raised_at_ms == T0 + 600
+
+
+def test_overload_overtravel_and_door_open_while_running() -> None:
+    _, alerts = feed([second(0, load_kg=1150.0, door=2)])
+    assert kinds(alerts) == ["overload"]
+    _, alerts = feed([second(0, speed_mps=0.3, position_m=27.4, door_zone=False, floor=10)])
+    assert kinds(alerts) == ["overtravel_top"]
+    _, alerts = feed([second(0, speed_mps=0.3, position_m=-0.3, door_zone=False)])
+    assert kinds(alerts) == ["overtravel_bottom"]
+    closing = [car(t_ms=T0 + k * 100, door=3) for k in range(10)]
+    _, alerts = feed([closing, second(1, speed_mps=1.0, door=2, direction=1)])
+    assert kinds(alerts) == ["door_open_while_running"]
+
+
+def test_unintended_movement_from_an_open_landing() -> None:
+    opening = [car(t_ms=T0 + k * 100, door=1) for k in range(10)]
+    creep = [
+        car(
+            t_ms=T0 + 1000 + k * 100,
+            door=2,
+            speed_mps=0.2,
+            position_m=0.02 * k,
+            door_zone=0.02 * k <= 0.2,
+        )
+        for k in range(20)
+    ]
+    _, alerts = feed([opening, creep[:10], creep[10:]])
+    assert kinds(alerts) == ["unintended_movement"]
+    assert alerts[0].gb_code == "05"
+
+
+def test_power_loss_from_event_41_and_its_return_40() -> None:
+    seconds = [second(0), second(1, service_mode=0), second(2)]
+    st = RuleState.new(support_id())
+    out: list[Alert] = []
+    for seq, rows in enumerate(seconds):
+        ev = (
+            [(rows[0]["t_ms"], "41")] if seq == 1 else [(rows[0]["t_ms"], "40")] if seq == 2 else []
+        )
+        st, alerts = observe(st, message(rows, seq=seq, events=ev), LIM, TH)
+        out += alerts
+    assert kinds(out) == ["power_loss"] and kinds(out, "cleared") == ["power_loss"]
+
+
+def test_terminal_code_is_sufficient_evidence() -> None:
+    rows = second(0, passengers=True, door_zone=False, position_m=4.5)
+    _st, alerts = observe(
+        RuleState.new(support_id()), message(rows, faults=[(T0 + 500, "11")]), LIM, TH
+    )
+    assert "trapped_between_levels" in kinds(alerts)
+
+
+def test_device_offline_from_tick_and_cleared_by_the_next_message() -> None:
+    st, _ = feed([second(0, speed_mps=1.0)])
+    st, alerts = tick(st, T0 + 5_000, LIM, TH)
+    assert alerts == []
+    st, alerts = tick(st, T0 + 12_000, LIM, TH)
+    assert kinds(alerts) == ["device_offline"]
+    assert alerts[0].evidence["car_was_in_use"] is True
+    st, alerts = observe(st, message(second(20), seq=5), LIM, TH)
+    assert kinds(alerts, "cleared") == ["device_offline"]
+
+
+def test_stopping_accuracy_raised_once_and_cleared_after_good_stops() -> None:
+    seconds: list[list[dict[str, Any]]] = []
+    for stop, off in enumerate([14.0, 15.0, 2.0, 1.0, 0.0]):
+        seconds.append(second(2 * stop, speed_mps=1.0, door_zone=False, position_m=1.0))
+        seconds.append(second(2 * stop + 1, leveling_offset_mm=off))
+    _, alerts = feed(seconds)
+    assert kinds(alerts) == ["stopping_accuracy"]
+    assert kinds(alerts, "cleared") == ["stopping_accuracy"]
+
+
+def test_replay_gives_the_same_alert_keys() -> None:
+    stuck = {"position_m": 4.5, "door_zone": False, "passengers": True}
+    seconds = [second(s, **stuck) for s in range(35)]
+    _, first = feed(seconds)
+    _, again = feed(seconds)
+    assert [a.alert_key for a in first] == [a.alert_key for a in again]
+    assert len({a.alert_key for a in first if a.state == "raised"}) == len(kinds(first))
+
+
+def test_unknown_elevator_uses_defaults_and_says_so() -> None:
+    lim = ElevatorLimits.unknown()
+    _st, alerts = observe(RuleState.new(support_id()), message(second(0, speed_mps=1.3)), lim, TH)
+    assert kinds(alerts) == ["overspeed"]
+    assert alerts[0].evidence["limits"]["source"] == "defaults (not in registry)"
+
+
+def test_thresholds_refuse_unknown_names() -> None:
+    with pytest.raises(ThresholdError, match="trapped_s: unknown threshold"):
+        Thresholds.from_mapping({"trapped_s": 10})
+    assert Thresholds.from_mapping({"trapped_after_s": 20.0}).trapped_after_s == 20.0
+    with pytest.raises(ThresholdError):
+        Thresholds(overspeed_ratio=float("nan"))
+
+
+def test_fast_path_equals_per_sample_path(tmp_path: Path) -> None:
+    """The common-case shortcut must not change a single alert."""
+    import detectors.rules as rules
+
+    cars = support.elevators(6)
+    path = tmp_path / "run.jsonl"
+    support.run_simulation(path, support.FAULTS_TOML, cars, 600.0, 11)
+    messages = support.read_messages(path)
+    fast = support.run_rules(messages, cars)
+    original = rules._uniform
+    rules._uniform = lambda *a: False  # type: ignore[assignment]
+    try:
+        slow = support.run_rules(messages, cars)
+    finally:
+        rules._uniform = original
+    assert [a.to_dict() for a in fast] == [a.to_dict() for a in slow]
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cars = support.elevators(12)
+    path = tmp_path_factory.mktemp("detectors") / "faults.jsonl"
+    support.run_simulation(path, support.FAULTS_TOML, cars, 1800.0, None)
+    messages = support.read_messages(path)
+    alerts = support.run_rules(messages, cars)
+    end_ms = max(m.samples.t_ms[-1] for m in messages)
+    recall, precision = support.evaluate(
+        support.read_labels(path), alerts, end_ms, support.sample_times(messages)
+    )
+    print(support.report(recall, precision))
+    return {"recall": recall, "precision": precision}
+
+
+#: Measured on this scenario (see the report); the runtime limiter misses episodes whose
+#: stall the signals show only in part (a dropout over its start).
+MIN_RECALL = {"runtime_limiter": 0.9}
+
+
+@pytest.mark.parametrize("label_type", support.SAFETY_LABELS)
+def test_simulated_safety_faults_are_detected(simulated: dict[str, Any], label_type: str) -> None:
+    score = simulated["recall"].get(label_type)
+    assert score is not None and score.labels > 0, f"no {label_type} label to check"
+    assert score.recall >= MIN_RECALL.get(label_type, 0.99), score.missed
+
+
+def test_simulated_alerts_are_explained_by_labels(simulated: dict[str, Any]) -> None:
+    for kind, score in simulated["precision"].items():
+        assert score.precision >= 0.9, (kind, score.unexplained[:3])

@@ -1,0 +1,75 @@
+"""Degradation charts on synthetic trips, and the series registry's errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detectors import ElevatorLimits, SeriesError, TripHealthState, observe_trip, score_series
+from tianyan.records import Trip
+
+LIM = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000.0, floors=10)
+T0 = 1_700_000_000_000
+
+
+def trip(i: int, offset_mm: float, opening_s: float) -> Trip:
+    t = T0 + i * 60_000
+    return Trip(
+        start_ms=t,
+        elevator_id="32070620200000000001",
+        end_ms=t + 10_000,
+        start_floor=1,
+        end_floor=3,
+        direction=1,
+        duration_s=10.0,
+        distance_m=6.0,
+        peak_speed_mps=1.0,
+        peak_accel_mps2=0.7,
+        peak_jerk_mps3=1.2,
+        load_kg=150.0,
+        leveling_offset_mm=offset_mm,
+        door_opening_s=opening_s,
+        door_closing_s=2.6,
+    )
+
+
+def run(offsets: np.ndarray, openings: np.ndarray) -> list[str]:
+    st = TripHealthState.new("32070620200000000001")
+    kinds = []
+    for i, (o, d) in enumerate(zip(offsets, openings, strict=True)):
+        st, out = observe_trip(st, trip(i, float(o), float(d)), LIM)
+        kinds += [a.alert_type for a in out if a.state == "raised"]
+    return kinds
+
+
+def test_no_alarm_on_a_healthy_car() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000  # ~10 elevator-days of trips
+    kinds = run(np.clip(rng.normal(0, 3, n), -9, 9), np.round(rng.normal(2.5, 0.03, n), 1))
+    assert "leveling_drift" not in kinds and "door_operator_wear" not in kinds
+
+
+def test_leveling_drift_flagged_before_it_breaks_20_mm() -> None:
+    rng = np.random.default_rng(1)
+    base = np.clip(rng.normal(0, 3, 400), -9, 9)
+    drift = np.linspace(0, 20, 400)
+    kinds = run(base + np.r_[np.zeros(100), drift[:300]], np.full(400, 2.5))
+    assert "leveling_drift" in kinds
+
+
+def test_door_operator_wear() -> None:
+    rng = np.random.default_rng(2)
+    openings = 2.5 * (1 + np.r_[np.zeros(100), np.linspace(0, 0.5, 200)])
+    kinds = run(np.clip(rng.normal(0, 3, 300), -9, 9), openings + rng.normal(0, 0.03, 300))
+    assert "door_operator_wear" in kinds
+
+
+def test_series_errors_are_clear() -> None:
+    with pytest.raises(SeriesError, match=r"nope: unknown detector \(known: cusum, ewma"):
+        score_series("nope", [0, 1], {"x": [1, 2]})
+    with pytest.raises(SeriesError, match=r"timestamps\[1\]"):
+        score_series("ewma", [2, 1], {"x": [1, 2]})
+    with pytest.raises(SeriesError, match="columns"):
+        score_series("ewma", [1, 2], {"x": [1, 2, 3]})
+    with pytest.raises(SeriesError, match="bad parameters"):
+        score_series("ewma", [1, 2], {"x": [1, 2]}, lam=3)
