@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from detectors.alerts import Alert
 from detectors.rules import RuleState, observe, tick
+from detectors.stats import TripHealthState, observe_trip
 from detectors.thresholds import ElevatorLimits, Thresholds
 from tianyan import contract
 from tianyan.contract import TelemetryMessage
@@ -48,6 +49,7 @@ class ElevatorState:
     windows: WindowState
     trip: TripState
     rules: RuleState
+    health: TripHealthState
     last_seq: int = -1
     seen_mask: int = 0
 
@@ -58,6 +60,7 @@ class ElevatorState:
             initial_window_state(elevator_id),
             initial_trip_state(elevator_id),
             RuleState.new(elevator_id),
+            TripHealthState.new(elevator_id),
         )
 
     def admit(self, seq: int) -> bool:
@@ -90,6 +93,7 @@ class ElevatorState:
             "windows": self.windows.to_dict(),
             "trip": self.trip.to_dict(),
             "rules": self.rules.to_dict(),
+            "health": self.health.to_dict(),
         }
 
     @classmethod
@@ -98,9 +102,8 @@ class ElevatorState:
             elevator_id=data["elevator_id"],
             windows=WindowState.from_dict(data["windows"]),
             trip=TripState.from_dict(data["trip"]),
-            rules=RuleState.from_dict(data["rules"])
-            if "rules" in data
-            else RuleState.new(data["elevator_id"]),
+            rules=RuleState.from_dict(data["rules"]),
+            health=TripHealthState.from_dict(data["health"]),
             last_seq=data["last_seq"],
             seen_mask=data["seen_mask"],
         )
@@ -156,12 +159,21 @@ class Ingest:
         self.states: dict[str, ElevatorState] = {}
         #: The latest sample time seen: stream time, for conditions that need no message.
         self.stream_time_ms = 0
+        #: Saved states that could not be read and were started afresh.
+        self.unreadable_states = 0
 
     def state(self, elevator_id: str) -> ElevatorState:
         st = self.states.get(elevator_id)
         if st is None:
             saved = self._load_state(elevator_id)
-            st = ElevatorState.from_dict(saved) if saved else ElevatorState.new(elevator_id)
+            st = ElevatorState.new(elevator_id)
+            if saved:
+                try:
+                    st = ElevatorState.from_dict(saved)
+                except (KeyError, TypeError, ValueError):
+                    # A checkpoint this version cannot read (written by an older one):
+                    # start the elevator afresh rather than stop the worker; counted.
+                    self.unreadable_states += 1
             self.states[elevator_id] = st
         return st
 
@@ -193,10 +205,12 @@ class Ingest:
             st.trip, trips = segment_message(st.trip, message)
             out.trips.extend(trips)
             if self._limits_for is not None:
-                st.rules, alerts = observe(
-                    st.rules, message, self._limits_for(message.elevator_id), self.thresholds
-                )
+                limits = self._limits_for(message.elevator_id)
+                st.rules, alerts = observe(st.rules, message, limits, self.thresholds)
                 out.alerts.extend(alerts)
+                for trip in trips:
+                    st.health, alerts = observe_trip(st.health, trip, limits)
+                    out.alerts.extend(alerts)
             last = message.samples.t_ms[-1]
             if last > self.stream_time_ms:
                 self.stream_time_ms = last
