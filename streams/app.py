@@ -318,6 +318,7 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
             metrics.update_lag(app)
+            metrics.UNREADABLE_STATES.set(worker.ingest.unreadable_states)
             body, content_type = metrics.exposition()
             return self.bytes(body, content_type=content_type)
 
