@@ -45,7 +45,7 @@ class BenchConfig:
     rate_msgs_per_s: float = 10_000.0
     latency_s: float = 30.0
     web_port: int = 16099
-    detectors: bool = False
+    detectors: bool = True
 
 
 def _say(msg: str) -> None:
