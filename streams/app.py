@@ -21,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import tomllib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from faust.types import Message
 from faust.web import Request, Response, View
 
-from detectors.thresholds import ElevatorLimits
+from detectors.thresholds import ElevatorLimits, ThresholdError, Thresholds
 from tianyan.settings import Settings
 
 from . import metrics
@@ -44,6 +46,17 @@ log = logging.getLogger("tianyan.worker")
 SINK_RETRY_S = 2.0
 #: The health endpoint reports unhealthy when no batch loop turn finished for this long.
 STALL_S = 30.0
+
+
+def load_thresholds(path: Path | None) -> Thresholds:
+    """The detectors' thresholds: defaults, overridden by a TOML file of ``name = value``."""
+    if path is None:
+        return Thresholds()
+    try:
+        with path.open("rb") as f:
+            return Thresholds.from_mapping(tomllib.load(f))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ThresholdError(f"TIANYAN_THRESHOLDS_FILE {path}: {e}") from e
 
 
 class RegistryLimits:
@@ -108,6 +121,7 @@ class Worker:
             settings.grace_ms,
             load_state=self._load_state,
             limits_for=self.limits.get if settings.detectors_enabled else None,
+            thresholds=load_thresholds(settings.thresholds_file),
         )
         self.sink = TimescaleSink(settings.database_url)
         # Quarantine and state changelog, flushed together at each checkpoint.

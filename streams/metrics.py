@@ -83,9 +83,11 @@ STATES_RESTORED = Counter(
     "Elevator states loaded from the table (recovered from the changelog)",
     registry=REGISTRY,
 )
-UNREADABLE_STATES = Gauge("tianyan_unreadable_states",
-                          "Saved elevator states this version could not read (started afresh)",
-                          registry=REGISTRY)
+UNREADABLE_STATES = Gauge(
+    "tianyan_unreadable_states",
+    "Saved elevator states this version could not read (started afresh)",
+    registry=REGISTRY,
+)
 CHUNKS_DROPPED = Counter(
     "tianyan_raw_chunks_dropped_total", "Raw-sample chunks dropped by retention", registry=REGISTRY
 )

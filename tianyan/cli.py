@@ -466,8 +466,13 @@ def worker(loglevel: str) -> None:
 
     from streams.app import create_app
 
+    from detectors.thresholds import ThresholdError
+
     settings = _settings()
-    app, _ = create_app(settings)
+    try:
+        app, _ = create_app(settings)
+    except ThresholdError as e:
+        raise click.ClickException(str(e)) from e
     # Structured logs: one JSON object per line on stderr, Faust's own lines included.
     app.conf.logging_config = {
         "version": 1,

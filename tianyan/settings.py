@@ -60,6 +60,7 @@ class Settings:
     quarantine_topic: str
     alerts_topic: str
     detectors_enabled: bool
+    thresholds_file: Path | None
     raw_partitions: int
     worker_id: str
     worker_web_port: int
@@ -93,6 +94,9 @@ class Settings:
             quarantine_topic=_env("TIANYAN_QUARANTINE_TOPIC", "tianyan.telemetry.quarantine"),
             alerts_topic=_env("TIANYAN_ALERTS_TOPIC", "tianyan.alerts"),
             detectors_enabled=_env_bool("TIANYAN_DETECTORS", True),
+            thresholds_file=Path(os.environ["TIANYAN_THRESHOLDS_FILE"])
+            if os.environ.get("TIANYAN_THRESHOLDS_FILE")
+            else None,
             raw_partitions=_env_int("TIANYAN_RAW_PARTITIONS", 8),
             worker_id=_env("TIANYAN_WORKER_ID", "tianyan-worker"),
             worker_web_port=_env_int("TIANYAN_WORKER_WEB_PORT", 6066),
