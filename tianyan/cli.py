@@ -464,9 +464,8 @@ def worker(loglevel: str) -> None:
     """
     from faust.worker import Worker as FaustWorker
 
-    from streams.app import create_app
-
     from detectors.thresholds import ThresholdError
+    from streams.app import create_app
 
     settings = _settings()
     try:
