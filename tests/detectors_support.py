@@ -10,16 +10,19 @@ Also a script::
 from __future__ import annotations
 
 import argparse
-import bisect
 import datetime as dt
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from detectors.alerts import Alert
+
+# The matching rules are product code (detectors.evaluation); SAFETY_LABELS re-exported.
+from detectors.evaluation import SAFETY_LABELS as SAFETY_LABELS
+from detectors.evaluation import AlertScore, FaultScore, score
+from detectors.evaluation import table as report
 from detectors.rules import RuleState, observe, tick
 from detectors.thresholds import ElevatorLimits, Thresholds
 from registry.generate import generate
@@ -32,73 +35,8 @@ FAULTS_TOML = HERE / "scenarios" / "detector_faults.toml"
 NO_FAULTS_TOML = HERE.parent / "simulator" / "scenarios" / "no_faults.toml"
 #: 01:00 UTC is 09:00 in Lianyungang: the morning peak.
 START = dt.datetime(2025, 3, 3, 1, 0, tzinfo=dt.UTC)
-#: How long after a label's end an alert still counts as its detection, ms.
-SLACK_MS = 5_000
 #: How often the harness ticks every elevator, in stream time, ms.
 TICK_EVERY_MS = 5_000
-
-#: Label type → the alert types that detect it (recall).
-DETECTS: dict[str, set[str]] = {
-    "trapped_between_levels": {"trapped_between_levels"},
-    "trapped_at_level": {"trapped_at_level"},
-    "overtravel_top": {"overtravel_top"},
-    "overtravel_bottom": {"overtravel_bottom"},
-    "overspeed": {"overspeed"},
-    "door_open_while_running": {"door_open_while_running"},
-    "unintended_movement": {"unintended_movement"},
-    "stop_outside_door_zone": {"stopped_outside_door_zone"},
-    "runtime_limiter": {"run_time_limiter"},
-    "overload": {"overload"},
-    "power_loss": {"power_loss"},
-    "alarm_true": {"alarm_button"},
-    "alarm_nuisance": {"alarm_button"},
-    "door_reopening": {"repeated_door_reopening"},
-}
-#: The safety faults whose recall and precision the brief asks ≥ 0.99 for.
-SAFETY_LABELS = (
-    "trapped_between_levels",
-    "trapped_at_level",
-    "overtravel_top",
-    "overtravel_bottom",
-    "overspeed",
-    "door_open_while_running",
-    "unintended_movement",
-    "stop_outside_door_zone",
-    "runtime_limiter",
-    "overload",
-    "power_loss",
-)
-#: Alert type → label types that explain it (precision). Beyond DETECTS' inverse: the
-#: same physical situation seen by several rules — a car halted between landings is
-#: "stopped outside the door zone" whatever halted it, and people in a car that overtravels
-#: or loses power between landings are really trapped.
-_HALTS = {
-    "trapped_between_levels",
-    "stop_outside_door_zone",
-    "runtime_limiter",
-    "overtravel_top",
-    "overtravel_bottom",
-    "unintended_movement",
-    "power_loss",
-    "leveling_drift",
-}
-EXPLAINED_BY: dict[str, set[str]] = {
-    "stopped_outside_door_zone": _HALTS,
-    "trapped_between_levels": {
-        "trapped_between_levels",
-        "power_loss",
-        "overtravel_top",
-        "overtravel_bottom",
-    },
-    "trapped_at_level": {"trapped_at_level", "power_loss"},
-    "terminal_fault": {"trapped_at_level"},
-    "stopping_accuracy": {"leveling_drift"},
-    "leveling_accuracy": {"leveling_drift"},
-    "device_offline": {"dropout"},
-}
-for _label, _alerts in DETECTS.items():
-    for _a in _alerts:
-        EXPLAINED_BY.setdefault(_a, set()).add(_label)
 
 
 def elevators(count: int, seed: int = 3) -> list[Elevator]:
@@ -170,25 +108,6 @@ def run_rules(
     return alerts
 
 
-@dataclass
-class Score:
-    labels: int = 0
-    censored: int = 0
-    detected: int = 0
-    alerts: int = 0
-    explained: int = 0
-    missed: list[dict[str, Any]] = field(default_factory=list)
-    unexplained: list[Alert] = field(default_factory=list)
-
-    @property
-    def recall(self) -> float:
-        return self.detected / self.labels if self.labels else float("nan")
-
-    @property
-    def precision(self) -> float:
-        return self.explained / self.alerts if self.alerts else float("nan")
-
-
 def sample_times(messages: list[TelemetryMessage]) -> dict[str, list[int]]:
     per: dict[str, list[int]] = defaultdict(list)
     for m in messages:
@@ -201,81 +120,19 @@ def evaluate(
     alerts: list[Alert],
     end_ms: int,
     times: dict[str, list[int]],
-) -> tuple[dict[str, Score], dict[str, Score]]:
-    """(recall per label type, precision per alert type). ``times``: each car's sample
-    times, to censor labels the signals never showed (a dropout over the whole label)."""
-    raised = [a for a in alerts if a.state == "raised"]
-    by_car: dict[str, list[Alert]] = defaultdict(list)
-    for a in raised:
-        by_car[a.elevator_id].append(a)
-    labels_by_car: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for lb in labels:
-        labels_by_car[lb["elevator_id"]].append(lb)
-
-    def window(lb: dict[str, Any]) -> tuple[int, int]:
-        end = lb["ended_ms"] if lb["ended_ms"] is not None else end_ms
-        return lb["onset_ms"], end + SLACK_MS
-
-    def explains(lb: dict[str, Any]) -> tuple[int, int]:
-        lo, hi = window(lb)
-        if lb["fault_type"] == "runtime_limiter":  # the car stalled a limiter period before
-            lo -= int(lb["params"]["limiter_s"] * 1000)
-        return lo, hi
-
-    def censored(lb: dict[str, Any]) -> bool:
-        """Undetectable by design: inside a dropout, or too close to the end of the run."""
-        lo, hi = lb["onset_ms"], lb["ended_ms"] or end_ms
-        car_times = times.get(lb["elevator_id"], [])
-        k = bisect.bisect_left(car_times, lo)
-        if k >= len(car_times) or car_times[k] > hi:
-            return True  # no sample of the car while the condition held
-        need_ms = 31_000 if lb["fault_type"].startswith("trapped") else 2_000
-        return end_ms - lo < need_ms
-
-    recall: dict[str, Score] = defaultdict(Score)
-    for lb in labels:
-        kinds = DETECTS.get(lb["fault_type"])
-        if kinds is None:
-            continue
-        sc = recall[lb["fault_type"]]
-        if censored(lb):
-            sc.censored += 1
-            continue
-        sc.labels += 1
-        lo, hi = window(lb)
-        if any(
-            a.alert_type in kinds and lo <= a.raised_at_ms <= hi for a in by_car[lb["elevator_id"]]
-        ):
-            sc.detected += 1
-        else:
-            sc.missed.append(lb)
-    precision: dict[str, Score] = defaultdict(Score)
-    for a in raised:
-        if a.alert_type == "repeated_door_reopening" and end_ms - a.raised_at_ms < 60_000:
-            continue  # its label is written when the episode ends, maybe after the run
-        sc = precision[a.alert_type]
-        sc.alerts += 1
-        ok = EXPLAINED_BY.get(a.alert_type, set())
-        if any(
-            lb["fault_type"] in ok and explains(lb)[0] <= a.raised_at_ms <= explains(lb)[1]
-            for lb in labels_by_car[a.elevator_id]
-        ):
-            sc.explained += 1
-        else:
-            sc.unexplained.append(a)
-    return dict(recall), dict(precision)
-
-
-def report(recall: dict[str, Score], precision: dict[str, Score]) -> str:
-    lines = ["label type                  labels detected recall (censored)"]
-    for k in sorted(recall):
-        s = recall[k]
-        lines.append(f"{k:27s} {s.labels:6d} {s.detected:8d} {s.recall:6.3f} ({s.censored})")
-    lines.append("alert type                  alerts explained precision")
-    for k in sorted(precision):
-        s = precision[k]
-        lines.append(f"{k:27s} {s.alerts:6d} {s.explained:9d} {s.precision:9.3f}")
-    return "\n".join(lines)
+) -> tuple[dict[str, FaultScore], dict[str, AlertScore]]:
+    """(recall per label type, precision per alert type), by :func:`detectors.evaluation.score`.
+    ``times``: each car's sample times, to censor labels the signals never showed."""
+    start_ms = min((t[0] for t in times.values() if t), default=end_ms)
+    ev = score(
+        labels,
+        alerts,
+        end_ms=end_ms,
+        sample_times=times,
+        elevators=len(times),
+        duration_s=(end_ms - start_ms) / 1000,
+    )
+    return ev.faults, ev.alerts
 
 
 def bench(messages: list[TelemetryMessage], cars: list[Elevator], repeat: int = 3) -> str:

@@ -14,7 +14,7 @@ import pytest
 from simulator import FileOutput, simulate
 from tianyan.contract import COLUMNS
 
-from .test_simulator_helpers import (
+from .simulator_support import (
     DEVICE_FAULTS,
     PHYSICAL_FAULTS,
     START,

@@ -14,7 +14,7 @@ from streams.producer import RawPublisher
 from tianyan.contract import InvalidMessage, decode
 from tianyan.settings import Settings
 
-from .test_simulator_helpers import START, fleet, scenario
+from .simulator_support import START, fleet, scenario
 
 
 def test_kafka_output_keeps_per_elevator_order_and_writes_labels(settings: Settings) -> None:

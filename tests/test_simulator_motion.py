@@ -9,7 +9,7 @@ import pytest
 
 from simulator import plan_scurve
 
-from .test_simulator_helpers import fleet, read_messages, run, scenario, signals
+from .simulator_support import fleet, read_messages, run, scenario, signals
 
 ACCEL_MPS2, JERK_MPS3, H_M = 0.8, 1.5, 3.0
 DOORS = {
