@@ -30,6 +30,18 @@ TRIP_FEATURES: Final = (
     "leveling_offset_mm",
     "speed_ratio",
 )
+#: Features judged by the trip-anomaly z-score, and in which direction. Only the harmful
+#: side counts: a harsher ride, slower doors, a larger leveling error. Peak speed is left to
+#: the overspeed rule: a one-floor trip never reaches rated speed, so its low speed ratio
+#: is normal (measured: 310 false alarms in 16.7 elevator-days on the fault-free scenario
+#: when both sides of every feature counted).
+ANOMALY_SIDES: Final = {
+    "peak_accel_mps2": 1,
+    "peak_jerk_mps3": 1,
+    "door_opening_s": 1,
+    "door_closing_s": 1,
+    "leveling_offset_mm": 0,  # either side: |z|
+}
 
 
 def trip_features(trip: Trip, limits: ElevatorLimits) -> dict[str, float]:
@@ -357,8 +369,13 @@ def observe_trip(
         if math.isfinite(z):
             zs[name] = z
         st.history[name].learn_one(x)
-    worst = max(zs, key=lambda k: abs(zs[k]), default=None)
-    if worst is not None and abs(zs[worst]) > st.z_limit:
+    harmful = {
+        k: (abs(z) if ANOMALY_SIDES[k] == 0 else z * ANOMALY_SIDES[k])
+        for k, z in zs.items()
+        if k in ANOMALY_SIDES
+    }
+    worst = max(harmful, key=harmful.__getitem__, default=None)
+    if worst is not None and harmful[worst] > st.z_limit:
         a = make_alert(
             st.elevator_id,
             "trip_anomaly",

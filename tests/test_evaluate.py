@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import simulator
 from detectors.alerts import Alert, make_alert
 from detectors.evaluation import (
     SAFETY_LABELS,
@@ -19,7 +20,7 @@ from detectors.evaluation import (
     score,
 )
 from tianyan.commands_eval import evaluate_command
-from tianyan.evaluate import EvaluationReport, evaluate
+from tianyan.evaluate import DEFAULT_START, EvaluationReport, evaluate, fleet
 
 HERE = Path(__file__).parent
 FAULTS_TOML = HERE / "scenarios" / "detector_faults.toml"
@@ -70,7 +71,7 @@ def test_precision_recall_f1_and_delay_arithmetic() -> None:
     assert s.delay_median_s == 0.5 and s.missed == [labels[1]]
     assert ev.false_alarms == 1 and ev.elevator_days == 2.0
     assert ev.false_alarms_per_1000_elevator_days == pytest.approx(500.0)
-    assert ev.false_alarms_by_severity() == {"major": 1} or ev.false_alarms == 1
+    assert sum(ev.false_alarms_by_severity().values()) == 1
     json.dumps(ev.to_dict(), allow_nan=False)  # NaN becomes null: strict JSON
 
 
@@ -79,8 +80,12 @@ def test_delay_median_and_p95_are_from_onset_to_raised() -> None:
     alerts = [alert(f"E{i}", "overload", 100 + i) for i in range(5)]
     alerts.append(alert("E4", "overload", 150))  # a later alert does not change the delay
     ev = score(
-        labels, alerts, end_ms=T0 + 1_000_000, sample_times=everywhere(*(f"E{i}" for i in range(5))),
-        elevators=5, duration_s=1000,
+        labels,
+        alerts,
+        end_ms=T0 + 1_000_000,
+        sample_times=everywhere(*(f"E{i}" for i in range(5))),
+        elevators=5,
+        duration_s=1000,
     )
     s = ev.faults["overload"]
     assert s.delays_ms == [0, 1000, 2000, 3000, 4000]
@@ -91,8 +96,12 @@ def test_delay_median_and_p95_are_from_onset_to_raised() -> None:
 def test_an_alert_outside_the_window_plus_slack_does_not_detect() -> None:
     labels = [label("E1", "overspeed", 10, 12)]
     ev = score(
-        labels, [alert("E1", "overspeed", 12 + 5.001)], end_ms=T0 + 100_000,
-        sample_times=everywhere("E1"), elevators=1, duration_s=100,
+        labels,
+        [alert("E1", "overspeed", 12 + 5.001)],
+        end_ms=T0 + 100_000,
+        sample_times=everywhere("E1"),
+        elevators=1,
+        duration_s=100,
     )
     assert ev.faults["overspeed"].detected == 0 and ev.false_alarms == 1
 
@@ -100,15 +109,30 @@ def test_an_alert_outside_the_window_plus_slack_does_not_detect() -> None:
 def test_one_situation_seen_by_several_rules_is_explained() -> None:
     # A trapping between landings is also a car stopped outside the door zone.
     labels = [label("E1", "trapped_between_levels", 0, 60)]
-    alerts = [alert("E1", "stopped_outside_door_zone", 1), alert("E1", "trapped_between_levels", 30)]
-    ev = score(labels, alerts, end_ms=T0 + 600_000, sample_times=everywhere("E1"),
-               elevators=1, duration_s=600)
+    alerts = [
+        alert("E1", "stopped_outside_door_zone", 1),
+        alert("E1", "trapped_between_levels", 30),
+    ]
+    ev = score(
+        labels,
+        alerts,
+        end_ms=T0 + 600_000,
+        sample_times=everywhere("E1"),
+        elevators=1,
+        duration_s=600,
+    )
     assert ev.false_alarms == 0
     assert ev.faults["trapped_between_levels"].delay_median_s == 30.0
     # The run-time limiter explains the stall before it trips, limiter_s earlier.
     labels = [label("E1", "runtime_limiter", 100, 130, limiter_s=40.0)]
-    ev = score(labels, [alert("E1", "stopped_outside_door_zone", 62)], end_ms=T0 + 600_000,
-               sample_times=everywhere("E1"), elevators=1, duration_s=600)
+    ev = score(
+        labels,
+        [alert("E1", "stopped_outside_door_zone", 62)],
+        end_ms=T0 + 600_000,
+        sample_times=everywhere("E1"),
+        elevators=1,
+        duration_s=600,
+    )
     assert ev.false_alarms == 0
 
 
@@ -120,8 +144,7 @@ def test_unobservable_and_too_late_labels_are_censored_with_their_reason() -> No
     assert "unobservable" in (censor_reason(dropped, end_ms, times) or "")
     times["E1"].append(T0 + 995_000)
     assert "too late" in (censor_reason(late, end_ms, times) or "")
-    ev = score([dropped, late], [], end_ms=end_ms, sample_times=times, elevators=1,
-               duration_s=1000)
+    ev = score([dropped, late], [], end_ms=end_ms, sample_times=times, elevators=1, duration_s=1000)
     assert ev.faults["overspeed"].labels == 0 and sum(ev.faults["overspeed"].censored.values()) == 1
     assert math.isnan(ev.faults["overspeed"].recall)
 
@@ -140,12 +163,20 @@ def test_degradations_flagged_before_they_become_safety_faults() -> None:
     ]
     end_ms = T0 + 3 * DAY_MS
     ev = score(
-        [early, unflagged, pending, slow_doors], alerts, end_ms=end_ms,
+        [early, unflagged, pending, slow_doors],
+        alerts,
+        end_ms=end_ms,
         sample_times=everywhere("E1", "E2", "E3", "E4", until_s=3 * 86_400),
-        elevators=4, duration_s=3 * 86_400,
+        elevators=4,
+        duration_s=3 * 86_400,
     )
     drift = ev.degradations["leveling_drift"]
-    assert (drift.labels, drift.flagged_before, drift.reached_unflagged, drift.pending) == (3, 1, 1, 1)
+    assert (drift.labels, drift.flagged_before, drift.reached_unflagged, drift.pending) == (
+        3,
+        1,
+        1,
+        1,
+    )
     assert drift.lead_median_h == 24.0 and drift.progress == [0.5]
     assert drift.early_rate == 0.5
     doors = ev.degradations["door_degradation"]
@@ -208,11 +239,6 @@ def test_evaluate_command_prints_the_table_then_json_and_reads_a_file(tmp_path: 
     last = json.loads(result.output.strip().splitlines()[-1])
     assert last["seed"] == 22 and last["elevators"] == 4
     # The same run from disk, as `tianyan simulate --registry-seed 3 --elevators 4` writes it.
-    import datetime as dt
-
-    import simulator
-    from tianyan.evaluate import DEFAULT_START, fleet
-
     path = tmp_path / "run.jsonl"
     simulator.simulate(
         simulator.load_scenario(FAULTS_TOML, seed=22),
@@ -226,7 +252,6 @@ def test_evaluate_command_prints_the_table_then_json_and_reads_a_file(tmp_path: 
     assert result.exit_code == 0, result.output
     again = json.loads(result.output.strip().splitlines()[-1])
     assert again["faults"] == last["faults"] and again["default_limits"] == 0
-    assert dt.datetime  # (imported for clarity of the start's type)
 
 
 def test_evaluate_command_errors_are_clear(tmp_path: Path) -> None:
@@ -235,4 +260,11 @@ def test_evaluate_command_errors_are_clear(tmp_path: Path) -> None:
     lonely = tmp_path / "lonely.jsonl"
     lonely.write_text("{}\n")
     result = CliRunner().invoke(evaluate_command, ["--from", str(lonely)])
-    assert result.exit_code == 1 and "labels" in result.output
+    assert result.exit_code == 1 and "cannot read the fault labels" in result.output
+    lonely.with_name("lonely.labels.jsonl").write_text("")
+    result = CliRunner().invoke(evaluate_command, ["--from", str(lonely)])
+    assert result.exit_code == 1 and "no valid telemetry message" in result.output
+    result = CliRunner().invoke(
+        evaluate_command, ["--from", str(lonely), "--scenario", str(FAULTS_TOML)]
+    )
+    assert result.exit_code == 1 and "drop --scenario" in result.output

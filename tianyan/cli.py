@@ -542,6 +542,17 @@ def bench_stream(
     click.echo(json.dumps(result))
 
 
+# -- detectors: scoring series, evaluating against labels -------------------------------------
+def _register_detector_commands() -> None:
+    from tianyan.commands_eval import evaluate_command, score_command
+
+    main.add_command(score_command, "score")
+    main.add_command(evaluate_command, "evaluate")
+
+
+_register_detector_commands()
+
+
 # -- demo ---------------------------------------------------------------------------------------
 @main.command()
 def demo() -> None:
