@@ -52,6 +52,9 @@ class ElevatorState:
     health: TripHealthState
     last_seq: int = -1
     seen_mask: int = 0
+    #: ``health.to_dict()`` as of the last trip: the degradation charts (hundreds of values)
+    #: change only when a trip ends, so checkpoints reuse it instead of rebuilding it.
+    _health_dict: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def new(cls, elevator_id: str) -> ElevatorState:
@@ -93,8 +96,13 @@ class ElevatorState:
             "windows": self.windows.to_dict(),
             "trip": self.trip.to_dict(),
             "rules": self.rules.to_dict(),
-            "health": self.health.to_dict(),
+            "health": self.health_dict(),
         }
+
+    def health_dict(self) -> dict[str, Any]:
+        if self._health_dict is None:
+            self._health_dict = self.health.to_dict()
+        return self._health_dict
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ElevatorState:
@@ -210,6 +218,7 @@ class Ingest:
                 out.alerts.extend(alerts)
                 for trip in trips:
                     st.health, alerts = observe_trip(st.health, trip, limits)
+                    st._health_dict = None
                     out.alerts.extend(alerts)
             last = message.samples.t_ms[-1]
             if last > self.stream_time_ms:

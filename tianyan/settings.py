@@ -103,7 +103,7 @@ class Settings:
             grace_ms=_env_int("TIANYAN_GRACE_MS", 5_000),
             batch_messages=_env_int("TIANYAN_BATCH_MESSAGES", 2_000),
             batch_linger_ms=_env_int("TIANYAN_BATCH_LINGER_MS", 100),
-            checkpoint_interval_s=_env_int("TIANYAN_CHECKPOINT_INTERVAL_MS", 2_000) / 1000,
+            checkpoint_interval_s=_env_int("TIANYAN_CHECKPOINT_INTERVAL_MS", 5_000) / 1000,
             raw_retention_days=_env_int("TIANYAN_RAW_RETENTION_DAYS", 7),
             evidence_window_s=_env_int("TIANYAN_EVIDENCE_WINDOW_S", 300),
         )
