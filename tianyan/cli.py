@@ -517,7 +517,7 @@ def bench() -> None:
 )
 @click.option(
     "--detectors/--no-detectors",
-    default=False,
+    default=True,
     show_default=True,
     help="Also run (b) with the detectors on.",
 )
