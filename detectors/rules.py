@@ -76,6 +76,13 @@ _NONE: Final = -1
 RECENT_CODES: Final = 8
 #: Alarm held this long in a standing car with doors closed and passengers = trapped at once.
 ALARM_STATIONARY_S: Final = 1.0
+#: A silence longer than this between two samples (a terminal dropout) hides what the car
+#: did. Safety first: a car found standing after one is taken to have stood since the last
+#: sample seen (the worst case for anyone inside), and a standing car found somewhere else
+#: moved unseen, so its old stop, and any alert about it, ended.
+SILENT_GAP_MS: Final = 2_000
+#: Position change across a silence that means the car moved while unseen, m.
+UNSEEN_MOVE_M: Final = 0.1
 #: Reopenings of a closing door within one stop that make an alert (normal obstruction: 1).
 REOPENINGS_ALERT: Final = 3
 
@@ -384,6 +391,7 @@ def observe(
         and not message.faults
         and not message.events
         and ts[0] > st.last_t_ms
+        and ts[0] - st.last_t_ms <= SILENT_GAP_MS
         and (st.moving or st.stop_checked)
         and not st.alarm
         and _uniform(st, s, d, n)
@@ -455,6 +463,8 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
             continue
         v, p, door, zone, dirn = sp[i], pos[i], doors[i], zones[i], dirs[i]
         prev_dir = st.direction
+        prev_t, prev_p = st.last_t_ms, st.position_m
+        silent_gap = prev_t >= 0 and t - prev_t > SILENT_GAP_MS
         st.last_t_ms = t
         st.speed_mps, st.accel_mps2, st.position_m = v, acc[i], p
         st.load_kg, st.leveling_offset_mm, st.direction = loads[i], offs[i], dirn
@@ -464,12 +474,25 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
             if not st.moving:
                 _departure(em, st, t, door, th)
             st.moving = True
-        elif st.standing_since_ms < 0 or st.moving or zone != st.zone:
+        elif (
+            st.standing_since_ms < 0
+            or st.moving
+            or zone != st.zone
+            or (silent_gap and abs(p - prev_p) > UNSEEN_MOVE_M)
+        ):
             # A new stop; a zone change while standing means the car moved unseen (a gap).
+            if not st.moving and st.standing_since_ms >= 0:
+                for kind in (
+                    "trapped_between_levels",
+                    "trapped_at_level",
+                    "stopped_outside_door_zone",
+                ):
+                    if kind in active:
+                        em.clear(kind, t, "the car moved while the terminal was silent")
             if zone and st.running:
                 st.run_since_ms = t  # arrived at a landing: a held command is a new run
             st.moving = False
-            st.standing_since_ms = t
+            st.standing_since_ms = prev_t if silent_gap else t
             st.stop_checked = False
             st.opened_in_stop = False
             st.stop_doors_opened = False
