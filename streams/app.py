@@ -44,6 +44,8 @@ log = logging.getLogger("tianyan.worker")
 #: A sink failure is retried after this pause (TimescaleDB restarting, a network blip);
 #: nothing is acknowledged meanwhile, so nothing is lost.
 SINK_RETRY_S = 2.0
+#: How often silence-based conditions (device offline) are checked, s.
+TICK_S = 5.0
 #: The health endpoint reports unhealthy when no batch loop turn finished for this long.
 STALL_S = 30.0
 
@@ -133,6 +135,7 @@ class Worker:
         self._held: list[Message] = []
         self._checkpoint_due = 0.0
         self._partition_of: dict[str, int] = {}
+        self._tick_due = 0.0
 
     # -- state ----------------------------------------------------------------------------------
     def _load_state(self, elevator_id: str) -> dict[str, Any] | None:
@@ -180,10 +183,18 @@ class Worker:
             [e for e, st in list(self.ingest.states.items()) if self._partition_of.get(e) in gone]
         )
 
-    async def tick(self) -> None:
-        batch = self.ingest.tick()
-        if batch.alerts:
-            await self._finish(await self._write(batch, []))
+    def _process(self, records: list[RawRecord]) -> IngestBatch:
+        batch = self.ingest.process(records)
+        now = time.monotonic()
+        if now >= self._tick_due:
+            # Conditions that arise from silence (a terminal offline) need no message:
+            # checked every few seconds, at stream time, on the same path as the rest.
+            self._tick_due = now + TICK_S
+            ticked = self.ingest.tick()
+            batch.alerts.extend(ticked.alerts)
+            for elevator_id in ticked.touched:
+                batch.touched.setdefault(elevator_id, -1)
+        return batch
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -198,18 +209,15 @@ class Worker:
             consumer = self.app.consumer
             for m in batch:
                 consumer.track_message(m)
-            processed = (
-                self.ingest.process(
-                    RawRecord(m.key, m.value or b"", m.partition, m.offset) for m in batch
-                )
-                if batch
-                else None
-            )
+            records = [RawRecord(m.key, m.value or b"", m.partition, m.offset) for m in batch]
+            # Folding runs in a thread so the event loop keeps taking deliveries from Kafka
+            # meanwhile; nothing else touches the ingest state (silence is checked here too).
+            processed = await asyncio.to_thread(self._process, records)
             # One write in flight: PostgreSQL inserts batch N while Python folds N + 1.
             if pending_write is not None:
                 await self._finish(await pending_write)
                 pending_write = None
-            if processed is not None:
+            if processed.messages or processed.alerts or batch:
                 pending_write = asyncio.ensure_future(self._write(processed, batch))
             # In a rebalance Faust waits for every tracked message to be acknowledged
             # before it commits and hands partitions over: checkpoint at once then.
@@ -312,12 +320,6 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     @app.task
     async def ingest() -> None:
         await worker.run()
-
-    @app.timer(interval=5.0)
-    async def silence() -> None:
-        # Conditions that arise from silence (a terminal offline) need no message: check
-        # every few seconds at stream time; the alerts go through the same path.
-        await worker.tick()
 
     @app.timer(interval=60.0)
     async def registry_refresh() -> None:
