@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from tianyan.commands_eval import UTC_TIME
 from tianyan.settings import Settings, SettingsError
 
 
@@ -258,7 +259,7 @@ def _utc(value: dt.datetime | None) -> dt.datetime:
 @click.option("--district", "districts", multiple=True, help="Only these districts (repeatable).")
 @click.option(
     "--start",
-    type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    type=UTC_TIME,
     default=None,
     help="Simulated clock start, UTC (default now).",
 )
@@ -380,13 +381,13 @@ def _fleet(
 )
 @click.option(
     "--start",
-    type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    type=UTC_TIME,
     default=None,
     help="Start of the stored time range, UTC.",
 )
 @click.option(
     "--end",
-    type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    type=UTC_TIME,
     default=None,
     help="End of the stored time range (exclusive), UTC.",
 )

@@ -16,6 +16,9 @@ from typing import Any
 
 import click
 
+#: A date or date-time on the command line, read as UTC (the commands share it).
+UTC_TIME = click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"])
+
 #: Name of the column ``score`` adds.
 SCORE_COLUMN = "anomaly_score"
 #: One line per detector for ``score --list``; parameters and defaults are read from the
@@ -210,7 +213,7 @@ def score_command(
 )
 @click.option(
     "--start",
-    type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    type=UTC_TIME,
     default=None,
     help="Simulated clock start, UTC (default 2025-03-03T01:00:00, the morning peak).",
 )
@@ -266,7 +269,7 @@ def evaluate_command(
                 seed,
                 elevators,
                 duration_s,
-                clock if clock.tzinfo else clock.replace(tzinfo=dt.UTC),
+                clock,  # evaluate() reads a naive time as UTC
                 registry_seed=rseed,
             )
     except (simulator.ScenarioError, ev.EvaluationError) as e:
