@@ -101,3 +101,7 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60
     finally:
         consumer.close()
     return records
+
+
+# The shared simulated run (tests/city_run.py): dashboards, report and notebooks read it.
+from .city_run import city_run  # noqa: E402, F401
