@@ -31,3 +31,36 @@ LANGUAGE sql AS $$
         ON CONFLICT DO NOTHING RETURNING 1)
     SELECT count(*)::integer FROM ins
 $$;
+
+-- Append one entry to the tamper-evident ledger and return its seq.
+--
+-- Entries form a hash chain: seq is gapless and each entry carries the hash of the one before
+-- (32 zero bytes before the first). An entry's hash is
+--   sha256(prev_hash || utf8(seq | recorded_at_us | entry_type | entity_id | payload::text))
+-- with '|' between the fields, recorded_at_us the recording time in Unix microseconds and
+-- payload::text jsonb's canonical text. `tianyan audit verify` recomputes it independently.
+-- The lock serialises appends for the rest of the calling transaction, so the head read
+-- here is the head the entry follows; a rolled-back transaction leaves no gap.
+CREATE OR REPLACE FUNCTION ledger_append(p_entry_type text, p_entity_id text, p_payload jsonb)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = tianyan, public AS $$
+DECLARE
+    head_seq  bigint;
+    head_hash bytea;
+    at        timestamptz := date_trunc('microseconds', clock_timestamp());
+    hash      bytea;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('tianyan.audit_ledger'));
+    SELECT seq, entry_hash INTO head_seq, head_hash
+      FROM audit_ledger ORDER BY seq DESC LIMIT 1;
+    IF head_seq IS NULL THEN
+        head_seq := 0;
+        head_hash := decode(repeat('00', 32), 'hex');
+    END IF;
+    hash := sha256(head_hash || convert_to(concat_ws('|', head_seq + 1,
+                (extract(epoch FROM at) * 1000000)::bigint, p_entry_type, p_entity_id,
+                p_payload::text), 'UTF8'));
+    INSERT INTO audit_ledger (seq, recorded_at, entry_type, entity_id, payload, prev_hash, entry_hash)
+    VALUES (head_seq + 1, at, p_entry_type, p_entity_id, p_payload, head_hash, hash);
+    RETURN head_seq + 1;
+END $$;
