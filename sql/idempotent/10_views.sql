@@ -23,3 +23,128 @@ LEFT JOIN LATERAL (
     WHERE r.elevator_id = e.registration_code
     ORDER BY graded_at DESC LIMIT 1
 ) g ON true;
+
+-- Risk grading (streams/grading.py writes risk_grade; README "Risk grading and the report").
+-- Grafana boards and `tianyan report` read these views; their column names are stable.
+
+-- The grade each elevator holds now: its latest risk_grade row. risk_grade keeps history
+-- compactly (a row only when an elevator's grade or score changed), so graded_at is when
+-- the current grade was set, not when grading last ran.
+--   elevator_id        registration code
+--   district, address, building_type, latitude, longitude   from the registry
+--   graded_at          time of the grading that set this grade (timestamptz)
+--   score              0..100 (real)
+--   grade              red | orange | yellow | blue
+--   grade_zh           重大 | 较大 | 一般 | 低
+--   grade_rank         1 red .. 4 blue (sorts most severe first)
+--   top_factor         the factor contributing most points (NULL when none contributes)
+--   top_factor_points  its points
+--   weights_version    version of the weights that produced the score
+--   factors            the full explanation (jsonb: {"weights_version", "window_days",
+--                      "factors": {name: {"value", "points", "reason"}}})
+CREATE OR REPLACE VIEW current_risk_grade AS
+SELECT g.elevator_id,
+       e.district,
+       e.address,
+       e.building_type,
+       e.latitude,
+       e.longitude,
+       g.graded_at,
+       g.score,
+       g.grade,
+       CASE g.grade WHEN 'red' THEN '重大' WHEN 'orange' THEN '较大'
+                    WHEN 'yellow' THEN '一般' ELSE '低' END AS grade_zh,
+       CASE g.grade WHEN 'red' THEN 1 WHEN 'orange' THEN 2
+                    WHEN 'yellow' THEN 3 ELSE 4 END AS grade_rank,
+       top.name AS top_factor,
+       top.points AS top_factor_points,
+       g.factors ->> 'weights_version' AS weights_version,
+       g.factors
+FROM (
+    SELECT DISTINCT ON (elevator_id) elevator_id, graded_at, score, grade, factors
+    FROM risk_grade
+    ORDER BY elevator_id, graded_at DESC
+) g
+LEFT JOIN elevator e ON e.registration_code = g.elevator_id
+LEFT JOIN LATERAL (
+    SELECT f.key AS name, (f.value ->> 'points')::real AS points
+    FROM jsonb_each(g.factors -> 'factors') f
+    WHERE (f.value ->> 'points')::real > 0
+    ORDER BY (f.value ->> 'points')::real DESC, f.key
+    LIMIT 1
+) top ON true;
+
+-- Elevators per district and current grade (the regulators' heatmap).
+--   district, red, orange, yellow, blue, graded (sum of the four), ungraded (no grade yet)
+CREATE OR REPLACE VIEW district_risk_grade AS
+SELECT e.district,
+       count(*) FILTER (WHERE c.grade = 'red') AS red,
+       count(*) FILTER (WHERE c.grade = 'orange') AS orange,
+       count(*) FILTER (WHERE c.grade = 'yellow') AS yellow,
+       count(*) FILTER (WHERE c.grade = 'blue') AS blue,
+       count(c.grade) AS graded,
+       count(*) FILTER (WHERE c.grade IS NULL) AS ungraded
+FROM elevator e
+LEFT JOIN current_risk_grade c ON c.elevator_id = e.registration_code
+GROUP BY e.district;
+
+-- Terminal coverage per district against the Lianyungang plan's targets (MISSION.md):
+-- at least 30 % of the elevators in every district, and at least 90 % of the residential
+-- elevators managed by property companies. Shares are fractions 0..1 (NULL when there is
+-- nothing to divide by); the targets are columns so that boards and reports show them.
+--   district
+--   elevators, with_terminal, terminal_share, terminal_target_share (0.30),
+--   terminal_target_met
+--   managed_residential (building_type residential AND property_managed),
+--   managed_residential_with_terminal, managed_residential_share,
+--   managed_residential_target_share (0.90), managed_residential_target_met
+--   (NULL when the district has no managed residential elevators)
+CREATE OR REPLACE VIEW district_coverage AS
+WITH counts AS (
+    SELECT district,
+           count(*) AS elevators,
+           count(*) FILTER (WHERE has_terminal) AS with_terminal,
+           count(*) FILTER (WHERE building_type = 'residential' AND property_managed)
+               AS managed_residential,
+           count(*) FILTER (WHERE building_type = 'residential' AND property_managed
+                            AND has_terminal) AS managed_residential_with_terminal
+    FROM elevator
+    GROUP BY district
+)
+SELECT district,
+       elevators,
+       with_terminal,
+       with_terminal::double precision / elevators AS terminal_share,
+       0.30::double precision AS terminal_target_share,
+       with_terminal::double precision / elevators >= 0.30 AS terminal_target_met,
+       managed_residential,
+       managed_residential_with_terminal,
+       managed_residential_with_terminal::double precision / nullif(managed_residential, 0)
+           AS managed_residential_share,
+       0.90::double precision AS managed_residential_target_share,
+       managed_residential_with_terminal::double precision / nullif(managed_residential, 0)
+           >= 0.90 AS managed_residential_target_met
+FROM counts;
+
+-- The same for the whole city, with the plan's unit target: at least 3,500 elevators
+-- connected to the "Sky Eye" network.
+--   elevators, with_terminal, terminal_share, units_target (3500), units_target_met,
+--   managed_residential, managed_residential_with_terminal, managed_residential_share,
+--   managed_residential_target_share (0.90), managed_residential_target_met,
+--   districts, districts_meeting_terminal_target
+CREATE OR REPLACE VIEW city_coverage AS
+SELECT sum(elevators)::bigint AS elevators,
+       sum(with_terminal)::bigint AS with_terminal,
+       sum(with_terminal)::double precision / nullif(sum(elevators), 0) AS terminal_share,
+       3500::bigint AS units_target,
+       coalesce(sum(with_terminal), 0) >= 3500 AS units_target_met,
+       sum(managed_residential)::bigint AS managed_residential,
+       sum(managed_residential_with_terminal)::bigint AS managed_residential_with_terminal,
+       sum(managed_residential_with_terminal)::double precision
+           / nullif(sum(managed_residential), 0) AS managed_residential_share,
+       0.90::double precision AS managed_residential_target_share,
+       sum(managed_residential_with_terminal)::double precision
+           / nullif(sum(managed_residential), 0) >= 0.90 AS managed_residential_target_met,
+       count(*) AS districts,
+       count(*) FILTER (WHERE terminal_target_met) AS districts_meeting_terminal_target
+FROM district_coverage;
