@@ -93,6 +93,51 @@ class Thresholds:
         car) so that an unknown car is over- rather than under-alarmed, and every alert
         says the limits were defaults. ``default_floors`` 0 means "unknown": overtravel top
         is then judged from terminal code 09 only.
+
+    Risk grading (:mod:`detectors.risk`; no official formula is published, MISSION.md: the
+    factors used in practice are fault and trapping frequency, age, maintenance and
+    inspection compliance and anomaly trends). Each factor earns points, capped; the score
+    is their sum, capped at 100.
+
+    risk_window_days
+        Alerts raised in this many days before the grading count: a month, the period of
+        the trapping rate regulators report (Jiangsu: 0.55 % a month).
+    risk_trapping_points, risk_trapping_cap
+        Per trapping (``trapped_between_levels`` / ``trapped_at_level``) in the window, and
+        the most this factor adds: two trappings in a month weigh as much as anything else
+        together, as the plan puts trapped people first.
+    risk_critical_fault_points, risk_critical_fault_cap
+        Per other ``critical`` alert (overspeed, overtravel, door open while running,
+        unintended movement): the faults the standards answer with taking the car out of
+        service (GB/T 7588.1-2020).
+    risk_major_fault_points, risk_major_fault_cap
+        Per ``major`` alert (stopped outside the door zone, run-time limiter, leveling
+        accuracy, power loss, alarm button, terminal fault code).
+    risk_minor_fault_points, risk_minor_fault_cap
+        Per ``minor`` fault alert (overload, stopping accuracy, repeated door reopening,
+        device offline).
+    risk_degradation_points, risk_degradation_cap
+        Per degradation alert of the trip-health charts (leveling drift, door operator
+        wear): a fault in the making.
+    risk_anomaly_points, risk_anomaly_cap
+        Per trip anomaly (``info``): weak evidence alone, a trend when frequent.
+    risk_old_age_years, risk_old_age_points
+        An elevator older than this is "old" (MISSION.md: > 15 years); an unknown
+        installation date counts as old.
+    risk_maintenance_interval_days, risk_maintenance_overdue_points,
+    risk_maintenance_lapsed_points
+        Maintenance at least every 15 days (TSG T5002-2017, 半月保): points when the last
+        maintenance is older than one interval, more when older than two (a missed cycle,
+        or none on record).
+    risk_inspection_interval_days, risk_inspection_overdue_points
+        Periodic inspection yearly (TSG T7001): points when the last is older, or none on
+        record.
+    risk_no_terminal_points
+        No IoT terminal fitted: faults and trappings go unseen, so a quiet record says less.
+    risk_red_min_score, risk_orange_min_score, risk_yellow_min_score
+        Grade cut-offs: red 重大 at or above the first, orange 较大, yellow 一般, else blue
+        低. A compliance lapse alone (old, no terminal, overdue maintenance and inspection:
+        55) stays below red; red needs faults or trappings.
     """
 
     overspeed_ratio: float = 1.15
@@ -120,6 +165,30 @@ class Thresholds:
     default_rated_speed_mps: float = 1.0
     default_rated_load_kg: float = 630.0
     default_floors: int = 0
+    risk_window_days: int = 30
+    risk_trapping_points: float = 25.0
+    risk_trapping_cap: float = 50.0
+    risk_critical_fault_points: float = 15.0
+    risk_critical_fault_cap: float = 30.0
+    risk_major_fault_points: float = 5.0
+    risk_major_fault_cap: float = 20.0
+    risk_minor_fault_points: float = 1.0
+    risk_minor_fault_cap: float = 5.0
+    risk_degradation_points: float = 5.0
+    risk_degradation_cap: float = 10.0
+    risk_anomaly_points: float = 0.5
+    risk_anomaly_cap: float = 5.0
+    risk_old_age_years: float = 15.0
+    risk_old_age_points: float = 10.0
+    risk_maintenance_interval_days: int = 15
+    risk_maintenance_overdue_points: float = 10.0
+    risk_maintenance_lapsed_points: float = 20.0
+    risk_inspection_interval_days: int = 365
+    risk_inspection_overdue_points: float = 15.0
+    risk_no_terminal_points: float = 10.0
+    risk_red_min_score: float = 60.0
+    risk_orange_min_score: float = 40.0
+    risk_yellow_min_score: float = 20.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -130,6 +199,20 @@ class Thresholds:
                 raise ThresholdError(f"{f.name}: {value!r} is not a finite number ≥ 0")
         if self.confirm_samples < 1:
             raise ThresholdError("confirm_samples: at least 1 sample is needed")
+        if not (
+            0
+            < self.risk_yellow_min_score
+            < self.risk_orange_min_score
+            < self.risk_red_min_score
+            <= 100
+        ):
+            raise ThresholdError(
+                "risk grade cut-offs: need 0 < risk_yellow_min_score < risk_orange_min_score"
+                f" < risk_red_min_score ≤ 100, got {self.risk_yellow_min_score},"
+                f" {self.risk_orange_min_score}, {self.risk_red_min_score}"
+            )
+        if self.risk_window_days < 1:
+            raise ThresholdError("risk_window_days: at least 1 day is needed")
 
     @classmethod
     def from_mapping(cls, overrides: Mapping[str, Any]) -> Thresholds:
