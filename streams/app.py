@@ -19,6 +19,7 @@ the changelog) or ignored by the sinks' natural keys, so it duplicates nothing.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 import tomllib
@@ -35,6 +36,7 @@ from tianyan.settings import Settings
 
 from . import metrics
 from .faust_batching import BatchingApp, BatchTopic
+from .grading import GradingError, grade_fleet
 from .ingest import Ingest, IngestBatch, RawRecord
 from .producer import PublishError, RawPublisher
 from .sinks import SinkError, TimescaleSink
@@ -329,6 +331,23 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     async def retention() -> None:
         dropped = await asyncio.to_thread(_drop_old_raw_chunks, settings)
         metrics.CHUNKS_DROPPED.inc(dropped)
+
+    if settings.grading_interval_s > 0:
+
+        @app.timer(interval=float(settings.grading_interval_s))
+        async def risk_grading() -> None:
+            # With several workers only the one that takes the grading lock grades.
+            now = dt.datetime.now(dt.UTC)
+            th = worker.ingest.thresholds
+            try:
+                summary = await asyncio.to_thread(
+                    grade_fleet, settings.database_url, now, th, skip_if_busy=True
+                )
+            except GradingError as e:
+                log.error("risk grading failed", extra={"error": str(e)})
+                return
+            if not summary.skipped:
+                log.info("risk graded", extra=summary.to_dict())
 
     @app.page("/metrics")
     class MetricsView(View):

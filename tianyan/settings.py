@@ -70,6 +70,7 @@ class Settings:
     checkpoint_interval_s: float
     raw_retention_days: int
     evidence_window_s: int
+    grading_interval_s: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -106,4 +107,5 @@ class Settings:
             checkpoint_interval_s=_env_int("TIANYAN_CHECKPOINT_INTERVAL_MS", 5_000) / 1000,
             raw_retention_days=_env_int("TIANYAN_RAW_RETENTION_DAYS", 7),
             evidence_window_s=_env_int("TIANYAN_EVIDENCE_WINDOW_S", 300),
+            grading_interval_s=_env_int("TIANYAN_GRADING_INTERVAL_S", 3600),
         )
