@@ -575,3 +575,9 @@ def demo() -> None:
     )
     if result.rows_in_database == 0 or len(result.rejected) != 1:
         raise click.ClickException("the round trip did not complete")
+
+
+from tianyan.commands_risk import grade_command, report_command  # noqa: E402
+
+main.add_command(grade_command)
+main.add_command(report_command)
