@@ -152,6 +152,11 @@ def city_run(
         _stop(worker)
         log.close()
 
+    # risk grades: the run graded as of its end, as the worker's timer would
+    from streams.grading import grade_fleet
+
+    grade_fleet(writer, CITY_START + dt.timedelta(seconds=CITY_DURATION_S))
+
     yield CityRun(
         admin_url=admin,
         writer_url=writer,
