@@ -558,3 +558,84 @@ def test_report_on_the_city_run(city_run, tmp_path: Path) -> None:  # type: igno
     for elevator_id in trapped:
         grade, trappings = grades[elevator_id]
         assert grade != "blue" and trappings >= 1, elevator_id
+
+
+# -- the worker's timer ---------------------------------------------------------------------------
+def test_the_worker_grades_on_its_timer_unless_another_holds_the_lock(
+    settings, graded_city: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from .conftest import TIANYAN
+
+    tag = uuid.uuid4().hex[:8]
+    topics = [f"test.risk.{tag}.{t}" for t in ("raw", "quarantine", "alerts")]
+    kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    kafka.create_topics([NewTopic(t, 1, 1) for t in topics])
+    env = {
+        **os.environ,
+        "TIANYAN_RAW_TOPIC": topics[0],
+        "TIANYAN_QUARANTINE_TOPIC": topics[1],
+        "TIANYAN_ALERTS_TOPIC": topics[2],
+        "TIANYAN_RAW_PARTITIONS": "1",
+        "TIANYAN_WORKER_ID": f"test-risk-worker-{tag}",
+        "TIANYAN_DATABASE_URL": role_url(graded_city, "tianyan_writer"),
+        "TIANYAN_WORKER_WEB_PORT": "16191",
+        "TIANYAN_GRADING_INTERVAL_S": "1",
+    }
+
+    def graded_since(t: dt.datetime) -> int:
+        with psycopg.connect(graded_city) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM tianyan.risk_grade WHERE graded_at >= %s", [t]
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    started = dt.datetime.now(dt.UTC)
+    log = (tmp_path / "worker.log").open("ab")
+    with psycopg.connect(graded_city) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [GRADING_LOCK_KEY])
+        worker = subprocess.Popen(
+            [TIANYAN, "worker", "--loglevel", "info"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            # another process grading: once the worker is up, its timer's turns are skipped
+            deadline = time.monotonic() + 60
+            while True:
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+                assert time.monotonic() < deadline, "the worker did not come up in 60 s"
+                try:
+                    urllib.request.urlopen("http://127.0.0.1:16191/health", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            time.sleep(3.0)  # three turns of the 1-s timer
+            assert graded_since(started) == 0
+            holder.execute("SELECT pg_advisory_unlock(%s)", [GRADING_LOCK_KEY])
+            deadline = time.monotonic() + 60
+            while graded_since(started) < len(REGISTRY) and time.monotonic() < deadline:
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+                time.sleep(0.5)
+            assert graded_since(started) == len(REGISTRY)
+        finally:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait(10)
+            log.close()
+            kafka.delete_topics(topics)
+            kafka.close()
