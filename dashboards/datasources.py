@@ -1,0 +1,139 @@
+"""The Grafana data sources: one PostgreSQL (TimescaleDB) source per database role.
+
+A Grafana data source connects as one database user, and what a board may read is decided by
+the database, not by Grafana: so each board points at the source of the role its users have
+(``sql/idempotent/90_grants.sql``), and a board for the public can read nothing but the view
+``public_elevator`` whatever its SQL says.
+
+======================================  ===================  =================================
+uid                                     database role        boards
+======================================  ===================  =================================
+``tianyan-timescaledb-analyst``         tianyan_analyst      operation, elevator, trip,
+                                                             rescue, maintenance, use safety
+``tianyan-timescaledb-regulator``       tianyan_regulator    comprehensive supervision
+``tianyan-timescaledb-public``          tianyan_public       public lookup
+======================================  ===================  =================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from grafana_foundation_sdk.models import dashboard
+
+from dashboards.query import POSTGRES_TYPE
+
+#: The smallest ``$__interval`` Grafana computes for these sources: the 1-s window features
+#: are the finest aggregate stored (streams/windows.py).
+MIN_INTERVAL = "1s"
+
+
+@dataclass(frozen=True)
+class RoleDataSource:
+    """A Grafana PostgreSQL data source connecting as one database role."""
+
+    role: str  # the PostgreSQL role it logs in as
+    uid: str
+    name: str
+    users: str  # who reads through it
+
+    @property
+    def ref(self) -> dashboard.DataSourceRef:
+        """What a panel, target or variable names to use this source."""
+        return dashboard.DataSourceRef(type_val=POSTGRES_TYPE, uid=self.uid)
+
+    @property
+    def password_variable(self) -> str:
+        """The environment variable Grafana's provisioning reads this role's password from."""
+        return f"TIANYAN_GRAFANA_{self.role.removeprefix('tianyan_').upper()}_PASSWORD"
+
+    def json_data(self, database: str) -> dict[str, object]:
+        """The source's ``jsonData``: TimescaleDB on, so ``$__timeGroup`` uses time_bucket."""
+        return {
+            "database": database,
+            "sslmode": "disable",
+            "postgresVersion": 1500,
+            "timescaledb": True,
+            "timeInterval": MIN_INTERVAL,
+            "maxOpenConns": 10,
+            "maxIdleConns": 10,
+            "connMaxLifetime": 14400,
+        }
+
+    def api_payload(self, database_url: str) -> dict[str, object]:
+        """The body of Grafana's ``/api/datasources`` for a database at ``database_url``.
+
+        Only host, port and database name are taken from the URL; the user is this source's
+        role. No password is sent: Grafana keeps a password set on the source before, and a
+        source without one works where the database trusts Grafana's host (the local stack).
+        """
+        parts = urlsplit(database_url)
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError(f"{database_url!r}: expected postgresql://user@host:port/database")
+        return {
+            "uid": self.uid,
+            "name": self.name,
+            "type": POSTGRES_TYPE,
+            "access": "proxy",
+            "url": f"{parts.hostname}:{parts.port or 5432}",
+            "user": self.role,
+            "isDefault": False,
+            "jsonData": self.json_data(parts.path.strip("/")),
+        }
+
+
+ANALYST = RoleDataSource(
+    role="tianyan_analyst",
+    uid="tianyan-timescaledb-analyst",
+    name="TimescaleDB (analyst)",
+    users="analysts, rescue dispatchers, maintenance supervisors, user units",
+)
+REGULATOR = RoleDataSource(
+    role="tianyan_regulator",
+    uid="tianyan-timescaledb-regulator",
+    name="TimescaleDB (regulator)",
+    users="the market-supervision bureau",
+)
+PUBLIC = RoleDataSource(
+    role="tianyan_public",
+    uid="tianyan-timescaledb-public",
+    name="TimescaleDB (public lookup)",
+    users="anyone looking up an elevator",
+)
+DATASOURCES = (ANALYST, REGULATOR, PUBLIC)
+
+
+def for_role(role: str) -> RoleDataSource:
+    """The data source of a database role."""
+    for source in DATASOURCES:
+        if source.role == role:
+            return source
+    raise KeyError(f"no data source for role {role!r}; roles: {[s.role for s in DATASOURCES]}")
+
+
+def provisioning_datasources() -> dict[str, object]:
+    """Grafana's ``provisioning/datasources`` file for the three sources.
+
+    Where the database is comes from Grafana's environment (``$TIANYAN_GRAFANA_DB_ADDRESS``,
+    ``host:port``, and ``$TIANYAN_GRAFANA_DB_NAME``), each role's password from
+    :attr:`RoleDataSource.password_variable`.
+    """
+    sources = []
+    for s in DATASOURCES:
+        json_data = s.json_data("${TIANYAN_GRAFANA_DB_NAME}")
+        sources.append(
+            {
+                "name": s.name,
+                "uid": s.uid,
+                "type": POSTGRES_TYPE,
+                "access": "proxy",
+                "url": "${TIANYAN_GRAFANA_DB_ADDRESS}",
+                "user": s.role,
+                "isDefault": False,
+                "editable": False,
+                "jsonData": json_data,
+                "secureJsonData": {"password": "${" + s.password_variable + "}"},
+            }
+        )
+    return {"apiVersion": 1, "datasources": sources}

@@ -1,0 +1,151 @@
+"""``tianyan dashboards build | check | publish``: the Grafana boards as code (dashboards/).
+
+Registered in :mod:`tianyan.cli` as the group ``dashboards``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+
+import click
+
+from tianyan.commands_eval import UTC_TIME
+
+
+def _boards(uids: tuple[str, ...]) -> list:
+    from dashboards.boards import all_boards
+
+    boards = all_boards()
+    if uids:
+        known = {b.uid for b in boards}
+        unknown = [u for u in uids if u not in known]
+        if unknown:
+            raise click.BadParameter(
+                f"no board {', '.join(unknown)}; boards: {', '.join(sorted(known))}",
+                param_hint="--board",
+            )
+        boards = [b for b in boards if b.uid in uids]
+    return boards
+
+
+def _admin_url() -> str:
+    from tianyan.settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env().admin_database_url
+    except SettingsError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@click.group()
+def dashboards() -> None:
+    """Grafana boards as code: build the JSON, check every panel's SQL, publish."""
+
+
+@dashboards.command("build")
+@click.option(
+    "--check-drift",
+    is_flag=True,
+    help="Write nothing; exit 1 if the committed files differ from what the code builds.",
+)
+def build_command(check_drift: bool) -> None:
+    """Write dashboards/json/*.json and dashboards/provisioning/ from the board code."""
+    from dashboards import build
+
+    boards = _boards(())
+    if check_drift:
+        problems = build.drift(boards)
+        for p in problems:
+            click.echo(p, err=True)
+        if problems:
+            raise click.ClickException(
+                f"{len(problems)} generated file(s) differ: run `tianyan dashboards build`"
+            )
+        click.echo(f"no drift: {len(boards)} boards and the provisioning files are up to date")
+        return
+    for path in build.write(boards):
+        click.echo(path.relative_to(build.HERE.parent))
+
+
+@dashboards.command("check")
+@click.option(
+    "--database-url",
+    default=None,
+    help="TimescaleDB to check against; each board connects as its role (the URL's user "
+    "swapped). Default: TIANYAN_ADMIN_DATABASE_URL.",
+)
+@click.option(
+    "--from", "start", type=UTC_TIME, default=None, help="Range start, UTC (default: 6 h ago)."
+)
+@click.option("--to", "end", type=UTC_TIME, default=None, help="Range end, UTC (default: now).")
+@click.option("--board", "uids", multiple=True, help="Only this board (uid); repeatable.")
+@click.option("--verbose", "-v", is_flag=True, help="List the panels that passed too.")
+def check_command(
+    database_url: str | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    uids: tuple[str, ...],
+    verbose: bool,
+) -> None:
+    """Run every panel's SQL as Grafana would (macros and variables filled) as the board's
+    role; fail on an SQL error or on no rows where the data exist."""
+    from dashboards.check import check
+    from dashboards.macros import TimeRange
+
+    end_utc = end.replace(tzinfo=dt.UTC) if end else dt.datetime.now(dt.UTC)
+    start_utc = start.replace(tzinfo=dt.UTC) if start else end_utc - dt.timedelta(hours=6)
+    try:
+        time_range = TimeRange(start_utc, end_utc)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--from/--to") from e
+    import psycopg
+
+    try:
+        results = check(_boards(uids), database_url or _admin_url(), time_range)
+    except (ValueError, psycopg.OperationalError) as e:
+        raise click.ClickException(f"cannot check: {e}") from e
+    failures = [r for r in results if not r.ok]
+    for r in results:
+        if verbose or not r.ok:
+            click.echo(r.describe())
+    click.echo(
+        f"{len(results)} queries on {len({r.board for r in results})} boards, "
+        f"{len(failures)} failed ({time_range.start:%Y-%m-%dT%H:%M:%SZ} – "
+        f"{time_range.end:%Y-%m-%dT%H:%M:%SZ})"
+    )
+    sys.exit(1 if failures else 0)
+
+
+@dashboards.command("publish")
+@click.option("--url", required=True, help="Grafana's address, e.g. http://grafana:3000.")
+@click.option(
+    "--token",
+    envvar="TIANYAN_GRAFANA_TOKEN",
+    required=True,
+    help="A service-account token with the Admin role (or TIANYAN_GRAFANA_TOKEN).",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="Where Grafana reaches TimescaleDB (host, port and database are used; each data "
+    "source logs in as its role). Default: TIANYAN_ADMIN_DATABASE_URL.",
+)
+@click.option("--board", "uids", multiple=True, help="Only this board (uid); repeatable.")
+def publish_command(url: str, token: str, database_url: str | None, uids: tuple[str, ...]) -> None:
+    """Create or update the data sources (by uid) and overwrite the boards in Grafana;
+    nothing is written unless Grafana is reachable and the token accepted."""
+    from dashboards.publish import PublishError, publish
+
+    try:
+        done = publish(url, token, _boards(uids), database_url or _admin_url())
+    except PublishError as e:
+        raise click.ClickException(str(e)) from e
+    for uid in done.datasources_created:
+        click.echo(f"data source {uid}: created")
+    for uid in done.datasources_updated:
+        click.echo(f"data source {uid}: updated")
+    if done.folder_created:
+        click.echo("folder tianyan: created")
+    for board in done.boards:
+        click.echo(f"board {board}: saved")
