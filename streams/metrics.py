@@ -111,6 +111,7 @@ def update_lag(app: Any) -> None:
         CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
 
 
-def exposition() -> tuple[bytes, str]:
+def exposition(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
+    """The body and content type of ``/metrics`` for ``registry``."""
     # aiohttp takes the charset separately: drop it from Prometheus' content type.
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+    return generate_latest(registry), CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"

@@ -30,6 +30,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             settings.alerts_topic, settings.raw_partitions, {"retention.ms": str(30 * _DAY_MS)}
         ),
+        # Commands to terminals (the reassurance message on a trapping), keyed by elevator;
+        # a terminal reads its own. Short-lived: a command an hour old is moot.
+        TopicSpec(
+            settings.device_commands_topic,
+            settings.raw_partitions,
+            {"retention.ms": str(_DAY_MS)},
+        ),
     ]
 
 

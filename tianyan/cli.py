@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from tianyan.commands_eval import UTC_TIME
+from tianyan.logs import json_logging_config
 from tianyan.settings import Settings, SettingsError
 
 
@@ -474,18 +475,7 @@ def worker(loglevel: str) -> None:
     except ThresholdError as e:
         raise click.ClickException(str(e)) from e
     # Structured logs: one JSON object per line on stderr, Faust's own lines included.
-    app.conf.logging_config = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {
-            "json": {
-                "()": "pythonjsonlogger.json.JsonFormatter",
-                "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-            }
-        },
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
-        "root": {"level": loglevel.upper().replace("WARN", "WARNING"), "handlers": ["stderr"]},
-    }
+    app.conf.logging_config = json_logging_config(loglevel)
     FaustWorker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
@@ -577,7 +567,24 @@ def demo() -> None:
         raise click.ClickException("the round trip did not complete")
 
 
+# -- incidents, the rescue webhook and the ledger (tianyan/commands_rescue.py) -------------------
+from tianyan.commands_rescue import (  # noqa: E402
+    audit,
+    dispatcher,
+    incidents,
+    rescue_receiver,
+)
+
+main.add_command(dispatcher)
+main.add_command(incidents)
+main.add_command(audit)
+main.add_command(rescue_receiver)
+
 from tianyan.commands_risk import grade_command, report_command  # noqa: E402
 
 main.add_command(grade_command)
 main.add_command(report_command)
+
+from tianyan.commands_dashboards import dashboards  # noqa: E402
+
+main.add_command(dashboards)

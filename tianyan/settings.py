@@ -7,6 +7,7 @@ to run tianyan against them instead.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,19 @@ def _env_bool(name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r} is not on/off")
 
 
+def _env_ints(name: str, default: tuple[int, ...], *, count: int) -> tuple[int, ...]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        values = tuple(int(v) for v in raw.replace(",", " ").split())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a list of integers") from None
+    if len(values) != count or any(b <= a for a, b in itertools.pairwise(values)):
+        raise SettingsError(f"{name}={raw!r}: give {count} increasing integers")
+    return values
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings; build with :meth:`from_env`."""
@@ -71,6 +85,20 @@ class Settings:
     raw_retention_days: int
     evidence_window_s: int
     grading_interval_s: int
+    # the incident dispatcher (streams/rescue/)
+    rescue_webhook_urls: tuple[str, ...]
+    rescue_webhook_secret: str | None
+    rescue_api_token: str | None
+    dispatcher_id: str
+    dispatcher_web_port: int
+    device_commands_topic: str
+    webhook_timeout_s: float
+    webhook_max_age_s: int
+    webhook_retry_base_s: float
+    webhook_retry_cap_s: float
+    webhook_concurrency: int
+    escalation_after_s: tuple[int, ...]
+    arrival_target_s: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -108,4 +136,19 @@ class Settings:
             raw_retention_days=_env_int("TIANYAN_RAW_RETENTION_DAYS", 7),
             evidence_window_s=_env_int("TIANYAN_EVIDENCE_WINDOW_S", 300),
             grading_interval_s=_env_int("TIANYAN_GRADING_INTERVAL_S", 3600),
+            rescue_webhook_urls=tuple(
+                _env("TIANYAN_RESCUE_WEBHOOK_URL", "").replace(",", " ").split()
+            ),
+            rescue_webhook_secret=os.environ.get("TIANYAN_RESCUE_WEBHOOK_SECRET") or None,
+            rescue_api_token=os.environ.get("TIANYAN_RESCUE_API_TOKEN") or None,
+            dispatcher_id=_env("TIANYAN_DISPATCHER_ID", "tianyan-dispatcher"),
+            dispatcher_web_port=_env_int("TIANYAN_DISPATCHER_WEB_PORT", 6067),
+            device_commands_topic=_env("TIANYAN_DEVICE_COMMANDS_TOPIC", "tianyan.device.commands"),
+            webhook_timeout_s=_env_int("TIANYAN_WEBHOOK_TIMEOUT_MS", 10_000) / 1000,
+            webhook_max_age_s=_env_int("TIANYAN_WEBHOOK_MAX_AGE_S", 6 * 3600),
+            webhook_retry_base_s=_env_int("TIANYAN_WEBHOOK_RETRY_BASE_MS", 1_000) / 1000,
+            webhook_retry_cap_s=_env_int("TIANYAN_WEBHOOK_RETRY_CAP_MS", 300_000) / 1000,
+            webhook_concurrency=_env_int("TIANYAN_WEBHOOK_CONCURRENCY", 64),
+            escalation_after_s=_env_ints("TIANYAN_ESCALATION_AFTER_S", (300, 900, 1800), count=3),
+            arrival_target_s=_env_int("TIANYAN_ARRIVAL_TARGET_S", 1800),
         )

@@ -1,0 +1,386 @@
+"""The incident dispatcher: a Faust app that turns alerts into incidents and delivers them.
+
+- An agent consumes the alerts topic (keyed by elevator, so one elevator's alerts arrive in
+  order) and applies each alert in one transaction: incident, event, outbox rows, ledger
+  entries (streams/rescue/store.py). A repeat of an applied alert changes nothing, so
+  Kafka's at-least-once delivery is enough. On a new trapping incident the reassurance
+  command goes to the device-commands topic before that transaction commits.
+- A delivery loop claims due outbox rows and POSTs them, signed, up to
+  ``TIANYAN_WEBHOOK_CONCURRENCY`` at a time; outcomes are recorded (and ledgered) in
+  batches. It wakes on PostgreSQL NOTIFY from any process and polls once a second; a dead
+  receiver only ever delays its own deliveries: detection never waits on it.
+- A timer escalates unacknowledged trapping incidents.
+- Web: ``POST /incidents/{id}/{action}`` (the rescue platform's acknowledgement API),
+  ``/metrics``, ``/health``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import faust
+import msgspec
+import psycopg
+from faust.web import Request, Response, View
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from detectors.alerts import Alert
+from streams.metrics import exposition
+from streams.producer import RawPublisher
+from tianyan.settings import Settings
+
+from . import metrics, store
+from .delivery import Sender, signer
+from .lifecycle import ACTIONS, RetrySchedule, is_trapping
+
+log = logging.getLogger("tianyan.dispatcher")
+T = TypeVar("T")
+
+CLAIM_BATCH = 200
+POLL_S = 1.0
+DB_RETRY_S = 2.0
+REASSURANCE = (
+    "您好，电梯暂时停止运行，救援人员已在赶来途中。请保持冷静，不要强行扒门，"
+    "可通过对讲与值班人员通话。 Help is on the way; please stay calm and do not force the doors."
+)
+
+
+class ActionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of an acknowledgement API request."""
+
+    actor: str = "rescue-platform"
+    note: str | None = None
+
+
+class Database:
+    """One connection used from one task at a time, in a thread; reconnects when broken."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = asyncio.Lock()
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.url)
+        return fn(self._conn, *args, **kwargs)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        async with self._lock:
+            return await asyncio.to_thread(self._call, fn, *args, **kwargs)
+
+    async def run_until_done(self, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """``run``, retried while the database is unreachable (nothing is skipped)."""
+        while True:
+            try:
+                return await self.run(fn, *args, **kw)
+            except psycopg.OperationalError as e:
+                log.error(f"{what}: database unavailable; retrying", extra={"error": str(e)})
+                await asyncio.sleep(DB_RETRY_S)
+
+
+class Dispatcher:
+    """The dispatcher's state and loops (the Faust app in :func:`create_app` drives them)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.rescue_webhook_urls and not settings.rescue_webhook_secret:
+            raise ValueError(
+                "TIANYAN_RESCUE_WEBHOOK_URL is set but TIANYAN_RESCUE_WEBHOOK_SECRET is not:"
+                " webhooks are always signed"
+            )
+        self.settings = settings
+        self.config = store.DispatchConfig(
+            endpoints=settings.rescue_webhook_urls,
+            escalation_after_s=settings.escalation_after_s,
+            arrival_target_s=settings.arrival_target_s,
+        )
+        secret = settings.rescue_webhook_secret
+        self.verifier = signer(secret) if secret else None
+        self.sender = (
+            Sender(
+                secret,
+                timeout_s=settings.webhook_timeout_s,
+                concurrency=settings.webhook_concurrency,
+                schedule=RetrySchedule(
+                    settings.webhook_retry_base_s,
+                    settings.webhook_retry_cap_s,
+                    settings.webhook_max_age_s,
+                ),
+            )
+            if secret
+            else None
+        )
+        # Longer than any attempt: a lease that ran out means the dispatcher died mid-delivery.
+        self.lease_s = 2 * settings.webhook_timeout_s + 5
+        self.alerts_db = Database(settings.database_url)
+        self.claim_db = Database(settings.database_url)
+        self.record_db = Database(settings.database_url)
+        self.action_db = Database(settings.database_url)
+        self.timer_db = Database(settings.database_url)
+        self.publisher = RawPublisher(settings.kafka_bootstrap, settings.device_commands_topic)
+        self.wake = asyncio.Event()
+        self.results: asyncio.Queue[store.Attempt] = asyncio.Queue()
+        self.in_flight = 0
+        self._tasks: set[asyncio.Future[None]] = set()
+        self.last_turn = self.last_tick = time.monotonic()
+
+    # -- alerts → incidents ----------------------------------------------------------------
+    def _publish_commands(self, changes: list[store.Change]) -> None:
+        """Ask the terminal of each newly trapped car to play its reassurance message."""
+        sent = 0
+        for c in changes:
+            if c.event_type == "incident.opened" and is_trapping(c.fault_type):
+                command = {
+                    "command": "play_reassurance",
+                    "command_id": f"{c.incident_id}:play_reassurance",
+                    "elevator_id": c.elevator_id,
+                    "incident_id": str(c.incident_id),
+                    "issued_at": store.jsonable(dt.datetime.now(dt.UTC)),
+                    "message": REASSURANCE,
+                }
+                self.publisher.publish(c.elevator_id.encode(), json.dumps(command).encode())
+                sent += 1
+        if sent:
+            self.publisher.flush(10.0)  # raises: the transaction rolls back, alert re-applied
+            metrics.DEVICE_COMMANDS.labels("play_reassurance").inc(sent)
+
+    async def on_alert(self, value: bytes, kafka_timestamp_s: float | None) -> None:
+        try:
+            alert = msgspec.json.decode(value, type=Alert)
+        except msgspec.ValidationError as e:
+            metrics.ALERTS_APPLIED.labels("unreadable").inc()
+            log.error("unreadable alert skipped", extra={"error": str(e), "value": value[:200]})
+            return
+        received = (
+            dt.datetime.fromtimestamp(kafka_timestamp_s, dt.UTC)
+            if kafka_timestamp_s
+            else dt.datetime.now(dt.UTC)
+        )
+        changes = await self.alerts_db.run_until_done(
+            "applying an alert",
+            store.apply_alert,
+            alert,
+            self.config,
+            received_at=received,
+            before_commit=self._publish_commands,
+        )
+        metrics.ALERTS_APPLIED.labels("applied" if changes else "repeat").inc()
+        self._changed(changes)
+
+    def _changed(self, changes: list[store.Change]) -> None:
+        for c in changes:
+            metrics.INCIDENT_CHANGES.labels(c.event_type).inc()
+        if changes:
+            self.wake.set()
+
+    async def escalate(self) -> None:
+        self.last_tick = time.monotonic()
+        changes = await self.timer_db.run_until_done(
+            "escalating", store.escalate_due, self.config, dt.datetime.now(dt.UTC)
+        )
+        self._changed(changes)
+
+    # -- the outbox → HTTP -----------------------------------------------------------------
+    async def deliver_forever(self, should_stop: Callable[[], bool]) -> None:
+        if self.sender is None:
+            log.warning("no TIANYAN_RESCUE_WEBHOOK_URL: incidents are recorded, not delivered")
+            return
+        sender = self.sender
+        while not should_stop():
+            self.last_turn = time.monotonic()
+            self.wake.clear()
+            free = sender.concurrency - self.in_flight
+            claimed: list[store.Due] = []
+            if free > 0:
+                claimed = await self.claim_db.run_until_done(
+                    "claiming deliveries", store.claim_due, min(free, CLAIM_BATCH), self.lease_s
+                )
+            for due in claimed:
+                self.in_flight += 1
+                task = asyncio.ensure_future(self._attempt(due))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if claimed and len(claimed) == min(free, CLAIM_BATCH):
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), POLL_S)
+
+    async def _attempt(self, due: store.Due) -> None:
+        assert self.sender is not None
+        try:
+            self.results.put_nowait(await self.sender.attempt(due))
+        finally:
+            self.in_flight -= 1
+            self.wake.set()
+
+    async def record_forever(self, should_stop: Callable[[], bool]) -> None:
+        while not should_stop():
+            batch = [await self.results.get()]
+            while not self.results.empty() and len(batch) < 1000:
+                batch.append(self.results.get_nowait())
+            await self.record_db.run_until_done("recording attempts", store.record_attempts, batch)
+
+    async def listen_forever(self, should_stop: Callable[[], bool]) -> None:
+        """Wake the delivery loop on NOTIFY from any process (an action, a redelivery)."""
+        while not should_stop():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.settings.database_url, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self.wake.set()
+            except psycopg.OperationalError as e:
+                log.error("outbox notifications lost; reconnecting", extra={"error": str(e)})
+                await asyncio.sleep(DB_RETRY_S)
+
+    async def update_gauges(self) -> None:
+        backlog = await self.timer_db.run(store.outbox_backlog)
+        metrics.BACKLOG.labels("pending").set(backlog["pending"])
+        metrics.BACKLOG.labels("retrying").set(backlog["retrying"])
+        metrics.DEAD_LETTERS.set(backlog["dead"])
+
+    # -- the acknowledgement API -----------------------------------------------------------
+    def authenticate(self, headers: dict[str, str], body: bytes) -> tuple[str | None, str | None]:
+        """(request id, None) when the request is authentic, else (None, why not).
+
+        Accepted: ``Authorization: Bearer <TIANYAN_RESCUE_API_TOKEN>`` (request id from an
+        ``Idempotency-Key`` header), or a Standard Webhooks signature made with the webhook
+        secret (request id = ``webhook-id``).
+        """
+        auth = headers.get("authorization")
+        if auth is not None:
+            token = self.settings.rescue_api_token
+            scheme, _, given = auth.partition(" ")
+            if token and scheme.lower() == "bearer" and hmac.compare_digest(given, token):
+                return headers.get("idempotency-key"), None
+            return None, "the bearer token was refused"
+        if "webhook-signature" in headers:
+            if self.verifier is None:
+                return None, "signed requests are not accepted: no webhook secret is configured"
+            try:
+                self.verifier.verify(body, headers, json_parse=False)
+            except WebhookVerificationError as e:
+                return None, f"the signature does not verify: {e}"
+            return headers.get("webhook-id"), None
+        return None, "authenticate with a bearer token or a Standard Webhooks signature"
+
+    async def act(
+        self, incident_id: str, action: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        if action not in ACTIONS:
+            return 404, {"error": f"unknown action {action!r}; one of {sorted(ACTIONS)}"}
+        request_id, refused = self.authenticate(headers, body)
+        if refused is not None:
+            return 401, {"error": refused}
+        try:
+            req = msgspec.json.decode(body or b"{}", type=ActionRequest)
+        except msgspec.DecodeError as e:
+            return 400, {"error": f"the body is not a valid action request: {e}"}
+        result = await self.action_db.run(
+            store.apply_action,
+            incident_id,
+            action,
+            self.config,
+            actor=req.actor,
+            note=req.note,
+            request_id=request_id,
+            now=dt.datetime.now(dt.UTC),
+        )
+        if result.status == 200 and not result.body.get("duplicate"):
+            metrics.INCIDENT_CHANGES.labels(f"incident.{action}").inc()
+            self.wake.set()
+        return result.status, result.body
+
+
+def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
+    """The Faust app and its dispatcher, configured from ``settings``."""
+    app = faust.App(
+        settings.dispatcher_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_bind="127.0.0.1",
+        web_port=settings.dispatcher_web_port,
+        web_in_thread=False,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        broker_commit_interval=1.0,
+    )
+    dispatcher = Dispatcher(settings)
+    alerts = app.topic(
+        settings.alerts_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    def stopping() -> bool:
+        return bool(app.should_stop)
+
+    @app.agent(alerts)
+    async def incidents(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await dispatcher.on_alert(event.value, event.message.timestamp)
+
+    @app.task
+    async def deliver() -> None:
+        try:
+            await dispatcher.deliver_forever(stopping)
+        finally:
+            if dispatcher.sender is not None:
+                await dispatcher.sender.close()
+
+    @app.task
+    async def record() -> None:
+        await dispatcher.record_forever(stopping)
+
+    @app.task
+    async def listen() -> None:
+        await dispatcher.listen_forever(stopping)
+
+    @app.timer(interval=1.0)
+    async def escalate() -> None:
+        await dispatcher.escalate()
+
+    @app.page("/incidents/{incident_id}/{action}")
+    class ActionView(View):
+        async def post(self, request: Request, incident_id: str, action: str) -> Response:
+            body = await request.read()
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            status, answer = await dispatcher.act(incident_id, action, headers, body)
+            metrics.ACTION_REQUESTS.labels(str(status)).inc()
+            return self.json(answer, status=status)
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            await dispatcher.update_gauges()
+            body, content_type = exposition(metrics.REGISTRY)
+            return self.bytes(body, content_type=content_type)
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            # The escalation timer ticks every second; the delivery loop at least as often.
+            last = min(dispatcher.last_tick, dispatcher.last_turn)
+            if dispatcher.sender is None:
+                last = dispatcher.last_tick
+            stalled = time.monotonic() - last > 30
+            return self.json(
+                {"status": "stalled" if stalled else "ok", "in_flight": dispatcher.in_flight},
+                status=503 if stalled else 200,
+            )
+
+    return app, dispatcher

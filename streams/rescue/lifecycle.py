@@ -1,0 +1,146 @@
+"""The incident lifecycle, escalation ladder and delivery schedule: pure rules, no I/O.
+
+States (the plan's disposition states: occurred → responded → arrived → completed, or a
+false alarm)::
+
+    open ──acknowledge──▶ acknowledged ──arrive──▶ arrived ──resolve──▶ resolved
+      │ └────────────────arrive──────────────────▶   │
+      └──────────── resolve / false-alarm (from any active state) ──────▶ false_alarm
+
+An incident is *active* until it is resolved or marked a false alarm; one active incident
+per elevator and fault type exists at a time (the database enforces it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import random
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from detectors.alerts import TRAPPED_TYPES
+
+State = Literal["open", "acknowledged", "arrived", "resolved", "false_alarm"]
+ACTIVE_STATES: Final = ("open", "acknowledged", "arrived")
+
+#: action (as the rescue platform names it in the URL) → (new state, states it may follow)
+ACTIONS: Final[dict[str, tuple[State, frozenset[str]]]] = {
+    "acknowledge": ("acknowledged", frozenset({"open"})),
+    "arrive": ("arrived", frozenset({"open", "acknowledged"})),
+    "resolve": ("resolved", frozenset(ACTIVE_STATES)),
+    "false-alarm": ("false_alarm", frozenset(ACTIVE_STATES)),
+}
+
+#: Webhook event type for each state an action leads to.
+EVENT_FOR_STATE: Final[dict[str, str]] = {
+    "acknowledged": "incident.acknowledged",
+    "arrived": "incident.arrived",
+    "resolved": "incident.resolved",
+    "false_alarm": "incident.false_alarm",
+}
+
+#: The plan's four response levels, lowest first: the maintenance enterprise, then the
+#: township/street, the district/county and the city.
+ESCALATION_LEVELS: Final = ("enterprise", "street", "district", "city")
+
+SEVERITY_RANK: Final = {"info": 0, "minor": 1, "major": 2, "critical": 3}
+
+
+class IllegalTransition(ValueError):
+    """An action the incident's current state does not allow."""
+
+
+def next_state(state: str, action: str) -> State:
+    """The state ``action`` leads to from ``state``.
+
+    Raises
+    ------
+    IllegalTransition
+        naming the action and the state, e.g. "cannot resolve: the incident is already
+        resolved"; or the action is unknown.
+    """
+    if action not in ACTIONS:
+        raise IllegalTransition(f"unknown action {action!r}; expected one of {sorted(ACTIONS)}")
+    target, allowed = ACTIONS[action]
+    if state not in allowed:
+        already = "already " if state in ("resolved", "false_alarm") or state == target else ""
+        raise IllegalTransition(
+            f"cannot {action}: the incident is {already}{state.replace('_', ' ')}"
+        )
+    return target
+
+
+def is_trapping(fault_type: str) -> bool:
+    """People are inside a car that cannot let them out."""
+    return fault_type in TRAPPED_TYPES
+
+
+def due_escalation(
+    level: str, opened_at: dt.datetime, now: dt.datetime, after_s: tuple[int, ...]
+) -> str | None:
+    """The level an unacknowledged incident should be at by ``now``, if above ``level``.
+
+    ``after_s[i]`` is the time after opening at which it goes to ``ESCALATION_LEVELS[i+1]``.
+    A late check jumps straight to the level due (each step is still announced by the
+    caller).
+    """
+    waited_s = (now - opened_at).total_seconds()
+    due = ESCALATION_LEVELS[0]
+    for step, threshold_s in enumerate(after_s, start=1):
+        if waited_s >= threshold_s:
+            due = ESCALATION_LEVELS[step]
+    if ESCALATION_LEVELS.index(due) > ESCALATION_LEVELS.index(level):
+        return due
+    return None
+
+
+# -- delivery ------------------------------------------------------------------------------
+
+Outcome = Literal["delivered", "retry", "refused"]
+
+
+def classify_status(status: int) -> Outcome:
+    """2xx delivered; 408, 429 and 5xx retried; any other answer refused (not retried)."""
+    if 200 <= status < 300:
+        return "delivered"
+    if status in (408, 429) or status >= 500:
+        return "retry"
+    return "refused"
+
+
+def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """Exponential backoff with full jitter, capped, and a give-up age.
+
+    The n-th retry (n = 1, 2, …) waits a random time in ``[d/2, d]`` with
+    ``d = min(cap_s, base_s * 2**(n-1))``; a ``Retry-After`` from the receiver is honoured
+    when longer. A delivery still failing ``max_age_s`` after it was created is dead.
+    """
+
+    base_s: float
+    cap_s: float
+    max_age_s: float
+
+    def delay_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1))
+        delay = rng.uniform(ceiling / 2, ceiling)
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s)
+        return delay

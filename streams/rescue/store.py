@@ -1,0 +1,727 @@
+"""Incidents in TimescaleDB: every change in one transaction with its outbox rows and ledger
+entries (the transactional outbox), so a change is either recorded, queued for every
+endpoint and ledgered — or none of these.
+
+Each function takes an open psycopg connection (autocommit off) and runs one transaction.
+The dispatcher (streams/rescue/dispatcher.py) calls them from a thread; `tianyan incidents`
+and `tianyan audit` call them directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+from psycopg.rows import dict_row
+
+from detectors.alerts import Alert
+
+from .lifecycle import (
+    ACTIVE_STATES,
+    ESCALATION_LEVELS,
+    EVENT_FOR_STATE,
+    SEVERITY_RANK,
+    IllegalTransition,
+    due_escalation,
+    is_trapping,
+    next_state,
+)
+
+#: Namespace of incident ids (uuid5 of the opening alert's key) and webhook ids.
+NAMESPACE: Final = uuid.UUID("6f1d7a52-3c1e-4d63-9a51-0b7e8c4e2a10")
+NOTIFY_CHANNEL: Final = "tianyan_outbox"
+_ACTIVE = list(ACTIVE_STATES)
+
+#: Columns of an incident snapshot as the ledger keeps it (and `audit verify` compares).
+SNAPSHOT_COLUMNS: Final = (
+    "incident_id",
+    "elevator_id",
+    "fault_type",
+    "gb_code",
+    "severity",
+    "state",
+    "escalation_level",
+    "estimated_trapped",
+    "opened_at",
+    "acknowledged_at",
+    "arrived_at",
+    "closed_at",
+    "escalated_at",
+    "arrival_s",
+    "arrival_on_time",
+    "closed_by",
+    "repeats",
+)
+EVENT_COLUMNS: Final = (
+    "event_id",
+    "incident_id",
+    "time",
+    "event_type",
+    "from_state",
+    "to_state",
+    "actor",
+    "note",
+)
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    """What an incident change needs to know beyond the database."""
+
+    endpoints: tuple[str, ...]
+    escalation_after_s: tuple[int, ...]
+    arrival_target_s: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One recorded incident change (an ``incident_event`` row)."""
+
+    incident_id: uuid.UUID
+    event_id: int
+    event_type: str
+    elevator_id: str
+    fault_type: str
+    estimated_trapped: int | None
+
+
+class NotFound(LookupError):
+    """No incident has that id."""
+
+
+def jsonable(value: Any) -> Any:
+    """Database values as the ledger and the payload write them (UTC ISO times, str ids)."""
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def snapshot(row: dict[str, Any], columns: Iterable[str]) -> dict[str, Any]:
+    return {c: jsonable(row[c]) for c in columns}
+
+
+def _utc_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def evidence_summary(evidence: dict[str, Any], limit: int = 300) -> str:
+    """``key=value; …`` of the scalar evidence, for a dispatcher's screen."""
+    parts = [
+        f"{k}={v}"
+        for k, v in evidence.items()
+        if isinstance(v, str | int | float | bool) or v is None
+    ]
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- payload -------------------------------------------------------------------------------
+
+
+def build_payload(
+    incident: dict[str, Any], event: dict[str, Any], elevator: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The webhook body: Standard Webhooks' ``{type, timestamp, data}`` envelope.
+
+    README § "The rescue webhook" documents every field.
+    """
+    details = incident["details"] or {}
+    e = elevator or {}
+    opened = incident["opened_at"]
+    return {
+        "type": event["event_type"],
+        "timestamp": jsonable(event["time"]),
+        "data": {
+            "incident_id": str(incident["incident_id"]),
+            "event_id": event["event_id"],
+            "state": incident["state"],
+            "previous_state": event["from_state"],
+            "escalation_level": incident["escalation_level"],
+            "actor": event["actor"],
+            "note": event["note"],
+            "elevator": {
+                "registration_code": incident["elevator_id"],
+                "address": e.get("address"),
+                "district": e.get("district"),
+                "latitude": e.get("latitude"),
+                "longitude": e.get("longitude"),
+                "building_type": e.get("building_type"),
+                "user_unit": e.get("user_unit"),
+                "maintenance_company": e.get("maintenance_company"),
+                "maintenance_contact": e.get("maintenance_contact"),
+            },
+            "fault": {
+                "type": incident["fault_type"],
+                "gb_code": incident["gb_code"],
+                "severity": incident["severity"],
+                "trapped": is_trapping(incident["fault_type"]),
+                "estimated_trapped": incident["estimated_trapped"],
+                "evidence_summary": details.get("evidence_summary", ""),
+                "evidence": details.get("evidence", {}),
+                "probable_cause": details.get("probable_cause", ""),
+                "suggested_handling": details.get("suggested_handling", ""),
+                "alert_key": details.get("last_alert_key"),
+                "repeats": incident["repeats"],
+            },
+            "times": {
+                "condition_since": details.get("condition_since"),
+                "opened_at": jsonable(opened),
+                "acknowledged_at": jsonable(incident["acknowledged_at"]),
+                "arrived_at": jsonable(incident["arrived_at"]),
+                "closed_at": jsonable(incident["closed_at"]),
+                "arrival_due_at": jsonable(
+                    opened + dt.timedelta(seconds=incident["arrival_target_s"])
+                ),
+            },
+            "arrival": {
+                "target_s": incident["arrival_target_s"],
+                "arrival_s": incident["arrival_s"],
+                "on_time": incident["arrival_on_time"],
+            },
+        },
+    }
+
+
+# -- recording a change --------------------------------------------------------------------
+
+
+def _record_event(
+    cur: psycopg.Cursor[dict[str, Any]],
+    incident: dict[str, Any],
+    *,
+    event_type: str,
+    at: dt.datetime,
+    from_state: str | None,
+    actor: str,
+    note: str | None,
+    config: DispatchConfig,
+    source_time: dt.datetime,
+) -> Change:
+    """incident_event + ledger entry + one outbox row per endpoint, in the caller's
+    transaction."""
+    cur.execute(
+        "INSERT INTO incident_event (incident_id, time, event_type, from_state, to_state,"
+        " actor, note) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+        (incident["incident_id"], at, event_type, from_state, incident["state"], actor, note),
+    )
+    event = cur.fetchone()
+    assert event is not None
+    cur.execute(
+        "SELECT ledger_append('incident_event', %s, %s)",
+        (
+            str(incident["incident_id"]),
+            json.dumps(
+                {
+                    "event": snapshot(event, EVENT_COLUMNS),
+                    "incident": snapshot(incident, SNAPSHOT_COLUMNS),
+                }
+            ),
+        ),
+    )
+    if config.endpoints:
+        cur.execute(
+            "SELECT * FROM elevator WHERE registration_code = %s", (incident["elevator_id"],)
+        )
+        payload = json.dumps(build_payload(incident, event, cur.fetchone()))
+        webhook_id = "msg_" + uuid.uuid5(NAMESPACE, f"event:{event['event_id']}").hex
+        cur.executemany(
+            "INSERT INTO webhook_delivery (webhook_id, endpoint, incident_id, event_type,"
+            " payload, created_at, next_attempt_at, source_time)"
+            " VALUES (%s, %s, %s, %s, %s, now(), now(), %s)",
+            [
+                (webhook_id, url, incident["incident_id"], event_type, payload, source_time)
+                for url in config.endpoints
+            ],
+        )
+        cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return Change(
+        incident["incident_id"],
+        event["event_id"],
+        event_type,
+        incident["elevator_id"],
+        incident["fault_type"],
+        incident["estimated_trapped"],
+    )
+
+
+def apply_alert(
+    conn: psycopg.Connection[Any],
+    alert: Alert,
+    config: DispatchConfig,
+    *,
+    received_at: dt.datetime,
+    before_commit: Callable[[list[Change]], None] | None = None,
+) -> list[Change]:
+    """Fold one alert into the incidents; a repeat of an applied alert changes nothing.
+
+    A raised alert opens an incident for (elevator, alert type), or updates the active one
+    (``repeats``, severity and people trapped only ever rise). A cleared alert resolves the
+    active incident it last updated (actor ``detector``). ``before_commit`` runs inside the
+    transaction with the changes (the device command is published there: if it fails,
+    nothing is recorded and the alert is applied again).
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "INSERT INTO incident_alert (alert_key, state, applied_at) VALUES (%s, %s, now())"
+            " ON CONFLICT DO NOTHING RETURNING alert_key",
+            (alert.alert_key, alert.state),
+        )
+        if cur.fetchone() is None:
+            return []
+        at = _utc_ms(alert.raised_at_ms)
+        cur.execute(
+            "SELECT * FROM incident WHERE elevator_id = %s AND fault_type = %s"
+            " AND state = ANY(%s) FOR UPDATE",
+            (alert.elevator_id, alert.alert_type, _ACTIVE),
+        )
+        active = cur.fetchone()
+        changes: list[Change] = []
+        details = {
+            "last_alert_key": alert.alert_key,
+            "condition_since": jsonable(_utc_ms(alert.condition_since_ms)),
+            "evidence": alert.evidence,
+            "evidence_summary": evidence_summary(alert.evidence),
+            "probable_cause": alert.probable_cause,
+            "suggested_handling": alert.suggested_handling,
+        }
+        if alert.state == "raised" and active is None:
+            incident_id = uuid.uuid5(NAMESPACE, alert.alert_key)
+            cur.execute(
+                "INSERT INTO incident (incident_id, elevator_id, fault_type, gb_code, severity,"
+                " state, estimated_trapped, opened_at, updated_at, details, alert_key,"
+                " last_alert_at, arrival_target_s)"
+                " VALUES (%s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (incident_id) DO NOTHING RETURNING *",
+                (
+                    incident_id,
+                    alert.elevator_id,
+                    alert.alert_type,
+                    alert.gb_code,
+                    alert.severity,
+                    alert.estimated_trapped,
+                    at,
+                    at,
+                    json.dumps(details),
+                    alert.alert_key,
+                    at,
+                    config.arrival_target_s,
+                ),
+            )
+            incident = cur.fetchone()
+            if incident is None:  # this alert opened an incident before, since closed
+                return []
+            changes.append(
+                _record_event(
+                    cur,
+                    incident,
+                    event_type="incident.opened",
+                    at=at,
+                    from_state=None,
+                    actor="detector",
+                    note=None,
+                    config=config,
+                    source_time=received_at,
+                )
+            )
+        elif alert.state == "raised" and active is not None:
+            severity = max(
+                (active["severity"], alert.severity), key=lambda s: SEVERITY_RANK.get(s, 0)
+            )
+            trapped = max(
+                (
+                    v
+                    for v in (active["estimated_trapped"], alert.estimated_trapped)
+                    if v is not None
+                ),
+                default=None,
+            )
+            cur.execute(
+                "UPDATE incident SET repeats = repeats + 1, severity = %s, estimated_trapped = %s,"
+                " last_alert_at = %s, updated_at = %s, details = details || %s"
+                " WHERE incident_id = %s RETURNING *",
+                (severity, trapped, at, at, json.dumps(details), active["incident_id"]),
+            )
+            incident = cur.fetchone()
+            assert incident is not None
+            changes.append(
+                _record_event(
+                    cur,
+                    incident,
+                    event_type="incident.updated",
+                    at=at,
+                    from_state=active["state"],
+                    actor="detector",
+                    note=f"repeated: {alert.alert_key}",
+                    config=config,
+                    source_time=received_at,
+                )
+            )
+        elif (
+            alert.state == "cleared"
+            and active is not None
+            and (active["details"] or {}).get("last_alert_key") == alert.alert_key
+        ):
+            cur.execute(
+                "UPDATE incident SET state = 'resolved', closed_at = %s, closed_by = 'detector',"
+                " updated_at = %s WHERE incident_id = %s RETURNING *",
+                (at, at, active["incident_id"]),
+            )
+            incident = cur.fetchone()
+            assert incident is not None
+            changes.append(
+                _record_event(
+                    cur,
+                    incident,
+                    event_type="incident.resolved",
+                    at=at,
+                    from_state=active["state"],
+                    actor="detector",
+                    note="condition cleared: " + evidence_summary(alert.evidence, 200),
+                    config=config,
+                    source_time=received_at,
+                )
+            )
+        if changes:
+            cur.execute(
+                "UPDATE incident_alert SET incident_id = %s WHERE alert_key = %s AND state = %s",
+                (changes[0].incident_id, alert.alert_key, alert.state),
+            )
+            if before_commit is not None:
+                before_commit(changes)
+        return changes
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """The answer to an action request: an HTTP status and a JSON body."""
+
+    status: int
+    body: dict[str, Any]
+
+
+def apply_action(
+    conn: psycopg.Connection[Any],
+    incident_id: str,
+    action: str,
+    config: DispatchConfig,
+    *,
+    actor: str,
+    note: str | None,
+    request_id: str | None,
+    now: dt.datetime,
+) -> ActionResult:
+    """Acknowledge, report arrival, resolve or mark a false alarm — from the rescue platform.
+
+    404 for an unknown incident, 409 for a change its state does not allow (nothing is
+    changed); a request re-sent with the same ``request_id`` gets the first answer again.
+    """
+    try:
+        key = uuid.UUID(incident_id)
+    except ValueError:
+        return ActionResult(404, {"error": f"no incident {incident_id!r}: not an incident id"})
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        if request_id is not None:
+            cur.execute("SELECT response FROM incident_action WHERE request_id = %s", (request_id,))
+            seen = cur.fetchone()
+            if seen is not None:
+                return ActionResult(200, {**seen["response"], "duplicate": True})
+        cur.execute("SELECT * FROM incident WHERE incident_id = %s FOR UPDATE", (key,))
+        current = cur.fetchone()
+        if current is None:
+            return ActionResult(404, {"error": f"no incident {incident_id}"})
+        try:
+            state = next_state(current["state"], action)
+        except IllegalTransition as e:
+            return ActionResult(
+                409, {"error": str(e), "incident_id": incident_id, "state": current["state"]}
+            )
+        sets = ["state = %s", "updated_at = %s"]
+        params: list[Any] = [state, now]
+        if state == "acknowledged" or (current["acknowledged_at"] is None and state == "arrived"):
+            sets.append("acknowledged_at = %s")
+            params.append(now)
+        if state == "arrived":
+            arrival_s = (now - current["opened_at"]).total_seconds()
+            sets += ["arrived_at = %s", "arrival_s = %s", "arrival_on_time = %s"]
+            params += [now, arrival_s, arrival_s <= current["arrival_target_s"]]
+        if state in ("resolved", "false_alarm"):
+            sets += ["closed_at = %s", "closed_by = %s"]
+            params += [now, actor]
+        cur.execute(
+            f"UPDATE incident SET {', '.join(sets)} WHERE incident_id = %s RETURNING *",
+            (*params, key),
+        )
+        incident = cur.fetchone()
+        assert incident is not None
+        change = _record_event(
+            cur,
+            incident,
+            event_type=EVENT_FOR_STATE[state],
+            at=now,
+            from_state=current["state"],
+            actor=actor,
+            note=note,
+            config=config,
+            source_time=now,
+        )
+        body = {
+            "incident_id": incident_id,
+            "state": state,
+            "previous_state": current["state"],
+            "event_id": change.event_id,
+            "arrival_s": incident["arrival_s"],
+            "arrival_on_time": incident["arrival_on_time"],
+        }
+        if request_id is not None:
+            cur.execute(
+                "INSERT INTO incident_action (request_id, incident_id, action, actor,"
+                " received_at, response) VALUES (%s, %s, %s, %s, %s, %s)",
+                (request_id, key, action, actor, now, json.dumps(body)),
+            )
+        return ActionResult(200, body)
+
+
+def escalate_due(
+    conn: psycopg.Connection[Any], config: DispatchConfig, now: dt.datetime
+) -> list[Change]:
+    """Raise every unacknowledged trapping incident to the response level its age calls for;
+    each step is its own event (and webhook)."""
+    from detectors.alerts import TRAPPED_TYPES
+
+    changes: list[Change] = []
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT * FROM incident WHERE state = 'open' AND fault_type = ANY(%s)"
+            " AND escalation_level <> 'city' FOR UPDATE SKIP LOCKED",
+            (sorted(TRAPPED_TYPES),),
+        )
+        for current in cur.fetchall():
+            due = due_escalation(
+                current["escalation_level"], current["opened_at"], now, config.escalation_after_s
+            )
+            if due is None:
+                continue
+            level_now = current["escalation_level"]
+            for level in ESCALATION_LEVELS[ESCALATION_LEVELS.index(level_now) + 1 :]:
+                cur.execute(
+                    "UPDATE incident SET escalation_level = %s, escalated_at = %s, updated_at = %s"
+                    " WHERE incident_id = %s RETURNING *",
+                    (level, now, now, current["incident_id"]),
+                )
+                incident = cur.fetchone()
+                assert incident is not None
+                changes.append(
+                    _record_event(
+                        cur,
+                        incident,
+                        event_type="incident.escalated",
+                        at=now,
+                        from_state=incident["state"],
+                        actor="dispatcher",
+                        note=f"unacknowledged: escalated from {level_now} to {level}",
+                        config=config,
+                        source_time=now,
+                    )
+                )
+                level_now = level
+                if level == due:
+                    break
+    return changes
+
+
+# -- the outbox ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Due:
+    """A delivery claimed for one attempt."""
+
+    delivery_id: int
+    webhook_id: str
+    endpoint: str
+    incident_id: uuid.UUID
+    event_type: str
+    payload: dict[str, Any]
+    attempts: int  # including this one
+    created_at: dt.datetime
+    source_time: dt.datetime | None
+
+
+def claim_due(conn: psycopg.Connection[Any], limit: int, lease_s: float) -> list[Due]:
+    """Claim up to ``limit`` due deliveries for one attempt each.
+
+    A claim leases the row: its next attempt moves ``lease_s`` ahead, so if the dispatcher
+    dies mid-delivery the row falls due again and is re-sent with the same webhook-id. Per
+    incident and endpoint, events go out in order: a row waits while an earlier one for the
+    same incident and endpoint is pending.
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """
+            UPDATE webhook_delivery d
+               SET attempts = d.attempts + 1,
+                   last_attempt_at = now(),
+                   first_attempt_at = coalesce(d.first_attempt_at, now()),
+                   next_attempt_at = now() + make_interval(secs => %s)
+             WHERE d.delivery_id IN (
+                   SELECT c.delivery_id FROM webhook_delivery c
+                    WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                      AND NOT EXISTS (
+                          SELECT 1 FROM webhook_delivery e
+                           WHERE e.incident_id = c.incident_id AND e.endpoint = c.endpoint
+                             AND e.status = 'pending' AND e.delivery_id < c.delivery_id)
+                    ORDER BY c.next_attempt_at, c.delivery_id
+                    LIMIT %s
+                    FOR UPDATE SKIP LOCKED)
+            RETURNING d.delivery_id, d.webhook_id, d.endpoint, d.incident_id, d.event_type,
+                      d.payload, d.attempts, d.created_at, d.source_time
+            """,
+            (lease_s, limit),
+        )
+        rows = cur.fetchall()
+    return [Due(**r) for r in sorted(rows, key=lambda r: r["delivery_id"])]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one delivery attempt."""
+
+    due: Due
+    outcome: str  # delivered | retry | dead
+    status_code: int | None
+    error: str | None
+    next_attempt_at: dt.datetime | None  # for a retry
+    sent_at: dt.datetime
+    seconds: float
+
+
+def record_attempts(conn: psycopg.Connection[Any], attempts: Sequence[Attempt]) -> None:
+    """Store the outcomes, each also as a ledger entry, in one transaction."""
+    if not attempts:
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "UPDATE webhook_delivery SET status = %s, last_status_code = %s, last_error = %s,"
+            " next_attempt_at = coalesce(%s, next_attempt_at),"
+            " delivered_at = CASE WHEN %s = 'delivered' THEN %s END,"
+            " dead_at = CASE WHEN %s = 'dead' THEN %s END"
+            " WHERE delivery_id = %s",
+            [
+                (
+                    "pending" if a.outcome == "retry" else a.outcome,
+                    a.status_code,
+                    a.error,
+                    a.next_attempt_at,
+                    a.outcome,
+                    a.sent_at,
+                    a.outcome,
+                    a.sent_at,
+                    a.due.delivery_id,
+                )
+                for a in attempts
+            ],
+        )
+        cur.executemany(
+            "SELECT ledger_append('webhook_delivery', %s, %s)",
+            [
+                (
+                    a.due.webhook_id,
+                    json.dumps(
+                        {
+                            "delivery_id": a.due.delivery_id,
+                            "webhook_id": a.due.webhook_id,
+                            "endpoint": a.due.endpoint,
+                            "incident_id": str(a.due.incident_id),
+                            "event_type": a.due.event_type,
+                            "attempt": a.due.attempts,
+                            "outcome": a.outcome,
+                            "status_code": a.status_code,
+                            "error": a.error,
+                            "sent_at": jsonable(a.sent_at),
+                        }
+                    ),
+                )
+                for a in attempts
+            ],
+        )
+
+
+def redeliver(
+    conn: psycopg.Connection[Any],
+    *,
+    delivery_ids: Sequence[int] = (),
+    all_dead: bool = False,
+    endpoint: str | None = None,
+) -> int:
+    """Put dead deliveries back in the queue (same webhook-id), due now; returns how many."""
+    where = ["status = 'dead'"]
+    params: list[Any] = []
+    if delivery_ids:
+        where.append("delivery_id = ANY(%s)")
+        params.append(list(delivery_ids))
+    elif not all_dead:
+        raise ValueError("name the deliveries to re-deliver, or ask for all dead ones")
+    if endpoint is not None:
+        where.append("endpoint = %s")
+        params.append(endpoint)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "UPDATE webhook_delivery SET status = 'pending', next_attempt_at = now(),"
+            " created_at = now(), dead_at = NULL"
+            f" WHERE {' AND '.join(where)} RETURNING delivery_id, webhook_id",
+            params,
+        )
+        rows = cur.fetchall()
+        cur.executemany(
+            "SELECT ledger_append('webhook_redelivery', %s, %s)",
+            [(w, json.dumps({"delivery_id": d, "webhook_id": w})) for d, w in rows],
+        )
+        if rows:
+            cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return len(rows)
+
+
+def active_incidents(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT i.incident_id, i.elevator_id, e.district, e.address, i.fault_type,"
+            " i.severity, i.state, i.escalation_level, i.estimated_trapped, i.opened_at,"
+            " i.repeats FROM incident i LEFT JOIN elevator e ON e.registration_code ="
+            " i.elevator_id WHERE i.state = ANY(%s) ORDER BY i.opened_at",
+            (_ACTIVE,),
+        )
+        return cur.fetchall()
+
+
+def stuck_deliveries(conn: psycopg.Connection[Any], older_than_s: float) -> list[dict[str, Any]]:
+    """Dead deliveries, and pending ones created more than ``older_than_s`` ago."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT delivery_id, webhook_id, endpoint, incident_id, event_type, status,"
+            " attempts, created_at, next_attempt_at, last_status_code, last_error"
+            " FROM webhook_delivery WHERE status = 'dead' OR (status = 'pending'"
+            " AND created_at < now() - make_interval(secs => %s)) ORDER BY created_at",
+            (older_than_s,),
+        )
+        return cur.fetchall()
+
+
+def outbox_backlog(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FILTER (WHERE status = 'pending'),"
+            " count(*) FILTER (WHERE status = 'pending' AND attempts > 0),"
+            " count(*) FILTER (WHERE status = 'dead') FROM webhook_delivery"
+        )
+        row = cur.fetchone()
+    assert row is not None
+    return {"pending": row[0], "retrying": row[1], "dead": row[2]}

@@ -1,0 +1,290 @@
+"""Running the incident dispatcher and receivers for the tests: real processes, real HTTP,
+real Kafka and TimescaleDB."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from detectors.alerts import Alert, clear_alert, make_alert
+from registry.generate import generate
+from registry.store import upsert
+from sql.migrate import migrate
+from streams.producer import RawPublisher
+from tianyan.settings import Settings
+
+from .conftest import TIANYAN
+
+FLEET = generate(5, 12, dt.date(2026, 11, 1))
+T0_MS = 1_795_000_000_000  # 2026-11-19
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def trapped(car: int, since_s: float, people: int = 2) -> Alert:
+    e = FLEET[car].registration_code
+    return make_alert(
+        e,
+        "trapped_between_levels",
+        T0_MS + int(since_s * 1000),
+        T0_MS + int((since_s + 30) * 1000),
+        {"speed_mps": 0.0, "door_zone": False, "passengers": True},
+        estimated_trapped=people,
+    )
+
+
+def overload(car: int, since_s: float) -> Alert:
+    e = FLEET[car].registration_code
+    return make_alert(
+        e, "overload", T0_MS + int(since_s * 1000), T0_MS + int(since_s * 1000), {"load_kg": 1200}
+    )
+
+
+def cleared(alert: Alert, after_s: float = 60) -> Alert:
+    return clear_alert(alert, alert.raised_at_ms + int(after_s * 1000), {"door": "open"})
+
+
+@dataclass
+class Rescue:
+    """One isolated dispatcher set-up: database, topics, secret, ports, environment."""
+
+    settings: Settings
+    admin_url: str
+    writer_url: str
+    alerts_topic: str
+    commands_topic: str
+    secret: str
+    token: str
+    web_port: int
+    env: dict[str, str]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def publish(self, alerts: list[Alert]) -> None:
+        with RawPublisher(self.settings.kafka_bootstrap, self.alerts_topic) as pub:
+            for a in alerts:
+                pub.publish(a.elevator_id.encode(), msgspec.json.encode(a))
+
+    def start_dispatcher(self, log: Path, **env: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [TIANYAN, "dispatcher", "--loglevel", "warn"],
+            env={**self.env, **env},
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        wait_for(lambda: _answers(self.web_port), 60, f"the dispatcher to serve (log: {log})")
+        return proc
+
+    def start_receiver(self, port: int, journal: Path, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [TIANYAN, "rescue-receiver", "--port", str(port), "--journal", str(journal), *args],
+            env={**self.env, "TIANYAN_RECEIVER_LOGLEVEL": "WARNING"},
+            stdout=(journal.with_suffix(".log")).open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        wait_for(lambda: _answers(port), 30, "the receiver to listen")
+        return proc
+
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        with psycopg.connect(self.admin_url) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def scalar(self, sql: str, *params: Any) -> Any:
+        rows = self.query(sql, *params)
+        return rows[0][0] if rows else None
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            stop(p)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def rescue_setup(settings: Settings, scratch_db: str, endpoints: list[str], **env: str) -> Rescue:
+    migrate(scratch_db)
+    upsert(scratch_db, FLEET)
+    tag = uuid.uuid4().hex[:8]
+    alerts, commands = f"test.alerts.{tag}", f"test.commands.{tag}"
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin.create_topics([NewTopic(alerts, 2, 1), NewTopic(commands, 1, 1)])
+    admin.close()
+    writer = scratch_db.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
+    secret, token, port = new_secret(), uuid.uuid4().hex, free_port()
+    full_env = {
+        **os.environ,
+        "TIANYAN_DATABASE_URL": writer,
+        "TIANYAN_ALERTS_TOPIC": alerts,
+        "TIANYAN_DEVICE_COMMANDS_TOPIC": commands,
+        "TIANYAN_DISPATCHER_ID": f"test-dispatcher-{tag}",
+        "TIANYAN_DISPATCHER_WEB_PORT": str(port),
+        "TIANYAN_RESCUE_WEBHOOK_URL": ",".join(endpoints),
+        "TIANYAN_RESCUE_WEBHOOK_SECRET": secret,
+        "TIANYAN_RESCUE_API_TOKEN": token,
+        "TIANYAN_WEBHOOK_RETRY_BASE_MS": "200",
+        "TIANYAN_WEBHOOK_RETRY_CAP_MS": "1000",
+        "TIANYAN_WEBHOOK_TIMEOUT_MS": "2000",
+        "TIANYAN_ESCALATION_AFTER_S": "100000000,200000000,300000000",  # never, unless told
+        **env,
+    }
+    return Rescue(settings, scratch_db, writer, alerts, commands, secret, token, port, full_env)
+
+
+class RecordingReceiver:
+    """A plain HTTP endpoint for the tests: verifies with standardwebhooks, records every
+    request (duplicates included), and answers as told (status, Retry-After, delay)."""
+
+    def __init__(self, secret: str, port: int) -> None:
+        self.webhook = Webhook(secret)
+        self.port = port
+        self.requests: list[dict[str, Any]] = []
+        self.answer: Callable[[int], tuple[int, dict[str, str]]] = lambda n: (200, {})
+        self.delay_s = 0.0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    payload = outer.webhook.verify(body, headers)
+                    verified = True
+                except WebhookVerificationError:
+                    payload, verified = json.loads(body), False
+                with outer.lock:
+                    n = sum(1 for r in outer.requests if r["id"] == headers.get("webhook-id"))
+                    outer.requests.append(
+                        {
+                            "id": headers.get("webhook-id"),
+                            "verified": verified,
+                            "payload": payload,
+                            "at": time.time(),
+                        }
+                    )
+                if outer.delay_s:
+                    time.sleep(outer.delay_s)
+                status, extra = outer.answer(n)
+                self.send_response(status)
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [r["id"] for r in self.requests]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def journal_ids(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["webhook_id"] for line in path.read_text().splitlines() if line]
+
+
+@dataclass
+class Answer:
+    status_code: int
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+def http(
+    method: str,
+    url: str,
+    *,
+    data: bytes | None = None,
+    headers: dict | None = None,
+    json_body: Any = None,
+) -> Answer:
+    """One HTTP request with the standard library; 4xx/5xx answers are returned, not raised."""
+    import urllib.error
+    import urllib.request
+
+    if json_body is not None:
+        data = json.dumps(json_body).encode()
+        headers = {**(headers or {}), "content-type": "application/json"}
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return Answer(resp.status, resp.read().decode())
+    except urllib.error.HTTPError as e:
+        return Answer(e.code, e.read().decode())

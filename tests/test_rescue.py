@@ -1,0 +1,519 @@
+"""Incidents, the rescue webhook, acknowledgement and escalation, and the ledger — against
+the real Kafka and TimescaleDB, with real HTTP receivers and real dispatcher processes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import msgspec
+import psycopg
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from streams.rescue import store
+from streams.rescue.lifecycle import (
+    IllegalTransition,
+    RetrySchedule,
+    classify_status,
+    due_escalation,
+    next_state,
+    parse_retry_after,
+)
+from tianyan.settings import Settings
+
+from .conftest import TIANYAN, consume_all
+from .rescue_support import (
+    FLEET,
+    RecordingReceiver,
+    cleared,
+    free_port,
+    http,
+    journal_ids,
+    overload,
+    rescue_setup,
+    trapped,
+    wait_for,
+)
+
+# -- the pure rules --------------------------------------------------------------------------
+
+
+def test_lifecycle_transitions_and_their_refusals() -> None:
+    assert next_state("open", "acknowledge") == "acknowledged"
+    assert next_state("open", "arrive") == "arrived"
+    assert next_state("arrived", "resolve") == "resolved"
+    assert next_state("acknowledged", "false-alarm") == "false_alarm"
+    with pytest.raises(IllegalTransition, match="cannot resolve: the incident is already resolved"):
+        next_state("resolved", "resolve")
+    with pytest.raises(IllegalTransition, match="cannot acknowledge: the incident is arrived"):
+        next_state("arrived", "acknowledge")
+    with pytest.raises(IllegalTransition, match="unknown action"):
+        next_state("open", "close")
+
+
+def test_escalation_ladder_and_delivery_schedule() -> None:
+    t0 = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
+    after = (300, 900, 1800)
+    assert due_escalation("enterprise", t0, t0 + dt.timedelta(seconds=299), after) is None
+    assert due_escalation("enterprise", t0, t0 + dt.timedelta(seconds=300), after) == "street"
+    assert due_escalation("street", t0, t0 + dt.timedelta(seconds=2000), after) == "city"
+    assert due_escalation("city", t0, t0 + dt.timedelta(days=1), after) is None
+    assert [classify_status(s) for s in (200, 204, 408, 429, 500, 503, 400, 401, 404, 410)] == [
+        "delivered",
+        "delivered",
+        "retry",
+        "retry",
+        "retry",
+        "retry",
+        "refused",
+        "refused",
+        "refused",
+        "refused",
+    ]
+    assert parse_retry_after("7", t0) == 7.0
+    assert parse_retry_after("Sun, 29 Nov 2026 00:00:30 GMT", t0) == 30.0
+    assert parse_retry_after("soon", t0) is None
+    schedule, rng = RetrySchedule(1.0, 60.0, 3600), random.Random(1)
+    for attempt, ceiling in ((1, 1), (2, 2), (3, 4), (7, 60), (20, 60)):
+        d = schedule.delay_s(attempt, None, rng)
+        assert ceiling / 2 <= d <= ceiling
+    assert schedule.delay_s(1, 45.0, rng) == 45.0
+
+
+# -- incidents from alerts (the store, as the pipeline's role) --------------------------------
+
+
+def test_alerts_become_one_incident_per_elevator_and_fault_with_outbox_and_ledger(
+    settings: Settings, scratch_db: str
+) -> None:
+    r = rescue_setup(settings, scratch_db, ["http://a.invalid/hook", "http://b.invalid/hook"])
+    config = store.DispatchConfig(
+        ("http://a.invalid/hook", "http://b.invalid/hook"), (1, 2, 3), 1800
+    )
+    first, repeat, other = trapped(0, 0, people=2), trapped(0, 200, people=4), overload(1, 10)
+    commands: list[list[store.Change]] = []
+    now = dt.datetime.now(dt.UTC)
+    with psycopg.connect(r.writer_url) as conn:
+        opened = store.apply_alert(
+            conn, first, config, received_at=now, before_commit=commands.append
+        )
+        again = store.apply_alert(conn, first, config, received_at=now)
+        updated = store.apply_alert(conn, repeat, config, received_at=now)
+        store.apply_alert(conn, other, config, received_at=now)
+        stale_clear = store.apply_alert(conn, cleared(first), config, received_at=now)
+        resolved = store.apply_alert(conn, cleared(repeat), config, received_at=now)
+    assert [c.event_type for c in opened] == ["incident.opened"]
+    assert again == [] and stale_clear == []  # a repeat, and the clearing of a superseded alert
+    assert [c.event_type for c in updated] == ["incident.updated"]
+    assert [c.event_type for c in resolved] == ["incident.resolved"]
+    assert len(commands) == 1 and commands[0][0].event_type == "incident.opened"
+    rows = r.query(
+        "SELECT fault_type, state, repeats, estimated_trapped, closed_by FROM incident"
+        " ORDER BY fault_type"
+    )
+    assert rows == [
+        ("overload", "open", 0, None, None),
+        ("trapped_between_levels", "resolved", 1, 4, "detector"),
+    ]
+    events = r.query("SELECT event_type FROM incident_event ORDER BY event_id")
+    assert [e[0] for e in events] == [
+        "incident.opened",
+        "incident.updated",
+        "incident.opened",
+        "incident.resolved",
+    ]
+    # every change once per endpoint, the same webhook-id to both; every change ledgered
+    assert r.scalar("SELECT count(*) FROM webhook_delivery") == 8
+    assert r.scalar("SELECT count(DISTINCT webhook_id) FROM webhook_delivery") == 4
+    assert r.scalar("SELECT count(*) FROM audit_ledger WHERE entry_type = 'incident_event'") == 4
+    payload = r.scalar(
+        "SELECT payload FROM webhook_delivery WHERE event_type = 'incident.opened'"
+        " AND payload->'data'->'fault'->>'type' = 'trapped_between_levels' LIMIT 1"
+    )
+    car = FLEET[0]
+    data = payload["data"]
+    assert payload["type"] == "incident.opened"
+    assert data["elevator"]["registration_code"] == car.registration_code
+    assert (
+        data["elevator"]["address"] == car.address and data["elevator"]["district"] == car.district
+    )
+    assert data["elevator"]["maintenance_company"] == car.maintenance_company
+    assert data["fault"]["gb_code"] == "11" and data["fault"]["severity"] == "critical"
+    assert data["fault"]["estimated_trapped"] == 2 and data["fault"]["trapped"] is True
+    assert data["fault"]["probable_cause"] and data["fault"]["suggested_handling"]
+    assert "passengers=True" in data["fault"]["evidence_summary"]
+    assert data["times"]["arrival_due_at"] and data["arrival"]["target_s"] == 1800
+
+
+def test_the_pipeline_role_can_only_append_to_the_ledger(
+    settings: Settings, scratch_db: str
+) -> None:
+    r = rescue_setup(settings, scratch_db, [])
+    with psycopg.connect(r.writer_url) as conn:
+        conn.execute("SELECT ledger_append('test', 'x', '{}')")
+        conn.commit()
+        for sql in ("UPDATE audit_ledger SET entity_id = 'y'", "DELETE FROM audit_ledger"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
+            conn.rollback()
+    assert r.scalar("SELECT entity_id FROM audit_ledger") == "x"
+
+
+# -- the dispatcher, end to end --------------------------------------------------------------
+
+
+def test_webhooks_signed_acknowledged_and_bad_requests_refused(
+    settings: Settings, scratch_db: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    journal = tmp_path / "received.jsonl"
+    r = rescue_setup(settings, scratch_db, [f"http://127.0.0.1:{port}/96333"])
+    try:
+        r.start_receiver(port, journal, "--acknowledge", r.api)
+        r.start_dispatcher(tmp_path / "dispatcher.log")
+        r.publish([trapped(2, 0), overload(3, 5)])
+        # the receiver verified both, and acknowledged the trapping through the API
+        wait_for(
+            lambda: r.scalar("SELECT count(*) FROM incident WHERE state = 'acknowledged'") == 2,
+            30,
+            "the reference receiver to acknowledge both incidents",
+        )
+        events = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert sum(e["payload"]["type"] == "incident.opened" for e in events) == 2
+        # the reassurance command went to the trapped car's terminal
+        commands = consume_all(settings.kafka_bootstrap, r.commands_topic, 1)
+        assert [json.loads(c.value)["command"] for c in commands] == ["play_reassurance"]
+        assert commands[0].key.decode() == FLEET[2].registration_code
+
+        incident_id = str(
+            r.scalar("SELECT incident_id FROM incident WHERE fault_type = 'overload'")
+        )
+        url = f"{r.api}/incidents/{incident_id}"
+        bearer = {"Authorization": f"Bearer {r.token}"}
+        before = r.query("SELECT * FROM incident ORDER BY incident_id")
+        n_events = r.scalar("SELECT count(*) FROM incident_event")
+
+        wrong = http("POST", f"{url}/arrive", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "token" in wrong.json()["error"]
+        forged = Webhook(r.secret.replace(r.secret[8:12], "AAAA")).sign(
+            "req_1", dt.datetime.now(dt.UTC), "{}"
+        )
+        bad_sig = http(
+            "POST",
+            f"{url}/arrive",
+            data=b"{}",
+            headers={
+                "webhook-id": "req_1",
+                "webhook-timestamp": str(int(dt.datetime.now(dt.UTC).timestamp())),
+                "webhook-signature": forged,
+            },
+        )
+        assert bad_sig.status_code == 401 and "signature" in bad_sig.json()["error"]
+        unknown = http(
+            "POST",
+            f"{r.api}/incidents/00000000-0000-0000-0000-000000000000/acknowledge",
+            headers=bearer,
+        )
+        assert unknown.status_code == 404 and "no incident" in unknown.json()["error"]
+        bad_body = http("POST", f"{url}/arrive", data=b'{"actr": 1}', headers=bearer)
+        assert bad_body.status_code == 400 and "actr" in bad_body.json()["error"]
+        illegal = http("POST", f"{url}/acknowledge", headers=bearer)
+        assert illegal.status_code == 409 and "already acknowledged" in illegal.json()["error"]
+        assert r.query("SELECT * FROM incident ORDER BY incident_id") == before
+        assert r.scalar("SELECT count(*) FROM incident_event") == n_events
+
+        key = {**bearer, "Idempotency-Key": "arrive-1"}
+        arrived = http("POST", f"{url}/arrive", json_body={"actor": "unit 7"}, headers=key)
+        assert arrived.status_code == 200 and arrived.json()["state"] == "arrived"
+        assert arrived.json()["arrival_on_time"] is False  # opened in 2026-11-19's stream time
+        again = http("POST", f"{url}/arrive", json_body={"actor": "unit 7"}, headers=key)
+        assert again.status_code == 200 and again.json()["duplicate"] is True
+        done = http("POST", f"{url}/resolve", headers=bearer)
+        assert done.status_code == 200
+        twice = http("POST", f"{url}/resolve", headers=bearer)
+        assert twice.status_code == 409 and "already resolved" in twice.json()["error"]
+        wait_for(
+            lambda: len(journal_ids(journal)) == 2 + 2 + 2,  # opened ×2, acknowledged ×2, …
+            30,
+            "every change delivered",
+        )
+        types = [json.loads(x)["payload"]["type"] for x in journal.read_text().splitlines()]
+        assert sorted(types) == sorted(
+            ["incident.opened"] * 2
+            + ["incident.acknowledged"] * 2
+            + ["incident.arrived", "incident.resolved"]
+        )
+        metrics = http("GET", f"{r.api}/metrics").text
+        assert 'tianyan_webhook_outcomes_total{outcome="delivered"} 6.0' in metrics
+        assert 'tianyan_incident_action_requests_total{status="409"} 2.0' in metrics
+    finally:
+        r.stop_all()
+
+
+def test_receiver_down_then_back_every_event_arrives_once(
+    settings: Settings, scratch_db: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    journal = tmp_path / "received.jsonl"
+    r = rescue_setup(settings, scratch_db, [f"http://127.0.0.1:{port}/hook"])
+    alerts = [trapped(i, 10 * i) for i in range(8)] + [overload(i, 5) for i in range(8, 12)]
+    try:
+        r.start_dispatcher(tmp_path / "dispatcher.log")
+        r.publish(alerts + [cleared(a) for a in alerts[:8]])
+        expected = 8 + 4 + 8  # opened ×12, resolved ×8
+        wait_for(
+            lambda: (
+                r.scalar(
+                    "SELECT count(*) FROM webhook_delivery"
+                    " WHERE attempts >= 2 AND event_type = 'incident.opened'"
+                )
+                == 12
+            ),
+            60,
+            "every opening to fail at least twice while the receiver is down",
+        )
+        # an incident's later events wait behind its first: order per incident holds
+        assert (
+            r.scalar(
+                "SELECT count(*) FROM webhook_delivery WHERE attempts = 0"
+                " AND event_type = 'incident.resolved'"
+            )
+            == 8
+        )
+        r.start_receiver(port, journal)
+        wait_for(
+            lambda: (
+                r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'")
+                == expected
+            ),
+            60,
+            "every delivery once the receiver is back",
+        )
+        ids = journal_ids(journal)
+        assert len(ids) == len(set(ids)) == expected
+        assert set(ids) == {x[0] for x in r.query("SELECT webhook_id FROM webhook_delivery")}
+        failures = r.query(
+            "SELECT DISTINCT last_error FROM webhook_delivery WHERE status = 'delivered'"
+        )
+        assert failures == [(None,)]
+        # per incident, the resolution came after the opening
+        order = r.query(
+            "SELECT incident_id, array_agg(event_type ORDER BY delivered_at, delivery_id)"
+            " FROM webhook_delivery GROUP BY incident_id"
+        )
+        for _, types in order:
+            assert types[0] == "incident.opened"
+        report = subprocess.run(
+            [TIANYAN, "audit", "verify"], env=r.env, capture_output=True, text=True, check=False
+        )
+        assert report.returncode == 0, report.stderr
+        assert "ledger verified" in report.stdout
+    finally:
+        r.stop_all()
+
+
+def test_dispatcher_killed_mid_delivery_loses_nothing(
+    settings: Settings, scratch_db: str, tmp_path: Path
+) -> None:
+    r = rescue_setup(settings, scratch_db, [])
+    slow = RecordingReceiver(r.secret, free_port())
+    slow.delay_s = 1.5
+    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = slow.url
+    try:
+        dispatcher = r.start_dispatcher(tmp_path / "dispatcher.log")
+        r.publish([overload(i, i) for i in range(12)])
+        wait_for(lambda: len(slow.ids()) >= 6, 30, "deliveries in flight")
+        dispatcher.send_signal(signal.SIGKILL)
+        dispatcher.wait(10)
+        in_flight = r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
+        assert in_flight > 0, "the kill should have interrupted deliveries"
+        slow.delay_s = 0.0
+        r.start_dispatcher(tmp_path / "dispatcher2.log")
+        wait_for(
+            lambda: (
+                r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'") == 12
+            ),
+            60,
+            "every delivery after the restart",
+        )
+        ids = slow.ids()
+        assert set(ids) == {x[0] for x in r.query("SELECT webhook_id FROM webhook_delivery")}
+        assert len(ids) > len(set(ids)), "interrupted deliveries are re-sent with the same id"
+        assert all(req["verified"] for req in slow.requests)
+        assert r.scalar("SELECT count(*) FROM incident") == 12
+    finally:
+        r.stop_all()
+        slow.close()
+
+
+def test_retry_after_refusal_dead_letter_and_redelivery(
+    settings: Settings, scratch_db: str, tmp_path: Path
+) -> None:
+    r = rescue_setup(settings, scratch_db, [], TIANYAN_WEBHOOK_MAX_AGE_S="4")
+    busy, refusing, gone = (RecordingReceiver(r.secret, free_port()) for _ in range(3))
+    busy.answer = lambda n: (503, {"Retry-After": "2"}) if n == 0 else (200, {})
+    refusing.answer = lambda n: (400, {})
+    gone.close()  # nothing listens there
+    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = f"{busy.url} {refusing.url} {gone.url}"
+    try:
+        r.start_dispatcher(tmp_path / "dispatcher.log")
+        r.publish([overload(0, 0)])
+
+        def outcome(url: str) -> tuple | None:
+            rows = r.query(
+                "SELECT status, attempts, last_error, delivered_at - first_attempt_at"
+                " FROM webhook_delivery WHERE endpoint = %s AND status <> 'pending'",
+                url,
+            )
+            return rows[0] if rows else None
+
+        delivered = wait_for(lambda: outcome(busy.url), 30, "the 503 then 200 endpoint")
+        assert delivered[0] == "delivered" and delivered[1] == 2
+        assert delivered[3] >= dt.timedelta(seconds=2)  # Retry-After honoured
+        dead = wait_for(lambda: outcome(refusing.url), 30, "the refusing endpoint")
+        assert dead[0] == "dead" and dead[1] == 1 and "refused by the receiver" in dead[2]
+        assert "HTTP 400" in dead[2]
+        aged = wait_for(lambda: outcome(gone.url), 30, "the unreachable endpoint to age out")
+        assert aged[0] == "dead" and aged[1] > 1 and "gave up after" in aged[2]
+        listing = subprocess.run(
+            [TIANYAN, "incidents"], env=r.env, capture_output=True, text=True, check=True
+        ).stdout
+        assert "1 active incidents" in listing and "2 dead" in listing and "HTTP 400" in listing
+        refusing.answer = lambda n: (200, {})
+        delivery_id = r.scalar(
+            "SELECT delivery_id FROM webhook_delivery WHERE endpoint = %s", refusing.url
+        )
+        redo = subprocess.run(
+            [TIANYAN, "incidents", "redeliver", str(delivery_id)],
+            env=r.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "1 deliveries queued again" in redo.stdout
+        wait_for(lambda: (outcome(refusing.url) or ("",))[0] == "delivered", 30, "the redelivery")
+        assert len(set(refusing.ids())) == 1 and len(refusing.ids()) == 2  # same webhook-id
+    finally:
+        r.stop_all()
+        busy.close()
+        refusing.close()
+
+
+def test_unacknowledged_trapping_escalates_on_its_timer(
+    settings: Settings, scratch_db: str, tmp_path: Path
+) -> None:
+    r = rescue_setup(settings, scratch_db, [])
+    hook = RecordingReceiver(r.secret, free_port())
+    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = hook.url
+    # timers from opening: street after 2 s, district after 4 s, city after 6 s
+    r.env["TIANYAN_ESCALATION_AFTER_S"] = "2,4,6"
+    now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    waiting = trapped(0, 0)
+    waiting = msgspec.structs.replace(waiting, raised_at_ms=now_ms)
+    answered = trapped(1, 0)
+    answered = msgspec.structs.replace(answered, raised_at_ms=now_ms)
+    try:
+        r.start_dispatcher(tmp_path / "dispatcher.log")
+        r.publish([waiting, answered])
+        wait_for(lambda: r.scalar("SELECT count(*) FROM incident") == 2, 20, "two incidents")
+        acked = str(
+            r.scalar(
+                "SELECT incident_id FROM incident WHERE elevator_id = %s",
+                FLEET[1].registration_code,
+            )
+        )
+        ok = http(
+            "POST",
+            f"{r.api}/incidents/{acked}/acknowledge",
+            headers={"Authorization": f"Bearer {r.token}"},
+        )
+        assert ok.status_code == 200
+        wait_for(
+            lambda: r.scalar("SELECT count(*) FROM incident WHERE escalation_level = 'city'") == 1,
+            20,
+            "the unacknowledged trapping to reach the city level",
+        )
+        levels = r.query(
+            "SELECT e.note FROM incident_event e JOIN incident i USING (incident_id)"
+            " WHERE e.event_type = 'incident.escalated' ORDER BY e.event_id"
+        )
+        assert [n[0].rsplit(" ", 1)[-1] for n in levels] == ["street", "district", "city"]
+        assert (
+            r.scalar("SELECT escalation_level FROM incident WHERE incident_id = %s", acked)
+            == "enterprise"
+        )
+        wait_for(
+            lambda: (
+                sum(1 for q in hook.requests if q["payload"]["type"] == "incident.escalated") >= 3
+            ),
+            20,
+            "the escalations as webhooks",
+        )
+    finally:
+        r.stop_all()
+        hook.close()
+
+
+def test_audit_verify_names_what_was_altered_or_deleted(
+    settings: Settings, scratch_db: str, superuser_url: str
+) -> None:
+    r = rescue_setup(settings, scratch_db, ["http://a.invalid/hook"])
+    config = store.DispatchConfig(("http://a.invalid/hook",), (1, 2, 3), 1800)
+    now = dt.datetime.now(dt.UTC)
+    with psycopg.connect(r.writer_url) as conn:
+        for i in range(4):
+            a = trapped(i, i)
+            store.apply_alert(conn, a, config, received_at=now)
+            store.apply_alert(conn, cleared(a), config, received_at=now)
+    db = scratch_db.rsplit("/", 1)[1]
+    su = superuser_url.rsplit("/", 1)[0] + f"/{db}"
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TIANYAN, "audit", "verify", "--database-url", r.admin_url],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def tamper(sql: str) -> str:
+        with psycopg.connect(su) as conn:
+            conn.execute("SET search_path = tianyan")
+            conn.execute("CREATE TABLE IF NOT EXISTS backup_ledger AS TABLE audit_ledger")
+            conn.execute("CREATE TABLE IF NOT EXISTS backup_event AS TABLE incident_event")
+            conn.execute(sql)
+        out = verify()
+        with psycopg.connect(su) as conn:  # put it back
+            conn.execute("SET search_path = tianyan")
+            conn.execute("DELETE FROM audit_ledger")
+            conn.execute(
+                "INSERT INTO audit_ledger OVERRIDING SYSTEM VALUE SELECT * FROM backup_ledger"
+            )
+            conn.execute("DELETE FROM incident_event")
+            conn.execute(
+                "INSERT INTO incident_event OVERRIDING SYSTEM VALUE SELECT * FROM backup_event"
+            )
+        assert out.returncode == 1, out.stdout
+        return out.stderr
+
+    clean = verify()
+    assert clean.returncode == 0 and "8 entries" in clean.stdout
+    assert "seq 3 (incident_event" in tamper(
+        "UPDATE audit_ledger"
+        " SET payload = jsonb_set(payload, '{incident,state}', '\"false_alarm\"') WHERE seq = 3"
+    ) and "was altered" in tamper("UPDATE audit_ledger SET entity_id = 'x' WHERE seq = 3")
+    assert "seq 5 deleted from the ledger" in tamper("DELETE FROM audit_ledger WHERE seq = 5")
+    assert "does not follow seq 1" in tamper(
+        "UPDATE audit_ledger SET prev_hash = '\\x00' WHERE seq = 2"
+    )
+    event_id = r.scalar("SELECT min(event_id) FROM incident_event")
+    altered = tamper(f"UPDATE incident_event SET actor = 'someone' WHERE event_id = {event_id}")
+    assert f"incident_event {event_id} (ledger seq 1) was altered: actor" in altered
+    deleted = tamper(f"DELETE FROM incident_event WHERE event_id = {event_id + 1}")
+    assert f"incident_event {event_id + 1}" in deleted and "was deleted" in deleted
+    assert verify().returncode == 0  # restored
