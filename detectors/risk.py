@@ -240,7 +240,7 @@ def _per_event(
     name: str, count: int, points: float, cap: float, what: str, window_days: int
 ) -> FactorContribution:
     added = min(cap, count * points)
-    noun = what if count == 1 else f"{what}s"
+    noun = what if count == 1 else what[:-1] + "ies" if what.endswith("y") else f"{what}s"
     return FactorContribution(name, count, float(added), f"{count} {noun} in {window_days} days")
 
 

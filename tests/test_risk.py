@@ -107,6 +107,7 @@ def test_each_factor_explains_its_points() -> None:
     by_name = {f.name: f for f in r.factors}
     assert by_name["trapping"].reason == "1 trapping in 30 days"
     assert by_name["major_faults"].reason == "2 major faults in 30 days"
+    assert by_name["anomalies"].reason == "4 trip anomalies in 30 days"
     assert by_name["age"].reason == "18.4 years old (old: > 15)"
     assert by_name["maintenance"].reason == "last 20 days ago, overdue (every 15 days)"
     assert by_name["inspection"].reason == "last 400 days ago, overdue (every 365 days)"
