@@ -14,12 +14,18 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import psycopg
+
+if TYPE_CHECKING:
+    from detectors.alerts import Alert
+    from detectors.evaluation import Evaluation
+    from detectors.thresholds import Thresholds
+    from replay import ReplayItem
 
 #: The repository the notebooks live in (scenario files are found from here).
 REPO = Path(__file__).resolve().parent.parent
@@ -43,18 +49,6 @@ def env_number(name: str, default: float, kind: type = float) -> Any:
     except ValueError:
         kind_name = "an integer" if kind is int else "a number"
         raise ValueError(f"{name}={text!r} is not {kind_name}") from None
-
-
-def env_time(name: str) -> dt.datetime | None:
-    """The environment variable ``name`` as an ISO date-time (naive means UTC), or None."""
-    text = env_text(name)
-    if text is None:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{name}={text!r} is not an ISO date-time (2026-11-02T08:15:00)") from None
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 
 
 def database_url() -> str:
@@ -107,18 +101,24 @@ def utc(ms: int | float) -> pd.Timestamp:
 
 
 def simulate_run(
-    scenario: Path, seed: int | None, elevators: int, duration_s: float, out_dir: Path
+    scenario: Path,
+    seed: int | None,
+    elevators: int,
+    duration_s: float,
+    out_dir: Path,
+    registry_seed: int,
 ) -> Path:
-    """Simulate ``elevators`` cars of the synthetic registry under ``scenario`` into
-    ``out_dir/run.jsonl`` (labels beside it), as :func:`tianyan.evaluate.evaluate` does, and
-    return the stream's path: the notebook keeps the files to explain the misses."""
+    """Simulate the first ``elevators`` cars of the synthetic registry (``registry_seed``)
+    under ``scenario`` into ``out_dir/run.jsonl`` (labels beside it), as
+    :func:`tianyan.evaluate.evaluate` does, and return the stream's path: the notebook keeps
+    the files to explain the misses."""
     import simulator
     from tianyan.evaluate import DEFAULT_START, fleet
 
     path = out_dir / "run.jsonl"
     simulator.simulate(
         simulator.load_scenario(scenario, seed=seed),
-        fleet(elevators, DEFAULT_START.date()),
+        fleet(elevators, DEFAULT_START.date(), registry_seed),
         start=DEFAULT_START,
         duration_s=duration_s,
         output=simulator.FileOutput(path),
@@ -142,7 +142,7 @@ def sample_times(stream: Path) -> dict[str, np.ndarray]:
     return {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in times.items()}
 
 
-def fault_scores(evaluation: Any) -> pd.DataFrame:
+def fault_scores(evaluation: Evaluation) -> pd.DataFrame:
     """One row per scored fault type of a :class:`detectors.evaluation.Evaluation`."""
     rows = [
         {
@@ -163,7 +163,7 @@ def fault_scores(evaluation: Any) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("fault_type")
 
 
-def alert_precision(evaluation: Any) -> pd.DataFrame:
+def alert_precision(evaluation: Evaluation) -> pd.DataFrame:
     """One row per raised alert type: alerts, explained by a label, false alarms."""
     rows = [
         {
@@ -178,7 +178,7 @@ def alert_precision(evaluation: Any) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("alert_type")
 
 
-def detection_delays(evaluation: Any) -> pd.DataFrame:
+def detection_delays(evaluation: Evaluation) -> pd.DataFrame:
     """One row per detected label: fault type and detection delay, s."""
     rows = [
         {"fault_type": kind, "delay_s": ms / 1000}
@@ -221,10 +221,12 @@ def evaluation_figure(scores: pd.DataFrame, delays: pd.DataFrame) -> plt.Figure:
 
 #: Device faults that hide or distort what a terminal reports (simulator label types).
 DEVICE_FAULTS = ("dropout", "stuck_sensor", "clock_skew", "out_of_order", "duplicate")
+#: How far around a missed label to look for device faults, silences and stray alerts, ms.
+MISS_CONTEXT_MS = 120_000
 
 
 def explain_misses(
-    evaluation: Any,
+    evaluation: Evaluation,
     labels: Sequence[Mapping[str, Any]],
     times: Mapping[str, np.ndarray],
     end_ms: int,
@@ -234,7 +236,8 @@ def explain_misses(
     Looks, on the same elevator, for a device fault (a terminal dropout…) overlapping the
     label, the longest silence between samples from a minute before the onset to the end,
     and the nearest *unexplained* alert of a type that detects the label (an alert that
-    came, but outside the window in which it counts: :func:`detectors.evaluation.label_window`).
+    came, but outside the window in which it counts: :func:`detectors.evaluation.label_window`),
+    each within :data:`MISS_CONTEXT_MS` of the label.
     """
     from detectors.evaluation import DETECTS, SLACK_MS, label_window
 
@@ -251,11 +254,14 @@ def explain_misses(
                     if other["elevator_id"] == car
                     and other["fault_type"] in DEVICE_FAULTS
                     and int(other["onset_ms"]) <= end
-                    and (other["ended_ms"] is None or int(other["ended_ms"]) >= onset - 60_000)
+                    and (
+                        other["ended_ms"] is None
+                        or int(other["ended_ms"]) >= onset - MISS_CONTEXT_MS
+                    )
                 }
             )
             car_times = times.get(car, np.zeros(0, dtype=np.int64))
-            around = car_times[(car_times >= onset - 60_000) & (car_times <= end)]
+            around = car_times[(car_times >= onset - MISS_CONTEXT_MS) & (car_times <= end)]
             silence_s = float(np.diff(around).max()) / 1000 if len(around) > 1 else math.nan
             near = [
                 a
@@ -263,6 +269,7 @@ def explain_misses(
                 if alert_type in evaluation.alerts
                 for a in evaluation.alerts[alert_type].unexplained
                 if a.elevator_id == car
+                and onset - MISS_CONTEXT_MS <= a.raised_at_ms <= end + MISS_CONTEXT_MS
             ]
             nearest = min(near, key=lambda a: abs(a.raised_at_ms - onset), default=None)
             offset_s = None if nearest is None else (nearest.raised_at_ms - onset) / 1000
@@ -279,8 +286,10 @@ def explain_misses(
                     f"+ {SLACK_MS / 1000:.0f} s"
                 )
             else:
-                reason = f"no {'/'.join(sorted(DETECTS[kind]))} alert on this elevator: the "
-                reason += "signals never crossed the rule's threshold"
+                reason = (
+                    f"no {'/'.join(sorted(DETECTS[kind]))} alert on this elevator near it: "
+                    "the condition never held in the signals as the rule judges it"
+                )
             rows.append(
                 {
                     "fault_type": kind,
@@ -423,8 +432,9 @@ def car_alerts(url: str, elevator_id: str, start: dt.datetime, end: dt.datetime)
 
 
 def incident(url: str, incident_id: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The incident row and its ``incident_event`` history (empty frames without one)."""
-    if incident_id is None or (isinstance(incident_id, float) and math.isnan(incident_id)):
+    """The incident row and its ``incident_event`` history (empty frames, with their columns,
+    when ``incident_id`` is None or NaN)."""
+    if pd.isna(incident_id):
         incident_id = None
     row = read_frame(url, "SELECT * FROM tianyan.incident WHERE incident_id = %s", [incident_id])
     events = read_frame(
@@ -572,7 +582,7 @@ def timeline_figure(
     return fig
 
 
-def detect_again(url: str, items: Sequence[Any], elevator_id: str) -> list[Any]:
+def detect_again(url: str, items: Sequence[ReplayItem], elevator_id: str) -> list[Alert]:
     """Feed replayed messages (:class:`replay.ReplayItem`) to the worker's own
     :class:`streams.ingest.Ingest`, ticking its clock as the worker does
     (:data:`tianyan.evaluate.TICK_EVERY_MS` of stream time), and return the alerts raised:
@@ -596,7 +606,7 @@ def detect_again(url: str, items: Sequence[Any], elevator_id: str) -> list[Any]:
         else ElevatorLimits.unknown(th)
     )
     ingest = Ingest(0, limits_for=lambda _: limits, thresholds=th)
-    alerts: list[Any] = []
+    alerts: list[Alert] = []
     next_tick_ms: int | None = None
     for offset, item in enumerate(items):
         alerts += ingest.process([RawRecord(item.key, item.value, 0, offset)]).alerts
@@ -609,16 +619,18 @@ def detect_again(url: str, items: Sequence[Any], elevator_id: str) -> list[Any]:
     return alerts
 
 
-def thresholds() -> Any:
+def thresholds() -> Thresholds:
     """The detectors' thresholds as the worker loads them (``TIANYAN_THRESHOLDS_FILE``)."""
-    from detectors.thresholds import Thresholds
+    from tianyan.settings import Settings
 
-    path = env_text("TIANYAN_THRESHOLDS_FILE")
+    path = Settings.from_env().thresholds_file
     if path is None:
-        return Thresholds()
-    from streams.app import load_thresholds
+        from detectors.thresholds import Thresholds
 
-    return load_thresholds(Path(path))
+        return Thresholds()
+    from streams.app import load_thresholds  # the worker's own reader (imports Faust)
+
+    return load_thresholds(path)
 
 
 # -- fleet risk ------------------------------------------------------------------------------
