@@ -533,6 +533,32 @@ def bench_stream(
     click.echo(json.dumps(result))
 
 
+@bench.command("rescue")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1),
+    default=20.0,
+    show_default=True,
+    help="Alerts/s for the latency run (a).",
+)
+@click.option("--seconds", type=click.FloatRange(min=5), default=30.0, show_default=True)
+@click.option(
+    "--burst",
+    type=click.IntRange(min=100),
+    default=5000,
+    show_default=True,
+    help="Deliveries queued for the throughput run (b).",
+)
+def bench_rescue(rate: float, seconds: float, burst: int) -> None:
+    """Incident dispatcher: alert → signed webhook latency, deliveries per second."""
+    from tianyan.bench_rescue import run
+
+    result = run(_settings(), rate_per_s=rate, duration_s=seconds, burst=burst)
+    for key, value in result.items():
+        click.echo(f"{key:40} {value}")
+    click.echo(json.dumps(result))
+
+
 # -- detectors: scoring series, evaluating against labels -------------------------------------
 def _register_detector_commands() -> None:
     from tianyan.commands_eval import evaluate_command, score_command
