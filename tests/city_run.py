@@ -30,6 +30,8 @@ from streams.producer import RawPublisher
 from tianyan import contract
 from tianyan.settings import Settings
 
+from .rescue_support import new_secret
+
 CITY_SEED, CITY_SIZE, CITY_DATE = 7, 80, dt.date(2026, 11, 1)
 CITY_START = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)
 CITY_DURATION_S = 900.0
@@ -53,6 +55,7 @@ class CityRun:
     labels: Path  # the injected faults, JSON Lines
     samples: int  # distinct valid samples the stream carried
     env: dict[str, str]  # the TIANYAN_* environment the pipeline ran with
+    rescue_journal: Path  # what the reference receiver received (JSON Lines)
 
     def url(self, role: str) -> str:
         return self.admin_url.replace("postgresql://tianyan@", f"postgresql://{role}@")
@@ -61,6 +64,12 @@ class CityRun:
 def _count(url: str, table: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(f"SELECT count(*) FROM tianyan.{table}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _scalar(url: str, sql: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -114,7 +123,15 @@ def city_run(
     tag = uuid.uuid4().hex[:8]
     raw, quarantine, alerts = f"city.raw.{tag}", f"city.quarantine.{tag}", f"city.alerts.{tag}"
     kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    kafka.create_topics([NewTopic(raw, 4, 1), NewTopic(quarantine, 1, 1), NewTopic(alerts, 4, 1)])
+    commands = f"city.commands.{tag}"
+    kafka.create_topics(
+        [
+            NewTopic(raw, 4, 1),
+            NewTopic(quarantine, 1, 1),
+            NewTopic(alerts, 4, 1),
+            NewTopic(commands, 1, 1),
+        ]
+    )
     kafka.close()
     writer = admin.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
     env = {
@@ -128,8 +145,28 @@ def city_run(
         "TIANYAN_ADMIN_DATABASE_URL": admin,
         "TIANYAN_WORKER_WEB_PORT": "16181",
         "TIANYAN_CHECKPOINT_INTERVAL_MS": "500",
+        # the incident dispatcher, delivering to the reference receiver
+        "TIANYAN_DEVICE_COMMANDS_TOPIC": commands,
+        "TIANYAN_DISPATCHER_ID": f"city-dispatcher-{tag}",
+        "TIANYAN_DISPATCHER_WEB_PORT": "16183",
+        "TIANYAN_RESCUE_WEBHOOK_URL": "http://127.0.0.1:16182/96333",
+        "TIANYAN_RESCUE_WEBHOOK_SECRET": new_secret(),
     }
+    journal = work / "rescue-received.jsonl"
     log = (work / "worker.log").open("ab")
+    services = [
+        subprocess.Popen(
+            [TIANYAN, *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for args in (
+            ["rescue-receiver", "--port", "16182", "--journal", str(journal)],
+            ["dispatcher", "--loglevel", "warn"],
+        )
+    ]
     worker = subprocess.Popen(
         [TIANYAN, "worker", "--loglevel", "warn"],
         env=env,
@@ -148,8 +185,20 @@ def city_run(
                 pytest.fail("the city-run worker did not store every sample in 240 s")
             time.sleep(1.0)
         time.sleep(3.0)  # the last alerts and checkpoints
-    finally:
         _stop(worker)
+        # every alert applied by the dispatcher, every change delivered
+        deadline = time.monotonic() + 120
+        while (
+            _count(admin, "incident_alert") < _count(admin, "alert")
+            or _scalar(admin, "SELECT count(*) FROM webhook_delivery WHERE status <> 'delivered'")
+            or not _count(admin, "webhook_delivery")
+        ):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the city-run dispatcher did not deliver everything; see {work}")
+            time.sleep(0.5)
+    finally:
+        for proc in [worker, *services]:
+            _stop(proc)
         log.close()
 
     # risk grades: the run graded as of its end, as the worker's timer would
@@ -170,6 +219,7 @@ def city_run(
         labels=stream.with_name("city.labels.jsonl"),
         samples=len(samples),
         env=env,
+        rescue_journal=journal,
     )
     with psycopg.connect(superuser_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{CITY_DB}" WITH (FORCE)')
