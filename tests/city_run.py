@@ -30,12 +30,12 @@ from streams.producer import RawPublisher
 from tianyan import contract
 from tianyan.settings import Settings
 
-from .rescue_support import new_secret
+from .rescue_support import free_port, new_secret
 
 CITY_SEED, CITY_SIZE, CITY_DATE = 7, 80, dt.date(2026, 11, 1)
 CITY_START = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)
 CITY_DURATION_S = 900.0
-CITY_DB = "tianyan_test_city_run"
+CITY_DB = f"tianyan_test_city_run_{os.getpid()}"  # one per test session
 SCENARIO = Path(__file__).parent / "scenarios" / "city_run.toml"
 
 
@@ -134,6 +134,7 @@ def city_run(
     )
     kafka.close()
     writer = admin.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
+    receiver_port = free_port()
     env = {
         **os.environ,
         "TIANYAN_RAW_TOPIC": raw,
@@ -143,13 +144,13 @@ def city_run(
         "TIANYAN_WORKER_ID": f"city-worker-{tag}",
         "TIANYAN_DATABASE_URL": writer,
         "TIANYAN_ADMIN_DATABASE_URL": admin,
-        "TIANYAN_WORKER_WEB_PORT": "16181",
+        "TIANYAN_WORKER_WEB_PORT": str(free_port()),
         "TIANYAN_CHECKPOINT_INTERVAL_MS": "500",
         # the incident dispatcher, delivering to the reference receiver
         "TIANYAN_DEVICE_COMMANDS_TOPIC": commands,
         "TIANYAN_DISPATCHER_ID": f"city-dispatcher-{tag}",
-        "TIANYAN_DISPATCHER_WEB_PORT": "16183",
-        "TIANYAN_RESCUE_WEBHOOK_URL": "http://127.0.0.1:16182/96333",
+        "TIANYAN_DISPATCHER_WEB_PORT": str(free_port()),
+        "TIANYAN_RESCUE_WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/96333",
         "TIANYAN_RESCUE_WEBHOOK_SECRET": new_secret(),
     }
     journal = work / "rescue-received.jsonl"
@@ -163,7 +164,7 @@ def city_run(
             start_new_session=True,
         )
         for args in (
-            ["rescue-receiver", "--port", "16182", "--journal", str(journal)],
+            ["rescue-receiver", "--port", str(receiver_port), "--journal", str(journal)],
             ["dispatcher", "--loglevel", "warn"],
         )
     ]

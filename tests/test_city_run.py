@@ -30,7 +30,11 @@ def test_the_city_runs_trappings_reached_the_rescue_receiver_signed_and_once(
         deliveries = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE status = 'delivered') FROM webhook_delivery"
         ).fetchone()
+        evidence = conn.execute(
+            "SELECT count(DISTINCT incident_id) FROM evidence_sample"
+        ).fetchone()
     received = [json.loads(x) for x in city_run.rescue_journal.read_text().splitlines()]
+    assert evidence is not None and evidence[0] >= 1  # raw samples kept with incidents
     ids = [r["webhook_id"] for r in received]
     assert trapped is not None and trapped[0] >= 1
     assert deliveries is not None and deliveries[0] == deliveries[1] == len(ids) == len(set(ids))

@@ -101,6 +101,7 @@ class Dispatcher:
             endpoints=settings.rescue_webhook_urls,
             escalation_after_s=settings.escalation_after_s,
             arrival_target_s=settings.arrival_target_s,
+            evidence_window_s=settings.evidence_window_s,
         )
         secret = settings.rescue_webhook_secret
         self.verifier = signer(secret) if secret else None

@@ -76,6 +76,7 @@ class DispatchConfig:
     endpoints: tuple[str, ...]
     escalation_after_s: tuple[int, ...]
     arrival_target_s: int
+    evidence_window_s: int = 300
 
 
 @dataclass(frozen=True)
@@ -389,6 +390,19 @@ def apply_alert(
                     config=config,
                     source_time=received_at,
                 )
+            )
+        if changes and changes[0].event_type in ("incident.opened", "incident.resolved"):
+            # The raw samples around it, kept with the incident past raw retention (samples
+            # still in flight when this runs are not copied; the next change copies again).
+            window = dt.timedelta(seconds=config.evidence_window_s)
+            cur.execute(
+                "SELECT copy_incident_evidence(%s, %s, %s, %s)",
+                (
+                    changes[0].incident_id,
+                    alert.elevator_id,
+                    _utc_ms(alert.condition_since_ms) - window,
+                    at + window,
+                ),
             )
         if changes:
             cur.execute(
