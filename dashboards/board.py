@@ -157,8 +157,8 @@ def timeseries(unit: str = "none", *, bars: bool = False) -> timeseries_builder.
         )
     )
     if bars:
-        panel = panel.draw_style(common.GraphDrawStyle.BARS).fill_opacity(80)
-    return panel
+        return panel.draw_style(common.GraphDrawStyle.BARS).fill_opacity(80)
+    return panel.draw_style(common.GraphDrawStyle.LINE).line_width(1).fill_opacity(10)
 
 
 class BoardBuilder:
@@ -208,12 +208,12 @@ class BoardBuilder:
         self._typed[name] = checked_with
         return self
 
-    def link(self, title: str, url: str) -> BoardBuilder:
-        """A link in the board's header (keeps time range and variables)."""
+    def link(self, title: str, uid: str) -> BoardBuilder:
+        """A link in the board's header to board ``uid``, passing time range and variables."""
         self._dashboard.link(
             dashboard_builder.DashboardLink(title)
             .type(dashboard.DashboardLinkType.LINK)
-            .url(url)
+            .url(f"/d/{uid}")
             .include_vars(True)
             .keep_time(True)
         )

@@ -39,7 +39,7 @@ def build() -> Board:
         "SELECT registration_code FROM elevator"
         " WHERE district = '$district' AND has_terminal ORDER BY registration_code",
     )
-    b.link("Operation monitoring", board_url(shared.OPERATION))
+    b.link("Operation monitoring", shared.OPERATION)
     b.panel(
         table(),
         "Registry record",

@@ -3,7 +3,7 @@ them, 7 days by default)."""
 
 from __future__ import annotations
 
-from dashboards.board import Board, BoardBuilder, board_url, name_values, table, timeseries
+from dashboards.board import Board, BoardBuilder, name_values, table, timeseries
 from dashboards.boards import shared
 from dashboards.boards.elevator import TRIP_ID
 from dashboards.datasources import ANALYST
@@ -44,7 +44,7 @@ FROM trip
 WHERE elevator_id = '$elevator' AND $__timeFilter(start_time)
 ORDER BY start_time DESC""",
     )
-    b.link("Elevator", board_url(shared.ELEVATOR, elevator="$elevator"))
+    b.link("Elevator", shared.ELEVATOR)
     b.panel(
         table(),
         "Trip summary",
