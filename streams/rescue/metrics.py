@@ -65,4 +65,3 @@ ACTION_REQUESTS = Counter(
     ["status"],
     registry=REGISTRY,
 )
-
