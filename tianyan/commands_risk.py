@@ -192,7 +192,9 @@ def _district_label(name: str, chinese: bool) -> str:
 
 
 def render_heatmap(data: ReportData, path: Path) -> None:
-    """Districts × grades, each cell the grade's colour, deeper with more elevators."""
+    """Districts × grades, counts and shares annotated; each cell the grade's colour, deeper
+    the larger the share of the district's graded elevators in that grade (so that a large
+    district does not look riskier for being large)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,14 +208,16 @@ def render_heatmap(data: ReportData, path: Path) -> None:
     counts = grade_counts(data)
     districts = data.districts
     grid = np.array([[counts[d][g] for g in GRADES] for d in districts], dtype=float)
-    peak = grid.max(axis=0)
+    graded = grid.sum(axis=1, keepdims=True)
+    share = np.divide(grid, graded, out=np.zeros_like(grid), where=graded > 0)
+    peak = share.max(axis=0)
+    depth = np.divide(share, peak, out=np.zeros_like(share), where=peak > 0)
+    # White for none, the grade's full colour for the district with the largest share.
+    strength = np.where(grid > 0, 0.25 + 0.75 * depth, 0.0)
     rgb = np.ones((len(districts), len(GRADES), 3))
     for j, g in enumerate(GRADES):
-        depth = grid[:, j] / peak[j] if peak[j] > 0 else np.zeros(len(districts))
-        # White for none, the grade's full colour for the district with most.
-        strength = np.where(grid[:, j] > 0, 0.25 + 0.75 * depth, 0.0)[:, None]
-        rgb[:, j, :] = 1.0 - strength * (1.0 - np.array(to_rgb(GRADE_COLOURS[g])))
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(districts) + 1.8), dpi=110)
+        rgb[:, j, :] = 1.0 - strength[:, j, None] * (1.0 - np.array(to_rgb(GRADE_COLOURS[g])))
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(districts) + 1.8), dpi=110)
     if font:
         plt.rcParams["font.family"] = [font]
     ax.imshow(rgb, aspect="auto")
@@ -225,9 +229,18 @@ def render_heatmap(data: ReportData, path: Path) -> None:
     for i in range(len(districts)):
         for j in range(len(GRADES)):
             n = int(grid[i, j])
-            dark = n > 0 and (grid[i, j] / max(peak[j], 1)) > 0.5 and GRADES[j] != "yellow"
-            ax.text(j, i, str(n), ha="center", va="center", color="white" if dark else "black")
-    ax.set_title(f"Elevators by risk grade and district, {data.at:%Y-%m-%d %H:%M} UTC", pad=28)
+            label = f"{n}\n{100 * share[i, j]:.1f} %" if n else "0"
+            dark = strength[i, j] > 0.6 and GRADES[j] != "yellow"
+            ax.text(
+                j, i, label, ha="center", va="center", fontsize=8,
+                color="white" if dark else "black",
+            )  # fmt: skip
+    ax.set_title(
+        f"Elevators by risk grade and district, {data.at:%Y-%m-%d %H:%M} UTC\n"
+        "count and share of the district's graded elevators; deeper = larger share",
+        pad=28,
+        fontsize=10,
+    )
     ax.set_xticks(np.arange(-0.5, len(GRADES)), minor=True)
     ax.set_yticks(np.arange(-0.5, len(districts)), minor=True)
     ax.grid(which="minor", color="white", linewidth=2)
@@ -251,11 +264,14 @@ def render_map(data: ReportData, path: Path) -> None:
         plt.rcParams["font.family"] = [font]
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
     placed = [e for e in data.elevators if e["latitude"] is not None and e["longitude"] is not None]
-    # Least severe first, so red and orange are drawn on top.
-    layers: list[tuple[str, str, float]] = [("ungraded", UNGRADED_COLOUR, 10)]
-    layers += [
-        (g, GRADE_COLOURS[g], 14 + 10 * (3 - i)) for i, g in reversed(list(enumerate(GRADES)))
-    ]
+    # Least severe first, so red and orange are drawn on top. Markers shrink as the fleet
+    # grows, so that a city of 40,000 does not hide its blue under its yellow; red and
+    # orange stay visible at any size.
+    scale = min(1.0, (2000 / max(len(placed), 1)) ** 0.5)
+    layers: list[tuple[str, str, float]] = [("ungraded", UNGRADED_COLOUR, 10 * scale)]
+    for i, g in reversed(list(enumerate(GRADES))):
+        size = (14 + 10 * (3 - i)) * scale
+        layers.append((g, GRADE_COLOURS[g], max(size, 14.0) if g in ("red", "orange") else size))
     for grade, colour, size in layers:
         pts = [e for e in placed if (e["grade"] or "ungraded") == grade]
         if not pts:
