@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -193,6 +194,13 @@ def test_every_panel_passes_check_on_the_city_run(city_run: CityRun) -> None:
     assert rows[("Trip", "Speed and acceleration")] > 0
     assert rows[("Maintenance online monitoring", "Periods out of normal service")] > 0
     assert rows[("Elevator lookup", "Risk grade")] == 1
+    with psycopg.connect(city_run.analyst_url) as conn:
+        incidents = conn.execute(
+            "SELECT count(*) FROM incident WHERE opened_at BETWEEN %s AND %s",
+            (city_run.start, city_run.end),
+        ).fetchone()
+    assert incidents is not None
+    assert rows[("Emergency rescue", "Incidents in range")] == incidents[0]
 
 
 def _board(
@@ -397,7 +405,7 @@ def grafana(request: pytest.FixtureRequest) -> Iterator[tuple[str, list[tuple[st
         "Handler", (_Grafana,), {"requests": requests, "token_ok": token_ok, "existing": existing}
     )
     server = ThreadingHTTPServer(("127.0.0.1", 16191), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield "http://127.0.0.1:16191", requests
     server.shutdown()

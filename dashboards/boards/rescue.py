@@ -94,13 +94,16 @@ ORDER BY opened_at""",
     b.panel(
         table(),
         "Rescue webhook deliveries",
-        """SELECT endpoint, status, count(*) AS deliveries, max(attempts) AS most_attempts,
-       max(last_status_code) AS last_status_code, max(last_error) AS last_error
-FROM webhook_delivery
-WHERE $__timeFilter(created_at)
-GROUP BY endpoint, status
-ORDER BY endpoint, status""",
-        shows="SELECT 1 FROM webhook_delivery WHERE $__timeFilter(created_at)",
+        """SELECT d.endpoint, d.status, count(*) AS deliveries, max(d.attempts) AS most_attempts,
+       round(max(extract(epoch FROM d.delivered_at - coalesce(d.source_time, d.created_at)))
+             ::numeric, 3) AS slowest_delivery_s,
+       max(d.last_status_code) AS last_status_code, max(d.last_error) AS last_error
+FROM webhook_delivery d JOIN incident i ON i.incident_id = d.incident_id
+WHERE $__timeFilter(i.opened_at)
+GROUP BY d.endpoint, d.status
+ORDER BY d.endpoint, d.status""",
+        shows="""SELECT 1 FROM webhook_delivery d JOIN incident i ON i.incident_id = d.incident_id
+WHERE $__timeFilter(i.opened_at)""",
     )
     b.panel(
         table().override_by_name(*_ELEVATOR_LINK),

@@ -61,7 +61,14 @@ def _elevator_map() -> geomap.Panel:
     )
     return (
         geomap.Panel()
-        .view(geomap.MapViewConfig().id("coords").lat(_CITY_LAT).lon(_CITY_LON).zoom(_CITY_ZOOM))
+        # the SDK types lat/lon as int; Grafana stores degrees as numbers
+        .view(
+            geomap.MapViewConfig()
+            .id("coords")
+            .lat(_CITY_LAT)  # type: ignore[arg-type]
+            .lon(_CITY_LON)  # type: ignore[arg-type]
+            .zoom(_CITY_ZOOM)
+        )
         .basemap(common_builder.MapLayerOptions().type("default").name("Basemap"))
         .layers([markers])
         .controls(geomap.ControlsOptions().show_zoom(True).show_scale(True))
