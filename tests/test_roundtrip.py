@@ -17,7 +17,9 @@ from .conftest import TIANYAN
 
 
 def test_demo_round_trip(settings: Settings) -> None:
-    res = subprocess.run([TIANYAN, "demo"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [TIANYAN, "demo", "round-trip"], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     lines = res.stdout.strip().splitlines()
     summary = json.loads(lines[-1])

@@ -1,0 +1,34 @@
+"""`tianyan demo`: the whole pipeline, small, ends with a summary that holds together."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tianyan.settings import Settings
+
+from .conftest import TIANYAN
+
+
+def test_the_demo_runs_the_whole_pipeline_and_sums_it_up(
+    settings: Settings, tmp_path: Path
+) -> None:
+    res = subprocess.run(
+        [TIANYAN, "demo", "--elevators", "40", "--minutes", "5", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "== tianyan demo: the whole pipeline ==" in res.stdout
+    assert summary["samples"] > 10_000 and summary["alerts"] > 0
+    assert summary["incidents_by_type"] and summary["recall_precision"]
+    hooks = summary["webhooks"]
+    assert hooks["delivered"] > 0 and hooks["pending"] == hooks["dead"] == 0
+    assert hooks["received_verified"] == hooks["received_unique"] == hooks["delivered"]
+    assert summary["ledger"].startswith("verified")
+    assert summary["boards_checked"] >= 6 and summary["boards_failed"] == []
+    assert sum(sum(g.values()) for g in summary["grades_by_district"].values()) == 40
+    assert Path(summary["report"]).stat().st_size > 1000
