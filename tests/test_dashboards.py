@@ -44,6 +44,12 @@ def test_build_is_deterministic_and_the_committed_files_have_no_drift() -> None:
     assert build.drift(all_boards()) == []
 
 
+def test_build_command_reports_no_drift() -> None:
+    result = CliRunner().invoke(main, ["dashboards", "build", "--check-drift"])
+    assert result.exit_code == 0, result.output
+    assert "no drift: 8 boards" in result.output
+
+
 def test_drift_names_a_changed_file(tmp_path: Any) -> None:
     boards = all_boards()
     build.write(boards, tmp_path)
@@ -121,6 +127,8 @@ def test_provisioning_names_one_source_per_role_with_timescaledb_on() -> None:
             "$__unixEpochNanoFilter(ns)",
             "ns >= 1793606400000000000 AND ns <= 1793607300000000000",
         ),
+        ("$__unixEpochNanoFrom()-$__unixEpochNanoTo()", "1793606400000000000-1793607300000000000"),
+        ("$__unixEpochGroup(ts, 1h)", "floor((ts)/3600)*3600"),
         ("$__unixEpochGroupAlias(ts, '10m')", 'floor((ts)/600)*600 AS "time"'),
         # $__interval and $__interval_ms are replaced first: 15 min over 1000 points → 1 s
         ("$__timeGroup(time, $__interval) x", "time_bucket('1.000s',time) x"),
