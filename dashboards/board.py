@@ -185,6 +185,11 @@ class BoardBuilder:
         self._titles: set[str] = set()
         self._next_id = 1
 
+    def default_range(self, start: str, end: str = "now") -> BoardBuilder:
+        """The time range the board opens with (Grafana's relative syntax, e.g. ``now-1h``)."""
+        self._dashboard.time(start, end)
+        return self
+
     def query_variable(
         self, name: str, label: str, sql: str, *, include_all: bool = False, multi: bool = False
     ) -> BoardBuilder:

@@ -40,6 +40,8 @@ def build() -> Board:
         "mode).",
         "maintenance",
     )
+    # the out-of-service panels scan raw samples: open on an hour, not the usual 6
+    b.default_range("now-1h")
     b.query_variable(
         "district",
         "District",
