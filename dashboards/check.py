@@ -91,7 +91,7 @@ class _Session:
 
     def run(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self.conn.cursor() as cur:
-            cur.execute(sql.encode())
+            cur.execute(sql.encode())  # bytes: sent as given, no placeholders
             if cur.description is None:
                 return [], []
             return [c.name for c in cur.description], cur.fetchall()

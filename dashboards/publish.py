@@ -68,7 +68,13 @@ def _get(api: GrafanaApi, url: str, path: str, doing: str) -> Any:
             return None
         if _status(e) in (401, 403):
             raise _refused(url, e, doing) from e
-        raise PublishError(f"Grafana at {url} answered {e.message} when {doing}") from e
+        raise PublishError(
+            f"Grafana at {url} answered {e.message} when {doing}; nothing was changed"
+        ) from e
+    except (GrafanaException, niquests.exceptions.RequestException) as e:
+        raise PublishError(
+            f"Grafana at {url} failed when {doing} ({e}); nothing was changed"
+        ) from e
 
 
 def _reach(api: GrafanaApi, url: str) -> None:
@@ -101,6 +107,10 @@ def publish(
     """Publish the data sources (for the database at ``database_url``) and ``boards``."""
     if not token:
         raise PublishError("no token given: create a Grafana service-account token (Admin)")
+    try:
+        payloads = {s.uid: s.api_payload(database_url) for s in DATASOURCES}
+    except ValueError as e:
+        raise PublishError(f"--database-url: {e}; nothing was changed") from e
     api = GrafanaApi.from_url(url, credential=token, timeout=timeout_s)
     _reach(api, url)
     _get(api, url, "/org", "checking the token (GET /api/org)")
@@ -119,7 +129,6 @@ def publish(
         for s in DATASOURCES
     }
     folder = _get(api, url, f"/folders/{TAG}", f"reading folder {TAG}")
-    payloads = {s.uid: s.api_payload(database_url) for s in DATASOURCES}
 
     done = Published()
     try:
