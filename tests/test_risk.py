@@ -489,6 +489,32 @@ def test_report_of_the_hand_built_city_escapes_and_counts(graded_city: str, tmp_
     assert re.search(r"<td>City 全市</td><td>1</td><td>2</td><td>1</td><td>2</td>", page)
 
 
+def test_tianyan_grade_prints_the_summary(graded_city: str) -> None:
+    env = {"TIANYAN_DATABASE_URL": role_url(graded_city, "tianyan_writer")}
+    result = CliRunner().invoke(main, ["grade", "--at", "2026-11-02T08:15:00"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "graded 6 elevators as of 2026-11-02T08:15:00+00:00"
+    assert re.fullmatch(r"\s*red\s+重大\s+1", lines[1])
+    summary = json.loads(lines[-1])
+    assert summary["written"] == 6 and summary["grades"] == {
+        "red": 1,
+        "orange": 2,
+        "yellow": 1,
+        "blue": 2,
+    }
+    bad = CliRunner().invoke(main, ["grade", "--at", "2 Nov"], env=env)
+    assert bad.exit_code != 0 and "--at" in bad.output
+
+
+def test_role_url_swaps_the_user_only() -> None:
+    assert (
+        role_url("postgresql://tianyan:secret@db.example:5432/tianyan?sslmode=require", "r")
+        == "postgresql://r@db.example:5432/tianyan?sslmode=require"
+    )
+    assert role_url("postgresql://127.0.0.1:55432/x", "r") == "postgresql://r@127.0.0.1:55432/x"
+
+
 # -- the report on the simulated city -------------------------------------------------------------
 def _check_png(path: Path, min_colours: int) -> Image.Image:
     assert path.stat().st_size > 15_000, path
