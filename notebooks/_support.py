@@ -496,7 +496,8 @@ def timeline_figure(
     codes: pd.DataFrame | None = None,
 ) -> plt.Figure:
     """The signals around a trapping, one lane each, with the detector's moments (condition
-    since, raised, cleared), the injected fault and the incident's events marked."""
+    since, raised, cleared), the injected fault and the incident's events marked (those
+    within the samples' time span)."""
     t = samples["time"]
     fig, axes = plt.subplots(
         5,
@@ -558,23 +559,17 @@ def timeline_figure(
             marks.append((utc(label["ended_ms"]), "injected fault end", "black", ":"))
     if events is not None:
         for _, e in events.iterrows():
-            marks.append((e["time"], f"incident: {e['to_state']}", "tab:purple", "-."))
-    for i, (when, text, colour, style) in enumerate(marks):
-        if when is None or pd.isna(when):
+            marks.append((e["time"], e["event_type"], "tab:purple", "-."))
+    lo, hi = t.min(), t.max()
+    for when, text, colour, style in marks:
+        # Moments outside the samples shown (an escalation hours later) stay in the tables.
+        if when is None or pd.isna(when) or not lo <= when <= hi:
             continue
+        # Several moments often fall within a second: the legend names each with its time.
         for ax in axes:
             ax.axvline(when, color=colour, ls=style, lw=1.2)
-        # Alternate heights: the moments often fall within a second of each other.
-        ax_v.annotate(
-            text,
-            (when, 1.0 - 0.5 * (i % 2)),
-            xycoords=("data", "axes fraction"),
-            rotation=90,
-            va="top",
-            ha="right",
-            fontsize="small",
-            color=colour,
-        )
+        ax_v.lines[-1].set_label(f"{when:%H:%M:%S.%f}"[:-5] + f"  {text}")
+    ax_v.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax_v.set_title(
         f"{alert['alert_type']} on {alert['elevator_id']}: signals around the alert (UTC)"
     )

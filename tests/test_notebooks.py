@@ -134,7 +134,8 @@ def test_trapping_reconstruction(city_run: CityRun, kernel_dir: Path) -> None:
         " 'first': samples['time'].min().isoformat(),"
         " 'last': samples['time'].max().isoformat(),"
         " 'label': label, 'delays': delays, 'replay': replay_counts.to_dict(),"
-        " 'same_alert_again': same_alert_again, 'trappings': len(trappings)}",
+        " 'same_alert_again': same_alert_again, 'trappings': len(trappings),"
+        " 'incident': len(incident), 'incident_events': len(incident_events)}",
     )
     assert got["alert_type"] in TRAPPED_TYPES
     with psycopg.connect(city_run.analyst_url) as conn:
@@ -143,7 +144,13 @@ def test_trapping_reconstruction(city_run: CityRun, kernel_dir: Path) -> None:
             " (SELECT count(*) FROM tianyan.telemetry_sample s WHERE s.elevator_id ="
             "  r.elevator_id AND s.time >= %(lo)s AND s.time <= %(hi)s),"
             " (SELECT count(*) FROM tianyan.alert WHERE state = 'raised'"
-            "  AND alert_type = ANY(%(types)s))"
+            "  AND alert_type = ANY(%(types)s)),"
+            " (SELECT count(*) FROM tianyan.incident_event WHERE incident_id IN"
+            "  (SELECT incident_id FROM tianyan.incident_alert WHERE alert_key = %(key)s))"
+            " AS events,"
+            " (SELECT count(DISTINCT incident_id) FROM tianyan.incident_alert"
+            "  WHERE alert_key IN (SELECT alert_key FROM tianyan.alert"
+            "  WHERE alert_type = ANY(%(types)s))) AS trapping_incidents"
             " FROM tianyan.alert r LEFT JOIN tianyan.alert c"
             "  ON c.alert_key = r.alert_key AND c.state = 'cleared'"
             " WHERE r.alert_key = %(key)s AND r.state = 'raised'",
@@ -155,7 +162,7 @@ def test_trapping_reconstruction(city_run: CityRun, kernel_dir: Path) -> None:
             },
         ).fetchone()
     assert stored is not None, "the notebook's alert is not a stored raised alert"
-    since, cleared, samples_in_window, trappings = stored
+    since, cleared, samples_in_window, trappings, events, trapping_incidents = stored
     assert got["trappings"] == trappings >= 1
     # The timeline covers the condition from before it began to after it cleared.
     assert cleared is not None  # the pick prefers a trapping whose clearing is stored
@@ -176,6 +183,10 @@ def test_trapping_reconstruction(city_run: CityRun, kernel_dir: Path) -> None:
     )
     assert replay["samples in them"] >= got["samples"]
     assert got["same_alert_again"] is True
+    # Where the dispatcher opened incidents for trappings, the notebook shows one, with its
+    # whole history.
+    assert got["incident"] == (1 if trapping_incidents else 0)
+    assert got["incident_events"] == events
     assert figures(nb) == 1
 
 
