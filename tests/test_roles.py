@@ -62,11 +62,7 @@ def test_public_role_sees_only_the_public_view(db: str) -> None:
 def test_writer_writes_but_only_appends_to_the_ledger(db: str) -> None:
     with _as(db, "tianyan_writer") as conn:
         conn.execute(SAMPLE.replace("now()", "now() - interval '1 second'"))
-        conn.execute(
-            "INSERT INTO tianyan.audit_ledger"
-            " (entry_type, entity_id, payload, prev_hash, entry_hash)"
-            " VALUES ('test', 'x', '{}', '\\x00', '\\x01')"
-        )
+        conn.execute("SELECT tianyan.ledger_append('test', 'x', '{}')")
         conn.commit()
         assert conn.execute("SELECT count(*) FROM tianyan.telemetry_sample").fetchone() == (2,)
     with _as(db, "tianyan_writer") as conn, pytest.raises(errors.InsufficientPrivilege):
