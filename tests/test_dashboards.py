@@ -406,16 +406,23 @@ class _Grafana(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def grafana(request: pytest.FixtureRequest) -> Iterator[tuple[str, list[tuple[str, str, Any]]]]:
-    """A stand-in for Grafana's HTTP API on 127.0.0.1:16191 (params: token_ok, existing)."""
+    """A stand-in for Grafana's HTTP API on the first free port of 16191-16199 (several test
+    sessions may run at once); params: token_ok, existing data source uids."""
     token_ok, existing = request.param
     requests: list[tuple[str, str, Any]] = []
-    handler = type(
-        "Handler", (_Grafana,), {"requests": requests, "token_ok": token_ok, "existing": existing}
-    )
-    server = ThreadingHTTPServer(("127.0.0.1", 16191), handler)
+    attrs = {"requests": requests, "token_ok": token_ok, "existing": existing}
+    handler = type("Handler", (_Grafana,), attrs)
+    for port in range(16191, 16200):
+        try:
+            server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+            break
+        except OSError:
+            continue
+    else:
+        pytest.fail("ports 16191-16199 are all taken")
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield "http://127.0.0.1:16191", requests
+    yield f"http://127.0.0.1:{port}", requests
     server.shutdown()
     server.server_close()
 
