@@ -692,7 +692,7 @@ def riskiest(grades: pd.DataFrame, factors: pd.DataFrame, top: int) -> pd.DataFr
 def grade_bars(by_district: pd.DataFrame) -> plt.Figure:
     """Elevators per district, stacked by current grade (ungraded in grey)."""
     from detectors.risk import GRADES
-    from tianyan.commands_risk import GRADE_COLOURS, UNGRADED_COLOUR
+    from dashboards.report import GRADE_COLOURS, UNGRADED_COLOUR
 
     fig, ax = plt.subplots(figsize=(11, 0.4 * len(by_district) + 1.5), constrained_layout=True)
     left = np.zeros(len(by_district))

@@ -17,6 +17,8 @@ from PIL import Image
 from psycopg.types.json import Jsonb
 
 import detectors.risk
+from dashboards.check import role_url
+from dashboards.report import write_report
 from detectors.risk import (
     GRADE_ZH,
     RiskInputError,
@@ -31,7 +33,6 @@ from registry.store import upsert
 from sql.migrate import migrate
 from streams.grading import GRADING_LOCK_KEY, GradingError, grade_fleet
 from tianyan.cli import main
-from tianyan.commands_risk import role_url, write_report
 
 TH = Thresholds()
 AT = dt.datetime(2026, 11, 2, 8, 15, tzinfo=dt.UTC)  # 16:15 in Lianyungang, 2 Nov 2026

@@ -103,6 +103,7 @@ def run(
     from dashboards.boards import all_boards
     from dashboards.check import check
     from dashboards.macros import TimeRange
+    from dashboards.report import write_report
     from detectors.alerts import Alert
     from detectors.evaluation import score
     from registry.generate import generate
@@ -112,7 +113,6 @@ def run(
     from streams.grading import grade_fleet
     from streams.producer import RawPublisher
     from streams.rescue.ledger import verify
-    from tianyan.commands_risk import write_report
     from tianyan.evaluate import read_labels
 
     wall0 = time.monotonic()
