@@ -343,6 +343,8 @@ def trapping_alerts(url: str) -> pd.DataFrame:
     from detectors.alerts import TRAPPED_TYPES
 
     frame = read_frame(url, _TRAPPINGS, {"types": sorted(TRAPPED_TYPES)})
+    for column in ("condition_since", "raised_at", "cleared_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
     frame["detection_delay_s"] = (frame["raised_at"] - frame["condition_since"]).dt.total_seconds()
     frame["held_s"] = (frame["cleared_at"] - frame["condition_since"]).dt.total_seconds()
     return frame
@@ -677,12 +679,12 @@ def riskiest(grades: pd.DataFrame, factors: pd.DataFrame, top: int) -> pd.DataFr
     scoring = factors[factors["points"] > 0].sort_values(
         ["points", "factor"], ascending=[False, True]
     )
-    why = scoring.groupby("elevator_id").apply(
-        lambda f: "; ".join(
+    why = {
+        elevator_id: "; ".join(
             f"{r.factor} +{r.points:g} ({r.reason})" for r in f.head(3).itertuples()
-        ),
-        include_groups=False,
-    )
+        )
+        for elevator_id, f in scoring.groupby("elevator_id")
+    }
     out = head[
         ["elevator_id", "district", "building_type", "address", "score", "grade", "grade_zh"]
     ]
@@ -691,8 +693,8 @@ def riskiest(grades: pd.DataFrame, factors: pd.DataFrame, top: int) -> pd.DataFr
 
 def grade_bars(by_district: pd.DataFrame) -> plt.Figure:
     """Elevators per district, stacked by current grade (ungraded in grey)."""
-    from detectors.risk import GRADES
     from dashboards.report import GRADE_COLOURS, UNGRADED_COLOUR
+    from detectors.risk import GRADES
 
     fig, ax = plt.subplots(figsize=(11, 0.4 * len(by_district) + 1.5), constrained_layout=True)
     left = np.zeros(len(by_district))
