@@ -57,10 +57,10 @@ def database_url() -> str:
     url = env_text("TIANYAN_DATABASE_URL")
     if url:
         return url
+    from dashboards.check import role_url
     from tianyan.settings import Settings
 
-    owner = Settings.from_env().admin_database_url
-    return owner.replace("postgresql://tianyan@", "postgresql://tianyan_analyst@", 1)
+    return role_url(Settings.from_env().admin_database_url, "tianyan_analyst")
 
 
 def read_frame(
