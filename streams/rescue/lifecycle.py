@@ -77,15 +77,16 @@ def is_trapping(fault_type: str) -> bool:
 
 
 def due_escalation(
-    level: str, opened_at: dt.datetime, now: dt.datetime, after_s: tuple[int, ...]
+    level: str, since: dt.datetime, now: dt.datetime, after_s: tuple[int, ...]
 ) -> str | None:
     """The level an unacknowledged incident should be at by ``now``, if above ``level``.
 
-    ``after_s[i]`` is the time after opening at which it goes to ``ESCALATION_LEVELS[i+1]``.
+    ``after_s[i]`` is the time after ``since`` (when the incident was recorded) at which it
+    goes to ``ESCALATION_LEVELS[i+1]``.
     A late check jumps straight to the level due (each step is still announced by the
     caller).
     """
-    waited_s = (now - opened_at).total_seconds()
+    waited_s = (now - since).total_seconds()
     due = ESCALATION_LEVELS[0]
     for step, threshold_s in enumerate(after_s, start=1):
         if waited_s >= threshold_s:

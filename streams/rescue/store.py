@@ -508,19 +508,29 @@ def escalate_due(
     conn: psycopg.Connection[Any], config: DispatchConfig, now: dt.datetime
 ) -> list[Change]:
     """Raise every unacknowledged trapping incident to the response level its age calls for;
-    each step is its own event (and webhook)."""
+    each step is its own event (and webhook).
+
+    The age is wall-clock time since the dispatcher recorded the incident (when the rescue
+    platform was first told), not since ``opened_at``, which is stream time: a replayed or
+    late-arriving trapping gets the full time to be answered, like any other.
+    """
     from detectors.alerts import TRAPPED_TYPES
 
     changes: list[Change] = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT * FROM incident WHERE state = 'open' AND fault_type = ANY(%s)"
-            " AND escalation_level <> 'city' FOR UPDATE SKIP LOCKED",
+            "SELECT i.*, a.applied_at AS recorded_at FROM incident i"
+            " JOIN incident_alert a ON a.alert_key = i.alert_key AND a.state = 'raised'"
+            " WHERE i.state = 'open' AND i.fault_type = ANY(%s)"
+            " AND i.escalation_level <> 'city' FOR UPDATE OF i SKIP LOCKED",
             (sorted(TRAPPED_TYPES),),
         )
         for current in cur.fetchall():
             due = due_escalation(
-                current["escalation_level"], current["opened_at"], now, config.escalation_after_s
+                current["escalation_level"],
+                current["recorded_at"],
+                now,
+                config.escalation_after_s,
             )
             if due is None:
                 continue
