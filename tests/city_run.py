@@ -32,8 +32,10 @@ from tianyan.settings import Settings
 
 from .rescue_support import free_port, new_secret
 
-CITY_SEED, CITY_SIZE, CITY_DATE = 7, 80, dt.date(2026, 11, 1)
+CITY_SEED, CITY_SIZE = 7, 80
 CITY_START = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)
+# The registry as of the run's own day, as `tianyan evaluate` regenerates it from a stream.
+CITY_DATE = CITY_START.date()
 CITY_DURATION_S = 900.0
 CITY_DB = f"tianyan_test_city_run_{os.getpid()}"  # one per test session
 SCENARIO = Path(__file__).parent / "scenarios" / "city_run.toml"
