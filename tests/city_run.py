@@ -27,10 +27,10 @@ from registry.model import Elevator
 from registry.store import upsert
 from sql.migrate import migrate
 from streams.producer import RawPublisher
+from streams.rescue.delivery import new_secret
 from tianyan import contract
+from tianyan.processes import free_port
 from tianyan.settings import Settings
-
-from .rescue_support import free_port, new_secret
 
 CITY_SEED, CITY_SIZE = 7, 80
 CITY_START = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)

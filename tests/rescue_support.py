@@ -3,12 +3,10 @@ real Kafka and TimescaleDB."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -30,22 +28,14 @@ from registry.generate import generate
 from registry.store import upsert
 from sql.migrate import migrate
 from streams.producer import RawPublisher
+from streams.rescue.delivery import new_secret
+from tianyan.processes import WaitTimeout, free_port, listening, wait_until
 from tianyan.settings import Settings
 
 from .conftest import TIANYAN
 
 FLEET = generate(5, 12, dt.date(2026, 11, 1))
 T0_MS = 1_795_000_000_000  # 2026-11-19
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def trapped(car: int, since_s: float, people: int = 2) -> Alert:
@@ -104,7 +94,7 @@ class Rescue:
             start_new_session=True,
         )
         self.procs.append(proc)
-        wait_for(lambda: _answers(self.web_port), 60, f"the dispatcher to serve (log: {log})")
+        wait_for(lambda: listening(self.web_port), 60, f"the dispatcher to serve (log: {log})")
         return proc
 
     def start_receiver(self, port: int, journal: Path, *args: str) -> subprocess.Popen:
@@ -116,7 +106,7 @@ class Rescue:
             start_new_session=True,
         )
         self.procs.append(proc)
-        wait_for(lambda: _answers(port), 30, "the receiver to listen")
+        wait_for(lambda: listening(port), 30, "the receiver to listen")
         return proc
 
     def query(self, sql: str, *params: Any) -> list[tuple]:
@@ -132,23 +122,11 @@ class Rescue:
             stop(p)
 
 
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.2)
+    try:
+        return wait_until(check, timeout_s, what)
+    except WaitTimeout as e:
+        raise AssertionError(str(e)) from None
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

@@ -24,6 +24,7 @@ from streams.rescue.lifecycle import (
     next_state,
     parse_retry_after,
 )
+from tianyan.processes import free_port
 from tianyan.settings import Settings
 
 from .conftest import TIANYAN, consume_all
@@ -31,7 +32,6 @@ from .rescue_support import (
     FLEET,
     RecordingReceiver,
     cleared,
-    free_port,
     http,
     journal_ids,
     overload,

@@ -20,12 +20,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import numpy as np
 import psycopg
 
+from tianyan.processes import listening, wait_until
 from tianyan.settings import PROJECT_ROOT, Settings
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
@@ -35,27 +35,7 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _wait(check: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def run(settings: Settings, *, rate_per_s: float, duration_s: float, burst: int) -> dict:
-    import base64
-
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
@@ -65,6 +45,7 @@ def run(settings: Settings, *, rate_per_s: float, duration_s: float, burst: int)
     from sql.migrate import migrate
     from streams.producer import RawPublisher
     from streams.rescue import store
+    from streams.rescue.delivery import new_secret
 
     tag = uuid.uuid4().hex[:8]
     dbname = f"tianyan_bench_rescue_{tag}"
@@ -76,7 +57,7 @@ def run(settings: Settings, *, rate_per_s: float, duration_s: float, burst: int)
     work.mkdir(parents=True, exist_ok=True)
     journal = work / "received.jsonl"
     receiver_port, web_port = 16251, 16252
-    secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    secret = new_secret()
     kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     kafka.create_topics([NewTopic(alerts_topic, 8, 1), NewTopic(commands_topic, 1, 1)])
     with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
@@ -104,7 +85,7 @@ def run(settings: Settings, *, rate_per_s: float, duration_s: float, burst: int)
             start_new_session=True,
         )
         procs.append(proc)
-        _wait(lambda: _listening(port), 60, f"{args[0]} to listen on {port}")
+        wait_until(lambda: listening(port), 60, f"{args[0]} to listen on {port}")
         return proc
 
     def count(sql: str) -> int:
@@ -146,7 +127,7 @@ def run(settings: Settings, *, rate_per_s: float, duration_s: float, burst: int)
                 pub.flush(5.0)
                 next_at += interval
                 time.sleep(max(0.0, next_at - time.monotonic()))
-        _wait(
+        wait_until(
             lambda: count("SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'") >= n,
             120,
             "every latency-run delivery",
@@ -192,7 +173,7 @@ def run(settings: Settings, *, rate_per_s: float, duration_s: float, burst: int)
         pending = count("SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
         started = time.monotonic()
         start(["dispatcher", "--loglevel", "warn"], "dispatcher2.log", web_port)
-        _wait(
+        wait_until(
             lambda: (
                 count("SELECT count(*) FROM webhook_delivery WHERE status <> 'pending'")
                 >= n + burst

@@ -12,11 +12,9 @@ to ``var/demo/``.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from tianyan.processes import WaitTimeout, free_port, listening, wait_until
 from tianyan.settings import Settings
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
@@ -63,26 +62,11 @@ class DemoSummary:
     seconds: float = 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _wait(check: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout_s:.0f} s waiting for {what}; see {log}")
-        time.sleep(0.5)
+    try:
+        wait_until(check, timeout_s, what, poll_s=0.5)
+    except WaitTimeout as e:
+        raise DemoError(f"{e}; see {log}") from None
 
 
 def _scalar(url: str, sql: str) -> int:
@@ -112,6 +96,7 @@ def run(
     from sql.migrate import migrate
     from streams.grading import grade_fleet
     from streams.producer import RawPublisher
+    from streams.rescue.delivery import new_secret
     from streams.rescue.ledger import verify
     from tianyan.evaluate import read_labels
 
@@ -169,7 +154,7 @@ def run(
     )
 
     # -- the services -----------------------------------------------------------------------
-    receiver_port, dispatcher_port = _free_port(), _free_port()
+    receiver_port, dispatcher_port = free_port(), free_port()
     journal, log_path = out / "received.jsonl", out / "services.log"
     env = {
         **os.environ,
@@ -184,7 +169,7 @@ def run(
         "TIANYAN_DISPATCHER_ID": f"demo-dispatcher-{tag}",
         "TIANYAN_DISPATCHER_WEB_PORT": str(dispatcher_port),
         "TIANYAN_RESCUE_WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/96333",
-        "TIANYAN_RESCUE_WEBHOOK_SECRET": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
+        "TIANYAN_RESCUE_WEBHOOK_SECRET": new_secret(),
         "TIANYAN_CHECKPOINT_INTERVAL_MS": "1000",
         "TIANYAN_GRADING_INTERVAL_S": "0",  # the demo grades once, at the end
         "TIANYAN_RECEIVER_LOGLEVEL": "WARNING",
@@ -215,9 +200,9 @@ def run(
         )
         spawn("dispatcher", "--loglevel", "warn")
         for _ in range(2):
-            spawn("worker", "--loglevel", "warn", TIANYAN_WORKER_WEB_PORT=str(_free_port()))
+            spawn("worker", "--loglevel", "warn", TIANYAN_WORKER_WEB_PORT=str(free_port()))
         _wait(
-            lambda: _listening(receiver_port) and _listening(dispatcher_port),
+            lambda: listening(receiver_port) and listening(dispatcher_port),
             60,
             "the receiver and the dispatcher",
             log_path,

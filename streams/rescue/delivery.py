@@ -3,8 +3,10 @@ package, POSTed with aiohttp, classified by the lifecycle's rules."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
+import os
 import random
 import time
 from typing import Final
@@ -35,6 +37,11 @@ def signer(secret: str) -> Webhook:
         raise SecretError(
             f"TIANYAN_RESCUE_WEBHOOK_SECRET is not valid base64 after whsec_: {e}"
         ) from e
+
+
+def new_secret() -> str:
+    """A fresh ``whsec_…`` secret (24 random bytes), as an operator would generate one."""
+    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
 def body_bytes(payload: dict) -> bytes:
