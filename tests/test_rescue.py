@@ -517,3 +517,67 @@ def test_audit_verify_names_what_was_altered_or_deleted(
     deleted = tamper(f"DELETE FROM incident_event WHERE event_id = {event_id + 1}")
     assert f"incident_event {event_id + 1}" in deleted and "was deleted" in deleted
     assert verify().returncode == 0  # restored
+
+
+def test_published_anchors_reveal_a_truncated_ledger(
+    settings: Settings, scratch_db: str, superuser_url: str, tmp_path: Path
+) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from streams.rescue.ledger import read_anchors
+
+    r = rescue_setup(settings, scratch_db, [])
+    hook = RecordingReceiver(r.secret, free_port())
+    anchors_topic = r.alerts_topic.replace("alerts", "anchors")
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin.create_topics([NewTopic(anchors_topic, 1, 1)])
+    admin.close()
+    r.env.update(
+        TIANYAN_RESCUE_WEBHOOK_URL=hook.url,
+        TIANYAN_AUDIT_ANCHORS_TOPIC=anchors_topic,
+        TIANYAN_AUDIT_ANCHOR_INTERVAL_S="1",
+    )
+    try:
+        r.start_dispatcher(tmp_path / "dispatcher.log")
+        r.publish([overload(i, i) for i in range(3)])
+        wait_for(
+            lambda: (
+                r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'") == 3
+            ),
+            30,
+            "three deliveries",
+        )
+        head = r.scalar("SELECT max(seq) FROM audit_ledger")
+        wait_for(
+            lambda: any(
+                a.seq == head for a in read_anchors(settings.kafka_bootstrap, anchors_topic)
+            ),
+            20,
+            "the ledger head to be anchored",
+        )
+    finally:
+        r.stop_all()
+        hook.close()
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TIANYAN, "audit", "verify", "--database-url", r.admin_url],
+            env=r.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    clean = verify()
+    assert clean.returncode == 0, clean.stderr
+    assert "published anchors match it" in clean.stdout
+    assert json.loads(clean.stdout.splitlines()[-1])["anchors_checked"] >= 1
+    # the tail deleted: the chain that is left is intact, the anchor is not
+    db = scratch_db.rsplit("/", 1)[1]
+    with psycopg.connect(superuser_url.rsplit("/", 1)[0] + f"/{db}") as conn:
+        conn.execute(f"DELETE FROM tianyan.audit_ledger WHERE seq > {head - 2}")
+    truncated = verify()
+    assert truncated.returncode == 1
+    assert f"the ledger ends at seq {head - 2}" in truncated.stderr
+    assert f"seq {head - 1}–{head} deleted from the ledger" in truncated.stderr

@@ -145,24 +145,47 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.option("--database-url", help="Default: TIANYAN_DATABASE_URL (any role that can read).")
-def audit_verify(database_url: str | None) -> None:
-    """Walk the hash chain and check incidents, events and deliveries against it.
+@click.option(
+    "--anchors/--no-anchors",
+    default=True,
+    show_default=True,
+    help="Also check the ledger heads published to TIANYAN_AUDIT_ANCHORS_TOPIC.",
+)
+def audit_verify(database_url: str | None, anchors: bool) -> None:
+    """Walk the hash chain, check it against its published anchors, and check incidents,
+    events and deliveries against it.
 
     Exits 1 naming the first entry altered, deleted or inserted.
     """
     import psycopg
 
-    from streams.rescue.ledger import as_json, verify
+    from streams.rescue.ledger import as_json, read_anchors, verify
 
-    url = database_url or _settings().database_url
+    settings = _settings()
+    url = database_url or settings.database_url
+    published = []
+    if anchors:
+        try:
+            published = read_anchors(settings.kafka_bootstrap, settings.audit_anchors_topic)
+        except Exception as e:  # Kafka down, topic missing: say so, verify nothing half-way
+            raise click.ClickException(
+                f"cannot read the ledger anchors from {settings.audit_anchors_topic} at"
+                f" {settings.kafka_bootstrap}: {e} (--no-anchors checks the database alone)"
+            ) from e
     try:
-        report = verify(url)
+        report = verify(url, published)
     except psycopg.OperationalError as e:
         raise click.ClickException(f"cannot reach the database: {e}") from e
     if report.ok:
+        anchored = (
+            f"; {report.anchors} published anchors match it"
+            if anchors
+            else "; anchors not checked (--no-anchors)"
+        )
         click.echo(
             f"ledger verified: {report.entries} entries, head seq {report.head_seq}"
-            f" hash {report.head_hash[:16]}…; incidents, events and deliveries match it"
+            f" hash {report.head_hash[:16]}…{anchored}; incidents, events and deliveries"
+            " match it"
         )
     else:
         click.echo(f"ledger verification FAILED after {report.entries} good entries:", err=True)

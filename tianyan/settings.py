@@ -99,6 +99,8 @@ class Settings:
     webhook_concurrency: int
     escalation_after_s: tuple[int, ...]
     arrival_target_s: int
+    audit_anchors_topic: str
+    audit_anchor_interval_s: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -151,4 +153,6 @@ class Settings:
             webhook_concurrency=_env_int("TIANYAN_WEBHOOK_CONCURRENCY", 64),
             escalation_after_s=_env_ints("TIANYAN_ESCALATION_AFTER_S", (300, 900, 1800), count=3),
             arrival_target_s=_env_int("TIANYAN_ARRIVAL_TARGET_S", 1800),
+            audit_anchors_topic=_env("TIANYAN_AUDIT_ANCHORS_TOPIC", "tianyan.audit.anchors"),
+            audit_anchor_interval_s=_env_int("TIANYAN_AUDIT_ANCHOR_INTERVAL_S", 60),
         )

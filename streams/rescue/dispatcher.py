@@ -9,7 +9,8 @@
   ``TIANYAN_WEBHOOK_CONCURRENCY`` at a time; outcomes are recorded (and ledgered) in
   batches. It wakes on PostgreSQL NOTIFY from any process and polls once a second; a dead
   receiver only ever delays its own deliveries: detection never waits on it.
-- A timer escalates unacknowledged trapping incidents.
+- A timer escalates unacknowledged trapping incidents; another publishes the ledger's head
+  to the anchors topic as the ledger grows.
 - Web: ``POST /incidents/{id}/{action}`` (the rescue platform's acknowledgement API),
   ``/metrics``, ``/health``.
 """
@@ -34,11 +35,12 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from detectors.alerts import Alert
 from streams.metrics import exposition
-from streams.producer import RawPublisher
+from streams.producer import PublishError, RawPublisher
 from tianyan.settings import Settings
 
 from . import metrics, store
 from .delivery import Sender, signer
+from .ledger import ANCHOR_KEY, anchor_value, ledger_head
 from .lifecycle import ACTIONS, RetrySchedule, is_trapping
 
 log = logging.getLogger("tianyan.dispatcher")
@@ -130,6 +132,7 @@ class Dispatcher:
         self.wake = asyncio.Event()
         self.results: asyncio.Queue[store.Attempt] = asyncio.Queue()
         self.in_flight = 0
+        self.anchored_seq = 0
         self._tasks: set[asyncio.Future[None]] = set()
         self.last_turn = self.last_tick = time.monotonic()
 
@@ -243,6 +246,22 @@ class Dispatcher:
                 log.error("outbox notifications lost; reconnecting", extra={"error": str(e)})
                 await asyncio.sleep(DB_RETRY_S)
 
+    async def publish_anchor(self) -> None:
+        """Publish the ledger's head when it has grown: the copy ``audit verify`` checks."""
+        head = await self.timer_db.run_until_done("reading the ledger head", ledger_head)
+        if head is None or head.seq == self.anchored_seq:
+            return
+        self.publisher.publish(
+            ANCHOR_KEY, anchor_value(head), topic=self.settings.audit_anchors_topic
+        )
+        try:
+            await asyncio.to_thread(self.publisher.flush, 10.0)
+        except PublishError as e:
+            log.error("ledger anchor not published; next turn", extra={"error": str(e)})
+            return
+        self.anchored_seq = head.seq
+        metrics.ANCHORS.inc()
+
     async def update_gauges(self) -> None:
         backlog = await self.timer_db.run(store.outbox_backlog)
         metrics.BACKLOG.labels("pending").set(backlog["pending"])
@@ -354,6 +373,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
     @app.timer(interval=1.0)
     async def escalate() -> None:
         await dispatcher.escalate()
+
+    @app.timer(interval=float(max(1, settings.audit_anchor_interval_s)))
+    async def anchor() -> None:
+        await dispatcher.publish_anchor()
 
     @app.page("/incidents/{incident_id}/{action}")
     class ActionView(View):

@@ -12,9 +12,13 @@ tables against the ledger:
 4. every delivery's recorded outcome equals its last ledgered attempt.
 
 Anything the supervised party edits or deletes directly in SQL — in the ledger or in the
-tables it vouches for — is named. Appending a forged entry at the very end with a correctly
-recomputed hash is not detectable from the database alone (no secret is involved); an
-external copy of the head hash closes that gap (README, "The tamper-evident record").
+tables it vouches for — is named.
+
+5. the anchors: the dispatcher publishes the ledger's head (seq and hash) to a Kafka topic as
+   the ledger grows (:func:`publish_anchor`), a copy outside the database. Every anchor of
+   this chain must still be in the ledger with the same hash: a truncated tail, or a tail
+   rewritten with freshly computed hashes (which the chain alone cannot reveal, as no
+   secret is involved), is named against the anchor that contradicts it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from psycopg.rows import dict_row
 from .store import EVENT_COLUMNS, SNAPSHOT_COLUMNS, snapshot
 
 GENESIS: Final = bytes(32)
+ANCHOR_KEY: Final = b"ledger-head"
 
 
 def entry_hash(
@@ -41,6 +46,17 @@ def entry_hash(
     return hashlib.sha256(prev_hash + text.encode()).digest()
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """The ledger's head as published: ``chain`` (hash of entry 1) names the ledger."""
+
+    chain: str
+    seq: int
+    entry_hash: str
+    recorded_at: str
+    published_at: str
+
+
 @dataclass
 class Report:
     """What ``audit verify`` found. ``problems`` is empty when everything holds."""
@@ -48,6 +64,8 @@ class Report:
     entries: int = 0
     head_seq: int = 0
     head_hash: str = ""
+    chain: str = ""
+    anchors: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -96,6 +114,87 @@ def verify_chain(rows: Iterable[dict[str, Any]], report: Report) -> None:
         expected_seq += 1
         report.entries += 1
         report.head_seq, report.head_hash = seq, computed.hex()
+        if seq == 1:
+            report.chain = computed.hex()
+
+
+def ledger_head(conn: psycopg.Connection[Any]) -> Anchor | None:
+    """The ledger's last entry as an anchor (not yet published), or None when empty."""
+    import datetime as dt
+
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT (SELECT entry_hash FROM audit_ledger WHERE seq = 1), seq, entry_hash,"
+            " recorded_at FROM audit_ledger ORDER BY seq DESC LIMIT 1"
+        )
+        row = cur.fetchone()
+    conn.rollback()
+    if row is None or row[0] is None:
+        return None
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+    return Anchor(bytes(row[0]).hex(), row[1], bytes(row[2]).hex(), row[3].isoformat(), now)
+
+
+def anchor_value(anchor: Anchor) -> bytes:
+    return json.dumps(anchor.__dict__).encode()
+
+
+def read_anchors(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Anchor]:
+    """Every anchor on ``topic``, oldest first (all ledgers' — filter by ``chain``)."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            raise LookupError(f"the anchors topic {topic!r} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        anchors: list[Anchor] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading the anchors topic {topic!r} took over {timeout_s} s")
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    if r.key == ANCHOR_KEY:
+                        anchors.append(Anchor(**json.loads(r.value)))
+        return anchors
+    finally:
+        consumer.close()
+
+
+def check_anchors(conn: psycopg.Connection[Any], anchors: Iterable[Anchor], report: Report) -> None:
+    """Each anchor of this chain must name an entry still in the ledger with its hash."""
+    ours = [a for a in anchors if a.chain == report.chain]
+    report.anchors = len(ours)
+    if not ours:
+        return
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT seq, entry_hash FROM audit_ledger WHERE seq = ANY(%s)",
+            (sorted({a.seq for a in ours}),),
+        )
+        stored = {seq: bytes(h).hex() for seq, h in cur}
+    for a in sorted(ours, key=lambda a: a.seq):
+        if a.seq not in stored:
+            report.problems.append(
+                f"the ledger ends at seq {report.head_seq}, but the anchor published at "
+                f"{a.published_at} recorded seq {a.seq} (hash {a.entry_hash[:16]}…): "
+                f"seq {report.head_seq + 1}–{a.seq} deleted from the ledger"
+            )
+            return
+        if stored[a.seq] != a.entry_hash:
+            report.problems.append(
+                f"ledger entry seq {a.seq} does not match the anchor published at "
+                f"{a.published_at} (anchored {a.entry_hash[:16]}…, now {stored[a.seq][:16]}…):"
+                " the chain was rewritten up to there"
+            )
+            return
 
 
 def _ledger_rows(conn: psycopg.Connection[Any]) -> Iterator[dict[str, Any]]:
@@ -187,14 +286,16 @@ def _check_tables(conn: psycopg.Connection[Any], report: Report) -> None:
                 )
 
 
-def verify(url: str) -> Report:
-    """Walk the chain, then check the tables against it (as a read-only role suffices)."""
+def verify(url: str, anchors: Iterable[Anchor] = ()) -> Report:
+    """Walk the chain, then check the anchors and the tables against it (a read-only role
+    suffices)."""
     report = Report()
     with psycopg.connect(url) as conn:
         conn.read_only = True
         verify_chain(_ledger_rows(conn), report)
         conn.commit()
         if report.ok:
+            check_anchors(conn, anchors, report)
             _check_tables(conn, report)
     return report
 
@@ -206,6 +307,8 @@ def as_json(report: Report) -> str:
             "entries": report.entries,
             "head_seq": report.head_seq,
             "head_hash": report.head_hash,
+            "chain": report.chain,
+            "anchors_checked": report.anchors,
             "problems": report.problems,
         },
         ensure_ascii=False,

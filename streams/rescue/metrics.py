@@ -65,3 +65,8 @@ ACTION_REQUESTS = Counter(
     ["status"],
     registry=REGISTRY,
 )
+ANCHORS = Counter(
+    "tianyan_ledger_anchors_total",
+    "Ledger heads published to the anchors topic",
+    registry=REGISTRY,
+)
