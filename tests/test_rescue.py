@@ -8,6 +8,7 @@ import json
 import random
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import msgspec
@@ -24,7 +25,7 @@ from streams.rescue.lifecycle import (
     next_state,
     parse_retry_after,
 )
-from tianyan.processes import free_port
+from tianyan.processes import free_port, listening
 from tianyan.settings import Settings
 
 from .conftest import TIANYAN, consume_all
@@ -581,3 +582,44 @@ def test_published_anchors_reveal_a_truncated_ledger(
     assert truncated.returncode == 1
     assert f"the ledger ends at seq {head - 2}" in truncated.stderr
     assert f"seq {head - 1}–{head} deleted from the ledger" in truncated.stderr
+
+
+def test_two_dispatchers_share_the_work_and_send_each_change_once(
+    settings: Settings, scratch_db: str, tmp_path: Path
+) -> None:
+    r = rescue_setup(settings, scratch_db, [])
+    hook = RecordingReceiver(r.secret, free_port())
+    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = hook.url
+    alerts = [trapped(i, i) for i in range(6)] + [overload(i, i) for i in range(6, 12)]
+    try:
+        r.start_dispatcher(tmp_path / "first.log")
+        second_port = free_port()
+        r.start_dispatcher(tmp_path / "second.log", TIANYAN_DISPATCHER_WEB_PORT=str(second_port))
+        wait_for(lambda: listening(second_port), 60, "the second dispatcher")
+        time.sleep(3.0)  # the group rebalances over both
+        r.publish(alerts + [cleared(a) for a in alerts])
+        wait_for(
+            lambda: (
+                r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'") == 24
+            ),
+            60,
+            "every change delivered",
+        )
+        time.sleep(1.0)  # anything sent twice would have arrived by now
+        for port in (r.web_port, second_port):  # each applied alerts of its own partition
+            metrics = http("GET", f"http://127.0.0.1:{port}/metrics").text
+            assert 'tianyan_dispatcher_alerts_total{result="applied"}' in metrics
+        ids = hook.ids()
+        assert len(ids) == len(set(ids)) == 24
+        assert r.scalar("SELECT count(*) FROM incident") == 12
+        assert r.scalar("SELECT count(*) FROM incident WHERE state = 'resolved'") == 12
+        report = subprocess.run(
+            [TIANYAN, "audit", "verify", "--no-anchors", "--database-url", r.admin_url],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert report.returncode == 0, report.stderr
+    finally:
+        r.stop_all()
+        hook.close()
