@@ -8,8 +8,10 @@ per elevator from its registry record.
 from __future__ import annotations
 
 import math
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -320,3 +322,15 @@ class ElevatorLimits:
         """The motor run-time limiter's limit: min(45 s, full travel + 10 s), ≥ 20 s."""
         travel = self.full_travel_s(th.travel_accel_mps2, th.travel_jerk_mps3)
         return min(th.run_time_limit_s, max(th.run_time_min_s, travel + th.run_time_margin_s))
+
+
+def load_thresholds(path: Path | None) -> Thresholds:
+    """The detectors' thresholds: defaults, overridden by a TOML file of ``name = value``
+    (``TIANYAN_THRESHOLDS_FILE``). Read once, at start; detection itself does no I/O."""
+    if path is None:
+        return Thresholds()
+    try:
+        with path.open("rb") as f:
+            return Thresholds.from_mapping(tomllib.load(f))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ThresholdError(f"TIANYAN_THRESHOLDS_FILE {path}: {e}") from e

@@ -625,7 +625,7 @@ def thresholds() -> Thresholds:
         from detectors.thresholds import Thresholds
 
         return Thresholds()
-    from streams.app import load_thresholds  # the worker's own reader (imports Faust)
+    from detectors.thresholds import load_thresholds
 
     return load_thresholds(path)
 

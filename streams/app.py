@@ -22,16 +22,14 @@ import asyncio
 import datetime as dt
 import logging
 import time
-import tomllib
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import msgspec
 from faust.types import Message
 from faust.web import Request, Response, View
 
-from detectors.thresholds import ElevatorLimits, ThresholdError, Thresholds
+from detectors.thresholds import ElevatorLimits, load_thresholds
 from tianyan.settings import Settings
 
 from . import metrics
@@ -50,17 +48,6 @@ SINK_RETRY_S = 2.0
 TICK_S = 5.0
 #: The health endpoint reports unhealthy when no batch loop turn finished for this long.
 STALL_S = 30.0
-
-
-def load_thresholds(path: Path | None) -> Thresholds:
-    """The detectors' thresholds: defaults, overridden by a TOML file of ``name = value``."""
-    if path is None:
-        return Thresholds()
-    try:
-        with path.open("rb") as f:
-            return Thresholds.from_mapping(tomllib.load(f))
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ThresholdError(f"TIANYAN_THRESHOLDS_FILE {path}: {e}") from e
 
 
 class RegistryLimits:

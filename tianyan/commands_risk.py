@@ -38,8 +38,7 @@ def _as_utc(value: dt.datetime | None) -> dt.datetime:
 
 
 def _thresholds(settings: Settings) -> Any:
-    from detectors.thresholds import ThresholdError
-    from streams.app import load_thresholds
+    from detectors.thresholds import ThresholdError, load_thresholds
 
     try:
         return load_thresholds(settings.thresholds_file)
