@@ -583,12 +583,12 @@ def detect_again(url: str, items: Sequence[ReplayItem], elevator_id: str) -> lis
     """Feed replayed messages (:class:`replay.ReplayItem`) to the worker's own
     :class:`streams.ingest.Ingest`, ticking its clock as the worker does
     (:data:`tianyan.evaluate.TICK_EVERY_MS` of stream time), and return the alerts raised:
-    what the detectors decide from the replayed slice alone."""
+    what the detectors decide from the replayed slice alone (the same loop as
+    ``tianyan evaluate``: :func:`tianyan.evaluate.run_detectors`)."""
     from types import SimpleNamespace
 
     from detectors.thresholds import ElevatorLimits
-    from streams.ingest import Ingest, RawRecord
-    from tianyan.evaluate import TICK_EVERY_MS
+    from tianyan.evaluate import run_detectors
 
     ratings = read_frame(
         url,
@@ -602,18 +602,8 @@ def detect_again(url: str, items: Sequence[ReplayItem], elevator_id: str) -> lis
         if len(ratings)
         else ElevatorLimits.unknown(th)
     )
-    ingest = Ingest(0, limits_for=lambda _: limits, thresholds=th)
-    alerts: list[Alert] = []
-    next_tick_ms: int | None = None
-    for offset, item in enumerate(items):
-        alerts += ingest.process([RawRecord(item.key, item.value, 0, offset)]).alerts
-        now = ingest.stream_time_ms
-        if next_tick_ms is None:
-            next_tick_ms = now + TICK_EVERY_MS
-        if now >= next_tick_ms:
-            alerts += ingest.tick().alerts
-            next_tick_ms = now + TICK_EVERY_MS
-    return alerts
+    run = run_detectors(((i.key, i.value) for i in items), lambda _: limits, th)
+    return run.alerts
 
 
 def thresholds() -> Thresholds:

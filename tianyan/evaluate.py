@@ -19,7 +19,7 @@ import json
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -290,7 +290,9 @@ def _evaluate_run(
 
 
 @dataclass
-class _Run:
+class DetectorRun:
+    """What :func:`run_detectors` saw and raised."""
+
     alerts: list[Alert]
     times: dict[str, np.ndarray]
     messages: int
@@ -301,9 +303,19 @@ class _Run:
 
 def _run_pipeline(
     path: Path, limits_for: Callable[[str], ElevatorLimits], thresholds: Thresholds
-) -> _Run:
-    """Feed the file's lines to :class:`Ingest` one record at a time, as one partition
-    would deliver them; tick whenever stream time passes another tick period."""
+) -> DetectorRun:
+    """:func:`run_detectors` over the file's lines."""
+    with path.open("rb") as f:
+        return run_detectors(((None, line.rstrip(b"\r\n")) for line in f), limits_for, thresholds)
+
+
+def run_detectors(
+    records: Iterable[tuple[bytes | None, bytes]],
+    limits_for: Callable[[str], ElevatorLimits],
+    thresholds: Thresholds,
+) -> DetectorRun:
+    """Feed raw (key, value) messages to the worker's :class:`Ingest` one at a time, as one
+    partition would deliver them; tick whenever stream time passes another tick period."""
     # grace_ms only decides which late samples are re-windowed; windows are not scored.
     ingest = Ingest(0, limits_for=limits_for, thresholds=thresholds)
     alerts: list[Alert] = []
@@ -311,27 +323,26 @@ def _run_pipeline(
     times: dict[str, array[int]] = {}
     messages = quarantined = duplicates = trips = 0
     next_tick_ms: int | None = None
-    with path.open("rb") as f:
-        for offset, line in enumerate(f):
-            batch = ingest.process([RawRecord(None, line.rstrip(b"\r\n"), 0, offset)])
-            # batch: the message (or its quarantine / duplicate count), trips, alerts
-            alerts += batch.alerts
-            messages += len(batch.messages)
-            quarantined += len(batch.quarantined)
-            duplicates += batch.duplicates
-            trips += len(batch.trips)
-            for m in batch.messages:
-                times.setdefault(m.elevator_id, array("q")).extend(m.samples.t_ms)
-            now = ingest.stream_time_ms
-            if not now:
-                continue
-            if next_tick_ms is None:
-                next_tick_ms = now + TICK_EVERY_MS
-            if now >= next_tick_ms:
-                alerts += ingest.tick().alerts
-                # Ticks judge silence at stream time; one tick covers every period passed.
-                next_tick_ms += TICK_EVERY_MS * ((now - next_tick_ms) // TICK_EVERY_MS + 1)
-    return _Run(
+    for offset, (key, value) in enumerate(records):
+        batch = ingest.process([RawRecord(key, value, 0, offset)])
+        # batch: the message (or its quarantine / duplicate count), trips, alerts
+        alerts += batch.alerts
+        messages += len(batch.messages)
+        quarantined += len(batch.quarantined)
+        duplicates += batch.duplicates
+        trips += len(batch.trips)
+        for m in batch.messages:
+            times.setdefault(m.elevator_id, array("q")).extend(m.samples.t_ms)
+        now = ingest.stream_time_ms
+        if not now:
+            continue
+        if next_tick_ms is None:
+            next_tick_ms = now + TICK_EVERY_MS
+        if now >= next_tick_ms:
+            alerts += ingest.tick().alerts
+            # Ticks judge silence at stream time; one tick covers every period passed.
+            next_tick_ms += TICK_EVERY_MS * ((now - next_tick_ms) // TICK_EVERY_MS + 1)
+    return DetectorRun(
         alerts=alerts,
         times={k: np.sort(np.frombuffer(v, dtype=np.int64)) for k, v in times.items()},
         messages=messages,
