@@ -112,3 +112,14 @@ def test_missing_java_is_explained(tmp_path: Path) -> None:
     )
     assert res.returncode != 0
     assert "needs java" in res.stderr and "apt-get install openjdk-17-jre-headless" in res.stderr
+
+
+def test_cluster_ids_are_never_taken_for_an_option() -> None:
+    import base64
+
+    from tianyan.stack.kafka import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]  # 1 in 64 random ids starts with "-"
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+    assert len(set(ids)) == len(ids)

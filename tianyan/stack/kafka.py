@@ -31,6 +31,18 @@ def _require(tool: str, package: str) -> str:
     return path
 
 
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes in URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one starting with "-": the storage tool's
+    argument parser would take it for an option (about 1 fresh stack in 64 failed so).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class LocalKafka:
     """The broker under ``var/kafka``: jars, data, configuration and pid file."""
 
@@ -105,8 +117,7 @@ class LocalKafka:
         if (self.data / "meta.properties").exists():
             return
         self.data.mkdir(parents=True, exist_ok=True)
-        # A Kafka cluster id is 16 random bytes in URL-safe base64 without padding.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         res = subprocess.run(
             [
                 "java",
