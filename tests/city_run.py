@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -29,7 +28,7 @@ from sql.migrate import migrate
 from streams.producer import RawPublisher
 from streams.rescue.delivery import new_secret
 from tianyan import contract
-from tianyan.processes import free_port
+from tianyan.processes import free_port, stop_process
 from tianyan.settings import Settings
 
 CITY_SEED, CITY_SIZE = 7, 80
@@ -73,16 +72,6 @@ def _scalar(url: str, sql: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(sql).fetchone()
     return int(row[0]) if row else 0
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture(scope="session")
@@ -188,7 +177,7 @@ def city_run(
                 pytest.fail("the city-run worker did not store every sample in 240 s")
             time.sleep(1.0)
         time.sleep(3.0)  # the last alerts and checkpoints
-        _stop(worker)
+        stop_process(worker)
         # every alert applied by the dispatcher, every change delivered
         deadline = time.monotonic() + 120
         while (
@@ -201,7 +190,7 @@ def city_run(
             time.sleep(0.5)
     finally:
         for proc in [worker, *services]:
-            _stop(proc)
+            stop_process(proc)
         log.close()
 
     # risk grades: the run graded as of its end, as the worker's timer would

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -29,7 +28,7 @@ from registry.store import upsert
 from sql.migrate import migrate
 from streams.producer import RawPublisher
 from streams.rescue.delivery import new_secret
-from tianyan.processes import WaitTimeout, free_port, listening, wait_until
+from tianyan.processes import WaitTimeout, free_port, listening, stop_process, wait_until
 from tianyan.settings import Settings
 
 from .conftest import TIANYAN
@@ -119,7 +118,7 @@ class Rescue:
 
     def stop_all(self) -> None:
         for p in self.procs:
-            stop(p)
+            stop_process(p)
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -127,16 +126,6 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
         return wait_until(check, timeout_s, what)
     except WaitTimeout as e:
         raise AssertionError(str(e)) from None
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def rescue_setup(settings: Settings, scratch_db: str, endpoints: list[str], **env: str) -> Rescue:

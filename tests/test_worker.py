@@ -27,6 +27,7 @@ from registry.store import upsert
 from sql.migrate import migrate
 from streams.producer import RawPublisher
 from tianyan import contract
+from tianyan.processes import stop_process
 from tianyan.settings import Settings
 
 from .conftest import TIANYAN, consume_all
@@ -133,16 +134,6 @@ def _start(p: Pipeline, web_port: int | None = None, log: Path | None = None) ->
     )
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def _count(url: str, table: str = "telemetry_sample") -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(f"SELECT count(*) FROM tianyan.{table}").fetchone()
@@ -212,7 +203,7 @@ def test_every_sample_once_and_bad_input_quarantined(
         time.sleep(2)  # anything beyond the expected rows would be a duplicate: let it land
         stats = _metrics(16166)
     finally:
-        _stop(worker)
+        stop_process(worker)
     assert n == len(simulated.samples), (tmp_path / "worker.log").read_text()[-3000:]
     stored = {(e, int(t.timestamp() * 1000)) for e, t, *_ in _snapshot(p.db_url)["samples"]}
     assert stored == simulated.samples
@@ -258,7 +249,7 @@ def test_sigkill_mid_stream_changes_nothing(
         assert _wait_for(ref.db_url, len(simulated.samples)) == len(simulated.samples)
         time.sleep(2)
     finally:
-        _stop(worker)
+        stop_process(worker)
     expected = _snapshot(ref.db_url)
 
     p = _pipeline(settings, scratch_db, 16168)
@@ -279,7 +270,7 @@ def test_sigkill_mid_stream_changes_nothing(
         n = _wait_for(p.db_url, len(simulated.samples), timeout_s=180)
         time.sleep(3)
     finally:
-        _stop(worker)
+        stop_process(worker)
     assert n == len(simulated.samples), log.read_text()[-3000:]
     got = _snapshot(p.db_url)
     assert got["samples"] == expected["samples"]
@@ -301,8 +292,8 @@ def test_two_workers_split_the_partitions(
         time.sleep(2)
         shares = [_metrics(port)["tianyan_messages_total"] for port in (16169, 16170)]
     finally:
-        _stop(a)
-        _stop(b)
+        stop_process(a)
+        stop_process(b)
     assert n == len(simulated.samples)
     assert all(s > 0 for s in shares), f"one worker did nothing: {shares}"
     assert sum(shares) == simulated.lines - simulated.malformed - simulated.duplicates
@@ -333,4 +324,4 @@ def test_health_and_metrics_endpoints(settings: Settings, scratch_db: str) -> No
         ):
             assert metric in names
     finally:
-        _stop(worker)
+        stop_process(worker)

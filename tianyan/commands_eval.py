@@ -16,8 +16,20 @@ from typing import Any
 
 import click
 
+from tianyan.settings import Settings, SettingsError
+
 #: A date or date-time on the command line, read as UTC (the commands share it).
 UTC_TIME = click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"])
+
+
+def settings_from_env() -> Settings:
+    """The ``TIANYAN_*`` settings, or a click error naming the bad variable (every command
+    reads them this way)."""
+    try:
+        return Settings.from_env()
+    except SettingsError as e:
+        raise click.ClickException(str(e)) from e
+
 
 #: Name of the column ``score`` adds.
 SCORE_COLUMN = "anomaly_score"

@@ -10,16 +10,8 @@ from pathlib import Path
 
 import click
 
+from tianyan.commands_eval import settings_from_env as _settings
 from tianyan.logs import json_logging_config
-from tianyan.settings import Settings, SettingsError
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as e:
-        raise click.ClickException(str(e)) from e
-
 
 _LOGLEVEL = click.option(
     "--loglevel",

@@ -19,16 +19,10 @@ from typing import Any
 import click
 
 from tianyan.commands_eval import UTC_TIME
-from tianyan.settings import Settings, SettingsError
+from tianyan.commands_eval import settings_from_env as _settings
+from tianyan.settings import Settings
 
 REGULATOR_ROLE = "tianyan_regulator"
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as e:
-        raise click.ClickException(str(e)) from e
 
 
 def _as_utc(value: dt.datetime | None) -> dt.datetime:

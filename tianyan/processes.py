@@ -3,7 +3,9 @@ and for the tests that do the same: local ports and waiting for a condition."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -41,3 +43,15 @@ def wait_until(check: Callable[[], T], timeout_s: float, what: str, poll_s: floa
         if time.monotonic() > deadline:
             raise WaitTimeout(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(poll_s)
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+    """Stop ``proc`` with ``sig`` (SIGTERM: let it shut down cleanly), killing it if it has
+    not exited within ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
