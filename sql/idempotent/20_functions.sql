@@ -20,6 +20,12 @@ END $$;
 
 -- Copy the raw samples around an incident to the evidence table, kept after retention
 -- drops the originals. Idempotent on (incident, elevator, time).
+--
+-- The id is compared as the column's own type and collation (char(20) COLLATE "C"): a text
+-- parameter compared with a char(n) column cannot use the primary key (elevator_id, time),
+-- and every call then read the whole raw table (436 ms on 0.7 M samples, issue 11). With
+-- the key it reads one elevator's few minutes of samples, in the chunks the range touches,
+-- whatever the size of the table.
 CREATE OR REPLACE FUNCTION copy_incident_evidence(p_incident_id uuid, p_elevator_id text,
                                                   p_from timestamptz, p_to timestamptz)
 RETURNS integer
@@ -27,7 +33,8 @@ LANGUAGE sql AS $$
     WITH ins AS (
         INSERT INTO evidence_sample
         SELECT s.*, p_incident_id FROM telemetry_sample s
-        WHERE s.elevator_id = p_elevator_id AND s.time >= p_from AND s.time <= p_to
+        WHERE s.elevator_id = p_elevator_id::char(20) COLLATE "C"
+          AND s.time >= p_from AND s.time <= p_to
         ON CONFLICT DO NOTHING RETURNING 1)
     SELECT count(*)::integer FROM ins
 $$;

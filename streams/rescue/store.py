@@ -77,6 +77,9 @@ class DispatchConfig:
     escalation_after_s: tuple[int, ...]
     arrival_target_s: int
     evidence_window_s: int = 300
+    #: Names the secret this dispatcher signs with (``delivery.signing_key_id``); outbox rows
+    #: carry it, and only a dispatcher holding the same secret claims them.
+    signing_key_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,9 +198,25 @@ def build_payload(
 # -- recording a change --------------------------------------------------------------------
 
 
+#: Ledger entries of one transaction, appended together as its last statement.
+LedgerEntries = list[tuple[str, str, str]]
+
+
+def _append_ledger(cur: psycopg.Cursor[Any], entries: LedgerEntries) -> None:
+    """Append ``(entry_type, entity_id, payload JSON)`` entries to the ledger.
+
+    ``ledger_append`` takes the ledger's lock for the rest of the transaction, and every
+    writer of incidents and deliveries waits on it: call this last, just before commit,
+    so that nothing slow (evidence copies, device commands) runs while the lock is held.
+    """
+    if entries:
+        cur.executemany("SELECT ledger_append(%s, %s, %s)", entries)
+
+
 def _record_event(
     cur: psycopg.Cursor[dict[str, Any]],
     incident: dict[str, Any],
+    ledger: LedgerEntries,
     *,
     event_type: str,
     at: dt.datetime,
@@ -207,8 +226,8 @@ def _record_event(
     config: DispatchConfig,
     source_time: dt.datetime,
 ) -> Change:
-    """incident_event + ledger entry + one outbox row per endpoint, in the caller's
-    transaction."""
+    """incident_event + one outbox row per endpoint, in the caller's transaction; the
+    ledger entry is added to ``ledger``, which the caller appends last."""
     cur.execute(
         "INSERT INTO incident_event (incident_id, time, event_type, from_state, to_state,"
         " actor, note) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
@@ -216,9 +235,9 @@ def _record_event(
     )
     event = cur.fetchone()
     assert event is not None
-    cur.execute(
-        "SELECT ledger_append('incident_event', %s, %s)",
+    ledger.append(
         (
+            "incident_event",
             str(incident["incident_id"]),
             json.dumps(
                 {
@@ -226,7 +245,7 @@ def _record_event(
                     "incident": snapshot(incident, SNAPSHOT_COLUMNS),
                 }
             ),
-        ),
+        )
     )
     if config.endpoints:
         cur.execute(
@@ -236,10 +255,18 @@ def _record_event(
         webhook_id = "msg_" + uuid.uuid5(NAMESPACE, f"event:{event['event_id']}").hex
         cur.executemany(
             "INSERT INTO webhook_delivery (webhook_id, endpoint, incident_id, event_type,"
-            " payload, created_at, next_attempt_at, source_time)"
-            " VALUES (%s, %s, %s, %s, %s, now(), now(), %s)",
+            " payload, created_at, next_attempt_at, source_time, signing_key_id)"
+            " VALUES (%s, %s, %s, %s, %s, now(), now(), %s, %s)",
             [
-                (webhook_id, url, incident["incident_id"], event_type, payload, source_time)
+                (
+                    webhook_id,
+                    url,
+                    incident["incident_id"],
+                    event_type,
+                    payload,
+                    source_time,
+                    config.signing_key_id,
+                )
                 for url in config.endpoints
             ],
         )
@@ -286,6 +313,7 @@ def apply_alert(
         )
         active = cur.fetchone()
         changes: list[Change] = []
+        ledger: LedgerEntries = []
         details = {
             "last_alert_key": alert.alert_key,
             "condition_since": jsonable(_utc_ms(alert.condition_since_ms)),
@@ -324,6 +352,7 @@ def apply_alert(
                 _record_event(
                     cur,
                     incident,
+                    ledger,
                     event_type="incident.opened",
                     at=at,
                     from_state=None,
@@ -357,6 +386,7 @@ def apply_alert(
                 _record_event(
                     cur,
                     incident,
+                    ledger,
                     event_type="incident.updated",
                     at=at,
                     from_state=active["state"],
@@ -382,6 +412,7 @@ def apply_alert(
                 _record_event(
                     cur,
                     incident,
+                    ledger,
                     event_type="incident.resolved",
                     at=at,
                     from_state=active["state"],
@@ -411,6 +442,7 @@ def apply_alert(
             )
             if before_commit is not None:
                 before_commit(changes)
+            _append_ledger(cur, ledger)
         return changes
 
 
@@ -476,9 +508,11 @@ def apply_action(
         )
         incident = cur.fetchone()
         assert incident is not None
+        ledger: LedgerEntries = []
         change = _record_event(
             cur,
             incident,
+            ledger,
             event_type=EVENT_FOR_STATE[state],
             at=now,
             from_state=current["state"],
@@ -501,6 +535,7 @@ def apply_action(
                 " received_at, response) VALUES (%s, %s, %s, %s, %s, %s)",
                 (request_id, key, action, actor, now, json.dumps(body)),
             )
+        _append_ledger(cur, ledger)
         return ActionResult(200, body)
 
 
@@ -517,6 +552,7 @@ def escalate_due(
     from detectors.alerts import TRAPPED_TYPES
 
     changes: list[Change] = []
+    ledger: LedgerEntries = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT i.*, a.applied_at AS recorded_at FROM incident i"
@@ -547,6 +583,7 @@ def escalate_due(
                     _record_event(
                         cur,
                         incident,
+                        ledger,
                         event_type="incident.escalated",
                         at=now,
                         from_state=incident["state"],
@@ -559,6 +596,7 @@ def escalate_due(
                 level_now = level
                 if level == due:
                     break
+        _append_ledger(cur, ledger)
     return changes
 
 
@@ -580,8 +618,20 @@ class Due:
     source_time: dt.datetime | None
 
 
-def claim_due(conn: psycopg.Connection[Any], limit: int, lease_s: float) -> list[Due]:
+def claim_due(
+    conn: psycopg.Connection[Any],
+    limit: int,
+    lease_s: float,
+    *,
+    endpoints: Sequence[str],
+    signing_key_id: str | None,
+) -> list[Due]:
     """Claim up to ``limit`` due deliveries for one attempt each.
+
+    Only rows for ``endpoints`` queued under ``signing_key_id`` (the secret this dispatcher
+    signs with) are claimed: a dispatcher configured for another receiver or secret — a
+    stale process of an earlier run, say — leaves them alone instead of sending signatures
+    the receiver must refuse.
 
     A claim leases the row: its next attempt moves ``lease_s`` ahead, so if the dispatcher
     dies mid-delivery the row falls due again and is re-sent with the same webhook-id. Per
@@ -599,6 +649,8 @@ def claim_due(conn: psycopg.Connection[Any], limit: int, lease_s: float) -> list
              WHERE d.delivery_id IN (
                    SELECT c.delivery_id FROM webhook_delivery c
                     WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                      AND c.endpoint = ANY(%s)
+                      AND (c.signing_key_id IS NULL OR c.signing_key_id = %s)
                       AND NOT EXISTS (
                           SELECT 1 FROM webhook_delivery e
                            WHERE e.incident_id = c.incident_id AND e.endpoint = c.endpoint
@@ -609,7 +661,7 @@ def claim_due(conn: psycopg.Connection[Any], limit: int, lease_s: float) -> list
             RETURNING d.delivery_id, d.webhook_id, d.endpoint, d.incident_id, d.event_type,
                       d.payload, d.attempts, d.created_at, d.source_time
             """,
-            (lease_s, limit),
+            (lease_s, list(endpoints), signing_key_id, limit),
         )
         rows = cur.fetchall()
     return [Due(**r) for r in sorted(rows, key=lambda r: r["delivery_id"])]
@@ -654,10 +706,11 @@ def record_attempts(conn: psycopg.Connection[Any], attempts: Sequence[Attempt]) 
                 for a in attempts
             ],
         )
-        cur.executemany(
-            "SELECT ledger_append('webhook_delivery', %s, %s)",
+        _append_ledger(
+            cur,
             [
                 (
+                    "webhook_delivery",
                     a.due.webhook_id,
                     json.dumps(
                         {
@@ -705,9 +758,12 @@ def redeliver(
             params,
         )
         rows = cur.fetchall()
-        cur.executemany(
-            "SELECT ledger_append('webhook_redelivery', %s, %s)",
-            [(w, json.dumps({"delivery_id": d, "webhook_id": w})) for d, w in rows],
+        _append_ledger(
+            cur,
+            [
+                ("webhook_redelivery", w, json.dumps({"delivery_id": d, "webhook_id": w}))
+                for d, w in rows
+            ],
         )
         if rows:
             cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
