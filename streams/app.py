@@ -33,6 +33,7 @@ from detectors.thresholds import ElevatorLimits, load_thresholds
 from tianyan.settings import Settings
 
 from . import metrics
+from .background import keep_serving
 from .faust_batching import BatchingApp, BatchTopic
 from .grading import GradingError, grade_fleet
 from .ingest import Ingest, IngestBatch, RawRecord
@@ -117,7 +118,10 @@ class Worker:
         self.sink = TimescaleSink(settings.database_url)
         # Quarantine and state changelog, flushed together at each checkpoint.
         self.producer = RawPublisher(
-            settings.kafka_bootstrap, settings.quarantine_topic, linger_ms=5
+            settings.kafka_bootstrap,
+            settings.quarantine_topic,
+            linger_ms=5,
+            delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
         )
         self.last_turn = time.monotonic()
         self._dirty: dict[str, int] = {}
@@ -137,8 +141,10 @@ class Worker:
     async def checkpoint(self) -> None:
         """Write changed elevator states to the changelog, then acknowledge what they cover.
 
-        The changelog is written with the same producer as the quarantine, and both are
-        flushed (every message acknowledged by Kafka) before any offset is acknowledged.
+        The changelog is written with the same producer as the quarantine and the alerts, and
+        all are flushed (every record acknowledged by Kafka) before any offset is
+        acknowledged. A record Kafka reported failed stays with the producer and is sent
+        again by the next flush: the offsets wait until it is in Kafka.
         Faust recovers the table from this changelog as from any other; its own buffered
         ``send_soon`` cannot be awaited to durability, so it is not used here.
         """
@@ -310,11 +316,16 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     async def ingest() -> None:
         await worker.run()
 
+    def survive(task: str) -> Any:
+        return keep_serving(task, metrics.BACKGROUND_ERRORS, log)
+
     @app.timer(interval=60.0)
+    @survive("registry_refresh")
     async def registry_refresh() -> None:
         await asyncio.to_thread(worker.limits.refresh)
 
     @app.timer(interval=3600.0)
+    @survive("retention")
     async def retention() -> None:
         dropped = await asyncio.to_thread(_drop_old_raw_chunks, settings)
         metrics.CHUNKS_DROPPED.inc(dropped)
@@ -322,6 +333,7 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     if settings.grading_interval_s > 0:
 
         @app.timer(interval=float(settings.grading_interval_s))
+        @survive("risk_grading")
         async def risk_grading() -> None:
             # With several workers only the one that takes the grading lock grades.
             now = dt.datetime.now(dt.UTC)

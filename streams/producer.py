@@ -12,6 +12,7 @@ kafka-python remains for administration (topics, health checks).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import TracebackType
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -19,6 +20,20 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 class PublishError(RuntimeError):
     """Kafka did not accept some messages; the count and first reason say which."""
+
+
+Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None
+
+
+@dataclass(frozen=True)
+class _Unacknowledged:
+    """A record Kafka reported failed, kept to be sent again."""
+
+    topic: str
+    partition: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
 
 
 class RawPublisher:
@@ -32,15 +47,27 @@ class RawPublisher:
         The topic to publish to (the raw telemetry topic).
     linger_ms
         How long the client waits to fill a batch; larger is faster and later.
+    delivery_timeout_ms
+        How long the client retries a record before reporting it failed (librdkafka's
+        ``message.timeout.ms``). A failed record is not forgotten: :meth:`flush` sends it
+        again, and raises until every record is acknowledged.
     """
 
-    def __init__(self, bootstrap: str, topic: str, *, linger_ms: int = 20) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        linger_ms: int = 20,
+        delivery_timeout_ms: int = 300_000,
+    ) -> None:
         if not topic:
             raise ValueError("topic: a topic name is required")
         self.topic = topic
         self.sent = 0
-        self.failed = 0
         self.first_error: str | None = None
+        # Failed records, in the order they failed: kept until Kafka acknowledges them.
+        self._unacknowledged: list[_Unacknowledged] = []
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -49,6 +76,7 @@ class RawPublisher:
                 "batch.size": 1_000_000,
                 "queue.buffering.max.messages": 500_000,
                 "message.max.bytes": 1_048_576,
+                "message.timeout.ms": delivery_timeout_ms,
                 "client.id": "tianyan-publisher",
                 # The Java client's (and kafka-python's) partitioner: an elevator's messages
                 # land on the same partition whichever client a terminal or tool uses.
@@ -66,11 +94,24 @@ class RawPublisher:
                 "(create the pipeline's topics with `tianyan topics ensure`)"
             )
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+    @property
+    def failed(self) -> int:
+        """Records Kafka reported failed and not yet acknowledged on a later send."""
+        return len(self._unacknowledged)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self.failed += 1
             if self.first_error is None:
                 self.first_error = str(err)
+            self._unacknowledged.append(
+                _Unacknowledged(
+                    msg.topic() or self.topic,
+                    msg.partition(),
+                    msg.key(),
+                    msg.value(),
+                    msg.headers(),
+                )
+            )
 
     def publish(
         self,
@@ -79,55 +120,83 @@ class RawPublisher:
         *,
         topic: str | None = None,
         partition: int | None = None,
-        headers: dict[str, str | bytes | None] | None = None,
+        headers: Headers = None,
     ) -> None:
         """Queue one message; blocks only while the client's queue is full.
 
         ``topic`` defaults to the publisher's topic, ``partition`` to the one the key
         hashes to.
         """
+        self._produce(topic or self.topic, key, value, partition, headers)
+        self.sent += 1
+        if self.sent % 10_000 == 0:
+            self._producer.poll(0)
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        headers: Headers,
+    ) -> None:
         while True:
             try:
                 if partition is None:
                     self._producer.produce(
-                        topic or self.topic,
-                        key=key,
-                        value=value,
-                        headers=headers,
-                        on_delivery=self._on_delivery,
+                        topic, key=key, value=value, headers=headers, on_delivery=self._on_delivery
                     )
                 else:
                     self._producer.produce(
-                        topic or self.topic,
+                        topic,
                         key=key,
                         value=value,
                         partition=partition,
                         headers=headers,
                         on_delivery=self._on_delivery,
                     )
-                break
+                return
             except BufferError:
                 self._producer.poll(0.05)
             except KafkaException as e:
-                raise PublishError(f"cannot publish to {self.topic}: {e}") from e
-        self.sent += 1
-        if self.sent % 10_000 == 0:
-            self._producer.poll(0)
+                raise PublishError(f"cannot publish to {topic}: {e}") from e
 
     def flush(self, timeout_s: float = 60.0) -> None:
-        """Wait until every queued message is acknowledged; raise if any was refused."""
+        """Wait until every record published so far is acknowledged by Kafka.
+
+        Records Kafka reported failed (a broker unreachable past the delivery timeout) are
+        sent again first, to the partition they were meant for, so a caller that retries
+        ``flush`` after :class:`PublishError` acknowledges its inputs only once every record
+        made from them is in Kafka. Call :meth:`discard_failed` to give them up instead.
+
+        Raises
+        ------
+        PublishError
+            when records are still unacknowledged after ``timeout_s`` or were refused; they
+            stay queued for the next ``flush``.
+        """
+        retry, self._unacknowledged = self._unacknowledged, []
+        for r in retry:
+            self._produce(r.topic, r.key, r.value, r.partition, r.headers)
         remaining = self._producer.flush(timeout_s)
-        failed, self.failed = self.failed, 0
-        first_error, self.first_error = self.first_error, None
         if remaining:
             raise PublishError(
                 f"{remaining} message(s) to {self.topic} still unacknowledged "
                 f"after {timeout_s:.0f} s"
             )
-        if failed:
+        if self._unacknowledged:
+            first_error, self.first_error = self.first_error, None
             raise PublishError(
-                f"{failed} of {self.sent} message(s) to {self.topic} were refused: {first_error}"
+                f"{self.failed} of {self.sent} message(s) to {self.topic} were not accepted"
+                f" (kept, sent again on the next flush): {first_error}"
             )
+        self.first_error = None
+
+    def discard_failed(self) -> int:
+        """Forget the failed records (their sender will publish them anew); how many."""
+        n, self._unacknowledged = len(self._unacknowledged), []
+        self.first_error = None
+        return n
 
     def __enter__(self) -> RawPublisher:
         return self

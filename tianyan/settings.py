@@ -73,6 +73,8 @@ class Settings:
     raw_topic: str
     quarantine_topic: str
     alerts_topic: str
+    alerts_dead_letter_topic: str
+    kafka_delivery_timeout_ms: int
     detectors_enabled: bool
     thresholds_file: Path | None
     raw_partitions: int
@@ -124,6 +126,13 @@ class Settings:
             raw_topic=_env("TIANYAN_RAW_TOPIC", "tianyan.telemetry.raw"),
             quarantine_topic=_env("TIANYAN_QUARANTINE_TOPIC", "tianyan.telemetry.quarantine"),
             alerts_topic=_env("TIANYAN_ALERTS_TOPIC", "tianyan.alerts"),
+            alerts_dead_letter_topic=_env(
+                "TIANYAN_ALERTS_DEAD_LETTER_TOPIC", "tianyan.alerts.dead-letter"
+            ),
+            # librdkafka's message.timeout.ms: how long a produced record is retried before
+            # it is reported failed (its default, 300 s). Nothing is lost either way: the
+            # publisher keeps failed records and sends them again.
+            kafka_delivery_timeout_ms=_env_int("TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS", 300_000),
             detectors_enabled=_env_bool("TIANYAN_DETECTORS", True),
             thresholds_file=Path(os.environ["TIANYAN_THRESHOLDS_FILE"])
             if os.environ.get("TIANYAN_THRESHOLDS_FILE")
