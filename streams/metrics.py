@@ -115,3 +115,11 @@ def exposition(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
     """The body and content type of ``/metrics`` for ``registry``."""
     # aiohttp takes the charset separately: drop it from Prometheus' content type.
     return generate_latest(registry), CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+
+
+BACKGROUND_ERRORS = Counter(
+    "tianyan_background_errors_total",
+    "Failures of a background task (timer), logged and survived; by task",
+    ["task"],
+    registry=REGISTRY,
+)

@@ -70,3 +70,10 @@ ANCHORS = Counter(
     "Ledger heads published to the anchors topic",
     registry=REGISTRY,
 )
+
+BACKGROUND_ERRORS = Counter(
+    "tianyan_dispatcher_background_errors_total",
+    "Failures of a background task (timer), logged and survived; by task",
+    ["task"],
+    registry=REGISTRY,
+)
