@@ -30,6 +30,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             settings.alerts_topic, settings.raw_partitions, {"retention.ms": str(30 * _DAY_MS)}
         ),
+        # Alerts the dispatcher cannot read, with the reason in a header: kept, never dropped.
+        TopicSpec(settings.alerts_dead_letter_topic, 1, {"retention.ms": "-1"}),
         # Commands to terminals (the reassurance message on a trapping), keyed by elevator;
         # a terminal reads its own. Short-lived: a command an hour old is moot.
         TopicSpec(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import os
 import random
@@ -37,6 +38,12 @@ def signer(secret: str) -> Webhook:
         raise SecretError(
             f"TIANYAN_RESCUE_WEBHOOK_SECRET is not valid base64 after whsec_: {e}"
         ) from e
+
+
+def signing_key_id(secret: str) -> str:
+    """A public name for ``secret``: the first 16 hex digits of its SHA-256. Outbox rows
+    carry it so that only a dispatcher holding that secret claims them."""
+    return "key_" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 def new_secret() -> str:

@@ -23,6 +23,8 @@ import datetime as dt
 import hmac
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -34,12 +36,13 @@ from faust.web import Request, Response, View
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from detectors.alerts import Alert
+from streams.background import keep_serving
 from streams.metrics import exposition
 from streams.producer import PublishError, RawPublisher
 from tianyan.settings import Settings
 
 from . import metrics, store
-from .delivery import Sender, signer
+from .delivery import Sender, signer, signing_key_id
 from .ledger import ANCHOR_KEY, anchor_value, ledger_head
 from .lifecycle import ACTIONS, RetrySchedule, is_trapping
 
@@ -49,6 +52,9 @@ T = TypeVar("T")
 CLAIM_BATCH = 200
 POLL_S = 1.0
 DB_RETRY_S = 2.0
+#: An alert that could not be applied (database or Kafka away) is tried again after this
+#: pause, for as long as it takes: it is never acknowledged unapplied.
+APPLY_RETRY_S = 2.0
 REASSURANCE = (
     "您好，电梯暂时停止运行，救援人员已在赶来途中。请保持冷静，不要强行扒门，"
     "可通过对讲与值班人员通话。 Help is on the way; please stay calm and do not force the doors."
@@ -62,17 +68,41 @@ class ActionRequest(msgspec.Struct, forbid_unknown_fields=True):
     note: str | None = None
 
 
+class DatabaseReplaced(RuntimeError):
+    """The database at the configured URL is not the one this dispatcher started on (it was
+    dropped and created again): its outbox and incidents belong to another run."""
+
+
 class Database:
-    """One connection used from one task at a time, in a thread; reconnects when broken."""
+    """One connection used from one task at a time, in a thread; reconnects when broken.
+
+    The connection is in autocommit mode: every transaction is an explicit
+    ``conn.transaction()`` block of the store, so none is ever left open between calls (a
+    read such as a metrics scrape would otherwise open one that later calls run inside).
+    Each reconnection checks that the database is still the one first connected to.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = asyncio.Lock()
+        self._identity: int | None = None
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.url)
+            conn = psycopg.connect(self.url, autocommit=True)
+            row = conn.execute(
+                "SELECT oid::bigint FROM pg_database WHERE datname = current_database()"
+            ).fetchone()
+            identity = int(row[0]) if row else None
+            if self._identity is not None and identity != self._identity:
+                conn.close()
+                raise DatabaseReplaced(
+                    f"the database at {self.url} was dropped and created again since this"
+                    " dispatcher started; it belongs to another run, so this dispatcher"
+                    " stops rather than deliver its rows"
+                )
+            self._identity, self._conn = identity, conn
         return fn(self._conn, *args, **kwargs)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -99,13 +129,14 @@ class Dispatcher:
                 " webhooks are always signed"
             )
         self.settings = settings
+        secret = settings.rescue_webhook_secret
         self.config = store.DispatchConfig(
             endpoints=settings.rescue_webhook_urls,
             escalation_after_s=settings.escalation_after_s,
             arrival_target_s=settings.arrival_target_s,
             evidence_window_s=settings.evidence_window_s,
+            signing_key_id=signing_key_id(secret) if secret else None,
         )
-        secret = settings.rescue_webhook_secret
         self.verifier = signer(secret) if secret else None
         self.sender = (
             Sender(
@@ -128,7 +159,11 @@ class Dispatcher:
         self.record_db = Database(settings.database_url)
         self.action_db = Database(settings.database_url)
         self.timer_db = Database(settings.database_url)
-        self.publisher = RawPublisher(settings.kafka_bootstrap, settings.device_commands_topic)
+        self.publisher = RawPublisher(
+            settings.kafka_bootstrap,
+            settings.device_commands_topic,
+            delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
+        )
         self.wake = asyncio.Event()
         self.results: asyncio.Queue[store.Attempt] = asyncio.Queue()
         self.in_flight = 0
@@ -156,28 +191,70 @@ class Dispatcher:
             self.publisher.flush(10.0)  # raises: the transaction rolls back, alert re-applied
             metrics.DEVICE_COMMANDS.labels("play_reassurance").inc(sent)
 
-    async def on_alert(self, value: bytes, kafka_timestamp_s: float | None) -> None:
+    async def on_alert(
+        self, key: bytes | None, value: bytes, kafka_timestamp_s: float | None
+    ) -> None:
+        """Apply one alert; return only once it is applied (or dead-lettered, if it cannot
+        be read), so that the offset Faust then acknowledges never skips an alert."""
         try:
             alert = msgspec.json.decode(value, type=Alert)
-        except msgspec.ValidationError as e:
-            metrics.ALERTS_APPLIED.labels("unreadable").inc()
-            log.error("unreadable alert skipped", extra={"error": str(e), "value": value[:200]})
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            await self._dead_letter(key, value, f"the alert does not decode: {e}")
             return
         received = (
             dt.datetime.fromtimestamp(kafka_timestamp_s, dt.UTC)
             if kafka_timestamp_s
             else dt.datetime.now(dt.UTC)
         )
-        changes = await self.alerts_db.run_until_done(
-            "applying an alert",
-            store.apply_alert,
-            alert,
-            self.config,
-            received_at=received,
-            before_commit=self._publish_commands,
-        )
+        while True:
+            try:
+                changes = await self.alerts_db.run(
+                    store.apply_alert,
+                    alert,
+                    self.config,
+                    received_at=received,
+                    before_commit=self._publish_commands,
+                )
+                break
+            except DatabaseReplaced as e:
+                log.critical(str(e))
+                await self._stop_process()
+            except Exception as e:
+                # Database or Kafka away, a deadlock, anything: the transaction rolled back,
+                # so the alert is applied again from the start (commands already sent are
+                # de-duplicated by the terminal through their command_id).
+                self.publisher.discard_failed()
+                metrics.ALERTS_APPLIED.labels("retried").inc()
+                log.error(
+                    "alert not applied; retrying",
+                    extra={"alert_key": alert.alert_key, "error": f"{type(e).__name__}: {e}"},
+                )
+                await asyncio.sleep(APPLY_RETRY_S)
         metrics.ALERTS_APPLIED.labels("applied" if changes else "repeat").inc()
         self._changed(changes)
+
+    async def _dead_letter(self, key: bytes | None, value: bytes, reason: str) -> None:
+        """Keep an alert that cannot be read on the dead-letter topic, with the reason."""
+        log.error("unreadable alert dead-lettered", extra={"error": reason, "value": value[:200]})
+        while True:
+            try:
+                self.publisher.publish(
+                    key or b"",
+                    value,
+                    topic=self.settings.alerts_dead_letter_topic,
+                    headers={"reason": reason.encode()[:1000]},
+                )
+                await asyncio.to_thread(self.publisher.flush, 10.0)
+                break
+            except PublishError as e:
+                log.error("dead letter not published; retrying", extra={"error": str(e)})
+                await asyncio.sleep(APPLY_RETRY_S)
+        metrics.ALERTS_APPLIED.labels("dead_lettered").inc()
+
+    async def _stop_process(self) -> None:
+        """Stop this dispatcher (it serves a database that is gone) and wait to be stopped."""
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.Event().wait()
 
     def _changed(self, changes: list[store.Change]) -> None:
         for c in changes:
@@ -205,7 +282,12 @@ class Dispatcher:
             claimed: list[store.Due] = []
             if free > 0:
                 claimed = await self.claim_db.run_until_done(
-                    "claiming deliveries", store.claim_due, min(free, CLAIM_BATCH), self.lease_s
+                    "claiming deliveries",
+                    store.claim_due,
+                    min(free, CLAIM_BATCH),
+                    self.lease_s,
+                    endpoints=self.config.endpoints,
+                    signing_key_id=self.config.signing_key_id,
                 )
             for due in claimed:
                 self.in_flight += 1
@@ -352,7 +434,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
     @app.agent(alerts)
     async def incidents(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await dispatcher.on_alert(event.value, event.message.timestamp)
+            await dispatcher.on_alert(event.key, event.value, event.message.timestamp)
 
     @app.task
     async def deliver() -> None:
@@ -370,11 +452,16 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
     async def listen() -> None:
         await dispatcher.listen_forever(stopping)
 
+    def survive(task: str) -> Any:
+        return keep_serving(task, metrics.BACKGROUND_ERRORS, log)
+
     @app.timer(interval=1.0)
+    @survive("escalation")
     async def escalate() -> None:
         await dispatcher.escalate()
 
     @app.timer(interval=float(max(1, settings.audit_anchor_interval_s)))
+    @survive("ledger_anchor")
     async def anchor() -> None:
         await dispatcher.publish_anchor()
 
