@@ -604,8 +604,9 @@ def demo(ctx: click.Context, elevators: int, minutes: float, out: Path | None) -
         raise click.ClickException(str(e)) from e
     click.echo(demo_pipeline.render(summary))
     click.echo(demo_pipeline.as_json(summary))
-    if summary.boards_failed or not summary.ledger.startswith("verified"):
-        raise click.ClickException("the demo finished with failures (above)")
+    problems = demo_pipeline.failures(summary)
+    if problems:
+        raise click.ClickException("the demo finished with failures: " + "; ".join(problems))
 
 
 @demo.command("round-trip")

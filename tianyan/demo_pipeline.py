@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -28,13 +27,17 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from tianyan.processes import WaitTimeout, free_port, listening, wait_until
+from tianyan.processes import ServiceGroup, WaitTimeout, free_port, listening, services
+from tianyan.processes import wait_for_progress as _wait_for_progress
 from tianyan.settings import Settings
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
 SCENARIO = Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "demo.toml"
 DEMO_DB = "tianyan_demo"
 REGISTRY_SEED = 20210101
+#: A stage fails when nothing it watches has moved for this long (its waits follow
+#: progress: a slow machine only makes the demo longer).
+STALL_S = 120.0
 
 
 class DemoError(RuntimeError):
@@ -49,6 +52,7 @@ class DemoSummary:
     samples: int = 0
     quarantined: int = 0
     alerts: int = 0
+    alerts_unapplied: int = 0
     incidents_by_type: dict[str, dict[str, Any]] = field(default_factory=dict)
     recall_precision: dict[str, dict[str, Any]] = field(default_factory=dict)
     webhooks: dict[str, Any] = field(default_factory=dict)
@@ -62,11 +66,31 @@ class DemoSummary:
     seconds: float = 0.0
 
 
-def _wait(check: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
+def _wait(
+    progress: Callable[[], Any],
+    done: Callable[[Any], bool],
+    what: str,
+    group: ServiceGroup,
+    log: Path,
+) -> Any:
+    """Wait while ``progress()`` moves (or the services' log grows) until ``done``; fail,
+    naming the stage and where it stood, when nothing moved for :data:`STALL_S` or a service
+    exited."""
+
+    def moving() -> tuple[Any, int]:
+        return progress(), log.stat().st_size if log.exists() else 0
+
     try:
-        wait_until(check, timeout_s, what, poll_s=0.5)
+        reached = _wait_for_progress(
+            moving,
+            lambda p: done(p[0]),
+            stall_s=STALL_S,
+            what=what,
+            alive=group.exited,
+        )
     except WaitTimeout as e:
         raise DemoError(f"{e}; see {log}") from None
+    return reached[0]  # type: ignore[index]
 
 
 def _scalar(url: str, sql: str) -> int:
@@ -126,13 +150,16 @@ def run(
     from kafka.admin import NewTopic
 
     tag = uuid.uuid4().hex[:8]
-    topics = {k: f"demo.{k}.{tag}" for k in ("raw", "quarantine", "alerts", "commands")}
+    topics = {
+        k: f"demo.{k}.{tag}" for k in ("raw", "quarantine", "alerts", "alerts-dead", "commands")
+    }
     kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     kafka.create_topics(
         [
             NewTopic(topics["raw"], 4, 1),
             NewTopic(topics["quarantine"], 1, 1),
             NewTopic(topics["alerts"], 4, 1),
+            NewTopic(topics["alerts-dead"], 1, 1),
             NewTopic(topics["commands"], 1, 1),
         ]
     )
@@ -163,6 +190,7 @@ def run(
         "TIANYAN_RAW_TOPIC": topics["raw"],
         "TIANYAN_QUARANTINE_TOPIC": topics["quarantine"],
         "TIANYAN_ALERTS_TOPIC": topics["alerts"],
+        "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": topics["alerts-dead"],
         "TIANYAN_DEVICE_COMMANDS_TOPIC": topics["commands"],
         "TIANYAN_RAW_PARTITIONS": "4",
         "TIANYAN_WORKER_ID": f"demo-worker-{tag}",
@@ -174,82 +202,69 @@ def run(
         "TIANYAN_GRADING_INTERVAL_S": "0",  # the demo grades once, at the end
         "TIANYAN_RECEIVER_LOGLEVEL": "WARNING",
     }
-    log = log_path.open("ab")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(*args: str, **extra: str) -> None:
-        procs.append(
-            subprocess.Popen(
-                [TIANYAN, *args],
-                env={**env, **extra},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-
     try:
-        spawn(
-            "rescue-receiver",
-            "--port",
-            str(receiver_port),
-            "--journal",
-            str(journal),
-            "--acknowledge",
-            f"http://127.0.0.1:{dispatcher_port}",
-        )
-        spawn("dispatcher", "--loglevel", "warn")
-        for _ in range(2):
-            spawn("worker", "--loglevel", "warn", TIANYAN_WORKER_WEB_PORT=str(free_port()))
-        _wait(
-            lambda: listening(receiver_port) and listening(dispatcher_port),
-            60,
-            "the receiver and the dispatcher",
-            log_path,
-        )
-        say("started: 2 stream workers, the incident dispatcher, the reference rescue receiver")
+        with services() as group:
 
-        with RawPublisher(settings.kafka_bootstrap, topics["raw"]) as pub:
-            published = replay(from_jsonl(stream), pub, progress=False)
-        say(f"published {published.messages} messages to {topics['raw']}; the workers fold …")
-        expected = _expected_samples(stream)
-        _wait(
-            lambda: _scalar(writer, "SELECT count(*) FROM telemetry_sample") >= expected,
-            600,
-            "the workers to store every sample",
-            log_path,
-        )
-        time.sleep(3.0)  # the last alerts go out with the last batch
-        _wait(
-            lambda: (
-                _scalar(admin, "SELECT count(*) FROM incident_alert")
-                >= _scalar(admin, "SELECT count(*) FROM alert")
-                and _scalar(admin, "SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
-                == 0
-            ),
-            120,
-            "the dispatcher to apply every alert and deliver every change",
-            log_path,
-        )
-        time.sleep(2.0)  # acknowledgements from the receiver, and their webhooks
-        _wait(
-            lambda: (
-                _scalar(admin, "SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
-                == 0
-            ),
-            60,
-            "the acknowledgements' webhooks",
-            log_path,
-        )
+            def spawn(name: str, *args: str, **extra: str) -> None:
+                group.start(name, [TIANYAN, *args], env={**env, **extra}, log=log_path)
+
+            spawn(
+                "receiver",
+                "rescue-receiver",
+                "--port",
+                str(receiver_port),
+                "--journal",
+                str(journal),
+                "--acknowledge",
+                f"http://127.0.0.1:{dispatcher_port}",
+            )
+            spawn("dispatcher", "dispatcher", "--loglevel", "warn")
+            for i in range(2):
+                spawn(
+                    f"worker {i + 1}",
+                    "worker",
+                    "--loglevel",
+                    "warn",
+                    TIANYAN_WORKER_WEB_PORT=str(free_port()),
+                )
+            _wait(
+                lambda: (listening(receiver_port), listening(dispatcher_port)),
+                all,
+                "starting the receiver and the dispatcher",
+                group,
+                log_path,
+            )
+            say("started: 2 stream workers, the incident dispatcher, the reference rescue receiver")
+
+            with RawPublisher(settings.kafka_bootstrap, topics["raw"]) as pub:
+                published = replay(from_jsonl(stream), pub, progress=False)
+            say(f"published {published.messages} messages to {topics['raw']}; the workers fold …")
+            expected = _expected_samples(stream)
+            _wait(
+                lambda: _scalar(writer, "SELECT count(*) FROM telemetry_sample"),
+                lambda stored: stored >= expected,
+                f"the workers storing {expected} samples (stored so far)",
+                group,
+                log_path,
+            )
+            time.sleep(3.0)  # the last alerts go out with the last batch
+            say("every sample stored; the dispatcher applies the alerts and delivers …")
+            _wait(
+                lambda: _rescue_progress(admin),
+                lambda p: p["alerts_applied"] >= p["alerts"] and p["deliveries_pending"] == 0,
+                "the dispatcher applying every alert and delivering every change",
+                group,
+                log_path,
+            )
+            time.sleep(2.0)  # acknowledgements from the receiver, and their webhooks
+            _wait(
+                lambda: _rescue_progress(admin),
+                lambda p: p["deliveries_pending"] == 0,
+                "delivering the acknowledgements' webhooks",
+                group,
+                log_path,
+            )
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        log.close()
         kafka.delete_topics(list(topics.values()))
         kafka.close()
 
@@ -329,6 +344,11 @@ def run(
             }
     received = [json.loads(x) for x in journal.read_text().splitlines()] if journal.exists() else []
     ids = [r["webhook_id"] for r in received]
+    summary.alerts_unapplied = _scalar(
+        admin,
+        "SELECT count(*) FROM alert a WHERE NOT EXISTS (SELECT 1 FROM incident_alert i"
+        " WHERE i.alert_key = a.alert_key AND i.state = a.state)",
+    )
     summary.webhooks = {
         "delivered": deliveries.get("delivered", 0),
         "pending": deliveries.get("pending", 0),
@@ -363,6 +383,20 @@ def run(
     return summary
 
 
+def _rescue_progress(url: str) -> dict[str, int]:
+    """Where the rescue path stands: alerts stored and applied, deliveries by status."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM alert), (SELECT count(*) FROM incident_alert),"
+            " count(*) FILTER (WHERE status = 'pending'),"
+            " count(*) FILTER (WHERE status = 'delivered'),"
+            " count(*) FILTER (WHERE status = 'dead') FROM webhook_delivery"
+        ).fetchone()
+    assert row is not None
+    keys = ("alerts", "alerts_applied", "deliveries_pending", "delivered", "dead")
+    return dict(zip(keys, (int(v) for v in row), strict=True))
+
+
 def _expected_samples(path: Path) -> int:
     from tianyan import contract
 
@@ -375,6 +409,21 @@ def _expected_samples(path: Path) -> int:
                 continue
             seen.update((m.elevator_id, t) for t in m.samples.t_ms)
     return len(seen)
+
+
+def failures(summary: DemoSummary) -> list[str]:
+    """What makes the demo fail (exit 1): anything the rescue platform or a board would miss."""
+    problems = []
+    if summary.alerts_unapplied:
+        problems.append(f"{summary.alerts_unapplied} alerts were never applied to an incident")
+    for status in ("dead", "pending"):
+        if summary.webhooks.get(status):
+            problems.append(f"{summary.webhooks[status]} webhook deliveries are {status}")
+    if not summary.ledger.startswith("verified"):
+        problems.append(f"the ledger did not verify: {summary.ledger}")
+    if summary.boards_failed:
+        problems.append(f"{len(summary.boards_failed)} board panels failed")
+    return problems
 
 
 def render(summary: DemoSummary) -> str:
