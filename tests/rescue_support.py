@@ -133,8 +133,11 @@ def rescue_setup(settings: Settings, scratch_db: str, endpoints: list[str], **en
     upsert(scratch_db, FLEET)
     tag = uuid.uuid4().hex[:8]
     alerts, commands = f"test.alerts.{tag}", f"test.commands.{tag}"
+    dead_letters = f"test.alerts-dead.{tag}"
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    admin.create_topics([NewTopic(alerts, 2, 1), NewTopic(commands, 1, 1)])
+    admin.create_topics(
+        [NewTopic(alerts, 2, 1), NewTopic(commands, 1, 1), NewTopic(dead_letters, 1, 1)]
+    )
     admin.close()
     writer = scratch_db.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
     secret, token, port = new_secret(), uuid.uuid4().hex, free_port()
@@ -143,6 +146,7 @@ def rescue_setup(settings: Settings, scratch_db: str, endpoints: list[str], **en
         "TIANYAN_DATABASE_URL": writer,
         "TIANYAN_ALERTS_TOPIC": alerts,
         "TIANYAN_DEVICE_COMMANDS_TOPIC": commands,
+        "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": dead_letters,
         "TIANYAN_DISPATCHER_ID": f"test-dispatcher-{tag}",
         "TIANYAN_DISPATCHER_WEB_PORT": str(port),
         "TIANYAN_RESCUE_WEBHOOK_URL": ",".join(endpoints),

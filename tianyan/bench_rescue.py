@@ -8,6 +8,13 @@ receiver, in a database and topics of the run's own (dropped afterwards).
 (b) throughput: N incidents recorded with the dispatcher stopped, so N deliveries wait in
     the outbox; the dispatcher is started and the deliveries per second counted from its
     first attempt to its last delivery.
+(c) a district power cut: ``--cut-elevators`` elevators (2,000) raise power loss and
+    ``--cut-trapped`` of them (300) trappings, all within ``--cut-seconds`` (10 s), while
+    two stream workers fold a simulated minute of the same fleet's telemetry. For each alert,
+    from its Kafka timestamp to its incident opened (``incident_alert.applied_at``) and to
+    the first request of its webhook (``first_attempt_at``); and the alerts applied per
+    second over the burst (first alert published → last alert applied). Goals: p99 ≤ 10 s,
+    ≥ 200 alerts/s.
 """
 
 from __future__ import annotations
@@ -15,17 +22,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import random
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
 import psycopg
 
-from tianyan.processes import listening, wait_until
+from tianyan.processes import ServiceGroup, free_port, listening, services, wait_for_progress
 from tianyan.settings import PROJECT_ROOT, Settings
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
@@ -35,7 +44,20 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run(settings: Settings, *, rate_per_s: float, duration_s: float, burst: int) -> dict:
+#: A stage fails when nothing it watches has moved for this long.
+STALL_S = 120.0
+
+
+def run(
+    settings: Settings,
+    *,
+    rate_per_s: float,
+    duration_s: float,
+    burst: int,
+    cut_elevators: int = 2000,
+    cut_trapped: int = 300,
+    cut_seconds: float = 10.0,
+) -> dict:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
@@ -53,40 +75,69 @@ def run(settings: Settings, *, rate_per_s: float, duration_s: float, burst: int)
     admin_url = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{dbname}"
     writer_url = f"postgresql://tianyan_writer@127.0.0.1:{settings.pg_port}/{dbname}"
     alerts_topic, commands_topic = f"bench.alerts.{tag}", f"bench.commands.{tag}"
+    dead_topic, raw_topic = f"bench.alerts-dead.{tag}", f"bench.raw.{tag}"
+    quarantine_topic = f"bench.quarantine.{tag}"
+    topics = [alerts_topic, commands_topic, dead_topic, raw_topic, quarantine_topic]
     work = PROJECT_ROOT / "var" / "bench" / f"rescue-{tag}"
     work.mkdir(parents=True, exist_ok=True)
     journal = work / "received.jsonl"
-    receiver_port, web_port = 16251, 16252
+    receiver_port, web_port = free_port(), free_port()
     secret = new_secret()
     kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    kafka.create_topics([NewTopic(alerts_topic, 8, 1), NewTopic(commands_topic, 1, 1)])
+    kafka.create_topics(
+        [
+            NewTopic(alerts_topic, 8, 1),
+            NewTopic(commands_topic, 1, 1),
+            NewTopic(dead_topic, 1, 1),
+            NewTopic(raw_topic, 8, 1),
+            NewTopic(quarantine_topic, 1, 1),
+        ]
+    )
     with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}" OWNER tianyan')
     with psycopg.connect(f"{superuser}/{dbname}", autocommit=True) as conn:
         conn.execute("CREATE EXTENSION timescaledb")
-    procs: list[subprocess.Popen[bytes]] = []
     env = {
         **os.environ,
         "TIANYAN_DATABASE_URL": writer_url,
         "TIANYAN_ALERTS_TOPIC": alerts_topic,
         "TIANYAN_DEVICE_COMMANDS_TOPIC": commands_topic,
+        "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": dead_topic,
+        "TIANYAN_RAW_TOPIC": raw_topic,
+        "TIANYAN_QUARANTINE_TOPIC": quarantine_topic,
+        "TIANYAN_WORKER_ID": f"bench-worker-{tag}",
+        "TIANYAN_GRADING_INTERVAL_S": "0",
         "TIANYAN_DISPATCHER_ID": f"bench-dispatcher-{tag}",
         "TIANYAN_DISPATCHER_WEB_PORT": str(web_port),
         "TIANYAN_RESCUE_WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/96333",
         "TIANYAN_RESCUE_WEBHOOK_SECRET": secret,
     }
 
-    def start(args: list[str], log: str, port: int) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
+    group: ServiceGroup
+
+    def start(name: str, args: list[str], log: str, port: int, **extra: str) -> None:
+        group.start(
+            name,
             [TIANYAN, *args],
-            env={**env, "TIANYAN_RECEIVER_LOGLEVEL": "WARNING"},
-            stdout=(work / log).open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            env={**env, "TIANYAN_RECEIVER_LOGLEVEL": "WARNING", **extra},
+            log=work / log,
         )
-        procs.append(proc)
-        wait_until(lambda: listening(port), 60, f"{args[0]} to listen on {port}")
-        return proc
+        wait_for_progress(
+            lambda: (work / log).stat().st_size,
+            lambda _: listening(port),
+            stall_s=STALL_S,
+            what=f"{name} to listen on {port} (log {work / log})",
+            alive=group.exited,
+        )
+
+    def wait_count(sql: str, target: int, what: str) -> None:
+        wait_for_progress(
+            lambda: count(sql),
+            lambda n: int(n) >= target,  # type: ignore[call-overload]
+            stall_s=STALL_S,
+            what=what,
+            alive=group.exited,
+        )
 
     def count(sql: str) -> int:
         with psycopg.connect(admin_url) as conn:
@@ -94,141 +145,261 @@ def run(settings: Settings, *, rate_per_s: float, duration_s: float, burst: int)
         return int(row[0]) if row else 0
 
     try:
-        migrate(admin_url)
-        fleet = generate(1, 2000, dt.date.today())
-        upsert(admin_url, fleet)
-        start(
-            ["rescue-receiver", "--port", str(receiver_port), "--journal", str(journal)],
-            "receiver.log",
-            receiver_port,
-        )
-        dispatcher = start(["dispatcher", "--loglevel", "warn"], "dispatcher.log", web_port)
-        time.sleep(3.0)  # the consumer group settles
+        with services() as group:
+            migrate(admin_url)
+            fleet = generate(1, max(2000, cut_elevators), dt.date.today())
+            upsert(admin_url, fleet)
+            start(
+                "receiver",
+                ["rescue-receiver", "--port", str(receiver_port), "--journal", str(journal)],
+                "receiver.log",
+                receiver_port,
+            )
+            start("dispatcher", ["dispatcher", "--loglevel", "warn"], "dispatcher.log", web_port)
+            time.sleep(3.0)  # the consumer group settles
 
-        # (a) latency at a nominal rate
-        n = int(rate_per_s * duration_s)
-        _say(f"(a) {n} alerts at {rate_per_s:g}/s to the dispatcher …")
-        interval = 1.0 / rate_per_s
-        with RawPublisher(settings.kafka_bootstrap, alerts_topic, linger_ms=0) as pub:
-            next_at = time.monotonic()
-            for i in range(n):
-                car = fleet[i % len(fleet)]
-                now_ms = int(time.time() * 1000)
-                kind = "trapped_between_levels" if i % 10 == 0 else "overload"
-                alert = make_alert(
-                    car.registration_code,
-                    kind,
-                    now_ms - i,
-                    now_ms,
-                    {"i": i},
-                    estimated_trapped=1 if kind.startswith("trapped") else None,
-                )
-                pub.publish(car.registration_code.encode(), msgspec.json.encode(alert))
-                pub.flush(5.0)
-                next_at += interval
-                time.sleep(max(0.0, next_at - time.monotonic()))
-        wait_until(
-            lambda: count("SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'") >= n,
-            120,
-            "every latency-run delivery",
-        )
-        with psycopg.connect(admin_url) as conn:
-            rows = conn.execute(
-                "SELECT webhook_id, extract(epoch FROM source_time)::float8,"
-                " extract(epoch FROM delivered_at - source_time)::float8"
-                " FROM webhook_delivery WHERE attempts = 1 AND status = 'delivered'"
-            ).fetchall()
-        source = {w: s for w, s, _ in rows}
-        to_sent_ms = np.array([d for _, _, d in rows]) * 1000
-        received = [json.loads(line) for line in journal.read_text().splitlines()]
-        to_received_ms = np.array(
-            [
-                (r["received_unix_s"] - source[r["webhook_id"]]) * 1000
-                for r in received
-                if r["webhook_id"] in source
-            ]
-        )
+            # (a) latency at a nominal rate
+            n = int(rate_per_s * duration_s)
+            _say(f"(a) {n} alerts at {rate_per_s:g}/s to the dispatcher …")
+            interval = 1.0 / rate_per_s
+            with RawPublisher(settings.kafka_bootstrap, alerts_topic, linger_ms=0) as pub:
+                next_at = time.monotonic()
+                for i in range(n):
+                    car = fleet[i % len(fleet)]
+                    now_ms = int(time.time() * 1000)
+                    kind = "trapped_between_levels" if i % 10 == 0 else "overload"
+                    alert = make_alert(
+                        car.registration_code,
+                        kind,
+                        now_ms - i,
+                        now_ms,
+                        {"i": i},
+                        estimated_trapped=1 if kind.startswith("trapped") else None,
+                    )
+                    pub.publish(car.registration_code.encode(), msgspec.json.encode(alert))
+                    pub.flush(5.0)
+                    next_at += interval
+                    time.sleep(max(0.0, next_at - time.monotonic()))
+            wait_count(
+                "SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'",
+                n,
+                "every latency-run delivery",
+            )
+            with psycopg.connect(admin_url) as conn:
+                rows = conn.execute(
+                    "SELECT webhook_id, extract(epoch FROM source_time)::float8,"
+                    " extract(epoch FROM delivered_at - source_time)::float8"
+                    " FROM webhook_delivery WHERE attempts = 1 AND status = 'delivered'"
+                ).fetchall()
+            source = {w: s for w, s, _ in rows}
+            to_sent_ms = np.array([d for _, _, d in rows]) * 1000
+            received = [json.loads(line) for line in journal.read_text().splitlines()]
+            to_received_ms = np.array(
+                [
+                    (r["received_unix_s"] - source[r["webhook_id"]]) * 1000
+                    for r in received
+                    if r["webhook_id"] in source
+                ]
+            )
 
-        # (b) throughput from a full outbox
-        _say(f"(b) {burst} deliveries queued with the dispatcher stopped …")
-        dispatcher.terminate()
-        dispatcher.wait(30)
-        procs.remove(dispatcher)
-        config = store.DispatchConfig(
-            (env["TIANYAN_RESCUE_WEBHOOK_URL"],), settings.escalation_after_s, 1800
-        )
-        base_ms = int(time.time() * 1000)
-        with psycopg.connect(writer_url) as conn:
-            for i in range(burst):
-                car = fleet[i % len(fleet)]
-                alert = make_alert(
-                    car.registration_code,
-                    "terminal_fault",
-                    base_ms + i,
-                    base_ms + i,
-                    {"i": i},
-                    gb_code="99",
-                )
-                store.apply_alert(conn, alert, config, received_at=dt.datetime.now(dt.UTC))
-        pending = count("SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
-        started = time.monotonic()
-        start(["dispatcher", "--loglevel", "warn"], "dispatcher2.log", web_port)
-        wait_until(
-            lambda: (
-                count("SELECT count(*) FROM webhook_delivery WHERE status <> 'pending'")
-                >= n + burst
-            ),
-            300,
-            "every queued delivery",
-        )
-        wall_s = time.monotonic() - started
-        with psycopg.connect(admin_url) as conn:
-            first, last, delivered, dead = conn.execute(
-                "SELECT min(first_attempt_at), max(delivered_at),"
-                " count(*) FILTER (WHERE status = 'delivered'),"
-                " count(*) FILTER (WHERE status = 'dead')"
-                " FROM webhook_delivery WHERE created_at >= (SELECT min(created_at) FROM"
-                " webhook_delivery WHERE event_type = 'incident.opened'"
-                " AND payload->'data'->'fault'->>'type' = 'terminal_fault')"
-            ).fetchone()
-        seconds = (last - first).total_seconds()
-        journal_ids = [json.loads(x)["webhook_id"] for x in journal.read_text().splitlines()]
-        verified = subprocess.run(
-            [TIANYAN, "audit", "verify"], env=env, capture_output=True, text=True, check=False
-        )
-        summary = {
-            "latency_alerts": n,
-            "latency_rate_per_s": rate_per_s,
-            "alert_to_sent_ms_p50": round(float(np.percentile(to_sent_ms, 50)), 1),
-            "alert_to_sent_ms_p99": round(float(np.percentile(to_sent_ms, 99)), 1),
-            "alert_to_sent_ms_max": round(float(to_sent_ms.max()), 1),
-            "alert_to_received_ms_p50": round(float(np.percentile(to_received_ms, 50)), 1),
-            "alert_to_received_ms_p99": round(float(np.percentile(to_received_ms, 99)), 1),
-            "burst_queued": pending,
-            "burst_delivered": delivered,
-            "burst_dead": dead,
-            "burst_seconds": round(seconds, 2),
-            "deliveries_per_s": round(delivered / seconds, 1) if seconds > 0 else None,
-            "burst_wall_seconds_incl_start": round(wall_s, 1),
-            "receiver_events_unique": len(set(journal_ids)),
-            "receiver_events": len(journal_ids),
-            "ledger_verified": verified.returncode == 0,
-        }
-        _say(
-            f"(a) alert → webhook sent: p50 {summary['alert_to_sent_ms_p50']} ms,"
-            f" p99 {summary['alert_to_sent_ms_p99']} ms (received: p99"
-            f" {summary['alert_to_received_ms_p99']} ms)"
-        )
-        _say(f"(b) {delivered} deliveries in {seconds:.2f} s = {summary['deliveries_per_s']}/s")
-        return summary
+            # (b) throughput from a full outbox
+            _say(f"(b) {burst} deliveries queued with the dispatcher stopped …")
+            group.stop("dispatcher")
+            config = store.DispatchConfig(
+                (env["TIANYAN_RESCUE_WEBHOOK_URL"],), settings.escalation_after_s, 1800
+            )
+            base_ms = int(time.time() * 1000)
+            with psycopg.connect(writer_url) as conn:
+                for i in range(burst):
+                    car = fleet[i % len(fleet)]
+                    alert = make_alert(
+                        car.registration_code,
+                        "terminal_fault",
+                        base_ms + i,
+                        base_ms + i,
+                        {"i": i},
+                        gb_code="99",
+                    )
+                    store.apply_alert(conn, alert, config, received_at=dt.datetime.now(dt.UTC))
+            pending = count("SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
+            started = time.monotonic()
+            start("dispatcher", ["dispatcher", "--loglevel", "warn"], "dispatcher2.log", web_port)
+            wait_count(
+                "SELECT count(*) FROM webhook_delivery WHERE status <> 'pending'",
+                n + burst,
+                "every queued delivery",
+            )
+            wall_s = time.monotonic() - started
+            with psycopg.connect(admin_url) as conn:
+                first, last, delivered, dead = conn.execute(
+                    "SELECT min(first_attempt_at), max(delivered_at),"
+                    " count(*) FILTER (WHERE status = 'delivered'),"
+                    " count(*) FILTER (WHERE status = 'dead')"
+                    " FROM webhook_delivery WHERE created_at >= (SELECT min(created_at) FROM"
+                    " webhook_delivery WHERE event_type = 'incident.opened'"
+                    " AND payload->'data'->'fault'->>'type' = 'terminal_fault')"
+                ).fetchone()
+            seconds = (last - first).total_seconds()
+            # (c) a district power cut, while two workers fold the fleet's telemetry
+            cut = _power_cut(
+                settings,
+                group,
+                start,
+                wait_count,
+                env=env,
+                work=work,
+                fleet=fleet[:cut_elevators],
+                trapped=cut_trapped,
+                seconds=cut_seconds,
+                admin_url=admin_url,
+            )
+            journal_ids = [json.loads(x)["webhook_id"] for x in journal.read_text().splitlines()]
+            verified = subprocess.run(
+                [TIANYAN, "audit", "verify"], env=env, capture_output=True, text=True, check=False
+            )
+            summary = {
+                "latency_alerts": n,
+                "latency_rate_per_s": rate_per_s,
+                "alert_to_sent_ms_p50": round(float(np.percentile(to_sent_ms, 50)), 1),
+                "alert_to_sent_ms_p99": round(float(np.percentile(to_sent_ms, 99)), 1),
+                "alert_to_sent_ms_max": round(float(to_sent_ms.max()), 1),
+                "alert_to_received_ms_p50": round(float(np.percentile(to_received_ms, 50)), 1),
+                "alert_to_received_ms_p99": round(float(np.percentile(to_received_ms, 99)), 1),
+                "burst_queued": pending,
+                "burst_delivered": delivered,
+                "burst_dead": dead,
+                "burst_seconds": round(seconds, 2),
+                "deliveries_per_s": round(delivered / seconds, 1) if seconds > 0 else None,
+                "burst_wall_seconds_incl_start": round(wall_s, 1),
+                **cut,
+                "receiver_events_unique": len(set(journal_ids)),
+                "receiver_events": len(journal_ids),
+                "ledger_verified": verified.returncode == 0,
+            }
+            _say(
+                f"(a) alert → webhook sent: p50 {summary['alert_to_sent_ms_p50']} ms,"
+                f" p99 {summary['alert_to_sent_ms_p99']} ms (received: p99"
+                f" {summary['alert_to_received_ms_p99']} ms)"
+            )
+            _say(f"(b) {delivered} deliveries in {seconds:.2f} s = {summary['deliveries_per_s']}/s")
+            _say(
+                f"(c) power cut, {cut['cut_alerts']} alerts in {cut_seconds:g} s: alert → incident"
+                f" p99 {cut['cut_alert_to_incident_s_p99']} s, alert → first webhook p99"
+                f" {cut['cut_alert_to_first_webhook_s_p99']} s;"
+                f" {cut['cut_alerts_applied_per_s']} alerts applied/s"
+            )
+            return summary
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
         with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        kafka.delete_topics([alerts_topic, commands_topic])
+        kafka.delete_topics(topics)
         kafka.close()
+
+
+def _power_cut(
+    settings: Settings,
+    group: ServiceGroup,
+    start: Any,
+    wait_count: Any,
+    *,
+    env: dict[str, str],
+    work: Path,
+    fleet: list[Any],
+    trapped: int,
+    seconds: float,
+    admin_url: str,
+) -> dict[str, Any]:
+    """Stage (c): the burst, with two workers busy; its figures."""
+    import simulator
+    from detectors.alerts import make_alert
+    from replay import from_jsonl, replay
+    from streams.producer import RawPublisher
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    stream = work / "fleet.jsonl"
+    scenario = PROJECT_ROOT / "simulator" / "scenarios" / "demo.toml"
+    simulator.simulate(
+        simulator.load_scenario(scenario),
+        fleet,
+        start=now - dt.timedelta(minutes=2),
+        duration_s=60,
+        output=simulator.FileOutput(stream),
+        progress=False,
+    )
+    for i in range(2):
+        port = free_port()
+        start(
+            f"worker {i + 1}",
+            ["worker", "--loglevel", "warn"],
+            f"worker{i + 1}.log",
+            port,
+            TIANYAN_WORKER_WEB_PORT=str(port),
+        )
+    with RawPublisher(settings.kafka_bootstrap, env["TIANYAN_RAW_TOPIC"]) as pub:
+        telemetry = replay(from_jsonl(stream), pub, progress=False).messages
+    _say(f"(c) {telemetry} telemetry messages for the workers; the power cut begins …")
+    rng = random.Random(96333)
+    trapped_ids = {e.registration_code for e in rng.sample(fleet, trapped)}
+    kinds = [("power_loss", e.registration_code) for e in fleet] + [
+        (rng.choice(("trapped_between_levels", "trapped_at_level")), e) for e in trapped_ids
+    ]
+    rng.shuffle(kinds)
+    before = int(
+        _one(admin_url, "SELECT count(*) FROM incident_alert")  # the earlier stages' alerts
+    )
+    interval = seconds / len(kinds)
+    t0 = time.monotonic()
+    with RawPublisher(settings.kafka_bootstrap, env["TIANYAN_ALERTS_TOPIC"], linger_ms=5) as pub:
+        for i, (kind, elevator_id) in enumerate(kinds):
+            now_ms = int(time.time() * 1000)
+            alert = make_alert(
+                elevator_id,
+                kind,
+                now_ms - 1000,
+                now_ms,
+                {"power": "lost", "district": "power cut"},
+                estimated_trapped=2 if kind.startswith("trapped") else None,
+            )
+            pub.publish(elevator_id.encode(), msgspec.json.encode(alert))
+            pub._producer.poll(0)
+            time.sleep(max(0.0, t0 + (i + 1) * interval - time.monotonic()))
+    published_s = time.monotonic() - t0
+    wait_count("SELECT count(*) FROM incident_alert", before + len(kinds), "every power-cut alert")
+    wait_count(
+        "SELECT count(*) FROM webhook_delivery WHERE first_attempt_at IS NOT NULL",
+        _one(admin_url, "SELECT count(*) FROM webhook_delivery"),
+        "the first attempt of every power-cut webhook",
+    )
+    with psycopg.connect(admin_url) as conn:
+        rows = conn.execute(
+            "SELECT extract(epoch FROM a.applied_at - d.source_time)::float8,"
+            " extract(epoch FROM d.first_attempt_at - d.source_time)::float8,"
+            " extract(epoch FROM d.source_time)::float8, extract(epoch FROM a.applied_at)::float8"
+            " FROM incident i JOIN incident_alert a ON a.alert_key = i.alert_key"
+            " AND a.state = 'raised'"
+            " JOIN webhook_delivery d ON d.incident_id = i.incident_id"
+            " AND d.event_type = 'incident.opened'"
+            " WHERE i.fault_type IN ('power_loss', 'trapped_between_levels', 'trapped_at_level')"
+            " AND i.details->'evidence'->>'district' = 'power cut'"
+        ).fetchall()
+    to_open = np.array([r[0] for r in rows])
+    to_sent = np.array([r[1] for r in rows])
+    span_s = max(r[3] for r in rows) - min(r[2] for r in rows)
+    return {
+        "cut_alerts": len(kinds),
+        "cut_incidents": len(rows),
+        "cut_publish_seconds": round(published_s, 2),
+        "cut_telemetry_messages": telemetry,
+        "cut_alert_to_incident_s_p50": round(float(np.percentile(to_open, 50)), 3),
+        "cut_alert_to_incident_s_p99": round(float(np.percentile(to_open, 99)), 3),
+        "cut_alert_to_first_webhook_s_p50": round(float(np.percentile(to_sent, 50)), 3),
+        "cut_alert_to_first_webhook_s_p99": round(float(np.percentile(to_sent, 99)), 3),
+        "cut_alert_to_first_webhook_s_max": round(float(to_sent.max()), 3),
+        "cut_alerts_applied_per_s": round(len(rows) / span_s, 1),
+    }
+
+
+def _one(url: str, sql: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0

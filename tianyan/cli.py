@@ -543,11 +543,50 @@ def bench_stream(
     show_default=True,
     help="Deliveries queued for the throughput run (b).",
 )
-def bench_rescue(rate: float, seconds: float, burst: int) -> None:
-    """Incident dispatcher: alert → signed webhook latency, deliveries per second."""
+@click.option(
+    "--cut-elevators",
+    type=click.IntRange(min=10),
+    default=2000,
+    show_default=True,
+    help="Elevators that lose power in the power-cut run (c).",
+)
+@click.option(
+    "--cut-trapped",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Of them, cars with people trapped (c).",
+)
+@click.option(
+    "--cut-seconds",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    help="The power cut's alerts arrive within this time (c).",
+)
+def bench_rescue(
+    rate: float,
+    seconds: float,
+    burst: int,
+    cut_elevators: int,
+    cut_trapped: int,
+    cut_seconds: float,
+) -> None:
+    """Incident dispatcher: alert → signed webhook latency, deliveries per second, and a
+    district power cut's burst."""
     from tianyan.bench_rescue import run
 
-    result = run(_settings(), rate_per_s=rate, duration_s=seconds, burst=burst)
+    if cut_trapped > cut_elevators:
+        raise click.BadParameter("cannot exceed --cut-elevators", param_hint="--cut-trapped")
+    result = run(
+        _settings(),
+        rate_per_s=rate,
+        duration_s=seconds,
+        burst=burst,
+        cut_elevators=cut_elevators,
+        cut_trapped=cut_trapped,
+        cut_seconds=cut_seconds,
+    )
     for key, value in result.items():
         click.echo(f"{key:40} {value}")
     click.echo(json.dumps(result))
@@ -580,12 +619,20 @@ _register_detector_commands()
     default=None,
     help="Where the stream, the received webhooks and the report go (default var/demo).",
 )
+@click.option(
+    "--database",
+    default="tianyan_demo",
+    show_default=True,
+    help="The demo's own database, dropped and created again on every run.",
+)
 @click.pass_context
-def demo(ctx: click.Context, elevators: int, minutes: float, out: Path | None) -> None:
+def demo(
+    ctx: click.Context, elevators: int, minutes: float, out: Path | None, database: str
+) -> None:
     """The whole pipeline in a few minutes: simulated city → workers → detectors → incidents
     → signed webhooks → risk grades → boards checked → report; then a summary.
 
-    Runs in a database (tianyan_demo, recreated) and topics of its own.
+    Runs in a database (--database, recreated) and topics of its own.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -598,6 +645,7 @@ def demo(ctx: click.Context, elevators: int, minutes: float, out: Path | None) -
             elevators=elevators,
             minutes=minutes,
             out=out or settings.var_dir / "demo",
+            database=database,
             say=lambda m: click.echo(m, err=True),
         )
     except demo_pipeline.DemoError as e:

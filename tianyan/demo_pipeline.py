@@ -33,7 +33,6 @@ from tianyan.settings import Settings
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
 SCENARIO = Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "demo.toml"
-DEMO_DB = "tianyan_demo"
 REGISTRY_SEED = 20210101
 #: A stage fails when nothing it watches has moved for this long (its waits follow
 #: progress: a slow machine only makes the demo longer).
@@ -105,6 +104,7 @@ def run(
     elevators: int,
     minutes: float,
     out: Path,
+    database: str = "tianyan_demo",
     say: Callable[[str], None] = print,
 ) -> DemoSummary:
     import simulator
@@ -132,19 +132,19 @@ def run(
 
     # -- a database and topics of the demo's own -------------------------------------------
     superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}"
-    admin = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{DEMO_DB}"
+    admin = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{database}"
     writer = admin.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
     with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DEMO_DB}" OWNER tianyan')
-    with psycopg.connect(f"{superuser}/{DEMO_DB}", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{database}" OWNER tianyan')
+    with psycopg.connect(f"{superuser}/{database}", autocommit=True) as conn:
         conn.execute("CREATE EXTENSION timescaledb")
     migrate(admin)
     start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=minutes + 5)
     fleet = generate(REGISTRY_SEED, elevators, start.date())
     upsert(admin, fleet)
     summary.database = admin
-    say(f"registry: {elevators} elevators of a synthetic Lianyungang in {DEMO_DB}")
+    say(f"registry: {elevators} elevators of a synthetic Lianyungang in {database}")
 
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic

@@ -106,8 +106,15 @@ class Database:
         return fn(self._conn, *args, **kwargs)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(conn, *args, **kwargs)`` in a thread. When the database turns out to have
+        been replaced, the whole dispatcher stops (SIGTERM to itself) and this raises."""
         async with self._lock:
-            return await asyncio.to_thread(self._call, fn, *args, **kwargs)
+            try:
+                return await asyncio.to_thread(self._call, fn, *args, **kwargs)
+            except DatabaseReplaced as e:
+                log.critical(str(e))
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise
 
     async def run_until_done(self, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """``run``, retried while the database is unreachable (nothing is skipped)."""
@@ -216,9 +223,6 @@ class Dispatcher:
                     before_commit=self._publish_commands,
                 )
                 break
-            except DatabaseReplaced as e:
-                log.critical(str(e))
-                await self._stop_process()
             except Exception as e:
                 # Database or Kafka away, a deadlock, anything: the transaction rolled back,
                 # so the alert is applied again from the start (commands already sent are
@@ -250,11 +254,6 @@ class Dispatcher:
                 log.error("dead letter not published; retrying", extra={"error": str(e)})
                 await asyncio.sleep(APPLY_RETRY_S)
         metrics.ALERTS_APPLIED.labels("dead_lettered").inc()
-
-    async def _stop_process(self) -> None:
-        """Stop this dispatcher (it serves a database that is gone) and wait to be stopped."""
-        os.kill(os.getpid(), signal.SIGTERM)
-        await asyncio.Event().wait()
 
     def _changed(self, changes: list[store.Change]) -> None:
         for c in changes:
