@@ -64,14 +64,18 @@ def test_escalation_ladder_and_delivery_schedule() -> None:
     assert due_escalation("enterprise", t0, t0 + dt.timedelta(seconds=300), after) == "street"
     assert due_escalation("street", t0, t0 + dt.timedelta(seconds=2000), after) == "city"
     assert due_escalation("city", t0, t0 + dt.timedelta(days=1), after) is None
-    assert [classify_status(s) for s in (200, 204, 408, 429, 500, 503, 400, 401, 404, 410)] == [
+    statuses = (200, 204, 408, 429, 500, 503, 401, 403, 404, 410, 400, 413, 422)
+    assert [classify_status(s) for s in statuses] == [
         "delivered",
         "delivered",
         "retry",
         "retry",
         "retry",
         "retry",
-        "refused",
+        "auth_or_route",
+        "auth_or_route",
+        "auth_or_route",
+        "auth_or_route",
         "refused",
         "refused",
         "refused",
@@ -403,6 +407,57 @@ def test_retry_after_refusal_dead_letter_and_redelivery(
         r.stop_all()
         busy.close()
         refusing.close()
+
+
+def test_auth_and_route_refusals_are_retried_for_a_while_and_alerted(
+    settings: Settings, scratch_db: str, tmp_path: Path
+) -> None:
+    r = rescue_setup(settings, scratch_db, [], TIANYAN_WEBHOOK_AUTH_RETRY_S="3")
+    rotated, moved, unprocessable = (RecordingReceiver(r.secret, free_port()) for _ in range(3))
+    rotated.answer = lambda n: (401, {}) if n < 2 else (200, {})  # a secret rotated, then fixed
+    moved.answer = lambda n: (410, {})  # the route is gone and stays gone
+    unprocessable.answer = lambda n: (422, {})  # the body itself is refused
+    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = f"{rotated.url} {moved.url} {unprocessable.url}"
+    log = tmp_path / "dispatcher.log"
+    try:
+        r.start_dispatcher(log)
+        r.publish([trapped(0, 0)])
+
+        def settled(url: str) -> tuple | None:
+            rows = r.query(
+                "SELECT status, attempts, last_status_code, last_error FROM webhook_delivery"
+                " WHERE endpoint = %s AND status <> 'pending'",
+                url,
+            )
+            return rows[0] if rows else None
+
+        delivered = wait_for(lambda: settled(rotated.url), 30, "the 401, 401, 200 endpoint")
+        assert delivered[:3] == ("delivered", 3, 200)
+        dead = wait_for(lambda: settled(unprocessable.url), 30, "the 422 endpoint")
+        assert dead[:3] == ("dead", 1, 422)
+        assert "refused by the receiver" in dead[3] and "HTTP 422" in dead[3]
+        gone = wait_for(lambda: settled(moved.url), 30, "the 410 endpoint to give up")
+        assert gone[0] == "dead" and gone[1] > 1 and gone[2] == 410
+        assert "HTTP 410" in gone[3] and "TIANYAN_WEBHOOK_AUTH_RETRY_S" in gone[3]
+        metrics = http("GET", f"{r.api}/metrics").text
+        name = "tianyan_webhook_auth_or_route_refusals_total"
+        assert f'{name}{{endpoint="{rotated.url}",status="401"}} 2.0' in metrics
+        assert f'{name}{{endpoint="{moved.url}",status="410"}} {gone[1]}.0' in metrics
+        assert f'endpoint="{unprocessable.url}"' not in metrics.split(name, 1)[1].split("# HELP")[0]
+        logged = [
+            json.loads(line[line.index('{"asctime"') :])
+            for line in log.read_text().splitlines()
+            if '{"asctime"' in line
+        ]
+        errors = [e for e in logged if e["levelname"] == "ERROR"]
+        for url, status in ((rotated.url, "401"), (moved.url, "410")):
+            assert any(url in e["message"] and f"HTTP {status}" in e["message"] for e in errors), (
+                f"no ERROR log naming {url} and {status}"
+            )
+    finally:
+        r.stop_all()
+        for receiver in (rotated, moved, unprocessable):
+            receiver.close()
 
 
 def test_unacknowledged_trapping_escalates_on_its_timer(
