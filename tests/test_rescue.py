@@ -3,6 +3,7 @@ the real Kafka and TimescaleDB, with real HTTP receivers and real dispatcher pro
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import random
@@ -17,6 +18,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from streams.rescue import store
+from streams.rescue.delivery import Sender
 from streams.rescue.lifecycle import (
     IllegalTransition,
     RetrySchedule,
@@ -33,6 +35,7 @@ from .rescue_support import (
     FLEET,
     RecordingReceiver,
     cleared,
+    deliver_once,
     http,
     journal_ids,
     overload,
@@ -83,11 +86,16 @@ def test_escalation_ladder_and_delivery_schedule() -> None:
     assert parse_retry_after("7", t0) == 7.0
     assert parse_retry_after("Sun, 29 Nov 2026 00:00:30 GMT", t0) == 30.0
     assert parse_retry_after("soon", t0) is None
+    assert parse_retry_after("²", t0) is None  # a digit to str.isdigit, not to float()
     schedule, rng = RetrySchedule(1.0, 60.0, 3600), random.Random(1)
-    for attempt, ceiling in ((1, 1), (2, 2), (3, 4), (7, 60), (20, 60)):
+    for attempt, ceiling in ((1, 1), (2, 2), (3, 4), (7, 60), (20, 60), (5000, 60)):
         d = schedule.delay_s(attempt, None, rng)
         assert ceiling / 2 <= d <= ceiling
     assert schedule.delay_s(1, 45.0, rng) == 45.0
+    # a Retry-After is honoured up to the cap, however absurd
+    assert schedule.delay_s(1, 10.0**30, rng) == 60.0
+    assert schedule.delay_s(1, parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", t0), rng) == 60.0
+    assert schedule.delay_s(1, float("inf"), rng) == 60.0
 
 
 # -- incidents from alerts (the store, as the pipeline's role) --------------------------------
@@ -359,7 +367,14 @@ def test_dispatcher_killed_mid_delivery_loses_nothing(
 def test_retry_after_refusal_dead_letter_and_redelivery(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [], TIANYAN_WEBHOOK_MAX_AGE_S="4")
+    # a cap above the 2-s Retry-After, which is honoured up to the cap
+    r = rescue_setup(
+        settings,
+        scratch_db,
+        [],
+        TIANYAN_WEBHOOK_MAX_AGE_S="4",
+        TIANYAN_WEBHOOK_RETRY_CAP_MS="3000",
+    )
     busy, refusing, gone = (RecordingReceiver(r.secret, free_port()) for _ in range(3))
     busy.answer = lambda n: (503, {"Retry-After": "2"}) if n == 0 else (200, {})
     refusing.answer = lambda n: (400, {})
@@ -458,6 +473,43 @@ def test_auth_and_route_refusals_are_retried_for_a_while_and_alerted(
         r.stop_all()
         for receiver in (rotated, moved, unprocessable):
             receiver.close()
+
+
+def test_an_absurd_retry_after_is_capped_and_does_not_wedge_the_delivery(
+    settings: Settings, scratch_db: str
+) -> None:
+    r = rescue_setup(settings, scratch_db, [])
+    huge, far = RecordingReceiver(r.secret, free_port()), RecordingReceiver(r.secret, free_port())
+    huge.answer = lambda n: (503, {"Retry-After": str(10**30)}) if n == 0 else (200, {})
+    year_9999 = "Fri, 31 Dec 9999 23:59:59 GMT"
+    far.answer = lambda n: (503, {"Retry-After": year_9999}) if n == 0 else (200, {})
+    config = store.DispatchConfig((huge.url, far.url), (10**8, 2 * 10**8, 3 * 10**8), 1800)
+    cap_s = 1.0
+    sender = Sender(
+        r.secret, timeout_s=2.0, concurrency=4, schedule=RetrySchedule(0.2, cap_s, 3600)
+    )
+
+    async def deliver() -> tuple[list[store.Attempt], list[store.Attempt]]:
+        try:
+            first = await deliver_once(conn, sender)
+            await asyncio.sleep(cap_s + 0.2)
+            return first, await deliver_once(conn, sender)
+        finally:
+            await sender.close()
+
+    with psycopg.connect(r.writer_url) as conn:
+        store.apply_alert(conn, overload(0, 0), config, received_at=dt.datetime.now(dt.UTC))
+        try:
+            first, second = asyncio.run(deliver())
+        finally:
+            huge.close()
+            far.close()
+    assert [a.outcome for a in first] == ["retry", "retry"]
+    for a in first:
+        assert a.next_attempt_at is not None
+        assert (a.next_attempt_at - a.sent_at).total_seconds() <= cap_s + 0.5
+    assert [(a.outcome, a.due.attempts) for a in second] == [("delivered", 2), ("delivered", 2)]
+    assert r.query("SELECT DISTINCT status FROM webhook_delivery") == [("delivered",)]
 
 
 def test_unacknowledged_trapping_escalates_on_its_timer(

@@ -128,11 +128,15 @@ def classify_status(status: int) -> Outcome:
 
 
 def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
+
+    The value asked for, however large (``inf`` for an absurdly long number);
+    :meth:`RetrySchedule.delay_s` caps it. ``None`` when absent or unreadable.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²" is a digit to isdigit, not to float()
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -148,10 +152,14 @@ class RetrySchedule:
     """Exponential backoff with full jitter, capped, and give-up ages.
 
     The n-th retry (n = 1, 2, …) waits a random time in ``[d/2, d]`` with
-    ``d = min(cap_s, base_s * 2**(n-1))``; a ``Retry-After`` from the receiver is honoured
-    when longer. A delivery still failing ``max_age_s`` after it was created is dead; one
-    refused for authentication or route (:data:`AUTH_OR_ROUTE_STATUSES`) is dead once
-    ``auth_retry_s`` old (or ``max_age_s``, whichever is shorter).
+    ``d = min(cap_s, base_s * 2**(n-1))``. A ``Retry-After`` from the receiver is honoured
+    when longer, up to ``cap_s``: a receiver cannot push a rescue message further out than
+    the schedule's own slowest retry, and an absurd value (10**30 s, a date in year 9999)
+    cannot overflow the next attempt's time.
+
+    A delivery still failing ``max_age_s`` after it was created is dead; one refused for
+    authentication or route (:data:`AUTH_OR_ROUTE_STATUSES`) is dead once ``auth_retry_s``
+    old (or ``max_age_s``, whichever is shorter).
     """
 
     base_s: float
@@ -166,8 +174,12 @@ class RetrySchedule:
         return self.max_age_s
 
     def delay_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1))
+        """Seconds to wait before retrying after attempt number ``attempt``; at most
+        ``cap_s``."""
+        # 2**64 times any base is past any cap, and 2.0**1024 would overflow a float
+        # (a delivery retried for days reaches attempt 1,000)
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(max(0, attempt - 1), 64))
         delay = rng.uniform(ceiling / 2, ceiling)
         if retry_after_s is not None:
-            delay = max(delay, retry_after_s)
+            delay = max(delay, min(retry_after_s, self.cap_s))
         return delay
