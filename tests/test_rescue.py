@@ -512,6 +512,62 @@ def test_an_absurd_retry_after_is_capped_and_does_not_wedge_the_delivery(
     assert r.query("SELECT DISTINCT status FROM webhook_delivery") == [("delivered",)]
 
 
+def test_a_late_result_of_an_earlier_attempt_does_not_overwrite_a_newer_one(
+    settings: Settings, scratch_db: str
+) -> None:
+    r = rescue_setup(settings, scratch_db, ["http://a.invalid/hook"])
+    config = store.DispatchConfig(("http://a.invalid/hook",), (1, 2, 3), 1800)
+    now = dt.datetime.now(dt.UTC)
+    with psycopg.connect(r.writer_url) as conn:
+        store.apply_alert(conn, overload(0, 0), config, received_at=now)
+        # attempt 1 hangs past its lease, so the row falls due and is claimed again
+        [first] = store.claim_due(conn, 10, lease_s=0.0)
+        [second] = store.claim_due(conn, 10, lease_s=30.0)
+        assert (first.attempts, second.attempts) == (1, 2)
+        sent = dt.datetime.now(dt.UTC)
+        store.record_attempts(
+            conn, [store.Attempt(second, "delivered", 200, None, None, sent, 0.1)]
+        )
+        late = store.Attempt(
+            first, "retry", 503, "HTTP 503: busy", sent + dt.timedelta(seconds=5), sent, 9.0
+        )
+        store.record_attempts(conn, [late])
+        # the late result arrives first: the newer one still wins
+        store.apply_alert(conn, overload(1, 0), config, received_at=now)
+        [third] = store.claim_due(conn, 10, lease_s=0.0)
+        [fourth] = store.claim_due(conn, 10, lease_s=30.0)
+        refused = store.Attempt(third, "dead", 400, "HTTP 400: no", None, sent, 9.0)
+        store.record_attempts(conn, [refused])
+        store.record_attempts(
+            conn, [store.Attempt(fourth, "delivered", 200, None, None, sent, 0.1)]
+        )
+    rows = r.query(
+        "SELECT status, attempts, last_status_code, last_error, dead_at FROM webhook_delivery"
+        " ORDER BY delivery_id"
+    )
+    assert rows == [("delivered", 2, 200, None, None)] * 2
+    ledgered = [
+        (p["delivery_id"], p["attempt"], p["outcome"], p["stale"])
+        for (p,) in r.query(
+            "SELECT payload FROM audit_ledger WHERE entry_type = 'webhook_delivery' ORDER BY seq"
+        )
+    ]
+    one, two = first.delivery_id, third.delivery_id
+    assert ledgered == [
+        (one, 2, "delivered", False),
+        (one, 1, "retry", True),
+        (two, 1, "dead", True),
+        (two, 2, "delivered", False),
+    ]
+    report = subprocess.run(
+        [TIANYAN, "audit", "verify", "--no-anchors", "--database-url", r.admin_url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr
+
+
 def test_unacknowledged_trapping_escalates_on_its_timer(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:
