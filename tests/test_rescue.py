@@ -568,6 +568,89 @@ def test_a_late_result_of_an_earlier_attempt_does_not_overwrite_a_newer_one(
     assert report.returncode == 0, report.stderr
 
 
+def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
+    settings: Settings, scratch_db: str, tmp_path: Path
+) -> None:
+    r = rescue_setup(settings, scratch_db, [])
+    flaky, strict = (
+        RecordingReceiver(r.secret, free_port()),
+        RecordingReceiver(r.secret, free_port()),
+    )
+    flaky.answer = lambda n: (503, {}) if n < 3 else (200, {})  # every event fails 3 times
+    strict.answer = lambda n: (422, {})  # the first event of each incident is dead at once
+    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = f"{flaky.url} {strict.url}"
+    first, again = trapped(0, 0), trapped(0, 200)
+    other = overload(1, 5)
+    alerts = [first, again, cleared(again), other, cleared(other)]
+
+    def in_order(receiver: RecordingReceiver) -> dict[str, list[str]]:
+        """Per incident, the event types in the order their requests arrived (collapsed)."""
+        seen: dict[str, list[str]] = {}
+        for q in receiver.requests:
+            types = seen.setdefault(q["payload"]["data"]["incident_id"], [])
+            if not types or types[-1] != q["payload"]["type"]:
+                types.append(q["payload"]["type"])
+        return seen
+
+    expected = sorted(
+        [
+            ["incident.opened", "incident.updated", "incident.resolved"],
+            ["incident.opened", "incident.resolved"],
+        ]
+    )
+    try:
+        r.start_dispatcher(tmp_path / "dispatcher.log")
+        r.publish(alerts)
+        wait_for(
+            lambda: (
+                r.scalar(
+                    "SELECT count(*) FROM webhook_delivery"
+                    " WHERE endpoint = %s AND status = 'delivered'",
+                    flaky.url,
+                )
+                == 5
+            ),
+            60,
+            "every event through the flaky endpoint",
+        )
+        # retried events: each incident's next event was not sent before the last one went
+        assert sorted(in_order(flaky).values()) == expected
+        assert len(flaky.ids()) == 4 * 5
+        # dead first events: the later ones wait behind them, never sent
+        assert sorted(set(strict.ids())) == sorted(
+            x[0]
+            for x in r.query(
+                "SELECT webhook_id FROM webhook_delivery WHERE endpoint = %s"
+                " AND event_type = 'incident.opened'",
+                strict.url,
+            )
+        )
+        assert r.query(
+            "SELECT status, attempts, count(*) FROM webhook_delivery WHERE endpoint = %s"
+            " GROUP BY 1, 2 ORDER BY 1",
+            strict.url,
+        ) == [("dead", 1, 2), ("pending", 0, 3)]
+        strict.answer = lambda n: (200, {})
+        subprocess.run([TIANYAN, "incidents", "redeliver", "--all-dead"], env=r.env, check=True)
+        wait_for(
+            lambda: (
+                r.scalar(
+                    "SELECT count(*) FROM webhook_delivery"
+                    " WHERE endpoint = %s AND status = 'delivered'",
+                    strict.url,
+                )
+                == 5
+            ),
+            30,
+            "the redelivered events and those behind them",
+        )
+        assert sorted(in_order(strict).values()) == expected
+    finally:
+        r.stop_all()
+        flaky.close()
+        strict.close()
+
+
 def test_unacknowledged_trapping_escalates_on_its_timer(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:

@@ -584,9 +584,15 @@ def claim_due(conn: psycopg.Connection[Any], limit: int, lease_s: float) -> list
     """Claim up to ``limit`` due deliveries for one attempt each.
 
     A claim leases the row: its next attempt moves ``lease_s`` ahead, so if the dispatcher
-    dies mid-delivery the row falls due again and is re-sent with the same webhook-id. Per
-    incident and endpoint, events go out in order: a row waits while an earlier one for the
-    same incident and endpoint is pending.
+    dies mid-delivery the row falls due again and is re-sent with the same webhook-id.
+
+    Per incident and endpoint, events go out in order: a row waits while an earlier one for
+    the same incident and endpoint is not delivered — pending (not yet sent, retrying, or
+    leased to an attempt in flight) or dead. A dead one blocks: the rescue platform applies
+    an incident's events in order, and a later event sent past a dead one would arrive
+    before it once it is redelivered. The dead letter is alerted on
+    (``tianyan_webhook_dead_letters``); the events behind it wait, pending, until
+    ``tianyan incidents redeliver`` puts it back in the queue.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -602,7 +608,8 @@ def claim_due(conn: psycopg.Connection[Any], limit: int, lease_s: float) -> list
                       AND NOT EXISTS (
                           SELECT 1 FROM webhook_delivery e
                            WHERE e.incident_id = c.incident_id AND e.endpoint = c.endpoint
-                             AND e.status = 'pending' AND e.delivery_id < c.delivery_id)
+                             AND e.status IN ('pending', 'dead')
+                             AND e.delivery_id < c.delivery_id)
                     ORDER BY c.next_attempt_at, c.delivery_id
                     LIMIT %s
                     FOR UPDATE SKIP LOCKED)
