@@ -3,6 +3,7 @@ real Kafka and TimescaleDB."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -27,7 +28,8 @@ from registry.generate import generate
 from registry.store import upsert
 from sql.migrate import migrate
 from streams.producer import RawPublisher
-from streams.rescue.delivery import new_secret
+from streams.rescue import store
+from streams.rescue.delivery import Sender, new_secret
 from tianyan.processes import WaitTimeout, free_port, listening, stop_process, wait_until
 from tianyan.settings import Settings
 
@@ -259,3 +261,15 @@ def http(
             return Answer(resp.status, resp.read().decode())
     except urllib.error.HTTPError as e:
         return Answer(e.code, e.read().decode())
+
+
+async def deliver_once(
+    conn: psycopg.Connection[Any], sender: Sender, lease_s: float = 30.0
+) -> list[store.Attempt]:
+    """One turn of the dispatcher's delivery loop, run by the test: claim what is due,
+    attempt each over real HTTP, record the outcomes in the real database."""
+    endpoints = [e for (e,) in conn.execute("SELECT DISTINCT endpoint FROM webhook_delivery")]
+    claimed = store.claim_due(conn, 100, lease_s, endpoints=endpoints, signing_key_id=None)
+    attempts = list(await asyncio.gather(*(sender.attempt(d) for d in claimed)))
+    store.record_attempts(conn, attempts)
+    return attempts

@@ -3,6 +3,7 @@ the real Kafka and TimescaleDB, with real HTTP receivers and real dispatcher pro
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import random
@@ -17,6 +18,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from streams.rescue import store
+from streams.rescue.delivery import Sender
 from streams.rescue.lifecycle import (
     IllegalTransition,
     RetrySchedule,
@@ -33,6 +35,7 @@ from .rescue_support import (
     FLEET,
     RecordingReceiver,
     cleared,
+    deliver_once,
     http,
     journal_ids,
     overload,
@@ -64,14 +67,18 @@ def test_escalation_ladder_and_delivery_schedule() -> None:
     assert due_escalation("enterprise", t0, t0 + dt.timedelta(seconds=300), after) == "street"
     assert due_escalation("street", t0, t0 + dt.timedelta(seconds=2000), after) == "city"
     assert due_escalation("city", t0, t0 + dt.timedelta(days=1), after) is None
-    assert [classify_status(s) for s in (200, 204, 408, 429, 500, 503, 400, 401, 404, 410)] == [
+    statuses = (200, 204, 408, 429, 500, 503, 401, 403, 404, 410, 400, 413, 422)
+    assert [classify_status(s) for s in statuses] == [
         "delivered",
         "delivered",
         "retry",
         "retry",
         "retry",
         "retry",
-        "refused",
+        "auth_or_route",
+        "auth_or_route",
+        "auth_or_route",
+        "auth_or_route",
         "refused",
         "refused",
         "refused",
@@ -79,11 +86,16 @@ def test_escalation_ladder_and_delivery_schedule() -> None:
     assert parse_retry_after("7", t0) == 7.0
     assert parse_retry_after("Sun, 29 Nov 2026 00:00:30 GMT", t0) == 30.0
     assert parse_retry_after("soon", t0) is None
+    assert parse_retry_after("²", t0) is None  # a digit to str.isdigit, not to float()
     schedule, rng = RetrySchedule(1.0, 60.0, 3600), random.Random(1)
-    for attempt, ceiling in ((1, 1), (2, 2), (3, 4), (7, 60), (20, 60)):
+    for attempt, ceiling in ((1, 1), (2, 2), (3, 4), (7, 60), (20, 60), (5000, 60)):
         d = schedule.delay_s(attempt, None, rng)
         assert ceiling / 2 <= d <= ceiling
     assert schedule.delay_s(1, 45.0, rng) == 45.0
+    # a Retry-After is honoured up to the cap, however absurd
+    assert schedule.delay_s(1, 10.0**30, rng) == 60.0
+    assert schedule.delay_s(1, parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", t0), rng) == 60.0
+    assert schedule.delay_s(1, float("inf"), rng) == 60.0
 
 
 # -- incidents from alerts (the store, as the pipeline's role) --------------------------------
@@ -355,7 +367,14 @@ def test_dispatcher_killed_mid_delivery_loses_nothing(
 def test_retry_after_refusal_dead_letter_and_redelivery(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [], TIANYAN_WEBHOOK_MAX_AGE_S="4")
+    # a cap above the 2-s Retry-After, which is honoured up to the cap
+    r = rescue_setup(
+        settings,
+        scratch_db,
+        [],
+        TIANYAN_WEBHOOK_MAX_AGE_S="4",
+        TIANYAN_WEBHOOK_RETRY_CAP_MS="3000",
+    )
     busy, refusing, gone = (RecordingReceiver(r.secret, free_port()) for _ in range(3))
     busy.answer = lambda n: (503, {"Retry-After": "2"}) if n == 0 else (200, {})
     refusing.answer = lambda n: (400, {})
@@ -403,6 +422,233 @@ def test_retry_after_refusal_dead_letter_and_redelivery(
         r.stop_all()
         busy.close()
         refusing.close()
+
+
+def test_auth_and_route_refusals_are_retried_for_a_while_and_alerted(
+    settings: Settings, scratch_db: str, tmp_path: Path
+) -> None:
+    r = rescue_setup(settings, scratch_db, [], TIANYAN_WEBHOOK_AUTH_RETRY_S="3")
+    rotated, moved, unprocessable = (RecordingReceiver(r.secret, free_port()) for _ in range(3))
+    rotated.answer = lambda n: (401, {}) if n < 2 else (200, {})  # a secret rotated, then fixed
+    moved.answer = lambda n: (410, {})  # the route is gone and stays gone
+    unprocessable.answer = lambda n: (422, {})  # the body itself is refused
+    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = f"{rotated.url} {moved.url} {unprocessable.url}"
+    log = tmp_path / "dispatcher.log"
+    try:
+        r.start_dispatcher(log)
+        r.publish([trapped(0, 0)])
+
+        def settled(url: str) -> tuple | None:
+            rows = r.query(
+                "SELECT status, attempts, last_status_code, last_error FROM webhook_delivery"
+                " WHERE endpoint = %s AND status <> 'pending'",
+                url,
+            )
+            return rows[0] if rows else None
+
+        delivered = wait_for(lambda: settled(rotated.url), 30, "the 401, 401, 200 endpoint")
+        assert delivered[:3] == ("delivered", 3, 200)
+        dead = wait_for(lambda: settled(unprocessable.url), 30, "the 422 endpoint")
+        assert dead[:3] == ("dead", 1, 422)
+        assert "refused by the receiver" in dead[3] and "HTTP 422" in dead[3]
+        gone = wait_for(lambda: settled(moved.url), 30, "the 410 endpoint to give up")
+        assert gone[0] == "dead" and gone[1] > 1 and gone[2] == 410
+        assert "HTTP 410" in gone[3] and "TIANYAN_WEBHOOK_AUTH_RETRY_S" in gone[3]
+        metrics = http("GET", f"{r.api}/metrics").text
+        name = "tianyan_webhook_auth_or_route_refusals_total"
+        assert f'{name}{{endpoint="{rotated.url}",status="401"}} 2.0' in metrics
+        assert f'{name}{{endpoint="{moved.url}",status="410"}} {gone[1]}.0' in metrics
+        assert f'endpoint="{unprocessable.url}"' not in metrics.split(name, 1)[1].split("# HELP")[0]
+        logged = [
+            json.loads(line[line.index('{"asctime"') :])
+            for line in log.read_text().splitlines()
+            if '{"asctime"' in line
+        ]
+        errors = [e for e in logged if e["levelname"] == "ERROR"]
+        for url, status in ((rotated.url, "401"), (moved.url, "410")):
+            assert any(url in e["message"] and f"HTTP {status}" in e["message"] for e in errors), (
+                f"no ERROR log naming {url} and {status}"
+            )
+    finally:
+        r.stop_all()
+        for receiver in (rotated, moved, unprocessable):
+            receiver.close()
+
+
+def test_an_absurd_retry_after_is_capped_and_does_not_wedge_the_delivery(
+    settings: Settings, scratch_db: str
+) -> None:
+    r = rescue_setup(settings, scratch_db, [])
+    huge, far = RecordingReceiver(r.secret, free_port()), RecordingReceiver(r.secret, free_port())
+    huge.answer = lambda n: (503, {"Retry-After": str(10**30)}) if n == 0 else (200, {})
+    year_9999 = "Fri, 31 Dec 9999 23:59:59 GMT"
+    far.answer = lambda n: (503, {"Retry-After": year_9999}) if n == 0 else (200, {})
+    config = store.DispatchConfig((huge.url, far.url), (10**8, 2 * 10**8, 3 * 10**8), 1800)
+    cap_s = 1.0
+    sender = Sender(
+        r.secret, timeout_s=2.0, concurrency=4, schedule=RetrySchedule(0.2, cap_s, 3600)
+    )
+
+    async def deliver() -> tuple[list[store.Attempt], list[store.Attempt]]:
+        try:
+            first = await deliver_once(conn, sender)
+            await asyncio.sleep(cap_s + 0.2)
+            return first, await deliver_once(conn, sender)
+        finally:
+            await sender.close()
+
+    with psycopg.connect(r.writer_url) as conn:
+        store.apply_alert(conn, overload(0, 0), config, received_at=dt.datetime.now(dt.UTC))
+        try:
+            first, second = asyncio.run(deliver())
+        finally:
+            huge.close()
+            far.close()
+    assert [a.outcome for a in first] == ["retry", "retry"]
+    for a in first:
+        assert a.next_attempt_at is not None
+        assert (a.next_attempt_at - a.sent_at).total_seconds() <= cap_s + 0.5
+    assert [(a.outcome, a.due.attempts) for a in second] == [("delivered", 2), ("delivered", 2)]
+    assert r.query("SELECT DISTINCT status FROM webhook_delivery") == [("delivered",)]
+
+
+def test_a_late_result_of_an_earlier_attempt_does_not_overwrite_a_newer_one(
+    settings: Settings, scratch_db: str
+) -> None:
+    r = rescue_setup(settings, scratch_db, ["http://a.invalid/hook"])
+    config = store.DispatchConfig(("http://a.invalid/hook",), (1, 2, 3), 1800)
+    now = dt.datetime.now(dt.UTC)
+    with psycopg.connect(r.writer_url) as conn:
+        store.apply_alert(conn, overload(0, 0), config, received_at=now)
+        # attempt 1 hangs past its lease, so the row falls due and is claimed again
+        [first] = store.claim_due(conn, 10, 0.0, endpoints=config.endpoints, signing_key_id=None)
+        [second] = store.claim_due(conn, 10, 30.0, endpoints=config.endpoints, signing_key_id=None)
+        assert (first.attempts, second.attempts) == (1, 2)
+        sent = dt.datetime.now(dt.UTC)
+        store.record_attempts(
+            conn, [store.Attempt(second, "delivered", 200, None, None, sent, 0.1)]
+        )
+        late = store.Attempt(
+            first, "retry", 503, "HTTP 503: busy", sent + dt.timedelta(seconds=5), sent, 9.0
+        )
+        store.record_attempts(conn, [late])
+        # the late result arrives first: the newer one still wins
+        store.apply_alert(conn, overload(1, 0), config, received_at=now)
+        [third] = store.claim_due(conn, 10, 0.0, endpoints=config.endpoints, signing_key_id=None)
+        [fourth] = store.claim_due(conn, 10, 30.0, endpoints=config.endpoints, signing_key_id=None)
+        refused = store.Attempt(third, "dead", 400, "HTTP 400: no", None, sent, 9.0)
+        store.record_attempts(conn, [refused])
+        store.record_attempts(
+            conn, [store.Attempt(fourth, "delivered", 200, None, None, sent, 0.1)]
+        )
+    rows = r.query(
+        "SELECT status, attempts, last_status_code, last_error, dead_at FROM webhook_delivery"
+        " ORDER BY delivery_id"
+    )
+    assert rows == [("delivered", 2, 200, None, None)] * 2
+    ledgered = [
+        (p["delivery_id"], p["attempt"], p["outcome"], p["stale"])
+        for (p,) in r.query(
+            "SELECT payload FROM audit_ledger WHERE entry_type = 'webhook_delivery' ORDER BY seq"
+        )
+    ]
+    one, two = first.delivery_id, third.delivery_id
+    assert ledgered == [
+        (one, 2, "delivered", False),
+        (one, 1, "retry", True),
+        (two, 1, "dead", True),
+        (two, 2, "delivered", False),
+    ]
+    report = subprocess.run(
+        [TIANYAN, "audit", "verify", "--no-anchors", "--database-url", r.admin_url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr
+
+
+def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
+    settings: Settings, scratch_db: str, tmp_path: Path
+) -> None:
+    r = rescue_setup(settings, scratch_db, [])
+    flaky, strict = (
+        RecordingReceiver(r.secret, free_port()),
+        RecordingReceiver(r.secret, free_port()),
+    )
+    flaky.answer = lambda n: (503, {}) if n < 3 else (200, {})  # every event fails 3 times
+    strict.answer = lambda n: (422, {})  # the first event of each incident is dead at once
+    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = f"{flaky.url} {strict.url}"
+    first, again = trapped(0, 0), trapped(0, 200)
+    other = overload(1, 5)
+    alerts = [first, again, cleared(again), other, cleared(other)]
+
+    def in_order(receiver: RecordingReceiver) -> dict[str, list[str]]:
+        """Per incident, the event types in the order their requests arrived (collapsed)."""
+        seen: dict[str, list[str]] = {}
+        for q in receiver.requests:
+            types = seen.setdefault(q["payload"]["data"]["incident_id"], [])
+            if not types or types[-1] != q["payload"]["type"]:
+                types.append(q["payload"]["type"])
+        return seen
+
+    expected = sorted(
+        [
+            ["incident.opened", "incident.updated", "incident.resolved"],
+            ["incident.opened", "incident.resolved"],
+        ]
+    )
+    try:
+        r.start_dispatcher(tmp_path / "dispatcher.log")
+        r.publish(alerts)
+        wait_for(
+            lambda: (
+                r.scalar(
+                    "SELECT count(*) FROM webhook_delivery"
+                    " WHERE endpoint = %s AND status = 'delivered'",
+                    flaky.url,
+                )
+                == 5
+            ),
+            60,
+            "every event through the flaky endpoint",
+        )
+        # retried events: each incident's next event was not sent before the last one went
+        assert sorted(in_order(flaky).values()) == expected
+        assert len(flaky.ids()) == 4 * 5
+        # dead first events: the later ones wait behind them, never sent
+        assert sorted(set(strict.ids())) == sorted(
+            x[0]
+            for x in r.query(
+                "SELECT webhook_id FROM webhook_delivery WHERE endpoint = %s"
+                " AND event_type = 'incident.opened'",
+                strict.url,
+            )
+        )
+        assert r.query(
+            "SELECT status, attempts, count(*) FROM webhook_delivery WHERE endpoint = %s"
+            " GROUP BY 1, 2 ORDER BY 1",
+            strict.url,
+        ) == [("dead", 1, 2), ("pending", 0, 3)]
+        strict.answer = lambda n: (200, {})
+        subprocess.run([TIANYAN, "incidents", "redeliver", "--all-dead"], env=r.env, check=True)
+        wait_for(
+            lambda: (
+                r.scalar(
+                    "SELECT count(*) FROM webhook_delivery"
+                    " WHERE endpoint = %s AND status = 'delivered'",
+                    strict.url,
+                )
+                == 5
+            ),
+            30,
+            "the redelivered events and those behind them",
+        )
+        assert sorted(in_order(strict).values()) == expected
+    finally:
+        r.stop_all()
+        flaky.close()
+        strict.close()
 
 
 def test_unacknowledged_trapping_escalates_on_its_timer(

@@ -96,6 +96,11 @@ class Settings:
     device_commands_topic: str
     webhook_timeout_s: float
     webhook_max_age_s: int
+    #: How long a delivery refused with 401, 403, 404 or 410 (a rotated secret, a moved
+    #: endpoint: an operator can put it right) is retried, counted from when it was queued,
+    #: before it is dead-lettered; each refusal is logged at ERROR and counted in
+    #: ``tianyan_webhook_auth_or_route_refusals_total``. Other 4xx are dead at once.
+    webhook_auth_retry_s: int
     webhook_retry_base_s: float
     webhook_retry_cap_s: float
     webhook_concurrency: int
@@ -157,6 +162,7 @@ class Settings:
             device_commands_topic=_env("TIANYAN_DEVICE_COMMANDS_TOPIC", "tianyan.device.commands"),
             webhook_timeout_s=_env_int("TIANYAN_WEBHOOK_TIMEOUT_MS", 10_000) / 1000,
             webhook_max_age_s=_env_int("TIANYAN_WEBHOOK_MAX_AGE_S", 6 * 3600),
+            webhook_auth_retry_s=_env_int("TIANYAN_WEBHOOK_AUTH_RETRY_S", 3600),
             webhook_retry_base_s=_env_int("TIANYAN_WEBHOOK_RETRY_BASE_MS", 1_000) / 1000,
             webhook_retry_cap_s=_env_int("TIANYAN_WEBHOOK_RETRY_CAP_MS", 300_000) / 1000,
             webhook_concurrency=_env_int("TIANYAN_WEBHOOK_CONCURRENCY", 64),

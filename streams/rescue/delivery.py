@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import random
 import time
@@ -16,10 +17,21 @@ import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from . import metrics
-from .lifecycle import RetrySchedule, classify_status, parse_retry_after
+from .lifecycle import Outcome, RetrySchedule, classify_status, parse_retry_after
 from .store import Attempt, Due
 
 USER_AGENT: Final = "tianyan-dispatcher"
+log = logging.getLogger("tianyan.dispatcher")
+
+#: What to check when the receiver refuses us (401, 403) or the address (404, 410).
+_AUTH_OR_ROUTE_HINT: Final = {
+    401: "it does not accept our signature: check TIANYAN_RESCUE_WEBHOOK_SECRET with the"
+    " rescue platform",
+    403: "it does not accept our signature: check TIANYAN_RESCUE_WEBHOOK_SECRET with the"
+    " rescue platform",
+    404: "nothing is there: check TIANYAN_RESCUE_WEBHOOK_URL with the rescue platform",
+    410: "the address is gone: check TIANYAN_RESCUE_WEBHOOK_URL with the rescue platform",
+}
 
 
 class SecretError(ValueError):
@@ -118,25 +130,56 @@ class Sender:
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         seconds = time.perf_counter() - started
         metrics.REQUEST_SECONDS.observe(seconds)
-        outcome: str = classify_status(status) if status is not None else "retry"
+        kind: Outcome = classify_status(status) if status is not None else "retry"
+        outcome: str = kind  # as recorded: delivered | retry | dead
         next_at: dt.datetime | None = None
-        if outcome != "delivered":
+        if kind != "delivered":
             metrics.FAILURES.labels(str(status) if status is not None else "error").inc()
-        if outcome == "refused":
+        if kind == "refused":
             outcome, error = "dead", f"refused by the receiver, not retried: {error}"
-        elif outcome == "retry":
+        elif kind in ("retry", "auth_or_route"):
+            if kind == "auth_or_route":
+                assert status is not None
+                self._alert_auth_or_route(due, status)
             now = dt.datetime.now(dt.UTC)
             delay = self.schedule.delay_s(
                 due.attempts, parse_retry_after(retry_after, now), self.rng
             )
             next_at = now + dt.timedelta(seconds=delay)
-            if (next_at - due.created_at).total_seconds() > self.schedule.max_age_s:
+            give_up_s = self.schedule.give_up_age_s(kind)
+            outcome = "retry"
+            if (next_at - due.created_at).total_seconds() > give_up_s:
+                limit = (
+                    "refused for authentication or route, retried for"
+                    f" TIANYAN_WEBHOOK_AUTH_RETRY_S = {give_up_s:.0f} s"
+                    if kind == "auth_or_route"
+                    else f"max age {give_up_s:.0f} s"
+                )
                 outcome = "dead"
                 error = (
                     f"gave up after {due.attempts} attempts over "
-                    f"{(now - due.created_at).total_seconds():.0f} s"
-                    f" (max age {self.schedule.max_age_s:.0f} s); last: {error}"
+                    f"{(now - due.created_at).total_seconds():.0f} s ({limit}); last: {error}"
                 )
                 next_at = None
         metrics.OUTCOMES.labels(outcome).inc()
         return Attempt(due, outcome, status, error, next_at, sent_at, seconds)
+
+    def _alert_auth_or_route(self, due: Due, status: int) -> None:
+        """Count and log a refusal an operator has to put right (the delivery is retried
+        meanwhile, for ``TIANYAN_WEBHOOK_AUTH_RETRY_S``)."""
+        metrics.AUTH_OR_ROUTE_REFUSALS.labels(due.endpoint, str(status)).inc()
+        give_up_at = due.created_at + dt.timedelta(
+            seconds=self.schedule.give_up_age_s("auth_or_route")
+        )
+        log.error(
+            f"the rescue endpoint {due.endpoint} refused {due.event_type} {due.webhook_id}"
+            f" with HTTP {status}: {_AUTH_OR_ROUTE_HINT[status]}. Retrying until"
+            f" {give_up_at:%Y-%m-%d %H:%M:%S} UTC, then dead-lettered",
+            extra={
+                "endpoint": due.endpoint,
+                "status": status,
+                "webhook_id": due.webhook_id,
+                "incident_id": str(due.incident_id),
+                "attempt": due.attempts,
+            },
+        )

@@ -154,6 +154,7 @@ class Dispatcher:
                     settings.webhook_retry_base_s,
                     settings.webhook_retry_cap_s,
                     settings.webhook_max_age_s,
+                    settings.webhook_auth_retry_s,
                 ),
             )
             if secret

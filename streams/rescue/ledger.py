@@ -223,7 +223,7 @@ def _check_tables(conn: psycopg.Connection[Any], report: Report) -> None:
             if row["entry_type"] == "incident_event":
                 events[p["event"]["event_id"]] = {"seq": row["seq"], **p["event"]}
                 incidents[p["incident"]["incident_id"]] = (row["seq"], p["incident"])
-            else:
+            elif not p.get("stale"):  # a late result the row's newer attempt overrode
                 deliveries[p["delivery_id"]] = (row["seq"], p["outcome"])
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM incident_event ORDER BY event_id")

@@ -98,24 +98,45 @@ def due_escalation(
 
 # -- delivery ------------------------------------------------------------------------------
 
-Outcome = Literal["delivered", "retry", "refused"]
+Outcome = Literal["delivered", "retry", "auth_or_route", "refused"]
+
+#: Answers that refuse the sender or the address rather than the message: a secret or token
+#: rotated on one side only (401, 403), an endpoint moved or not deployed yet (404, 410).
+#: An operator can put these right, and the message is still good, so they are retried for
+#: a bounded time (``RetrySchedule.auth_retry_s``) and alerted on, not dead at once.
+AUTH_OR_ROUTE_STATUSES: Final = frozenset({401, 403, 404, 410})
 
 
 def classify_status(status: int) -> Outcome:
-    """2xx delivered; 408, 429 and 5xx retried; any other answer refused (not retried)."""
+    """What an HTTP answer means for a delivery.
+
+    Returns
+    -------
+    Outcome
+        ``"delivered"`` for 2xx; ``"retry"`` for 408, 429 and 5xx; ``"auth_or_route"`` for
+        :data:`AUTH_OR_ROUTE_STATUSES` (retried for a bounded time); ``"refused"`` for any
+        other answer (400, 413, 422, …: the receiver will not take this message, so it is
+        not retried).
+    """
     if 200 <= status < 300:
         return "delivered"
     if status in (408, 429) or status >= 500:
         return "retry"
+    if status in AUTH_OR_ROUTE_STATUSES:
+        return "auth_or_route"
     return "refused"
 
 
 def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
+
+    The value asked for, however large (``inf`` for an absurdly long number);
+    :meth:`RetrySchedule.delay_s` caps it. ``None`` when absent or unreadable.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²" is a digit to isdigit, not to float()
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -128,20 +149,37 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
 
 @dataclass(frozen=True)
 class RetrySchedule:
-    """Exponential backoff with full jitter, capped, and a give-up age.
+    """Exponential backoff with full jitter, capped, and give-up ages.
 
     The n-th retry (n = 1, 2, …) waits a random time in ``[d/2, d]`` with
-    ``d = min(cap_s, base_s * 2**(n-1))``; a ``Retry-After`` from the receiver is honoured
-    when longer. A delivery still failing ``max_age_s`` after it was created is dead.
+    ``d = min(cap_s, base_s * 2**(n-1))``. A ``Retry-After`` from the receiver is honoured
+    when longer, up to ``cap_s``: a receiver cannot push a rescue message further out than
+    the schedule's own slowest retry, and an absurd value (10**30 s, a date in year 9999)
+    cannot overflow the next attempt's time.
+
+    A delivery still failing ``max_age_s`` after it was created is dead; one refused for
+    authentication or route (:data:`AUTH_OR_ROUTE_STATUSES`) is dead once ``auth_retry_s``
+    old (or ``max_age_s``, whichever is shorter).
     """
 
     base_s: float
     cap_s: float
     max_age_s: float
+    auth_retry_s: float = 3600.0
+
+    def give_up_age_s(self, outcome: Outcome) -> float:
+        """The age after which a delivery whose last attempt ended in ``outcome`` is dead."""
+        if outcome == "auth_or_route":
+            return min(self.auth_retry_s, self.max_age_s)
+        return self.max_age_s
 
     def delay_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1))
+        """Seconds to wait before retrying after attempt number ``attempt``; at most
+        ``cap_s``."""
+        # 2**64 times any base is past any cap, and 2.0**1024 would overflow a float
+        # (a delivery retried for days reaches attempt 1,000)
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(max(0, attempt - 1), 64))
         delay = rng.uniform(ceiling / 2, ceiling)
         if retry_after_s is not None:
-            delay = max(delay, retry_after_s)
+            delay = max(delay, min(retry_after_s, self.cap_s))
         return delay

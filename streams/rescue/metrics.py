@@ -36,6 +36,13 @@ FAILURES = Counter(
     ["status"],
     registry=REGISTRY,
 )
+AUTH_OR_ROUTE_REFUSALS = Counter(
+    "tianyan_webhook_auth_or_route_refusals_total",
+    "Attempts the receiver refused for authentication (401, 403) or route (404, 410), by"
+    " endpoint: retried for TIANYAN_WEBHOOK_AUTH_RETRY_S, then dead; alert on any increase",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+)
 BACKLOG = Gauge(
     "tianyan_webhook_backlog",
     "Deliveries waiting: pending (all not yet delivered) and retrying (failed at least once)",

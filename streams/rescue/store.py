@@ -634,9 +634,15 @@ def claim_due(
     the receiver must refuse.
 
     A claim leases the row: its next attempt moves ``lease_s`` ahead, so if the dispatcher
-    dies mid-delivery the row falls due again and is re-sent with the same webhook-id. Per
-    incident and endpoint, events go out in order: a row waits while an earlier one for the
-    same incident and endpoint is pending.
+    dies mid-delivery the row falls due again and is re-sent with the same webhook-id.
+
+    Per incident and endpoint, events go out in order: a row waits while an earlier one for
+    the same incident and endpoint is not delivered — pending (not yet sent, retrying, or
+    leased to an attempt in flight) or dead. A dead one blocks: the rescue platform applies
+    an incident's events in order, and a later event sent past a dead one would arrive
+    before it once it is redelivered. The dead letter is alerted on
+    (``tianyan_webhook_dead_letters``); the events behind it wait, pending, until
+    ``tianyan incidents redeliver`` puts it back in the queue.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -654,7 +660,8 @@ def claim_due(
                       AND NOT EXISTS (
                           SELECT 1 FROM webhook_delivery e
                            WHERE e.incident_id = c.incident_id AND e.endpoint = c.endpoint
-                             AND e.status = 'pending' AND e.delivery_id < c.delivery_id)
+                             AND e.status IN ('pending', 'dead')
+                             AND e.delivery_id < c.delivery_id)
                     ORDER BY c.next_attempt_at, c.delivery_id
                     LIMIT %s
                     FOR UPDATE SKIP LOCKED)
@@ -680,17 +687,32 @@ class Attempt:
     seconds: float
 
 
-def record_attempts(conn: psycopg.Connection[Any], attempts: Sequence[Attempt]) -> None:
-    """Store the outcomes, each also as a ledger entry, in one transaction."""
+def record_attempts(conn: psycopg.Connection[Any], attempts: Sequence[Attempt]) -> list[Attempt]:
+    """Store the outcomes, each also as a ledger entry, in one transaction.
+
+    An outcome is written to its row only while it is the row's latest attempt
+    (``webhook_delivery.attempts`` equals the attempt's number). A result that comes back
+    after its lease ran out and the row was claimed again is *stale*: the newer attempt
+    owns the row, whatever either answer was (the receiver drops a repeat by webhook-id,
+    so a stale "delivered" changes nothing the newer attempt will not also find out).
+    A stale outcome is still ledgered, as what happened, with ``"stale": true``;
+    ``audit verify`` does not hold a row's status to it.
+
+    Returns
+    -------
+    list of Attempt
+        The stale ones, not written to their rows.
+    """
     if not attempts:
-        return
+        return []
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             "UPDATE webhook_delivery SET status = %s, last_status_code = %s, last_error = %s,"
             " next_attempt_at = coalesce(%s, next_attempt_at),"
             " delivered_at = CASE WHEN %s = 'delivered' THEN %s END,"
             " dead_at = CASE WHEN %s = 'dead' THEN %s END"
-            " WHERE delivery_id = %s",
+            " WHERE delivery_id = %s AND attempts = %s"
+            " RETURNING delivery_id, attempts",
             [
                 (
                     "pending" if a.outcome == "retry" else a.outcome,
@@ -702,10 +724,18 @@ def record_attempts(conn: psycopg.Connection[Any], attempts: Sequence[Attempt]) 
                     a.outcome,
                     a.sent_at,
                     a.due.delivery_id,
+                    a.due.attempts,
                 )
                 for a in attempts
             ],
+            returning=True,
         )
+        written: set[tuple[int, int]] = set()
+        while True:
+            written.update((row[0], row[1]) for row in cur.fetchall())
+            if not cur.nextset():
+                break
+        stale = [a for a in attempts if (a.due.delivery_id, a.due.attempts) not in written]
         _append_ledger(
             cur,
             [
@@ -724,12 +754,14 @@ def record_attempts(conn: psycopg.Connection[Any], attempts: Sequence[Attempt]) 
                             "status_code": a.status_code,
                             "error": a.error,
                             "sent_at": jsonable(a.sent_at),
+                            "stale": (a.due.delivery_id, a.due.attempts) not in written,
                         }
                     ),
                 )
                 for a in attempts
             ],
         )
+    return stale
 
 
 def redeliver(
