@@ -268,7 +268,8 @@ async def deliver_once(
 ) -> list[store.Attempt]:
     """One turn of the dispatcher's delivery loop, run by the test: claim what is due,
     attempt each over real HTTP, record the outcomes in the real database."""
-    endpoints = [e for (e,) in conn.execute("SELECT DISTINCT endpoint FROM webhook_delivery")]
+    with conn.transaction():  # not left open: the claim's now() must be the claim's own
+        endpoints = [e for (e,) in conn.execute("SELECT DISTINCT endpoint FROM webhook_delivery")]
     claimed = store.claim_due(conn, 100, lease_s, endpoints=endpoints, signing_key_id=None)
     attempts = list(await asyncio.gather(*(sender.attempt(d) for d in claimed)))
     store.record_attempts(conn, attempts)
