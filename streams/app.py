@@ -238,6 +238,8 @@ class Worker:
                 await asyncio.sleep(SINK_RETRY_S)
                 continue
             metrics.BATCH_WRITE_SECONDS.observe(time.perf_counter() - started)
+            # Messages the database refused for their data: to the quarantine, not retried.
+            batch.quarantine_refused(result.refused)
             durable_ms = time.time() * 1000
             observe = metrics.SAMPLE_TO_DURABLE_SECONDS.observe
             for m in batch.messages:
