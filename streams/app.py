@@ -37,6 +37,7 @@ from .faust_batching import BatchingApp, BatchTopic
 from .grading import GradingError, grade_fleet
 from .ingest import Ingest, IngestBatch, RawRecord
 from .producer import PublishError, RawPublisher
+from .quarantine import quarantine_record
 from .sinks import SinkError, TimescaleSink
 
 log = logging.getLogger("tianyan.worker")
@@ -252,9 +253,8 @@ class Worker:
     async def _finish(self, done: tuple[IngestBatch, list[Message]]) -> None:
         batch, messages = done
         for record, reason in batch.quarantined:
-            self.producer.publish(
-                record.key or b"", record.value, headers={"reason": reason.encode()[:1000]}
-            )
+            key, value, headers = quarantine_record(record, reason)
+            self.producer.publish(key, value, headers=headers)
         for alert in batch.alerts:
             self.producer.publish(
                 alert.elevator_id.encode(),
