@@ -38,6 +38,7 @@ from .faust_batching import BatchingApp, BatchTopic
 from .grading import GradingError, grade_fleet
 from .ingest import Ingest, IngestBatch, RawRecord
 from .producer import PublishError, RawPublisher
+from .quarantine import quarantine_record
 from .sinks import SinkError, TimescaleSink
 
 log = logging.getLogger("tianyan.worker")
@@ -244,6 +245,8 @@ class Worker:
                 await asyncio.sleep(SINK_RETRY_S)
                 continue
             metrics.BATCH_WRITE_SECONDS.observe(time.perf_counter() - started)
+            # Messages the database refused for their data: to the quarantine, not retried.
+            batch.quarantine_refused(result.refused)
             durable_ms = time.time() * 1000
             observe = metrics.SAMPLE_TO_DURABLE_SECONDS.observe
             for m in batch.messages:
@@ -256,9 +259,8 @@ class Worker:
     async def _finish(self, done: tuple[IngestBatch, list[Message]]) -> None:
         batch, messages = done
         for record, reason in batch.quarantined:
-            self.producer.publish(
-                record.key or b"", record.value, headers={"reason": reason.encode()[:1000]}
-            )
+            key, value, headers = quarantine_record(record, reason)
+            self.producer.publish(key, value, headers=headers)
         for alert in batch.alerts:
             self.producer.publish(
                 alert.elevator_id.encode(),

@@ -122,6 +122,10 @@ class IngestBatch:
     """What one batch produced, for the sinks, the quarantine and the metrics."""
 
     messages: list[TelemetryMessage] = field(default_factory=list)
+    #: The record each of ``messages`` came from, same index: a message the database
+    #: refuses is quarantined with its original bytes.
+    sources: list[RawRecord] = field(default_factory=list)
+    #: Refused records and the reason, for the quarantine topic (``streams.quarantine``).
     quarantined: list[tuple[RawRecord, str]] = field(default_factory=list)
     windows: list[WindowFeature] = field(default_factory=list)
     trips: list[Trip] = field(default_factory=list)
@@ -131,6 +135,24 @@ class IngestBatch:
     late_samples: int = 0
     #: elevator id → the partition its messages came from, for state checkpoints.
     touched: dict[str, int] = field(default_factory=dict)
+
+    def quarantine_refused(self, refused: Iterable[tuple[int, str]]) -> None:
+        """Move the messages the database refused to ``quarantined``.
+
+        ``refused`` holds (index in ``messages``, the database's error), as
+        :attr:`streams.sinks.timescale.WriteResult.refused` reports them. The messages were
+        validated and folded (their windows, trips and alerts stand); only their samples
+        could not be stored.
+        """
+        errors = dict(refused)
+        if not errors:
+            return
+        kept = [i for i in range(len(self.messages)) if i not in errors]
+        for i, error in sorted(errors.items()):
+            self.quarantined.append((self.sources[i], f"database refused the message: {error}"))
+            self.samples -= len(self.messages[i].samples.t_ms)
+        self.messages = [self.messages[i] for i in kept]
+        self.sources = [self.sources[i] for i in kept]
 
 
 class Ingest:
@@ -205,6 +227,7 @@ class Ingest:
                 out.duplicates += 1
                 continue
             out.messages.append(message)
+            out.sources.append(record)
             out.samples += len(message.samples.t_ms)
             out.touched[message.elevator_id] = record.partition
             st.windows, closed, stats = fold_message(st.windows, message, grace)

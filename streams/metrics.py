@@ -22,7 +22,7 @@ ALERTS = Counter(
 )
 QUARANTINED = Counter(
     "tianyan_quarantined_total",
-    "Messages refused by the contract and sent to the quarantine topic",
+    "Messages refused by the contract or the database and sent to the quarantine topic",
     registry=REGISTRY,
 )
 DUPLICATES = Counter(

@@ -69,6 +69,10 @@ def _break(path: str, value: object) -> bytes:
         (_break("samples.t_ms", 5), "$.samples.t_ms[0]"),
         (_break("elevator_id", "12345"), "$.elevator_id"),
         (_break("elevator_id", "3207000000000000000X"), "$.elevator_id"),
+        # Python's `$` matches before a final newline: the lengths refuse it.
+        (_break("elevator_id", ELEVATOR + "\n"), "$.elevator_id"),
+        (_break("faults", [{"t_ms": T0, "code": "01\n"}]), "$.faults[0].code"),
+        (_break("events", [{"t_ms": T0, "code": "90\n"}]), "$.events[0].code"),
         (_break("seq", -1), "$.seq"),
         (_break("schema", "tianyan.telemetry/9"), "schema:"),
         (_break("kind", "burst"), "kind:"),
@@ -122,6 +126,11 @@ def test_malformed_and_oversized() -> None:
         decode(b"\xff\xfe garbage")
     with pytest.raises(InvalidMessage, match="not valid JSON"):
         decode(_break("samples.speed_mps", 7.5).replace(b"7.5", b"NaN"))
+    # Invalid UTF-8 inside a string: msgspec raises UnicodeDecodeError, not DecodeError.
+    with pytest.raises(InvalidMessage, match=r"not valid UTF-8.*0xff"):
+        decode(b'{"schema":"\xff"}')
+    with pytest.raises(InvalidMessage, match="not valid UTF-8"):
+        decode(raw(good()).replace(ELEVATOR.encode(), b"\xed\xa0\x80" + ELEVATOR[3:].encode()))
     with pytest.raises(InvalidMessage, match="larger than"):
         decode(b" " * (contract.MAX_MESSAGE_BYTES + 1))
     with pytest.raises(InvalidMessage, match="Expected `object`"):

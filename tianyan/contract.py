@@ -26,6 +26,9 @@ SCHEMA_VERSION: Final = 1
 SCHEMA_NAME: Final = f"tianyan.telemetry/{SCHEMA_VERSION}"
 
 #: A registration code (注册代码) is 20 digits (TSG 08 special-equipment registration).
+#: Python's ``$`` also matches before a trailing newline, so every pattern here is paired
+#: with an exact length (see :data:`RegistrationCode`); ``\Z`` would do in Python but not in
+#: the ECMA-262 regexes of the JSON Schema that terminal vendors validate with.
 REGISTRATION_CODE_PATTERN: Final = r"^[0-9]{20}$"
 
 #: Largest accepted message. A 10 Hz second is ~1.5 KiB; 64 KiB leaves room for a 100 Hz
@@ -106,7 +109,11 @@ Floor = Annotated[int, msgspec.Meta(ge=-10, le=250)]
 LoadKg = Annotated[float, msgspec.Meta(ge=0.0, le=10_000.0)]
 LevelingOffsetMm = Annotated[float, msgspec.Meta(ge=-5_000.0, le=5_000.0)]
 TimeMs = Annotated[int, msgspec.Meta(ge=MIN_SAMPLE_TIME_MS, le=32_503_680_000_000)]
-Code = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}$")]
+# Exact lengths as well as patterns: "01\n" and "<20 digits>\n" match the patterns alone.
+Code = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}$", min_length=2, max_length=2)]
+RegistrationCode = Annotated[
+    str, msgspec.Meta(pattern=REGISTRATION_CODE_PATTERN, min_length=20, max_length=20)
+]
 
 
 class Samples(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -225,7 +232,7 @@ class TelemetryMessage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """
 
     schema: str
-    elevator_id: Annotated[str, msgspec.Meta(pattern=REGISTRATION_CODE_PATTERN)]
+    elevator_id: RegistrationCode
     seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
     kind: str
     samples: Samples
@@ -286,6 +293,13 @@ def decode(raw: bytes) -> TelemetryMessage:
         raise InvalidMessage(str(e)) from e
     except msgspec.DecodeError as e:
         raise InvalidMessage(f"message: not valid JSON ({e})") from e
+    except UnicodeDecodeError as e:
+        # msgspec checks UTF-8 only where it builds a str, and raises Python's own error;
+        # its position is within that string, so the byte is named instead.
+        bad = e.object[e.start : e.start + 1].hex()
+        raise InvalidMessage(
+            f"message: a string is not valid UTF-8 ({e.reason}: byte 0x{bad})"
+        ) from e
 
 
 def encode(message: TelemetryMessage) -> bytes:

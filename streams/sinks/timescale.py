@@ -6,14 +6,23 @@ the sample columns), so Python does one line of COPY text per message, not ten r
 (elevator, width, bucket start) for windows, (elevator, start time) for trips — so a replay,
 a redelivery after a crash or a duplicated message never writes a row twice. When
 :meth:`TimescaleSink.write_batch` returns, the batch is durable.
+
+A batch the database refuses for its data (SQLSTATE class 22 or 23: a value out of range, a
+malformed COPY line, a violated constraint) is split until each refused message stands
+alone: that message is returned as refused, with the database's error, and the rest is
+stored. Retrying such a batch would fail for ever; any other failure (the database down,
+restarting, out of space) is raised as :class:`SinkError` and the whole batch is retried.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgspec
 import psycopg
@@ -24,9 +33,26 @@ from tianyan import contract
 from tianyan.contract import COLUMNS, TelemetryMessage
 from tianyan.records import Trip, WindowFeature
 
+log = logging.getLogger("tianyan.sink")
+
 
 class SinkError(RuntimeError):
     """Writing to TimescaleDB failed; the batch was rolled back and may be retried."""
+
+
+class _Refused(Exception):
+    """The database refused these rows for what they contain: the same rows fail again."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+#: Errors that say the rows themselves are wrong: SQLSTATE class 22 (data exception: a value
+#: out of range, invalid input syntax, a malformed COPY line) and 23 (integrity constraint
+#: violation). Everything else — connection lost, disk full, privileges, serialization
+#: failures — is the database's state, and the batch is retried as a whole.
+_DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
 
 
 _VALUES = COLUMNS[1:]  # every sample column but t_ms
@@ -83,11 +109,39 @@ _INSERT_TRIPS = (
 
 
 def _copy_text(messages: Sequence[TelemetryMessage]) -> bytes:
+    """One line of COPY text per message: elevator id, seq, the message's JSON.
+
+    Raises
+    ------
+    _Refused
+        If a message cannot be encoded (only a message built in code can fail here).
+    """
     encode = contract.encode
-    # COPY's text format reads backslashes as escapes: double them (JSON may contain some).
-    return b"".join(
-        b"%s\t%d\t%s\n" % (m.elevator_id.encode(), m.seq, encode(m).replace(b"\\", b"\\\\"))
-        for m in messages
+    try:
+        # COPY's text format reads backslashes as escapes: double them (JSON may contain
+        # some; msgspec escapes every control character, so the JSON has no tab or newline).
+        # A decoded id is 20 ASCII digits; one built in code is escaped like any field.
+        return b"".join(
+            b"%s\t%d\t%s\n"
+            % (
+                _copy_field(m.elevator_id.encode()),
+                m.seq,
+                encode(m).replace(b"\\", b"\\\\"),
+            )
+            for m in messages
+        )
+    except (msgspec.EncodeError, UnicodeEncodeError) as e:
+        raise _Refused(f"the message cannot be encoded for COPY: {e}") from e
+
+
+def _copy_field(value: bytes) -> bytes:
+    if value.isdigit():
+        return value
+    return (
+        value.replace(b"\\", b"\\\\")
+        .replace(b"\t", b"\\t")
+        .replace(b"\n", b"\\n")
+        .replace(b"\r", b"\\r")
     )
 
 
@@ -146,6 +200,50 @@ class WriteResult:
     windows: int
     trips: int
     alerts: int = 0
+    #: Messages the database refused for their data: (index in the batch's ``messages``,
+    #: the database's error). Everything else in the batch is stored.
+    refused: tuple[tuple[int, str], ...] = ()
+    #: Window, trip and alert rows the database refused for their data (left out, logged).
+    dropped_rows: int = 0
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            self.samples + other.samples,
+            self.codes + other.codes,
+            self.windows + other.windows,
+            self.trips + other.trips,
+            self.alerts + other.alerts,
+            self.refused + other.refused,
+            self.dropped_rows + other.dropped_rows,
+        )
+
+
+_NOTHING = WriteResult(0, 0, 0, 0)
+_T = TypeVar("_T")
+
+
+def _bisect(
+    items: Sequence[_T], write: Callable[[Sequence[_T]], WriteResult]
+) -> tuple[WriteResult, list[tuple[int, str]]]:
+    """Write ``items`` in parts: a part refused for its data is halved, and halved again,
+    until a refused item stands alone; it is left out, with the reason.
+
+    ``k`` bad items among ``n`` cost about ``2 k log2(n)`` transactions.
+    """
+    total = _NOTHING
+    refused: list[tuple[int, str]] = []
+    parts = [(0, len(items))] if items else []
+    while parts:
+        lo, hi = parts.pop()
+        try:
+            total += write(items[lo:hi])
+        except _Refused as e:
+            if hi - lo == 1:
+                refused.append((lo, e.reason))
+            else:
+                mid = (lo + hi) // 2
+                parts += [(mid, hi), (lo, mid)]  # the first half next: batch order kept
+    return total, refused
 
 
 class TimescaleSink:
@@ -183,14 +281,65 @@ class TimescaleSink:
         trips: Sequence[Trip] = (),
         alerts: Sequence[Alert] = (),
     ) -> WriteResult:
-        """Store a batch in one transaction; durable when this returns."""
+        """Store a batch; durable when this returns.
+
+        The batch is one transaction. If the database refuses it for its data, the messages
+        are written in halves, and halves of halves, each its own transaction, until every
+        refused message stands alone: it is left out and listed in
+        :attr:`WriteResult.refused` with the database's error; then the windows, trips and
+        alerts are written, any row of them the database refuses left out and logged. Every
+        insert ignores rows already stored, so a crash between the parts loses nothing on
+        retry and duplicates nothing.
+
+        Raises
+        ------
+        SinkError
+            The database cannot be reached or failed for a reason other than the data: the
+            whole batch should be retried (some of its parts may already be stored).
+        """
+        try:
+            return self._write(messages, windows, trips, alerts)
+        except _Refused as e:
+            log.warning(
+                "batch refused for its data; splitting it",
+                extra={"messages": len(messages), "error": e.reason},
+            )
+        stored, refused = _bisect(messages, self._write)
+        try:
+            derived = self._write((), windows, trips, alerts)
+        except _Refused:
+            derived = _NOTHING
+            for table, rows, write in (
+                ("window_feature", windows, lambda part: self._write((), part)),
+                ("trip", trips, lambda part: self._write((), (), part)),
+                ("alert", alerts, lambda part: self._write((), (), (), part)),
+            ):
+                written, dropped = _bisect(rows, write)
+                derived += written
+                for i, reason in dropped:
+                    log.error(
+                        "row refused by the database; left out",
+                        extra={"table": table, "row": repr(rows[i])[:1000], "error": reason},
+                    )
+                derived += WriteResult(0, 0, 0, 0, dropped_rows=len(dropped))
+        return dataclasses.replace(stored + derived, refused=tuple(refused))
+
+    def _write(
+        self,
+        messages: Sequence[TelemetryMessage],
+        windows: Sequence[WindowFeature] = (),
+        trips: Sequence[Trip] = (),
+        alerts: Sequence[Alert] = (),
+    ) -> WriteResult:
+        """One transaction; :class:`_Refused` if the database refuses the data."""
+        text = _copy_text(messages) if messages else b""
         conn = self._connection()
         try:
             with conn.transaction(), conn.cursor() as cur:
                 samples = codes = n_windows = n_trips = 0
                 if messages:
                     with cur.copy("COPY message_staging FROM STDIN") as copy:
-                        copy.write(_copy_text(messages))
+                        copy.write(text)
                     cur.execute(_INSERT_SAMPLES)
                     samples = cur.rowcount
                     if any(m.faults or m.events for m in messages):
@@ -225,6 +374,8 @@ class TimescaleSink:
         except psycopg.Error as e:
             if conn.closed or conn.broken:
                 self._conn = None
+            elif isinstance(e, _DATA_ERRORS):
+                raise _Refused(str(e).strip()) from e
             raise SinkError(f"writing a batch of {len(messages)} messages failed: {e}") from e
 
     def write_samples(self, messages: Sequence[TelemetryMessage]) -> int:
