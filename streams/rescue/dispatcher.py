@@ -52,6 +52,10 @@ T = TypeVar("T")
 CLAIM_BATCH = 200
 POLL_S = 1.0
 DB_RETRY_S = 2.0
+#: Alerts applied in one transaction at most, and how long a batch waits to fill: one commit
+#: for many alerts is what holds a district's burst (a power cut: thousands in seconds).
+ALERT_BATCH = 200
+ALERT_BATCH_WITHIN_S = 0.02
 #: An alert that could not be applied (database or Kafka away) is tried again after this
 #: pause, for as long as it takes: it is never acknowledged unapplied.
 APPLY_RETRY_S = 2.0
@@ -167,9 +171,11 @@ class Dispatcher:
         self.record_db = Database(settings.database_url)
         self.action_db = Database(settings.database_url)
         self.timer_db = Database(settings.database_url)
+        # No linger: a trapping's transaction waits for its command to be acknowledged.
         self.publisher = RawPublisher(
             settings.kafka_bootstrap,
             settings.device_commands_topic,
+            linger_ms=0,
             delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
         )
         self.wake = asyncio.Event()
@@ -199,43 +205,47 @@ class Dispatcher:
             self.publisher.flush(10.0)  # raises: the transaction rolls back, alert re-applied
             metrics.DEVICE_COMMANDS.labels("play_reassurance").inc(sent)
 
-    async def on_alert(
-        self, key: bytes | None, value: bytes, kafka_timestamp_s: float | None
-    ) -> None:
-        """Apply one alert; return only once it is applied (or dead-lettered, if it cannot
-        be read), so that the offset Faust then acknowledges never skips an alert."""
-        try:
-            alert = msgspec.json.decode(value, type=Alert)
-        except (msgspec.DecodeError, UnicodeDecodeError) as e:
-            await self._dead_letter(key, value, f"the alert does not decode: {e}")
+    async def on_alerts(self, records: list[tuple[bytes | None, bytes, float | None]]) -> None:
+        """Apply a batch of ``(key, value, Kafka timestamp)`` alert records in one
+        transaction; return only once all are applied (an unreadable one dead-lettered), so
+        that the offsets Faust then acknowledges never skip an alert."""
+        batch: list[tuple[Alert, dt.datetime]] = []
+        for key, value, kafka_timestamp_s in records:
+            try:
+                alert = msgspec.json.decode(value, type=Alert)
+            except (msgspec.DecodeError, UnicodeDecodeError) as e:
+                await self._dead_letter(key, value, f"the alert does not decode: {e}")
+                continue
+            received = (
+                dt.datetime.fromtimestamp(kafka_timestamp_s, dt.UTC)
+                if kafka_timestamp_s
+                else dt.datetime.now(dt.UTC)
+            )
+            batch.append((alert, received))
+        if not batch:
             return
-        received = (
-            dt.datetime.fromtimestamp(kafka_timestamp_s, dt.UTC)
-            if kafka_timestamp_s
-            else dt.datetime.now(dt.UTC)
-        )
         while True:
             try:
                 changes = await self.alerts_db.run(
-                    store.apply_alert,
-                    alert,
-                    self.config,
-                    received_at=received,
-                    before_commit=self._publish_commands,
+                    store.apply_alerts, batch, self.config, before_commit=self._publish_commands
                 )
                 break
             except Exception as e:
                 # Database or Kafka away, a deadlock, anything: the transaction rolled back,
-                # so the alert is applied again from the start (commands already sent are
+                # so the batch is applied again from the start (commands already sent are
                 # de-duplicated by the terminal through their command_id).
                 self.publisher.discard_failed()
-                metrics.ALERTS_APPLIED.labels("retried").inc()
+                metrics.ALERTS_APPLIED.labels("retried").inc(len(batch))
                 log.error(
-                    "alert not applied; retrying",
-                    extra={"alert_key": alert.alert_key, "error": f"{type(e).__name__}: {e}"},
+                    "alerts not applied; retrying",
+                    extra={
+                        "alerts": len(batch),
+                        "first_alert_key": batch[0][0].alert_key,
+                        "error": f"{type(e).__name__}: {e}",
+                    },
                 )
                 await asyncio.sleep(APPLY_RETRY_S)
-        metrics.ALERTS_APPLIED.labels("applied" if changes else "repeat").inc()
+        metrics.ALERTS_APPLIED.labels("applied").inc(len(batch))
         self._changed(changes)
 
     async def _dead_letter(self, key: bytes | None, value: bytes, reason: str) -> None:
@@ -433,8 +443,17 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
 
     @app.agent(alerts)
     async def incidents(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await dispatcher.on_alert(event.key, event.value, event.message.timestamp)
+        batches = stream.take_events(ALERT_BATCH, within=ALERT_BATCH_WITHIN_S)  # type: ignore[attr-defined]
+        async for events in batches:
+            records = [(e.key, e.value, e.message.timestamp) for e in events]
+            # Faust acknowledges the batch when this body ends, even by cancellation (a
+            # stop): finish applying it first, so no alert is acknowledged unapplied.
+            applying = asyncio.ensure_future(dispatcher.on_alerts(records))
+            try:
+                await asyncio.shield(applying)
+            except asyncio.CancelledError:
+                await applying
+                raise
 
     @app.task
     async def deliver() -> None:

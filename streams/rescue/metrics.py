@@ -9,7 +9,7 @@ REGISTRY = CollectorRegistry()
 ALERTS_APPLIED = Counter(
     "tianyan_dispatcher_alerts_total",
     "Alerts consumed, by what became of them",
-    ["result"],  # applied | repeat | unreadable
+    ["result"],  # applied (repeats included) | retried | dead_lettered
     registry=REGISTRY,
 )
 INCIDENT_CHANGES = Counter(

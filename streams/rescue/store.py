@@ -289,161 +289,182 @@ def apply_alert(
     received_at: dt.datetime,
     before_commit: Callable[[list[Change]], None] | None = None,
 ) -> list[Change]:
-    """Fold one alert into the incidents; a repeat of an applied alert changes nothing.
+    """Fold one alert into the incidents: :func:`apply_alerts` of one."""
+    return apply_alerts(conn, [(alert, received_at)], config, before_commit=before_commit)
+
+
+def apply_alerts(
+    conn: psycopg.Connection[Any],
+    alerts: Sequence[tuple[Alert, dt.datetime]],
+    config: DispatchConfig,
+    *,
+    before_commit: Callable[[list[Change]], None] | None = None,
+) -> list[Change]:
+    """Fold ``(alert, received_at)`` pairs, in order, into the incidents, in one transaction;
+    a repeat of an applied alert changes nothing.
 
     A raised alert opens an incident for (elevator, alert type), or updates the active one
     (``repeats``, severity and people trapped only ever rise). A cleared alert resolves the
     active incident it last updated (actor ``detector``). ``before_commit`` runs inside the
-    transaction with the changes (the device command is published there: if it fails,
-    nothing is recorded and the alert is applied again).
+    transaction with the changes (the device commands are published there: if that fails,
+    nothing is recorded and the alerts are applied again). One transaction for a batch is
+    one commit for many alerts: a district's burst is applied at hundreds per second.
     """
+    changes: list[Change] = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "INSERT INTO incident_alert (alert_key, state, applied_at) VALUES (%s, %s, now())"
-            " ON CONFLICT DO NOTHING RETURNING alert_key",
-            (alert.alert_key, alert.state),
-        )
-        if cur.fetchone() is None:
-            return []
-        at = _utc_ms(alert.raised_at_ms)
-        cur.execute(
-            "SELECT * FROM incident WHERE elevator_id = %s AND fault_type = %s"
-            " AND state = ANY(%s) FOR UPDATE",
-            (alert.elevator_id, alert.alert_type, _ACTIVE),
-        )
-        active = cur.fetchone()
-        changes: list[Change] = []
         ledger: LedgerEntries = []
-        details = {
-            "last_alert_key": alert.alert_key,
-            "condition_since": jsonable(_utc_ms(alert.condition_since_ms)),
-            "evidence": alert.evidence,
-            "evidence_summary": evidence_summary(alert.evidence),
-            "probable_cause": alert.probable_cause,
-            "suggested_handling": alert.suggested_handling,
-        }
-        if alert.state == "raised" and active is None:
-            incident_id = uuid.uuid5(NAMESPACE, alert.alert_key)
-            cur.execute(
-                "INSERT INTO incident (incident_id, elevator_id, fault_type, gb_code, severity,"
-                " state, estimated_trapped, opened_at, updated_at, details, alert_key,"
-                " last_alert_at, arrival_target_s)"
-                " VALUES (%s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (incident_id) DO NOTHING RETURNING *",
-                (
-                    incident_id,
-                    alert.elevator_id,
-                    alert.alert_type,
-                    alert.gb_code,
-                    alert.severity,
-                    alert.estimated_trapped,
-                    at,
-                    at,
-                    json.dumps(details),
-                    alert.alert_key,
-                    at,
-                    config.arrival_target_s,
-                ),
+        for alert, received_at in alerts:
+            changes += _apply_one(cur, alert, config, received_at, ledger)
+        if changes and before_commit is not None:
+            before_commit(changes)
+        _append_ledger(cur, ledger)
+    return changes
+
+
+def _apply_one(
+    cur: psycopg.Cursor[dict[str, Any]],
+    alert: Alert,
+    config: DispatchConfig,
+    received_at: dt.datetime,
+    ledger: LedgerEntries,
+) -> list[Change]:
+    cur.execute(
+        "INSERT INTO incident_alert (alert_key, state, applied_at)"
+        " VALUES (%s, %s, clock_timestamp())"
+        " ON CONFLICT DO NOTHING RETURNING alert_key",
+        (alert.alert_key, alert.state),
+    )
+    if cur.fetchone() is None:
+        return []
+    at = _utc_ms(alert.raised_at_ms)
+    cur.execute(
+        "SELECT * FROM incident WHERE elevator_id = %s AND fault_type = %s"
+        " AND state = ANY(%s) FOR UPDATE",
+        (alert.elevator_id, alert.alert_type, _ACTIVE),
+    )
+    active = cur.fetchone()
+    changes: list[Change] = []
+    details = {
+        "last_alert_key": alert.alert_key,
+        "condition_since": jsonable(_utc_ms(alert.condition_since_ms)),
+        "evidence": alert.evidence,
+        "evidence_summary": evidence_summary(alert.evidence),
+        "probable_cause": alert.probable_cause,
+        "suggested_handling": alert.suggested_handling,
+    }
+    if alert.state == "raised" and active is None:
+        incident_id = uuid.uuid5(NAMESPACE, alert.alert_key)
+        cur.execute(
+            "INSERT INTO incident (incident_id, elevator_id, fault_type, gb_code, severity,"
+            " state, estimated_trapped, opened_at, updated_at, details, alert_key,"
+            " last_alert_at, arrival_target_s)"
+            " VALUES (%s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (incident_id) DO NOTHING RETURNING *",
+            (
+                incident_id,
+                alert.elevator_id,
+                alert.alert_type,
+                alert.gb_code,
+                alert.severity,
+                alert.estimated_trapped,
+                at,
+                at,
+                json.dumps(details),
+                alert.alert_key,
+                at,
+                config.arrival_target_s,
+            ),
+        )
+        incident = cur.fetchone()
+        if incident is None:  # this alert opened an incident before, since closed
+            return []
+        changes.append(
+            _record_event(
+                cur,
+                incident,
+                ledger,
+                event_type="incident.opened",
+                at=at,
+                from_state=None,
+                actor="detector",
+                note=None,
+                config=config,
+                source_time=received_at,
             )
-            incident = cur.fetchone()
-            if incident is None:  # this alert opened an incident before, since closed
-                return []
-            changes.append(
-                _record_event(
-                    cur,
-                    incident,
-                    ledger,
-                    event_type="incident.opened",
-                    at=at,
-                    from_state=None,
-                    actor="detector",
-                    note=None,
-                    config=config,
-                    source_time=received_at,
-                )
+        )
+    elif alert.state == "raised" and active is not None:
+        severity = max((active["severity"], alert.severity), key=lambda s: SEVERITY_RANK.get(s, 0))
+        trapped = max(
+            (v for v in (active["estimated_trapped"], alert.estimated_trapped) if v is not None),
+            default=None,
+        )
+        cur.execute(
+            "UPDATE incident SET repeats = repeats + 1, severity = %s, estimated_trapped = %s,"
+            " last_alert_at = %s, updated_at = %s, details = details || %s"
+            " WHERE incident_id = %s RETURNING *",
+            (severity, trapped, at, at, json.dumps(details), active["incident_id"]),
+        )
+        incident = cur.fetchone()
+        assert incident is not None
+        changes.append(
+            _record_event(
+                cur,
+                incident,
+                ledger,
+                event_type="incident.updated",
+                at=at,
+                from_state=active["state"],
+                actor="detector",
+                note=f"repeated: {alert.alert_key}",
+                config=config,
+                source_time=received_at,
             )
-        elif alert.state == "raised" and active is not None:
-            severity = max(
-                (active["severity"], alert.severity), key=lambda s: SEVERITY_RANK.get(s, 0)
+        )
+    elif (
+        alert.state == "cleared"
+        and active is not None
+        and (active["details"] or {}).get("last_alert_key") == alert.alert_key
+    ):
+        cur.execute(
+            "UPDATE incident SET state = 'resolved', closed_at = %s, closed_by = 'detector',"
+            " updated_at = %s WHERE incident_id = %s RETURNING *",
+            (at, at, active["incident_id"]),
+        )
+        incident = cur.fetchone()
+        assert incident is not None
+        changes.append(
+            _record_event(
+                cur,
+                incident,
+                ledger,
+                event_type="incident.resolved",
+                at=at,
+                from_state=active["state"],
+                actor="detector",
+                note="condition cleared: " + evidence_summary(alert.evidence, 200),
+                config=config,
+                source_time=received_at,
             )
-            trapped = max(
-                (
-                    v
-                    for v in (active["estimated_trapped"], alert.estimated_trapped)
-                    if v is not None
-                ),
-                default=None,
-            )
-            cur.execute(
-                "UPDATE incident SET repeats = repeats + 1, severity = %s, estimated_trapped = %s,"
-                " last_alert_at = %s, updated_at = %s, details = details || %s"
-                " WHERE incident_id = %s RETURNING *",
-                (severity, trapped, at, at, json.dumps(details), active["incident_id"]),
-            )
-            incident = cur.fetchone()
-            assert incident is not None
-            changes.append(
-                _record_event(
-                    cur,
-                    incident,
-                    ledger,
-                    event_type="incident.updated",
-                    at=at,
-                    from_state=active["state"],
-                    actor="detector",
-                    note=f"repeated: {alert.alert_key}",
-                    config=config,
-                    source_time=received_at,
-                )
-            )
-        elif (
-            alert.state == "cleared"
-            and active is not None
-            and (active["details"] or {}).get("last_alert_key") == alert.alert_key
-        ):
-            cur.execute(
-                "UPDATE incident SET state = 'resolved', closed_at = %s, closed_by = 'detector',"
-                " updated_at = %s WHERE incident_id = %s RETURNING *",
-                (at, at, active["incident_id"]),
-            )
-            incident = cur.fetchone()
-            assert incident is not None
-            changes.append(
-                _record_event(
-                    cur,
-                    incident,
-                    ledger,
-                    event_type="incident.resolved",
-                    at=at,
-                    from_state=active["state"],
-                    actor="detector",
-                    note="condition cleared: " + evidence_summary(alert.evidence, 200),
-                    config=config,
-                    source_time=received_at,
-                )
-            )
-        if changes and changes[0].event_type in ("incident.opened", "incident.resolved"):
-            # The raw samples around it, kept with the incident past raw retention (samples
-            # still in flight when this runs are not copied; the next change copies again).
-            window = dt.timedelta(seconds=config.evidence_window_s)
-            cur.execute(
-                "SELECT copy_incident_evidence(%s, %s, %s, %s)",
-                (
-                    changes[0].incident_id,
-                    alert.elevator_id,
-                    _utc_ms(alert.condition_since_ms) - window,
-                    at + window,
-                ),
-            )
-        if changes:
-            cur.execute(
-                "UPDATE incident_alert SET incident_id = %s WHERE alert_key = %s AND state = %s",
-                (changes[0].incident_id, alert.alert_key, alert.state),
-            )
-            if before_commit is not None:
-                before_commit(changes)
-            _append_ledger(cur, ledger)
-        return changes
+        )
+    if changes and changes[0].event_type in ("incident.opened", "incident.resolved"):
+        # The raw samples around it, kept with the incident past raw retention (samples
+        # still in flight when this runs are not copied; the next change copies again).
+        window = dt.timedelta(seconds=config.evidence_window_s)
+        cur.execute(
+            "SELECT copy_incident_evidence(%s, %s, %s, %s)",
+            (
+                changes[0].incident_id,
+                alert.elevator_id,
+                _utc_ms(alert.condition_since_ms) - window,
+                at + window,
+            ),
+        )
+    if changes:
+        cur.execute(
+            "UPDATE incident_alert SET incident_id = %s WHERE alert_key = %s AND state = %s",
+            (changes[0].incident_id, alert.alert_key, alert.state),
+        )
+    return changes
 
 
 @dataclass(frozen=True)

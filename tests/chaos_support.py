@@ -1,0 +1,284 @@
+"""A small whole pipeline for fault injection: simulated telemetry with trappings → a real
+stream worker → the real dispatcher → a recording receiver, with a metrics scrape every
+second throughout. A test publishes half the stream, injects its fault, publishes the rest,
+recovers, and checks that nothing was lost and nothing duplicated.
+
+Durations are short by default, so the test command can run them; ``make chaos`` sets
+``TIANYAN_CHAOS_FULL=1`` for the issue's own (a 6-minute broker outage, a receiver failing
+for 11 minutes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+
+from registry.generate import generate
+from registry.store import upsert
+from sql.migrate import migrate
+from streams.producer import RawPublisher
+from streams.rescue.delivery import new_secret
+from tianyan.processes import ServiceGroup, free_port, listening, wait_for_progress
+from tianyan.settings import Settings
+
+from .conftest import TIANYAN
+from .rescue_support import RecordingReceiver, http
+
+FULL = os.environ.get("TIANYAN_CHAOS_FULL") == "1"
+SCENARIO = Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "demo.toml"
+ELEVATORS, MINUTES = 30, 4
+TRAPPED = ("trapped_between_levels", "trapped_at_level")
+
+
+@dataclass
+class Chaos:
+    """One pipeline under test; see the module docstring."""
+
+    settings: Settings
+    admin_url: str
+    env: dict[str, str]
+    receiver: RecordingReceiver
+    group: ServiceGroup
+    work: Path
+    halves: tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]
+    expected_samples: int
+    dispatcher_port: int
+    scrapes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    # -- services --------------------------------------------------------------------------
+    def start_dispatcher(self, name: str = "dispatcher") -> None:
+        self.group.start(
+            name,
+            [TIANYAN, "dispatcher", "--loglevel", "warn"],
+            env=self.env,
+            log=self.work / f"{name}.log",
+        )
+        self.wait(lambda: listening(self.dispatcher_port), f"{name} to listen")
+
+    def start_worker(self) -> None:
+        port = free_port()
+        self.group.start(
+            "worker",
+            [TIANYAN, "worker", "--loglevel", "warn"],
+            env={**self.env, "TIANYAN_WORKER_WEB_PORT": str(port)},
+            log=self.work / "worker.log",
+        )
+        self.wait(lambda: listening(port), "the worker to listen")
+
+    def scrape_forever(self) -> None:
+        """GET the dispatcher's /metrics every second (issue 11: a scrape must not hold
+        transactions open); counted by outcome."""
+
+        def loop() -> None:
+            while not self._stop.wait(1.0):
+                try:
+                    status = http("GET", f"http://127.0.0.1:{self.dispatcher_port}/metrics")
+                    self.scrapes[str(status.status_code)] += 1
+                except OSError:
+                    self.scrapes["down"] += 1
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def publish(self, half: int) -> RawPublisher:
+        """Queue one half of the stream (flushed by the caller: Kafka may be away)."""
+        pub = RawPublisher(self.settings.kafka_bootstrap, self.env["TIANYAN_RAW_TOPIC"])
+        for key, value in self.halves[half]:
+            pub.publish(key, value)
+        return pub
+
+    # -- waiting and checking --------------------------------------------------------------
+    def scalar(self, sql: str, *params: Any) -> int:
+        with psycopg.connect(self.admin_url) as conn:
+            row = conn.execute(sql, params).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def wait(self, done: Any, what: str, progress: Any = None) -> None:
+        wait_for_progress(
+            progress or (lambda: sum(p.stat().st_size for p in self.work.glob("*.log"))),
+            lambda _: bool(done()),
+            stall_s=300 if FULL else 120,
+            what=what,
+            alive=self.group.exited,
+        )
+
+    def progress(self) -> tuple[int, ...]:
+        with psycopg.connect(self.admin_url) as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM telemetry_sample), (SELECT count(*) FROM alert),"
+                " (SELECT count(*) FROM incident_alert), (SELECT count(*) FROM webhook_delivery"
+                " WHERE status = 'delivered'), (SELECT count(*) FROM webhook_delivery)"
+            ).fetchone()
+        assert row is not None
+        return (*(int(v) for v in row), len(self.receiver.requests))
+
+    def settle(self) -> None:
+        """Wait while anything moves until every sample is stored, every alert applied and
+        every incident change delivered."""
+
+        def done() -> bool:
+            samples, alerts, applied, delivered, deliveries, _ = self.progress()
+            return (
+                samples >= self.expected_samples
+                and applied >= alerts > 0
+                and delivered == deliveries
+                and self.scalar("SELECT count(*) FROM incident_event") == deliveries
+            )
+
+        self.wait(done, "the pipeline to store, apply and deliver everything", self.progress)
+
+    def check_nothing_lost_or_duplicated(self) -> dict[str, int]:
+        """The issue's invariants; returns the counts they were checked on."""
+        with psycopg.connect(self.admin_url) as conn:
+            unapplied = conn.execute(
+                "SELECT a.alert_key, a.state FROM alert a WHERE NOT EXISTS (SELECT 1 FROM"
+                " incident_alert i WHERE i.alert_key = a.alert_key AND i.state = a.state)"
+            ).fetchall()
+            assert unapplied == [], f"alerts never applied: {unapplied[:5]}"
+            trappings = conn.execute(
+                "SELECT a.alert_key, count(DISTINCT i.incident_id) FROM alert a"
+                " LEFT JOIN incident_alert i ON i.alert_key = a.alert_key AND i.state = 'raised'"
+                " WHERE a.state = 'raised' AND a.alert_type = ANY(%s) GROUP BY a.alert_key",
+                (list(TRAPPED),),
+            ).fetchall()
+            assert trappings, "the stream should hold trappings"
+            assert all(n == 1 for _, n in trappings), trappings
+            opened = conn.execute(
+                "SELECT count(*) FROM incident WHERE fault_type = ANY(%s)", (list(TRAPPED),)
+            ).fetchone()
+            events = conn.execute(
+                "SELECT d.webhook_id, e.incident_id, e.event_id FROM incident_event e"
+                " JOIN webhook_delivery d ON d.incident_id = e.incident_id"
+                " AND d.payload->'data'->>'event_id' = e.event_id::text ORDER BY e.event_id"
+            ).fetchall()
+            n_events = conn.execute("SELECT count(*) FROM incident_event").fetchone()
+        assert opened is not None and n_events is not None
+        # every trapping alert that opened an incident opened exactly one
+        assert opened[0] <= len(trappings)
+        assert len(events) == n_events[0], "every incident event has its delivery"
+        first_arrival: dict[str, int] = {}
+        for i, req in enumerate(self.receiver.requests):
+            assert req["verified"], f"an unverified request reached the receiver: {req['id']}"
+            first_arrival.setdefault(req["id"], i)
+        missing = [w for w, _, _ in events if w not in first_arrival]
+        assert missing == [], f"{len(missing)} incident events never reached the receiver"
+        by_incident: dict[Any, list[tuple[int, int]]] = defaultdict(list)
+        for webhook_id, incident_id, event_id in events:
+            by_incident[incident_id].append((event_id, first_arrival[webhook_id]))
+        for incident_id, seq in by_incident.items():
+            arrivals = [a for _, a in sorted(seq)]
+            assert arrivals == sorted(arrivals), f"incident {incident_id}: events out of order"
+        return {
+            "trapping_alerts": len(trappings),
+            "trapping_incidents": opened[0],
+            "incident_events": n_events[0],
+            "requests": len(self.receiver.requests),
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+        self.group.stop_all()
+        self.receiver.close()
+
+
+def chaos_pipeline(
+    settings: Settings, scratch_db: str, work: Path, group: ServiceGroup, **env: str
+) -> Chaos:
+    """Build (not start) the pipeline: schema, registry, topics, the simulated stream."""
+    import simulator
+    from tianyan import contract
+
+    migrate(scratch_db)
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=MINUTES + 2)
+    fleet = generate(11, ELEVATORS, start.date())
+    upsert(scratch_db, fleet)
+    stream = work / "city.jsonl"
+    simulator.simulate(
+        simulator.load_scenario(SCENARIO),
+        fleet,
+        start=start,
+        duration_s=MINUTES * 60,
+        output=simulator.FileOutput(stream),
+        progress=False,
+    )
+    messages: list[tuple[bytes, bytes]] = []
+    samples: set[tuple[str, int]] = set()
+    for line in stream.read_bytes().splitlines():
+        try:
+            m = contract.decode(line)
+        except contract.InvalidMessage:
+            continue
+        samples.update((m.elevator_id, t) for t in m.samples.t_ms)
+        messages.append((m.elevator_id.encode(), line))
+    tag = uuid.uuid4().hex[:8]
+    topics = {k: f"chaos.{k}.{tag}" for k in ("raw", "quarantine", "alerts", "dead", "commands")}
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin.create_topics(
+        [NewTopic(t, 4 if k in ("raw", "alerts") else 1, 1) for k, t in topics.items()]
+    )
+    admin.close()
+    secret = new_secret()
+    receiver = RecordingReceiver(secret, free_port())
+    dispatcher_port = free_port()
+    writer = scratch_db.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
+    full_env = {
+        **os.environ,
+        "TIANYAN_DATABASE_URL": writer,
+        "TIANYAN_ADMIN_DATABASE_URL": scratch_db,
+        "TIANYAN_RAW_TOPIC": topics["raw"],
+        "TIANYAN_QUARANTINE_TOPIC": topics["quarantine"],
+        "TIANYAN_ALERTS_TOPIC": topics["alerts"],
+        "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": topics["dead"],
+        "TIANYAN_DEVICE_COMMANDS_TOPIC": topics["commands"],
+        "TIANYAN_RAW_PARTITIONS": "4",
+        "TIANYAN_WORKER_ID": f"chaos-worker-{tag}",
+        "TIANYAN_DISPATCHER_ID": f"chaos-dispatcher-{tag}",
+        "TIANYAN_DISPATCHER_WEB_PORT": str(dispatcher_port),
+        "TIANYAN_RESCUE_WEBHOOK_URL": receiver.url,
+        "TIANYAN_RESCUE_WEBHOOK_SECRET": secret,
+        "TIANYAN_CHECKPOINT_INTERVAL_MS": "1000",
+        "TIANYAN_GRADING_INTERVAL_S": "0",
+        "TIANYAN_WEBHOOK_RETRY_BASE_MS": "500",
+        "TIANYAN_WEBHOOK_RETRY_CAP_MS": "5000",
+        "TIANYAN_WEBHOOK_TIMEOUT_MS": "3000",
+        "TIANYAN_ESCALATION_AFTER_S": "100000000,200000000,300000000",
+        **({} if FULL else {"TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS": "5000"}),
+        **env,
+    }
+    half = len(messages) // 2
+    return Chaos(
+        settings,
+        scratch_db,
+        full_env,
+        receiver,
+        group,
+        work,
+        (messages[:half], messages[half:]),
+        len(samples),
+        dispatcher_port,
+    )
+
+
+def flush_until_done(pub: RawPublisher, within_s: float) -> None:
+    """Flush, retrying while Kafka is coming back (failed records are sent again)."""
+    from streams.producer import PublishError
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            pub.flush(10.0)
+            return
+        except PublishError:
+            if time.monotonic() > deadline:
+                raise
