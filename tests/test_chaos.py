@@ -117,14 +117,16 @@ def test_dispatcher_sigkilled_in_a_delivery_burst(
 ) -> None:
     with services() as group:
         c = chaos_pipeline(settings, scratch_db, tmp_path, group)
-        c.receiver.delay_s = 0.05
+        c.receiver.delay_s = 0.5  # slow enough that the kill lands mid-burst
         try:
             c.start_dispatcher()
             c.start_worker()
             c.scrape_forever()
             flush_until_done(c.publish(0), 60)
             flush_until_done(c.publish(1), 60)
-            c.wait(lambda: len(c.receiver.requests) >= 20, "a delivery burst under way")
+            c.wait(
+                lambda: len(c.receiver.requests) >= 3, "a delivery burst under way", c.progress
+            )
             c.group.stop("dispatcher", signal.SIGKILL)
             c.start_dispatcher("dispatcher-again")
             c.settle()
