@@ -8,10 +8,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 TIANYAN := $(BIN)/tianyan
 
-.PHONY: help venv stack setup demo lint test down clean
+.PHONY: help venv stack setup demo lint test test-fast chaos down clean
 
 help: ## Show this help
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: setup.cfg pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "tianyan needs Python 3.11 (set PYTHON=python3.11)")'
@@ -28,7 +28,7 @@ setup: stack ## Start the stack, apply migrations, create the topics
 	$(TIANYAN) db migrate
 	$(TIANYAN) topics ensure
 
-demo: setup ## Run the demo: telemetry round trip through Kafka into TimescaleDB
+demo: setup ## Run the demo: the whole pipeline on a simulated slice of the city
 	$(TIANYAN) demo
 
 lint: venv ## ruff (lint and format) and mypy on streams/ and detectors/
@@ -38,6 +38,12 @@ lint: venv ## ruff (lint and format) and mypy on streams/ and detectors/
 
 test: setup lint ## Everything CI runs: set-up, lint, type checks, the tests on the real stack
 	$(BIN)/pytest
+
+test-fast: setup lint ## The inner loop: the tests not marked slow (no outages, no whole pipelines)
+	$(BIN)/pytest -m "not slow"
+
+chaos: setup ## Fault injection at full length: a 6-minute broker outage, a receiver failing 11 minutes
+	TIANYAN_CHAOS_FULL=1 $(BIN)/pytest tests/test_chaos.py
 
 down: venv ## Stop the local stack (data kept under var/)
 	$(TIANYAN) stack down

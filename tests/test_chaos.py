@@ -124,9 +124,7 @@ def test_dispatcher_sigkilled_in_a_delivery_burst(
             c.scrape_forever()
             flush_until_done(c.publish(0), 60)
             flush_until_done(c.publish(1), 60)
-            c.wait(
-                lambda: len(c.receiver.requests) >= 3, "a delivery burst under way", c.progress
-            )
+            c.wait(lambda: len(c.receiver.requests) >= 3, "a delivery burst under way", c.progress)
             c.group.stop("dispatcher", signal.SIGKILL)
             c.start_dispatcher("dispatcher-again")
             c.settle()

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import psycopg
 from streams.producer import RawPublisher
 from streams.sinks import TimescaleSink
 from tianyan import contract
+from tianyan.processes import ServiceGroup, services
 from tianyan.settings import PROJECT_ROOT, Settings
 
 PARTITIONS = 8
@@ -196,33 +196,22 @@ def _metrics(port: int) -> dict[str, float]:
     return out
 
 
-def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _start_worker(group: ServiceGroup, name: str, env: dict[str, str], log: Path) -> None:
     tianyan = str(Path(sys.executable).with_name("tianyan"))
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [tianyan, "worker", "--loglevel", "warn"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    group.start(name, [tianyan, "worker", "--loglevel", "warn"], env=env, log=log)
 
 
-def _stop_worker(proc: subprocess.Popen[bytes]) -> int:
+def _stop_worker(group: ServiceGroup, name: str) -> int:
     """Stop the worker; returns its peak resident memory in kB."""
     peak = 0
     try:
-        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        status = Path(f"/proc/{group.procs[name].pid}/status").read_text()
+        for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 peak = int(line.split()[1])
     except OSError:
         pass
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    group.stop(name)
     return peak
 
 
@@ -235,10 +224,16 @@ def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 
 def end_to_end(
-    scratch: _Scratch, topic: str, expected: int, port: int, detectors: bool, log: Path
+    group: ServiceGroup,
+    scratch: _Scratch,
+    topic: str,
+    expected: int,
+    port: int,
+    detectors: bool,
+    log: Path,
 ) -> dict[str, float]:
     """(b) one worker draining ``expected`` messages already in ``topic``."""
-    worker = _start_worker(scratch.env(topic, port, detectors), log)
+    _start_worker(group, "worker", scratch.env(topic, port, detectors), log)
     try:
         _wait(lambda: _metrics(port).get("tianyan_messages_total", 0) > 0, 120, "first batch")
         t0, m0 = time.perf_counter(), _metrics(port)
@@ -254,7 +249,7 @@ def end_to_end(
         _wait(done, 900, "draining the topic")
         t1, m1 = time.perf_counter(), _metrics(port)
     finally:
-        peak_kb = _stop_worker(worker)
+        peak_kb = _stop_worker(group, "worker")
     seconds = t1 - t0
     return {
         "messages_per_s": (m1["tianyan_messages_total"] - m0["tianyan_messages_total"]) / seconds,
@@ -278,7 +273,9 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return prev_le
 
 
-def latency(scratch: _Scratch, cfg: BenchConfig, tmp: Path) -> dict[str, float]:
+def latency(
+    group: ServiceGroup, scratch: _Scratch, cfg: BenchConfig, tmp: Path
+) -> dict[str, float]:
     """(c) real-time arrival at ``rate`` messages/s; p50/p99 of sample → durable."""
     topic = scratch.new_topic("rt")
     lead_s = 20.0
@@ -301,7 +298,9 @@ def latency(scratch: _Scratch, cfg: BenchConfig, tmp: Path) -> dict[str, float]:
         timed.append((due, key, ln))
     timed.sort(key=lambda item: item[0])
     port = cfg.web_port + 1
-    worker = _start_worker(scratch.env(topic, port, cfg.detectors), tmp / "latency.log")
+    _start_worker(
+        group, "latency worker", scratch.env(topic, port, cfg.detectors), tmp / "latency.log"
+    )
     try:
         _wait(lambda: bool(_metrics(port)), 120, "the latency worker answering")
         # Publish each message when its last sample has happened, as a terminal would.
@@ -314,7 +313,7 @@ def latency(scratch: _Scratch, cfg: BenchConfig, tmp: Path) -> dict[str, float]:
         time.sleep(5)
         m = _metrics(port)
     finally:
-        _stop_worker(worker)
+        _stop_worker(group, "latency worker")
     buckets = sorted(
         (float(k.split('le="')[1].split('"')[0]), v)
         for k, v in m.items()
@@ -388,32 +387,38 @@ def run(settings: Settings, cfg: BenchConfig) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="tianyan-bench-", dir=PROJECT_ROOT / "var"))
     result: dict[str, object] = {"elevators": cfg.elevators}
     try:
-        start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
-        _say(f"bench: simulating {cfg.elevators} elevators for {cfg.duration_s:.0f} s")
-        path = tmp / "workload.jsonl"
-        expected = _workload(cfg, start, cfg.duration_s, path)
-        published = _publish_file(settings, scratch.raw, path)
-        result["messages"] = published
-        _say(f"bench: (a) plain aiokafka consumer over {published} messages")
-        ceiling_msgs_per_s = ceiling(settings, scratch.raw, published)
-        result["ceiling_msgs_per_s"] = ceiling_msgs_per_s
-        _say("bench: (b) one worker end to end, detectors off then on")
-        off = end_to_end(scratch, scratch.raw, published, cfg.web_port, False, tmp / "off.log")
-        result |= {f"worker_{k}": v for k, v in off.items()}
-        if cfg.detectors:
-            topic = scratch.new_topic("det")
-            _publish_file(settings, topic, path)
-            on = end_to_end(scratch, topic, published, cfg.web_port + 2, True, tmp / "on.log")
-            result |= {f"worker_with_detectors_{k}": v for k, v in on.items()}
-        result["ratio_b_over_a"] = off["messages_per_s"] / ceiling_msgs_per_s
-        _say(
-            f"bench: (c) latency at {cfg.rate_msgs_per_s:.0f} messages/s for {cfg.latency_s:.0f} s"
-        )
-        result |= latency(scratch, cfg, tmp)
-        _say("bench: (d) COPY rows/s, sink against psql")
-        result |= copy_rates(scratch, path, tmp)
-        result["peak_rss_mb"] = off["peak_rss_mb"]
-        result["simulated_messages"] = expected
+        with services() as group:
+            start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+            _say(f"bench: simulating {cfg.elevators} elevators for {cfg.duration_s:.0f} s")
+            path = tmp / "workload.jsonl"
+            expected = _workload(cfg, start, cfg.duration_s, path)
+            published = _publish_file(settings, scratch.raw, path)
+            result["messages"] = published
+            _say(f"bench: (a) plain aiokafka consumer over {published} messages")
+            ceiling_msgs_per_s = ceiling(settings, scratch.raw, published)
+            result["ceiling_msgs_per_s"] = ceiling_msgs_per_s
+            _say("bench: (b) one worker end to end, detectors off then on")
+            off = end_to_end(
+                group, scratch, scratch.raw, published, cfg.web_port, False, tmp / "off.log"
+            )
+            result |= {f"worker_{k}": v for k, v in off.items()}
+            if cfg.detectors:
+                topic = scratch.new_topic("det")
+                _publish_file(settings, topic, path)
+                on = end_to_end(
+                    group, scratch, topic, published, cfg.web_port + 2, True, tmp / "on.log"
+                )
+                result |= {f"worker_with_detectors_{k}": v for k, v in on.items()}
+            result["ratio_b_over_a"] = off["messages_per_s"] / ceiling_msgs_per_s
+            _say(
+                f"bench: (c) latency at {cfg.rate_msgs_per_s:.0f} messages/s"
+                f" for {cfg.latency_s:.0f} s"
+            )
+            result |= latency(group, scratch, cfg, tmp)
+            _say("bench: (d) COPY rows/s, sink against psql")
+            result |= copy_rates(scratch, path, tmp)
+            result["peak_rss_mb"] = off["peak_rss_mb"]
+            result["simulated_messages"] = expected
     finally:
         scratch.drop()
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}

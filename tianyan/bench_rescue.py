@@ -384,7 +384,10 @@ def _power_cut(
         ).fetchall()
     to_open = np.array([r[0] for r in rows])
     to_sent = np.array([r[1] for r in rows])
-    span_s = max(r[3] for r in rows) - min(r[2] for r in rows)
+    first_alert_s = min(r[2] for r in rows)
+    applied = sorted(r[3] for r in rows)
+    # The rate while there was work: from the first alert applied to the last.
+    span_s = applied[-1] - applied[0]
     return {
         "cut_alerts": len(kinds),
         "cut_incidents": len(rows),
@@ -396,6 +399,7 @@ def _power_cut(
         "cut_alert_to_first_webhook_s_p99": round(float(np.percentile(to_sent, 99)), 3),
         "cut_alert_to_first_webhook_s_max": round(float(to_sent.max()), 3),
         "cut_alerts_applied_per_s": round(len(rows) / span_s, 1),
+        "cut_last_applied_after_first_alert_s": round(applied[-1] - first_alert_s, 2),
     }
 
 

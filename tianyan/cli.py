@@ -592,6 +592,34 @@ def bench_rescue(
     click.echo(json.dumps(result))
 
 
+@bench.command("evidence")
+@click.option(
+    "--rows",
+    type=click.IntRange(min=10_000),
+    default=50_000_000,
+    show_default=True,
+    help="Raw samples in the table (10,000 per elevator).",
+)
+@click.option("--calls", type=click.IntRange(min=10), default=200, show_default=True)
+@click.option(
+    "--contenders",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Connections appending to the ledger during the contended run.",
+)
+@click.option("--keep", is_flag=True, help="Keep the bench's database afterwards.")
+def bench_evidence(rows: int, calls: int, contenders: int, keep: bool) -> None:
+    """Recording an incident against a large raw table: evidence copy, ledger append, the
+    whole transaction, per call."""
+    from tianyan.bench_evidence import as_json, run
+
+    result = run(_settings(), rows=rows, calls=calls, contenders=contenders, keep=keep)
+    for key, value in result.items():
+        click.echo(f"{key:40} {value}")
+    click.echo(as_json(result))
+
+
 # -- detectors: scoring series, evaluating against labels -------------------------------------
 def _register_detector_commands() -> None:
     from tianyan.commands_eval import evaluate_command, score_command

@@ -11,6 +11,8 @@ REVOKE ALL ON ALL TABLES IN SCHEMA tianyan FROM tianyan_writer, tianyan_analyst,
 
 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA tianyan TO tianyan_writer;
 REVOKE UPDATE ON audit_ledger FROM tianyan_writer;
+-- The dispatcher takes evidence requests off their queue as it makes the copies.
+GRANT DELETE ON evidence_request TO tianyan_writer;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA tianyan TO tianyan_writer;
 
 GRANT SELECT ON ALL TABLES IN SCHEMA tianyan TO tianyan_analyst, tianyan_regulator;

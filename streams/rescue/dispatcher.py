@@ -56,6 +56,8 @@ DB_RETRY_S = 2.0
 #: for many alerts is what holds a district's burst (a power cut: thousands in seconds).
 ALERT_BATCH = 200
 ALERT_BATCH_WITHIN_S = 0.02
+#: Evidence copies made per transaction.
+EVIDENCE_BATCH = 50
 #: An alert that could not be applied (database or Kafka away) is tried again after this
 #: pause, for as long as it takes: it is never acknowledged unapplied.
 APPLY_RETRY_S = 2.0
@@ -171,6 +173,7 @@ class Dispatcher:
         self.record_db = Database(settings.database_url)
         self.action_db = Database(settings.database_url)
         self.timer_db = Database(settings.database_url)
+        self.evidence_db = Database(settings.database_url)
         # No linger: a trapping's transaction waits for its command to be acknowledged.
         self.publisher = RawPublisher(
             settings.kafka_bootstrap,
@@ -278,6 +281,16 @@ class Dispatcher:
             "escalating", store.escalate_due, self.config, dt.datetime.now(dt.UTC)
         )
         self._changed(changes)
+
+    async def copy_evidence(self) -> None:
+        """Make the evidence copies incident changes requested, a batch at a time."""
+        while True:
+            done, copied = await self.evidence_db.run_until_done(
+                "copying evidence", store.copy_requested_evidence, EVIDENCE_BATCH
+            )
+            metrics.EVIDENCE_SAMPLES.inc(copied)
+            if done < EVIDENCE_BATCH:
+                return
 
     # -- the outbox → HTTP -----------------------------------------------------------------
     async def deliver_forever(self, should_stop: Callable[[], bool]) -> None:
@@ -478,6 +491,11 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
     @survive("escalation")
     async def escalate() -> None:
         await dispatcher.escalate()
+
+    @app.timer(interval=1.0)
+    @survive("evidence")
+    async def evidence() -> None:
+        await dispatcher.copy_evidence()
 
     @app.timer(interval=float(max(1, settings.audit_anchor_interval_s)))
     @survive("ledger_anchor")

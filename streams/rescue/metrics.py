@@ -84,3 +84,8 @@ BACKGROUND_ERRORS = Counter(
     ["task"],
     registry=REGISTRY,
 )
+EVIDENCE_SAMPLES = Counter(
+    "tianyan_evidence_samples_total",
+    "Raw samples copied to evidence_sample for incidents",
+    registry=REGISTRY,
+)

@@ -447,11 +447,12 @@ def _apply_one(
             )
         )
     if changes and changes[0].event_type in ("incident.opened", "incident.resolved"):
-        # The raw samples around it, kept with the incident past raw retention (samples
-        # still in flight when this runs are not copied; the next change copies again).
+        # The raw samples around it, kept with the incident past raw retention: requested
+        # here, copied by the dispatcher outside this transaction (copy_requested_evidence).
         window = dt.timedelta(seconds=config.evidence_window_s)
         cur.execute(
-            "SELECT copy_incident_evidence(%s, %s, %s, %s)",
+            "INSERT INTO evidence_request (incident_id, elevator_id, time_from, time_to,"
+            " requested_at) VALUES (%s, %s, %s, %s, clock_timestamp())",
             (
                 changes[0].incident_id,
                 alert.elevator_id,
@@ -465,6 +466,29 @@ def _apply_one(
             (changes[0].incident_id, alert.alert_key, alert.state),
         )
     return changes
+
+
+def copy_requested_evidence(conn: psycopg.Connection[Any], limit: int = 100) -> tuple[int, int]:
+    """Make up to ``limit`` requested evidence copies, oldest first, in one transaction that
+    also takes the requests off the queue; returns (requests done, samples copied).
+
+    Samples still in flight when an incident opened are caught by the copy at resolution
+    (each copy is idempotent on incident, elevator and time).
+    """
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "DELETE FROM evidence_request WHERE request_id IN (SELECT request_id FROM"
+            " evidence_request ORDER BY request_id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " RETURNING incident_id, elevator_id, time_from, time_to",
+            (limit,),
+        )
+        requests = cur.fetchall()
+        copied = 0
+        for request in requests:
+            cur.execute("SELECT copy_incident_evidence(%s, %s, %s, %s)", request)
+            row = cur.fetchone()
+            copied += int(row[0]) if row else 0
+    return len(requests), copied
 
 
 @dataclass(frozen=True)
