@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import psycopg
@@ -198,12 +198,23 @@ def build_payload(
 # -- recording a change --------------------------------------------------------------------
 
 
-#: Ledger entries of one transaction, appended together as its last statement.
+#: Ledger entries ``(entry_type, entity_id, payload JSON)``.
 LedgerEntries = list[tuple[str, str, str]]
 
 
+@dataclass
+class _Writes:
+    """What a transaction writes at its end, together: statements batched by
+    ``executemany`` (one round trip each), one NOTIFY, and the ledger last."""
+
+    ledger: LedgerEntries = field(default_factory=list)
+    evidence: list[tuple[Any, ...]] = field(default_factory=list)
+    alert_links: list[tuple[Any, ...]] = field(default_factory=list)
+    notify: bool = False
+
+
 def _append_ledger(cur: psycopg.Cursor[Any], entries: LedgerEntries) -> None:
-    """Append ``(entry_type, entity_id, payload JSON)`` entries to the ledger.
+    """Append entries to the ledger.
 
     ``ledger_append`` takes the ledger's lock for the rest of the transaction, and every
     writer of incidents and deliveries waits on it: call this last, just before commit,
@@ -213,10 +224,28 @@ def _append_ledger(cur: psycopg.Cursor[Any], entries: LedgerEntries) -> None:
         cur.executemany("SELECT ledger_append(%s, %s, %s)", entries)
 
 
+def _flush_writes(cur: psycopg.Cursor[Any], writes: _Writes) -> None:
+    """The transaction's deferred writes; the ledger's last."""
+    if writes.evidence:
+        cur.executemany(
+            "INSERT INTO evidence_request (incident_id, elevator_id, time_from, time_to,"
+            " requested_at) VALUES (%s, %s, %s, %s, clock_timestamp())",
+            writes.evidence,
+        )
+    if writes.alert_links:
+        cur.executemany(
+            "UPDATE incident_alert SET incident_id = %s WHERE alert_key = %s AND state = %s",
+            writes.alert_links,
+        )
+    if writes.notify:
+        cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    _append_ledger(cur, writes.ledger)
+
+
 def _record_event(
     cur: psycopg.Cursor[dict[str, Any]],
     incident: dict[str, Any],
-    ledger: LedgerEntries,
+    writes: _Writes,
     *,
     event_type: str,
     at: dt.datetime,
@@ -227,7 +256,7 @@ def _record_event(
     source_time: dt.datetime,
 ) -> Change:
     """incident_event + one outbox row per endpoint, in the caller's transaction; the
-    ledger entry is added to ``ledger``, which the caller appends last."""
+    ledger entry and the NOTIFY go to ``writes``, which the caller flushes last."""
     cur.execute(
         "INSERT INTO incident_event (incident_id, time, event_type, from_state, to_state,"
         " actor, note) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
@@ -235,7 +264,7 @@ def _record_event(
     )
     event = cur.fetchone()
     assert event is not None
-    ledger.append(
+    writes.ledger.append(
         (
             "incident_event",
             str(incident["incident_id"]),
@@ -270,7 +299,7 @@ def _record_event(
                 for url in config.endpoints
             ],
         )
-        cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        writes.notify = True
     return Change(
         incident["incident_id"],
         event["event_id"],
@@ -312,12 +341,12 @@ def apply_alerts(
     """
     changes: list[Change] = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        ledger: LedgerEntries = []
+        writes = _Writes()
         for alert, received_at in alerts:
-            changes += _apply_one(cur, alert, config, received_at, ledger)
+            changes += _apply_one(cur, alert, config, received_at, writes)
         if changes and before_commit is not None:
             before_commit(changes)
-        _append_ledger(cur, ledger)
+        _flush_writes(cur, writes)
     return changes
 
 
@@ -326,7 +355,7 @@ def _apply_one(
     alert: Alert,
     config: DispatchConfig,
     received_at: dt.datetime,
-    ledger: LedgerEntries,
+    writes: _Writes,
 ) -> list[Change]:
     cur.execute(
         "INSERT INTO incident_alert (alert_key, state, applied_at)"
@@ -382,7 +411,7 @@ def _apply_one(
             _record_event(
                 cur,
                 incident,
-                ledger,
+                writes,
                 event_type="incident.opened",
                 at=at,
                 from_state=None,
@@ -410,7 +439,7 @@ def _apply_one(
             _record_event(
                 cur,
                 incident,
-                ledger,
+                writes,
                 event_type="incident.updated",
                 at=at,
                 from_state=active["state"],
@@ -436,7 +465,7 @@ def _apply_one(
             _record_event(
                 cur,
                 incident,
-                ledger,
+                writes,
                 event_type="incident.resolved",
                 at=at,
                 from_state=active["state"],
@@ -450,21 +479,16 @@ def _apply_one(
         # The raw samples around it, kept with the incident past raw retention: requested
         # here, copied by the dispatcher outside this transaction (copy_requested_evidence).
         window = dt.timedelta(seconds=config.evidence_window_s)
-        cur.execute(
-            "INSERT INTO evidence_request (incident_id, elevator_id, time_from, time_to,"
-            " requested_at) VALUES (%s, %s, %s, %s, clock_timestamp())",
+        writes.evidence.append(
             (
                 changes[0].incident_id,
                 alert.elevator_id,
                 _utc_ms(alert.condition_since_ms) - window,
                 at + window,
-            ),
+            )
         )
     if changes:
-        cur.execute(
-            "UPDATE incident_alert SET incident_id = %s WHERE alert_key = %s AND state = %s",
-            (changes[0].incident_id, alert.alert_key, alert.state),
-        )
+        writes.alert_links.append((changes[0].incident_id, alert.alert_key, alert.state))
     return changes
 
 
@@ -553,11 +577,11 @@ def apply_action(
         )
         incident = cur.fetchone()
         assert incident is not None
-        ledger: LedgerEntries = []
+        writes = _Writes()
         change = _record_event(
             cur,
             incident,
-            ledger,
+            writes,
             event_type=EVENT_FOR_STATE[state],
             at=now,
             from_state=current["state"],
@@ -580,7 +604,7 @@ def apply_action(
                 " received_at, response) VALUES (%s, %s, %s, %s, %s, %s)",
                 (request_id, key, action, actor, now, json.dumps(body)),
             )
-        _append_ledger(cur, ledger)
+        _flush_writes(cur, writes)
         return ActionResult(200, body)
 
 
@@ -597,7 +621,7 @@ def escalate_due(
     from detectors.alerts import TRAPPED_TYPES
 
     changes: list[Change] = []
-    ledger: LedgerEntries = []
+    writes = _Writes()
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT i.*, a.applied_at AS recorded_at FROM incident i"
@@ -628,7 +652,7 @@ def escalate_due(
                     _record_event(
                         cur,
                         incident,
-                        ledger,
+                        writes,
                         event_type="incident.escalated",
                         at=now,
                         from_state=incident["state"],
@@ -641,7 +665,7 @@ def escalate_due(
                 level_now = level
                 if level == due:
                     break
-        _append_ledger(cur, ledger)
+        _flush_writes(cur, writes)
     return changes
 
 
