@@ -15,6 +15,8 @@ receiver, in a database and topics of the run's own (dropped afterwards).
     the first request of its webhook (``first_attempt_at``); and the alerts applied per
     second over the burst (first alert published → last alert applied). Goals: p99 ≤ 10 s,
     ≥ 200 alerts/s.
+(d) the dispatcher's capacity: as many alerts queued on Kafka while it is stopped, then
+    drained: alerts applied per second from the first applied to the last.
 """
 
 from __future__ import annotations
@@ -253,6 +255,19 @@ def run(
                 seconds=cut_seconds,
                 admin_url=admin_url,
             )
+            # (d) the dispatcher's capacity: the same number of alerts queued while it is
+            # stopped, then drained
+            drain = _drain(
+                settings,
+                group,
+                start,
+                wait_count,
+                env,
+                fleet[:cut_elevators],
+                admin_url,
+                n=cut_elevators + cut_trapped,
+                web_port=web_port,
+            )
             journal_ids = [json.loads(x)["webhook_id"] for x in journal.read_text().splitlines()]
             verified = subprocess.run(
                 [TIANYAN, "audit", "verify"], env=env, capture_output=True, text=True, check=False
@@ -272,6 +287,7 @@ def run(
                 "deliveries_per_s": round(delivered / seconds, 1) if seconds > 0 else None,
                 "burst_wall_seconds_incl_start": round(wall_s, 1),
                 **cut,
+                **drain,
                 "receiver_events_unique": len(set(journal_ids)),
                 "receiver_events": len(journal_ids),
                 "ledger_verified": verified.returncode == 0,
@@ -408,6 +424,49 @@ def _power_cut(
         "cut_alerts_applied_per_s": round(len(rows) / span_s, 1),
         "cut_last_applied_after_first_alert_s": round(applied[-1] - first_alert_s, 2),
     }
+
+
+def _drain(
+    settings: Settings,
+    group: ServiceGroup,
+    start: Any,
+    wait_count: Any,
+    env: dict[str, str],
+    fleet: list[Any],
+    admin_url: str,
+    *,
+    n: int,
+    web_port: int,
+) -> dict[str, Any]:
+    """Stage (d): ``n`` alerts queued on Kafka with the dispatcher stopped, then drained;
+    alerts applied per second from the first applied to the last."""
+    from detectors.alerts import make_alert
+    from streams.producer import RawPublisher
+
+    group.stop("dispatcher")
+    base_ms = int(time.time() * 1000)
+    keys = []
+    with RawPublisher(settings.kafka_bootstrap, env["TIANYAN_ALERTS_TOPIC"]) as pub:
+        for i in range(n):
+            car = fleet[i % len(fleet)].registration_code
+            alert = make_alert(car, "terminal_fault", base_ms + i, base_ms + i, {"i": i})
+            keys.append(alert.alert_key)
+            pub.publish(car.encode(), msgspec.json.encode(alert))
+    _say(f"(d) {n} alerts queued; the dispatcher drains them …")
+    before = _one(admin_url, "SELECT count(*) FROM incident_alert")
+    start("dispatcher", ["dispatcher", "--loglevel", "warn"], "dispatcher3.log", web_port)
+    wait_count("SELECT count(*) FROM incident_alert", before + n, "draining the queued alerts")
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM max(applied_at) - min(applied_at))::float8, count(*)"
+            " FROM incident_alert WHERE alert_key = ANY(%s)",
+            (keys,),
+        ).fetchone()
+    assert row is not None
+    span_s, applied = row
+    rate = round(applied / span_s, 1) if span_s else None
+    _say(f"(d) {applied} queued alerts drained at {rate}/s")
+    return {"drain_alerts": applied, "drain_seconds": round(span_s, 2), "drain_alerts_per_s": rate}
 
 
 def _one(url: str, sql: str) -> int:
