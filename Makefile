@@ -31,10 +31,11 @@ setup: stack ## Start the stack, apply migrations, create the topics
 demo: setup ## Run the demo: the whole pipeline on a simulated slice of the city
 	$(TIANYAN) demo
 
-lint: venv ## ruff (lint and format) and mypy on streams/ and detectors/
+lint: venv ## ruff (lint and format), mypy, and the import floors (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: setup lint ## Everything CI runs: set-up, lint, type checks, the tests on the real stack
 	$(BIN)/pytest

@@ -79,8 +79,8 @@ def read_report(url: str, at: dt.datetime, maint_days: int, insp_days: int) -> R
     import psycopg
     from psycopg.rows import dict_row
 
+    from foundation.city import CITY_TZ
     from registry.model import DISTRICT_NAMES
-    from streams.grading import CITY_TZ
 
     today = at.astimezone(CITY_TZ).date()
     with psycopg.connect(url, row_factory=dict_row) as conn, conn.transaction():

@@ -62,7 +62,7 @@ from typing import Any, Final
 
 import msgspec
 
-from tianyan.contract import DoorState, TelemetryMessage
+from foundation.contract import DoorState, TelemetryMessage
 
 from .alerts import Alert, make_alert
 from .thresholds import ElevatorLimits, Thresholds

@@ -16,7 +16,7 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 
-from tianyan.records import Trip
+from foundation.records import Trip
 
 from .alerts import Alert, make_alert
 from .thresholds import ElevatorLimits

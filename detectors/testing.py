@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from tianyan.contract import COLUMNS, SCHEMA_NAME, CodeEvent, Samples, TelemetryMessage
+from foundation.contract import COLUMNS, SCHEMA_NAME, CodeEvent, Samples, TelemetryMessage
 
 ELEVATOR_ID: Final = "32070620200000000001"
 #: A standing car at the lowest landing, doors closed, empty, in normal service.

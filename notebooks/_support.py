@@ -58,7 +58,7 @@ def database_url() -> str:
     if url:
         return url
     from dashboards.check import role_url
-    from tianyan.settings import Settings
+    from foundation.settings import Settings
 
     return role_url(Settings.from_env().admin_database_url, "tianyan_analyst")
 
@@ -129,7 +129,7 @@ def simulate_run(
 
 def sample_times(stream: Path) -> dict[str, np.ndarray]:
     """Each elevator's valid sample times in a JSON Lines stream, sorted, Unix ms."""
-    from tianyan.contract import InvalidMessage, decode
+    from foundation.contract import InvalidMessage, decode
 
     times: dict[str, list[int]] = {}
     with stream.open("rb") as f:
@@ -608,7 +608,7 @@ def detect_again(url: str, items: Sequence[ReplayItem], elevator_id: str) -> lis
 
 def thresholds() -> Thresholds:
     """The detectors' thresholds as the worker loads them (``TIANYAN_THRESHOLDS_FILE``)."""
-    from tianyan.settings import Settings
+    from foundation.settings import Settings
 
     path = Settings.from_env().thresholds_file
     if path is None:

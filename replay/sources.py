@@ -17,8 +17,8 @@ from pathlib import Path
 
 import psycopg
 
-from tianyan import contract
-from tianyan.contract import COLUMNS, CodeEvent, Samples, TelemetryMessage
+from foundation import contract
+from foundation.contract import COLUMNS, CodeEvent, Samples, TelemetryMessage
 
 
 class ReplaySourceError(ValueError):

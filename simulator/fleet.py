@@ -23,8 +23,8 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 
+from foundation.contract import COLUMNS, SCHEMA_NAME
 from registry.model import Elevator
-from tianyan.contract import COLUMNS, SCHEMA_NAME
 
 from .motion import SCurve, eval_one, eval_scurve, plan_scurve
 from .scenario import FaultConfig, Scenario
@@ -34,7 +34,7 @@ from .traffic import FROM_LOBBY, PEAK_SHARE, SHAPE, TO_LOBBY, local_hour, next_c
 IDLE, OPENING, OPEN, CLOSING, MOVING, HALTED, BRAKING = range(7)
 # Progress of the call a car is serving.
 NO_CALL, TO_ORIGIN, BOARDING, TO_DEST, ALIGHTING = range(5)
-# Reported door states (tianyan.contract.DoorState).
+# Reported door states (foundation.contract.DoorState).
 DOOR_CLOSED, DOOR_OPENING, DOOR_OPEN, DOOR_CLOSING = range(4)
 
 #: Overspeed as the governor sees it: ≥ 115% of rated speed (GB/T 7588.1-2020 5.6.2.2.1.1).

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
-from tianyan.contract import COLUMNS
+from foundation.contract import COLUMNS
 
 from .fleet import FaultLabel
 

@@ -30,7 +30,7 @@ from faust.types import Message
 from faust.web import Request, Response, View
 
 from detectors.thresholds import ElevatorLimits, load_thresholds
-from tianyan.settings import Settings
+from foundation.settings import Settings
 
 from . import metrics
 from .background import keep_serving

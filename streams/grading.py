@@ -25,16 +25,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from detectors.risk import GRADES, RiskAssessment, RiskInputs, assess, weights_version
 from detectors.thresholds import Thresholds
+from foundation.city import CITY_TZ  # registry dates are local dates
 
-#: Lianyungang's time zone: registry dates are local dates.
-CITY_TZ = ZoneInfo("Asia/Shanghai")
 #: Held (transaction-scoped) while grading; any constant shared by every tianyan process.
 GRADING_LOCK_KEY = 0x7479_7269_736B  # "tyrisk"
 

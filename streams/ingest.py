@@ -16,9 +16,9 @@ from detectors.alerts import Alert
 from detectors.rules import RuleState, observe, tick
 from detectors.stats import TripHealthState, observe_trip
 from detectors.thresholds import ElevatorLimits, Thresholds
-from tianyan import contract
-from tianyan.contract import TelemetryMessage
-from tianyan.records import Trip, WindowFeature
+from foundation import contract
+from foundation.contract import TelemetryMessage
+from foundation.records import Trip, WindowFeature
 
 from .trips import TripState, initial_trip_state, segment_message
 from .windows import WindowState, fold_message, initial_window_state

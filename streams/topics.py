@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tianyan.settings import Settings
+from foundation.settings import Settings
 
 _DAY_MS = 24 * 3600 * 1000
 

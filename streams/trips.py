@@ -47,9 +47,9 @@ from typing import Any, Final
 
 import msgspec
 
+from foundation.contract import Direction, DoorState, TelemetryMessage
+from foundation.records import Trip
 from streams.windows import MAX_SAMPLE_GAP_MS, MOVING_SPEED_MPS
-from tianyan.contract import Direction, DoorState, TelemetryMessage
-from tianyan.records import Trip
 
 #: A standstill this long ends a trip: shorter dips below the moving speed happen while
 #: levelling in, and 0.5 s is five samples at 10 Hz.

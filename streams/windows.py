@@ -42,8 +42,8 @@ from typing import Any, Final
 
 import msgspec
 
-from tianyan.contract import DoorState, TelemetryMessage
-from tianyan.records import WindowFeature
+from foundation.contract import DoorState, TelemetryMessage
+from foundation.records import WindowFeature
 
 #: A car faster than this is moving. Terminals report a few mm/s of creep and sensor noise
 #: at standstill; 0.05 m/s is far below any lift's levelling speed (≈ 0.1-0.3 m/s).

@@ -24,13 +24,13 @@ import psycopg
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from foundation.settings import Settings
 from registry.generate import generate
 from registry.store import upsert
+from rescue.delivery import new_secret
 from sql.migrate import migrate
 from streams.producer import RawPublisher
-from streams.rescue.delivery import new_secret
 from tianyan.processes import ServiceGroup, free_port, listening, wait_for_progress
-from tianyan.settings import Settings
 
 from .conftest import TIANYAN
 from .rescue_support import RecordingReceiver, http
@@ -197,7 +197,7 @@ def chaos_pipeline(
 ) -> Chaos:
     """Build (not start) the pipeline: schema, registry, topics, the simulated stream."""
     import simulator
-    from tianyan import contract
+    from foundation import contract
 
     migrate(scratch_db)
     start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=MINUTES + 2)

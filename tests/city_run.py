@@ -21,15 +21,15 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from foundation import contract
+from foundation.settings import Settings
 from registry.generate import generate
 from registry.model import Elevator
 from registry.store import upsert
+from rescue.delivery import new_secret
 from sql.migrate import migrate
 from streams.producer import RawPublisher
-from streams.rescue.delivery import new_secret
-from tianyan import contract
 from tianyan.processes import free_port, stop_process
-from tianyan.settings import Settings
 
 CITY_SEED, CITY_SIZE = 7, 80
 CITY_START = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)

@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from foundation.settings import Settings
 from tianyan import stack
-from tianyan.settings import Settings
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
 

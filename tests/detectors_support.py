@@ -25,10 +25,10 @@ from detectors.evaluation import AlertScore, FaultScore, score
 from detectors.evaluation import table as report
 from detectors.rules import RuleState, observe, tick
 from detectors.thresholds import ElevatorLimits, Thresholds
+from foundation.contract import InvalidMessage, TelemetryMessage, decode
 from registry.generate import generate
 from registry.model import Elevator
 from simulator import FileOutput, load_scenario, simulate
-from tianyan.contract import InvalidMessage, TelemetryMessage, decode
 
 HERE = Path(__file__).parent
 FAULTS_TOML = HERE / "scenarios" / "detector_faults.toml"

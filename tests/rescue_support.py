@@ -24,14 +24,14 @@ from kafka.admin import NewTopic
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from detectors.alerts import Alert, clear_alert, make_alert
+from foundation.settings import Settings
 from registry.generate import generate
 from registry.store import upsert
+from rescue import store
+from rescue.delivery import Sender, new_secret
 from sql.migrate import migrate
 from streams.producer import RawPublisher
-from streams.rescue import store
-from streams.rescue.delivery import Sender, new_secret
 from tianyan.processes import WaitTimeout, free_port, listening, stop_process, wait_until
-from tianyan.settings import Settings
 
 from .conftest import TIANYAN
 

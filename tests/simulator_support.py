@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from foundation.contract import COLUMNS, InvalidMessage, TelemetryMessage, decode
 from registry.generate import generate
 from registry.model import Elevator
 from simulator import FileOutput, Scenario, SimulationSummary, simulate
-from tianyan.contract import COLUMNS, InvalidMessage, TelemetryMessage, decode
 
 #: 01:00 UTC is 09:00 in Lianyungang: the morning peak, so cars are busy.
 START = dt.datetime(2025, 3, 3, 1, 0, tzinfo=dt.UTC)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from foundation.settings import Settings
 from tianyan.processes import services
-from tianyan.settings import Settings
 from tianyan.stack.kafka import LocalKafka
 from tianyan.stack.postgres import LocalPostgres
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tianyan import contract
-from tianyan.contract import InvalidMessage, TelemetryMessage, decode, encode
+from foundation import contract
+from foundation.contract import InvalidMessage, TelemetryMessage, decode, encode
 from tianyan.demo import trip_messages
 
 ELEVATOR = "32070000000000000001"

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tianyan.settings import Settings
+from foundation.settings import Settings
 
 from .conftest import TIANYAN
 

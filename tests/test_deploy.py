@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from foundation.settings import PROJECT_ROOT
 from tianyan.cli import main
-from tianyan.settings import PROJECT_ROOT
 
 UNITS = PROJECT_ROOT / "deploy" / "systemd"
 

@@ -31,7 +31,7 @@ from detectors import (
 )
 from detectors.stats import trip_features
 from detectors.testing import UncheckedMessage, car, message
-from tianyan.records import Trip
+from foundation.records import Trip
 
 EID = "32070620200000000001"
 T0 = 1_700_000_000_000

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from detectors import ElevatorLimits, SeriesError, TripHealthState, observe_trip, score_series
-from tianyan.records import Trip
+from foundation.records import Trip
 
 LIM = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000.0, floors=10)
 T0 = 1_700_000_000_000

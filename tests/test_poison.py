@@ -28,17 +28,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detectors.thresholds import ElevatorLimits
+from foundation import contract
+from foundation.contract import CodeEvent, TelemetryMessage
+from foundation.records import WindowFeature
+from foundation.settings import Settings
 from sql.migrate import migrate
 from streams import quarantine
 from streams.ingest import Ingest, RawRecord
 from streams.producer import RawPublisher
 from streams.sinks import SinkError, TimescaleSink
-from tianyan import contract
-from tianyan.contract import CodeEvent, TelemetryMessage
 from tianyan.demo import trip_messages
 from tianyan.processes import stop_process
-from tianyan.records import WindowFeature
-from tianyan.settings import Settings
 
 from .conftest import consume_all
 from .test_worker import _pipeline, _start

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import psycopg
 
+from foundation import contract
+from foundation.settings import Settings
 from replay import from_database, from_jsonl, replay
 from streams.producer import RawPublisher
 from streams.sinks import TimescaleSink
-from tianyan import contract
 from tianyan.demo import trip_messages
-from tianyan.settings import Settings
 
 from .conftest import TIANYAN, consume_all
 

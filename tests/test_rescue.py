@@ -17,9 +17,10 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from streams.rescue import store
-from streams.rescue.delivery import Sender
-from streams.rescue.lifecycle import (
+from foundation.settings import Settings
+from rescue import store
+from rescue.delivery import Sender
+from rescue.lifecycle import (
     IllegalTransition,
     RetrySchedule,
     classify_status,
@@ -28,7 +29,6 @@ from streams.rescue.lifecycle import (
     parse_retry_after,
 )
 from tianyan.processes import free_port, listening
-from tianyan.settings import Settings
 
 from .conftest import TIANYAN, consume_all
 from .rescue_support import (
@@ -772,7 +772,7 @@ def test_published_anchors_reveal_a_truncated_ledger(
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    from streams.rescue.ledger import read_anchors
+    from rescue.ledger import read_anchors
 
     r = rescue_setup(settings, scratch_db, [])
     hook = RecordingReceiver(r.secret, free_port())

@@ -17,10 +17,10 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from foundation.settings import Settings
 from sql.migrate import migrate
 from streams.producer import PublishError, RawPublisher
 from tianyan.processes import free_port, listening
-from tianyan.settings import Settings
 from tianyan.stack.kafka import LocalKafka
 
 from .conftest import TIANYAN, consume_all

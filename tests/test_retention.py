@@ -9,9 +9,9 @@ import uuid
 import psycopg
 import pytest
 
+from foundation import contract
 from sql.migrate import migrate
 from streams.sinks import TimescaleSink
-from tianyan import contract
 from tianyan.demo import trip_messages
 
 ELEVATOR = "32070000000000000777"

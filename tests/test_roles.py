@@ -6,8 +6,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from foundation.settings import Settings
 from sql.migrate import migrate
-from tianyan.settings import Settings
 
 SAMPLE = (
     "INSERT INTO tianyan.telemetry_sample VALUES (now(), '32070000000000000099', 1, 0, 0, 0, 1, 0,"

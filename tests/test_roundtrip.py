@@ -9,9 +9,9 @@ import time
 import psycopg
 import pytest
 
+from foundation.settings import Settings
 from streams.sinks import TimescaleSink
 from tianyan.demo import trip_messages
-from tianyan.settings import Settings
 
 from .conftest import TIANYAN
 

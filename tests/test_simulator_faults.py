@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from foundation.contract import COLUMNS
 from simulator import FileOutput, simulate
-from tianyan.contract import COLUMNS
 
 from .simulator_support import (
     DEVICE_FAULTS,

@@ -9,10 +9,10 @@ import psycopg
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from foundation.contract import InvalidMessage, decode
+from foundation.settings import Settings
 from simulator import KafkaOutput, simulate
 from streams.producer import RawPublisher
-from tianyan.contract import InvalidMessage, decode
-from tianyan.settings import Settings
 
 from .simulator_support import START, fleet, scenario
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tianyan.settings import PROJECT_ROOT
+from foundation.settings import PROJECT_ROOT
 
 from .conftest import TIANYAN
 

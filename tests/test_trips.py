@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from msgspec.structs import asdict
 
+from foundation.contract import TelemetryMessage
 from streams.trips import (
     DOOR_OPENING_WAIT_MS,
     STOP_CONFIRM_MS,
@@ -30,7 +31,6 @@ from tests.test_windows import (
     ride,
     row,
 )
-from tianyan.contract import TelemetryMessage
 
 
 def segment_all(

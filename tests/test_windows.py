@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from msgspec.structs import astuple
 
+from foundation.contract import SCHEMA_NAME, DoorState, Samples, TelemetryMessage
 from streams.windows import (
     FoldStats,
     WindowFeature,
@@ -23,7 +24,6 @@ from streams.windows import (
     fold_message,
     initial_window_state,
 )
-from tianyan.contract import SCHEMA_NAME, DoorState, Samples, TelemetryMessage
 
 EID = "32070000000000000001"
 #: A whole minute (2023-11-14T22:14:00Z), so the first 1-s and 60-s windows start here.

@@ -22,13 +22,13 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from foundation import contract
+from foundation.settings import Settings
 from registry.generate import generate
 from registry.store import upsert
 from sql.migrate import migrate
 from streams.producer import RawPublisher
-from tianyan import contract
 from tianyan.processes import stop_process
-from tianyan.settings import Settings
 
 from .conftest import TIANYAN, consume_all
 

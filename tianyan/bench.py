@@ -29,11 +29,11 @@ from pathlib import Path
 
 import psycopg
 
+from foundation import contract
+from foundation.settings import PROJECT_ROOT, Settings
 from streams.producer import RawPublisher
 from streams.sinks import TimescaleSink
-from tianyan import contract
 from tianyan.processes import ServiceGroup, services
-from tianyan.settings import PROJECT_ROOT, Settings
 
 PARTITIONS = 8
 

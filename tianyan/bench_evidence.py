@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from tianyan.settings import Settings
+from foundation.settings import Settings
 
 #: Samples per elevator: one a second.
 SAMPLES_PER_ELEVATOR = 10_000
@@ -53,8 +53,8 @@ def _ms(samples: list[float]) -> dict[str, float]:
 
 def run(settings: Settings, *, rows: int, calls: int, contenders: int, keep: bool) -> dict:
     from detectors.alerts import make_alert
+    from rescue import store
     from sql.migrate import migrate
-    from streams.rescue import store
 
     elevators = max(1, rows // SAMPLES_PER_ELEVATOR)
     tag = uuid.uuid4().hex[:8]

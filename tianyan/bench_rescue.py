@@ -36,8 +36,8 @@ import msgspec
 import numpy as np
 import psycopg
 
+from foundation.settings import PROJECT_ROOT, Settings
 from tianyan.processes import ServiceGroup, free_port, listening, services, wait_for_progress
-from tianyan.settings import PROJECT_ROOT, Settings
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
 
@@ -66,10 +66,10 @@ def run(
     from detectors.alerts import make_alert
     from registry.generate import generate
     from registry.store import upsert
+    from rescue import store
+    from rescue.delivery import new_secret
     from sql.migrate import migrate
     from streams.producer import RawPublisher
-    from streams.rescue import store
-    from streams.rescue.delivery import new_secret
 
     tag = uuid.uuid4().hex[:8]
     dbname = f"tianyan_bench_rescue_{tag}"

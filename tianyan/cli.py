@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
+from foundation.settings import Settings
 from tianyan.commands_eval import UTC_TIME
 from tianyan.commands_eval import settings_from_env as _settings
 from tianyan.logs import json_logging_config
-from tianyan.settings import Settings
 
 
 @click.group()
@@ -113,7 +113,7 @@ def contract() -> None:
 @contract.command("schema")
 def contract_schema() -> None:
     """Print the contract as a JSON Schema."""
-    from tianyan.contract import json_schema
+    from foundation.contract import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 
@@ -122,7 +122,7 @@ def contract_schema() -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def contract_validate(path: Path) -> None:
     """Validate a JSON Lines file of raw messages; report every bad line with its reason."""
-    from tianyan.contract import InvalidMessage, decode
+    from foundation.contract import InvalidMessage, decode
 
     good = bad = 0
     with path.open("rb") as f:

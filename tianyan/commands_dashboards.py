@@ -30,7 +30,7 @@ def _boards(uids: tuple[str, ...]) -> list:
 
 
 def _admin_url() -> str:
-    from tianyan.settings import Settings, SettingsError
+    from foundation.settings import Settings, SettingsError
 
     try:
         return Settings.from_env().admin_database_url

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from tianyan.settings import Settings, SettingsError
+from foundation.settings import Settings, SettingsError
 
 #: A date or date-time on the command line, read as UTC (the commands share it).
 UTC_TIME = click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"])

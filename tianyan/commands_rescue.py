@@ -33,8 +33,8 @@ def dispatcher(loglevel: str) -> None:
     """
     from faust.worker import Worker as FaustWorker
 
-    from streams.rescue.delivery import SecretError
-    from streams.rescue.dispatcher import create_app
+    from rescue.delivery import SecretError
+    from rescue.dispatcher import create_app
 
     settings = _settings()
     try:
@@ -61,7 +61,7 @@ def incidents(ctx: click.Context, stuck_after: float, as_json: bool) -> None:
         return
     import psycopg
 
-    from streams.rescue import store
+    from rescue import store
 
     settings = _settings()
     try:
@@ -116,7 +116,7 @@ def incidents_redeliver(
     """Queue dead deliveries again (same webhook-id, so receivers still de-duplicate)."""
     import psycopg
 
-    from streams.rescue import store
+    from rescue import store
 
     if not delivery_ids and not all_dead:
         raise click.UsageError("name delivery ids, or give --all-dead")
@@ -151,7 +151,7 @@ def audit_verify(database_url: str | None, anchors: bool) -> None:
     """
     import psycopg
 
-    from streams.rescue.ledger import as_json, read_anchors, verify
+    from rescue.ledger import as_json, read_anchors, verify
 
     settings = _settings()
     url = database_url or settings.database_url
@@ -215,8 +215,8 @@ def rescue_receiver(
 
     from aiohttp import web
 
-    from streams.rescue.delivery import SecretError
-    from streams.rescue.receiver import Receiver
+    from rescue.delivery import SecretError
+    from rescue.receiver import Receiver
 
     if not secret:
         raise click.UsageError("give --secret or set TIANYAN_RESCUE_WEBHOOK_SECRET")

@@ -18,9 +18,9 @@ from typing import Any
 
 import click
 
+from foundation.settings import Settings
 from tianyan.commands_eval import UTC_TIME
 from tianyan.commands_eval import settings_from_env as _settings
-from tianyan.settings import Settings
 
 REGULATOR_ROLE = "tianyan_regulator"
 

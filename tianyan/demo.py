@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import psycopg
 
+from foundation import contract
+from foundation.contract import Samples, TelemetryMessage
+from foundation.settings import Settings
 from streams.producer import RawPublisher
 from streams.sinks import TimescaleSink
 from streams.topics import ensure_topics, topic_specs
-from tianyan import contract
-from tianyan.contract import Samples, TelemetryMessage
-from tianyan.settings import Settings
 
 SAMPLE_HZ = 10
 FLOOR_HEIGHT_M = 3.0

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from foundation.settings import Settings
 from tianyan.processes import ServiceGroup, WaitTimeout, free_port, listening, services
 from tianyan.processes import wait_for_progress as _wait_for_progress
-from tianyan.settings import Settings
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
 SCENARIO = Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "demo.toml"
@@ -117,11 +117,11 @@ def run(
     from registry.generate import generate
     from registry.store import upsert
     from replay import from_jsonl, replay
+    from rescue.delivery import new_secret
+    from rescue.ledger import verify
     from sql.migrate import migrate
     from streams.grading import grade_fleet
     from streams.producer import RawPublisher
-    from streams.rescue.delivery import new_secret
-    from streams.rescue.ledger import verify
     from tianyan.evaluate import read_labels
 
     wall0 = time.monotonic()
@@ -398,7 +398,7 @@ def _rescue_progress(url: str) -> dict[str, int]:
 
 
 def _expected_samples(path: Path) -> int:
-    from tianyan import contract
+    from foundation import contract
 
     seen: set[tuple[str, int]] = set()
     with path.open("rb") as f:

@@ -227,7 +227,7 @@ def read_labels(path: Path) -> list[dict[str, Any]]:
 
 
 def _first_sample_ms(path: Path) -> int:
-    from tianyan.contract import InvalidMessage, decode
+    from foundation.contract import InvalidMessage, decode
 
     try:
         with path.open("rb") as f:

@@ -16,11 +16,11 @@ from dashboards.board import (
 )
 from dashboards.boards import shared
 from dashboards.datasources import ANALYST
-from tianyan.contract import ServiceMode
+from foundation.contract import ServiceMode
 
 _SELECTED = "e.district IN ($district) AND e.maintenance_company IN ($maintenance_company)"
 #: Two samples of one mode further apart than this belong to two periods: an idle terminal
-#: sends a heartbeat every 30 s (tianyan/contract.py), so a longer silence is a break.
+#: sends a heartbeat every 30 s (foundation/contract.py), so a longer silence is a break.
 PERIOD_GAP_S = 60
 _NORMAL = int(ServiceMode.NORMAL)
 _INSPECTION = int(ServiceMode.INSPECTION)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from detectors.thresholds import Thresholds
-from tianyan.contract import EVENT_CODES, FAULT_CODES, DoorState, ServiceMode
+from foundation.contract import EVENT_CODES, FAULT_CODES, DoorState, ServiceMode
 
 OPERATION = "tianyan-operation"
 ELEVATOR = "tianyan-elevator"
@@ -41,7 +41,7 @@ INCIDENT_OPEN_AT_END = (
     "i.opened_at <= $__timeTo() AND (i.closed_at IS NULL OR i.closed_at > $__timeTo())"
 )
 
-#: Service modes as terminals report them (tianyan/contract.py), for value mappings.
+#: Service modes as terminals report them (foundation/contract.py), for value mappings.
 SERVICE_MODES = {str(int(m)): m.name.lower().replace("_", " ") for m in ServiceMode}
 #: GB/T 24476 fault and event codes, for value mappings.
 CODES = {**FAULT_CODES, **EVENT_CODES}

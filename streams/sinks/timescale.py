@@ -29,9 +29,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from detectors.alerts import Alert
-from tianyan import contract
-from tianyan.contract import COLUMNS, TelemetryMessage
-from tianyan.records import Trip, WindowFeature
+from foundation import contract
+from foundation.contract import COLUMNS, TelemetryMessage
+from foundation.records import Trip, WindowFeature
 
 log = logging.getLogger("tianyan.sink")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tianyan.settings import Settings
+from foundation.settings import Settings
 
 from .errors import StackError
 from .kafka import LocalKafka, check_kafka

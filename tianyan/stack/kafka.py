@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tianyan.settings import Settings
+from foundation.settings import Settings
 
 from .errors import StackError
 

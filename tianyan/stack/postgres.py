@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from tianyan.settings import Settings
+from foundation.settings import Settings
 
 from .errors import StackError
 

@@ -281,7 +281,7 @@ def decode(raw: bytes) -> TelemetryMessage:
     >>> decode(b'{"schema": "tianyan.telemetry/1"}')
     Traceback (most recent call last):
     ...
-    tianyan.contract.InvalidMessage: Object missing required field `elevator_id`
+    foundation.contract.InvalidMessage: Object missing required field `elevator_id`
     """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(

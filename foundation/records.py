@@ -1,6 +1,6 @@
 """The stream shapes: what the worker derives from raw telemetry and everything downstream reads.
 
-The wire contract (what terminals send) is :mod:`tianyan.contract`; these are the records
+The wire contract (what terminals send) is :mod:`foundation.contract`; these are the records
 the pipeline makes of it — window features, trips — defined once here, at the bottom of the
 import graph, so that ``streams`` (which makes them) and ``detectors`` (which judges them)
 share them without importing each other.
@@ -100,7 +100,7 @@ class Trip(msgspec.Struct, frozen=True):
     end_floor
         Floor reported at ``end_ms`` (the nearest landing, also when stopped between floors).
     direction
-        :class:`~tianyan.contract.Direction` from the position change: 1 up, 2 down; if the
+        :class:`~foundation.contract.Direction` from the position change: 1 up, 2 down; if the
         position did not change, the last non-zero direction the terminal reported, else 0.
     duration_s
         ``end_ms - start_ms``, s.

@@ -87,7 +87,7 @@ class Settings:
     raw_retention_days: int
     evidence_window_s: int
     grading_interval_s: int
-    # the incident dispatcher (streams/rescue/)
+    # the incident dispatcher (rescue/)
     rescue_webhook_urls: tuple[str, ...]
     rescue_webhook_secret: str | None
     rescue_api_token: str | None

@@ -2,7 +2,7 @@
 
 - An agent consumes the alerts topic (keyed by elevator, so one elevator's alerts arrive in
   order) and applies each alert in one transaction: incident, event, outbox rows, ledger
-  entries (streams/rescue/store.py). A repeat of an applied alert changes nothing, so
+  entries (rescue/store.py). A repeat of an applied alert changes nothing, so
   Kafka's at-least-once delivery is enough. On a new trapping incident the reassurance
   command goes to the device-commands topic before that transaction commits.
 - A delivery loop claims due outbox rows and POSTs them, signed, up to
@@ -36,10 +36,10 @@ from faust.web import Request, Response, View
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from detectors.alerts import Alert
+from foundation.settings import Settings
 from streams.background import keep_serving
 from streams.metrics import exposition
 from streams.producer import PublishError, RawPublisher
-from tianyan.settings import Settings
 
 from . import metrics, store
 from .delivery import Sender, signer, signing_key_id

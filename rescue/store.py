@@ -3,7 +3,7 @@ entries (the transactional outbox), so a change is either recorded, queued for e
 endpoint and ledgered — or none of these.
 
 Each function takes an open psycopg connection (autocommit off) and runs one transaction.
-The dispatcher (streams/rescue/dispatcher.py) calls them from a thread; `tianyan incidents`
+The dispatcher (rescue/dispatcher.py) calls them from a thread; `tianyan incidents`
 and `tianyan audit` call them directly.
 """
 
