@@ -246,9 +246,14 @@ def _unknown_names_message(name: str) -> str:
 
 
 class _RegistryElevator(Protocol):
-    rated_speed_mps: float
-    rated_load_kg: float
-    floors: int
+    """What ratings are read from: a registry entry (read-only, e.g. a frozen record)."""
+
+    @property
+    def rated_speed_mps(self) -> float: ...
+    @property
+    def rated_load_kg(self) -> float: ...
+    @property
+    def floors(self) -> int: ...
 
 
 @dataclass(frozen=True)

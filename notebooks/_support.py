@@ -1,7 +1,7 @@
 """What the analyst notebooks share: where their inputs come from, database reads as data
 frames, and their figures.
 
-The decisions stay in the packages — :mod:`tianyan.evaluate` and :mod:`detectors.evaluation`
+The decisions stay in the packages — :mod:`evaluation.runs` and :mod:`evaluation.scoring`
 score detection, :mod:`detectors.rules` raises trappings, :mod:`replay` rebuilds stored
 messages, :mod:`streams.grading` grades risk; this module only reads, arranges and draws.
 Every database read goes through a read-only transaction.
@@ -23,8 +23,8 @@ import psycopg
 
 if TYPE_CHECKING:
     from detectors.alerts import Alert
-    from detectors.evaluation import Evaluation
     from detectors.thresholds import Thresholds
+    from evaluation.scoring import Evaluation
     from replay import ReplayItem
 
 #: The repository the notebooks live in (scenario files are found from here).
@@ -110,10 +110,10 @@ def simulate_run(
 ) -> Path:
     """Simulate the first ``elevators`` cars of the synthetic registry (``registry_seed``)
     under ``scenario`` into ``out_dir/run.jsonl`` (labels beside it), as
-    :func:`tianyan.evaluate.evaluate` does, and return the stream's path: the notebook keeps
+    :func:`evaluation.runs.evaluate` does, and return the stream's path: the notebook keeps
     the files to explain the misses."""
     import simulator
-    from tianyan.evaluate import DEFAULT_START, fleet
+    from evaluation.runs import DEFAULT_START, fleet
 
     path = out_dir / "run.jsonl"
     simulator.simulate(
@@ -143,7 +143,7 @@ def sample_times(stream: Path) -> dict[str, np.ndarray]:
 
 
 def fault_scores(evaluation: Evaluation) -> pd.DataFrame:
-    """One row per scored fault type of a :class:`detectors.evaluation.Evaluation`."""
+    """One row per scored fault type of a :class:`evaluation.scoring.Evaluation`."""
     rows = [
         {
             "fault_type": kind,
@@ -236,10 +236,10 @@ def explain_misses(
     Looks, on the same elevator, for a device fault (a terminal dropout…) overlapping the
     label, the longest silence between samples from a minute before the onset to the end,
     and the nearest *unexplained* alert of a type that detects the label (an alert that
-    came, but outside the window in which it counts: :func:`detectors.evaluation.label_window`),
+    came, but outside the window in which it counts: :func:`evaluation.scoring.label_window`),
     each within :data:`MISS_CONTEXT_MS` of the label.
     """
-    from detectors.evaluation import DETECTS, SLACK_MS, label_window
+    from evaluation.scoring import DETECTS, SLACK_MS, label_window
 
     rows = []
     for kind, s in sorted(evaluation.faults.items()):
@@ -473,8 +473,8 @@ def fault_labels(url: str, elevator_id: str, labels_path: str | None = None) -> 
 
 def labelled_fault(labels: Sequence[Mapping[str, Any]], alert: pd.Series) -> dict | None:
     """The injected fault that explains ``alert`` by the evaluation's own rule
-    (:data:`detectors.evaluation.EXPLAINED_BY`, :func:`~detectors.evaluation.explain_window`)."""
-    from detectors.evaluation import EXPLAINED_BY, explain_window
+    (:data:`evaluation.scoring.EXPLAINED_BY`, :func:`~evaluation.scoring.explain_window`)."""
+    from evaluation.scoring import EXPLAINED_BY, explain_window
 
     raised_ms = int(alert["raised_at"].timestamp() * 1000)
     for lb in labels:
@@ -582,13 +582,13 @@ def timeline_figure(
 def detect_again(url: str, items: Sequence[ReplayItem], elevator_id: str) -> list[Alert]:
     """Feed replayed messages (:class:`replay.ReplayItem`) to the worker's own
     :class:`streams.ingest.Ingest`, ticking its clock as the worker does
-    (:data:`tianyan.evaluate.TICK_EVERY_MS` of stream time), and return the alerts raised:
+    (:data:`evaluation.runs.TICK_EVERY_MS` of stream time), and return the alerts raised:
     what the detectors decide from the replayed slice alone (the same loop as
-    ``tianyan evaluate``: :func:`tianyan.evaluate.run_detectors`)."""
+    ``tianyan evaluate``: :func:`evaluation.runs.run_detectors`)."""
     from types import SimpleNamespace
 
     from detectors.thresholds import ElevatorLimits
-    from tianyan.evaluate import run_detectors
+    from evaluation.runs import run_detectors
 
     ratings = read_frame(
         url,

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from detectors.alerts import Alert
-
-# The matching rules are product code (detectors.evaluation); SAFETY_LABELS re-exported.
-from detectors.evaluation import SAFETY_LABELS as SAFETY_LABELS
-from detectors.evaluation import AlertScore, FaultScore, score
-from detectors.evaluation import table as report
 from detectors.rules import RuleState, observe, tick
 from detectors.thresholds import ElevatorLimits, Thresholds
+
+# The matching rules are product code (evaluation.scoring); SAFETY_LABELS re-exported.
+from evaluation.scoring import SAFETY_LABELS as SAFETY_LABELS
+from evaluation.scoring import AlertScore, FaultScore, score
+from evaluation.scoring import table as report
 from foundation.contract import InvalidMessage, TelemetryMessage, decode
 from registry.generate import generate
 from registry.model import Elevator
@@ -121,7 +121,7 @@ def evaluate(
     end_ms: int,
     times: dict[str, list[int]],
 ) -> tuple[dict[str, FaultScore], dict[str, AlertScore]]:
-    """(recall per label type, precision per alert type), by :func:`detectors.evaluation.score`.
+    """(recall per label type, precision per alert type), by :func:`evaluation.scoring.score`.
     ``times``: each car's sample times, to censor labels the signals never showed."""
     start_ms = min((t[0] for t in times.values() if t), default=end_ms)
     ev = score(

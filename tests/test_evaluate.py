@@ -13,14 +13,14 @@ from click.testing import CliRunner
 
 import simulator
 from detectors.alerts import Alert, make_alert
-from detectors.evaluation import (
+from evaluation.runs import DEFAULT_START, EvaluationReport, evaluate, fleet
+from evaluation.scoring import (
     SAFETY_LABELS,
     censor_reason,
     safety_fault_ms,
     score,
 )
 from tianyan.commands_eval import evaluate_command
-from tianyan.evaluate import DEFAULT_START, EvaluationReport, evaluate, fleet
 
 HERE = Path(__file__).parent
 FAULTS_TOML = HERE / "scenarios" / "detector_faults.toml"

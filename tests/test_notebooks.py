@@ -24,7 +24,7 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
 from detectors.alerts import TRAPPED_TYPES
-from detectors.evaluation import DETECTS, EXPLAINED_BY
+from evaluation.scoring import DETECTS, EXPLAINED_BY
 
 from .city_run import CITY_SEED, CityRun
 

@@ -2,7 +2,7 @@
 
 ``score`` runs a named detector (:data:`detectors.registry.DETECTORS`) over a CSV's numeric
 columns; ``evaluate`` measures the worker's detectors against a simulated, labelled fleet
-(:mod:`tianyan.evaluate`). Registered in :mod:`tianyan.cli` as ``score_command`` and
+(:mod:`evaluation.runs`). Registered in :mod:`tianyan.cli` as ``score_command`` and
 ``evaluate_command``.
 """
 
@@ -260,7 +260,7 @@ def evaluate_command(
     is one JSON object.
     """
     import simulator
-    from tianyan import evaluate as ev
+    from evaluation import runs as ev
 
     rseed = ev.REGISTRY_SEED if registry_seed is None else registry_seed
     try:

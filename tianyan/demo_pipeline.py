@@ -113,7 +113,8 @@ def run(
     from dashboards.macros import TimeRange
     from dashboards.report import write_report
     from detectors.alerts import Alert
-    from detectors.evaluation import score
+    from evaluation.runs import read_labels
+    from evaluation.scoring import score
     from registry.generate import generate
     from registry.store import upsert
     from replay import from_jsonl, replay
@@ -122,7 +123,6 @@ def run(
     from sql.migrate import migrate
     from streams.grading import grade_fleet
     from streams.producer import RawPublisher
-    from tianyan.evaluate import read_labels
 
     wall0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)

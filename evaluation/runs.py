@@ -5,7 +5,7 @@ The detectors run through :class:`streams.ingest.Ingest` — validation, de-dupl
 trip segmentation, the safety rules per message and the trip-health charts per trip — with
 each elevator's registry limits, one record at a time in file order, and
 :meth:`~streams.ingest.Ingest.tick` each time stream time passes another
-:data:`TICK_EVERY_MS`. Scoring is :func:`detectors.evaluation.score`.
+:data:`TICK_EVERY_MS`. Scoring is :func:`evaluation.scoring.score`.
 
 >>> report = evaluate("tests/scenarios/detector_faults.toml", seed=1, elevators=4,
 ...                   duration_s=300)  # doctest: +SKIP
@@ -28,8 +28,8 @@ import numpy as np
 
 import simulator
 from detectors.alerts import Alert
-from detectors.evaluation import Evaluation, score
 from detectors.thresholds import ElevatorLimits, Thresholds
+from evaluation.scoring import Evaluation, score
 from registry.generate import generate
 from registry.model import Elevator
 from streams.ingest import Ingest, RawRecord
@@ -67,7 +67,7 @@ class EvaluationReport:
     default_limits
         Elevators not in the registry, judged with the conservative default limits.
     evaluation
-        The scores (:class:`detectors.evaluation.Evaluation`).
+        The scores (:class:`evaluation.scoring.Evaluation`).
     wall_s
         Elapsed wall-clock seconds (simulation included).
     """
@@ -86,7 +86,7 @@ class EvaluationReport:
     wall_s: float = 0.0
 
     def table(self) -> str:
-        """The header line, then :meth:`detectors.evaluation.Evaluation.table`."""
+        """The header line, then :meth:`evaluation.scoring.Evaluation.table`."""
         seed = "" if self.seed is None else f" seed {self.seed}"
         head = (
             f"{self.source}{seed}: {self.elevators} elevators × {self.duration_s:.0f} s; "

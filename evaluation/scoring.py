@@ -61,9 +61,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from .alerts import Alert
-from .stats import TripHealthState
-from .thresholds import Thresholds
+from detectors.alerts import Alert
+from detectors.stats import TripHealthState
+from detectors.thresholds import Thresholds
 
 #: How long after a label's end an alert still counts as its detection, ms: a clearing
 #: condition is confirmed over a few samples and a message spans up to 5 s.
