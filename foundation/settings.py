@@ -171,3 +171,58 @@ class Settings:
             audit_anchors_topic=_env("TIANYAN_AUDIT_ANCHORS_TOPIC", "tianyan.audit.anchors"),
             audit_anchor_interval_s=_env_int("TIANYAN_AUDIT_ANCHOR_INTERVAL_S", 60),
         )
+
+    def to_env(self) -> dict[str, str]:
+        """The ``TIANYAN_*`` environment that :meth:`from_env` reads back as these settings:
+        how a command hands its settings to the services it starts."""
+
+        def ms(seconds: float) -> str:
+            return str(round(seconds * 1000))
+
+        env = {
+            "TIANYAN_VAR_DIR": str(self.var_dir),
+            "TIANYAN_KAFKA_PORT": str(self.kafka_port),
+            "TIANYAN_KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
+            "TIANYAN_KAFKA_HEAP_MB": str(self.kafka_heap_mb),
+            "TIANYAN_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "TIANYAN_PG_PORT": str(self.pg_port),
+            "TIANYAN_DATABASE_URL": self.database_url,
+            "TIANYAN_ADMIN_DATABASE_URL": self.admin_database_url,
+            "TIANYAN_RAW_TOPIC": self.raw_topic,
+            "TIANYAN_QUARANTINE_TOPIC": self.quarantine_topic,
+            "TIANYAN_ALERTS_TOPIC": self.alerts_topic,
+            "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": self.alerts_dead_letter_topic,
+            "TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS": str(self.kafka_delivery_timeout_ms),
+            "TIANYAN_DETECTORS": "on" if self.detectors_enabled else "off",
+            "TIANYAN_RAW_PARTITIONS": str(self.raw_partitions),
+            "TIANYAN_WORKER_ID": self.worker_id,
+            "TIANYAN_WORKER_WEB_PORT": str(self.worker_web_port),
+            "TIANYAN_GRACE_MS": str(self.grace_ms),
+            "TIANYAN_BATCH_MESSAGES": str(self.batch_messages),
+            "TIANYAN_BATCH_LINGER_MS": str(self.batch_linger_ms),
+            "TIANYAN_CHECKPOINT_INTERVAL_MS": ms(self.checkpoint_interval_s),
+            "TIANYAN_RAW_RETENTION_DAYS": str(self.raw_retention_days),
+            "TIANYAN_EVIDENCE_WINDOW_S": str(self.evidence_window_s),
+            "TIANYAN_GRADING_INTERVAL_S": str(self.grading_interval_s),
+            "TIANYAN_RESCUE_WEBHOOK_URL": " ".join(self.rescue_webhook_urls),
+            "TIANYAN_DISPATCHER_ID": self.dispatcher_id,
+            "TIANYAN_DISPATCHER_WEB_PORT": str(self.dispatcher_web_port),
+            "TIANYAN_DEVICE_COMMANDS_TOPIC": self.device_commands_topic,
+            "TIANYAN_WEBHOOK_TIMEOUT_MS": ms(self.webhook_timeout_s),
+            "TIANYAN_WEBHOOK_MAX_AGE_S": str(self.webhook_max_age_s),
+            "TIANYAN_WEBHOOK_AUTH_RETRY_S": str(self.webhook_auth_retry_s),
+            "TIANYAN_WEBHOOK_RETRY_BASE_MS": ms(self.webhook_retry_base_s),
+            "TIANYAN_WEBHOOK_RETRY_CAP_MS": ms(self.webhook_retry_cap_s),
+            "TIANYAN_WEBHOOK_CONCURRENCY": str(self.webhook_concurrency),
+            "TIANYAN_ESCALATION_AFTER_S": ",".join(str(s) for s in self.escalation_after_s),
+            "TIANYAN_ARRIVAL_TARGET_S": str(self.arrival_target_s),
+            "TIANYAN_AUDIT_ANCHORS_TOPIC": self.audit_anchors_topic,
+            "TIANYAN_AUDIT_ANCHOR_INTERVAL_S": str(self.audit_anchor_interval_s),
+        }
+        optional = {
+            "TIANYAN_THRESHOLDS_FILE": self.thresholds_file,
+            "TIANYAN_RESCUE_WEBHOOK_SECRET": self.rescue_webhook_secret,
+            "TIANYAN_RESCUE_API_TOKEN": self.rescue_api_token,
+        }
+        env.update({k: str(v) for k, v in optional.items() if v is not None})
+        return env

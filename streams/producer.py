@@ -68,8 +68,10 @@ class RawPublisher:
         self.first_error: str | None = None
         # Failed records, in the order they failed: kept until Kafka acknowledges them.
         self._unacknowledged: list[_Unacknowledged] = []
-        self._producer = Producer(
-            {
+        # A fatal error of the idempotent producer (an out-of-order sequence after records
+        # timed out in an outage, say): the client must be replaced before it can send again.
+        self._fatal: KafkaError | None = None
+        self._config = {
                 "bootstrap.servers": bootstrap,
                 "enable.idempotence": True,
                 "linger.ms": linger_ms,
@@ -81,8 +83,9 @@ class RawPublisher:
                 # The Java client's (and kafka-python's) partitioner: an elevator's messages
                 # land on the same partition whichever client a terminal or tool uses.
                 "partitioner": "murmur2_random",
+                "error_cb": self._on_error,
             }
-        )
+        self._producer = Producer(self._config)
         try:
             metadata = self._producer.list_topics(topic, timeout=10)
         except KafkaException as e:
@@ -99,8 +102,14 @@ class RawPublisher:
         """Records Kafka reported failed and not yet acknowledged on a later send."""
         return len(self._unacknowledged)
 
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
+            if err.fatal():
+                self._fatal = err
             if self.first_error is None:
                 self.first_error = str(err)
             self._unacknowledged.append(
@@ -175,6 +184,14 @@ class RawPublisher:
             when records are still unacknowledged after ``timeout_s`` or were refused; they
             stay queued for the next ``flush``.
         """
+        if self._fatal is not None:
+            # Everything the old client still held is failed back to us by its purge; a new
+            # client (a new producer id, sequences from zero) sends it all again.
+            old, self._fatal = self._producer, None
+            old.purge(in_queue=True, in_flight=True)
+            old.poll(0)
+            old.flush(0)
+            self._producer = Producer(self._config)
         retry, self._unacknowledged = self._unacknowledged, []
         for r in retry:
             self._produce(r.topic, r.key, r.value, r.partition, r.headers)

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import sys
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,15 +25,11 @@ import numpy as np
 import psycopg
 
 from foundation.settings import Settings
-from tianyan.processes import ServiceGroup, WaitTimeout, free_port, listening, services
-from tianyan.processes import wait_for_progress as _wait_for_progress
+from tianyan.harness import pipeline
+from tianyan.processes import WaitTimeout, free_port
 
-TIANYAN = str(Path(sys.executable).with_name("tianyan"))
 SCENARIO = Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "demo.toml"
 REGISTRY_SEED = 20210101
-#: A stage fails when nothing it watches has moved for this long (its waits follow
-#: progress: a slow machine only makes the demo longer).
-STALL_S = 120.0
 
 
 class DemoError(RuntimeError):
@@ -63,33 +56,6 @@ class DemoSummary:
     boards: str = ""
     database: str = ""
     seconds: float = 0.0
-
-
-def _wait(
-    progress: Callable[[], Any],
-    done: Callable[[Any], bool],
-    what: str,
-    group: ServiceGroup,
-    log: Path,
-) -> Any:
-    """Wait while ``progress()`` moves (or the services' log grows) until ``done``; fail,
-    naming the stage and where it stood, when nothing moved for :data:`STALL_S` or a service
-    exited."""
-
-    def moving() -> tuple[Any, int]:
-        return progress(), log.stat().st_size if log.exists() else 0
-
-    try:
-        reached = _wait_for_progress(
-            moving,
-            lambda p: done(p[0]),
-            stall_s=STALL_S,
-            what=what,
-            alive=group.exited,
-        )
-    except WaitTimeout as e:
-        raise DemoError(f"{e}; see {log}") from None
-    return reached[0]  # type: ignore[index]
 
 
 def _scalar(url: str, sql: str) -> int:
@@ -120,153 +86,89 @@ def run(
     from replay import from_jsonl, replay
     from rescue.delivery import new_secret
     from rescue.ledger import verify
-    from sql.migrate import migrate
     from streams.grading import grade_fleet
     from streams.producer import RawPublisher
 
     wall0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    for old in ("received.jsonl", "services.log"):
+    for old in ("received.jsonl", *(p.name for p in out.glob("*.log"))):
         (out / old).unlink(missing_ok=True)
     summary = DemoSummary(elevators=elevators, simulated_s=minutes * 60)
 
-    # -- a database and topics of the demo's own -------------------------------------------
-    superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}"
-    admin = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{database}"
-    writer = admin.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
-    with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{database}" OWNER tianyan')
-    with psycopg.connect(f"{superuser}/{database}", autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION timescaledb")
-    migrate(admin)
+    # -- a database and topics of the demo's own, and its services ---------------------------
     start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=minutes + 5)
-    fleet = generate(REGISTRY_SEED, elevators, start.date())
-    upsert(admin, fleet)
-    summary.database = admin
-    say(f"registry: {elevators} elevators of a synthetic Lianyungang in {database}")
-
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    tag = uuid.uuid4().hex[:8]
-    topics = {
-        k: f"demo.{k}.{tag}" for k in ("raw", "quarantine", "alerts", "alerts-dead", "commands")
-    }
-    kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    kafka.create_topics(
-        [
-            NewTopic(topics["raw"], 4, 1),
-            NewTopic(topics["quarantine"], 1, 1),
-            NewTopic(topics["alerts"], 4, 1),
-            NewTopic(topics["alerts-dead"], 1, 1),
-            NewTopic(topics["commands"], 1, 1),
-        ]
-    )
-
-    # -- simulate ----------------------------------------------------------------------------
-    stream = out / "city.jsonl"
-    sim = simulator.simulate(
-        simulator.load_scenario(SCENARIO),
-        fleet,
-        start=start,
-        duration_s=minutes * 60,
-        output=simulator.FileOutput(stream),
-        progress=False,
-    )
-    labels = read_labels(stream)
-    say(
-        f"simulated {minutes:g} min of {elevators} elevators with faults: "
-        f"{sim.messages} messages, {len(labels)} injected faults → {stream}"
-    )
-
-    # -- the services -----------------------------------------------------------------------
-    receiver_port, dispatcher_port = free_port(), free_port()
-    journal, log_path = out / "received.jsonl", out / "services.log"
-    env = {
-        **os.environ,
-        "TIANYAN_DATABASE_URL": writer,
-        "TIANYAN_ADMIN_DATABASE_URL": admin,
-        "TIANYAN_RAW_TOPIC": topics["raw"],
-        "TIANYAN_QUARANTINE_TOPIC": topics["quarantine"],
-        "TIANYAN_ALERTS_TOPIC": topics["alerts"],
-        "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": topics["alerts-dead"],
-        "TIANYAN_DEVICE_COMMANDS_TOPIC": topics["commands"],
-        "TIANYAN_RAW_PARTITIONS": "4",
-        "TIANYAN_WORKER_ID": f"demo-worker-{tag}",
-        "TIANYAN_DISPATCHER_ID": f"demo-dispatcher-{tag}",
-        "TIANYAN_DISPATCHER_WEB_PORT": str(dispatcher_port),
-        "TIANYAN_RESCUE_WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/96333",
-        "TIANYAN_RESCUE_WEBHOOK_SECRET": new_secret(),
-        "TIANYAN_CHECKPOINT_INTERVAL_MS": "1000",
-        "TIANYAN_GRADING_INTERVAL_S": "0",  # the demo grades once, at the end
-        "TIANYAN_RECEIVER_LOGLEVEL": "WARNING",
-    }
+    receiver_port = free_port()
+    journal = out / "received.jsonl"
     try:
-        with services() as group:
+        with pipeline(
+            settings,
+            database,
+            out,
+            keep_database=True,  # for the person to look at
+            rescue_webhook_urls=(f"http://127.0.0.1:{receiver_port}/96333",),
+            rescue_webhook_secret=new_secret(),
+            checkpoint_interval_s=1.0,
+            grading_interval_s=0,  # the demo grades once, at the end
+        ) as run:
+            admin, writer = run.admin_url, run.writer_url
+            fleet = generate(REGISTRY_SEED, elevators, start.date())
+            upsert(admin, fleet)
+            summary.database = admin
+            say(f"registry: {elevators} elevators of a synthetic Lianyungang in {database}")
 
-            def spawn(name: str, *args: str, **extra: str) -> None:
-                group.start(name, [TIANYAN, *args], env={**env, **extra}, log=log_path)
+            # -- simulate --------------------------------------------------------------------
+            stream = out / "city.jsonl"
+            sim = simulator.simulate(
+                simulator.load_scenario(SCENARIO),
+                fleet,
+                start=start,
+                duration_s=minutes * 60,
+                output=simulator.FileOutput(stream),
+                progress=False,
+            )
+            labels = read_labels(stream)
+            say(
+                f"simulated {minutes:g} min of {elevators} elevators with faults: "
+                f"{sim.messages} messages, {len(labels)} injected faults → {stream}"
+            )
 
-            spawn(
-                "receiver",
-                "rescue-receiver",
-                "--port",
-                str(receiver_port),
-                "--journal",
-                str(journal),
+            # -- the services ----------------------------------------------------------------
+            run.start_receiver(
+                receiver_port,
+                journal,
                 "--acknowledge",
-                f"http://127.0.0.1:{dispatcher_port}",
+                f"http://127.0.0.1:{run.settings.dispatcher_web_port}",
             )
-            spawn("dispatcher", "dispatcher", "--loglevel", "warn")
+            run.start_dispatcher()
             for i in range(2):
-                spawn(
-                    f"worker {i + 1}",
-                    "worker",
-                    "--loglevel",
-                    "warn",
-                    TIANYAN_WORKER_WEB_PORT=str(free_port()),
-                )
-            _wait(
-                lambda: (listening(receiver_port), listening(dispatcher_port)),
-                all,
-                "starting the receiver and the dispatcher",
-                group,
-                log_path,
-            )
+                run.start_worker(f"worker {i + 1}")
             say("started: 2 stream workers, the incident dispatcher, the reference rescue receiver")
 
-            with RawPublisher(settings.kafka_bootstrap, topics["raw"]) as pub:
+            raw = run.settings.raw_topic
+            with RawPublisher(settings.kafka_bootstrap, raw) as pub:
                 published = replay(from_jsonl(stream), pub, progress=False)
-            say(f"published {published.messages} messages to {topics['raw']}; the workers fold …")
+            say(f"published {published.messages} messages to {raw}; the workers fold …")
             expected = _expected_samples(stream)
-            _wait(
-                lambda: _scalar(writer, "SELECT count(*) FROM telemetry_sample"),
+            run.wait(
+                lambda: run.scalar("SELECT count(*) FROM telemetry_sample"),
                 lambda stored: stored >= expected,
                 f"the workers storing {expected} samples (stored so far)",
-                group,
-                log_path,
             )
             time.sleep(3.0)  # the last alerts go out with the last batch
             say("every sample stored; the dispatcher applies the alerts and delivers …")
-            _wait(
+            run.wait(
                 lambda: _rescue_progress(admin),
                 lambda p: p["alerts_applied"] >= p["alerts"] and p["deliveries_pending"] == 0,
                 "the dispatcher applying every alert and delivering every change",
-                group,
-                log_path,
             )
             time.sleep(2.0)  # acknowledgements from the receiver, and their webhooks
-            _wait(
+            run.wait(
                 lambda: _rescue_progress(admin),
                 lambda p: p["deliveries_pending"] == 0,
                 "delivering the acknowledgements' webhooks",
-                group,
-                log_path,
             )
-    finally:
-        kafka.delete_topics(list(topics.values()))
-        kafka.close()
+    except WaitTimeout as e:
+        raise DemoError(f"{e}; the services' logs are in {out}") from None
 
     # -- what the pipeline did ----------------------------------------------------------------
     with psycopg.connect(admin) as conn:

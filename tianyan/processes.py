@@ -138,8 +138,9 @@ class ServiceGroup:
         *,
         env: Mapping[str, str],
         log: IO[bytes] | Path,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``args`` as the service ``name`` (unique in the group)."""
+        """Start ``args`` as the service ``name`` (unique in the group), in ``cwd``."""
         if name in self.procs:
             raise ValueError(f"a service named {name!r} is already in this group")
         out = log.open("ab") if isinstance(log, Path) else log
@@ -150,7 +151,12 @@ class ServiceGroup:
             _die_with_parent()
 
         proc = subprocess.Popen(
-            list(args), env=dict(env), stdout=out, stderr=subprocess.STDOUT, preexec_fn=setup
+            list(args),
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=setup,
+            cwd=cwd,
         )
         if isinstance(log, Path):
             out.close()  # the child holds its own descriptor

@@ -1,0 +1,194 @@
+"""One pipeline harness: tianyan's services on the local stack, in a database and topics of
+the run's own — for the demo, the benches and the tests.
+
+A :func:`pipeline` owns everything a run needs and gives it all back afterwards:
+
+- a database (created with TimescaleDB and migrated; dropped afterwards unless kept) and
+  its URLs as the owner and as the pipeline's writer role;
+- the pipeline's topics, named for the run (deleted afterwards);
+- the run's :class:`~foundation.settings.Settings`, derived from the caller's, and the
+  environment the services get from them (:meth:`Settings.to_env`);
+- the services, started in one :class:`~tianyan.processes.ServiceGroup` (stopped together,
+  whichever way the run ends);
+- waits that follow progress and fail only when nothing has moved, naming what was awaited.
+
+>>> with pipeline(settings, "tianyan_demo", Path("var/demo")) as run:  # doctest: +SKIP
+...     run.start_dispatcher()
+...     run.start_worker("worker 1")
+...     run.wait(lambda: run.scalar("SELECT count(*) FROM incident"), lambda n: n >= 1,
+...              "the first incident")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import uuid
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from foundation.settings import Settings
+from tianyan.processes import ServiceGroup, free_port, listening, services, wait_for_progress
+
+TIANYAN = str(Path(sys.executable).with_name("tianyan"))
+#: A wait fails when nothing it watches (nor any service's log) has moved for this long.
+STALL_S = 120.0
+
+
+@dataclass
+class Run:
+    """A running pipeline; see the module docstring."""
+
+    settings: Settings
+    admin_url: str
+    group: ServiceGroup
+    work: Path
+    topics: dict[str, str]
+    stall_s: float = STALL_S
+
+    @property
+    def writer_url(self) -> str:
+        return self.settings.database_url
+
+    def url(self, role: str) -> str:
+        """The run's database as ``role`` (tianyan_writer, tianyan_analyst, …)."""
+        return self.admin_url.replace("postgresql://tianyan@", f"postgresql://{role}@", 1)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a service of this run (``extra`` on top)."""
+        return {**os.environ, **self.settings.to_env(), **extra}
+
+    # -- services ---------------------------------------------------------------------------
+    def start(self, name: str, args: list[str], *, port: int | None = None, **env: str) -> None:
+        """Start ``tianyan <args>`` as the service ``name``, logging to ``<work>/<name>.log``;
+        with ``port``, wait until it listens there."""
+        log = self.work / f"{name.replace(' ', '-')}.log"
+        # In the work folder: Faust keeps its data folder (<app id>-data) where it starts.
+        self.group.start(name, [TIANYAN, *args], env=self.env(**env), log=log, cwd=self.work)
+        if port is not None:
+            self.wait(lambda: listening(port), bool, f"{name} to listen on {port} (log {log})")
+
+    def start_worker(self, name: str = "worker", **env: str) -> int:
+        """A stream worker; returns its web port."""
+        port = free_port()
+        self.start(
+            name,
+            ["worker", "--loglevel", "warn"],
+            port=port,
+            TIANYAN_WORKER_WEB_PORT=str(port),
+            **env,
+        )
+        return port
+
+    def start_dispatcher(self, name: str = "dispatcher", **env: str) -> None:
+        """The incident dispatcher, on the run's dispatcher port."""
+        port = int(env.get("TIANYAN_DISPATCHER_WEB_PORT", self.settings.dispatcher_web_port))
+        self.start(name, ["dispatcher", "--loglevel", "warn"], port=port, **env)
+
+    def start_receiver(self, port: int, journal: Path, *args: str) -> None:
+        """The reference rescue receiver on ``port``, journaling what it receives."""
+        self.start(
+            "receiver",
+            ["rescue-receiver", "--port", str(port), "--journal", str(journal), *args],
+            port=port,
+            TIANYAN_RECEIVER_LOGLEVEL="WARNING",
+        )
+
+    # -- waiting and reading ----------------------------------------------------------------
+    def logs_size(self) -> int:
+        return sum(p.stat().st_size for p in self.work.glob("*.log"))
+
+    def wait(self, progress: Callable[[], Hashable], done: Callable[[Any], bool], what: str) -> Any:
+        """Wait while ``progress()`` (or any service's log) moves until ``done(progress())``;
+        :class:`~tianyan.processes.Stalled` naming ``what`` when nothing moved for
+        :attr:`stall_s` or a service exited."""
+        reached = wait_for_progress(
+            lambda: (progress(), self.logs_size()),
+            lambda p: done(p[0]),  # type: ignore[index]
+            stall_s=self.stall_s,
+            what=what,
+            alive=self.group.exited,
+        )
+        return reached[0]  # type: ignore[index]
+
+    def scalar(self, sql: str, *params: Any) -> Any:
+        """The first column of the first row (None for no row), as the owner."""
+        with psycopg.connect(self.admin_url) as conn:
+            row = conn.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+
+TOPICS = ("raw", "quarantine", "alerts", "alerts-dead", "commands", "anchors")
+
+
+@contextmanager
+def pipeline(
+    settings: Settings,
+    database: str,
+    work: Path,
+    *,
+    partitions: int = 4,
+    keep_database: bool = False,
+    **changes: Any,
+) -> Iterator[Run]:
+    """A run of the pipeline in ``database`` (dropped first if it exists) and topics of its
+    own; ``changes`` are :class:`Settings` fields to set for the run. Everything is stopped,
+    and the topics deleted (the database too, unless ``keep_database``), on the way out."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from sql.migrate import migrate
+
+    work.mkdir(parents=True, exist_ok=True)
+    superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}"
+    admin_url = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{database}"
+    with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{database}" OWNER tianyan')
+    with psycopg.connect(f"{superuser}/{database}", autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION timescaledb")
+    tag = uuid.uuid4().hex[:8]
+    topics = {kind: f"{database}.{kind}.{tag}" for kind in TOPICS}
+    kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        migrate(admin_url)
+        kafka.create_topics(
+            [
+                NewTopic(name, partitions if kind in ("raw", "alerts", "commands") else 1, 1)
+                for kind, name in topics.items()
+            ]
+        )
+        run_settings = dataclasses.replace(
+            settings,
+            database_url=admin_url.replace("postgresql://tianyan@", "postgresql://tianyan_writer@"),
+            admin_database_url=admin_url,
+            raw_topic=topics["raw"],
+            quarantine_topic=topics["quarantine"],
+            alerts_topic=topics["alerts"],
+            alerts_dead_letter_topic=topics["alerts-dead"],
+            device_commands_topic=topics["commands"],
+            audit_anchors_topic=topics["anchors"],
+            raw_partitions=partitions,
+            worker_id=f"{database}-worker-{tag}",
+            dispatcher_id=f"{database}-dispatcher-{tag}",
+            dispatcher_web_port=free_port(),
+            **changes,
+        )
+        with services() as group:
+            yield Run(run_settings, admin_url, group, work, topics)
+    finally:
+        try:
+            made = set(kafka.list_topics()) & set(topics.values())
+            if made:
+                kafka.delete_topics(sorted(made))
+        finally:
+            kafka.close()
+            if not keep_database:
+                with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
