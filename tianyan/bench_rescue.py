@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import random
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -37,17 +35,12 @@ import numpy as np
 import psycopg
 
 from foundation.settings import PROJECT_ROOT, Settings
-from tianyan.processes import ServiceGroup, free_port, listening, services, wait_for_progress
-
-TIANYAN = str(Path(sys.executable).with_name("tianyan"))
+from tianyan.harness import TIANYAN, Run, pipeline
+from tianyan.processes import free_port
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-#: A stage fails when nothing it watches has moved for this long.
-STALL_S = 120.0
 
 
 def run(
@@ -60,270 +53,178 @@ def run(
     cut_trapped: int = 300,
     cut_seconds: float = 10.0,
 ) -> dict:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
     from detectors.alerts import make_alert
     from registry.generate import generate
     from registry.store import upsert
     from rescue import store
     from rescue.delivery import new_secret
-    from sql.migrate import migrate
     from streams.producer import RawPublisher
 
     tag = uuid.uuid4().hex[:8]
-    dbname = f"tianyan_bench_rescue_{tag}"
-    superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}"
-    admin_url = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{dbname}"
-    writer_url = f"postgresql://tianyan_writer@127.0.0.1:{settings.pg_port}/{dbname}"
-    alerts_topic, commands_topic = f"bench.alerts.{tag}", f"bench.commands.{tag}"
-    dead_topic, raw_topic = f"bench.alerts-dead.{tag}", f"bench.raw.{tag}"
-    quarantine_topic = f"bench.quarantine.{tag}"
-    topics = [alerts_topic, commands_topic, dead_topic, raw_topic, quarantine_topic]
     work = PROJECT_ROOT / "var" / "bench" / f"rescue-{tag}"
-    work.mkdir(parents=True, exist_ok=True)
     journal = work / "received.jsonl"
-    receiver_port, web_port = free_port(), free_port()
-    secret = new_secret()
-    kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    kafka.create_topics(
-        [
-            NewTopic(alerts_topic, 8, 1),
-            NewTopic(commands_topic, 1, 1),
-            NewTopic(dead_topic, 1, 1),
-            NewTopic(raw_topic, 8, 1),
-            NewTopic(quarantine_topic, 1, 1),
-        ]
-    )
-    with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}" OWNER tianyan')
-    with psycopg.connect(f"{superuser}/{dbname}", autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION timescaledb")
-    env = {
-        **os.environ,
-        "TIANYAN_DATABASE_URL": writer_url,
-        "TIANYAN_ALERTS_TOPIC": alerts_topic,
-        "TIANYAN_DEVICE_COMMANDS_TOPIC": commands_topic,
-        "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": dead_topic,
-        "TIANYAN_RAW_TOPIC": raw_topic,
-        "TIANYAN_QUARANTINE_TOPIC": quarantine_topic,
-        "TIANYAN_WORKER_ID": f"bench-worker-{tag}",
-        "TIANYAN_GRADING_INTERVAL_S": "0",
-        "TIANYAN_DISPATCHER_ID": f"bench-dispatcher-{tag}",
-        "TIANYAN_DISPATCHER_WEB_PORT": str(web_port),
-        "TIANYAN_RESCUE_WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/96333",
-        "TIANYAN_RESCUE_WEBHOOK_SECRET": secret,
-    }
+    receiver_port = free_port()
+    with pipeline(
+        settings,
+        f"tianyan_bench_rescue_{tag}",
+        work,
+        partitions=8,
+        rescue_webhook_urls=(f"http://127.0.0.1:{receiver_port}/96333",),
+        rescue_webhook_secret=new_secret(),
+        grading_interval_s=0,
+    ) as run:
+        alerts_topic = run.settings.alerts_topic
 
-    group: ServiceGroup
+        def count(sql: str) -> int:
+            return int(run.scalar(sql) or 0)
 
-    def start(name: str, args: list[str], log: str, port: int, **extra: str) -> None:
-        group.start(
-            name,
-            [TIANYAN, *args],
-            env={**env, "TIANYAN_RECEIVER_LOGLEVEL": "WARNING", **extra},
-            log=work / log,
+        def wait_count(sql: str, target: int, what: str) -> None:
+            run.wait(lambda: count(sql), lambda n: n >= target, what)
+
+        fleet = generate(1, max(2000, cut_elevators), dt.date.today())
+        upsert(run.admin_url, fleet)
+        run.start_receiver(receiver_port, journal)
+        run.start_dispatcher()
+        time.sleep(3.0)  # the consumer group settles
+
+        # (a) latency at a nominal rate
+        n = int(rate_per_s * duration_s)
+        _say(f"(a) {n} alerts at {rate_per_s:g}/s to the dispatcher …")
+        interval = 1.0 / rate_per_s
+        with RawPublisher(settings.kafka_bootstrap, alerts_topic, linger_ms=0) as pub:
+            next_at = time.monotonic()
+            for i in range(n):
+                car = fleet[i % len(fleet)]
+                now_ms = int(time.time() * 1000)
+                kind = "trapped_between_levels" if i % 10 == 0 else "overload"
+                alert = make_alert(
+                    car.registration_code,
+                    kind,
+                    now_ms - i,
+                    now_ms,
+                    {"i": i},
+                    estimated_trapped=1 if kind.startswith("trapped") else None,
+                )
+                pub.publish(car.registration_code.encode(), msgspec.json.encode(alert))
+                pub.flush(5.0)
+                next_at += interval
+                time.sleep(max(0.0, next_at - time.monotonic()))
+        wait_count(
+            "SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'",
+            n,
+            "every latency-run delivery",
         )
-        wait_for_progress(
-            lambda: (work / log).stat().st_size,
-            lambda _: listening(port),
-            stall_s=STALL_S,
-            what=f"{name} to listen on {port} (log {work / log})",
-            alive=group.exited,
+        with psycopg.connect(run.admin_url) as conn:
+            rows = conn.execute(
+                "SELECT webhook_id, extract(epoch FROM source_time)::float8,"
+                " extract(epoch FROM delivered_at - source_time)::float8"
+                " FROM webhook_delivery WHERE attempts = 1 AND status = 'delivered'"
+            ).fetchall()
+        source = {w: s for w, s, _ in rows}
+        to_sent_ms = np.array([d for _, _, d in rows]) * 1000
+        received = [json.loads(line) for line in journal.read_text().splitlines()]
+        to_received_ms = np.array(
+            [
+                (r["received_unix_s"] - source[r["webhook_id"]]) * 1000
+                for r in received
+                if r["webhook_id"] in source
+            ]
         )
 
-    def wait_count(sql: str, target: int, what: str) -> None:
-        wait_for_progress(
-            lambda: count(sql),
-            lambda n: int(n) >= target,  # type: ignore[call-overload]
-            stall_s=STALL_S,
-            what=what,
-            alive=group.exited,
+        # (b) throughput from a full outbox
+        _say(f"(b) {burst} deliveries queued with the dispatcher stopped …")
+        run.group.stop("dispatcher")
+        config = store.DispatchConfig(
+            run.settings.rescue_webhook_urls, settings.escalation_after_s, 1800
         )
-
-    def count(sql: str) -> int:
-        with psycopg.connect(admin_url) as conn:
-            row = conn.execute(sql).fetchone()
-        return int(row[0]) if row else 0
-
-    try:
-        with services() as group:
-            migrate(admin_url)
-            fleet = generate(1, max(2000, cut_elevators), dt.date.today())
-            upsert(admin_url, fleet)
-            start(
-                "receiver",
-                ["rescue-receiver", "--port", str(receiver_port), "--journal", str(journal)],
-                "receiver.log",
-                receiver_port,
-            )
-            start("dispatcher", ["dispatcher", "--loglevel", "warn"], "dispatcher.log", web_port)
-            time.sleep(3.0)  # the consumer group settles
-
-            # (a) latency at a nominal rate
-            n = int(rate_per_s * duration_s)
-            _say(f"(a) {n} alerts at {rate_per_s:g}/s to the dispatcher …")
-            interval = 1.0 / rate_per_s
-            with RawPublisher(settings.kafka_bootstrap, alerts_topic, linger_ms=0) as pub:
-                next_at = time.monotonic()
-                for i in range(n):
-                    car = fleet[i % len(fleet)]
-                    now_ms = int(time.time() * 1000)
-                    kind = "trapped_between_levels" if i % 10 == 0 else "overload"
-                    alert = make_alert(
-                        car.registration_code,
-                        kind,
-                        now_ms - i,
-                        now_ms,
-                        {"i": i},
-                        estimated_trapped=1 if kind.startswith("trapped") else None,
-                    )
-                    pub.publish(car.registration_code.encode(), msgspec.json.encode(alert))
-                    pub.flush(5.0)
-                    next_at += interval
-                    time.sleep(max(0.0, next_at - time.monotonic()))
-            wait_count(
-                "SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'",
-                n,
-                "every latency-run delivery",
-            )
-            with psycopg.connect(admin_url) as conn:
-                rows = conn.execute(
-                    "SELECT webhook_id, extract(epoch FROM source_time)::float8,"
-                    " extract(epoch FROM delivered_at - source_time)::float8"
-                    " FROM webhook_delivery WHERE attempts = 1 AND status = 'delivered'"
-                ).fetchall()
-            source = {w: s for w, s, _ in rows}
-            to_sent_ms = np.array([d for _, _, d in rows]) * 1000
-            received = [json.loads(line) for line in journal.read_text().splitlines()]
-            to_received_ms = np.array(
-                [
-                    (r["received_unix_s"] - source[r["webhook_id"]]) * 1000
-                    for r in received
-                    if r["webhook_id"] in source
-                ]
-            )
-
-            # (b) throughput from a full outbox
-            _say(f"(b) {burst} deliveries queued with the dispatcher stopped …")
-            group.stop("dispatcher")
-            config = store.DispatchConfig(
-                (env["TIANYAN_RESCUE_WEBHOOK_URL"],), settings.escalation_after_s, 1800
-            )
-            base_ms = int(time.time() * 1000)
-            with psycopg.connect(writer_url) as conn:
-                for i in range(burst):
-                    car = fleet[i % len(fleet)]
-                    alert = make_alert(
-                        car.registration_code,
-                        "terminal_fault",
-                        base_ms + i,
-                        base_ms + i,
-                        {"i": i},
-                        gb_code="99",
-                    )
-                    store.apply_alert(conn, alert, config, received_at=dt.datetime.now(dt.UTC))
-            pending = count("SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
-            started = time.monotonic()
-            start("dispatcher", ["dispatcher", "--loglevel", "warn"], "dispatcher2.log", web_port)
-            wait_count(
-                "SELECT count(*) FROM webhook_delivery WHERE status <> 'pending'",
-                n + burst,
-                "every queued delivery",
-            )
-            wall_s = time.monotonic() - started
-            with psycopg.connect(admin_url) as conn:
-                first, last, delivered, dead = conn.execute(
-                    "SELECT min(first_attempt_at), max(delivered_at),"
-                    " count(*) FILTER (WHERE status = 'delivered'),"
-                    " count(*) FILTER (WHERE status = 'dead')"
-                    " FROM webhook_delivery WHERE created_at >= (SELECT min(created_at) FROM"
-                    " webhook_delivery WHERE event_type = 'incident.opened'"
-                    " AND payload->'data'->'fault'->>'type' = 'terminal_fault')"
-                ).fetchone()
-            seconds = (last - first).total_seconds()
-            # (c) a district power cut, while two workers fold the fleet's telemetry
-            cut = _power_cut(
-                settings,
-                group,
-                start,
-                wait_count,
-                env=env,
-                work=work,
-                fleet=fleet[:cut_elevators],
-                trapped=cut_trapped,
-                seconds=cut_seconds,
-                admin_url=admin_url,
-            )
-            # (d) the dispatcher's capacity: the same number of alerts queued while it is
-            # stopped, then drained
-            drain = _drain(
-                settings,
-                group,
-                start,
-                wait_count,
-                env,
-                fleet[:cut_elevators],
-                admin_url,
-                n=cut_elevators + cut_trapped,
-                web_port=web_port,
-            )
-            journal_ids = [json.loads(x)["webhook_id"] for x in journal.read_text().splitlines()]
-            verified = subprocess.run(
-                [TIANYAN, "audit", "verify"], env=env, capture_output=True, text=True, check=False
-            )
-            summary = {
-                "latency_alerts": n,
-                "latency_rate_per_s": rate_per_s,
-                "alert_to_sent_ms_p50": round(float(np.percentile(to_sent_ms, 50)), 1),
-                "alert_to_sent_ms_p99": round(float(np.percentile(to_sent_ms, 99)), 1),
-                "alert_to_sent_ms_max": round(float(to_sent_ms.max()), 1),
-                "alert_to_received_ms_p50": round(float(np.percentile(to_received_ms, 50)), 1),
-                "alert_to_received_ms_p99": round(float(np.percentile(to_received_ms, 99)), 1),
-                "burst_queued": pending,
-                "burst_delivered": delivered,
-                "burst_dead": dead,
-                "burst_seconds": round(seconds, 2),
-                "deliveries_per_s": round(delivered / seconds, 1) if seconds > 0 else None,
-                "burst_wall_seconds_incl_start": round(wall_s, 1),
-                **cut,
-                **drain,
-                "receiver_events_unique": len(set(journal_ids)),
-                "receiver_events": len(journal_ids),
-                "ledger_verified": verified.returncode == 0,
-            }
-            _say(
-                f"(a) alert → webhook sent: p50 {summary['alert_to_sent_ms_p50']} ms,"
-                f" p99 {summary['alert_to_sent_ms_p99']} ms (received: p99"
-                f" {summary['alert_to_received_ms_p99']} ms)"
-            )
-            _say(f"(b) {delivered} deliveries in {seconds:.2f} s = {summary['deliveries_per_s']}/s")
-            _say(
-                f"(c) power cut, {cut['cut_alerts']} alerts in {cut_seconds:g} s: alert → incident"
-                f" p99 {cut['cut_alert_to_incident_s_p99']} s, alert → first webhook p99"
-                f" {cut['cut_alert_to_first_webhook_s_p99']} s;"
-                f" {cut['cut_alerts_applied_per_s']} alerts applied/s"
-            )
-            return summary
-    finally:
-        with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        kafka.delete_topics(topics)
-        kafka.close()
+        base_ms = int(time.time() * 1000)
+        with psycopg.connect(run.writer_url) as conn:
+            for i in range(burst):
+                car = fleet[i % len(fleet)]
+                alert = make_alert(
+                    car.registration_code,
+                    "terminal_fault",
+                    base_ms + i,
+                    base_ms + i,
+                    {"i": i},
+                    gb_code="99",
+                )
+                store.apply_alert(conn, alert, config, received_at=dt.datetime.now(dt.UTC))
+        pending = count("SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
+        started = time.monotonic()
+        run.start_dispatcher()
+        wait_count(
+            "SELECT count(*) FROM webhook_delivery WHERE status <> 'pending'",
+            n + burst,
+            "every queued delivery",
+        )
+        wall_s = time.monotonic() - started
+        with psycopg.connect(run.admin_url) as conn:
+            first, last, delivered, dead = conn.execute(
+                "SELECT min(first_attempt_at), max(delivered_at),"
+                " count(*) FILTER (WHERE status = 'delivered'),"
+                " count(*) FILTER (WHERE status = 'dead')"
+                " FROM webhook_delivery WHERE created_at >= (SELECT min(created_at) FROM"
+                " webhook_delivery WHERE event_type = 'incident.opened'"
+                " AND payload->'data'->'fault'->>'type' = 'terminal_fault')"
+            ).fetchone()
+        seconds = (last - first).total_seconds()
+        # (c) a district power cut, while two workers fold the fleet's telemetry
+        cut = _power_cut(
+            run,
+            wait_count,
+            fleet=fleet[:cut_elevators],
+            trapped=cut_trapped,
+            seconds=cut_seconds,
+        )
+        # (d) the dispatcher's capacity: the same number of alerts queued while it is
+        # stopped, then drained
+        drain = _drain(run, wait_count, fleet[:cut_elevators], n=cut_elevators + cut_trapped)
+        journal_ids = [json.loads(x)["webhook_id"] for x in journal.read_text().splitlines()]
+        verified = subprocess.run(
+            [TIANYAN, "audit", "verify"],
+            env=run.env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        summary = {
+            "latency_alerts": n,
+            "latency_rate_per_s": rate_per_s,
+            "alert_to_sent_ms_p50": round(float(np.percentile(to_sent_ms, 50)), 1),
+            "alert_to_sent_ms_p99": round(float(np.percentile(to_sent_ms, 99)), 1),
+            "alert_to_sent_ms_max": round(float(to_sent_ms.max()), 1),
+            "alert_to_received_ms_p50": round(float(np.percentile(to_received_ms, 50)), 1),
+            "alert_to_received_ms_p99": round(float(np.percentile(to_received_ms, 99)), 1),
+            "burst_queued": pending,
+            "burst_delivered": delivered,
+            "burst_dead": dead,
+            "burst_seconds": round(seconds, 2),
+            "deliveries_per_s": round(delivered / seconds, 1) if seconds > 0 else None,
+            "burst_wall_seconds_incl_start": round(wall_s, 1),
+            **cut,
+            **drain,
+            "receiver_events_unique": len(set(journal_ids)),
+            "receiver_events": len(journal_ids),
+            "ledger_verified": verified.returncode == 0,
+        }
+        _say(
+            f"(a) alert → webhook sent: p50 {summary['alert_to_sent_ms_p50']} ms,"
+            f" p99 {summary['alert_to_sent_ms_p99']} ms (received: p99"
+            f" {summary['alert_to_received_ms_p99']} ms)"
+        )
+        _say(f"(b) {delivered} deliveries in {seconds:.2f} s = {summary['deliveries_per_s']}/s")
+        _say(
+            f"(c) power cut, {cut['cut_alerts']} alerts in {cut_seconds:g} s: alert → incident"
+            f" p99 {cut['cut_alert_to_incident_s_p99']} s, alert → first webhook p99"
+            f" {cut['cut_alert_to_first_webhook_s_p99']} s;"
+            f" {cut['cut_alerts_applied_per_s']} alerts applied/s"
+        )
+        return summary
 
 
 def _power_cut(
-    settings: Settings,
-    group: ServiceGroup,
-    start: Any,
-    wait_count: Any,
-    *,
-    env: dict[str, str],
-    work: Path,
-    fleet: list[Any],
-    trapped: int,
-    seconds: float,
-    admin_url: str,
+    run: Run, wait_count: Any, *, fleet: list[Any], trapped: int, seconds: float
 ) -> dict[str, Any]:
     """Stage (c): the burst, with two workers busy; its figures."""
     import simulator
@@ -332,7 +233,7 @@ def _power_cut(
     from streams.producer import RawPublisher
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    stream = work / "fleet.jsonl"
+    stream = run.work / "fleet.jsonl"
     scenario = PROJECT_ROOT / "simulator" / "scenarios" / "demo.toml"
     simulator.simulate(
         simulator.load_scenario(scenario),
@@ -343,15 +244,9 @@ def _power_cut(
         progress=False,
     )
     for i in range(2):
-        port = free_port()
-        start(
-            f"worker {i + 1}",
-            ["worker", "--loglevel", "warn"],
-            f"worker{i + 1}.log",
-            port,
-            TIANYAN_WORKER_WEB_PORT=str(port),
-        )
-    with RawPublisher(settings.kafka_bootstrap, env["TIANYAN_RAW_TOPIC"]) as pub:
+        run.start_worker(f"worker {i + 1}")
+    bootstrap = run.settings.kafka_bootstrap
+    with RawPublisher(bootstrap, run.settings.raw_topic) as pub:
         telemetry = replay(from_jsonl(stream), pub, progress=False).messages
     _say(f"(c) {telemetry} telemetry messages for the workers; the power cut begins …")
     rng = random.Random(96333)
@@ -361,12 +256,12 @@ def _power_cut(
     ]
     rng.shuffle(kinds)
     before = int(
-        _one(admin_url, "SELECT count(*) FROM incident_alert")  # the earlier stages' alerts
+        run.scalar("SELECT count(*) FROM incident_alert")  # the earlier stages' alerts
     )
     interval = seconds / len(kinds)
     keys: list[str] = []
     t0 = time.monotonic()
-    with RawPublisher(settings.kafka_bootstrap, env["TIANYAN_ALERTS_TOPIC"], linger_ms=5) as pub:
+    with RawPublisher(bootstrap, run.settings.alerts_topic, linger_ms=5) as pub:
         for i, (kind, elevator_id) in enumerate(kinds):
             now_ms = int(time.time() * 1000)
             alert = make_alert(
@@ -385,12 +280,12 @@ def _power_cut(
     wait_count("SELECT count(*) FROM incident_alert", before + len(kinds), "every power-cut alert")
     wait_count(
         "SELECT count(*) FROM webhook_delivery WHERE first_attempt_at IS NOT NULL",
-        _one(admin_url, "SELECT count(*) FROM webhook_delivery"),
+        run.scalar("SELECT count(*) FROM webhook_delivery"),
         "the first attempt of every power-cut webhook",
     )
     # Per alert: applied (opening its incident, or updating one already open) and the first
     # request of the webhook that change queued.
-    with psycopg.connect(admin_url) as conn:
+    with psycopg.connect(run.admin_url) as conn:
         rows = conn.execute(
             "SELECT extract(epoch FROM a.applied_at - d.source_time)::float8,"
             " extract(epoch FROM d.first_attempt_at - d.source_time)::float8,"
@@ -426,37 +321,26 @@ def _power_cut(
     }
 
 
-def _drain(
-    settings: Settings,
-    group: ServiceGroup,
-    start: Any,
-    wait_count: Any,
-    env: dict[str, str],
-    fleet: list[Any],
-    admin_url: str,
-    *,
-    n: int,
-    web_port: int,
-) -> dict[str, Any]:
+def _drain(run: Run, wait_count: Any, fleet: list[Any], *, n: int) -> dict[str, Any]:
     """Stage (d): ``n`` alerts queued on Kafka with the dispatcher stopped, then drained;
     alerts applied per second from the first applied to the last."""
     from detectors.alerts import make_alert
     from streams.producer import RawPublisher
 
-    group.stop("dispatcher")
+    run.group.stop("dispatcher")
     base_ms = int(time.time() * 1000)
     keys = []
-    with RawPublisher(settings.kafka_bootstrap, env["TIANYAN_ALERTS_TOPIC"]) as pub:
+    with RawPublisher(run.settings.kafka_bootstrap, run.settings.alerts_topic) as pub:
         for i in range(n):
             car = fleet[i % len(fleet)].registration_code
             alert = make_alert(car, "terminal_fault", base_ms + i, base_ms + i, {"i": i})
             keys.append(alert.alert_key)
             pub.publish(car.encode(), msgspec.json.encode(alert))
     _say(f"(d) {n} alerts queued; the dispatcher drains them …")
-    before = _one(admin_url, "SELECT count(*) FROM incident_alert")
-    start("dispatcher", ["dispatcher", "--loglevel", "warn"], "dispatcher3.log", web_port)
+    before = run.scalar("SELECT count(*) FROM incident_alert")
+    run.start_dispatcher()
     wait_count("SELECT count(*) FROM incident_alert", before + n, "draining the queued alerts")
-    with psycopg.connect(admin_url) as conn:
+    with psycopg.connect(run.admin_url) as conn:
         row = conn.execute(
             "SELECT extract(epoch FROM max(applied_at) - min(applied_at))::float8, count(*)"
             " FROM incident_alert WHERE alert_key = ANY(%s)",
@@ -467,9 +351,3 @@ def _drain(
     rate = round(applied / span_s, 1) if span_s else None
     _say(f"(d) {applied} queued alerts drained at {rate}/s")
     return {"drain_alerts": applied, "drain_seconds": round(span_s, 2), "drain_alerts_per_s": rate}
-
-
-def _one(url: str, sql: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(sql).fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
