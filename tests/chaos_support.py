@@ -16,66 +16,45 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
 from foundation.settings import Settings
 from registry.generate import generate
 from registry.store import upsert
 from rescue.delivery import new_secret
-from sql.migrate import migrate
 from streams.producer import RawPublisher
-from tianyan.processes import ServiceGroup, free_port, listening, wait_for_progress
+from tianyan.harness import Run, pipeline
+from tianyan.processes import free_port
 
-from .conftest import TIANYAN
 from .rescue_support import RecordingReceiver, http
 
 FULL = os.environ.get("TIANYAN_CHAOS_FULL") == "1"
-SCENARIO = Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "demo.toml"
+SCENARIO = Path(__file__).resolve().parent / "scenarios" / "chaos.toml"
 ELEVATORS, MINUTES = 30, 4
 TRAPPED = ("trapped_between_levels", "trapped_at_level")
 
 
 @dataclass
 class Chaos:
-    """One pipeline under test; see the module docstring."""
+    """One pipeline under test, on the harness's :class:`~tianyan.harness.Run`; see the
+    module docstring."""
 
-    settings: Settings
-    admin_url: str
-    env: dict[str, str]
+    run: Run
     receiver: RecordingReceiver
-    group: ServiceGroup
-    work: Path
     halves: tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]
     expected_samples: int
-    dispatcher_port: int
     scrapes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    # -- services --------------------------------------------------------------------------
-    def start_dispatcher(self, name: str = "dispatcher") -> None:
-        self.group.start(
-            name,
-            [TIANYAN, "dispatcher", "--loglevel", "warn"],
-            env=self.env,
-            log=self.work / f"{name}.log",
-        )
-        self.wait(lambda: listening(self.dispatcher_port), f"{name} to listen")
-
-    def start_worker(self) -> None:
-        port = free_port()
-        self.group.start(
-            "worker",
-            [TIANYAN, "worker", "--loglevel", "warn"],
-            env={**self.env, "TIANYAN_WORKER_WEB_PORT": str(port)},
-            log=self.work / "worker.log",
-        )
-        self.wait(lambda: listening(port), "the worker to listen")
+    @property
+    def dispatcher_port(self) -> int:
+        return self.run.settings.dispatcher_web_port
 
     def scrape_forever(self) -> None:
         """GET the dispatcher's /metrics every second (issue 11: a scrape must not hold
@@ -93,28 +72,17 @@ class Chaos:
 
     def publish(self, half: int) -> RawPublisher:
         """Queue one half of the stream (flushed by the caller: Kafka may be away)."""
-        pub = RawPublisher(self.settings.kafka_bootstrap, self.env["TIANYAN_RAW_TOPIC"])
+        pub = RawPublisher(self.run.settings.kafka_bootstrap, self.run.settings.raw_topic)
         for key, value in self.halves[half]:
             pub.publish(key, value)
         return pub
 
     # -- waiting and checking --------------------------------------------------------------
     def scalar(self, sql: str, *params: Any) -> int:
-        with psycopg.connect(self.admin_url) as conn:
-            row = conn.execute(sql, params).fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
-    def wait(self, done: Any, what: str, progress: Any = None) -> None:
-        wait_for_progress(
-            progress or (lambda: sum(p.stat().st_size for p in self.work.glob("*.log"))),
-            lambda _: bool(done()),
-            stall_s=300 if FULL else 120,
-            what=what,
-            alive=self.group.exited,
-        )
+        return int(self.run.scalar(sql, *params) or 0)
 
     def progress(self) -> tuple[int, ...]:
-        with psycopg.connect(self.admin_url) as conn:
+        with psycopg.connect(self.run.admin_url) as conn:
             row = conn.execute(
                 "SELECT (SELECT count(*) FROM telemetry_sample), (SELECT count(*) FROM alert),"
                 " (SELECT count(*) FROM incident_alert), (SELECT count(*) FROM webhook_delivery"
@@ -127,8 +95,8 @@ class Chaos:
         """Wait while anything moves until every sample is stored, every alert applied and
         every incident change delivered."""
 
-        def done() -> bool:
-            samples, alerts, applied, delivered, deliveries, _ = self.progress()
+        def done(progress: tuple[int, ...]) -> bool:
+            samples, alerts, applied, delivered, deliveries, _ = progress
             return (
                 samples >= self.expected_samples
                 and applied >= alerts > 0
@@ -136,11 +104,11 @@ class Chaos:
                 and self.scalar("SELECT count(*) FROM incident_event") == deliveries
             )
 
-        self.wait(done, "the pipeline to store, apply and deliver everything", self.progress)
+        self.run.wait(self.progress, done, "the pipeline to store, apply and deliver everything")
 
     def check_nothing_lost_or_duplicated(self) -> dict[str, int]:
         """The issue's invariants; returns the counts they were checked on."""
-        with psycopg.connect(self.admin_url) as conn:
+        with psycopg.connect(self.run.admin_url) as conn:
             unapplied = conn.execute(
                 "SELECT a.alert_key, a.state FROM alert a WHERE NOT EXISTS (SELECT 1 FROM"
                 " incident_alert i WHERE i.alert_key = a.alert_key AND i.state = a.state)"
@@ -188,21 +156,18 @@ class Chaos:
 
     def close(self) -> None:
         self._stop.set()
-        self.group.stop_all()
         self.receiver.close()
 
 
-def chaos_pipeline(
-    settings: Settings, scratch_db: str, work: Path, group: ServiceGroup, **env: str
-) -> Chaos:
-    """Build (not start) the pipeline: schema, registry, topics, the simulated stream."""
+@contextmanager
+def chaos_pipeline(settings: Settings, work: Path, **changes: Any) -> Iterator[Chaos]:
+    """The pipeline on the harness (schema, registry, topics, the simulated stream), its
+    services not started yet; ``changes`` are settings for the run."""
     import simulator
     from foundation import contract
 
-    migrate(scratch_db)
     start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=MINUTES + 2)
     fleet = generate(11, ELEVATORS, start.date())
-    upsert(scratch_db, fleet)
     stream = work / "city.jsonl"
     simulator.simulate(
         simulator.load_scenario(SCENARIO),
@@ -221,53 +186,31 @@ def chaos_pipeline(
             continue
         samples.update((m.elevator_id, t) for t in m.samples.t_ms)
         messages.append((m.elevator_id.encode(), line))
-    tag = uuid.uuid4().hex[:8]
-    topics = {k: f"chaos.{k}.{tag}" for k in ("raw", "quarantine", "alerts", "dead", "commands")}
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    admin.create_topics(
-        [NewTopic(t, 4 if k in ("raw", "alerts") else 1, 1) for k, t in topics.items()]
-    )
-    admin.close()
     secret = new_secret()
     receiver = RecordingReceiver(secret, free_port())
-    dispatcher_port = free_port()
-    writer = scratch_db.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
-    full_env = {
-        **os.environ,
-        "TIANYAN_DATABASE_URL": writer,
-        "TIANYAN_ADMIN_DATABASE_URL": scratch_db,
-        "TIANYAN_RAW_TOPIC": topics["raw"],
-        "TIANYAN_QUARANTINE_TOPIC": topics["quarantine"],
-        "TIANYAN_ALERTS_TOPIC": topics["alerts"],
-        "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": topics["dead"],
-        "TIANYAN_DEVICE_COMMANDS_TOPIC": topics["commands"],
-        "TIANYAN_RAW_PARTITIONS": "4",
-        "TIANYAN_WORKER_ID": f"chaos-worker-{tag}",
-        "TIANYAN_DISPATCHER_ID": f"chaos-dispatcher-{tag}",
-        "TIANYAN_DISPATCHER_WEB_PORT": str(dispatcher_port),
-        "TIANYAN_RESCUE_WEBHOOK_URL": receiver.url,
-        "TIANYAN_RESCUE_WEBHOOK_SECRET": secret,
-        "TIANYAN_CHECKPOINT_INTERVAL_MS": "1000",
-        "TIANYAN_GRADING_INTERVAL_S": "0",
-        "TIANYAN_WEBHOOK_RETRY_BASE_MS": "500",
-        "TIANYAN_WEBHOOK_RETRY_CAP_MS": "5000",
-        "TIANYAN_WEBHOOK_TIMEOUT_MS": "3000",
-        "TIANYAN_ESCALATION_AFTER_S": "100000000,200000000,300000000",
-        **({} if FULL else {"TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS": "5000"}),
-        **env,
-    }
     half = len(messages) // 2
-    return Chaos(
+    with pipeline(
         settings,
-        scratch_db,
-        full_env,
-        receiver,
-        group,
+        f"tianyan_test_chaos_{uuid.uuid4().hex[:8]}",
         work,
-        (messages[:half], messages[half:]),
-        len(samples),
-        dispatcher_port,
-    )
+        rescue_webhook_urls=(receiver.url,),
+        rescue_webhook_secret=secret,
+        checkpoint_interval_s=1.0,
+        grading_interval_s=0,
+        webhook_retry_base_s=0.5,
+        webhook_retry_cap_s=5.0,
+        webhook_timeout_s=3.0,
+        escalation_after_s=(10**8, 2 * 10**8, 3 * 10**8),  # never, unless told
+        **({} if FULL else {"kafka_delivery_timeout_ms": 5000}),
+        **changes,
+    ) as run:
+        run.stall_s = 300 if FULL else 120
+        upsert(run.admin_url, fleet)
+        c = Chaos(run, receiver, (messages[:half], messages[half:]), len(samples))
+        try:
+            yield c
+        finally:
+            c.close()
 
 
 def flush_until_done(pub: RawPublisher, within_s: float) -> None:

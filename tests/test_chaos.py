@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from foundation.settings import Settings
-from tianyan.processes import services
 from tianyan.stack.kafka import LocalKafka
 from tianyan.stack.postgres import LocalPostgres
 
@@ -23,71 +22,50 @@ from .chaos_support import FULL, chaos_pipeline, flush_until_done
 pytestmark = pytest.mark.slow
 
 
-def test_kafka_broker_stopped_mid_stream(
-    settings: Settings, scratch_db: str, tmp_path: Path
-) -> None:
+def test_kafka_broker_stopped_mid_stream(settings: Settings, tmp_path: Path) -> None:
     outage_s = 360 if FULL else 25  # longer than the services' delivery timeout either way
-    with services() as group:
-        c = chaos_pipeline(settings, scratch_db, tmp_path, group)
+    with chaos_pipeline(settings, tmp_path) as c:
+        c.run.start_dispatcher()
+        c.run.start_worker()
+        c.scrape_forever()
+        flush_until_done(c.publish(0), 60)
+        time.sleep(2.0)  # the worker is folding the first half when the broker goes
+        broker = LocalKafka(settings)
+        second = c.publish(1)  # queued in the client while the broker is away
+        broker.stop()
         try:
-            c.start_dispatcher()
-            c.start_worker()
-            c.scrape_forever()
-            flush_until_done(c.publish(0), 60)
-            time.sleep(2.0)  # the worker is folding the first half when the broker goes
-            broker = LocalKafka(settings)
-            second = c.publish(1)  # queued in the client while the broker is away
-            broker.stop()
-            try:
-                time.sleep(outage_s)
-            finally:
-                broker.start()
-            flush_until_done(second, 300)
-            c.settle()
-            counts = c.check_nothing_lost_or_duplicated()
-            assert counts["trapping_incidents"] >= 1
-            assert c.scrapes["200"] > 0
+            time.sleep(outage_s)
         finally:
-            c.close()
+            broker.start()
+        flush_until_done(second, 300)
+        c.settle()
+        counts = c.check_nothing_lost_or_duplicated()
+        assert counts["trapping_incidents"] >= 1
+        assert c.scrapes["200"] > 0
 
 
-def test_postgresql_restarted_mid_stream(
-    settings: Settings, scratch_db: str, tmp_path: Path
-) -> None:
-    with services() as group:
-        c = chaos_pipeline(settings, scratch_db, tmp_path, group)
+def test_postgresql_restarted_mid_stream(settings: Settings, tmp_path: Path) -> None:
+    with chaos_pipeline(settings, tmp_path) as c:
+        c.run.start_dispatcher()
+        c.run.start_worker()
+        c.scrape_forever()
+        flush_until_done(c.publish(0), 60)
+        time.sleep(2.0)
+        postgres = LocalPostgres(settings)
+        postgres.stop()
         try:
-            c.start_dispatcher()
-            c.start_worker()
-            c.scrape_forever()
-            flush_until_done(c.publish(0), 60)
-            time.sleep(2.0)
-            postgres = LocalPostgres(settings)
-            postgres.stop()
-            try:
-                flush_until_done(c.publish(1), 60)
-                time.sleep(5.0)
-            finally:
-                postgres.start()
-            c.settle()
-            c.check_nothing_lost_or_duplicated()
-            assert c.group.exited() is None, "the services survive a database restart"
+            flush_until_done(c.publish(1), 60)
+            time.sleep(5.0)
         finally:
-            c.close()
+            postgres.start()
+        c.settle()
+        c.check_nothing_lost_or_duplicated()
+        assert c.run.group.exited() is None, "the services survive a database restart"
 
 
-def test_receiver_503_then_401_then_200(
-    settings: Settings, scratch_db: str, tmp_path: Path
-) -> None:
+def test_receiver_503_then_401_then_200(settings: Settings, tmp_path: Path) -> None:
     unavailable_s, unauthorised_s = (600, 60) if FULL else (20, 6)
-    with services() as group:
-        c = chaos_pipeline(
-            settings,
-            scratch_db,
-            tmp_path,
-            group,
-            TIANYAN_WEBHOOK_AUTH_RETRY_S=str(unauthorised_s * 10),
-        )
+    with chaos_pipeline(settings, tmp_path, webhook_auth_retry_s=unauthorised_s * 10) as c:
         began = time.monotonic()
 
         def answer(_n: int) -> tuple[int, dict[str, str]]:
@@ -99,35 +77,26 @@ def test_receiver_503_then_401_then_200(
             return 200, {}
 
         c.receiver.answer = answer
-        try:
-            c.start_dispatcher()
-            c.start_worker()
-            c.scrape_forever()
-            flush_until_done(c.publish(0), 60)
-            flush_until_done(c.publish(1), 60)
-            c.settle()
-            c.check_nothing_lost_or_duplicated()
-            assert time.monotonic() - began > unavailable_s + unauthorised_s
-        finally:
-            c.close()
+        c.run.start_dispatcher()
+        c.run.start_worker()
+        c.scrape_forever()
+        flush_until_done(c.publish(0), 60)
+        flush_until_done(c.publish(1), 60)
+        c.settle()
+        c.check_nothing_lost_or_duplicated()
+        assert time.monotonic() - began > unavailable_s + unauthorised_s
 
 
-def test_dispatcher_sigkilled_in_a_delivery_burst(
-    settings: Settings, scratch_db: str, tmp_path: Path
-) -> None:
-    with services() as group:
-        c = chaos_pipeline(settings, scratch_db, tmp_path, group)
+def test_dispatcher_sigkilled_in_a_delivery_burst(settings: Settings, tmp_path: Path) -> None:
+    with chaos_pipeline(settings, tmp_path) as c:
         c.receiver.delay_s = 0.5  # slow enough that the kill lands mid-burst
-        try:
-            c.start_dispatcher()
-            c.start_worker()
-            c.scrape_forever()
-            flush_until_done(c.publish(0), 60)
-            flush_until_done(c.publish(1), 60)
-            c.wait(lambda: len(c.receiver.requests) >= 3, "a delivery burst under way", c.progress)
-            c.group.stop("dispatcher", signal.SIGKILL)
-            c.start_dispatcher("dispatcher-again")
-            c.settle()
-            c.check_nothing_lost_or_duplicated()
-        finally:
-            c.close()
+        c.run.start_dispatcher()
+        c.run.start_worker()
+        c.scrape_forever()
+        flush_until_done(c.publish(0), 60)
+        flush_until_done(c.publish(1), 60)
+        c.run.wait(lambda: len(c.receiver.requests), lambda n: n >= 3, "a delivery burst under way")
+        c.run.group.stop("dispatcher", signal.SIGKILL)
+        c.run.start_dispatcher()
+        c.settle()
+        c.check_nothing_lost_or_duplicated()

@@ -67,7 +67,7 @@ def test_unit_runs_a_console_command_and_restarts_always(unit_name: str, command
 
 
 def test_the_environment_example_names_only_real_settings() -> None:
-    settings_source = (PROJECT_ROOT / "tianyan" / "settings.py").read_text()
+    settings_source = (PROJECT_ROOT / "foundation" / "settings.py").read_text()
     names = [
         line.split("=", 1)[0].lstrip("# ").strip()
         for line in (UNITS / "tianyan.env.example").read_text().splitlines()
