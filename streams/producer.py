@@ -72,19 +72,19 @@ class RawPublisher:
         # timed out in an outage, say): the client must be replaced before it can send again.
         self._fatal: KafkaError | None = None
         self._config = {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "linger.ms": linger_ms,
-                "batch.size": 1_000_000,
-                "queue.buffering.max.messages": 500_000,
-                "message.max.bytes": 1_048_576,
-                "message.timeout.ms": delivery_timeout_ms,
-                "client.id": "tianyan-publisher",
-                # The Java client's (and kafka-python's) partitioner: an elevator's messages
-                # land on the same partition whichever client a terminal or tool uses.
-                "partitioner": "murmur2_random",
-                "error_cb": self._on_error,
-            }
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": linger_ms,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 500_000,
+            "message.max.bytes": 1_048_576,
+            "message.timeout.ms": delivery_timeout_ms,
+            "client.id": "tianyan-publisher",
+            # The Java client's (and kafka-python's) partitioner: an elevator's messages
+            # land on the same partition whichever client a terminal or tool uses.
+            "partitioner": "murmur2_random",
+            "error_cb": self._on_error,
+        }
         self._producer = Producer(self._config)
         try:
             metadata = self._producer.list_topics(topic, timeout=10)
