@@ -32,3 +32,21 @@ def test_the_demo_runs_the_whole_pipeline_and_sums_it_up(
     assert summary["boards_checked"] >= 6 and summary["boards_failed"] == []
     assert sum(sum(g.values()) for g in summary["grades_by_district"].values()) == 40
     assert Path(summary["report"]).stat().st_size > 1000
+
+
+def test_the_demo_fails_on_anything_the_rescue_platform_would_miss() -> None:
+    from tianyan.demo_pipeline import DemoSummary, failures
+
+    ok = DemoSummary(
+        elevators=10,
+        simulated_s=60,
+        webhooks={"delivered": 5, "pending": 0, "dead": 0},
+        ledger="verified: 10 entries",
+    )
+    assert failures(ok) == []
+    dead = DemoSummary(**{**ok.__dict__, "webhooks": {"delivered": 4, "pending": 0, "dead": 1}})
+    assert failures(dead) == ["1 webhook deliveries are dead"]
+    unapplied = DemoSummary(**{**ok.__dict__, "alerts_unapplied": 2})
+    assert failures(unapplied) == ["2 alerts were never applied to an incident"]
+    broken = DemoSummary(**{**ok.__dict__, "ledger": "FAILED: entry 3 altered"})
+    assert failures(broken) == ["the ledger did not verify: FAILED: entry 3 altered"]
