@@ -16,10 +16,11 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from detectors.alerts import TRAPPED_TYPES
+from detectors.alerts import TRAPPED_TYPES, Alert
 
 State = Literal["open", "acknowledged", "arrived", "resolved", "false_alarm"]
 ACTIVE_STATES: Final = ("open", "acknowledged", "arrived")
@@ -69,6 +70,72 @@ def next_state(state: str, action: str) -> State:
             f"cannot {action}: the incident is {already}{state.replace('_', ' ')}"
         )
     return target
+
+
+def evidence_summary(evidence: Mapping[str, Any], limit: int = 300) -> str:
+    """``key=value; …`` of the scalar evidence, for a dispatcher's screen."""
+    parts = [
+        f"{k}={v}"
+        for k, v in evidence.items()
+        if isinstance(v, str | int | float | bool) or v is None
+    ]
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class AlertDecision:
+    """What one alert does to its elevator's incident of the alert's type.
+
+    ``action`` is ``open`` (a new incident), ``update`` (a repeat of the active one),
+    ``resolve`` (the condition that opened or last updated it cleared) or ``ignore``.
+    """
+
+    action: Literal["open", "update", "resolve", "ignore"]
+    event_type: str | None = None
+    severity: str | None = None
+    estimated_trapped: int | None = None
+    note: str | None = None
+
+
+def decide_alert(active: Mapping[str, Any] | None, alert: Alert) -> AlertDecision:
+    """The change ``alert`` makes, given the active incident of its elevator and type
+    (``None`` when there is none): pure, so that the store only persists it.
+
+    A raised alert opens an incident, or updates the active one: ``repeats`` counts it, and
+    severity and the people trapped only ever rise. A cleared alert resolves the active
+    incident it last updated; any other clear changes nothing.
+
+    >>> from detectors.alerts import clear_alert, make_alert
+    >>> raised = make_alert("3" * 20, "trapped_between_levels", 0, 30_000, {},
+    ...                     estimated_trapped=2)
+    >>> decide_alert(None, raised).action
+    'open'
+    >>> active = {"severity": "critical", "estimated_trapped": 3,
+    ...           "details": {"last_alert_key": raised.alert_key}}
+    >>> decide_alert(active, raised).estimated_trapped
+    3
+    >>> decide_alert(active, clear_alert(raised, 90_000, {"door": "open"})).action
+    'resolve'
+    """
+    if alert.state == "raised":
+        if active is None:
+            return AlertDecision("open", "incident.opened", alert.severity, alert.estimated_trapped)
+        severity = max((active["severity"], alert.severity), key=lambda s: SEVERITY_RANK.get(s, 0))
+        trapped = max(
+            (v for v in (active["estimated_trapped"], alert.estimated_trapped) if v is not None),
+            default=None,
+        )
+        return AlertDecision(
+            "update", "incident.updated", severity, trapped, f"repeated: {alert.alert_key}"
+        )
+    if active is not None and (active["details"] or {}).get("last_alert_key") == alert.alert_key:
+        return AlertDecision(
+            "resolve",
+            "incident.resolved",
+            note="condition cleared: " + evidence_summary(alert.evidence, 200),
+        )
+    return AlertDecision("ignore")
 
 
 def is_trapping(fault_type: str) -> bool:

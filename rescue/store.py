@@ -25,9 +25,10 @@ from .lifecycle import (
     ACTIVE_STATES,
     ESCALATION_LEVELS,
     EVENT_FOR_STATE,
-    SEVERITY_RANK,
     IllegalTransition,
+    decide_alert,
     due_escalation,
+    evidence_summary,
     is_trapping,
     next_state,
 )
@@ -115,17 +116,6 @@ def snapshot(row: dict[str, Any], columns: Iterable[str]) -> dict[str, Any]:
 
 def _utc_ms(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-
-
-def evidence_summary(evidence: dict[str, Any], limit: int = 300) -> str:
-    """``key=value; …`` of the scalar evidence, for a dispatcher's screen."""
-    parts = [
-        f"{k}={v}"
-        for k, v in evidence.items()
-        if isinstance(v, str | int | float | bool) or v is None
-    ]
-    text = "; ".join(parts)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # -- payload -------------------------------------------------------------------------------
@@ -372,7 +362,7 @@ def _apply_one(
         (alert.elevator_id, alert.alert_type, _ACTIVE),
     )
     active = cur.fetchone()
-    changes: list[Change] = []
+    decision = decide_alert(active, alert)
     details = {
         "last_alert_key": alert.alert_key,
         "condition_since": jsonable(_utc_ms(alert.condition_since_ms)),
@@ -381,8 +371,7 @@ def _apply_one(
         "probable_cause": alert.probable_cause,
         "suggested_handling": alert.suggested_handling,
     }
-    if alert.state == "raised" and active is None:
-        incident_id = uuid.uuid5(NAMESPACE, alert.alert_key)
+    if decision.action == "open":
         cur.execute(
             "INSERT INTO incident (incident_id, elevator_id, fault_type, gb_code, severity,"
             " state, estimated_trapped, opened_at, updated_at, details, alert_key,"
@@ -390,12 +379,12 @@ def _apply_one(
             " VALUES (%s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (incident_id) DO NOTHING RETURNING *",
             (
-                incident_id,
+                uuid.uuid5(NAMESPACE, alert.alert_key),
                 alert.elevator_id,
                 alert.alert_type,
                 alert.gb_code,
-                alert.severity,
-                alert.estimated_trapped,
+                decision.severity,
+                decision.estimated_trapped,
                 at,
                 at,
                 json.dumps(details),
@@ -404,77 +393,48 @@ def _apply_one(
                 config.arrival_target_s,
             ),
         )
-        incident = cur.fetchone()
-        if incident is None:  # this alert opened an incident before, since closed
-            return []
-        changes.append(
-            _record_event(
-                cur,
-                incident,
-                writes,
-                event_type="incident.opened",
-                at=at,
-                from_state=None,
-                actor="detector",
-                note=None,
-                config=config,
-                source_time=received_at,
-            )
-        )
-    elif alert.state == "raised" and active is not None:
-        severity = max((active["severity"], alert.severity), key=lambda s: SEVERITY_RANK.get(s, 0))
-        trapped = max(
-            (v for v in (active["estimated_trapped"], alert.estimated_trapped) if v is not None),
-            default=None,
-        )
+    elif decision.action == "update":
+        assert active is not None
         cur.execute(
             "UPDATE incident SET repeats = repeats + 1, severity = %s, estimated_trapped = %s,"
             " last_alert_at = %s, updated_at = %s, details = details || %s"
             " WHERE incident_id = %s RETURNING *",
-            (severity, trapped, at, at, json.dumps(details), active["incident_id"]),
+            (
+                decision.severity,
+                decision.estimated_trapped,
+                at,
+                at,
+                json.dumps(details),
+                active["incident_id"],
+            ),
         )
-        incident = cur.fetchone()
-        assert incident is not None
-        changes.append(
-            _record_event(
-                cur,
-                incident,
-                writes,
-                event_type="incident.updated",
-                at=at,
-                from_state=active["state"],
-                actor="detector",
-                note=f"repeated: {alert.alert_key}",
-                config=config,
-                source_time=received_at,
-            )
-        )
-    elif (
-        alert.state == "cleared"
-        and active is not None
-        and (active["details"] or {}).get("last_alert_key") == alert.alert_key
-    ):
+    elif decision.action == "resolve":
+        assert active is not None
         cur.execute(
             "UPDATE incident SET state = 'resolved', closed_at = %s, closed_by = 'detector',"
             " updated_at = %s WHERE incident_id = %s RETURNING *",
             (at, at, active["incident_id"]),
         )
-        incident = cur.fetchone()
-        assert incident is not None
-        changes.append(
-            _record_event(
-                cur,
-                incident,
-                writes,
-                event_type="incident.resolved",
-                at=at,
-                from_state=active["state"],
-                actor="detector",
-                note="condition cleared: " + evidence_summary(alert.evidence, 200),
-                config=config,
-                source_time=received_at,
-            )
+    else:
+        return []
+    incident = cur.fetchone()
+    if incident is None:  # this alert opened an incident before, since closed
+        return []
+    assert decision.event_type is not None
+    changes = [
+        _record_event(
+            cur,
+            incident,
+            writes,
+            event_type=decision.event_type,
+            at=at,
+            from_state=active["state"] if active is not None else None,
+            actor="detector",
+            note=decision.note,
+            config=config,
+            source_time=received_at,
         )
+    ]
     if changes and changes[0].event_type in ("incident.opened", "incident.resolved"):
         # The raw samples around it, kept with the incident past raw retention: requested
         # here, copied by the dispatcher outside this transaction (copy_requested_evidence).

@@ -869,3 +869,29 @@ def test_two_dispatchers_share_the_work_and_send_each_change_once(
     finally:
         r.stop_all()
         hook.close()
+
+
+def test_decide_alert_opens_updates_resolves_and_ignores() -> None:
+    from rescue.lifecycle import decide_alert
+
+    first = trapped(0, 0, people=2)
+    assert decide_alert(None, first).action == "open"
+    active = {
+        "severity": "major",
+        "estimated_trapped": 3,
+        "state": "acknowledged",
+        "details": {"last_alert_key": first.alert_key},
+    }
+    again = decide_alert(active, trapped(0, 40, people=1))
+    assert (again.action, again.event_type) == ("update", "incident.updated")
+    assert again.estimated_trapped == 3  # the people trapped only ever rise
+    assert again.severity == "critical"  # so does severity
+    assert decide_alert(active, cleared(first)).action == "resolve"
+    stale = cleared(trapped(0, 99))  # a clear of another episode changes nothing
+    assert decide_alert(active, stale).action == "ignore"
+    assert decide_alert(None, cleared(first)).action == "ignore"
+    import doctest
+
+    import rescue.lifecycle
+
+    assert doctest.testmod(rescue.lifecycle).failed == 0
