@@ -4,6 +4,7 @@ real Kafka and TimescaleDB."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -143,23 +144,24 @@ def rescue_setup(settings: Settings, scratch_db: str, endpoints: list[str], **en
     admin.close()
     writer = scratch_db.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
     secret, token, port = new_secret(), uuid.uuid4().hex, free_port()
-    full_env = {
-        **os.environ,
-        "TIANYAN_DATABASE_URL": writer,
-        "TIANYAN_ALERTS_TOPIC": alerts,
-        "TIANYAN_DEVICE_COMMANDS_TOPIC": commands,
-        "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": dead_letters,
-        "TIANYAN_DISPATCHER_ID": f"test-dispatcher-{tag}",
-        "TIANYAN_DISPATCHER_WEB_PORT": str(port),
-        "TIANYAN_RESCUE_WEBHOOK_URL": ",".join(endpoints),
-        "TIANYAN_RESCUE_WEBHOOK_SECRET": secret,
-        "TIANYAN_RESCUE_API_TOKEN": token,
-        "TIANYAN_WEBHOOK_RETRY_BASE_MS": "200",
-        "TIANYAN_WEBHOOK_RETRY_CAP_MS": "1000",
-        "TIANYAN_WEBHOOK_TIMEOUT_MS": "2000",
-        "TIANYAN_ESCALATION_AFTER_S": "100000000,200000000,300000000",  # never, unless told
-        **env,
-    }
+    run_settings = dataclasses.replace(
+        settings,
+        database_url=writer,
+        admin_database_url=scratch_db,
+        alerts_topic=alerts,
+        device_commands_topic=commands,
+        alerts_dead_letter_topic=dead_letters,
+        dispatcher_id=f"test-dispatcher-{tag}",
+        dispatcher_web_port=port,
+        rescue_webhook_urls=tuple(endpoints),
+        rescue_webhook_secret=secret,
+        rescue_api_token=token,
+        webhook_retry_base_s=0.2,
+        webhook_retry_cap_s=1.0,
+        webhook_timeout_s=2.0,
+        escalation_after_s=(10**8, 2 * 10**8, 3 * 10**8),  # never, unless told
+    )
+    full_env = {**os.environ, **run_settings.to_env(), **env}
     return Rescue(settings, scratch_db, writer, alerts, commands, secret, token, port, full_env)
 
 
