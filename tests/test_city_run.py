@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 from .city_run import CityRun
+
+# The shared city run: the whole pipeline on 80 elevators.
+pytestmark = pytest.mark.slow
 
 
 def test_the_city_run_stored_every_sample_and_raised_alerts(city_run: CityRun) -> None:

@@ -30,6 +30,9 @@ from tianyan.cli import main
 
 from .city_run import CityRun
 
+# Most read the shared city run.
+pytestmark = pytest.mark.slow
+
 T0 = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)
 RANGE = TimeRange(T0, T0 + dt.timedelta(minutes=15))
 

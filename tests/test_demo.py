@@ -6,11 +6,14 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from foundation.settings import Settings
 
 from .conftest import TIANYAN
 
 
+@pytest.mark.slow
 def test_the_demo_runs_the_whole_pipeline_and_sums_it_up(
     settings: Settings, tmp_path: Path
 ) -> None:

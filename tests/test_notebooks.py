@@ -28,6 +28,9 @@ from evaluation.scoring import DETECTS, EXPLAINED_BY
 
 from .city_run import CITY_SEED, CityRun
 
+# The notebooks run on the shared city run.
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ("detector_evaluation.ipynb", "trapping_reconstruction.ipynb", "fleet_risk.ipynb")
 KERNEL = "tianyan-notebook-tests"

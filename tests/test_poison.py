@@ -376,6 +376,7 @@ POISON = {
 
 
 @pytest.mark.parametrize("poison", list(POISON))
+@pytest.mark.slow
 def test_worker_quarantines_a_poison_message_and_stores_the_rest(
     settings: Settings, scratch_db: str, tmp_path: Path, poison: str
 ) -> None:

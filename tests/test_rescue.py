@@ -101,6 +101,7 @@ def test_escalation_ladder_and_delivery_schedule() -> None:
 # -- incidents from alerts (the store, as the pipeline's role) --------------------------------
 
 
+@pytest.mark.slow
 def test_alerts_become_one_incident_per_elevator_and_fault_with_outbox_and_ledger(
     settings: Settings, scratch_db: str
 ) -> None:
@@ -163,6 +164,7 @@ def test_alerts_become_one_incident_per_elevator_and_fault_with_outbox_and_ledge
     assert data["times"]["arrival_due_at"] and data["arrival"]["target_s"] == 1800
 
 
+@pytest.mark.slow
 def test_the_pipeline_role_can_only_append_to_the_ledger(
     settings: Settings, scratch_db: str
 ) -> None:
@@ -180,6 +182,7 @@ def test_the_pipeline_role_can_only_append_to_the_ledger(
 # -- the dispatcher, end to end --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_webhooks_signed_acknowledged_and_bad_requests_refused(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:
@@ -268,6 +271,7 @@ def test_webhooks_signed_acknowledged_and_bad_requests_refused(
         r.stop_all()
 
 
+@pytest.mark.slow
 def test_receiver_down_then_back_every_event_arrives_once(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:
@@ -330,6 +334,7 @@ def test_receiver_down_then_back_every_event_arrives_once(
         r.stop_all()
 
 
+@pytest.mark.slow
 def test_dispatcher_killed_mid_delivery_loses_nothing(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:
@@ -364,6 +369,7 @@ def test_dispatcher_killed_mid_delivery_loses_nothing(
         slow.close()
 
 
+@pytest.mark.slow
 def test_retry_after_refusal_dead_letter_and_redelivery(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:
@@ -424,6 +430,7 @@ def test_retry_after_refusal_dead_letter_and_redelivery(
         refusing.close()
 
 
+@pytest.mark.slow
 def test_auth_and_route_refusals_are_retried_for_a_while_and_alerted(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:
@@ -475,6 +482,7 @@ def test_auth_and_route_refusals_are_retried_for_a_while_and_alerted(
             receiver.close()
 
 
+@pytest.mark.slow
 def test_an_absurd_retry_after_is_capped_and_does_not_wedge_the_delivery(
     settings: Settings, scratch_db: str
 ) -> None:
@@ -512,6 +520,7 @@ def test_an_absurd_retry_after_is_capped_and_does_not_wedge_the_delivery(
     assert r.query("SELECT DISTINCT status FROM webhook_delivery") == [("delivered",)]
 
 
+@pytest.mark.slow
 def test_a_late_result_of_an_earlier_attempt_does_not_overwrite_a_newer_one(
     settings: Settings, scratch_db: str
 ) -> None:
@@ -568,6 +577,7 @@ def test_a_late_result_of_an_earlier_attempt_does_not_overwrite_a_newer_one(
     assert report.returncode == 0, report.stderr
 
 
+@pytest.mark.slow
 def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:
@@ -651,6 +661,7 @@ def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
         strict.close()
 
 
+@pytest.mark.slow
 def test_unacknowledged_trapping_escalates_on_its_timer(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:
@@ -706,6 +717,7 @@ def test_unacknowledged_trapping_escalates_on_its_timer(
         hook.close()
 
 
+@pytest.mark.slow
 def test_audit_verify_names_what_was_altered_or_deleted(
     settings: Settings, scratch_db: str, superuser_url: str
 ) -> None:
@@ -766,6 +778,7 @@ def test_audit_verify_names_what_was_altered_or_deleted(
     assert verify().returncode == 0  # restored
 
 
+@pytest.mark.slow
 def test_published_anchors_reveal_a_truncated_ledger(
     settings: Settings, scratch_db: str, superuser_url: str, tmp_path: Path
 ) -> None:
@@ -830,6 +843,7 @@ def test_published_anchors_reveal_a_truncated_ledger(
     assert f"seq {head - 1}–{head} deleted from the ledger" in truncated.stderr
 
 
+@pytest.mark.slow
 def test_two_dispatchers_share_the_work_and_send_each_change_once(
     settings: Settings, scratch_db: str, tmp_path: Path
 ) -> None:

@@ -34,6 +34,9 @@ from .rescue_support import (
     wait_for,
 )
 
+# Real dispatcher processes, a broker stopped, a demo run.
+pytestmark = pytest.mark.slow
+
 
 def _kafka_ready(settings: Settings) -> None:
     """Wait until the broker answers and serves the given topic's partitions again."""

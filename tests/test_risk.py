@@ -536,6 +536,7 @@ def _has_colour(image: Image.Image, hex_colour: str, tolerance: int = 12) -> boo
     )
 
 
+@pytest.mark.slow
 def test_report_on_the_city_run(city_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # city_run graded itself as of its end; grading again is a no-op
     assert grade_fleet(city_run.writer_url, city_run.end).written == 0
@@ -589,6 +590,7 @@ def test_report_on_the_city_run(city_run, tmp_path: Path) -> None:  # type: igno
 
 
 # -- the worker's timer ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_worker_grades_on_its_timer_unless_another_holds_the_lock(
     settings, graded_city: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,9 @@ from foundation.settings import PROJECT_ROOT
 
 from .conftest import TIANYAN
 
+# Starts and stops a second stack.
+pytestmark = pytest.mark.slow
+
 VAR = PROJECT_ROOT / "var" / "test-stack"
 PORTS = {"TIANYAN_KAFKA_PORT": "29192", "TIANYAN_PG_PORT": "55442"}
 

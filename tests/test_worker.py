@@ -32,6 +32,9 @@ from tianyan.processes import stop_process
 
 from .conftest import TIANYAN, consume_all
 
+# Real worker processes on a simulated stream.
+pytestmark = pytest.mark.slow
+
 PARTITIONS = 4
 FLEET_SEED, FLEET_SIZE, FLEET_DATE = 99, 60, dt.date(2026, 11, 1)
 
