@@ -284,9 +284,10 @@ def test_sigterm_to_the_demo_stops_every_service_it_started(
 ) -> None:
     """SIGTERM left the demo's two workers, dispatcher and receiver running, reparented to
     init; the next demo's outbox was then claimed by them."""
-    log = tmp_path / "demo.log"
+    log = tmp_path / "demo.log"  # beside the demo's own folder, which it empties
     database = f"tianyan_demo_{uuid.uuid4().hex[:6]}"
-    args = ["--elevators", "10", "--minutes", "3", "--out", str(tmp_path), "--database", database]
+    out = str(tmp_path / "demo")
+    args = ["--elevators", "10", "--minutes", "3", "--out", out, "--database", database]
     with log.open("wb") as out:
         demo = subprocess.Popen([TIANYAN, "demo", *args], stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -22,6 +22,7 @@ A :func:`pipeline` owns everything a run needs and gives it all back afterwards:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import uuid
@@ -37,6 +38,7 @@ from foundation.settings import Settings
 from tianyan.processes import ServiceGroup, free_port, listening, services, wait_for_progress
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
+log = logging.getLogger("tianyan.harness")
 #: A wait fails when nothing it watches (nor any service's log) has moved for this long.
 STALL_S = 120.0
 
@@ -183,12 +185,30 @@ def pipeline(
         with services() as group:
             yield Run(run_settings, admin_url, group, work, topics)
     finally:
+        kafka.close()
+        _clean_up(settings, topics, None if keep_database else database)
+
+
+def _clean_up(settings: Settings, topics: dict[str, str], database: str | None) -> None:
+    """Delete the run's topics (with a client of its own: Kafka may have restarted since the
+    run began) and drop its database. A failure here is logged, never raised over the run's
+    own outcome."""
+    from kafka import KafkaAdminClient
+
+    try:
+        kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         try:
             made = set(kafka.list_topics()) & set(topics.values())
             if made:
                 kafka.delete_topics(sorted(made))
         finally:
             kafka.close()
-            if not keep_database:
-                with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    except Exception as e:
+        log.warning("the run's topics were not deleted: %s", e)
+    if database is not None:
+        try:
+            superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}/postgres"
+            with psycopg.connect(superuser, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        except psycopg.Error as e:
+            log.warning("the run's database %s was not dropped: %s", database, e)
