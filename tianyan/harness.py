@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Callable, Hashable, Iterator
@@ -187,6 +188,8 @@ def pipeline(
     finally:
         kafka.close()
         _clean_up(settings, topics, None if keep_database else database)
+        for app_id in (f"{database}-worker-{tag}", f"{database}-dispatcher-{tag}"):
+            shutil.rmtree(work / f"{app_id}-data", ignore_errors=True)  # Faust's, per app
 
 
 def _clean_up(settings: Settings, topics: dict[str, str], database: str | None) -> None:
