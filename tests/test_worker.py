@@ -279,7 +279,18 @@ def test_sigkill_mid_stream_changes_nothing(
     assert got["samples"] == expected["samples"]
     assert got["windows"] == expected["windows"]
     assert got["trips"] == expected["trips"]
-    assert got["alerts"] == expected["alerts"] and expected["alerts"]
+    # Alerts the silence timer raised (a car last seen trapped, then silent: extrapolated
+    # timers) depend on when the timer ran, like device_offline: compared as the rest are
+    # once those keys are left out of both runs.
+    by_timer = {
+        key
+        for key, state, _, evidence in got["alerts"] + expected["alerts"]
+        if state == "raised" and "extrapolated_from_ms" in evidence
+    }
+    assert [a for a in got["alerts"] if a[0] not in by_timer] == [
+        a for a in expected["alerts"] if a[0] not in by_timer
+    ]
+    assert [a for a in expected["alerts"] if a[0] not in by_timer]
 
 
 def test_two_workers_split_the_partitions(
