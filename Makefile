@@ -44,7 +44,7 @@ test-fast: setup lint ## The inner loop: the tests not marked slow (no outages, 
 	$(BIN)/pytest -m "not slow"
 
 chaos: setup ## Fault injection at full length: a 6-minute broker outage, a receiver failing 11 minutes
-	TIANYAN_CHAOS_FULL=1 $(BIN)/pytest tests/test_chaos.py
+	TIANYAN_CHAOS_FULL=1 $(BIN)/pytest --timeout=1800 tests/test_chaos.py
 
 down: venv ## Stop the local stack (data kept under var/)
 	$(TIANYAN) stack down
