@@ -65,7 +65,10 @@ def test_postgresql_restarted_mid_stream(settings: Settings, tmp_path: Path) -> 
 
 def test_receiver_503_then_401_then_200(settings: Settings, tmp_path: Path) -> None:
     unavailable_s, unauthorised_s = (600, 60) if FULL else (20, 6)
-    with chaos_pipeline(settings, tmp_path, webhook_auth_retry_s=unauthorised_s * 10) as c:
+    # The 401s are retried for a time counted from when a delivery was queued: longer than
+    # the whole failure here.
+    auth_retry_s = 2 * (unavailable_s + unauthorised_s)
+    with chaos_pipeline(settings, tmp_path, webhook_auth_retry_s=auth_retry_s) as c:
         began = time.monotonic()
 
         def answer(_n: int) -> tuple[int, dict[str, str]]:
