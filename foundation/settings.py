@@ -172,6 +172,13 @@ class Settings:
             audit_anchor_interval_s=_env_int("TIANYAN_AUDIT_ANCHOR_INTERVAL_S", 60),
         )
 
+    def faust_datadir(self, app_id: str) -> str:
+        """Where the Faust app ``app_id`` keeps its data folder: under ``var/faust/`` (made
+        here if missing), never in the folder the service was started from."""
+        parent = self.var_dir / "faust"
+        parent.mkdir(parents=True, exist_ok=True)
+        return str(parent / f"{app_id}-data")
+
     def to_env(self) -> dict[str, str]:
         """The ``TIANYAN_*`` environment that :meth:`from_env` reads back as these settings:
         how a command hands its settings to the services it starts."""

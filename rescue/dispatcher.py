@@ -432,6 +432,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
         settings.dispatcher_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
+        datadir=settings.faust_datadir(settings.dispatcher_id),
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,

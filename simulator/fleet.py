@@ -252,6 +252,7 @@ class FleetEngine:
                     self.start_epoch_s,
                     self._tz,
                     self.duration_s,
+                    self._fixed_hour,
                 )
                 for i in range(n)
             ]
@@ -304,6 +305,10 @@ class FleetEngine:
     @property
     def _tz(self) -> float:
         return float(self.sc["sampling"]["timezone_offset_h"])
+
+    @property
+    def _fixed_hour(self) -> int:
+        return int(self.sc["traffic"]["local_hour"])
 
     def _geometric(self, p: float) -> float:
         return float(self.rng.geometric(p)) - 1 if p > 0 else _INF
@@ -421,7 +426,11 @@ class FleetEngine:
     def _start_call(self, i: int, t: float) -> None:
         arrived = float(self.next_call[i])
         b = self.buildings[i]
-        hour = local_hour(self.start_epoch_s + t, self._tz)
+        hour = (
+            self._fixed_hour
+            if self._fixed_hour >= 0
+            else local_hour(self.start_epoch_s + t, self._tz)
+        )
         top = int(self.floors[i]) - 1
         u = self.rng.random()
         if u < FROM_LOBBY[b][hour]:
@@ -440,7 +449,14 @@ class FleetEngine:
         self.n_pass[i] = min(capacity, 1 + int(self.rng.poisson(mean - 1.0)))
         self.origin[i], self.dest[i] = origin, dest
         self.next_call[i] = next_call_s(
-            self.rng, b, self.peak_calls[i], arrived, self.start_epoch_s, self._tz, self.duration_s
+            self.rng,
+            b,
+            self.peak_calls[i],
+            arrived,
+            self.start_epoch_s,
+            self._tz,
+            self.duration_s,
+            self._fixed_hour,
         )
         if self._landing(i) == origin:
             self.stage[i] = BOARDING

@@ -127,6 +127,13 @@ SECTIONS: Final[dict[str, dict[str, Key]]] = {
     },
     "traffic": {
         "intensity": _k(float, 1.0, 0.0, 20.0, "multiplies every building type's call rate"),
+        "local_hour": _k(
+            int,
+            -1,
+            -1,
+            23,
+            "every call follows this local hour's traffic, whatever the clock; -1 follows it",
+        ),
         "passenger_kg": _k(float, 75.0, 30.0, 150.0, "mean mass of a passenger"),
         "passenger_sigma_kg": _k(float, 12.0, 0.0, 50.0, "spread of a passenger's mass"),
         "passengers_mean_peak": _k(float, 2.5, 1.0, 30.0, "mean passengers per call at peaks"),

@@ -249,11 +249,13 @@ def next_call_s(
     start_epoch_s: float,
     timezone_offset_h: float,
     horizon_s: float,
+    fixed_local_hour: int = -1,
 ) -> float:
     """Time of the next call after ``after_s`` (simulation seconds), or ``inf``.
 
     Thinning: candidates arrive at the peak rate and each is kept with the share of the
-    peak rate of its local hour. ``horizon_s`` ends the search (the end of the run).
+    peak rate of its local hour (``fixed_local_hour`` when it is 0–23). ``horizon_s`` ends
+    the search (the end of the run).
     """
     if peak_calls_per_hour <= 0.0:
         return float("inf")
@@ -264,5 +266,10 @@ def next_call_s(
         t += float(rng.exponential(mean_gap_s))
         if t >= horizon_s:
             return float("inf")
-        if rng.random() < shape[local_hour(start_epoch_s + t, timezone_offset_h)]:
+        hour = (
+            fixed_local_hour
+            if fixed_local_hour >= 0
+            else local_hour(start_epoch_s + t, timezone_offset_h)
+        )
+        if rng.random() < shape[hour]:
             return t

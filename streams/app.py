@@ -294,6 +294,7 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
         settings.worker_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
+        datadir=settings.faust_datadir(settings.worker_id),
         topic_partitions=settings.raw_partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",

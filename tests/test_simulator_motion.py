@@ -146,3 +146,27 @@ def test_door_cycles_and_leveling_fall_in_their_ranges(clean_run: tuple[dict, di
         assert np.all(np.abs(s["leveling_offset_mm"][at_level]) <= 9.0 + 1e-9)
         assert s["door_zone"][at_level].all()
     assert min(counted.values()) >= 20
+
+
+def test_a_fixed_local_hour_makes_the_traffic_independent_of_the_clock(tmp_path) -> None:
+    """``traffic.local_hour``: a run at 00:10 local time moves as much as one at 08:00 (the
+    demo's data ends now, whatever the hour; at night it was nearly idle)."""
+    import datetime as dt
+
+    from simulator import FileOutput, simulate
+
+    cars = fleet(10)
+    tz_cst = dt.timezone(dt.timedelta(hours=8))
+    midnight = dt.datetime(2026, 12, 2, 0, 10, tzinfo=tz_cst)
+    morning = dt.datetime(2026, 12, 2, 8, 0, tzinfo=tz_cst)
+
+    def samples(start: dt.datetime, **traffic: int) -> int:
+        sc = scenario("clock", seed=5, traffic={"intensity": 1.5, **traffic})
+        out = tmp_path / f"{start:%H%M}-{traffic}.jsonl"
+        return simulate(
+            sc, cars, start=start, duration_s=300.0, output=FileOutput(out), progress=False
+        ).samples
+
+    at_night, in_the_morning = samples(midnight), samples(morning)
+    assert at_night < in_the_morning / 2, "the clock's own hour shapes the traffic by default"
+    assert samples(midnight, local_hour=8) == samples(morning, local_hour=8) == in_the_morning

@@ -72,7 +72,6 @@ class Run:
         """Start ``tianyan <args>`` as the service ``name``, logging to ``<work>/<name>.log``;
         with ``port``, wait until it listens there."""
         log = self.work / f"{name.replace(' ', '-')}.log"
-        # In the work folder: Faust keeps its data folder (<app id>-data) where it starts.
         self.group.start(name, [TIANYAN, *args], env=self.env(**env), log=log, cwd=self.work)
         if port is not None:
             self.wait(lambda: listening(port), bool, f"{name} to listen on {port} (log {log})")
@@ -189,7 +188,7 @@ def pipeline(
         kafka.close()
         _clean_up(settings, topics, None if keep_database else database)
         for app_id in (f"{database}-worker-{tag}", f"{database}-dispatcher-{tag}"):
-            shutil.rmtree(work / f"{app_id}-data", ignore_errors=True)  # Faust's, per app
+            shutil.rmtree(settings.faust_datadir(app_id), ignore_errors=True)
 
 
 def _clean_up(settings: Settings, topics: dict[str, str], database: str | None) -> None:
