@@ -3,6 +3,7 @@ with per-elevator order and original event times preserved."""
 
 from .run import ReplaySummary, replay
 from .sources import (
+    JsonlContents,
     ReplayItem,
     ReplaySourceError,
     count_database,
@@ -11,9 +12,11 @@ from .sources import (
     from_database,
     from_jsonl,
     from_parquet,
+    inspect_jsonl,
 )
 
 __all__ = [
+    "JsonlContents",
     "ReplayItem",
     "ReplaySourceError",
     "ReplaySummary",
@@ -23,5 +26,6 @@ __all__ = [
     "from_database",
     "from_jsonl",
     "from_parquet",
+    "inspect_jsonl",
     "replay",
 ]

@@ -76,6 +76,40 @@ def from_jsonl(path: Path) -> Iterator[ReplayItem]:
             yield ReplayItem(key, line, t)
 
 
+@dataclass(frozen=True)
+class JsonlContents:
+    """What a correct pipeline must make of a JSON Lines stream: the benches, the demo and
+    the tests wait for and check against this."""
+
+    lines: int  # non-empty lines, as published
+    samples: frozenset[tuple[str, int]]  # (elevator id, t_ms) of every valid message
+    malformed: int  # lines failing the contract (quarantined)
+    duplicates: int  # valid messages repeating an (elevator id, seq) already seen
+
+    @property
+    def messages(self) -> int:
+        """Valid, distinct messages: what the worker folds."""
+        return self.lines - self.malformed - self.duplicates
+
+
+def inspect_jsonl(path: Path) -> JsonlContents:
+    """Read ``path`` as the worker will (:func:`foundation.contract.decode`) and count."""
+    samples: set[tuple[str, int]] = set()
+    seen: set[tuple[str, int]] = set()
+    lines = malformed = duplicates = 0
+    for item in from_jsonl(path):
+        lines += 1
+        try:
+            m = contract.decode(item.value)
+        except contract.InvalidMessage:
+            malformed += 1
+            continue
+        duplicates += (m.elevator_id, m.seq) in seen
+        seen.add((m.elevator_id, m.seq))
+        samples.update((m.elevator_id, t) for t in m.samples.t_ms)
+    return JsonlContents(lines, frozenset(samples), malformed, duplicates)
+
+
 # -- Parquet ---------------------------------------------------------------------------------
 def from_parquet(path: Path) -> Iterator[ReplayItem]:
     """Rows of one message (same elevator and seq, consecutive) rebuilt into that message."""

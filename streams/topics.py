@@ -45,8 +45,15 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: int = 1) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+def ensure_topics(
+    bootstrap: str, specs: list[TopicSpec], replication_factor: int = 1, *, stall_s: float = 60.0
+) -> list[str]:
+    """Create the topics that do not exist yet and wait until every partition of every
+    topic has a leader (a producer started at once would otherwise meet partitions its
+    metadata does not know yet); returns the names created. The wait fails only when no
+    further partition became ready for ``stall_s``."""
+    import time
+
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
@@ -60,6 +67,25 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: in
         ]
         if new:
             admin.create_topics(new)
-        return [t.name for t in new]
+        wanted = sum(s.partitions for s in specs)
+        ready, moved_at = -1, time.monotonic()
+        while True:
+            now_ready = sum(
+                1
+                for topic in admin.describe_topics([s.name for s in specs])
+                if topic["error_code"] == 0
+                for p in topic["partitions"]
+                if p["leader_id"] >= 0
+            )
+            if now_ready >= wanted:
+                return [t.name for t in new]
+            if now_ready > ready:
+                ready, moved_at = now_ready, time.monotonic()
+            elif time.monotonic() - moved_at > stall_s:
+                raise TimeoutError(
+                    f"{ready} of {wanted} partitions of {', '.join(s.name for s in specs)}"
+                    f" have a leader; none more for {stall_s:.0f} s"
+                )
+            time.sleep(0.1)
     finally:
         admin.close()

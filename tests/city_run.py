@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
-from foundation import contract
 from foundation.settings import Settings
 from registry.generate import generate
 from registry.model import Elevator
 from registry.store import upsert
 from rescue.delivery import new_secret
-from sql.migrate import migrate
-from streams.producer import RawPublisher
-from tianyan.processes import free_port, stop_process
+from tianyan.harness import pipeline
+from tianyan.processes import free_port
 
 CITY_SEED, CITY_SIZE = 7, 80
 CITY_START = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)
@@ -55,45 +48,17 @@ class CityRun:
     stream: Path  # the simulated messages, JSON Lines
     labels: Path  # the injected faults, JSON Lines
     samples: int  # distinct valid samples the stream carried
-    env: dict[str, str]  # the TIANYAN_* environment the pipeline ran with
     rescue_journal: Path  # what the reference receiver received (JSON Lines)
-
-    def url(self, role: str) -> str:
-        return self.admin_url.replace("postgresql://tianyan@", f"postgresql://{role}@")
-
-
-def _count(url: str, table: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(f"SELECT count(*) FROM tianyan.{table}").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _scalar(url: str, sql: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(sql).fetchone()
-    return int(row[0]) if row else 0
 
 
 @pytest.fixture(scope="session")
-def city_run(
-    settings: Settings, superuser_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[CityRun]:
+def city_run(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityRun]:
     import simulator
-    from replay import from_jsonl, replay
-
-    from .conftest import TIANYAN
-
-    with psycopg.connect(superuser_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{CITY_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{CITY_DB}" OWNER tianyan')
-    with psycopg.connect(superuser_url.rsplit("/", 1)[0] + f"/{CITY_DB}", autocommit=True) as c:
-        c.execute("CREATE EXTENSION timescaledb")
-    admin = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{CITY_DB}"
-    migrate(admin)
-    elevators = generate(CITY_SEED, CITY_SIZE, CITY_DATE)
-    upsert(admin, elevators)
+    from replay import inspect_jsonl
+    from streams.grading import grade_fleet
 
     work = tmp_path_factory.mktemp("city_run")
+    elevators = generate(CITY_SEED, CITY_SIZE, CITY_DATE)
     stream = work / "city.jsonl"
     simulator.simulate(
         simulator.load_scenario(SCENARIO),
@@ -103,115 +68,52 @@ def city_run(
         output=simulator.FileOutput(stream),
         progress=False,
     )
-    samples: set[tuple[str, int]] = set()
-    for line in stream.read_bytes().splitlines():
-        try:
-            m = contract.decode(line)
-        except contract.InvalidMessage:
-            continue
-        samples.update((m.elevator_id, t) for t in m.samples.t_ms)
-
-    tag = uuid.uuid4().hex[:8]
-    raw, quarantine, alerts = f"city.raw.{tag}", f"city.quarantine.{tag}", f"city.alerts.{tag}"
-    kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    commands = f"city.commands.{tag}"
-    kafka.create_topics(
-        [
-            NewTopic(raw, 4, 1),
-            NewTopic(quarantine, 1, 1),
-            NewTopic(alerts, 4, 1),
-            NewTopic(commands, 1, 1),
-        ]
-    )
-    kafka.close()
-    writer = admin.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
+    samples = len(inspect_jsonl(stream).samples)
     receiver_port = free_port()
-    env = {
-        **os.environ,
-        "TIANYAN_RAW_TOPIC": raw,
-        "TIANYAN_QUARANTINE_TOPIC": quarantine,
-        "TIANYAN_ALERTS_TOPIC": alerts,
-        "TIANYAN_RAW_PARTITIONS": "4",
-        "TIANYAN_WORKER_ID": f"city-worker-{tag}",
-        "TIANYAN_DATABASE_URL": writer,
-        "TIANYAN_ADMIN_DATABASE_URL": admin,
-        "TIANYAN_WORKER_WEB_PORT": str(free_port()),
-        "TIANYAN_CHECKPOINT_INTERVAL_MS": "500",
-        # the incident dispatcher, delivering to the reference receiver
-        "TIANYAN_DEVICE_COMMANDS_TOPIC": commands,
-        "TIANYAN_DISPATCHER_ID": f"city-dispatcher-{tag}",
-        "TIANYAN_DISPATCHER_WEB_PORT": str(free_port()),
-        "TIANYAN_RESCUE_WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/96333",
-        "TIANYAN_RESCUE_WEBHOOK_SECRET": new_secret(),
-    }
     journal = work / "rescue-received.jsonl"
-    log = (work / "worker.log").open("ab")
-    services = [
-        subprocess.Popen(
-            [TIANYAN, *args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    with pipeline(
+        settings,
+        CITY_DB,
+        work,
+        checkpoint_interval_s=0.5,
+        rescue_webhook_urls=(f"http://127.0.0.1:{receiver_port}/96333",),
+        rescue_webhook_secret=new_secret(),
+    ) as run:
+        upsert(run.admin_url, elevators)
+        run.start_receiver(receiver_port, journal)
+        run.start_dispatcher()
+        run.start_worker()
+        run.publish(stream)
+        run.wait(
+            lambda: run.scalar("SELECT count(*) FROM telemetry_sample"),
+            lambda n: n >= samples,
+            f"the city-run worker storing {samples} samples",
         )
-        for args in (
-            ["rescue-receiver", "--port", str(receiver_port), "--journal", str(journal)],
-            ["dispatcher", "--loglevel", "warn"],
-        )
-    ]
-    worker = subprocess.Popen(
-        [TIANYAN, "worker", "--loglevel", "warn"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        with RawPublisher(settings.kafka_bootstrap, raw) as pub:
-            replay(from_jsonl(stream), pub, progress=False)
-        deadline = time.monotonic() + 240
-        while _count(writer, "telemetry_sample") < len(samples):
-            if worker.poll() is not None:
-                pytest.fail(f"the city-run worker exited; see {work / 'worker.log'}")
-            if time.monotonic() > deadline:
-                pytest.fail("the city-run worker did not store every sample in 240 s")
-            time.sleep(1.0)
         time.sleep(3.0)  # the last alerts and checkpoints
-        stop_process(worker)
-        # every alert applied by the dispatcher, every change delivered
-        deadline = time.monotonic() + 120
-        while (
-            _count(admin, "incident_alert") < _count(admin, "alert")
-            or _scalar(admin, "SELECT count(*) FROM webhook_delivery WHERE status <> 'delivered'")
-            or not _count(admin, "webhook_delivery")
-        ):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the city-run dispatcher did not deliver everything; see {work}")
-            time.sleep(0.5)
-    finally:
-        for proc in [worker, *services]:
-            stop_process(proc)
-        log.close()
-
-    # risk grades: the run graded as of its end, as the worker's timer would
-    from streams.grading import grade_fleet
-
-    grade_fleet(writer, CITY_START + dt.timedelta(seconds=CITY_DURATION_S))
-
-    yield CityRun(
-        admin_url=admin,
-        writer_url=writer,
-        analyst_url=admin.replace("postgresql://tianyan@", "postgresql://tianyan_analyst@"),
-        regulator_url=admin.replace("postgresql://tianyan@", "postgresql://tianyan_regulator@"),
-        public_url=admin.replace("postgresql://tianyan@", "postgresql://tianyan_public@"),
-        start=CITY_START,
-        end=CITY_START + dt.timedelta(seconds=CITY_DURATION_S),
-        elevators=elevators,
-        stream=stream,
-        labels=stream.with_name("city.labels.jsonl"),
-        samples=len(samples),
-        env=env,
-        rescue_journal=journal,
-    )
-    with psycopg.connect(superuser_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{CITY_DB}" WITH (FORCE)')
+        run.group.stop("worker")
+        run.wait(
+            lambda: run.row(
+                "SELECT (SELECT count(*) FROM alert), (SELECT count(*) FROM incident_alert),"
+                " (SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'),"
+                " (SELECT count(*) FROM webhook_delivery)"
+            ),
+            lambda p: p[1] >= p[0] and p[3] > 0 and p[2] == p[3],
+            "the city-run dispatcher applying every alert and delivering every change",
+        )
+        run.group.stop_all()
+        # risk grades: the run graded as of its end, as the worker's timer would
+        grade_fleet(run.writer_url, CITY_START + dt.timedelta(seconds=CITY_DURATION_S))
+        yield CityRun(
+            admin_url=run.admin_url,
+            writer_url=run.writer_url,
+            analyst_url=run.url("tianyan_analyst"),
+            regulator_url=run.url("tianyan_regulator"),
+            public_url=run.url("tianyan_public"),
+            start=CITY_START,
+            end=CITY_START + dt.timedelta(seconds=CITY_DURATION_S),
+            elevators=elevators,
+            stream=stream,
+            labels=stream.with_name("city.labels.jsonl"),
+            samples=samples,
+            rescue_journal=journal,
+        )

@@ -103,5 +103,7 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60
     return records
 
 
-# The shared simulated run (tests/city_run.py): dashboards, report and notebooks read it.
+# Shared fixtures defined beside their support code: the simulated city run (dashboards,
+# report and notebooks read it) and the rescue set-up.
 from .city_run import city_run  # noqa: E402, F401
+from .rescue_support import rescue  # noqa: E402, F401

@@ -4,24 +4,22 @@ real Kafka and TimescaleDB."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import json
-import os
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import psycopg
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from detectors.alerts import Alert, clear_alert, make_alert
@@ -30,11 +28,9 @@ from registry.generate import generate
 from registry.store import upsert
 from rescue import store
 from rescue.delivery import Sender, new_secret
-from sql.migrate import migrate
 from streams.producer import RawPublisher
-from tianyan.processes import WaitTimeout, free_port, listening, stop_process, wait_until
-
-from .conftest import TIANYAN
+from tianyan.harness import Run, pipeline
+from tianyan.processes import WaitTimeout, wait_until
 
 FLEET = generate(5, 12, dt.date(2026, 11, 1))
 T0_MS = 1_795_000_000_000  # 2026-11-19
@@ -65,18 +61,40 @@ def cleared(alert: Alert, after_s: float = 60) -> Alert:
 
 @dataclass
 class Rescue:
-    """One isolated dispatcher set-up: database, topics, secret, ports, environment."""
+    """One isolated dispatcher set-up on the harness: database, topics, secret, ports."""
 
-    settings: Settings
-    admin_url: str
-    writer_url: str
-    alerts_topic: str
-    commands_topic: str
-    secret: str
+    run: Run
+    env: dict[str, str]  # the dispatcher's environment; a test may change it before a start
     token: str
-    web_port: int
-    env: dict[str, str]
-    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return self.run.settings
+
+    @property
+    def admin_url(self) -> str:
+        return self.run.admin_url
+
+    @property
+    def writer_url(self) -> str:
+        return self.run.writer_url
+
+    @property
+    def alerts_topic(self) -> str:
+        return self.settings.alerts_topic
+
+    @property
+    def commands_topic(self) -> str:
+        return self.settings.device_commands_topic
+
+    @property
+    def secret(self) -> str:
+        assert self.settings.rescue_webhook_secret is not None
+        return self.settings.rescue_webhook_secret
+
+    @property
+    def web_port(self) -> int:
+        return self.settings.dispatcher_web_port
 
     @property
     def api(self) -> str:
@@ -87,41 +105,28 @@ class Rescue:
             for a in alerts:
                 pub.publish(a.elevator_id.encode(), msgspec.json.encode(a))
 
-    def start_dispatcher(self, log: Path, **env: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [TIANYAN, "dispatcher", "--loglevel", "warn"],
-            env={**self.env, **env},
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        wait_for(lambda: listening(self.web_port), 60, f"the dispatcher to serve (log: {log})")
-        return proc
+    def start_dispatcher(self, log: Path, **env: str) -> subprocess.Popen[bytes]:
+        """A dispatcher named for its log file (``<stem>``), on ``env``'s port or the run's."""
+        return self.run.start_dispatcher(log.stem, log=log, **{**self.env, **env})
 
-    def start_receiver(self, port: int, journal: Path, *args: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [TIANYAN, "rescue-receiver", "--port", str(port), "--journal", str(journal), *args],
-            env={**self.env, "TIANYAN_RECEIVER_LOGLEVEL": "WARNING"},
-            stdout=(journal.with_suffix(".log")).open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    def start_receiver(self, port: int, journal: Path, *args: str) -> subprocess.Popen[bytes]:
+        return self.run.start(
+            f"receiver {port}",
+            ["rescue-receiver", "--port", str(port), "--journal", str(journal), *args],
+            port=port,
+            log=journal.with_suffix(".log"),
+            **{**self.env, "TIANYAN_RECEIVER_LOGLEVEL": "WARNING"},
         )
-        self.procs.append(proc)
-        wait_for(lambda: listening(port), 30, "the receiver to listen")
-        return proc
 
     def query(self, sql: str, *params: Any) -> list[tuple]:
         with psycopg.connect(self.admin_url) as conn:
             return conn.execute(sql, params).fetchall()
 
     def scalar(self, sql: str, *params: Any) -> Any:
-        rows = self.query(sql, *params)
-        return rows[0][0] if rows else None
+        return self.run.scalar(sql, *params)
 
     def stop_all(self) -> None:
-        for p in self.procs:
-            stop_process(p)
+        self.run.group.stop_all()
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -131,38 +136,34 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
         raise AssertionError(str(e)) from None
 
 
-def rescue_setup(settings: Settings, scratch_db: str, endpoints: list[str], **env: str) -> Rescue:
-    migrate(scratch_db)
-    upsert(scratch_db, FLEET)
-    tag = uuid.uuid4().hex[:8]
-    alerts, commands = f"test.alerts.{tag}", f"test.commands.{tag}"
-    dead_letters = f"test.alerts-dead.{tag}"
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    admin.create_topics(
-        [NewTopic(alerts, 2, 1), NewTopic(commands, 1, 1), NewTopic(dead_letters, 1, 1)]
-    )
-    admin.close()
-    writer = scratch_db.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
-    secret, token, port = new_secret(), uuid.uuid4().hex, free_port()
-    run_settings = dataclasses.replace(
-        settings,
-        database_url=writer,
-        admin_database_url=scratch_db,
-        alerts_topic=alerts,
-        device_commands_topic=commands,
-        alerts_dead_letter_topic=dead_letters,
-        dispatcher_id=f"test-dispatcher-{tag}",
-        dispatcher_web_port=port,
-        rescue_webhook_urls=tuple(endpoints),
-        rescue_webhook_secret=secret,
-        rescue_api_token=token,
-        webhook_retry_base_s=0.2,
-        webhook_retry_cap_s=1.0,
-        webhook_timeout_s=2.0,
-        escalation_after_s=(10**8, 2 * 10**8, 3 * 10**8),  # never, unless told
-    )
-    full_env = {**os.environ, **run_settings.to_env(), **env}
-    return Rescue(settings, scratch_db, writer, alerts, commands, secret, token, port, full_env)
+@pytest.fixture
+def rescue(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Rescue]]:
+    """``rescue(endpoints, **env)``: a dispatcher set-up on the harness (the fleet
+    registered, webhooks to ``endpoints``, fast retries, no escalation unless told), taken
+    down with the test."""
+    with ExitStack() as stack:
+
+        def setup(endpoints: list[str], **env: str) -> Rescue:
+            token = uuid.uuid4().hex
+            run = stack.enter_context(
+                pipeline(
+                    settings,
+                    f"tianyan_test_rescue_{uuid.uuid4().hex[:8]}",
+                    tmp_path,
+                    partitions=2,
+                    rescue_webhook_urls=tuple(endpoints),
+                    rescue_webhook_secret=new_secret(),
+                    rescue_api_token=token,
+                    webhook_retry_base_s=0.2,
+                    webhook_retry_cap_s=1.0,
+                    webhook_timeout_s=2.0,
+                    escalation_after_s=(10**8, 2 * 10**8, 3 * 10**8),  # never, unless told
+                )
+            )
+            upsert(run.admin_url, FLEET)
+            return Rescue(run, run.env(**env), token)
+
+        yield setup
 
 
 class RecordingReceiver:

@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -34,12 +35,12 @@ from .conftest import TIANYAN, consume_all
 from .rescue_support import (
     FLEET,
     RecordingReceiver,
+    Rescue,
     cleared,
     deliver_once,
     http,
     journal_ids,
     overload,
-    rescue_setup,
     trapped,
     wait_for,
 )
@@ -103,9 +104,9 @@ def test_escalation_ladder_and_delivery_schedule() -> None:
 
 @pytest.mark.slow
 def test_alerts_become_one_incident_per_elevator_and_fault_with_outbox_and_ledger(
-    settings: Settings, scratch_db: str
+    settings: Settings, rescue: Callable[..., Rescue]
 ) -> None:
-    r = rescue_setup(settings, scratch_db, ["http://a.invalid/hook", "http://b.invalid/hook"])
+    r = rescue(["http://a.invalid/hook", "http://b.invalid/hook"])
     config = store.DispatchConfig(
         ("http://a.invalid/hook", "http://b.invalid/hook"), (1, 2, 3), 1800
     )
@@ -166,9 +167,9 @@ def test_alerts_become_one_incident_per_elevator_and_fault_with_outbox_and_ledge
 
 @pytest.mark.slow
 def test_the_pipeline_role_can_only_append_to_the_ledger(
-    settings: Settings, scratch_db: str
+    settings: Settings, rescue: Callable[..., Rescue]
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [])
+    r = rescue([])
     with psycopg.connect(r.writer_url) as conn:
         conn.execute("SELECT ledger_append('test', 'x', '{}')")
         conn.commit()
@@ -184,11 +185,11 @@ def test_the_pipeline_role_can_only_append_to_the_ledger(
 
 @pytest.mark.slow
 def test_webhooks_signed_acknowledged_and_bad_requests_refused(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
     port = free_port()
     journal = tmp_path / "received.jsonl"
-    r = rescue_setup(settings, scratch_db, [f"http://127.0.0.1:{port}/96333"])
+    r = rescue([f"http://127.0.0.1:{port}/96333"])
     try:
         r.start_receiver(port, journal, "--acknowledge", r.api)
         r.start_dispatcher(tmp_path / "dispatcher.log")
@@ -273,11 +274,11 @@ def test_webhooks_signed_acknowledged_and_bad_requests_refused(
 
 @pytest.mark.slow
 def test_receiver_down_then_back_every_event_arrives_once(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
     port = free_port()
     journal = tmp_path / "received.jsonl"
-    r = rescue_setup(settings, scratch_db, [f"http://127.0.0.1:{port}/hook"])
+    r = rescue([f"http://127.0.0.1:{port}/hook"])
     alerts = [trapped(i, 10 * i) for i in range(8)] + [overload(i, 5) for i in range(8, 12)]
     try:
         r.start_dispatcher(tmp_path / "dispatcher.log")
@@ -336,18 +337,17 @@ def test_receiver_down_then_back_every_event_arrives_once(
 
 @pytest.mark.slow
 def test_dispatcher_killed_mid_delivery_loses_nothing(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [])
+    r = rescue([])
     slow = RecordingReceiver(r.secret, free_port())
     slow.delay_s = 1.5
     r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = slow.url
     try:
-        dispatcher = r.start_dispatcher(tmp_path / "dispatcher.log")
+        r.start_dispatcher(tmp_path / "dispatcher.log")
         r.publish([overload(i, i) for i in range(12)])
         wait_for(lambda: len(slow.ids()) >= 6, 30, "deliveries in flight")
-        dispatcher.send_signal(signal.SIGKILL)
-        dispatcher.wait(10)
+        r.run.group.stop("dispatcher", signal.SIGKILL)
         in_flight = r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
         assert in_flight > 0, "the kill should have interrupted deliveries"
         slow.delay_s = 0.0
@@ -371,12 +371,10 @@ def test_dispatcher_killed_mid_delivery_loses_nothing(
 
 @pytest.mark.slow
 def test_retry_after_refusal_dead_letter_and_redelivery(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
     # a cap above the 2-s Retry-After, which is honoured up to the cap
-    r = rescue_setup(
-        settings,
-        scratch_db,
+    r = rescue(
         [],
         TIANYAN_WEBHOOK_MAX_AGE_S="4",
         TIANYAN_WEBHOOK_RETRY_CAP_MS="3000",
@@ -432,9 +430,9 @@ def test_retry_after_refusal_dead_letter_and_redelivery(
 
 @pytest.mark.slow
 def test_auth_and_route_refusals_are_retried_for_a_while_and_alerted(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [], TIANYAN_WEBHOOK_AUTH_RETRY_S="3")
+    r = rescue([], TIANYAN_WEBHOOK_AUTH_RETRY_S="3")
     rotated, moved, unprocessable = (RecordingReceiver(r.secret, free_port()) for _ in range(3))
     rotated.answer = lambda n: (401, {}) if n < 2 else (200, {})  # a secret rotated, then fixed
     moved.answer = lambda n: (410, {})  # the route is gone and stays gone
@@ -484,9 +482,9 @@ def test_auth_and_route_refusals_are_retried_for_a_while_and_alerted(
 
 @pytest.mark.slow
 def test_an_absurd_retry_after_is_capped_and_does_not_wedge_the_delivery(
-    settings: Settings, scratch_db: str
+    settings: Settings, rescue: Callable[..., Rescue]
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [])
+    r = rescue([])
     huge, far = RecordingReceiver(r.secret, free_port()), RecordingReceiver(r.secret, free_port())
     huge.answer = lambda n: (503, {"Retry-After": str(10**30)}) if n == 0 else (200, {})
     year_9999 = "Fri, 31 Dec 9999 23:59:59 GMT"
@@ -522,9 +520,9 @@ def test_an_absurd_retry_after_is_capped_and_does_not_wedge_the_delivery(
 
 @pytest.mark.slow
 def test_a_late_result_of_an_earlier_attempt_does_not_overwrite_a_newer_one(
-    settings: Settings, scratch_db: str
+    settings: Settings, rescue: Callable[..., Rescue]
 ) -> None:
-    r = rescue_setup(settings, scratch_db, ["http://a.invalid/hook"])
+    r = rescue(["http://a.invalid/hook"])
     config = store.DispatchConfig(("http://a.invalid/hook",), (1, 2, 3), 1800)
     now = dt.datetime.now(dt.UTC)
     with psycopg.connect(r.writer_url) as conn:
@@ -579,9 +577,9 @@ def test_a_late_result_of_an_earlier_attempt_does_not_overwrite_a_newer_one(
 
 @pytest.mark.slow
 def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [])
+    r = rescue([])
     flaky, strict = (
         RecordingReceiver(r.secret, free_port()),
         RecordingReceiver(r.secret, free_port()),
@@ -663,9 +661,9 @@ def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
 
 @pytest.mark.slow
 def test_unacknowledged_trapping_escalates_on_its_timer(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [])
+    r = rescue([])
     hook = RecordingReceiver(r.secret, free_port())
     r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = hook.url
     # timers from opening: street after 2 s, district after 4 s, city after 6 s
@@ -719,9 +717,9 @@ def test_unacknowledged_trapping_escalates_on_its_timer(
 
 @pytest.mark.slow
 def test_audit_verify_names_what_was_altered_or_deleted(
-    settings: Settings, scratch_db: str, superuser_url: str
+    settings: Settings, rescue: Callable[..., Rescue], superuser_url: str
 ) -> None:
-    r = rescue_setup(settings, scratch_db, ["http://a.invalid/hook"])
+    r = rescue(["http://a.invalid/hook"])
     config = store.DispatchConfig(("http://a.invalid/hook",), (1, 2, 3), 1800)
     now = dt.datetime.now(dt.UTC)
     with psycopg.connect(r.writer_url) as conn:
@@ -729,7 +727,7 @@ def test_audit_verify_names_what_was_altered_or_deleted(
             a = trapped(i, i)
             store.apply_alert(conn, a, config, received_at=now)
             store.apply_alert(conn, cleared(a), config, received_at=now)
-    db = scratch_db.rsplit("/", 1)[1]
+    db = r.admin_url.rsplit("/", 1)[1]
     su = superuser_url.rsplit("/", 1)[0] + f"/{db}"
 
     def verify() -> subprocess.CompletedProcess[str]:
@@ -780,24 +778,15 @@ def test_audit_verify_names_what_was_altered_or_deleted(
 
 @pytest.mark.slow
 def test_published_anchors_reveal_a_truncated_ledger(
-    settings: Settings, scratch_db: str, superuser_url: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], superuser_url: str, tmp_path: Path
 ) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
 
     from rescue.ledger import read_anchors
 
-    r = rescue_setup(settings, scratch_db, [])
+    r = rescue([])
     hook = RecordingReceiver(r.secret, free_port())
-    anchors_topic = r.alerts_topic.replace("alerts", "anchors")
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    admin.create_topics([NewTopic(anchors_topic, 1, 1)])
-    admin.close()
-    r.env.update(
-        TIANYAN_RESCUE_WEBHOOK_URL=hook.url,
-        TIANYAN_AUDIT_ANCHORS_TOPIC=anchors_topic,
-        TIANYAN_AUDIT_ANCHOR_INTERVAL_S="1",
-    )
+    anchors_topic = r.settings.audit_anchors_topic  # the harness made it
+    r.env.update(TIANYAN_RESCUE_WEBHOOK_URL=hook.url, TIANYAN_AUDIT_ANCHOR_INTERVAL_S="1")
     try:
         r.start_dispatcher(tmp_path / "dispatcher.log")
         r.publish([overload(i, i) for i in range(3)])
@@ -834,7 +823,7 @@ def test_published_anchors_reveal_a_truncated_ledger(
     assert "published anchors match it" in clean.stdout
     assert json.loads(clean.stdout.splitlines()[-1])["anchors_checked"] >= 1
     # the tail deleted: the chain that is left is intact, the anchor is not
-    db = scratch_db.rsplit("/", 1)[1]
+    db = r.admin_url.rsplit("/", 1)[1]
     with psycopg.connect(superuser_url.rsplit("/", 1)[0] + f"/{db}") as conn:
         conn.execute(f"DELETE FROM tianyan.audit_ledger WHERE seq > {head - 2}")
     truncated = verify()
@@ -845,9 +834,9 @@ def test_published_anchors_reveal_a_truncated_ledger(
 
 @pytest.mark.slow
 def test_two_dispatchers_share_the_work_and_send_each_change_once(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [])
+    r = rescue([])
     hook = RecordingReceiver(r.secret, free_port())
     r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = hook.url
     alerts = [trapped(i, i) for i in range(6)] + [overload(i, i) for i in range(6, 12)]

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -27,9 +28,9 @@ from .conftest import TIANYAN, consume_all
 from .rescue_support import (
     FLEET,
     RecordingReceiver,
+    Rescue,
     http,
     overload,
-    rescue_setup,
     trapped,
     wait_for,
 )
@@ -89,11 +90,11 @@ def test_records_kafka_failed_are_sent_again_not_forgotten(settings: Settings) -
 
 
 def test_reassurance_refused_by_kafka_is_retried_until_the_trapping_is_applied(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
     """A failed reassurance publish raised PublishError out of the agent: the alert was
     acknowledged unapplied, and the trapping never became an incident."""
-    r = rescue_setup(settings, scratch_db, [], TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS="2000")
+    r = rescue([], TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS="2000")
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
         r.start_dispatcher(tmp_path / "dispatcher.log")
@@ -129,9 +130,9 @@ def test_reassurance_refused_by_kafka_is_retried_until_the_trapping_is_applied(
 
 
 def test_unreadable_alerts_go_to_the_dead_letter_topic_with_their_reason(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [])
+    r = rescue([])
     dead_topic = r.env["TIANYAN_ALERTS_DEAD_LETTER_TOPIC"]
     bad = [b'{"schema":"\xff"}', b"not json at all", b'{"alert_key": 7}']
     try:
@@ -153,12 +154,12 @@ def test_unreadable_alerts_go_to_the_dead_letter_topic_with_their_reason(
 
 
 def test_a_metrics_scrape_leaves_no_transaction_open(
-    settings: Settings, scratch_db: str, superuser_url: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], superuser_url: str, tmp_path: Path
 ) -> None:
     """/metrics ran its query on the timer's connection and left it in a transaction, in
     which escalations then ran as savepoints (holding locks, rolled back later)."""
-    r = rescue_setup(settings, scratch_db, [])
-    db = scratch_db.rsplit("/", 1)[1]
+    r = rescue([])
+    db = r.admin_url.rsplit("/", 1)[1]
     try:
         r.start_dispatcher(tmp_path / "dispatcher.log")
         r.publish([trapped(0, 0)])
@@ -179,13 +180,13 @@ def test_a_metrics_scrape_leaves_no_transaction_open(
 
 
 def test_a_failing_timer_is_logged_and_counted_and_the_dispatcher_keeps_serving(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [])
+    r = rescue([])
     log = tmp_path / "dispatcher.log"
     try:
         dispatcher = r.start_dispatcher(log)
-        with psycopg.connect(scratch_db, autocommit=True) as conn:
+        with psycopg.connect(r.admin_url, autocommit=True) as conn:
             # The escalation pass now fails with an error that is not a lost connection.
             conn.execute("ALTER TABLE tianyan.incident_alert RENAME TO incident_alert_away")
             try:
@@ -210,11 +211,11 @@ def test_a_failing_timer_is_logged_and_counted_and_the_dispatcher_keeps_serving(
 
 
 def test_a_stale_dispatcher_with_another_secret_claims_none_of_the_rows(
-    settings: Settings, scratch_db: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
 ) -> None:
     """A dispatcher left from an earlier run signed new rows with its old secret; the
     receiver answered 401 and they were dead-lettered."""
-    r = rescue_setup(settings, scratch_db, [])
+    r = rescue([])
     hook = RecordingReceiver(r.secret, free_port())
     r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = hook.url
     # The receiver refuses what it cannot verify, as a real one does.
@@ -257,10 +258,10 @@ def test_a_stale_dispatcher_with_another_secret_claims_none_of_the_rows(
 
 
 def test_a_dispatcher_stops_when_its_database_is_dropped_and_created_again(
-    settings: Settings, scratch_db: str, superuser_url: str, tmp_path: Path
+    settings: Settings, rescue: Callable[..., Rescue], superuser_url: str, tmp_path: Path
 ) -> None:
-    r = rescue_setup(settings, scratch_db, [])
-    name = scratch_db.rsplit("/", 1)[1]
+    r = rescue([])
+    name = r.admin_url.rsplit("/", 1)[1]
     log = tmp_path / "dispatcher.log"
     try:
         dispatcher = r.start_dispatcher(log)
@@ -271,7 +272,7 @@ def test_a_dispatcher_stops_when_its_database_is_dropped_and_created_again(
             conn.execute(f'CREATE DATABASE "{name}" OWNER tianyan')
         with psycopg.connect(superuser_url.rsplit("/", 1)[0] + f"/{name}", autocommit=True) as c:
             c.execute("CREATE EXTENSION timescaledb")
-        migrate(scratch_db)
+        migrate(r.admin_url)
         dispatcher.wait(60)
         assert "was dropped and created again" in log.read_text()
     finally:

@@ -6,52 +6,44 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
 from foundation import contract
 from foundation.settings import Settings
 from registry.generate import generate
 from registry.store import upsert
-from sql.migrate import migrate
-from streams.producer import RawPublisher
-from tianyan.processes import stop_process
+from replay import JsonlContents, inspect_jsonl
+from tianyan.harness import Run, pipeline
 
-from .conftest import TIANYAN, consume_all
+from .conftest import consume_all
 
 # Real worker processes on a simulated stream.
 pytestmark = pytest.mark.slow
 
-PARTITIONS = 4
 FLEET_SEED, FLEET_SIZE, FLEET_DATE = 99, 60, dt.date(2026, 11, 1)
 
 
 @dataclass(frozen=True)
-class Run:
-    """A simulated stream: its file, and what a correct pipeline must store from it."""
+class Stream:
+    """A simulated stream: its file, and what a correct pipeline must make of it."""
 
     path: Path
-    lines: int
-    samples: set[tuple[str, int]]  # (elevator, t_ms) of every valid message
-    malformed: int
-    duplicates: int
+    expect: JsonlContents
 
 
 @pytest.fixture(scope="module")
-def simulated(tmp_path_factory: pytest.TempPathFactory) -> Run:
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Stream:
     import simulator
 
     out = tmp_path_factory.mktemp("worker") / "run.jsonl"
@@ -65,91 +57,27 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Run:
         output=simulator.FileOutput(out),
         progress=False,
     )
-    samples: set[tuple[str, int]] = set()
-    seen: set[tuple[str, int]] = set()
-    malformed = duplicates = lines = 0
-    for line in out.read_bytes().splitlines():
-        lines += 1
-        try:
-            m = contract.decode(line)
-        except contract.InvalidMessage:
-            malformed += 1
-            continue
-        if (m.elevator_id, m.seq) in seen:
-            duplicates += 1
-        seen.add((m.elevator_id, m.seq))
-        samples.update((m.elevator_id, t) for t in m.samples.t_ms)
-    assert malformed > 0 and duplicates > 0, "the scenario should exercise bad input"
-    return Run(out, lines, samples, malformed, duplicates)
+    expect = inspect_jsonl(out)
+    assert expect.malformed > 0 and expect.duplicates > 0, "the scenario should exercise bad input"
+    return Stream(out, expect)
 
 
-@dataclass
-class Pipeline:
-    """One isolated pipeline: its own topics, consumer group, database and ports."""
-
-    settings: Settings
-    env: dict[str, str]
-    db_url: str
-    raw_topic: str
-    quarantine_topic: str
+@contextmanager
+def _pipeline(settings: Settings, work: Path) -> Iterator[Run]:
+    """The harness's pipeline, with the fleet registered (the detectors' limits)."""
+    name = f"tianyan_test_worker_{uuid.uuid4().hex[:8]}"
+    with pipeline(settings, name, work, checkpoint_interval_s=0.5) as run:
+        upsert(run.admin_url, generate(FLEET_SEED, FLEET_SIZE, FLEET_DATE))
+        yield run
 
 
-def _pipeline(settings: Settings, scratch_db: str, web_port: int) -> Pipeline:
-    tag = uuid.uuid4().hex[:8]
-    raw, quarantine = f"test.raw.{tag}", f"test.quarantine.{tag}"
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    admin.create_topics([NewTopic(raw, PARTITIONS, 1), NewTopic(quarantine, 1, 1)])
-    admin.close()
-    migrate(scratch_db)
-    upsert(scratch_db, generate(FLEET_SEED, FLEET_SIZE, FLEET_DATE))  # the detectors' limits
-    writer = scratch_db.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
-    env = {
-        **os.environ,
-        "TIANYAN_RAW_TOPIC": raw,
-        "TIANYAN_QUARANTINE_TOPIC": quarantine,
-        "TIANYAN_RAW_PARTITIONS": str(PARTITIONS),
-        "TIANYAN_WORKER_ID": f"test-worker-{tag}",
-        "TIANYAN_DATABASE_URL": writer,
-        "TIANYAN_WORKER_WEB_PORT": str(web_port),
-        "TIANYAN_CHECKPOINT_INTERVAL_MS": "500",
-    }
-    return Pipeline(settings, env, writer, raw, quarantine)
+def _count(run: Run, table: str = "telemetry_sample") -> int:
+    return int(run.scalar(f"SELECT count(*) FROM tianyan.{table}"))
 
 
-def _publish(p: Pipeline, run: Run, speed: float | None = None) -> None:
-    from replay import from_jsonl, replay
-
-    with RawPublisher(p.settings.kafka_bootstrap, p.raw_topic) as pub:
-        replay(from_jsonl(run.path), pub, speed=speed, progress=False)
-
-
-def _start(p: Pipeline, web_port: int | None = None, log: Path | None = None) -> subprocess.Popen:
-    env = dict(p.env)
-    if web_port is not None:
-        env["TIANYAN_WORKER_WEB_PORT"] = str(web_port)
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(
-        [TIANYAN, "worker", "--loglevel", os.environ.get("TEST_WORKER_LOGLEVEL", "warn")],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _count(url: str, table: str = "telemetry_sample") -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(f"SELECT count(*) FROM tianyan.{table}").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _wait_for(url: str, expected: int, timeout_s: float = 120.0) -> int:
-    deadline = time.monotonic() + timeout_s
-    n = _count(url)
-    while n < expected and time.monotonic() < deadline:
-        time.sleep(0.5)
-        n = _count(url)
-    return n
+def _wait_for_samples(run: Run, expected: int) -> int:
+    """Wait while the count moves until ``expected`` samples are stored."""
+    return int(run.wait(lambda: _count(run), lambda n: n >= expected, f"{expected} samples stored"))
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -183,57 +111,44 @@ def _snapshot(url: str) -> dict[str, list[tuple]]:
         }
 
 
-@pytest.fixture
-def scratch_db_2(settings: Settings, superuser_url: str) -> Iterator[str]:
-    name = f"tianyan_test_second_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(superuser_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" OWNER tianyan')
-    with psycopg.connect(superuser_url.rsplit("/", 1)[0] + f"/{name}", autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION timescaledb")
-    yield f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{name}"
-    with psycopg.connect(superuser_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def test_every_sample_once_and_bad_input_quarantined(
-    settings: Settings, scratch_db: str, simulated: Run, tmp_path: Path
+    settings: Settings, simulated: Stream, tmp_path: Path
 ) -> None:
-    p = _pipeline(settings, scratch_db, 16166)
-    _publish(p, simulated)
-    worker = _start(p, log=tmp_path / "worker.log")
-    try:
-        n = _wait_for(p.db_url, len(simulated.samples))
+    expect = simulated.expect
+    with _pipeline(settings, tmp_path) as run:
+        run.publish(simulated.path)
+        port = run.start_worker()
+        n = _wait_for_samples(run, len(expect.samples))
         time.sleep(2)  # anything beyond the expected rows would be a duplicate: let it land
-        stats = _metrics(16166)
-    finally:
-        stop_process(worker)
-    assert n == len(simulated.samples), (tmp_path / "worker.log").read_text()[-3000:]
-    stored = {(e, int(t.timestamp() * 1000)) for e, t, *_ in _snapshot(p.db_url)["samples"]}
-    assert stored == simulated.samples
-    assert stats["tianyan_quarantined_total"] == simulated.malformed
-    assert stats["tianyan_duplicates_total"] == simulated.duplicates
-    assert (
-        stats["tianyan_messages_total"]
-        == simulated.lines - simulated.malformed - simulated.duplicates
-    )
-    assert _count(p.db_url, "window_feature") > 0 and _count(p.db_url, "trip") > 0
+        stats = _metrics(port)
+        got = _snapshot(run.admin_url)
+        windows, trips = _count(run, "window_feature"), _count(run, "trip")
+        with psycopg.connect(run.admin_url) as conn:
+            alerted = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT elevator_id FROM tianyan.alert WHERE alert_type = 'overload'"
+                ).fetchall()
+            }
+        quarantined = consume_all(
+            settings.kafka_bootstrap, run.settings.quarantine_topic, expect.malformed
+        )
+    assert n == len(expect.samples), (tmp_path / "worker.log").read_text()[-3000:]
+    stored = {(e, int(t.timestamp() * 1000)) for e, t, *_ in got["samples"]}
+    assert stored == expect.samples
+    assert stats["tianyan_quarantined_total"] == expect.malformed
+    assert stats["tianyan_duplicates_total"] == expect.duplicates
+    assert stats["tianyan_messages_total"] == expect.messages
+    assert windows > 0 and trips > 0
     # The detectors run in the worker: the injected overloads come out as alerts.
     labels = [
         json.loads(x) for x in simulated.path.with_suffix(".labels.jsonl").read_text().splitlines()
     ]
     overloaded = {x["elevator_id"] for x in labels if x["fault_type"] == "overload"}
-    with psycopg.connect(p.db_url) as conn:
-        alerted = {
-            r[0]
-            for r in conn.execute(
-                "SELECT elevator_id FROM tianyan.alert WHERE alert_type = 'overload'"
-            ).fetchall()
-        }
     # (Detection quality is measured by `tianyan evaluate`; here: the wiring works.)
     assert overloaded & alerted
     assert stats["tianyan_alerts_total"] > 0
-    quarantined = consume_all(settings.kafka_bootstrap, p.quarantine_topic, simulated.malformed)
-    assert len(quarantined) == simulated.malformed
+    assert len(quarantined) == expect.malformed
     for r in quarantined:
         # The original bytes, unchanged, with the validator's reason naming the field.
         with pytest.raises(contract.InvalidMessage) as refused:
@@ -242,40 +157,35 @@ def test_every_sample_once_and_bad_input_quarantined(
 
 
 def test_sigkill_mid_stream_changes_nothing(
-    settings: Settings, scratch_db: str, scratch_db_2: str, simulated: Run, tmp_path: Path
+    settings: Settings, simulated: Stream, tmp_path: Path
 ) -> None:
+    expected_samples = len(simulated.expect.samples)
     # Reference: an uninterrupted run.
-    ref = _pipeline(settings, scratch_db_2, 16167)
-    _publish(ref, simulated)
-    worker = _start(ref)
-    try:
-        assert _wait_for(ref.db_url, len(simulated.samples)) == len(simulated.samples)
+    with _pipeline(settings, tmp_path / "reference") as ref:
+        ref.publish(simulated.path)
+        ref.start_worker()
+        assert _wait_for_samples(ref, expected_samples) == expected_samples
         time.sleep(2)
-    finally:
-        stop_process(worker)
-    expected = _snapshot(ref.db_url)
+        expected = _snapshot(ref.admin_url)
 
-    p = _pipeline(settings, scratch_db, 16168)
-    log = tmp_path / "worker.log"
-    worker = _start(p, log=log)
-    # The stream arrives while the worker runs (240 simulated seconds in 12 s).
-    publisher = threading.Thread(target=_publish, args=(p, simulated, 20.0))
-    try:
+    with _pipeline(settings, tmp_path / "killed") as run:
+        run.start_worker()
+        # The stream arrives while the worker runs (240 simulated seconds in 12 s).
+        publisher = threading.Thread(
+            target=run.publish, args=(simulated.path,), kwargs={"speed": 20.0}
+        )
         time.sleep(10)
         publisher.start()
         # Kill it without warning once part of the stream is stored.
-        part = _wait_for(p.db_url, len(simulated.samples) // 3)
-        assert part < len(simulated.samples), "the worker finished before it could be killed"
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(10)
-        worker = _start(p, log=log)
+        part = _wait_for_samples(run, expected_samples // 3)
+        assert part < expected_samples, "the worker finished before it could be killed"
+        run.group.stop("worker", signal.SIGKILL)
+        run.start_worker()
         publisher.join(60)
-        n = _wait_for(p.db_url, len(simulated.samples), timeout_s=180)
+        n = _wait_for_samples(run, expected_samples)
         time.sleep(3)
-    finally:
-        stop_process(worker)
-    assert n == len(simulated.samples), log.read_text()[-3000:]
-    got = _snapshot(p.db_url)
+        got = _snapshot(run.admin_url)
+    assert n == expected_samples, (tmp_path / "killed" / "worker.log").read_text()[-3000:]
     assert got["samples"] == expected["samples"]
     assert got["windows"] == expected["windows"]
     assert got["trips"] == expected["trips"]
@@ -294,48 +204,33 @@ def test_sigkill_mid_stream_changes_nothing(
 
 
 def test_two_workers_split_the_partitions(
-    settings: Settings, scratch_db: str, simulated: Run, tmp_path: Path
+    settings: Settings, simulated: Stream, tmp_path: Path
 ) -> None:
-    p = _pipeline(settings, scratch_db, 16169)
-    a = _start(p, web_port=16169, log=tmp_path / "a.log")
-    b = _start(p, web_port=16170, log=tmp_path / "b.log")
-    try:
+    with _pipeline(settings, tmp_path) as run:
+        ports = [run.start_worker("worker a"), run.start_worker("worker b")]
         time.sleep(15)  # both join the group before the data arrives
-        _publish(p, simulated)
-        n = _wait_for(p.db_url, len(simulated.samples), timeout_s=180)
+        run.publish(simulated.path)
+        n = _wait_for_samples(run, len(simulated.expect.samples))
         time.sleep(2)
-        shares = [_metrics(port)["tianyan_messages_total"] for port in (16169, 16170)]
-    finally:
-        stop_process(a)
-        stop_process(b)
-    assert n == len(simulated.samples)
+        shares = [_metrics(port)["tianyan_messages_total"] for port in ports]
+    assert n == len(simulated.expect.samples)
     assert all(s > 0 for s in shares), f"one worker did nothing: {shares}"
-    assert sum(shares) == simulated.lines - simulated.malformed - simulated.duplicates
+    assert sum(shares) == simulated.expect.messages
 
 
-def test_health_and_metrics_endpoints(settings: Settings, scratch_db: str) -> None:
-    p = _pipeline(settings, scratch_db, 16171)
-    worker = _start(p)
-    try:
-        deadline = time.monotonic() + 60
-        health = None
-        while time.monotonic() < deadline:
-            try:
-                health = json.loads(
-                    urllib.request.urlopen("http://127.0.0.1:16171/health", timeout=2).read()
-                )
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert health is not None and health["ok"] is True
-        names = set(_metrics(16171))
-        for metric in (
-            "tianyan_messages_total",
-            "tianyan_samples_total",
-            "tianyan_quarantined_total",
-            "tianyan_late_samples_total",
-            "tianyan_duplicates_total",
-        ):
-            assert metric in names
-    finally:
-        stop_process(worker)
+def test_health_and_metrics_endpoints(settings: Settings, tmp_path: Path) -> None:
+    with _pipeline(settings, tmp_path) as run:
+        port = run.start_worker()  # waits until it listens
+        health = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+        )
+        names = set(_metrics(port))
+    assert health["ok"] is True
+    for metric in (
+        "tianyan_messages_total",
+        "tianyan_samples_total",
+        "tianyan_quarantined_total",
+        "tianyan_late_samples_total",
+        "tianyan_duplicates_total",
+    ):
+        assert metric in names

@@ -83,11 +83,10 @@ def run(
     from evaluation.scoring import score
     from registry.generate import generate
     from registry.store import upsert
-    from replay import from_jsonl, replay
+    from replay import inspect_jsonl
     from rescue.delivery import new_secret
     from rescue.ledger import verify
     from streams.grading import grade_fleet
-    from streams.producer import RawPublisher
 
     wall0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -144,11 +143,12 @@ def run(
                 run.start_worker(f"worker {i + 1}")
             say("started: 2 stream workers, the incident dispatcher, the reference rescue receiver")
 
-            raw = run.settings.raw_topic
-            with RawPublisher(settings.kafka_bootstrap, raw) as pub:
-                published = replay(from_jsonl(stream), pub, progress=False)
-            say(f"published {published.messages} messages to {raw}; the workers fold …")
-            expected = _expected_samples(stream)
+            published = run.publish(stream)
+            say(
+                f"published {published.messages} messages to {run.settings.raw_topic};"
+                " the workers fold …"
+            )
+            expected = len(inspect_jsonl(stream).samples)
             run.wait(
                 lambda: run.scalar("SELECT count(*) FROM telemetry_sample"),
                 lambda stored: stored >= expected,
@@ -297,20 +297,6 @@ def _rescue_progress(url: str) -> dict[str, int]:
     assert row is not None
     keys = ("alerts", "alerts_applied", "deliveries_pending", "delivered", "dead")
     return dict(zip(keys, (int(v) for v in row), strict=True))
-
-
-def _expected_samples(path: Path) -> int:
-    from foundation import contract
-
-    seen: set[tuple[str, int]] = set()
-    with path.open("rb") as f:
-        for line in f:
-            try:
-                m = contract.decode(line.rstrip(b"\n"))
-            except contract.InvalidMessage:
-                continue
-            seen.update((m.elevator_id, t) for t in m.samples.t_ms)
-    return len(seen)
 
 
 def failures(summary: DemoSummary) -> list[str]:

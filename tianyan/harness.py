@@ -25,18 +25,22 @@ import dataclasses
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from foundation.settings import Settings
 from tianyan.processes import ServiceGroup, free_port, listening, services, wait_for_progress
+
+if TYPE_CHECKING:
+    from replay import ReplaySummary
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
 log = logging.getLogger("tianyan.harness")
@@ -52,7 +56,6 @@ class Run:
     admin_url: str
     group: ServiceGroup
     work: Path
-    topics: dict[str, str]
     stall_s: float = STALL_S
 
     @property
@@ -68,13 +71,22 @@ class Run:
         return {**os.environ, **self.settings.to_env(), **extra}
 
     # -- services ---------------------------------------------------------------------------
-    def start(self, name: str, args: list[str], *, port: int | None = None, **env: str) -> None:
-        """Start ``tianyan <args>`` as the service ``name``, logging to ``<work>/<name>.log``;
-        with ``port``, wait until it listens there."""
-        log = self.work / f"{name.replace(' ', '-')}.log"
-        self.group.start(name, [TIANYAN, *args], env=self.env(**env), log=log, cwd=self.work)
+    def start(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        port: int | None = None,
+        log: Path | None = None,
+        **env: str,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``tianyan <args>`` as the service ``name``, logging to ``log`` (by default
+        ``<work>/<name>.log``); with ``port``, wait until it listens there."""
+        log = log or self.work / f"{name.replace(' ', '-')}.log"
+        proc = self.group.start(name, [TIANYAN, *args], env=self.env(**env), log=log, cwd=self.work)
         if port is not None:
             self.wait(lambda: listening(port), bool, f"{name} to listen on {port} (log {log})")
+        return proc
 
     def start_worker(self, name: str = "worker", **env: str) -> int:
         """A stream worker; returns its web port."""
@@ -88,10 +100,12 @@ class Run:
         )
         return port
 
-    def start_dispatcher(self, name: str = "dispatcher", **env: str) -> None:
-        """The incident dispatcher, on the run's dispatcher port."""
+    def start_dispatcher(
+        self, name: str = "dispatcher", *, log: Path | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """The incident dispatcher, on the run's dispatcher port (or ``env``'s)."""
         port = int(env.get("TIANYAN_DISPATCHER_WEB_PORT", self.settings.dispatcher_web_port))
-        self.start(name, ["dispatcher", "--loglevel", "warn"], port=port, **env)
+        return self.start(name, ["dispatcher", "--loglevel", "warn"], port=port, log=log, **env)
 
     def start_receiver(self, port: int, journal: Path, *args: str) -> None:
         """The reference rescue receiver on ``port``, journaling what it receives."""
@@ -101,6 +115,15 @@ class Run:
             port=port,
             TIANYAN_RECEIVER_LOGLEVEL="WARNING",
         )
+
+    def publish(self, stream: Path, *, speed: float | None = None) -> ReplaySummary:
+        """Publish a JSON Lines stream to the run's raw topic as it was recorded (``speed``
+        × real time, or as fast as possible), every record acknowledged."""
+        from replay import from_jsonl, replay
+        from streams.producer import RawPublisher
+
+        with RawPublisher(self.settings.kafka_bootstrap, self.settings.raw_topic) as pub:
+            return replay(from_jsonl(stream), pub, speed=speed, progress=False)
 
     # -- waiting and reading ----------------------------------------------------------------
     def logs_size(self) -> int:
@@ -119,14 +142,15 @@ class Run:
         )
         return reached[0]  # type: ignore[index]
 
+    def row(self, sql: str, *params: Any) -> tuple[Any, ...] | None:
+        """The first row (None for no row), as the owner."""
+        with psycopg.connect(self.admin_url) as conn:
+            return conn.execute(sql, params).fetchone()
+
     def scalar(self, sql: str, *params: Any) -> Any:
         """The first column of the first row (None for no row), as the owner."""
-        with psycopg.connect(self.admin_url) as conn:
-            row = conn.execute(sql, params).fetchone()
+        row = self.row(sql, *params)
         return row[0] if row else None
-
-
-TOPICS = ("raw", "quarantine", "alerts", "alerts-dead", "commands", "anchors")
 
 
 @contextmanager
@@ -142,10 +166,8 @@ def pipeline(
     """A run of the pipeline in ``database`` (dropped first if it exists) and topics of its
     own; ``changes`` are :class:`Settings` fields to set for the run. Everything is stopped,
     and the topics deleted (the database too, unless ``keep_database``), on the way out."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
     from sql.migrate import migrate
+    from streams.topics import ensure_topics, topic_specs
 
     work.mkdir(parents=True, exist_ok=True)
     superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}"
@@ -156,51 +178,51 @@ def pipeline(
     with psycopg.connect(f"{superuser}/{database}", autocommit=True) as conn:
         conn.execute("CREATE EXTENSION timescaledb")
     tag = uuid.uuid4().hex[:8]
-    topics = {kind: f"{database}.{kind}.{tag}" for kind in TOPICS}
-    kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    run_settings = dataclasses.replace(
+        settings,
+        database_url=admin_url.replace("postgresql://tianyan@", "postgresql://tianyan_writer@"),
+        admin_database_url=admin_url,
+        raw_topic=f"{database}.raw.{tag}",
+        quarantine_topic=f"{database}.quarantine.{tag}",
+        alerts_topic=f"{database}.alerts.{tag}",
+        alerts_dead_letter_topic=f"{database}.alerts-dead.{tag}",
+        device_commands_topic=f"{database}.commands.{tag}",
+        audit_anchors_topic=f"{database}.anchors.{tag}",
+        raw_partitions=partitions,
+        worker_id=f"{database}-worker-{tag}",
+        dispatcher_id=f"{database}-dispatcher-{tag}",
+        dispatcher_web_port=free_port(),
+        **changes,
+    )
+    specs = topic_specs(run_settings)
     try:
         migrate(admin_url)
-        kafka.create_topics(
-            [
-                NewTopic(name, partitions if kind in ("raw", "alerts", "commands") else 1, 1)
-                for kind, name in topics.items()
-            ]
-        )
-        run_settings = dataclasses.replace(
-            settings,
-            database_url=admin_url.replace("postgresql://tianyan@", "postgresql://tianyan_writer@"),
-            admin_database_url=admin_url,
-            raw_topic=topics["raw"],
-            quarantine_topic=topics["quarantine"],
-            alerts_topic=topics["alerts"],
-            alerts_dead_letter_topic=topics["alerts-dead"],
-            device_commands_topic=topics["commands"],
-            audit_anchors_topic=topics["anchors"],
-            raw_partitions=partitions,
-            worker_id=f"{database}-worker-{tag}",
-            dispatcher_id=f"{database}-dispatcher-{tag}",
-            dispatcher_web_port=free_port(),
-            **changes,
-        )
+        ensure_topics(settings.kafka_bootstrap, specs)
         with services() as group:
-            yield Run(run_settings, admin_url, group, work, topics)
+            yield Run(run_settings, admin_url, group, work)
     finally:
-        kafka.close()
-        _clean_up(settings, topics, None if keep_database else database)
-        for app_id in (f"{database}-worker-{tag}", f"{database}-dispatcher-{tag}"):
+        apps = (run_settings.worker_id, run_settings.dispatcher_id)
+        _clean_up(settings, [s.name for s in specs], apps, None if keep_database else database)
+        for app_id in apps:
             shutil.rmtree(settings.faust_datadir(app_id), ignore_errors=True)
 
 
-def _clean_up(settings: Settings, topics: dict[str, str], database: str | None) -> None:
-    """Delete the run's topics (with a client of its own: Kafka may have restarted since the
-    run began) and drop its database. A failure here is logged, never raised over the run's
-    own outcome."""
+def _clean_up(
+    settings: Settings, topics: list[str], apps: tuple[str, ...], database: str | None
+) -> None:
+    """Delete the run's topics and its Faust apps' own (changelogs, with a client of its
+    own: Kafka may have restarted since the run began) and drop its database. A failure
+    here is logged, never raised over the run's own outcome."""
     from kafka import KafkaAdminClient
 
     try:
         kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         try:
-            made = set(kafka.list_topics()) & set(topics.values())
+            made = {
+                t
+                for t in kafka.list_topics()
+                if t in topics or t.startswith(tuple(f"{a}-" for a in apps))
+            }
             if made:
                 kafka.delete_topics(sorted(made))
         finally:

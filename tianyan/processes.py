@@ -144,6 +144,8 @@ class ServiceGroup:
         if name in self.procs:
             raise ValueError(f"a service named {name!r} is already in this group")
         out = log.open("ab") if isinstance(log, Path) else log
+        if not any(p.poll() is None for p in self.procs.values()):
+            self._pgid = None  # every member has exited: their group is gone, start a new one
         pgid = self._pgid
 
         def setup() -> None:
