@@ -19,7 +19,6 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -27,6 +26,7 @@ from dashboards import macros
 from dashboards.board import Board
 from dashboards.datasources import MIN_INTERVAL
 from dashboards.macros import TimeRange, Variable
+from foundation.settings import role_url
 
 #: A panel's query may take this long before check gives up on it.
 STATEMENT_TIMEOUT_MS = 60_000
@@ -51,16 +51,6 @@ class PanelResult:
         if self.ok:
             return f"ok    {where}: {self.rows} row{'s' if self.rows != 1 else ''}"
         return f"FAIL  {where}: {self.error}\n      SQL: {' '.join(self.sql.split())}"
-
-
-def role_url(database_url: str, role: str) -> str:
-    """``database_url`` with its user swapped for ``role`` (and its password dropped)."""
-    parts = urlsplit(database_url)
-    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-        raise ValueError(f"{database_url!r}: expected postgresql://user@host:port/database")
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    netloc = f"{role}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def panels_of(board_json: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:

@@ -11,6 +11,7 @@ import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 #: The repository root: the local stack keeps its data and logs under ``var/`` here.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -233,3 +234,13 @@ class Settings:
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         return env
+
+
+def role_url(database_url: str, role: str) -> str:
+    """``database_url`` with its user swapped for ``role`` (and its password dropped)."""
+    parts = urlsplit(database_url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ValueError(f"{database_url!r}: expected postgresql://user@host:port/database")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = f"{role}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

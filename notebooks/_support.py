@@ -57,8 +57,7 @@ def database_url() -> str:
     url = env_text("TIANYAN_DATABASE_URL")
     if url:
         return url
-    from dashboards.check import role_url
-    from foundation.settings import Settings
+    from foundation.settings import Settings, role_url
 
     return role_url(Settings.from_env().admin_database_url, "tianyan_analyst")
 

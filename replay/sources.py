@@ -61,6 +61,12 @@ def _peek(line: bytes) -> tuple[bytes | None, int | None]:
     return key, t
 
 
+def peek_key(line: bytes) -> bytes | None:
+    """The elevator id of a JSON Lines message (its Kafka key) without a full parse; None
+    when the line has no recognisable id."""
+    return _peek(line)[0]
+
+
 def from_jsonl(path: Path) -> Iterator[ReplayItem]:
     """Each line as it was sent, malformed lines included (the pipeline must meet them too)."""
     try:

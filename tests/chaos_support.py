@@ -164,7 +164,7 @@ def chaos_pipeline(settings: Settings, work: Path, **changes: Any) -> Iterator[C
     """The pipeline on the harness (schema, registry, topics, the simulated stream), its
     services not started yet; ``changes`` are settings for the run."""
     import simulator
-    from foundation import contract
+    from replay import from_jsonl, inspect_jsonl
 
     start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=MINUTES + 2)
     fleet = generate(11, ELEVATORS, start.date())
@@ -177,15 +177,9 @@ def chaos_pipeline(settings: Settings, work: Path, **changes: Any) -> Iterator[C
         output=simulator.FileOutput(stream),
         progress=False,
     )
-    messages: list[tuple[bytes, bytes]] = []
-    samples: set[tuple[str, int]] = set()
-    for line in stream.read_bytes().splitlines():
-        try:
-            m = contract.decode(line)
-        except contract.InvalidMessage:
-            continue
-        samples.update((m.elevator_id, t) for t in m.samples.t_ms)
-        messages.append((m.elevator_id.encode(), line))
+    samples = inspect_jsonl(stream).samples
+    # Bad lines included: the pipeline must meet them too (keyless ones on no key).
+    messages = [(item.key or b"", item.value) for item in from_jsonl(stream)]
     secret = new_secret()
     receiver = RecordingReceiver(secret, free_port())
     half = len(messages) // 2

@@ -21,11 +21,12 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 from dashboards import build, macros
 from dashboards.board import Board, BoardBuilder, table, timeseries
 from dashboards.boards import all_boards
-from dashboards.check import check, check_board, role_url
+from dashboards.check import check, check_board
 from dashboards.datasources import ANALYST, DATASOURCES, PUBLIC
 from dashboards.macros import TimeRange, Variable
 from dashboards.publish import PublishError, publish
 from dashboards.query import register
+from foundation.settings import role_url
 from tianyan.cli import main
 
 from .city_run import CityRun

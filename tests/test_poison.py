@@ -31,7 +31,7 @@ from detectors.thresholds import ElevatorLimits
 from foundation import contract
 from foundation.contract import CodeEvent, TelemetryMessage
 from foundation.records import WindowFeature
-from foundation.settings import Settings
+from foundation.settings import Settings, role_url
 from sql.migrate import migrate
 from streams import quarantine
 from streams.ingest import Ingest, RawRecord
@@ -49,7 +49,7 @@ KAFKA_MAX_MESSAGE_BYTES = 1_048_576
 
 
 def _writer(url: str) -> str:
-    return url.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
+    return role_url(url, "tianyan_writer")
 
 
 def _stored(url: str, messages: list[TelemetryMessage]) -> set[tuple[str, int]]:

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from foundation import contract
+from foundation.settings import role_url
 from sql.migrate import migrate
 from streams.sinks import TimescaleSink
 from tianyan.demo import trip_messages
@@ -18,7 +19,7 @@ ELEVATOR = "32070000000000000777"
 
 
 def _writer(url: str) -> str:
-    return url.replace("postgresql://tianyan@", "postgresql://tianyan_writer@")
+    return role_url(url, "tianyan_writer")
 
 
 def _store(url: str, when: dt.datetime) -> int:

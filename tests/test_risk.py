@@ -17,7 +17,6 @@ from PIL import Image
 from psycopg.types.json import Jsonb
 
 import detectors.risk
-from dashboards.check import role_url
 from dashboards.report import write_report
 from detectors.risk import (
     GRADE_ZH,
@@ -28,6 +27,7 @@ from detectors.risk import (
     weights_version,
 )
 from detectors.thresholds import ThresholdError, Thresholds
+from foundation.settings import Settings, role_url
 from registry.model import Elevator
 from registry.store import upsert
 from sql.migrate import migrate
@@ -320,13 +320,11 @@ def _alert(
     )
 
 
-@pytest.fixture
-def graded_city(scratch_db: str) -> str:
-    """The hand-built registry with its alerts, migrated; the owner URL."""
-    migrate(scratch_db)
-    upsert(scratch_db, REGISTRY)
+def _grade_inputs(url: str) -> None:
+    """The hand-built registry with its alerts, in the migrated database at ``url``."""
+    upsert(url, REGISTRY)
     day = dt.timedelta(days=1)
-    with psycopg.connect(scratch_db) as conn:
+    with psycopg.connect(url) as conn:
         _alert(conn, TRAPPED, "trapped_between_levels", "critical", AT - 2 * day)
         # its clearing is the same condition: it must not count twice
         _alert(conn, TRAPPED, "trapped_between_levels", "critical", AT - 2 * day, "cleared")
@@ -338,6 +336,13 @@ def graded_city(scratch_db: str) -> str:
         # outside the 30-day window, and after the grading time: neither counts
         _alert(conn, RED, "trapped_at_level", "critical", AT - 31 * day)
         _alert(conn, CLEAN, "trapped_at_level", "critical", AT + dt.timedelta(hours=2))
+
+
+@pytest.fixture
+def graded_city(scratch_db: str) -> str:
+    """The hand-built registry with its alerts, migrated; the owner URL."""
+    migrate(scratch_db)
+    _grade_inputs(scratch_db)
     return scratch_db
 
 
@@ -592,80 +597,30 @@ def test_report_on_the_city_run(city_run, tmp_path: Path) -> None:  # type: igno
 # -- the worker's timer ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_worker_grades_on_its_timer_unless_another_holds_the_lock(
-    settings, graded_city: str, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    import os
-    import signal
-    import subprocess
+    settings: Settings, tmp_path: Path
+) -> None:
     import time
-    import urllib.request
 
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
+    from tianyan.harness import pipeline
 
-    from .conftest import TIANYAN
+    name = f"tianyan_test_risk_{uuid.uuid4().hex[:8]}"
+    with pipeline(settings, name, tmp_path, partitions=1, grading_interval_s=1) as run:
+        _grade_inputs(run.admin_url)
 
-    tag = uuid.uuid4().hex[:8]
-    topics = [f"test.risk.{tag}.{t}" for t in ("raw", "quarantine", "alerts")]
-    kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    kafka.create_topics([NewTopic(t, 1, 1) for t in topics])
-    env = {
-        **os.environ,
-        "TIANYAN_RAW_TOPIC": topics[0],
-        "TIANYAN_QUARANTINE_TOPIC": topics[1],
-        "TIANYAN_ALERTS_TOPIC": topics[2],
-        "TIANYAN_RAW_PARTITIONS": "1",
-        "TIANYAN_WORKER_ID": f"test-risk-worker-{tag}",
-        "TIANYAN_DATABASE_URL": role_url(graded_city, "tianyan_writer"),
-        "TIANYAN_WORKER_WEB_PORT": "16191",
-        "TIANYAN_GRADING_INTERVAL_S": "1",
-    }
+        def graded_since(t: dt.datetime) -> int:
+            return int(run.scalar("SELECT count(*) FROM risk_grade WHERE graded_at >= %s", t))
 
-    def graded_since(t: dt.datetime) -> int:
-        with psycopg.connect(graded_city) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM tianyan.risk_grade WHERE graded_at >= %s", [t]
-            ).fetchone()
-        return int(row[0]) if row else 0
-
-    started = dt.datetime.now(dt.UTC)
-    log = (tmp_path / "worker.log").open("ab")
-    with psycopg.connect(graded_city) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", [GRADING_LOCK_KEY])
-        worker = subprocess.Popen(
-            [TIANYAN, "worker", "--loglevel", "info"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
+        started = dt.datetime.now(dt.UTC)
+        with psycopg.connect(run.admin_url) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", [GRADING_LOCK_KEY])
+            run.start_worker()
             # another process grading: once the worker is up, its timer's turns are skipped
-            deadline = time.monotonic() + 60
-            while True:
-                assert worker.poll() is None, (tmp_path / "worker.log").read_text()
-                assert time.monotonic() < deadline, "the worker did not come up in 60 s"
-                try:
-                    urllib.request.urlopen("http://127.0.0.1:16191/health", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.5)
             time.sleep(3.0)  # three turns of the 1-s timer
             assert graded_since(started) == 0
             holder.execute("SELECT pg_advisory_unlock(%s)", [GRADING_LOCK_KEY])
-            deadline = time.monotonic() + 60
-            while graded_since(started) < len(REGISTRY) and time.monotonic() < deadline:
-                assert worker.poll() is None, (tmp_path / "worker.log").read_text()
-                time.sleep(0.5)
-            assert graded_since(started) == len(REGISTRY)
-        finally:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                try:
-                    worker.wait(30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait(10)
-            log.close()
-            kafka.delete_topics(topics)
-            kafka.close()
+            graded = run.wait(
+                lambda: graded_since(started),
+                lambda n: n >= len(REGISTRY),
+                "the worker's timer grading the fleet",
+            )
+    assert graded == len(REGISTRY)

@@ -7,8 +7,9 @@
 (d) COPY        the sink's rows/s against psql's own COPY of the same rows into the same table
 (e) memory      the worker's peak resident memory, with every simulated elevator's state
 
-The workload is a simulated city (``simulator``) written to JSON Lines and published to a
-topic of its own; each run uses its own topic, consumer group and database, dropped after.
+The workload is a simulated city (``simulator``) written to JSON Lines. Each stage runs on
+a :func:`~tianyan.harness.pipeline` of its own (topics, consumer group and database, all
+removed afterwards), so one stage's rows never meet the next one's.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +31,10 @@ import psycopg
 
 from foundation import contract
 from foundation.settings import PROJECT_ROOT, Settings
+from replay.sources import peek_key
 from streams.producer import RawPublisher
 from streams.sinks import TimescaleSink
-from tianyan.processes import ServiceGroup, services
+from tianyan.harness import Run, pipeline
 
 PARTITIONS = 8
 
@@ -44,7 +45,6 @@ class BenchConfig:
     duration_s: float = 90.0
     rate_msgs_per_s: float = 10_000.0
     latency_s: float = 30.0
-    web_port: int = 16099
     detectors: bool = True
 
 
@@ -52,70 +52,12 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class _Scratch:
-    """A topic pair, a consumer group and a database of the run's own."""
-
-    def __init__(self, settings: Settings) -> None:
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
-
-        from sql.migrate import migrate
-
-        tag = uuid.uuid4().hex[:8]
-        self.settings = settings
-        self.raw, self.quarantine = f"bench.raw.{tag}", f"bench.quarantine.{tag}"
-        self.group = f"bench-worker-{tag}"
-        self.dbname = f"tianyan_bench_{tag}"
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        admin.create_topics([NewTopic(self.raw, PARTITIONS, 1), NewTopic(self.quarantine, 1, 1)])
-        admin.close()
-        self.superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}"
-        with psycopg.connect(self.superuser + "/postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.dbname}" OWNER tianyan')
-        with psycopg.connect(f"{self.superuser}/{self.dbname}", autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION timescaledb")
-        self.admin_url = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{self.dbname}"
-        self.writer_url = f"postgresql://tianyan_writer@127.0.0.1:{settings.pg_port}/{self.dbname}"
-        migrate(self.admin_url)
-
-    def env(self, topic: str, web_port: int, detectors: bool) -> dict[str, str]:
-        return {
-            **os.environ,
-            "TIANYAN_RAW_TOPIC": topic,
-            "TIANYAN_QUARANTINE_TOPIC": self.quarantine,
-            "TIANYAN_RAW_PARTITIONS": str(PARTITIONS),
-            "TIANYAN_WORKER_ID": f"{self.group}-{topic.rsplit('.', 1)[-1]}",
-            "TIANYAN_DATABASE_URL": self.writer_url,
-            "TIANYAN_WORKER_WEB_PORT": str(web_port),
-            "TIANYAN_DETECTORS": "on" if detectors else "off",
-        }
-
-    def new_topic(self, suffix: str) -> str:
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
-
-        name = f"{self.raw}.{suffix}"
-        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        admin.create_topics([NewTopic(name, PARTITIONS, 1)])
-        admin.close()
-        return name
-
-    def drop(self) -> None:
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        try:
-            ours = [
-                t
-                for t in admin.list_topics()
-                if self.raw in t or self.quarantine in t or self.group in t
-            ]
-            if ours:
-                admin.delete_topics(ours)
-        finally:
-            admin.close()
-        with psycopg.connect(self.superuser + "/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+@contextlib.contextmanager
+def _pipeline(settings: Settings, work: Path) -> Iterator[Run]:
+    with pipeline(
+        settings, f"tianyan_bench_{uuid.uuid4().hex[:8]}", work, partitions=PARTITIONS
+    ) as run:
+        yield run
 
 
 def _workload(cfg: BenchConfig, start: dt.datetime, duration_s: float, path: Path) -> int:
@@ -133,22 +75,6 @@ def _workload(cfg: BenchConfig, start: dt.datetime, duration_s: float, path: Pat
         progress=False,
     )
     return summary.messages
-
-
-def _key(line: bytes) -> bytes:
-    from replay.sources import _peek
-
-    return _peek(line)[0] or b""
-
-
-def _publish_file(settings: Settings, topic: str, path: Path) -> int:
-    n = 0
-    with RawPublisher(settings.kafka_bootstrap, topic) as pub, path.open("rb") as f:
-        for line in f:
-            line = line.rstrip(b"\n")
-            pub.publish(_key(line), line)
-            n += 1
-    return n
 
 
 def ceiling(settings: Settings, topic: str, expected: int) -> float:
@@ -196,60 +122,43 @@ def _metrics(port: int) -> dict[str, float]:
     return out
 
 
-def _start_worker(group: ServiceGroup, name: str, env: dict[str, str], log: Path) -> None:
-    tianyan = str(Path(sys.executable).with_name("tianyan"))
-    group.start(name, [tianyan, "worker", "--loglevel", "warn"], env=env, log=log)
-
-
-def _stop_worker(group: ServiceGroup, name: str) -> int:
+def _stop_worker(run: Run, name: str) -> int:
     """Stop the worker; returns its peak resident memory in kB."""
     peak = 0
     try:
-        status = Path(f"/proc/{group.procs[name].pid}/status").read_text()
+        status = Path(f"/proc/{run.group.procs[name].pid}/status").read_text()
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 peak = int(line.split()[1])
     except OSError:
         pass
-    group.stop(name)
+    run.group.stop(name)
     return peak
 
 
-def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"bench: {what} did not happen within {timeout_s:.0f} s")
-        time.sleep(0.2)
+def end_to_end(run: Run, expected: int, detectors: bool) -> dict[str, float]:
+    """(b) one worker draining ``expected`` messages already in the run's raw topic."""
+    port = run.start_worker(TIANYAN_DETECTORS="on" if detectors else "off")
 
+    def folded() -> float:
+        m = _metrics(port)
+        return sum(
+            m.get(f"tianyan_{what}_total", 0.0)
+            for what in ("messages", "duplicates", "quarantined")
+        )
 
-def end_to_end(
-    group: ServiceGroup,
-    scratch: _Scratch,
-    topic: str,
-    expected: int,
-    port: int,
-    detectors: bool,
-    log: Path,
-) -> dict[str, float]:
-    """(b) one worker draining ``expected`` messages already in ``topic``."""
-    _start_worker(group, "worker", scratch.env(topic, port, detectors), log)
     try:
-        _wait(lambda: _metrics(port).get("tianyan_messages_total", 0) > 0, 120, "first batch")
+        first = run.wait(folded, lambda n: n > 0, "the worker's first batch")
+        if first >= expected:
+            raise RuntimeError(
+                f"bench: all {expected} messages fit in the worker's first batch, so no rate can"
+                " be measured; give it more elevators or a longer --duration"
+            )
         t0, m0 = time.perf_counter(), _metrics(port)
-
-        def done() -> bool:
-            m = _metrics(port)
-            return (
-                m.get("tianyan_messages_total", 0)
-                + m.get("tianyan_duplicates_total", 0)
-                + m.get("tianyan_quarantined_total", 0)
-            ) >= expected
-
-        _wait(done, 900, "draining the topic")
+        run.wait(folded, lambda n: n >= expected, f"the worker folding {expected} messages")
         t1, m1 = time.perf_counter(), _metrics(port)
     finally:
-        peak_kb = _stop_worker(group, "worker")
+        peak_kb = _stop_worker(run, "worker")
     seconds = t1 - t0
     return {
         "messages_per_s": (m1["tianyan_messages_total"] - m0["tianyan_messages_total"]) / seconds,
@@ -273,11 +182,8 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return prev_le
 
 
-def latency(
-    group: ServiceGroup, scratch: _Scratch, cfg: BenchConfig, tmp: Path
-) -> dict[str, float]:
+def latency(run: Run, cfg: BenchConfig, tmp: Path) -> dict[str, float]:
     """(c) real-time arrival at ``rate`` messages/s; p50/p99 of sample → durable."""
-    topic = scratch.new_topic("rt")
     lead_s = 20.0
     start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead_s)
     path = tmp / "realtime.jsonl"
@@ -288,7 +194,7 @@ def latency(
     keep_every = max(1, round(len(lines) / wanted)) if len(lines) > wanted else 1
     timed = []
     for ln in lines:
-        key = _key(ln)
+        key = peek_key(ln) or b""
         if key and int(key) % keep_every:
             continue
         try:
@@ -297,14 +203,11 @@ def latency(
             due = 0.0  # malformed: sent at once
         timed.append((due, key, ln))
     timed.sort(key=lambda item: item[0])
-    port = cfg.web_port + 1
-    _start_worker(
-        group, "latency worker", scratch.env(topic, port, cfg.detectors), tmp / "latency.log"
-    )
+    port = run.start_worker(TIANYAN_DETECTORS="on" if cfg.detectors else "off")
     try:
-        _wait(lambda: bool(_metrics(port)), 120, "the latency worker answering")
         # Publish each message when its last sample has happened, as a terminal would.
-        with RawPublisher(scratch.settings.kafka_bootstrap, topic, linger_ms=5) as pub:
+        raw = run.settings.raw_topic
+        with RawPublisher(run.settings.kafka_bootstrap, raw, linger_ms=5) as pub:
             for due, key, line in timed:
                 wait = due - time.time()
                 if wait > 0:
@@ -313,7 +216,7 @@ def latency(
         time.sleep(5)
         m = _metrics(port)
     finally:
-        _stop_worker(group, "latency worker")
+        _stop_worker(run, "worker")
     buckets = sorted(
         (float(k.split('le="')[1].split('"')[0]), v)
         for k, v in m.items()
@@ -326,7 +229,7 @@ def latency(
     }
 
 
-def copy_rates(scratch: _Scratch, path: Path, tmp: Path, limit: int = 100_000) -> dict[str, float]:
+def copy_rates(run: Run, path: Path, tmp: Path, limit: int = 100_000) -> dict[str, float]:
     """(d) the sink's rows/s, then psql COPY of the same rows into the same empty table."""
     messages = []
     with path.open("rb") as f:
@@ -337,11 +240,11 @@ def copy_rates(scratch: _Scratch, path: Path, tmp: Path, limit: int = 100_000) -
                 continue
             if len(messages) >= limit:
                 break
-    with psycopg.connect(scratch.admin_url, autocommit=True) as conn:
+    with psycopg.connect(run.admin_url, autocommit=True) as conn:
         conn.execute("TRUNCATE tianyan.telemetry_sample")
     started = time.perf_counter()
     rows = 0
-    with TimescaleSink(scratch.writer_url) as sink:
+    with TimescaleSink(run.writer_url) as sink:
         for i in range(0, len(messages), 2000):
             rows += sink.write_batch(messages[i : i + 2000]).samples
     sink_s = time.perf_counter() - started
@@ -350,20 +253,20 @@ def copy_rates(scratch: _Scratch, path: Path, tmp: Path, limit: int = 100_000) -
     subprocess.run(
         [
             "psql",
-            scratch.admin_url,
+            run.admin_url,
             "-q",
             "-c",
             f"\\copy (SELECT * FROM tianyan.telemetry_sample) TO '{csv_path}' (FORMAT csv)",
         ],
         check=True,
     )
-    with psycopg.connect(scratch.admin_url, autocommit=True) as conn:
+    with psycopg.connect(run.admin_url, autocommit=True) as conn:
         conn.execute("TRUNCATE tianyan.telemetry_sample")
     started = time.perf_counter()
     subprocess.run(
         [
             "psql",
-            scratch.admin_url,
+            run.admin_url,
             "-q",
             "-c",
             f"\\copy tianyan.telemetry_sample FROM '{csv_path}' (FORMAT csv)",
@@ -371,7 +274,7 @@ def copy_rates(scratch: _Scratch, path: Path, tmp: Path, limit: int = 100_000) -
         check=True,
     )
     psql_s = time.perf_counter() - started
-    with psycopg.connect(scratch.admin_url) as conn:
+    with psycopg.connect(run.admin_url) as conn:
         copied = conn.execute("SELECT count(*) FROM tianyan.telemetry_sample").fetchone()
     if not copied or copied[0] != rows:
         raise RuntimeError(f"bench: psql copied {copied} rows, expected {rows}")
@@ -383,42 +286,31 @@ def copy_rates(scratch: _Scratch, path: Path, tmp: Path, limit: int = 100_000) -
 
 
 def run(settings: Settings, cfg: BenchConfig) -> dict[str, object]:
-    scratch = _Scratch(settings)
     tmp = Path(tempfile.mkdtemp(prefix="tianyan-bench-", dir=PROJECT_ROOT / "var"))
     result: dict[str, object] = {"elevators": cfg.elevators}
-    try:
-        with services() as group:
-            start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
-            _say(f"bench: simulating {cfg.elevators} elevators for {cfg.duration_s:.0f} s")
-            path = tmp / "workload.jsonl"
-            expected = _workload(cfg, start, cfg.duration_s, path)
-            published = _publish_file(settings, scratch.raw, path)
-            result["messages"] = published
-            _say(f"bench: (a) plain aiokafka consumer over {published} messages")
-            ceiling_msgs_per_s = ceiling(settings, scratch.raw, published)
-            result["ceiling_msgs_per_s"] = ceiling_msgs_per_s
-            _say("bench: (b) one worker end to end, detectors off then on")
-            off = end_to_end(
-                group, scratch, scratch.raw, published, cfg.web_port, False, tmp / "off.log"
-            )
-            result |= {f"worker_{k}": v for k, v in off.items()}
-            if cfg.detectors:
-                topic = scratch.new_topic("det")
-                _publish_file(settings, topic, path)
-                on = end_to_end(
-                    group, scratch, topic, published, cfg.web_port + 2, True, tmp / "on.log"
-                )
-                result |= {f"worker_with_detectors_{k}": v for k, v in on.items()}
-            result["ratio_b_over_a"] = off["messages_per_s"] / ceiling_msgs_per_s
-            _say(
-                f"bench: (c) latency at {cfg.rate_msgs_per_s:.0f} messages/s"
-                f" for {cfg.latency_s:.0f} s"
-            )
-            result |= latency(group, scratch, cfg, tmp)
-            _say("bench: (d) COPY rows/s, sink against psql")
-            result |= copy_rates(scratch, path, tmp)
-            result["peak_rss_mb"] = off["peak_rss_mb"]
-            result["simulated_messages"] = expected
-    finally:
-        scratch.drop()
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+    _say(f"bench: simulating {cfg.elevators} elevators for {cfg.duration_s:.0f} s")
+    path = tmp / "workload.jsonl"
+    result["simulated_messages"] = _workload(cfg, start, cfg.duration_s, path)
+    with _pipeline(settings, tmp / "detectors-off") as off_run:
+        published = off_run.publish(path).messages
+        result["messages"] = published
+        _say(f"bench: (a) plain aiokafka consumer over {published} messages")
+        ceiling_msgs_per_s = ceiling(settings, off_run.settings.raw_topic, published)
+        result["ceiling_msgs_per_s"] = ceiling_msgs_per_s
+        _say("bench: (b) one worker end to end, detectors off then on")
+        off = end_to_end(off_run, published, detectors=False)
+        result |= {f"worker_{k}": v for k, v in off.items()}
+        result["ratio_b_over_a"] = off["messages_per_s"] / ceiling_msgs_per_s
+        _say("bench: (d) COPY rows/s, sink against psql")
+        result |= copy_rates(off_run, path, tmp)
+    if cfg.detectors:
+        with _pipeline(settings, tmp / "detectors-on") as on_run:
+            on_run.publish(path)
+            on = end_to_end(on_run, published, detectors=True)
+            result |= {f"worker_with_detectors_{k}": v for k, v in on.items()}
+    _say(f"bench: (c) latency at {cfg.rate_msgs_per_s:.0f} messages/s for {cfg.latency_s:.0f} s")
+    with _pipeline(settings, tmp / "latency") as rt_run:
+        result |= latency(rt_run, cfg, tmp)
+    result["peak_rss_mb"] = off["peak_rss_mb"]
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}

@@ -86,8 +86,8 @@ def report_command(out: Path, at: dt.datetime | None, database_url: str | None) 
     """A static risk report for regulators: heatmap and map PNGs and an HTML page of tables."""
     import psycopg
 
-    from dashboards.check import role_url
     from dashboards.report import write_report
+    from foundation.settings import role_url
 
     settings = _settings()
     th = _thresholds(settings)

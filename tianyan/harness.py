@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from foundation.settings import Settings
+from foundation.settings import Settings, role_url
 from tianyan.processes import ServiceGroup, free_port, listening, services, wait_for_progress
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Run:
 
     def url(self, role: str) -> str:
         """The run's database as ``role`` (tianyan_writer, tianyan_analyst, …)."""
-        return self.admin_url.replace("postgresql://tianyan@", f"postgresql://{role}@", 1)
+        return role_url(self.admin_url, role)
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a service of this run (``extra`` on top)."""
@@ -180,7 +180,7 @@ def pipeline(
     tag = uuid.uuid4().hex[:8]
     run_settings = dataclasses.replace(
         settings,
-        database_url=admin_url.replace("postgresql://tianyan@", "postgresql://tianyan_writer@"),
+        database_url=role_url(admin_url, "tianyan_writer"),
         admin_database_url=admin_url,
         raw_topic=f"{database}.raw.{tag}",
         quarantine_topic=f"{database}.quarantine.{tag}",
