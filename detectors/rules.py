@@ -1,9 +1,10 @@
 """Safety rules: a pure per-elevator step over telemetry messages, plus a clock tick.
 
-The worker keeps one :class:`RuleState` per elevator (checkpointed with :meth:`RuleState.to_dict`)
-and calls, for each validated, de-duplicated message in arrival order::
+:class:`SafetyRules` is the :class:`~detectors.protocol.Detector` the worker runs (through
+:mod:`detectors.catalog`); it keeps one :class:`RuleState` per elevator (checkpointed by
+:mod:`detectors.state`) and calls, for each validated, de-duplicated message in order::
 
-    state = RuleState.new(elevator_id)                               # or RuleState.from_dict(saved)
+    state = RuleState.new(elevator_id)
     state, alerts = observe(state, message, limits, thresholds)      # per message
     state, alerts = tick(state, now_ms, limits, thresholds)          # every few seconds
 
@@ -58,6 +59,7 @@ built without validation) compares false, so it neither raises nor clears anythi
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 import msgspec
@@ -65,6 +67,7 @@ import msgspec
 from foundation.contract import DoorState, TelemetryMessage
 
 from .alerts import Alert, make_alert
+from .protocol import Consumes
 from .thresholds import ElevatorLimits, Thresholds
 
 _CLOSED: Final = int(DoorState.CLOSED)
@@ -155,16 +158,6 @@ class RuleState(msgspec.Struct):
     def new(cls, elevator_id: str) -> RuleState:
         """The state of an elevator never seen."""
         return cls(elevator_id)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types, for the worker's changelog table."""
-        out: dict[str, Any] = msgspec.to_builtins(self)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RuleState:
-        """Restore :meth:`to_dict` output."""
-        return msgspec.convert(data, cls)
 
 
 class _Derived:
@@ -383,6 +376,10 @@ def observe(
         _start(st, s, 0, d.v_stand)
     elif ts[-1] <= st.last_t_ms:
         return st, []  # all old: a duplicate or a late message
+    else:
+        # The silence this message ends, judged at its first new sample: what a tick during
+        # the silence would have raised, whenever (or whether) one ran.
+        _silence(em, next(t for t in ts if t > st.last_t_ms))
     if "device_offline" in st.active:
         em.clear("device_offline", ts[0], "messages resumed")
     fast = (
@@ -408,7 +405,7 @@ def observe(
         st.accel_mps2 = s.accel_mps2[i]
     if message.faults or message.events:
         _codes(em, message)
-    _timers(em, st.last_t_ms, extrapolated=False)
+    _timers(em, st.last_t_ms)
     st.active_car = message.kind == "batch" and (
         st.moving or st.door != _CLOSED or st.passengers or st.alarm
     )
@@ -732,31 +729,56 @@ def _codes(em: _Emitter, message: TelemetryMessage) -> None:
             em.clear("alarm_button", max(t, t_last), "press seen only as event 90")
 
 
-def _timers(em: _Emitter, t: int, extrapolated: bool) -> None:
-    """Conditions judged by how long they have held, at time ``t``."""
+def _timers(em: _Emitter, now: int, silent_from_ms: int | None = None) -> None:
+    """Conditions judged by how long they have held, at stream time ``now``.
+
+    While messages arrive (``silent_from_ms`` None), ``now`` is the latest sample and an
+    alert is stamped with it. In a silence (``silent_from_ms``: when the silence became long
+    enough to extrapolate the car's last state), each condition is stamped with the moment
+    it fell due, not with the moment someone looked: the same silence gives the same alert
+    whether a tick finds it while it lasts or the next message when it ends.
+    """
     st, d = em.st, em.d
     if st.standing_since_ms < 0 or st.door != _CLOSED:
         return
+    extrapolated = silent_from_ms is not None
     extra: dict[str, Any] = {"extrapolated_from_ms": st.last_t_ms} if extrapolated else {}
+
+    def due_at(due_ms: float) -> int | None:
+        """The stamp of a condition due at ``due_ms``, or None if not due by ``now``."""
+        if silent_from_ms is None:
+            return now if now >= due_ms else None
+        stamp = max(math.ceil(due_ms), silent_from_ms)
+        return stamp if now >= stamp else None
+
     zone = st.zone
     base = max(st.standing_since_ms, st.door_since_ms, st.zone_since_ms)
-    if not zone and t - base >= d.outside_ms:
+    if not zone and (t := due_at(base + d.outside_ms)) is not None:
         em.raise_("stopped_outside_door_zone", base, t, **extra)
     if st.passengers:
         since = max(base, st.passengers_since_ms)
         kind = "trapped_at_level" if zone else "trapped_between_levels"
         if "trapped_at_level" not in st.active and "trapped_between_levels" not in st.active:
-            alarm_held = st.alarm and t - max(since, st.alarm_since_ms) >= ALARM_STATIONARY_S * 1e3
-            if alarm_held:
-                em.raise_(kind, since, t, how="alarm button pressed in a standing car", **extra)
-            elif (zone is False or not st.opened_in_stop) and t - since >= d.trapped_ms:
-                em.raise_(kind, since, t, how="timer", **extra)
+            alarm_t = (
+                due_at(max(since, st.alarm_since_ms) + ALARM_STATIONARY_S * 1e3)
+                if st.alarm
+                else None
+            )
+            timer_t = (
+                due_at(since + d.trapped_ms) if zone is False or not st.opened_in_stop else None
+            )
+            if alarm_t is not None:
+                em.raise_(
+                    kind, since, alarm_t, how="alarm button pressed in a standing car", **extra
+                )
+            elif timer_t is not None:
+                em.raise_(kind, since, timer_t, how="timer", **extra)
     if (
         st.running
         and not st.moving
         and not zone
-        and t - st.run_since_ms > d.run_limit_ms
         and "run_time_limiter" not in st.active
+        and (t := due_at(math.floor(st.run_since_ms + d.run_limit_ms) + 1)) is not None
     ):
         em.raise_(
             "run_time_limiter",
@@ -769,11 +791,39 @@ def _timers(em: _Emitter, t: int, extrapolated: bool) -> None:
         )
 
 
+def _silence(em: _Emitter, now_ms: int) -> None:
+    """A terminal silent since its last sample, judged at stream time ``now_ms``: device
+    offline, and — once the car has been silent long enough — the timers of a car last seen
+    standing (safety first: taken to stand as it was seen, with whoever was inside).
+
+    Every alert is stamped with the stream time at which it fell due, so it does not depend
+    on when this runs: a tick during the silence and the message that ends it (see
+    :func:`observe`) raise the same alerts, with the same contents.
+    """
+    st, th = em.st, em.d.thresholds
+    silence_ms = now_ms - st.last_t_ms
+    timeout_s = th.active_silence_timeout_s if st.active_car else th.heartbeat_timeout_s
+    if silence_ms > timeout_s * 1000.0:
+        due_ms = st.last_t_ms + math.floor(timeout_s * 1000.0) + 1
+        em.raise_(
+            "device_offline",
+            st.last_t_ms,
+            due_ms,
+            silence_s=(due_ms - st.last_t_ms) / 1000.0,
+            timeout_s=timeout_s,
+            car_was_in_use=st.active_car,
+        )
+    extrapolate_from_ms = st.last_t_ms + math.ceil(th.active_silence_timeout_s * 1000.0)
+    if now_ms >= extrapolate_from_ms:
+        _timers(em, now_ms, extrapolate_from_ms)
+
+
 def tick(
     state: RuleState, now_ms: int, limits: ElevatorLimits, thresholds: Thresholds
 ) -> tuple[RuleState, list[Alert]]:
     """Time-based conditions at stream time ``now_ms`` with no new message: device offline,
-    and — once the device is offline — the timers of a car last seen trapped.
+    and — once the device is offline — the timers of a car last seen trapped
+    (:func:`_silence`).
 
     Examples
     --------
@@ -782,29 +832,16 @@ def tick(
     >>> st, _ = observe(RuleState.new("32070620200000000001"),
     ...                 message([car(t_ms=1_700_000_000_000)], kind="heartbeat"), lim, Thresholds())
     >>> st, out = tick(st, 1_700_000_070_000, lim, Thresholds())
-    >>> [a.alert_type for a in out]
-    ['device_offline']
+    >>> [(a.alert_type, a.raised_at_ms) for a in out]
+    [('device_offline', 1700000065001)]
     """
     st = state
     if not st.initialized or st.last_t_ms < 0:
         return st, []
-    d = _derive(limits, thresholds)
-    em = _Emitter(st, d)
-    silence_ms = now_ms - st.last_t_ms
-    timeout_s = (
-        thresholds.active_silence_timeout_s if st.active_car else thresholds.heartbeat_timeout_s
-    )
-    if silence_ms > timeout_s * 1000.0:
-        em.raise_(
-            "device_offline",
-            st.last_t_ms,
-            now_ms,
-            silence_s=silence_ms / 1000.0,
-            timeout_s=timeout_s,
-            car_was_in_use=st.active_car,
-        )
-    if silence_ms >= thresholds.active_silence_timeout_s * 1000.0:
-        _timers(em, now_ms, extrapolated=True)
+    if now_ms - st.last_t_ms <= thresholds.active_silence_timeout_s * 1000.0:
+        return st, []  # the common case, before anything is derived
+    em = _Emitter(st, _derive(limits, thresholds))
+    _silence(em, now_ms)
     return st, em.out
 
 
@@ -829,3 +866,38 @@ def alert_types() -> list[str]:
         "repeated_door_reopening",
         "terminal_fault",
     ]
+
+
+class SafetyRules:
+    """Every safety rule, per telemetry message: the :class:`~detectors.protocol.Detector`
+    over :func:`observe` and :func:`tick`.
+
+    Examples
+    --------
+    >>> from detectors.testing import car, message
+    >>> rules = SafetyRules(Thresholds())
+    >>> lim = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000, floors=10)
+    >>> st = rules.new("32070620200000000001")
+    >>> out = rules.observe(st, message([car(t_ms=1_700_000_000_000 + k * 100, speed_mps=1.3)
+    ...                                  for k in range(3)]), lim)
+    >>> [a.alert_type for a in out]
+    ['overspeed']
+    """
+
+    name = "safety_rules"
+    consumes: Consumes = "message"
+    state_type = RuleState
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+
+    def new(self, elevator_id: str) -> RuleState:
+        return RuleState.new(elevator_id)
+
+    def observe(
+        self, state: RuleState, item: TelemetryMessage, limits: ElevatorLimits
+    ) -> list[Alert]:
+        return observe(state, item, limits, self.thresholds)[1]
+
+    def tick(self, state: RuleState, now_ms: int, limits: ElevatorLimits) -> list[Alert]:
+        return tick(state, now_ms, limits, self.thresholds)[1]
