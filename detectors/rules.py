@@ -165,11 +165,13 @@ class _Derived:
 
     __slots__ = (
         "bottom_m",
+        "confirm",
         "limits",
         "load_kg",
         "outside_ms",
         "run_limit_ms",
         "run_tolerance_ms",
+        "silence_min_ms",
         "stall_min_ms",
         "stop_confirm_ms",
         "thresholds",
@@ -181,6 +183,7 @@ class _Derived:
 
     def __init__(self, limits: ElevatorLimits, th: Thresholds) -> None:
         self.limits, self.thresholds = limits, th
+        self.confirm = th.confirm_samples
         self.v_over = th.overspeed_ratio * limits.rated_speed_mps
         self.load_kg = th.overload_ratio * limits.rated_load_kg
         self.top_m = limits.top_position_m + th.overtravel_margin_m
@@ -192,6 +195,8 @@ class _Derived:
         self.run_tolerance_ms = th.run_time_tolerance_s * 1000.0
         self.stall_min_ms = th.run_stall_min_s * 1000.0
         self.stop_confirm_ms = th.stop_confirm_s * 1000.0
+        #: The shortest silence anything is judged on (an active car's timeout).
+        self.silence_min_ms = th.active_silence_timeout_s * 1000.0
 
 
 _derived_cache: dict[tuple[int, int], _Derived] = {}
@@ -376,7 +381,7 @@ def observe(
         _start(st, s, 0, d.v_stand)
     elif ts[-1] <= st.last_t_ms:
         return st, []  # all old: a duplicate or a late message
-    else:
+    elif ts[-1] - st.last_t_ms > d.silence_min_ms:
         # The silence this message ends, judged at its first new sample: what a tick during
         # the silence would have raised, whenever (or whether) one ran.
         _silence(em, next(t for t in ts if t > st.last_t_ms))
@@ -443,214 +448,316 @@ def _uniform(st: RuleState, s: Any, d: _Derived, n: int) -> bool:
     return True
 
 
+class _Sample:
+    """One sample being judged, and what the car was doing just before it."""
+
+    __slots__ = (
+        "dirn",
+        "door",
+        "door_changed",
+        "load_kg",
+        "mode",
+        "moving",
+        "offset_mm",
+        "p",
+        "prev_dir",
+        "prev_door",
+        "prev_mode",
+        "t",
+        "v",
+        "zone",
+    )
+
+
 def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
-    """The per-sample path: every transition and instantaneous condition."""
+    """The per-sample path: the car's facts, then every rule of :data:`SAMPLE_RULES` in
+    order (the order matters: a power loss is judged after the instantaneous conditions
+    that would explain it)."""
     st = em.st
-    confirm = th.confirm_samples
-    v_stand, v_over, load_lim = d.v_stand, d.v_over, d.load_kg
-    top_m, bottom_m = d.top_m, d.bottom_m
-    lev_acc, stop_acc = th.leveling_accuracy_mm, th.stopping_accuracy_mm
+    v_stand = d.v_stand
     ts, sp, acc, pos, dirs = s.t_ms, s.speed_mps, s.accel_mps2, s.position_m, s.direction
     loads, doors, zones, pas, alarms = s.load_kg, s.door, s.door_zone, s.passengers, s.alarm
     modes, offs = s.service_mode, s.leveling_offset_mm
-    active, runs = st.active, st.runs
+    c = _Sample()
     for i in range(n):
         t = ts[i]
         if t <= st.last_t_ms:
             continue
-        v, p, door, zone, dirn = sp[i], pos[i], doors[i], zones[i], dirs[i]
-        prev_dir = st.direction
+        c.t, c.v, c.p, c.door, c.zone, c.dirn = t, sp[i], pos[i], doors[i], zones[i], dirs[i]
+        c.load_kg, c.offset_mm, c.mode = loads[i], offs[i], modes[i]
+        c.moving = c.v > v_stand
+        c.prev_dir = st.direction
         prev_t, prev_p = st.last_t_ms, st.position_m
-        silent_gap = prev_t >= 0 and t - prev_t > SILENT_GAP_MS
         st.last_t_ms = t
-        st.speed_mps, st.accel_mps2, st.position_m = v, acc[i], p
-        st.load_kg, st.leveling_offset_mm, st.direction = loads[i], offs[i], dirn
-        moving = v > v_stand
-        # --- motion
-        if moving:
-            if not st.moving:
-                _departure(em, st, t, door, th)
-            st.moving = True
-        elif (
-            st.standing_since_ms < 0
-            or st.moving
-            or zone != st.zone
-            or (silent_gap and abs(p - prev_p) > UNSEEN_MOVE_M)
-        ):
-            # A new stop; a zone change while standing means the car moved unseen (a gap).
-            if not st.moving and st.standing_since_ms >= 0:
-                for kind in (
-                    "trapped_between_levels",
-                    "trapped_at_level",
-                    "stopped_outside_door_zone",
-                ):
-                    if kind in active:
-                        em.clear(kind, t, "the car moved while the terminal was silent")
-            if zone and st.running:
-                st.run_since_ms = t  # arrived at a landing: a held command is a new run
-            st.moving = False
-            st.standing_since_ms = prev_t if silent_gap else t
-            st.stop_checked = False
-            st.opened_in_stop = False
-            st.stop_doors_opened = False
-            st.stop_level_bad = False
-            st.reopenings = 0
-        # --- doors
-        if door != st.door:
-            prev = st.door
-            st.door, st.door_since_ms = door, t
-            if door == _OPENING:
-                st.intent_open = True
-                if prev == _CLOSING:
-                    st.reopenings += 1
-                    if st.reopenings >= REOPENINGS_ALERT:
-                        em.raise_("repeated_door_reopening", t, t, reopenings=st.reopenings)
-            elif door in (_CLOSING, _CLOSED):
-                st.intent_open = False
-            if door == _CLOSED and "repeated_door_reopening" in active:
-                em.clear("repeated_door_reopening", t, "doors closed")
-        if not moving and (door in (_OPENING, _OPEN)):
+        st.speed_mps, st.accel_mps2, st.position_m = c.v, acc[i], c.p
+        st.load_kg, st.leveling_offset_mm, st.direction = c.load_kg, c.offset_mm, c.dirn
+        _motion(em, c, prev_t, prev_p)
+        _doors(c, st)
+        _repeated_door_reopening(em, c)
+        if not c.moving and (c.door in (_OPENING, _OPEN)):
             st.opened_in_stop = True
-        if zone != st.zone:
-            st.zone, st.zone_since_ms = zone, t
+        if c.zone != st.zone:
+            st.zone, st.zone_since_ms = c.zone, t
         if pas[i] != st.passengers:
             st.passengers, st.passengers_since_ms = pas[i], t
-        alarm = alarms[i]
-        if alarm != st.alarm:
-            st.alarm = alarm
-            if alarm:
-                st.alarm_since_ms = t
-                em.raise_("alarm_button", t, t)
-            else:
-                em.clear("alarm_button", t, "alarm button released")
-        # --- run-time limiter: a run is motion or the run command held with doors closed
-        running = moving or (dirn != 0 and door == _CLOSED)
-        if running:
-            if not st.running or (dirn != 0 and prev_dir != 0 and dirn != prev_dir):
-                st.running, st.run_since_ms = True, t  # a new run command
-                if "run_time_limiter" in active and modes[i] != 0:
-                    em.clear("run_time_limiter", t, "limiter reset: a new run began")
-        elif st.running:
-            # The command dropped after a stall seen on the previous sample (not across a
-            # gap from a moving car): the limiter cut it if the run lasted about the limit.
-            if (
-                not zone
-                and st.stalled_since_ms >= 0
-                and t - st.stalled_since_ms >= d.stall_min_ms
-                and t - st.run_since_ms >= d.run_limit_ms - d.run_tolerance_ms
-            ):
-                em.raise_(
-                    "run_time_limiter",
-                    t,
-                    t,
-                    run_since_ms=st.run_since_ms,
-                    run_s=(t - st.run_since_ms) / 1000.0,
-                    limit_s=d.run_limit_ms / 1000.0,
-                    how="run command dropped while stalled outside the door zone",
-                )
-            st.running, st.run_since_ms = False, _NONE
-        if running and not moving:
-            if st.stalled_since_ms < 0:
-                st.stalled_since_ms = t
-        else:
-            st.stalled_since_ms = _NONE
-        mode = modes[i]
-        prev_mode, st.mode = st.mode, mode
-        # --- instantaneous conditions (counters only touched when something holds)
-        c = v >= v_over
-        if c or "overspeed" in runs:
-            _instant(em, "overspeed", c, t, confirm, limit_mps=v_over)
-        ld = loads[i]
-        c = ld > load_lim
-        if c or "overload" in runs:
-            _instant(em, "overload", c, t, confirm, limit_kg=load_lim, car_moving=moving)
-        c = p > top_m
-        if c or "overtravel_top" in runs:
-            _instant(em, "overtravel_top", c, t, confirm, limit_m=top_m)
-        c = p < bottom_m
-        if c or "overtravel_bottom" in runs:
-            _instant(em, "overtravel_bottom", c, t, confirm, limit_m=bottom_m)
-        open_ = door != _CLOSED
-        c = moving and open_ and not st.departed_open
-        if c or "door_open_while_running" in runs:
-            _instant(em, "door_open_while_running", c, t, confirm)
-        # Doors open outside the unlocking zone: after a departure with the doors opening
-        # for passengers, or found standing so (the movement fell in a gap).
-        c = open_ and not zone and (st.departed_open or not moving)
-        if c or "unintended_movement" in runs:
-            _instant(em, "unintended_movement", c, t, confirm)
-        # --- service mode 0 (stopped): a power loss unless another alert explains it; judged
-        # after the instantaneous conditions, on the confirm-th sample, so that an
-        # overtravel or unintended movement seen in the same samples explains it.
-        if mode == 0:
-            power = active.get("power_loss")
-            if power is not None:
-                power[3] = 1  # mode 0 seen: the alert clears on its return
-            else:
-                r = runs.get("mode_stopped")
-                if r is None:
-                    r = runs["mode_stopped"] = [0, 0, t]
-                r[0] += 1
-                if r[0] == confirm and not any(k in active for k in _EXPLAINS_MODE_0):
-                    em.raise_(
-                        "power_loss",
-                        r[2],
-                        t,
-                        flag=1,
-                        how="service mode 0 (stopped) without another explanation",
-                    )
-        elif prev_mode == 0:
-            runs.pop("mode_stopped", None)
-            power = active.get("power_loss")
-            if power is not None and power[3]:
-                em.clear("power_loss", t, "service mode back from 0")
-        if not moving:
-            # --- stopping and leveling accuracy, once per stop / while the doors are open
-            if zone and door == _OPEN:
-                st.stop_doors_opened = True
-                c = abs(offs[i]) > lev_acc
-                if c or "leveling_accuracy" in runs:
-                    r = runs.get("leveling_accuracy")
-                    if c:
-                        if r is None:
-                            r = runs["leveling_accuracy"] = [0, 0, t]
-                        r[0] += 1
-                        if r[0] >= confirm:
-                            st.stop_level_bad = True
-                            em.raise_("leveling_accuracy", r[2], t, limit_mm=lev_acc)
-                    elif r is not None:
-                        r[0] = 0
-            if not st.stop_checked and t - st.standing_since_ms >= d.stop_confirm_ms:
-                st.stop_checked = True
-                if (
-                    zone
-                    and door == _CLOSED
-                    and st.passengers
-                    and ("trapped_between_levels" in active)
-                ):
-                    # Re-levelled with the doors still shut: the same people, now at a level.
-                    em.clear("trapped_between_levels", t, "car re-levelled; doors still closed")
-                    em.raise_("trapped_at_level", st.standing_since_ms, t, how="handover")
-                if zone and mode == 1:  # a stop in normal service, not an emergency stop
-                    off = offs[i]
-                    if abs(off) > stop_acc:
-                        st.good_stops = 0
-                        em.raise_(
-                            "stopping_accuracy",
-                            st.standing_since_ms,
-                            t,
-                            limit_mm=stop_acc,
-                        )
-                    elif off == off:  # NaN is neither good nor bad
-                        st.good_stops += 1
-                        if (
-                            "stopping_accuracy" in active
-                            and st.good_stops >= th.accuracy_clear_stops
-                        ):
-                            em.clear("stopping_accuracy", t, "stops back within tolerance")
-        # --- clearing of conditions that end with the car's state
-        if active:
-            _clear_on_state(em, st, t, door, zone, moving, mode)
+        _alarm_button(em, c, alarms[i])
+        _run_time_limiter(em, c)
+        c.prev_mode, st.mode = st.mode, c.mode
+        for rule in _INSTANT_RULES:
+            rule(em, c)
+        _power_loss(em, c)
+        if not c.moving:
+            _leveling_accuracy(em, c)
+            _stopping_accuracy(em, c)
+        if st.active:
+            _clear_on_state(em, st, t, c.door, c.zone, c.moving, c.mode)
+
+
+def _motion(em: _Emitter, c: _Sample, prev_t: int, prev_p: float) -> None:
+    """The car's motion: a departure closes the stop; a new stop opens one. A car found
+    standing elsewhere after a silence moved unseen: its old stop's alerts end."""
+    st = em.st
+    t = c.t
+    silent_gap = prev_t >= 0 and t - prev_t > SILENT_GAP_MS
+    if c.moving:
+        if not st.moving:
+            _departure(em, st, t, c.door, em.d.thresholds)
+        st.moving = True
+    elif (
+        st.standing_since_ms < 0
+        or st.moving
+        or c.zone != st.zone
+        or (silent_gap and abs(c.p - prev_p) > UNSEEN_MOVE_M)
+    ):
+        # A new stop; a zone change while standing means the car moved unseen (a gap).
+        if not st.moving and st.standing_since_ms >= 0:
+            for kind in ("trapped_between_levels", "trapped_at_level", "stopped_outside_door_zone"):
+                if kind in st.active:
+                    em.clear(kind, t, "the car moved while the terminal was silent")
+        if c.zone and st.running:
+            st.run_since_ms = t  # arrived at a landing: a held command is a new run
+        st.moving = False
+        st.standing_since_ms = prev_t if silent_gap else t
+        st.stop_checked = False
+        st.opened_in_stop = False
+        st.stop_doors_opened = False
+        st.stop_level_bad = False
+        st.reopenings = 0
+
+
+def _doors(c: _Sample, st: RuleState) -> None:
+    """The doors' state, whether they are opening for passengers, and reopenings."""
+    c.prev_door, c.door_changed = st.door, c.door != st.door
+    if not c.door_changed:
+        return
+    st.door, st.door_since_ms = c.door, c.t
+    if c.door == _OPENING:
+        st.intent_open = True
+        if c.prev_door == _CLOSING:
+            st.reopenings += 1
+    elif c.door in (_CLOSING, _CLOSED):
+        st.intent_open = False
+
+
+def _repeated_door_reopening(em: _Emitter, c: _Sample) -> None:
+    """``repeated_door_reopening``: :data:`REOPENINGS_ALERT` reopenings of a closing door in
+    one stop; cleared when the doors close (or the car departs)."""
+    if not c.door_changed:
+        return
+    st = em.st
+    if c.door == _OPENING and c.prev_door == _CLOSING and st.reopenings >= REOPENINGS_ALERT:
+        em.raise_("repeated_door_reopening", c.t, c.t, reopenings=st.reopenings)
+    if c.door == _CLOSED and "repeated_door_reopening" in st.active:
+        em.clear("repeated_door_reopening", c.t, "doors closed")
+
+
+def _alarm_button(em: _Emitter, c: _Sample, alarm: bool) -> None:
+    """``alarm_button``: the alarm pressed; cleared on release."""
+    st = em.st
+    if alarm == st.alarm:
+        return
+    st.alarm = alarm
+    if alarm:
+        st.alarm_since_ms = c.t
+        em.raise_("alarm_button", c.t, c.t)
+    else:
+        em.clear("alarm_button", c.t, "alarm button released")
+
+
+def _run_time_limiter(em: _Emitter, c: _Sample) -> None:
+    """``run_time_limiter`` (GB/T 7588.1-2020 5.9.2.7; thresholds ``run_time_limit_s``,
+    ``run_time_margin_s``, ``run_time_min_s``, ``run_time_tolerance_s``,
+    ``run_stall_min_s``): a run — motion, or the run command held with doors closed — that
+    stalls outside the door zone and ends (the limiter cutting the command) after about the
+    limit. A run held beyond the limit is judged by :func:`_timers`."""
+    st, d, t = em.st, em.d, c.t
+    running = c.moving or (c.dirn != 0 and c.door == _CLOSED)
+    if running:
+        if not st.running or (c.dirn != 0 and c.prev_dir != 0 and c.dirn != c.prev_dir):
+            st.running, st.run_since_ms = True, t  # a new run command
+            if "run_time_limiter" in st.active and c.mode != 0:
+                em.clear("run_time_limiter", t, "limiter reset: a new run began")
+    elif st.running:
+        # The command dropped after a stall seen on the previous sample (not across a
+        # gap from a moving car): the limiter cut it if the run lasted about the limit.
+        if (
+            not c.zone
+            and st.stalled_since_ms >= 0
+            and t - st.stalled_since_ms >= d.stall_min_ms
+            and t - st.run_since_ms >= d.run_limit_ms - d.run_tolerance_ms
+        ):
+            em.raise_(
+                "run_time_limiter",
+                t,
+                t,
+                run_since_ms=st.run_since_ms,
+                run_s=(t - st.run_since_ms) / 1000.0,
+                limit_s=d.run_limit_ms / 1000.0,
+                how="run command dropped while stalled outside the door zone",
+            )
+        st.running, st.run_since_ms = False, _NONE
+    if running and not c.moving:
+        if st.stalled_since_ms < 0:
+            st.stalled_since_ms = t
+    else:
+        st.stalled_since_ms = _NONE
+
+
+def _overspeed(em: _Emitter, c: _Sample) -> None:
+    """``overspeed``: speed ≥ ``overspeed_ratio`` × rated speed."""
+    holds = c.v >= em.d.v_over
+    if holds or "overspeed" in em.st.runs:
+        _instant(em, "overspeed", holds, c.t, em.d.confirm, limit_mps=em.d.v_over)
+
+
+def _overload(em: _Emitter, c: _Sample) -> None:
+    """``overload``: load > ``overload_ratio`` × rated load, standing or moving."""
+    holds = c.load_kg > em.d.load_kg
+    if holds or "overload" in em.st.runs:
+        limit_kg = em.d.load_kg
+        _instant(em, "overload", holds, c.t, em.d.confirm, limit_kg=limit_kg, car_moving=c.moving)
+
+
+def _overtravel_top(em: _Emitter, c: _Sample) -> None:
+    """``overtravel_top``: beyond the top landing by more than ``overtravel_margin_m``."""
+    holds = c.p > em.d.top_m
+    if holds or "overtravel_top" in em.st.runs:
+        _instant(em, "overtravel_top", holds, c.t, em.d.confirm, limit_m=em.d.top_m)
+
+
+def _overtravel_bottom(em: _Emitter, c: _Sample) -> None:
+    """``overtravel_bottom``: below the bottom landing by more than ``overtravel_margin_m``."""
+    holds = c.p < em.d.bottom_m
+    if holds or "overtravel_bottom" in em.st.runs:
+        _instant(em, "overtravel_bottom", holds, c.t, em.d.confirm, limit_m=em.d.bottom_m)
+
+
+def _door_open_while_running(em: _Emitter, c: _Sample) -> None:
+    """``door_open_while_running``: moving with the doors not closed after they had been
+    closing for departure."""
+    holds = c.moving and c.door != _CLOSED and not em.st.departed_open
+    if holds or "door_open_while_running" in em.st.runs:
+        _instant(em, "door_open_while_running", holds, c.t, em.d.confirm)
+
+
+def _unintended_movement(em: _Emitter, c: _Sample) -> None:
+    """``unintended_movement`` (GB/T 7588.1 5.6.7): doors open outside the unlocking zone,
+    after a departure with the doors opening for passengers, or found standing so (the
+    movement fell in a gap)."""
+    st = em.st
+    holds = c.door != _CLOSED and not c.zone and (st.departed_open or not c.moving)
+    if holds or "unintended_movement" in st.runs:
+        _instant(em, "unintended_movement", holds, c.t, em.d.confirm)
+
+
+#: The instantaneous conditions, each confirmed on ``confirm_samples`` samples.
+_INSTANT_RULES: Final = (
+    _overspeed,
+    _overload,
+    _overtravel_top,
+    _overtravel_bottom,
+    _door_open_while_running,
+    _unintended_movement,
+)
+
+
+def _power_loss(em: _Emitter, c: _Sample) -> None:
+    """``power_loss`` from service mode 0 (stopped) unless another alert explains it;
+    judged after the instantaneous conditions, on the ``confirm_samples``-th sample, so
+    that an overtravel or unintended movement seen in the same samples explains it."""
+    st, t = em.st, c.t
+    active, runs = st.active, st.runs
+    if c.mode == 0:
+        power = active.get("power_loss")
+        if power is not None:
+            power[3] = 1  # mode 0 seen: the alert clears on its return
+            return
+        r = runs.get("mode_stopped")
+        if r is None:
+            r = runs["mode_stopped"] = [0, 0, t]
+        r[0] += 1
+        if r[0] == em.d.confirm and not any(k in active for k in _EXPLAINS_MODE_0):
+            em.raise_(
+                "power_loss",
+                r[2],
+                t,
+                flag=1,
+                how="service mode 0 (stopped) without another explanation",
+            )
+    elif c.prev_mode == 0:
+        runs.pop("mode_stopped", None)
+        power = active.get("power_loss")
+        if power is not None and power[3]:
+            em.clear("power_loss", t, "service mode back from 0")
+
+
+def _leveling_accuracy(em: _Emitter, c: _Sample) -> None:
+    """``leveling_accuracy``: beyond ±``leveling_accuracy_mm`` while the doors are open at
+    a landing; an episode, cleared after ``accuracy_clear_stops`` good stops (at departure)."""
+    st = em.st
+    if not (c.zone and c.door == _OPEN):
+        return
+    st.stop_doors_opened = True
+    limit_mm = em.d.thresholds.leveling_accuracy_mm
+    holds = abs(c.offset_mm) > limit_mm
+    runs = st.runs
+    if holds or "leveling_accuracy" in runs:
+        r = runs.get("leveling_accuracy")
+        if holds:
+            if r is None:
+                r = runs["leveling_accuracy"] = [0, 0, c.t]
+            r[0] += 1
+            if r[0] >= em.d.confirm:
+                st.stop_level_bad = True
+                em.raise_("leveling_accuracy", r[2], c.t, limit_mm=limit_mm)
+        elif r is not None:
+            r[0] = 0
+
+
+def _stopping_accuracy(em: _Emitter, c: _Sample) -> None:
+    """``stopping_accuracy``: beyond ±``stopping_accuracy_mm`` once the stop is confirmed
+    (``stop_confirm_s``) in normal service; cleared after ``accuracy_clear_stops`` good
+    stops. Also, at that moment, a car trapped between levels that re-levelled with the
+    doors still shut hands its trapping over to ``trapped_at_level``."""
+    st, d, t = em.st, em.d, c.t
+    if st.stop_checked or t - st.standing_since_ms < d.stop_confirm_ms:
+        return
+    st.stop_checked = True
+    active = st.active
+    if c.zone and c.door == _CLOSED and st.passengers and "trapped_between_levels" in active:
+        # Re-levelled with the doors still shut: the same people, now at a level.
+        em.clear("trapped_between_levels", t, "car re-levelled; doors still closed")
+        em.raise_("trapped_at_level", st.standing_since_ms, t, how="handover")
+    if c.zone and c.mode == 1:  # a stop in normal service, not an emergency stop
+        limit_mm = d.thresholds.stopping_accuracy_mm
+        off = c.offset_mm
+        if abs(off) > limit_mm:
+            st.good_stops = 0
+            em.raise_("stopping_accuracy", st.standing_since_ms, t, limit_mm=limit_mm)
+        elif off == off:  # NaN is neither good nor bad
+            st.good_stops += 1
+            if "stopping_accuracy" in active and st.good_stops >= d.thresholds.accuracy_clear_stops:
+                em.clear("stopping_accuracy", t, "stops back within tolerance")
 
 
 def _departure(em: _Emitter, st: RuleState, t: int, door: int, th: Thresholds) -> None:
