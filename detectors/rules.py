@@ -467,6 +467,20 @@ class _Sample:
         "v",
         "zone",
     )
+    t: int
+    v: float
+    p: float
+    door: int
+    zone: bool
+    dirn: int
+    load_kg: float
+    offset_mm: float
+    mode: int
+    moving: bool
+    prev_dir: int
+    prev_door: int
+    prev_mode: int
+    door_changed: bool
 
 
 def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
