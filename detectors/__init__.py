@@ -1,42 +1,53 @@
 """What decides: pure detectors (no Kafka, no database, no I/O) that turn telemetry,
 windows and trips into alerts.
 
-- :mod:`detectors.rules` — safety rules per message (:func:`observe`, :func:`tick`).
-- :mod:`detectors.stats` — EWMA / CUSUM / robust z for slow degradation, per trip.
+- :mod:`detectors.protocol` — the one interface of a stream detector (``new``, ``observe``,
+  ``tick``; msgspec state); :mod:`detectors.catalog` — every detector, the one list all
+  callers walk; :mod:`detectors.state` — the one codec of detector state.
+- :mod:`detectors.rules` — safety rules per message (:class:`SafetyRules`).
+- :mod:`detectors.stats` — EWMA / CUSUM / robust z for slow degradation, per trip
+  (:class:`TripHealth`).
 - :mod:`detectors.online` — river Half-Space Trees.
-- :mod:`detectors.registry` — named detectors for any series (:func:`score_series`).
+- :mod:`detectors.series` — scorers for any series (:func:`score_series`).
 - :mod:`detectors.thresholds` — every limit, with its source; :mod:`detectors.diagnosis` —
   cause and handling per alert type; :mod:`detectors.alerts` — the :class:`Alert` record.
 """
 
 from .alerts import Alert, alert_key
+from .catalog import DETECTOR_TYPES, SERIES_SCORERS, detectors
 from .diagnosis import DIAGNOSIS, diagnose
 from .online import HalfSpaceTreesDetector
-from .registry import DETECTORS, SeriesError, score_series
-from .rules import RuleState, observe, tick
-from .stats import CohortState, Cusum, Ewma, RobustZ, TripHealthState, cohort_key, observe_trip
+from .protocol import Detector
+from .rules import RuleState, SafetyRules
+from .series import SeriesError, score_series
+from .state import decode_state, encode_state
+from .stats import CohortState, Cusum, Ewma, RobustZ, TripHealth, TripHealthState, cohort_key
 from .thresholds import ElevatorLimits, ThresholdError, Thresholds
 
 __all__ = [
-    "DETECTORS",
+    "DETECTOR_TYPES",
     "DIAGNOSIS",
+    "SERIES_SCORERS",
     "Alert",
     "CohortState",
     "Cusum",
+    "Detector",
     "ElevatorLimits",
     "Ewma",
     "HalfSpaceTreesDetector",
     "RobustZ",
     "RuleState",
+    "SafetyRules",
     "SeriesError",
     "ThresholdError",
     "Thresholds",
+    "TripHealth",
     "TripHealthState",
     "alert_key",
     "cohort_key",
+    "decode_state",
+    "detectors",
     "diagnose",
-    "observe",
-    "observe_trip",
+    "encode_state",
     "score_series",
-    "tick",
 ]

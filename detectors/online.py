@@ -1,19 +1,22 @@
 """Online learning with river: Half-Space Trees over min-max-scaled trip features.
 
-One :class:`HalfSpaceTreesDetector` per elevator or per cohort; state round-trips through
-bytes (:meth:`to_bytes` / :meth:`from_bytes`) for the worker's checkpoints.
+One :class:`HalfSpaceTreesDetector` per elevator or per cohort. It is a msgspec Struct like
+every detector state: the river pipeline is its :class:`~detectors.state.PickledModel`
+field, checkpointed by :mod:`detectors.state`.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 from typing import Any
 
+import msgspec
 from river import anomaly, compose, preprocessing
 
+from .state import PickledModel
 
-class HalfSpaceTreesDetector:
+
+class HalfSpaceTreesDetector(msgspec.Struct):
     """``MinMaxScaler | HalfSpaceTrees``, seeded; scores in [0, 1] (high = anomalous).
 
     Non-finite features are dropped from the row before scoring and learning (river's
@@ -29,31 +32,44 @@ class HalfSpaceTreesDetector:
     Examples
     --------
     >>> import numpy as np
+    >>> from detectors.state import decode_state, encode_state
     >>> rng = np.random.default_rng(0)
     >>> det = HalfSpaceTreesDetector(seed=42)
     >>> for _ in range(300):
     ...     det.learn_one({"a": float(rng.normal(1.0, 0.05)), "b": float(rng.normal(2.0, 0.05))})
     >>> det.score_one({"a": 1.0, "b": 2.0}) < det.score_one({"a": 3.0, "b": -1.0})
     True
-    >>> clone = HalfSpaceTreesDetector.from_bytes(det.to_bytes())
+    >>> clone = decode_state(encode_state(det), HalfSpaceTreesDetector)
     >>> clone.score_one({"a": 1.0, "b": 2.0}) == det.score_one({"a": 1.0, "b": 2.0})
     True
     """
 
-    def __init__(
-        self, n_trees: int = 10, height: int = 8, window_size: int = 100, seed: int = 42
-    ) -> None:
-        self.n_trees = n_trees
-        self.height = height
-        self.window_size = window_size
-        self.seed = seed
-        self.model: Any = compose.Pipeline(
-            preprocessing.MinMaxScaler(),
-            anomaly.HalfSpaceTrees(
-                n_trees=n_trees, height=height, window_size=window_size, seed=seed
-            ),
-        )
-        self.learned = 0
+    n_trees: int = 10
+    height: int = 8
+    window_size: int = 100
+    seed: int = 42
+    learned: int = 0
+    #: The river pipeline; None only until ``__post_init__`` builds it.
+    model: PickledModel | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = PickledModel(
+                compose.Pipeline(
+                    preprocessing.MinMaxScaler(),
+                    anomaly.HalfSpaceTrees(
+                        n_trees=self.n_trees,
+                        height=self.height,
+                        window_size=self.window_size,
+                        seed=self.seed,
+                    ),
+                )
+            )
+
+    @property
+    def _pipeline(self) -> Any:
+        assert self.model is not None  # built by __post_init__
+        return self.model.model
 
     @staticmethod
     def _clean(x: dict[str, float]) -> dict[str, float]:
@@ -62,7 +78,7 @@ class HalfSpaceTreesDetector:
     def learn_one(self, x: dict[str, float]) -> None:
         row = self._clean(x)
         if row:
-            self.model.learn_one(row)
+            self._pipeline.learn_one(row)
             self.learned += 1
 
     def score_one(self, x: dict[str, float]) -> float:
@@ -70,13 +86,4 @@ class HalfSpaceTreesDetector:
         row = self._clean(x)
         if not row:
             return math.nan
-        return float(self.model.score_one(row))
-
-    def to_bytes(self) -> bytes:
-        return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> HalfSpaceTreesDetector:
-        obj = cls.__new__(cls)
-        obj.__dict__.update(pickle.loads(data))
-        return obj
+        return float(self._pipeline.score_one(row))

@@ -1,9 +1,10 @@
 """Safety rules: a pure per-elevator step over telemetry messages, plus a clock tick.
 
-The worker keeps one :class:`RuleState` per elevator (checkpointed with :meth:`RuleState.to_dict`)
-and calls, for each validated, de-duplicated message in arrival order::
+:class:`SafetyRules` is the :class:`~detectors.protocol.Detector` the worker runs (through
+:mod:`detectors.catalog`); it keeps one :class:`RuleState` per elevator (checkpointed by
+:mod:`detectors.state`) and calls, for each validated, de-duplicated message in order::
 
-    state = RuleState.new(elevator_id)                               # or RuleState.from_dict(saved)
+    state = RuleState.new(elevator_id)
     state, alerts = observe(state, message, limits, thresholds)      # per message
     state, alerts = tick(state, now_ms, limits, thresholds)          # every few seconds
 
@@ -58,6 +59,7 @@ built without validation) compares false, so it neither raises nor clears anythi
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 import msgspec
@@ -65,6 +67,7 @@ import msgspec
 from foundation.contract import DoorState, TelemetryMessage
 
 from .alerts import Alert, make_alert
+from .protocol import Consumes
 from .thresholds import ElevatorLimits, Thresholds
 
 _CLOSED: Final = int(DoorState.CLOSED)
@@ -156,27 +159,19 @@ class RuleState(msgspec.Struct):
         """The state of an elevator never seen."""
         return cls(elevator_id)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types, for the worker's changelog table."""
-        out: dict[str, Any] = msgspec.to_builtins(self)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RuleState:
-        """Restore :meth:`to_dict` output."""
-        return msgspec.convert(data, cls)
-
 
 class _Derived:
     """Absolute limits of one (limits, thresholds) pair, computed once."""
 
     __slots__ = (
         "bottom_m",
+        "confirm",
         "limits",
         "load_kg",
         "outside_ms",
         "run_limit_ms",
         "run_tolerance_ms",
+        "silence_min_ms",
         "stall_min_ms",
         "stop_confirm_ms",
         "thresholds",
@@ -188,6 +183,7 @@ class _Derived:
 
     def __init__(self, limits: ElevatorLimits, th: Thresholds) -> None:
         self.limits, self.thresholds = limits, th
+        self.confirm = th.confirm_samples
         self.v_over = th.overspeed_ratio * limits.rated_speed_mps
         self.load_kg = th.overload_ratio * limits.rated_load_kg
         self.top_m = limits.top_position_m + th.overtravel_margin_m
@@ -199,6 +195,8 @@ class _Derived:
         self.run_tolerance_ms = th.run_time_tolerance_s * 1000.0
         self.stall_min_ms = th.run_stall_min_s * 1000.0
         self.stop_confirm_ms = th.stop_confirm_s * 1000.0
+        #: The shortest silence anything is judged on (an active car's timeout).
+        self.silence_min_ms = th.active_silence_timeout_s * 1000.0
 
 
 _derived_cache: dict[tuple[int, int], _Derived] = {}
@@ -383,6 +381,10 @@ def observe(
         _start(st, s, 0, d.v_stand)
     elif ts[-1] <= st.last_t_ms:
         return st, []  # all old: a duplicate or a late message
+    elif ts[-1] - st.last_t_ms > d.silence_min_ms:
+        # The silence this message ends, judged at its first new sample: what a tick during
+        # the silence would have raised, whenever (or whether) one ran.
+        _silence(em, next(t for t in ts if t > st.last_t_ms))
     if "device_offline" in st.active:
         em.clear("device_offline", ts[0], "messages resumed")
     fast = (
@@ -408,7 +410,7 @@ def observe(
         st.accel_mps2 = s.accel_mps2[i]
     if message.faults or message.events:
         _codes(em, message)
-    _timers(em, st.last_t_ms, extrapolated=False)
+    _timers(em, st.last_t_ms)
     st.active_car = message.kind == "batch" and (
         st.moving or st.door != _CLOSED or st.passengers or st.alarm
     )
@@ -446,214 +448,330 @@ def _uniform(st: RuleState, s: Any, d: _Derived, n: int) -> bool:
     return True
 
 
+class _Sample:
+    """One sample being judged, and what the car was doing just before it."""
+
+    __slots__ = (
+        "dirn",
+        "door",
+        "door_changed",
+        "load_kg",
+        "mode",
+        "moving",
+        "offset_mm",
+        "p",
+        "prev_dir",
+        "prev_door",
+        "prev_mode",
+        "t",
+        "v",
+        "zone",
+    )
+    t: int
+    v: float
+    p: float
+    door: int
+    zone: bool
+    dirn: int
+    load_kg: float
+    offset_mm: float
+    mode: int
+    moving: bool
+    prev_dir: int
+    prev_door: int
+    prev_mode: int
+    door_changed: bool
+
+
 def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
-    """The per-sample path: every transition and instantaneous condition."""
+    """The per-sample path: the car's facts, then every rule of :data:`SAMPLE_RULES` in
+    order (the order matters: a power loss is judged after the instantaneous conditions
+    that would explain it)."""
     st = em.st
-    confirm = th.confirm_samples
-    v_stand, v_over, load_lim = d.v_stand, d.v_over, d.load_kg
-    top_m, bottom_m = d.top_m, d.bottom_m
-    lev_acc, stop_acc = th.leveling_accuracy_mm, th.stopping_accuracy_mm
+    v_stand = d.v_stand
     ts, sp, acc, pos, dirs = s.t_ms, s.speed_mps, s.accel_mps2, s.position_m, s.direction
     loads, doors, zones, pas, alarms = s.load_kg, s.door, s.door_zone, s.passengers, s.alarm
     modes, offs = s.service_mode, s.leveling_offset_mm
-    active, runs = st.active, st.runs
+    c = _Sample()
     for i in range(n):
         t = ts[i]
         if t <= st.last_t_ms:
             continue
-        v, p, door, zone, dirn = sp[i], pos[i], doors[i], zones[i], dirs[i]
-        prev_dir = st.direction
+        c.t, c.v, c.p, c.door, c.zone, c.dirn = t, sp[i], pos[i], doors[i], zones[i], dirs[i]
+        c.load_kg, c.offset_mm, c.mode = loads[i], offs[i], modes[i]
+        c.moving = c.v > v_stand
+        c.prev_dir = st.direction
         prev_t, prev_p = st.last_t_ms, st.position_m
-        silent_gap = prev_t >= 0 and t - prev_t > SILENT_GAP_MS
         st.last_t_ms = t
-        st.speed_mps, st.accel_mps2, st.position_m = v, acc[i], p
-        st.load_kg, st.leveling_offset_mm, st.direction = loads[i], offs[i], dirn
-        moving = v > v_stand
-        # --- motion
-        if moving:
-            if not st.moving:
-                _departure(em, st, t, door, th)
-            st.moving = True
-        elif (
-            st.standing_since_ms < 0
-            or st.moving
-            or zone != st.zone
-            or (silent_gap and abs(p - prev_p) > UNSEEN_MOVE_M)
-        ):
-            # A new stop; a zone change while standing means the car moved unseen (a gap).
-            if not st.moving and st.standing_since_ms >= 0:
-                for kind in (
-                    "trapped_between_levels",
-                    "trapped_at_level",
-                    "stopped_outside_door_zone",
-                ):
-                    if kind in active:
-                        em.clear(kind, t, "the car moved while the terminal was silent")
-            if zone and st.running:
-                st.run_since_ms = t  # arrived at a landing: a held command is a new run
-            st.moving = False
-            st.standing_since_ms = prev_t if silent_gap else t
-            st.stop_checked = False
-            st.opened_in_stop = False
-            st.stop_doors_opened = False
-            st.stop_level_bad = False
-            st.reopenings = 0
-        # --- doors
-        if door != st.door:
-            prev = st.door
-            st.door, st.door_since_ms = door, t
-            if door == _OPENING:
-                st.intent_open = True
-                if prev == _CLOSING:
-                    st.reopenings += 1
-                    if st.reopenings >= REOPENINGS_ALERT:
-                        em.raise_("repeated_door_reopening", t, t, reopenings=st.reopenings)
-            elif door in (_CLOSING, _CLOSED):
-                st.intent_open = False
-            if door == _CLOSED and "repeated_door_reopening" in active:
-                em.clear("repeated_door_reopening", t, "doors closed")
-        if not moving and (door in (_OPENING, _OPEN)):
+        st.speed_mps, st.accel_mps2, st.position_m = c.v, acc[i], c.p
+        st.load_kg, st.leveling_offset_mm, st.direction = c.load_kg, c.offset_mm, c.dirn
+        _motion(em, c, prev_t, prev_p)
+        _doors(c, st)
+        _repeated_door_reopening(em, c)
+        if not c.moving and (c.door in (_OPENING, _OPEN)):
             st.opened_in_stop = True
-        if zone != st.zone:
-            st.zone, st.zone_since_ms = zone, t
+        if c.zone != st.zone:
+            st.zone, st.zone_since_ms = c.zone, t
         if pas[i] != st.passengers:
             st.passengers, st.passengers_since_ms = pas[i], t
-        alarm = alarms[i]
-        if alarm != st.alarm:
-            st.alarm = alarm
-            if alarm:
-                st.alarm_since_ms = t
-                em.raise_("alarm_button", t, t)
-            else:
-                em.clear("alarm_button", t, "alarm button released")
-        # --- run-time limiter: a run is motion or the run command held with doors closed
-        running = moving or (dirn != 0 and door == _CLOSED)
-        if running:
-            if not st.running or (dirn != 0 and prev_dir != 0 and dirn != prev_dir):
-                st.running, st.run_since_ms = True, t  # a new run command
-                if "run_time_limiter" in active and modes[i] != 0:
-                    em.clear("run_time_limiter", t, "limiter reset: a new run began")
-        elif st.running:
-            # The command dropped after a stall seen on the previous sample (not across a
-            # gap from a moving car): the limiter cut it if the run lasted about the limit.
-            if (
-                not zone
-                and st.stalled_since_ms >= 0
-                and t - st.stalled_since_ms >= d.stall_min_ms
-                and t - st.run_since_ms >= d.run_limit_ms - d.run_tolerance_ms
-            ):
-                em.raise_(
-                    "run_time_limiter",
-                    t,
-                    t,
-                    run_since_ms=st.run_since_ms,
-                    run_s=(t - st.run_since_ms) / 1000.0,
-                    limit_s=d.run_limit_ms / 1000.0,
-                    how="run command dropped while stalled outside the door zone",
-                )
-            st.running, st.run_since_ms = False, _NONE
-        if running and not moving:
-            if st.stalled_since_ms < 0:
-                st.stalled_since_ms = t
-        else:
-            st.stalled_since_ms = _NONE
-        mode = modes[i]
-        prev_mode, st.mode = st.mode, mode
-        # --- instantaneous conditions (counters only touched when something holds)
-        c = v >= v_over
-        if c or "overspeed" in runs:
-            _instant(em, "overspeed", c, t, confirm, limit_mps=v_over)
-        ld = loads[i]
-        c = ld > load_lim
-        if c or "overload" in runs:
-            _instant(em, "overload", c, t, confirm, limit_kg=load_lim, car_moving=moving)
-        c = p > top_m
-        if c or "overtravel_top" in runs:
-            _instant(em, "overtravel_top", c, t, confirm, limit_m=top_m)
-        c = p < bottom_m
-        if c or "overtravel_bottom" in runs:
-            _instant(em, "overtravel_bottom", c, t, confirm, limit_m=bottom_m)
-        open_ = door != _CLOSED
-        c = moving and open_ and not st.departed_open
-        if c or "door_open_while_running" in runs:
-            _instant(em, "door_open_while_running", c, t, confirm)
-        # Doors open outside the unlocking zone: after a departure with the doors opening
-        # for passengers, or found standing so (the movement fell in a gap).
-        c = open_ and not zone and (st.departed_open or not moving)
-        if c or "unintended_movement" in runs:
-            _instant(em, "unintended_movement", c, t, confirm)
-        # --- service mode 0 (stopped): a power loss unless another alert explains it; judged
-        # after the instantaneous conditions, on the confirm-th sample, so that an
-        # overtravel or unintended movement seen in the same samples explains it.
-        if mode == 0:
-            power = active.get("power_loss")
-            if power is not None:
-                power[3] = 1  # mode 0 seen: the alert clears on its return
-            else:
-                r = runs.get("mode_stopped")
-                if r is None:
-                    r = runs["mode_stopped"] = [0, 0, t]
-                r[0] += 1
-                if r[0] == confirm and not any(k in active for k in _EXPLAINS_MODE_0):
-                    em.raise_(
-                        "power_loss",
-                        r[2],
-                        t,
-                        flag=1,
-                        how="service mode 0 (stopped) without another explanation",
-                    )
-        elif prev_mode == 0:
-            runs.pop("mode_stopped", None)
-            power = active.get("power_loss")
-            if power is not None and power[3]:
-                em.clear("power_loss", t, "service mode back from 0")
-        if not moving:
-            # --- stopping and leveling accuracy, once per stop / while the doors are open
-            if zone and door == _OPEN:
-                st.stop_doors_opened = True
-                c = abs(offs[i]) > lev_acc
-                if c or "leveling_accuracy" in runs:
-                    r = runs.get("leveling_accuracy")
-                    if c:
-                        if r is None:
-                            r = runs["leveling_accuracy"] = [0, 0, t]
-                        r[0] += 1
-                        if r[0] >= confirm:
-                            st.stop_level_bad = True
-                            em.raise_("leveling_accuracy", r[2], t, limit_mm=lev_acc)
-                    elif r is not None:
-                        r[0] = 0
-            if not st.stop_checked and t - st.standing_since_ms >= d.stop_confirm_ms:
-                st.stop_checked = True
-                if (
-                    zone
-                    and door == _CLOSED
-                    and st.passengers
-                    and ("trapped_between_levels" in active)
-                ):
-                    # Re-levelled with the doors still shut: the same people, now at a level.
-                    em.clear("trapped_between_levels", t, "car re-levelled; doors still closed")
-                    em.raise_("trapped_at_level", st.standing_since_ms, t, how="handover")
-                if zone and mode == 1:  # a stop in normal service, not an emergency stop
-                    off = offs[i]
-                    if abs(off) > stop_acc:
-                        st.good_stops = 0
-                        em.raise_(
-                            "stopping_accuracy",
-                            st.standing_since_ms,
-                            t,
-                            limit_mm=stop_acc,
-                        )
-                    elif off == off:  # NaN is neither good nor bad
-                        st.good_stops += 1
-                        if (
-                            "stopping_accuracy" in active
-                            and st.good_stops >= th.accuracy_clear_stops
-                        ):
-                            em.clear("stopping_accuracy", t, "stops back within tolerance")
-        # --- clearing of conditions that end with the car's state
-        if active:
-            _clear_on_state(em, st, t, door, zone, moving, mode)
+        _alarm_button(em, c, alarms[i])
+        _run_time_limiter(em, c)
+        c.prev_mode, st.mode = st.mode, c.mode
+        for rule in _INSTANT_RULES:
+            rule(em, c)
+        _power_loss(em, c)
+        if not c.moving:
+            _leveling_accuracy(em, c)
+            _stopping_accuracy(em, c)
+        if st.active:
+            _clear_on_state(em, st, t, c.door, c.zone, c.moving, c.mode)
+
+
+def _motion(em: _Emitter, c: _Sample, prev_t: int, prev_p: float) -> None:
+    """The car's motion: a departure closes the stop; a new stop opens one. A car found
+    standing elsewhere after a silence moved unseen: its old stop's alerts end."""
+    st = em.st
+    t = c.t
+    silent_gap = prev_t >= 0 and t - prev_t > SILENT_GAP_MS
+    if c.moving:
+        if not st.moving:
+            _departure(em, st, t, c.door, em.d.thresholds)
+        st.moving = True
+    elif (
+        st.standing_since_ms < 0
+        or st.moving
+        or c.zone != st.zone
+        or (silent_gap and abs(c.p - prev_p) > UNSEEN_MOVE_M)
+    ):
+        # A new stop; a zone change while standing means the car moved unseen (a gap).
+        if not st.moving and st.standing_since_ms >= 0:
+            for kind in ("trapped_between_levels", "trapped_at_level", "stopped_outside_door_zone"):
+                if kind in st.active:
+                    em.clear(kind, t, "the car moved while the terminal was silent")
+        if c.zone and st.running:
+            st.run_since_ms = t  # arrived at a landing: a held command is a new run
+        st.moving = False
+        st.standing_since_ms = prev_t if silent_gap else t
+        st.stop_checked = False
+        st.opened_in_stop = False
+        st.stop_doors_opened = False
+        st.stop_level_bad = False
+        st.reopenings = 0
+
+
+def _doors(c: _Sample, st: RuleState) -> None:
+    """The doors' state, whether they are opening for passengers, and reopenings."""
+    c.prev_door, c.door_changed = st.door, c.door != st.door
+    if not c.door_changed:
+        return
+    st.door, st.door_since_ms = c.door, c.t
+    if c.door == _OPENING:
+        st.intent_open = True
+        if c.prev_door == _CLOSING:
+            st.reopenings += 1
+    elif c.door in (_CLOSING, _CLOSED):
+        st.intent_open = False
+
+
+def _repeated_door_reopening(em: _Emitter, c: _Sample) -> None:
+    """``repeated_door_reopening``: :data:`REOPENINGS_ALERT` reopenings of a closing door in
+    one stop; cleared when the doors close (or the car departs)."""
+    if not c.door_changed:
+        return
+    st = em.st
+    if c.door == _OPENING and c.prev_door == _CLOSING and st.reopenings >= REOPENINGS_ALERT:
+        em.raise_("repeated_door_reopening", c.t, c.t, reopenings=st.reopenings)
+    if c.door == _CLOSED and "repeated_door_reopening" in st.active:
+        em.clear("repeated_door_reopening", c.t, "doors closed")
+
+
+def _alarm_button(em: _Emitter, c: _Sample, alarm: bool) -> None:
+    """``alarm_button``: the alarm pressed; cleared on release."""
+    st = em.st
+    if alarm == st.alarm:
+        return
+    st.alarm = alarm
+    if alarm:
+        st.alarm_since_ms = c.t
+        em.raise_("alarm_button", c.t, c.t)
+    else:
+        em.clear("alarm_button", c.t, "alarm button released")
+
+
+def _run_time_limiter(em: _Emitter, c: _Sample) -> None:
+    """``run_time_limiter`` (GB/T 7588.1-2020 5.9.2.7; thresholds ``run_time_limit_s``,
+    ``run_time_margin_s``, ``run_time_min_s``, ``run_time_tolerance_s``,
+    ``run_stall_min_s``): a run — motion, or the run command held with doors closed — that
+    stalls outside the door zone and ends (the limiter cutting the command) after about the
+    limit. A run held beyond the limit is judged by :func:`_timers`."""
+    st, d, t = em.st, em.d, c.t
+    running = c.moving or (c.dirn != 0 and c.door == _CLOSED)
+    if running:
+        if not st.running or (c.dirn != 0 and c.prev_dir != 0 and c.dirn != c.prev_dir):
+            st.running, st.run_since_ms = True, t  # a new run command
+            if "run_time_limiter" in st.active and c.mode != 0:
+                em.clear("run_time_limiter", t, "limiter reset: a new run began")
+    elif st.running:
+        # The command dropped after a stall seen on the previous sample (not across a
+        # gap from a moving car): the limiter cut it if the run lasted about the limit.
+        if (
+            not c.zone
+            and st.stalled_since_ms >= 0
+            and t - st.stalled_since_ms >= d.stall_min_ms
+            and t - st.run_since_ms >= d.run_limit_ms - d.run_tolerance_ms
+        ):
+            em.raise_(
+                "run_time_limiter",
+                t,
+                t,
+                run_since_ms=st.run_since_ms,
+                run_s=(t - st.run_since_ms) / 1000.0,
+                limit_s=d.run_limit_ms / 1000.0,
+                how="run command dropped while stalled outside the door zone",
+            )
+        st.running, st.run_since_ms = False, _NONE
+    if running and not c.moving:
+        if st.stalled_since_ms < 0:
+            st.stalled_since_ms = t
+    else:
+        st.stalled_since_ms = _NONE
+
+
+def _overspeed(em: _Emitter, c: _Sample) -> None:
+    """``overspeed``: speed ≥ ``overspeed_ratio`` × rated speed."""
+    holds = c.v >= em.d.v_over
+    if holds or "overspeed" in em.st.runs:
+        _instant(em, "overspeed", holds, c.t, em.d.confirm, limit_mps=em.d.v_over)
+
+
+def _overload(em: _Emitter, c: _Sample) -> None:
+    """``overload``: load > ``overload_ratio`` × rated load, standing or moving."""
+    holds = c.load_kg > em.d.load_kg
+    if holds or "overload" in em.st.runs:
+        limit_kg = em.d.load_kg
+        _instant(em, "overload", holds, c.t, em.d.confirm, limit_kg=limit_kg, car_moving=c.moving)
+
+
+def _overtravel_top(em: _Emitter, c: _Sample) -> None:
+    """``overtravel_top``: beyond the top landing by more than ``overtravel_margin_m``."""
+    holds = c.p > em.d.top_m
+    if holds or "overtravel_top" in em.st.runs:
+        _instant(em, "overtravel_top", holds, c.t, em.d.confirm, limit_m=em.d.top_m)
+
+
+def _overtravel_bottom(em: _Emitter, c: _Sample) -> None:
+    """``overtravel_bottom``: below the bottom landing by more than ``overtravel_margin_m``."""
+    holds = c.p < em.d.bottom_m
+    if holds or "overtravel_bottom" in em.st.runs:
+        _instant(em, "overtravel_bottom", holds, c.t, em.d.confirm, limit_m=em.d.bottom_m)
+
+
+def _door_open_while_running(em: _Emitter, c: _Sample) -> None:
+    """``door_open_while_running``: moving with the doors not closed after they had been
+    closing for departure."""
+    holds = c.moving and c.door != _CLOSED and not em.st.departed_open
+    if holds or "door_open_while_running" in em.st.runs:
+        _instant(em, "door_open_while_running", holds, c.t, em.d.confirm)
+
+
+def _unintended_movement(em: _Emitter, c: _Sample) -> None:
+    """``unintended_movement`` (GB/T 7588.1 5.6.7): doors open outside the unlocking zone,
+    after a departure with the doors opening for passengers, or found standing so (the
+    movement fell in a gap)."""
+    st = em.st
+    holds = c.door != _CLOSED and not c.zone and (st.departed_open or not c.moving)
+    if holds or "unintended_movement" in st.runs:
+        _instant(em, "unintended_movement", holds, c.t, em.d.confirm)
+
+
+#: The instantaneous conditions, each confirmed on ``confirm_samples`` samples.
+_INSTANT_RULES: Final = (
+    _overspeed,
+    _overload,
+    _overtravel_top,
+    _overtravel_bottom,
+    _door_open_while_running,
+    _unintended_movement,
+)
+
+
+def _power_loss(em: _Emitter, c: _Sample) -> None:
+    """``power_loss`` from service mode 0 (stopped) unless another alert explains it;
+    judged after the instantaneous conditions, on the ``confirm_samples``-th sample, so
+    that an overtravel or unintended movement seen in the same samples explains it."""
+    st, t = em.st, c.t
+    active, runs = st.active, st.runs
+    if c.mode == 0:
+        power = active.get("power_loss")
+        if power is not None:
+            power[3] = 1  # mode 0 seen: the alert clears on its return
+            return
+        r = runs.get("mode_stopped")
+        if r is None:
+            r = runs["mode_stopped"] = [0, 0, t]
+        r[0] += 1
+        if r[0] == em.d.confirm and not any(k in active for k in _EXPLAINS_MODE_0):
+            em.raise_(
+                "power_loss",
+                r[2],
+                t,
+                flag=1,
+                how="service mode 0 (stopped) without another explanation",
+            )
+    elif c.prev_mode == 0:
+        runs.pop("mode_stopped", None)
+        power = active.get("power_loss")
+        if power is not None and power[3]:
+            em.clear("power_loss", t, "service mode back from 0")
+
+
+def _leveling_accuracy(em: _Emitter, c: _Sample) -> None:
+    """``leveling_accuracy``: beyond ±``leveling_accuracy_mm`` while the doors are open at
+    a landing; an episode, cleared after ``accuracy_clear_stops`` good stops (at departure)."""
+    st = em.st
+    if not (c.zone and c.door == _OPEN):
+        return
+    st.stop_doors_opened = True
+    limit_mm = em.d.thresholds.leveling_accuracy_mm
+    holds = abs(c.offset_mm) > limit_mm
+    runs = st.runs
+    if holds or "leveling_accuracy" in runs:
+        r = runs.get("leveling_accuracy")
+        if holds:
+            if r is None:
+                r = runs["leveling_accuracy"] = [0, 0, c.t]
+            r[0] += 1
+            if r[0] >= em.d.confirm:
+                st.stop_level_bad = True
+                em.raise_("leveling_accuracy", r[2], c.t, limit_mm=limit_mm)
+        elif r is not None:
+            r[0] = 0
+
+
+def _stopping_accuracy(em: _Emitter, c: _Sample) -> None:
+    """``stopping_accuracy``: beyond ±``stopping_accuracy_mm`` once the stop is confirmed
+    (``stop_confirm_s``) in normal service; cleared after ``accuracy_clear_stops`` good
+    stops. Also, at that moment, a car trapped between levels that re-levelled with the
+    doors still shut hands its trapping over to ``trapped_at_level``."""
+    st, d, t = em.st, em.d, c.t
+    if st.stop_checked or t - st.standing_since_ms < d.stop_confirm_ms:
+        return
+    st.stop_checked = True
+    active = st.active
+    if c.zone and c.door == _CLOSED and st.passengers and "trapped_between_levels" in active:
+        # Re-levelled with the doors still shut: the same people, now at a level.
+        em.clear("trapped_between_levels", t, "car re-levelled; doors still closed")
+        em.raise_("trapped_at_level", st.standing_since_ms, t, how="handover")
+    if c.zone and c.mode == 1:  # a stop in normal service, not an emergency stop
+        limit_mm = d.thresholds.stopping_accuracy_mm
+        off = c.offset_mm
+        if abs(off) > limit_mm:
+            st.good_stops = 0
+            em.raise_("stopping_accuracy", st.standing_since_ms, t, limit_mm=limit_mm)
+        elif off == off:  # NaN is neither good nor bad
+            st.good_stops += 1
+            if "stopping_accuracy" in active and st.good_stops >= d.thresholds.accuracy_clear_stops:
+                em.clear("stopping_accuracy", t, "stops back within tolerance")
 
 
 def _departure(em: _Emitter, st: RuleState, t: int, door: int, th: Thresholds) -> None:
@@ -732,31 +850,56 @@ def _codes(em: _Emitter, message: TelemetryMessage) -> None:
             em.clear("alarm_button", max(t, t_last), "press seen only as event 90")
 
 
-def _timers(em: _Emitter, t: int, extrapolated: bool) -> None:
-    """Conditions judged by how long they have held, at time ``t``."""
+def _timers(em: _Emitter, now: int, silent_from_ms: int | None = None) -> None:
+    """Conditions judged by how long they have held, at stream time ``now``.
+
+    While messages arrive (``silent_from_ms`` None), ``now`` is the latest sample and an
+    alert is stamped with it. In a silence (``silent_from_ms``: when the silence became long
+    enough to extrapolate the car's last state), each condition is stamped with the moment
+    it fell due, not with the moment someone looked: the same silence gives the same alert
+    whether a tick finds it while it lasts or the next message when it ends.
+    """
     st, d = em.st, em.d
     if st.standing_since_ms < 0 or st.door != _CLOSED:
         return
+    extrapolated = silent_from_ms is not None
     extra: dict[str, Any] = {"extrapolated_from_ms": st.last_t_ms} if extrapolated else {}
+
+    def due_at(due_ms: float) -> int | None:
+        """The stamp of a condition due at ``due_ms``, or None if not due by ``now``."""
+        if silent_from_ms is None:
+            return now if now >= due_ms else None
+        stamp = max(math.ceil(due_ms), silent_from_ms)
+        return stamp if now >= stamp else None
+
     zone = st.zone
     base = max(st.standing_since_ms, st.door_since_ms, st.zone_since_ms)
-    if not zone and t - base >= d.outside_ms:
+    if not zone and (t := due_at(base + d.outside_ms)) is not None:
         em.raise_("stopped_outside_door_zone", base, t, **extra)
     if st.passengers:
         since = max(base, st.passengers_since_ms)
         kind = "trapped_at_level" if zone else "trapped_between_levels"
         if "trapped_at_level" not in st.active and "trapped_between_levels" not in st.active:
-            alarm_held = st.alarm and t - max(since, st.alarm_since_ms) >= ALARM_STATIONARY_S * 1e3
-            if alarm_held:
-                em.raise_(kind, since, t, how="alarm button pressed in a standing car", **extra)
-            elif (zone is False or not st.opened_in_stop) and t - since >= d.trapped_ms:
-                em.raise_(kind, since, t, how="timer", **extra)
+            alarm_t = (
+                due_at(max(since, st.alarm_since_ms) + ALARM_STATIONARY_S * 1e3)
+                if st.alarm
+                else None
+            )
+            timer_t = (
+                due_at(since + d.trapped_ms) if zone is False or not st.opened_in_stop else None
+            )
+            if alarm_t is not None:
+                em.raise_(
+                    kind, since, alarm_t, how="alarm button pressed in a standing car", **extra
+                )
+            elif timer_t is not None:
+                em.raise_(kind, since, timer_t, how="timer", **extra)
     if (
         st.running
         and not st.moving
         and not zone
-        and t - st.run_since_ms > d.run_limit_ms
         and "run_time_limiter" not in st.active
+        and (t := due_at(math.floor(st.run_since_ms + d.run_limit_ms) + 1)) is not None
     ):
         em.raise_(
             "run_time_limiter",
@@ -769,11 +912,39 @@ def _timers(em: _Emitter, t: int, extrapolated: bool) -> None:
         )
 
 
+def _silence(em: _Emitter, now_ms: int) -> None:
+    """A terminal silent since its last sample, judged at stream time ``now_ms``: device
+    offline, and — once the car has been silent long enough — the timers of a car last seen
+    standing (safety first: taken to stand as it was seen, with whoever was inside).
+
+    Every alert is stamped with the stream time at which it fell due, so it does not depend
+    on when this runs: a tick during the silence and the message that ends it (see
+    :func:`observe`) raise the same alerts, with the same contents.
+    """
+    st, th = em.st, em.d.thresholds
+    silence_ms = now_ms - st.last_t_ms
+    timeout_s = th.active_silence_timeout_s if st.active_car else th.heartbeat_timeout_s
+    if silence_ms > timeout_s * 1000.0:
+        due_ms = st.last_t_ms + math.floor(timeout_s * 1000.0) + 1
+        em.raise_(
+            "device_offline",
+            st.last_t_ms,
+            due_ms,
+            silence_s=(due_ms - st.last_t_ms) / 1000.0,
+            timeout_s=timeout_s,
+            car_was_in_use=st.active_car,
+        )
+    extrapolate_from_ms = st.last_t_ms + math.ceil(th.active_silence_timeout_s * 1000.0)
+    if now_ms >= extrapolate_from_ms:
+        _timers(em, now_ms, extrapolate_from_ms)
+
+
 def tick(
     state: RuleState, now_ms: int, limits: ElevatorLimits, thresholds: Thresholds
 ) -> tuple[RuleState, list[Alert]]:
     """Time-based conditions at stream time ``now_ms`` with no new message: device offline,
-    and — once the device is offline — the timers of a car last seen trapped.
+    and — once the device is offline — the timers of a car last seen trapped
+    (:func:`_silence`).
 
     Examples
     --------
@@ -782,29 +953,16 @@ def tick(
     >>> st, _ = observe(RuleState.new("32070620200000000001"),
     ...                 message([car(t_ms=1_700_000_000_000)], kind="heartbeat"), lim, Thresholds())
     >>> st, out = tick(st, 1_700_000_070_000, lim, Thresholds())
-    >>> [a.alert_type for a in out]
-    ['device_offline']
+    >>> [(a.alert_type, a.raised_at_ms) for a in out]
+    [('device_offline', 1700000065001)]
     """
     st = state
     if not st.initialized or st.last_t_ms < 0:
         return st, []
-    d = _derive(limits, thresholds)
-    em = _Emitter(st, d)
-    silence_ms = now_ms - st.last_t_ms
-    timeout_s = (
-        thresholds.active_silence_timeout_s if st.active_car else thresholds.heartbeat_timeout_s
-    )
-    if silence_ms > timeout_s * 1000.0:
-        em.raise_(
-            "device_offline",
-            st.last_t_ms,
-            now_ms,
-            silence_s=silence_ms / 1000.0,
-            timeout_s=timeout_s,
-            car_was_in_use=st.active_car,
-        )
-    if silence_ms >= thresholds.active_silence_timeout_s * 1000.0:
-        _timers(em, now_ms, extrapolated=True)
+    if now_ms - st.last_t_ms <= thresholds.active_silence_timeout_s * 1000.0:
+        return st, []  # the common case, before anything is derived
+    em = _Emitter(st, _derive(limits, thresholds))
+    _silence(em, now_ms)
     return st, em.out
 
 
@@ -829,3 +987,38 @@ def alert_types() -> list[str]:
         "repeated_door_reopening",
         "terminal_fault",
     ]
+
+
+class SafetyRules:
+    """Every safety rule, per telemetry message: the :class:`~detectors.protocol.Detector`
+    over :func:`observe` and :func:`tick`.
+
+    Examples
+    --------
+    >>> from detectors.testing import car, message
+    >>> rules = SafetyRules(Thresholds())
+    >>> lim = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000, floors=10)
+    >>> st = rules.new("32070620200000000001")
+    >>> out = rules.observe(st, message([car(t_ms=1_700_000_000_000 + k * 100, speed_mps=1.3)
+    ...                                  for k in range(3)]), lim)
+    >>> [a.alert_type for a in out]
+    ['overspeed']
+    """
+
+    name = "safety_rules"
+    consumes: Consumes = "message"
+    state_type = RuleState
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+
+    def new(self, elevator_id: str) -> RuleState:
+        return RuleState.new(elevator_id)
+
+    def observe(
+        self, state: RuleState, item: TelemetryMessage, limits: ElevatorLimits
+    ) -> list[Alert]:
+        return observe(state, item, limits, self.thresholds)[1]
+
+    def tick(self, state: RuleState, now_ms: int, limits: ElevatorLimits) -> list[Alert]:
+        return tick(state, now_ms, limits, self.thresholds)[1]

@@ -2,15 +2,15 @@
 against a bounded history, and the per-trip fold that applies them to leveling offsets and
 door times (leveling drift, door-operator wear) and trip features (trip anomalies).
 
-Every detector is a small object with ``learn_one(x)`` / ``score_one(x)`` and plain-data
-state (``to_dict`` / ``from_dict``); memory is fixed (EWMA, CUSUM) or bounded by a
+Every chart is a small msgspec Struct with ``learn_one(x)`` / ``score_one(x)``: its fields
+are its state, so it is checkpointed by :mod:`detectors.state` like every other detector
+state, with no serialisation of its own; memory is fixed (EWMA, CUSUM) or bounded by a
 reservoir size (robust z). Non-finite values are ignored (not learned) and score NaN.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import msgspec
@@ -19,7 +19,8 @@ import numpy as np
 from foundation.records import Trip
 
 from .alerts import Alert, make_alert
-from .thresholds import ElevatorLimits
+from .protocol import Consumes
+from .thresholds import ElevatorLimits, Thresholds
 
 #: The trip features the robust and online detectors look at.
 TRIP_FEATURES: Final = (
@@ -62,8 +63,7 @@ def trip_features(trip: Trip, limits: ElevatorLimits) -> dict[str, float]:
     }
 
 
-@dataclass
-class Ewma:
+class Ewma(msgspec.Struct):
     """EWMA chart of one series against a baseline learned over its first ``warmup`` values.
 
     ``score_one`` is ``|ewma − mean| / (L σ_ewma)``: ≥ 1 beyond the control limit.
@@ -134,16 +134,8 @@ class Ewma:
             return math.inf if e != self.mean else 0.0
         return abs(e - self.mean) / (self.limit_sigmas * sd)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Ewma:
-        return cls(**data)
-
-
-@dataclass
-class Cusum:
+class Cusum(msgspec.Struct):
     """Two-sided tabular CUSUM (Page) in baseline standard deviations: slack ``k``,
     decision interval ``h``; ``score_one`` is ``max(S+, S−) / h`` (≥ 1 alarms).
 
@@ -196,16 +188,8 @@ class Cusum:
     def reset(self) -> None:
         self.s_hi = self.s_lo = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Cusum:
-        return cls(**data)
-
-
-@dataclass
-class RobustZ:
+class RobustZ(msgspec.Struct):
     """Robust z-score ``0.6745 (x − median) / MAD`` against the last ``size`` values
     (a ring buffer: bounded memory, the history follows slow change).
 
@@ -222,7 +206,7 @@ class RobustZ:
     size: int = 200
     min_count: int = 30
     min_mad: float = 1e-6
-    values: list[float] = field(default_factory=list)
+    values: list[float] = []
     pos: int = 0
 
     def learn_one(self, x: float) -> None:
@@ -243,16 +227,8 @@ class RobustZ:
         mad = max(float(np.median(np.abs(arr - med))), self.min_mad)
         return 0.6745 * (x - med) / mad
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RobustZ:
-        return cls(**data)
-
-
-@dataclass
-class TripHealthState:
+class TripHealthState(msgspec.Struct):
     """One elevator's degradation charts, folded per trip.
 
     Leveling drift: EWMA of the stop's leveling offset (λ 0.1, L 4.5, baseline over 50
@@ -263,19 +239,20 @@ class TripHealthState:
 
     Examples
     --------
-    >>> st = TripHealthState.new("32070620200000000001")
-    >>> isinstance(st.to_dict(), dict)
+    >>> from detectors.state import decode_state, encode_state
+    >>> saved = encode_state(TripHealthState.new("32070620200000000001"))
+    >>> encode_state(decode_state(saved, TripHealthState)) == saved
     True
     """
 
     elevator_id: str
-    leveling: Ewma = field(default_factory=lambda: Ewma(0.1, 4.5, 50, 1.0))
-    door_opening: Ewma = field(default_factory=lambda: Ewma(0.1, 4.5, 50, 0.05))
-    door_closing: Ewma = field(default_factory=lambda: Ewma(0.1, 4.5, 50, 0.05))
-    history: dict[str, RobustZ] = field(
+    leveling: Ewma = msgspec.field(default_factory=lambda: Ewma(0.1, 4.5, 50, 1.0))
+    door_opening: Ewma = msgspec.field(default_factory=lambda: Ewma(0.1, 4.5, 50, 0.05))
+    door_closing: Ewma = msgspec.field(default_factory=lambda: Ewma(0.1, 4.5, 50, 0.05))
+    history: dict[str, RobustZ] = msgspec.field(
         default_factory=lambda: {k: RobustZ(200, 50) for k in TRIP_FEATURES}
     )
-    active: dict[str, int] = field(default_factory=dict)
+    active: dict[str, int] = {}
     min_shift_mm: float = 3.0
     min_ratio: float = 1.15
     z_limit: float = 8.0
@@ -283,33 +260,6 @@ class TripHealthState:
     @classmethod
     def new(cls, elevator_id: str) -> TripHealthState:
         return cls(elevator_id)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "elevator_id": self.elevator_id,
-            "leveling": self.leveling.to_dict(),
-            "door_opening": self.door_opening.to_dict(),
-            "door_closing": self.door_closing.to_dict(),
-            "history": {k: v.to_dict() for k, v in self.history.items()},
-            "active": dict(self.active),
-            "min_shift_mm": self.min_shift_mm,
-            "min_ratio": self.min_ratio,
-            "z_limit": self.z_limit,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TripHealthState:
-        return cls(
-            elevator_id=data["elevator_id"],
-            leveling=Ewma.from_dict(data["leveling"]),
-            door_opening=Ewma.from_dict(data["door_opening"]),
-            door_closing=Ewma.from_dict(data["door_closing"]),
-            history={k: RobustZ.from_dict(v) for k, v in data["history"].items()},
-            active={k: int(v) for k, v in data["active"].items()},
-            min_shift_mm=data["min_shift_mm"],
-            min_ratio=data["min_ratio"],
-            z_limit=data["z_limit"],
-        )
 
 
 def observe_trip(
@@ -401,8 +351,7 @@ def cohort_key(limits: ElevatorLimits, building_type: str) -> str:
     return f"{limits.rated_speed_mps:.2f}|{band}|{building_type}"
 
 
-@dataclass
-class CohortState:
+class CohortState(msgspec.Struct):
     """Robust z of trip features against a cohort's pooled history (bounded per cohort).
 
     Examples
@@ -413,7 +362,7 @@ class CohortState:
     """
 
     size: int = 500
-    cohorts: dict[str, dict[str, RobustZ]] = field(default_factory=dict)
+    cohorts: dict[str, dict[str, RobustZ]] = {}
 
     def score_trip(self, key: str, features: dict[str, float]) -> dict[str, float]:
         """Signed robust z per feature against the cohort, then learn the trip."""
@@ -427,18 +376,23 @@ class CohortState:
             rz.learn_one(x)
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "size": self.size,
-            "cohorts": {k: {n: r.to_dict() for n, r in v.items()} for k, v in self.cohorts.items()},
-        }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CohortState:
-        return cls(
-            size=data["size"],
-            cohorts={
-                k: {n: RobustZ.from_dict(r) for n, r in v.items()}
-                for k, v in data["cohorts"].items()
-            },
-        )
+class TripHealth:
+    """The degradation charts, per trip: the :class:`~detectors.protocol.Detector` over
+    :func:`observe_trip`. Nothing arises from time alone, so :meth:`tick` raises nothing."""
+
+    name = "trip_health"
+    consumes: Consumes = "trip"
+    state_type = TripHealthState
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+
+    def new(self, elevator_id: str) -> TripHealthState:
+        return TripHealthState.new(elevator_id)
+
+    def observe(self, state: TripHealthState, item: Trip, limits: ElevatorLimits) -> list[Alert]:
+        return observe_trip(state, item, limits)[1]
+
+    def tick(self, state: TripHealthState, now_ms: int, limits: ElevatorLimits) -> list[Alert]:
+        return []

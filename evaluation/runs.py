@@ -1,11 +1,12 @@
 """Detection quality end to end: simulate a fleet with labelled faults, run the worker's
 detectors over it exactly as the worker does, and score the alerts against the labels.
 
-The detectors run through :class:`streams.ingest.Ingest` — validation, de-duplication,
-trip segmentation, the safety rules per message and the trip-health charts per trip — with
-each elevator's registry limits, one record at a time in file order, and
-:meth:`~streams.ingest.Ingest.tick` each time stream time passes another
-:data:`TICK_EVERY_MS`. Scoring is :func:`evaluation.scoring.score`.
+The detectors run through :class:`streams.ingest.Ingest`, the worker's own detection loop —
+validation, de-duplication, trip segmentation and every detector of
+:mod:`detectors.catalog` — with each elevator's registry limits, one record at a time in
+file order (one partition), :meth:`~streams.ingest.Ingest.tick` after each as the worker
+ticks after each batch, and once more at the end of the stream; on stream time alone (no
+wall clock is injected). Scoring is :func:`evaluation.scoring.score`.
 
 >>> report = evaluate("tests/scenarios/detector_faults.toml", seed=1, elevators=4,
 ...                   duration_s=300)  # doctest: +SKIP
@@ -34,8 +35,6 @@ from registry.generate import generate
 from registry.model import Elevator
 from streams.ingest import Ingest, RawRecord
 
-#: How often the detectors' clock ticks, in stream time (the worker's tick period), ms.
-TICK_EVERY_MS = 5_000
 #: 01:00 UTC is 09:00 in Lianyungang: a run that starts at the morning peak meets traffic.
 DEFAULT_START = dt.datetime(2025, 3, 3, 1, 0, tzinfo=dt.UTC)
 #: The synthetic registry the fleet is drawn from (``tianyan simulate --registry-seed``).
@@ -315,14 +314,14 @@ def run_detectors(
     thresholds: Thresholds,
 ) -> DetectorRun:
     """Feed raw (key, value) messages to the worker's :class:`Ingest` one at a time, as one
-    partition would deliver them; tick whenever stream time passes another tick period."""
+    partition would deliver them, each followed by a tick as the worker ticks after each
+    batch; the stream's end is one more turn with nothing new."""
     # grace_ms only decides which late samples are re-windowed; windows are not scored.
     ingest = Ingest(0, limits_for=limits_for, thresholds=thresholds)
     alerts: list[Alert] = []
     # elevator id → its sample times, compact (a fleet-hour is millions of samples)
     times: dict[str, array[int]] = {}
     messages = quarantined = duplicates = trips = 0
-    next_tick_ms: int | None = None
     for offset, (key, value) in enumerate(records):
         batch = ingest.process([RawRecord(key, value, 0, offset)])
         # batch: the message (or its quarantine / duplicate count), trips, alerts
@@ -333,15 +332,8 @@ def run_detectors(
         trips += len(batch.trips)
         for m in batch.messages:
             times.setdefault(m.elevator_id, array("q")).extend(m.samples.t_ms)
-        now = ingest.stream_time_ms
-        if not now:
-            continue
-        if next_tick_ms is None:
-            next_tick_ms = now + TICK_EVERY_MS
-        if now >= next_tick_ms:
-            alerts += ingest.tick().alerts
-            # Ticks judge silence at stream time; one tick covers every period passed.
-            next_tick_ms += TICK_EVERY_MS * ((now - next_tick_ms) // TICK_EVERY_MS + 1)
+        alerts += ingest.tick().alerts
+    alerts += ingest.tick().alerts  # the end of the stream: every silence judged
     return DetectorRun(
         alerts=alerts,
         times={k: np.sort(np.frombuffer(v, dtype=np.int64)) for k, v in times.items()},

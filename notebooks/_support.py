@@ -580,8 +580,8 @@ def timeline_figure(
 
 def detect_again(url: str, items: Sequence[ReplayItem], elevator_id: str) -> list[Alert]:
     """Feed replayed messages (:class:`replay.ReplayItem`) to the worker's own
-    :class:`streams.ingest.Ingest`, ticking its clock as the worker does
-    (:data:`evaluation.runs.TICK_EVERY_MS` of stream time), and return the alerts raised:
+    :class:`streams.ingest.Ingest`, ticking it as the worker does (after each batch, on
+    stream time), and return the alerts raised:
     what the detectors decide from the replayed slice alone (the same loop as
     ``tianyan evaluate``: :func:`evaluation.runs.run_detectors`)."""
     from types import SimpleNamespace

@@ -46,8 +46,6 @@ log = logging.getLogger("tianyan.worker")
 #: A sink failure is retried after this pause (TimescaleDB restarting, a network blip);
 #: nothing is acknowledged meanwhile, so nothing is lost.
 SINK_RETRY_S = 2.0
-#: How often silence-based conditions (device offline) are checked, s.
-TICK_S = 5.0
 #: The health endpoint reports unhealthy when no batch loop turn finished for this long.
 STALL_S = 30.0
 
@@ -103,7 +101,7 @@ class Worker:
             batch_size=settings.batch_messages,
             buffer_maxsize=settings.batch_messages * 10,
         )
-        # Keys and values are bytes as written (elevator id; msgspec JSON of the state):
+        # Keys and values are bytes as written (elevator id; the state's MessagePack):
         # bytes types make Faust's changelog serializers "raw", so recovery returns them
         # unchanged.
         self.state_table = app.Table(
@@ -115,6 +113,9 @@ class Worker:
             load_state=self._load_state,
             limits_for=self.limits.get if settings.detectors_enabled else None,
             thresholds=load_thresholds(settings.thresholds_file),
+            # Injected for silence alone: a partition none of whose terminals has sent
+            # anything for a heartbeat timeout of wall time (see streams.ingest.Ingest).
+            wall_clock_ms=lambda: time.time() * 1000.0,
         )
         self.sink = TimescaleSink(settings.database_url)
         # Quarantine and state changelog, flushed together at each checkpoint.
@@ -128,16 +129,13 @@ class Worker:
         self._dirty: dict[str, int] = {}
         self._held: list[Message] = []
         self._checkpoint_due = 0.0
-        self._partition_of: dict[str, int] = {}
-        self._tick_due = 0.0
 
     # -- state ----------------------------------------------------------------------------------
-    def _load_state(self, elevator_id: str) -> dict[str, Any] | None:
-        raw = self.state_table.data.get(elevator_id.encode())
-        if raw is None:
-            return None
-        metrics.STATES_RESTORED.inc()
-        return msgspec.json.decode(raw)
+    def _load_state(self, elevator_id: str) -> bytes | None:
+        raw: bytes | None = self.state_table.data.get(elevator_id.encode())
+        if raw is not None:
+            metrics.STATES_RESTORED.inc()
+        return raw
 
     async def checkpoint(self) -> None:
         """Write changed elevator states to the changelog, then acknowledge what they cover.
@@ -150,11 +148,10 @@ class Worker:
         ``send_soon`` cannot be awaited to durability, so it is not used here.
         """
         table = self.state_table
-        encode = msgspec.json.encode
         changelog = table.changelog_topic.get_topic_name()
         for elevator_id, partition in self._dirty.items():
             key = elevator_id.encode()
-            value = encode(self.ingest.states[elevator_id].to_dict())
+            value = self.ingest.states[elevator_id].encode()
             table.data[key] = value
             self.producer.publish(key, value, topic=changelog, partition=partition)
         self._dirty.clear()
@@ -174,22 +171,16 @@ class Worker:
         self._checkpoint_due = time.monotonic() + self.settings.checkpoint_interval_s
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
-        gone = set(partitions)
-        self.ingest.forget(
-            [e for e, st in list(self.ingest.states.items()) if self._partition_of.get(e) in gone]
-        )
+        self.ingest.forget_partitions(partitions)
 
     def _process(self, records: list[RawRecord]) -> IngestBatch:
         batch = self.ingest.process(records)
-        now = time.monotonic()
-        if now >= self._tick_due:
-            # Conditions that arise from silence (a terminal offline) need no message:
-            # checked every few seconds, at stream time, on the same path as the rest.
-            self._tick_due = now + TICK_S
-            ticked = self.ingest.tick()
-            batch.alerts.extend(ticked.alerts)
-            for elevator_id in ticked.touched:
-                batch.touched.setdefault(elevator_id, -1)
+        # Silence (a terminal offline) needs no message: judged after every batch, at each
+        # partition's stream time, on the same path as evaluation (Ingest.tick).
+        ticked = self.ingest.tick()
+        batch.alerts.extend(ticked.alerts)
+        for elevator_id, partition in ticked.touched.items():
+            batch.touched.setdefault(elevator_id, partition)
         return batch
 
     # -- the loop -------------------------------------------------------------------------------
@@ -269,12 +260,7 @@ class Worker:
             )
         metrics.ALERTS.inc(len(batch.alerts))
         for elevator_id, partition in batch.touched.items():
-            if partition < 0:  # from a tick: the partition seen last
-                partition = self._partition_of.get(elevator_id, -1)
-                if partition < 0:
-                    continue
             self._dirty[elevator_id] = partition
-            self._partition_of[elevator_id] = partition
         self._held.extend(messages)
         metrics.MESSAGES.inc(len(batch.messages))
         metrics.SAMPLES.inc(batch.samples)

@@ -8,13 +8,17 @@ the tests drive it directly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgspec
+
 from detectors.alerts import Alert
-from detectors.rules import RuleState, observe, tick
-from detectors.stats import TripHealthState, observe_trip
+from detectors.catalog import detectors
+from detectors.protocol import Detector
+from detectors.state import decode_state, encode_state
 from detectors.thresholds import ElevatorLimits, Thresholds
 from foundation import contract
 from foundation.contract import TelemetryMessage
@@ -27,6 +31,10 @@ from .windows import WindowState, fold_message, initial_window_state
 #: A terminal resends within seconds; 64 messages is over a minute of driving.
 DEDUP_WINDOW = 64
 _DEDUP_MASK = (1 << DEDUP_WINDOW) - 1
+#: How often each partition's elevators are ticked while its stream time advances, in
+#: stream time, ms. What a tick raises does not depend on this (silence alerts are stamped
+#: with the stream time they fell due); it only sets how soon an open silence is seen.
+TICK_EVERY_MS = 5_000
 
 
 class RawRecord(NamedTuple):
@@ -38,32 +46,29 @@ class RawRecord(NamedTuple):
     offset: int
 
 
-@dataclass
-class ElevatorState:
-    """Everything the worker remembers about one elevator between messages.
+class ElevatorState(msgspec.Struct):
+    """Everything the worker remembers about one elevator between messages, checkpointed
+    as one MessagePack document (:func:`detectors.state.encode_state`).
 
-    ``seen_mask`` bit ``i`` is set when ``last_seq - 1 - i`` has been seen.
+    ``detectors`` holds each stream detector's state under its catalogue name
+    (:mod:`detectors.catalog`). ``seen_mask`` bit ``i`` is set when ``last_seq - 1 - i``
+    has been seen.
     """
 
     elevator_id: str
     windows: WindowState
     trip: TripState
-    rules: RuleState
-    health: TripHealthState
+    detectors: dict[str, Any]
     last_seq: int = -1
     seen_mask: int = 0
-    #: ``health.to_dict()`` as of the last trip: the degradation charts (hundreds of values)
-    #: change only when a trip ends, so checkpoints reuse it instead of rebuilding it.
-    _health_dict: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def new(cls, elevator_id: str) -> ElevatorState:
+    def new(cls, elevator_id: str, detectors: Iterable[Detector[Any]]) -> ElevatorState:
         return cls(
             elevator_id,
             initial_window_state(elevator_id),
             initial_trip_state(elevator_id),
-            RuleState.new(elevator_id),
-            TripHealthState.new(elevator_id),
+            {d.name: d.new(elevator_id) for d in detectors},
         )
 
     def admit(self, seq: int) -> bool:
@@ -88,33 +93,68 @@ class ElevatorState:
         # Older than the window: let it through; the sinks' natural keys drop a repeat.
         return True
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "elevator_id": self.elevator_id,
-            "last_seq": self.last_seq,
-            "seen_mask": self.seen_mask,
-            "windows": self.windows.to_dict(),
-            "trip": self.trip.to_dict(),
-            "rules": self.rules.to_dict(),
-            "health": self.health_dict(),
-        }
-
-    def health_dict(self) -> dict[str, Any]:
-        if self._health_dict is None:
-            self._health_dict = self.health.to_dict()
-        return self._health_dict
+    def encode(self) -> bytes:
+        """The checkpoint (:func:`detectors.state.encode_state`)."""
+        return encode_state(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ElevatorState:
+    def decode(cls, data: bytes, detectors: Iterable[Detector[Any]]) -> ElevatorState:
+        """Restore :meth:`encode` output; a detector missing from it starts afresh.
+
+        Raises
+        ------
+        msgspec.ValidationError, msgspec.DecodeError
+            ``data`` is not a checkpoint this version can read.
+        """
+        saved = decode_state(data, _SavedElevatorState)
+        dets = {d.name: d for d in detectors}
         return cls(
-            elevator_id=data["elevator_id"],
-            windows=WindowState.from_dict(data["windows"]),
-            trip=TripState.from_dict(data["trip"]),
-            rules=RuleState.from_dict(data["rules"]),
-            health=TripHealthState.from_dict(data["health"]),
-            last_seq=data["last_seq"],
-            seen_mask=data["seen_mask"],
+            saved.elevator_id,
+            saved.windows,
+            saved.trip,
+            {
+                name: decode_state(saved.detectors[name], d.state_type)
+                if name in saved.detectors
+                else d.new(saved.elevator_id)
+                for name, d in dets.items()
+            },
+            saved.last_seq,
+            saved.seen_mask,
         )
+
+
+class _SavedElevatorState(msgspec.Struct):
+    """A checkpoint as read: detector states still encoded, decoded by type per detector."""
+
+    elevator_id: str
+    windows: WindowState
+    trip: TripState
+    detectors: dict[str, msgspec.Raw]
+    last_seq: int = -1
+    seen_mask: int = 0
+
+
+class _Partition:
+    """One partition's clock and elevators. Its stream time is the newest sample time read
+    from it: a partition is one ordered log, so an elevator that sent nothing while it moved
+    on was silent. ``idle`` is true when no record came from it since the last tick."""
+
+    __slots__ = ("advanced_wall_ms", "elevators", "idle", "stream_time_ms", "ticked_ms")
+
+    def __init__(self) -> None:
+        self.stream_time_ms = 0
+        self.ticked_ms = 0
+        self.advanced_wall_ms: float | None = None
+        self.elevators: dict[str, None] = {}  # insertion order: deterministic ticks
+        self.idle = True
+
+    def now_ms(self, wall_ms: float | None, silent_partition_ms: float) -> int:
+        """Stream time; once nothing at all has come from the partition for
+        ``silent_partition_ms`` of wall time, stream time runs on with the wall clock."""
+        if wall_ms is None or self.advanced_wall_ms is None:
+            return self.stream_time_ms
+        idle_ms = wall_ms - self.advanced_wall_ms - silent_partition_ms
+        return self.stream_time_ms + max(0, math.floor(idle_ms))
 
 
 @dataclass
@@ -156,7 +196,16 @@ class IngestBatch:
 
 
 class Ingest:
-    """Validate, de-duplicate and fold batches of raw records.
+    """Validate, de-duplicate and fold batches of raw records, and run every detector of
+    :mod:`detectors.catalog` on them: the one detection loop, of the worker and of offline
+    evaluation alike.
+
+    The clock: each elevator's rules judge it at its own sample times; silence (a terminal
+    that stopped sending) is judged by :meth:`tick` at its partition's stream time (see
+    :class:`_Partition`), and only when a whole partition has been silent for a heartbeat
+    timeout of wall time — every terminal on it, or the link, down — does the injected wall
+    clock move that partition's time on, so that a car last seen with people trapped inside
+    is escalated even then.
 
     Parameters
     ----------
@@ -164,21 +213,25 @@ class Ingest:
         How long after a window's end its samples may still arrive (out of order) and be
         folded; later samples are counted late, stored raw, and not re-windowed.
     load_state
-        Called with an elevator id the first time it is seen; returns its saved state as
-        a dict (from the worker's Faust table) or None for a new elevator.
+        Called with an elevator id the first time it is seen; returns its checkpoint
+        (:meth:`ElevatorState.encode`, from the worker's Faust table) or None.
     limits_for
-        The elevator's own ratings (from the registry) for the safety rules; None turns
+        The elevator's own ratings (from the registry) for the detectors; None turns
         the detectors off.
     thresholds
         The detectors' limits (``detectors.thresholds``).
+    wall_clock_ms
+        The wall clock, Unix ms (the worker's); None (offline evaluation, tests) runs on
+        stream time alone.
     """
 
     def __init__(
         self,
         grace_ms: int,
-        load_state: Callable[[str], dict[str, Any] | None] = lambda _: None,
+        load_state: Callable[[str], bytes | None] = lambda _: None,
         limits_for: Callable[[str], ElevatorLimits] | None = None,
         thresholds: Thresholds | None = None,
+        wall_clock_ms: Callable[[], float] | None = None,
     ) -> None:
         if grace_ms < 0:
             raise ValueError(f"grace_ms: {grace_ms} is negative")
@@ -186,24 +239,36 @@ class Ingest:
         self._load_state = load_state
         self._limits_for = limits_for
         self.thresholds = thresholds or Thresholds()
+        self.detectors = detectors(self.thresholds)
+        self._message_detectors = [d for d in self.detectors if d.consumes == "message"]
+        self._trip_detectors = [d for d in self.detectors if d.consumes == "trip"]
+        self._wall_clock_ms = wall_clock_ms
+        self._silent_partition_ms = self.thresholds.heartbeat_timeout_s * 1000.0
         self.states: dict[str, ElevatorState] = {}
-        #: The latest sample time seen: stream time, for conditions that need no message.
-        self.stream_time_ms = 0
+        self._partitions: dict[int, _Partition] = {}
+        self._partition_of: dict[str, int] = {}
         #: Saved states that could not be read and were started afresh.
         self.unreadable_states = 0
+
+    @property
+    def stream_time_ms(self) -> int:
+        """The newest sample time read from any partition (0 before the first)."""
+        return max((p.stream_time_ms for p in self._partitions.values()), default=0)
 
     def state(self, elevator_id: str) -> ElevatorState:
         st = self.states.get(elevator_id)
         if st is None:
             saved = self._load_state(elevator_id)
-            st = ElevatorState.new(elevator_id)
+            st = None
             if saved:
                 try:
-                    st = ElevatorState.from_dict(saved)
-                except (KeyError, TypeError, ValueError):
+                    st = ElevatorState.decode(saved, self.detectors)
+                except (msgspec.ValidationError, msgspec.DecodeError):
                     # A checkpoint this version cannot read (written by an older one):
                     # start the elevator afresh rather than stop the worker; counted.
                     self.unreadable_states += 1
+            if st is None:
+                st = ElevatorState.new(elevator_id, self.detectors)
             self.states[elevator_id] = st
         return st
 
@@ -211,52 +276,109 @@ class Ingest:
         """Drop cached states (their partitions moved to another worker)."""
         for e in elevator_ids:
             self.states.pop(e, None)
+            p = self._partition_of.pop(e, None)
+            if p is not None and p in self._partitions:
+                self._partitions[p].elevators.pop(e, None)
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop the states and clocks of partitions assigned elsewhere."""
+        for p in set(partitions):
+            gone = self._partitions.pop(p, None)
+            if gone is not None:
+                self.forget(list(gone.elevators))
+
+    def partition_of(self, elevator_id: str) -> int:
+        """The partition the elevator's messages came from last (-1 if none)."""
+        return self._partition_of.get(elevator_id, -1)
 
     def process(self, records: Iterable[RawRecord]) -> IngestBatch:
         out = IngestBatch()
         decode = contract.decode
         grace = self.grace_ms
+        detect = self._limits_for is not None
         for record in records:
             try:
                 message = decode(record.value)
             except contract.InvalidMessage as e:
                 out.quarantined.append((record, e.reason))
                 continue
-            st = self.state(message.elevator_id)
+            eid = message.elevator_id
+            st = self.state(eid)
             if not st.admit(message.seq):
                 out.duplicates += 1
                 continue
             out.messages.append(message)
             out.sources.append(record)
             out.samples += len(message.samples.t_ms)
-            out.touched[message.elevator_id] = record.partition
+            out.touched[eid] = record.partition
             st.windows, closed, stats = fold_message(st.windows, message, grace)
             out.windows.extend(closed)
             out.late_samples += stats.samples_late
             st.trip, trips = segment_message(st.trip, message)
             out.trips.extend(trips)
-            if self._limits_for is not None:
-                limits = self._limits_for(message.elevator_id)
-                st.rules, alerts = observe(st.rules, message, limits, self.thresholds)
-                out.alerts.extend(alerts)
-                for trip in trips:
-                    st.health, alerts = observe_trip(st.health, trip, limits)
-                    st._health_dict = None
-                    out.alerts.extend(alerts)
-            last = message.samples.t_ms[-1]
-            if last > self.stream_time_ms:
-                self.stream_time_ms = last
+            if detect:
+                out.alerts.extend(self._detect(st, message, trips))
+            self._advance(record.partition, eid, message.samples.t_ms[-1])
         return out
 
+    def _detect(
+        self, st: ElevatorState, message: TelemetryMessage, trips: list[Trip]
+    ) -> list[Alert]:
+        # (elevator state, message, the trips it closed) → alerts, every detector in order
+        assert self._limits_for is not None
+        limits = self._limits_for(st.elevator_id)
+        alerts: list[Alert] = []
+        for d in self._message_detectors:
+            alerts += d.observe(st.detectors[d.name], message, limits)
+        for trip in trips:
+            for d in self._trip_detectors:
+                alerts += d.observe(st.detectors[d.name], trip, limits)
+        return alerts
+
+    def _advance(self, partition: int, elevator_id: str, t_ms: int) -> None:
+        p = self._partitions.get(partition)
+        if p is None:
+            p = self._partitions[partition] = _Partition()
+        old = self._partition_of.get(elevator_id)
+        if old != partition:
+            if old is not None and old in self._partitions:
+                self._partitions[old].elevators.pop(elevator_id, None)
+            self._partition_of[elevator_id] = partition
+            p.elevators[elevator_id] = None
+        p.idle = False
+        if t_ms > p.stream_time_ms:
+            p.stream_time_ms = t_ms
+            if self._wall_clock_ms is not None:
+                p.advanced_wall_ms = self._wall_clock_ms()
+
     def tick(self) -> IngestBatch:
-        """Conditions that arise from silence (device offline), at stream time."""
+        """Silence (device offline; the timers of a car last seen trapped), judged on each
+        partition at its clock's time: on a partition no record came from since the last
+        call, and on any whose time has moved :data:`TICK_EVERY_MS` since its last tick.
+
+        The worker calls it after every batch, offline evaluation after every record and
+        once more at the end: once a stream has ended, every partition has been judged at
+        its last time, however the stream was cut into batches.
+        """
         out = IngestBatch()
-        if self._limits_for is None or not self.stream_time_ms:
+        if self._limits_for is None:
             return out
-        now = self.stream_time_ms
-        for elevator_id, st in self.states.items():
-            st.rules, alerts = tick(st.rules, now, self._limits_for(elevator_id), self.thresholds)
-            if alerts:
-                out.alerts.extend(alerts)
-                out.touched[elevator_id] = -1
+        wall = self._wall_clock_ms() if self._wall_clock_ms is not None else None
+        for partition, p in self._partitions.items():
+            now = p.now_ms(wall, self._silent_partition_ms)
+            due = now - p.ticked_ms >= TICK_EVERY_MS or (p.idle and now > p.ticked_ms)
+            p.idle = True
+            if not due:
+                continue
+            p.ticked_ms = now
+            for eid in p.elevators:
+                st = self.states.get(eid)
+                if st is None:
+                    continue
+                limits = self._limits_for(eid)
+                for d in self.detectors:
+                    alerts = d.tick(st.detectors[d.name], now, limits)
+                    if alerts:
+                        out.alerts.extend(alerts)
+                        out.touched[eid] = partition
         return out

@@ -1,5 +1,6 @@
-"""Shared helpers for the detector tests: simulate a fleet, run the rules over its messages
-in file order, match alerts to fault labels, and time the rules.
+"""Shared helpers for the detector tests: simulate a fleet, run the detectors over its
+messages in file order through the one detection loop (:func:`evaluation.runs.run_detectors`,
+the worker's :class:`streams.ingest.Ingest`), match alerts to fault labels, and time the rules.
 
 Also a script::
 
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from detectors.alerts import Alert
-from detectors.rules import RuleState, observe, tick
+from detectors.rules import SafetyRules
 from detectors.thresholds import ElevatorLimits, Thresholds
+from evaluation.runs import run_detectors
 
 # The matching rules are product code (evaluation.scoring); SAFETY_LABELS re-exported.
 from evaluation.scoring import SAFETY_LABELS as SAFETY_LABELS
@@ -35,8 +37,6 @@ FAULTS_TOML = HERE / "scenarios" / "detector_faults.toml"
 NO_FAULTS_TOML = HERE.parent / "simulator" / "scenarios" / "no_faults.toml"
 #: 01:00 UTC is 09:00 in Lianyungang: the morning peak.
 START = dt.datetime(2025, 3, 3, 1, 0, tzinfo=dt.UTC)
-#: How often the harness ticks every elevator, in stream time, ms.
-TICK_EVERY_MS = 5_000
 
 
 def elevators(count: int, seed: int = 3) -> list[Elevator]:
@@ -72,40 +72,16 @@ def read_labels(path: Path) -> list[dict[str, Any]]:
     ]
 
 
-def run_rules(
-    messages: list[TelemetryMessage],
-    cars: list[Elevator],
-    thresholds: Thresholds | None = None,
-    with_tick: bool = True,
-) -> list[Alert]:
-    """The worker's loop, minus Kafka: rules per message in file order, a tick every 5 s."""
-    th = thresholds or Thresholds()
+def detect(path: Path, cars: list[Elevator], thresholds: Thresholds | None = None) -> list[Alert]:
+    """Every detector over the file's lines, as the worker runs them (the one loop)."""
     limits = {e.registration_code: ElevatorLimits.of(e) for e in cars}
-    states: dict[str, RuleState] = {}
-    seen: set[tuple[str, int]] = set()
-    alerts: list[Alert] = []
-    next_tick = None
-    now = 0
-    for m in messages:
-        key = (m.elevator_id, m.seq)
-        if key in seen:  # the worker drops exact duplicates before the detectors
-            continue
-        seen.add(key)
-        eid = m.elevator_id
-        st = states.get(eid) or RuleState.new(eid)
-        st, out = observe(st, m, limits[eid], th)
-        states[eid] = st
-        alerts += out
-        now = max(now, m.samples.t_ms[-1])
-        if with_tick:
-            if next_tick is None:
-                next_tick = now + TICK_EVERY_MS
-            while now >= next_tick:
-                for e, s in states.items():
-                    _, out = tick(s, next_tick, limits[e], th)
-                    alerts += out
-                next_tick += TICK_EVERY_MS
-    return alerts
+    with path.open("rb") as f:
+        run = run_detectors(
+            ((None, line.rstrip(b"\r\n")) for line in f),
+            limits.__getitem__,
+            thresholds or Thresholds(),
+        )
+    return run.alerts
 
 
 def sample_times(messages: list[TelemetryMessage]) -> dict[str, list[int]]:
@@ -137,25 +113,25 @@ def evaluate(
 
 def bench(messages: list[TelemetryMessage], cars: list[Elevator], repeat: int = 3) -> str:
     """µs per message for the rules over ``messages`` (file order), best of ``repeat``."""
-    th = Thresholds()
+    rules = SafetyRules(Thresholds())
     limits = {e.registration_code: ElevatorLimits.of(e) for e in cars}
     best = float("inf")
     quiet_best = float("inf")
     for _ in range(repeat):
-        states = {e: RuleState.new(e) for e in limits}
+        states = {e: rules.new(e) for e in limits}
         t0 = time.perf_counter()
         for m in messages:
             e = m.elevator_id
-            observe(states[e], m, limits[e], th)
+            rules.observe(states[e], m, limits[e])
         best = min(best, time.perf_counter() - t0)
     # The common case alone: 10-sample batches that raise nothing, timed one by one.
-    states = {e: RuleState.new(e) for e in limits}
+    states = {e: rules.new(e) for e in limits}
     quiet: list[float] = []
     clock = time.perf_counter
     for m in messages:
         e = m.elevator_id
         t0 = clock()
-        _, out = observe(states[e], m, limits[e], th)
+        out = rules.observe(states[e], m, limits[e])
         dt_s = clock() - t0
         if not out and len(m.samples.t_ms) == 10 and not states[e].active:
             quiet.append(dt_s)
@@ -191,7 +167,7 @@ def main() -> None:
             print(bench(messages, cars))
             return
         labels = read_labels(path)
-        alerts = run_rules(messages, cars)
+        alerts = detect(path, cars)
         end_ms = max(m.samples.t_ms[-1] for m in messages)
         recall, precision = evaluate(labels, alerts, end_ms, sample_times(messages))
         print(report(recall, precision))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from detectors import ElevatorLimits, RuleState, ThresholdError, Thresholds, observe, tick
+from detectors import ElevatorLimits, RuleState, SafetyRules, ThresholdError, Thresholds
 from detectors.alerts import Alert
 from detectors.testing import car, message
 
@@ -16,15 +16,15 @@ from . import detectors_support as support
 T0 = 1_700_000_000_000
 LIM = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000.0, floors=10)
 TH = Thresholds()
+RULES = SafetyRules(TH)
 
 
 def feed(seconds: list[list[dict[str, Any]]], **kw: Any) -> tuple[RuleState, list[Alert]]:
     """Messages (one per list of rows) through the rules; every alert in order."""
-    st = RuleState.new(support_id())
+    st = RULES.new(support_id())
     out: list[Alert] = []
     for seq, rows in enumerate(seconds):
-        st, alerts = observe(st, message(rows, seq=seq, **kw), LIM, TH)
-        out += alerts
+        out += RULES.observe(st, message(rows, seq=seq, **kw), LIM)
     return st, out
 
 
@@ -128,34 +128,76 @@ def test_unintended_movement_from_an_open_landing() -> None:
 
 def test_power_loss_from_event_41_and_its_return_40() -> None:
     seconds = [second(0), second(1, service_mode=0), second(2)]
-    st = RuleState.new(support_id())
+    st = RULES.new(support_id())
     out: list[Alert] = []
     for seq, rows in enumerate(seconds):
         ev = (
             [(rows[0]["t_ms"], "41")] if seq == 1 else [(rows[0]["t_ms"], "40")] if seq == 2 else []
         )
-        st, alerts = observe(st, message(rows, seq=seq, events=ev), LIM, TH)
-        out += alerts
+        out += RULES.observe(st, message(rows, seq=seq, events=ev), LIM)
     assert kinds(out) == ["power_loss"] and kinds(out, "cleared") == ["power_loss"]
 
 
 def test_terminal_code_is_sufficient_evidence() -> None:
     rows = second(0, passengers=True, door_zone=False, position_m=4.5)
-    _st, alerts = observe(
-        RuleState.new(support_id()), message(rows, faults=[(T0 + 500, "11")]), LIM, TH
-    )
+    alerts = RULES.observe(RULES.new(support_id()), message(rows, faults=[(T0 + 500, "11")]), LIM)
     assert "trapped_between_levels" in kinds(alerts)
 
 
 def test_device_offline_from_tick_and_cleared_by_the_next_message() -> None:
     st, _ = feed([second(0, speed_mps=1.0)])
-    st, alerts = tick(st, T0 + 5_000, LIM, TH)
-    assert alerts == []
-    st, alerts = tick(st, T0 + 12_000, LIM, TH)
+    assert RULES.tick(st, T0 + 5_000, LIM) == []
+    alerts = RULES.tick(st, T0 + 12_000, LIM)
     assert kinds(alerts) == ["device_offline"]
     assert alerts[0].evidence["car_was_in_use"] is True
-    st, alerts = observe(st, message(second(20), seq=5), LIM, TH)
+    # Stamped when the silence became an outage (10 s after the last sample), not when the
+    # tick happened to look.
+    assert alerts[0].raised_at_ms == T0 + 900 + 10_001
+    alerts = RULES.observe(st, message(second(20), seq=5), LIM)
     assert kinds(alerts, "cleared") == ["device_offline"]
+
+
+def _trapped_then_silent() -> list[list[dict[str, Any]]]:
+    """A car standing between floors with people inside for 25 s; its terminal then goes
+    silent for 60 s, and comes back with the doors open (the people let out)."""
+    stuck = {"position_m": 4.5, "door_zone": False, "passengers": True, "load_kg": 160.0}
+    seconds = [second(0, speed_mps=1.0, position_m=4.0, door_zone=False, passengers=True)]
+    seconds += [second(s, **stuck) for s in range(1, 25)]
+    return [*seconds, second(85, **{**stuck, "door": 2})]
+
+
+@pytest.mark.parametrize("tick_every_s", [None, 1, 5, 7, 60])
+def test_a_silence_raises_the_same_alerts_however_often_it_is_ticked(
+    tick_every_s: int | None,
+) -> None:
+    """Whether ticks find a silence while it lasts (every 1, 5, 7 or 60 s of stream time) or
+    only the message that ends it does (None): the same alerts, field for field. And the
+    car last seen trapped is escalated, trapped since it stood, stamped when it fell due
+    (the timer's 30 s, but not before 10 s of silence make the last state an assumption)."""
+    st = RULES.new(support_id())
+    alerts: list[Alert] = []
+    for seq, rows in enumerate(_trapped_then_silent()):
+        if tick_every_s is not None and seq == 25:  # the silence: 24.9 s → 85 s
+            for t_ms in range(T0 + 25_000, T0 + 85_000, tick_every_s * 1000):
+                alerts += RULES.tick(st, t_ms, LIM)
+        alerts += RULES.observe(st, message(rows, seq=seq), LIM)
+    reference = [a.to_dict() for a in _alerts_without_ticks()]
+    assert sorted(map(repr, (a.to_dict() for a in alerts))) == sorted(map(repr, reference))
+    raised = {a.alert_type: a for a in alerts if a.state == "raised"}
+    assert {"device_offline", "trapped_between_levels"} <= set(raised)
+    trapped = raised["trapped_between_levels"]
+    assert trapped.condition_since_ms == T0 + 1000
+    # Due 30 s after it stood (T0 + 31 s), extrapolated once silent for 10 s (T0 + 34.9 s).
+    assert trapped.raised_at_ms == T0 + 24_900 + 10_000
+    assert trapped.evidence["extrapolated_from_ms"] == T0 + 24_900
+
+
+def _alerts_without_ticks() -> list[Alert]:
+    st = RULES.new(support_id())
+    out: list[Alert] = []
+    for seq, rows in enumerate(_trapped_then_silent()):
+        out += RULES.observe(st, message(rows, seq=seq), LIM)
+    return out
 
 
 def test_stopping_accuracy_raised_once_and_cleared_after_good_stops() -> None:
@@ -179,7 +221,7 @@ def test_replay_gives_the_same_alert_keys() -> None:
 
 def test_unknown_elevator_uses_defaults_and_says_so() -> None:
     lim = ElevatorLimits.unknown()
-    _st, alerts = observe(RuleState.new(support_id()), message(second(0, speed_mps=1.3)), lim, TH)
+    alerts = RULES.observe(RULES.new(support_id()), message(second(0, speed_mps=1.3)), lim)
     assert kinds(alerts) == ["overspeed"]
     assert alerts[0].evidence["limits"]["source"] == "defaults (not in registry)"
 
@@ -199,12 +241,11 @@ def test_fast_path_equals_per_sample_path(tmp_path: Path) -> None:
     cars = support.elevators(6)
     path = tmp_path / "run.jsonl"
     support.run_simulation(path, support.FAULTS_TOML, cars, 600.0, 11)
-    messages = support.read_messages(path)
-    fast = support.run_rules(messages, cars)
+    fast = support.detect(path, cars)
     original = rules._uniform
     rules._uniform = lambda *a: False  # type: ignore[assignment]
     try:
-        slow = support.run_rules(messages, cars)
+        slow = support.detect(path, cars)
     finally:
         rules._uniform = original
     assert [a.to_dict() for a in fast] == [a.to_dict() for a in slow]
@@ -216,7 +257,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("detectors") / "faults.jsonl"
     support.run_simulation(path, support.FAULTS_TOML, cars, 1800.0, None)
     messages = support.read_messages(path)
-    alerts = support.run_rules(messages, cars)
+    alerts = support.detect(path, cars)
     end_ms = max(m.samples.t_ms[-1] for m in messages)
     recall, precision = support.evaluate(
         support.read_labels(path), alerts, end_ms, support.sample_times(messages)

@@ -5,7 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors import ElevatorLimits, SeriesError, TripHealthState, observe_trip, score_series
+from detectors import (
+    CohortState,
+    ElevatorLimits,
+    HalfSpaceTreesDetector,
+    SeriesError,
+    Thresholds,
+    TripHealth,
+    cohort_key,
+    decode_state,
+    encode_state,
+    score_series,
+)
+from detectors.stats import trip_features
 from foundation.records import Trip
 
 LIM = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000.0, floors=10)
@@ -34,10 +46,11 @@ def trip(i: int, offset_mm: float, opening_s: float) -> Trip:
 
 
 def run(offsets: np.ndarray, openings: np.ndarray) -> list[str]:
-    st = TripHealthState.new("32070620200000000001")
+    health = TripHealth(Thresholds())
+    st = health.new("32070620200000000001")
     kinds = []
     for i, (o, d) in enumerate(zip(offsets, openings, strict=True)):
-        st, out = observe_trip(st, trip(i, float(o), float(d)), LIM)
+        out = health.observe(st, trip(i, float(o), float(d)), LIM)
         kinds += [a.alert_type for a in out if a.state == "raised"]
     return kinds
 
@@ -73,3 +86,30 @@ def test_series_errors_are_clear() -> None:
         score_series("ewma", [1, 2], {"x": [1, 2, 3]})
     with pytest.raises(SeriesError, match="bad parameters"):
         score_series("ewma", [1, 2], {"x": [1, 2]}, lam=3)
+
+
+def test_cohort_and_half_space_tree_states_survive_a_checkpoint_mid_stream() -> None:
+    """The building blocks outside the stream catalogue keep state the same way: a msgspec
+    Struct through the one codec (the river model as its pickle), identical scores after."""
+    rng = np.random.default_rng(4)
+    feats = [
+        trip_features(trip(i, float(rng.normal(0, 3)), float(rng.normal(2.5, 0.05))), LIM)
+        for i in range(200)
+    ]
+    key = cohort_key(LIM, "residential")
+
+    def scores(cohort: CohortState, hst: HalfSpaceTreesDetector, rows: list) -> list:
+        out = []
+        for x in rows:
+            z = cohort.score_trip(key, x)
+            out.append((repr(z), hst.score_one(x)))
+            hst.learn_one(x)
+        return out
+
+    expected = scores(CohortState(), HalfSpaceTreesDetector(seed=7), feats)
+    cohort, hst = CohortState(), HalfSpaceTreesDetector(seed=7)
+    head = scores(cohort, hst, feats[:100])
+    cohort = decode_state(encode_state(cohort), CohortState)
+    hst = decode_state(encode_state(hst), HalfSpaceTreesDetector)
+    assert head + scores(cohort, hst, feats[100:]) == expected
+    assert any(np.isfinite(z) for _, z in expected)

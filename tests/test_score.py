@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from click.testing import CliRunner, Result
 
-from detectors.registry import DETECTORS
+from detectors.catalog import SERIES_SCORERS as DETECTORS
 from tianyan.commands_eval import score_command
 
 SPIKE_ROW = 250

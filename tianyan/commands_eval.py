@@ -1,6 +1,6 @@
 """``tianyan score`` and ``tianyan evaluate``: click commands for the ``tianyan`` group.
 
-``score`` runs a named detector (:data:`detectors.registry.DETECTORS`) over a CSV's numeric
+``score`` runs a named detector (:data:`detectors.catalog.SERIES_SCORERS`) over a CSV's numeric
 columns; ``evaluate`` measures the worker's detectors against a simulated, labelled fleet
 (:mod:`evaluation.runs`). Registered in :mod:`tianyan.cli` as ``score_command`` and
 ``evaluate_command``.
@@ -44,7 +44,7 @@ DETECTOR_SUMMARY = {
 
 
 def _detector_lines() -> list[str]:
-    from detectors.registry import DETECTORS
+    from detectors.catalog import SERIES_SCORERS as DETECTORS
 
     lines = []
     for name in sorted(DETECTORS):
@@ -172,7 +172,8 @@ def score_command(
     the input with an anomaly_score column in [0, 1] (0.5 is the detector's own alarm
     threshold), NaN where a row has a missing value or the detector is still warming up.
     """
-    from detectors.registry import DETECTORS, SeriesError, score_series
+    from detectors.catalog import SERIES_SCORERS as DETECTORS
+    from detectors.series import SeriesError, score_series
 
     if list_:
         for line in _detector_lines():

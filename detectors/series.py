@@ -1,4 +1,5 @@
-"""Named detectors for any numeric series (a CSV's columns): the ``tianyan score`` backend.
+"""Series scorers: named detectors for any numeric series (a CSV's columns), the
+``tianyan score`` backend; listed with the stream detectors in :mod:`detectors.catalog`.
 
 >>> import numpy as np
 >>> t = np.arange(300) * 1000
@@ -104,7 +105,7 @@ def _hst(t: np.ndarray, cols: dict[str, np.ndarray], max_gap: float, **p: Any) -
 
 
 #: name → factory(**params) returning a scorer(t, columns, max_gap) -> scores.
-DETECTORS: dict[str, Callable[..., Callable[..., np.ndarray]]] = {
+SCORERS: dict[str, Callable[..., Callable[..., np.ndarray]]] = {
     "ewma": lambda alpha=0.1, limit_sigmas=4.0, warmup=50: _univariate(
         lambda: Ewma(alpha, limit_sigmas, warmup), True, True
     ),
@@ -130,7 +131,7 @@ def score_series(
     Parameters
     ----------
     name
-        A key of :data:`DETECTORS`.
+        A key of :data:`SCORERS`.
     timestamps
         Row times (any unit, e.g. epoch ms), finite and non-decreasing.
     columns
@@ -138,7 +139,7 @@ def score_series(
     max_gap
         Time step beyond which sequential detectors restart; default 10 × median step.
     params
-        The detector's parameters (see :data:`DETECTORS`).
+        The detector's parameters (see :data:`SCORERS`).
 
     Returns
     -------
@@ -146,9 +147,9 @@ def score_series(
         Scores in [0, 1] (≥ 0.5 beyond the detector's alarm threshold), NaN where a row had
         a non-finite value or the detector was still warming up.
     """
-    factory = DETECTORS.get(name)
+    factory = SCORERS.get(name)
     if factory is None:
-        raise SeriesError(f"{name}: unknown detector (known: {', '.join(sorted(DETECTORS))})")
+        raise SeriesError(f"{name}: unknown detector (known: {', '.join(sorted(SCORERS))})")
     t = np.asarray(timestamps, dtype=float)
     if t.ndim != 1:
         raise SeriesError("timestamps: a one-dimensional array is required")
