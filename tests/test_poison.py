@@ -38,10 +38,9 @@ from streams.ingest import Ingest, RawRecord
 from streams.producer import RawPublisher
 from streams.sinks import SinkError, TimescaleSink
 from tianyan.demo import trip_messages
-from tianyan.processes import stop_process
 
 from .conftest import consume_all
-from .test_worker import _pipeline, _start
+from .test_worker import _pipeline
 
 T0 = int(dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC).timestamp() * 1000)
 #: Producer and broker limit on one message (streams/producer.py, the stack's broker).
@@ -378,22 +377,17 @@ POISON = {
 @pytest.mark.parametrize("poison", list(POISON))
 @pytest.mark.slow
 def test_worker_quarantines_a_poison_message_and_stores_the_rest(
-    settings: Settings, scratch_db: str, tmp_path: Path, poison: str
+    settings: Settings, tmp_path: Path, poison: str
 ) -> None:
-    port = 16190 + list(POISON).index(poison)
-    p = _pipeline(settings, scratch_db, port)
     raw, names = POISON[poison]
     before = trip_messages("32070000000000000001", T0) + trip_messages("32070000000000000002", T0)
     after = trip_messages("32070000000000000003", T0)
     valid = before + after
     log = tmp_path / "worker.log"
-    worker = _start(p, log=log)
-    try:
-        deadline = time.monotonic() + 60
-        while _health(port) != 200 and time.monotonic() < deadline:
-            time.sleep(0.5)
+    with _pipeline(settings, tmp_path) as run:
+        port = run.start_worker()  # answering once it listens
         assert _health(port) == 200, log.read_text()[-3000:]
-        with RawPublisher(settings.kafka_bootstrap, p.raw_topic) as pub:
+        with RawPublisher(settings.kafka_bootstrap, run.settings.raw_topic) as pub:
             for m in before:
                 pub.publish(m.elevator_id.encode(), contract.encode(m))
             pub.publish(b"32070000000000000099", raw)
@@ -401,21 +395,24 @@ def test_worker_quarantines_a_poison_message_and_stores_the_rest(
                 pub.publish(m.elevator_id.encode(), contract.encode(m))
         # Every valid sample stored, the health endpoint answering 200 all along.
         statuses = []
-        deadline = time.monotonic() + 90
-        while _stored(p.db_url, valid) != _samples(valid) and time.monotonic() < deadline:
+
+        def stored() -> int:
             statuses.append(_health(port))
-            time.sleep(0.5)
+            return len(_stored(run.admin_url, valid))
+
+        run.wait(stored, lambda n: n >= len(_samples(valid)), "every valid sample stored")
         for _ in range(6):  # and still afterwards
             statuses.append(_health(port))
             time.sleep(0.5)
-        alive = worker.poll() is None
-    finally:
-        stop_process(worker)
+        alive = run.group.exited() is None
+        got = _stored(run.admin_url, valid)
+        quarantined = consume_all(
+            settings.kafka_bootstrap, run.settings.quarantine_topic, 1, timeout_s=30
+        )
     tail = log.read_text()[-3000:]
     assert alive, tail
-    assert _stored(p.db_url, valid) == _samples(valid), tail
+    assert got == _samples(valid), tail
     assert set(statuses) == {200}, (statuses, tail)
-    quarantined = consume_all(settings.kafka_bootstrap, p.quarantine_topic, 1, timeout_s=30)
     assert len(quarantined) == 1, tail
     record = quarantined[0]
     headers = {k: v.decode() for k, v in record.headers}
