@@ -9,8 +9,9 @@ durable.
 A batch the database refuses for its data (SQLSTATE class 22 or 23: a value out of range, a
 malformed COPY line, a violated constraint) is written again part by part: the messages in
 halves, and halves of halves, each its own transaction, until each refused message stands
-alone; that message is returned as refused, with the database's error, and the rest is
-stored; then the windows, trips and alerts, a row of them the database refuses left out and
+alone; that message is returned as refused, with the database's error (unless, encoded
+from its validated fields, it is stored after all: PostgreSQL and msgspec may read a number
+of its original bytes differently), and the rest is stored; then the windows, trips and alerts, a row of them the database refuses left out and
 logged. Retrying such a batch would fail for ever; any other failure (the database down,
 restarting, out of space) is raised as :class:`SinkError` and the whole batch is retried.
 """
@@ -123,6 +124,7 @@ class TimescaleSink:
                 extra={"messages": len(messages), "error": e.reason},
             )
         rows, refused = bisect(received, self.samples.write)
+        rows += self._encoded_again(received, refused)
         dropped = 0
         for sink, batch in parts:
             written, left_out = bisect(batch, sink.write)
@@ -134,6 +136,26 @@ class TimescaleSink:
                     extra={"table": sink.table, "row": repr(batch[i])[:1000], "error": reason},
                 )
         return _result(rows, tuple(refused), dropped)
+
+    def _encoded_again(self, received: list[RawMessage], refused: list[tuple[int, str]]) -> Rows:
+        """Store the refused messages that were sent as their original bytes once more, as the
+        message was validated (encoded by msgspec); those stored are taken off ``refused``.
+
+        PostgreSQL may read a number differently from msgspec: a decimal below float64's
+        range, which msgspec reads as 0, is out of range for PostgreSQL. Such a message is
+        valid, and its validated values are what is stored.
+        """
+        rows = Rows()
+        for i, reason in list(refused):
+            message, raw = received[i]
+            if raw is None:
+                continue
+            try:
+                rows += self.samples.write([RawMessage(message)])
+            except Refused:
+                continue
+            refused.remove((i, reason))
+        return rows
 
     def _in_one_transaction(self, parts: Sequence[tuple[Sink[Any], Sequence[Any]]]) -> Rows:
         conn = self.connection.get()
