@@ -126,7 +126,7 @@ def test_a_number_postgresql_reads_otherwise_is_stored_as_validated(scratch_db: 
     for ``real``. The message is valid: it is stored, with the value that was validated."""
     migrate(scratch_db)
     m = trip_messages("32070000000000007021", T0)[0]
-    raw = re.sub(rb'("leveling_offset_mm":\[)[^,\]]+', rb"\g<1>1e-400", contract.encode(m), 1)
+    raw = re.sub(rb'("leveling_offset_mm":\[)[^,\]]+', rb"\g<1>1e-400", contract.encode(m), count=1)
     decoded = contract.decode(raw)
     assert decoded.samples.leveling_offset_mm[0] == 0.0
     with SampleSink(_writer(scratch_db)) as alone, pytest.raises(Refused, match="out of range"):
