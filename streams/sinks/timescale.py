@@ -12,8 +12,9 @@ halves, and halves of halves, each its own transaction, until each refused messa
 alone; that message is returned as refused, with the database's error (unless, encoded
 from its validated fields, it is stored after all: PostgreSQL and msgspec may read a number
 of its original bytes differently), and the rest is stored; then the windows, trips and
-alerts, a row of them the database refuses left out and logged. Retrying such a batch would fail for ever; any other failure (the database down,
-restarting, out of space) is raised as :class:`SinkError` and the whole batch is retried.
+alerts, a row of them the database refuses left out and logged. Retrying such a batch would
+fail for ever; any other failure (the database down, restarting, out of space) is raised as
+:class:`SinkError` and the whole batch is retried.
 """
 
 from __future__ import annotations
