@@ -8,6 +8,7 @@ a condition is the same key with ``state="cleared"``: incidents resolve on it.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Final, Literal
 
 import msgspec
@@ -19,6 +20,9 @@ AlertState = Literal["raised", "cleared"]
 
 #: Alert types for people inside a car that cannot get out.
 TRAPPED_TYPES: Final = frozenset({"trapped_between_levels", "trapped_at_level"})
+#: Namespace of :attr:`Alert.alert_id` (the worker's alert rows have always used it; migration
+#: 0006 gave every stored alert and the dispatcher's record of applying it this one id).
+ALERT_NAMESPACE: Final = uuid.UUID("5d1c8f7e-8a8e-4c55-9a49-7d3f3e0c2a11")
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +69,19 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     suggested_handling: str = ""
     estimated_trapped: int | None = None
     state: AlertState = "raised"
+
+    @property
+    def alert_id(self) -> uuid.UUID:
+        """The alert's one id: uuid5 of ``"{alert_key}|{state}"``, so a replay or a
+        redelivery of the same alert has the same id wherever it is stored.
+
+        >>> a = make_alert("32070000000000000001", "overload", 1795000000000, 1795000001000, {})
+        >>> a.alert_id == msgspec.json.decode(msgspec.json.encode(a), type=Alert).alert_id
+        True
+        >>> a.alert_id == clear_alert(a, 1795000009000, {}).alert_id
+        False
+        """
+        return uuid.uuid5(ALERT_NAMESPACE, f"{self.alert_key}|{self.state}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types."""

@@ -325,8 +325,9 @@ SELECT r.alert_key, r.elevator_id, r.alert_type, r.severity, r.detector, r.condi
 FROM tianyan.alert r
 LEFT JOIN tianyan.alert c ON c.alert_key = r.alert_key AND c.state = 'cleared'
 LEFT JOIN LATERAL (
-    SELECT incident_id FROM tianyan.incident_alert a
-    WHERE a.alert_key = r.alert_key AND a.incident_id IS NOT NULL LIMIT 1
+    SELECT a.incident_id FROM tianyan.incident_alert a
+    JOIN tianyan.alert k ON k.alert_id = a.alert_id
+    WHERE k.alert_key = r.alert_key AND a.incident_id IS NOT NULL LIMIT 1
 ) i ON true
 LEFT JOIN LATERAL (
     SELECT incident_id FROM tianyan.incident n WHERE n.alert_key = r.alert_key LIMIT 1

@@ -20,6 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from detectors.alerts import Alert
+from streams.sinks.alerts import insert_alerts
 
 from .lifecycle import (
     ACTIVE_STATES,
@@ -224,7 +225,7 @@ def _flush_writes(cur: psycopg.Cursor[Any], writes: _Writes) -> None:
         )
     if writes.alert_links:
         cur.executemany(
-            "UPDATE incident_alert SET incident_id = %s WHERE alert_key = %s AND state = %s",
+            "UPDATE incident_alert SET incident_id = %s WHERE alert_id = %s",
             writes.alert_links,
         )
     if writes.notify:
@@ -322,9 +323,12 @@ def apply_alerts(
     """Fold ``(alert, received_at)`` pairs, in order, into the incidents, in one transaction;
     a repeat of an applied alert changes nothing.
 
-    A raised alert opens an incident for (elevator, alert type), or updates the active one
-    (``repeats``, severity and people trapped only ever rise). A cleared alert resolves the
-    active incident it last updated (actor ``detector``). ``before_commit`` runs inside the
+    Each alert is stored once, under its one id (``alert``; the worker has usually stored
+    it already, and then nothing is written), and its application is recorded by that id
+    (``incident_alert``). A raised alert opens an incident for (elevator, alert type), or
+    updates the active one (``repeats``, severity and people trapped only ever rise). A
+    cleared alert resolves the active incident it last updated (actor ``detector``).
+    ``before_commit`` runs inside the
     transaction with the changes (the device commands are published there: if that fails,
     nothing is recorded and the alerts are applied again). One transaction for a batch is
     one commit for many alerts: a district's burst is applied at hundreds per second.
@@ -332,6 +336,9 @@ def apply_alerts(
     changes: list[Change] = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         writes = _Writes()
+        # First, all at once: an alert whose row the worker has not written (it was refused,
+        # or the alert was replayed or published by something else) is not lost here.
+        insert_alerts(cur, [alert for alert, _ in alerts])
         for alert, received_at in alerts:
             changes += _apply_one(cur, alert, config, received_at, writes)
         if changes and before_commit is not None:
@@ -348,10 +355,9 @@ def _apply_one(
     writes: _Writes,
 ) -> list[Change]:
     cur.execute(
-        "INSERT INTO incident_alert (alert_key, state, applied_at)"
-        " VALUES (%s, %s, clock_timestamp())"
-        " ON CONFLICT DO NOTHING RETURNING alert_key",
-        (alert.alert_key, alert.state),
+        "INSERT INTO incident_alert (alert_id, applied_at) VALUES (%s, clock_timestamp())"
+        " ON CONFLICT DO NOTHING RETURNING alert_id",
+        (alert.alert_id,),
     )
     if cur.fetchone() is None:
         return []
@@ -448,7 +454,7 @@ def _apply_one(
             )
         )
     if changes:
-        writes.alert_links.append((changes[0].incident_id, alert.alert_key, alert.state))
+        writes.alert_links.append((changes[0].incident_id, alert.alert_id))
     return changes
 
 
@@ -585,7 +591,8 @@ def escalate_due(
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT i.*, a.applied_at AS recorded_at FROM incident i"
-            " JOIN incident_alert a ON a.alert_key = i.alert_key AND a.state = 'raised'"
+            " JOIN alert r ON r.alert_key = i.alert_key AND r.state = 'raised'"
+            " JOIN incident_alert a ON a.alert_id = r.alert_id"
             " WHERE i.state = 'open' AND i.fault_type = ANY(%s)"
             " AND i.escalation_level <> 'city' FOR UPDATE OF i SKIP LOCKED",
             (sorted(TRAPPED_TYPES),),

@@ -5,7 +5,8 @@ Shape of the data at each step::
     raw topic (key elevator id, value contract JSON)          # BatchTopic, batches of Message
       → Ingest.process                                       # IngestBatch: valid messages,
                                                              #   quarantined, windows, trips
-      → TimescaleSink.write_batch (in a thread)              # rows durable
+      → TimescaleSink.write_batch (in a thread)              # rows durable; samples COPYed
+                                                             #   from the original bytes
       → quarantine topic (reason + original bytes)           # refused messages
       → state checkpoint (Faust table changelog)             # per-elevator state
       → ack → Faust commits those offsets
@@ -226,6 +227,7 @@ class Worker:
                     batch.windows,
                     batch.trips,
                     batch.alerts,
+                    originals=[source.value for source in batch.sources],
                 )
             except SinkError as e:
                 metrics.SINK_ERRORS.inc()

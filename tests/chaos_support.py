@@ -111,12 +111,12 @@ class Chaos:
         with psycopg.connect(self.run.admin_url) as conn:
             unapplied = conn.execute(
                 "SELECT a.alert_key, a.state FROM alert a WHERE NOT EXISTS (SELECT 1 FROM"
-                " incident_alert i WHERE i.alert_key = a.alert_key AND i.state = a.state)"
+                " incident_alert i WHERE i.alert_id = a.alert_id)"
             ).fetchall()
             assert unapplied == [], f"alerts never applied: {unapplied[:5]}"
             trappings = conn.execute(
                 "SELECT a.alert_key, count(DISTINCT i.incident_id) FROM alert a"
-                " LEFT JOIN incident_alert i ON i.alert_key = a.alert_key AND i.state = 'raised'"
+                " LEFT JOIN incident_alert i ON i.alert_id = a.alert_id"
                 " WHERE a.state = 'raised' AND a.alert_type = ANY(%s) GROUP BY a.alert_key",
                 (list(TRAPPED),),
             ).fetchall()

@@ -110,3 +110,98 @@ def test_badly_named_file_is_refused(migrations_copy: Path) -> None:
     (migrations_copy / "migrations" / "2_oops.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=r"NNNN_lowercase_name\.sql"):
         discover(migrations_copy / "migrations")
+
+
+def test_0006_carries_applied_alerts_over_to_the_alert_s_one_id(
+    scratch_db: str, migrations_copy: Path
+) -> None:
+    """Before 0006 the dispatcher kept its own record of an alert (key and state); after it,
+    a reference to the alert's row by the alert's id. Every record is carried over: linked
+    to the alert's row, or to a row rebuilt from what is known when the alert had none."""
+    import datetime as dt
+    import uuid
+
+    from detectors.alerts import ALERT_NAMESPACE
+
+    mig_dir, idem_dir = migrations_copy / "migrations", migrations_copy / "idempotent"
+    later = [p for p in mig_dir.glob("*.sql") if p.name >= "0006"]
+    held = {p: p.read_text() for p in later}
+    for p in later:
+        p.unlink()
+    migrate(scratch_db, mig_dir, idem_dir)
+
+    def one_id(key: str, state: str) -> uuid.UUID:
+        return uuid.uuid5(ALERT_NAMESPACE, f"{key}|{state}")
+
+    car, other = "32070000000000000001", "32070000000000000002"
+    t0 = dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC)
+    ms = int(t0.timestamp() * 1000)
+    opening, repeat = f"{car}:trapped_at_level:{ms}", f"{car}:trapped_at_level:{ms + 5000}"
+    orphan = f"{other}:overload:{ms}"
+    incident = uuid.uuid4()
+    applied = t0 + dt.timedelta(minutes=1)
+    with psycopg.connect(scratch_db) as conn:
+        conn.execute("SET search_path = tianyan")
+        alert_sql = (
+            "INSERT INTO alert (alert_id, alert_key, state, raised_at, condition_since,"
+            " elevator_id, alert_type, severity, detector, evidence)"
+            " VALUES (%s, %s, 'raised', %s, %s, %s, 'trapped_at_level', 'critical', 'rules',"
+            " '{}')"
+        )
+        conn.execute(alert_sql, (one_id(opening, "raised"), opening, t0, t0, car))
+        # a row under another id than the one id (none was ever written so; still carried)
+        conn.execute(alert_sql, (uuid.uuid4(), repeat, t0, t0, car))
+        conn.execute(
+            "INSERT INTO incident (incident_id, elevator_id, fault_type, gb_code, severity,"
+            " state, opened_at, updated_at, closed_at, closed_by, alert_key)"
+            " VALUES (%s, %s, 'trapped_at_level', '11', 'critical', 'resolved', %s, %s, %s,"
+            " 'detector', %s)",
+            (incident, car, t0, t0, t0 + dt.timedelta(minutes=9), opening),
+        )
+        conn.cursor().executemany(
+            "INSERT INTO incident_alert (alert_key, state, incident_id, applied_at)"
+            " VALUES (%s, %s, %s, %s)",
+            [
+                (opening, "raised", incident, applied),
+                (repeat, "raised", incident, applied),
+                (repeat, "cleared", incident, applied),  # applied; its row never stored
+                (orphan, "cleared", None, applied),  # applied, changed nothing; no row
+            ],
+        )
+    for p, text in held.items():
+        p.write_text(text)
+    assert migrate(scratch_db, mig_dir, idem_dir).applied == [p.name for p in sorted(later)]
+
+    with psycopg.connect(scratch_db) as conn:
+        conn.execute("SET search_path = tianyan")
+        links = conn.execute(
+            "SELECT l.alert_id, a.alert_key, a.state, l.incident_id, l.applied_at"
+            " FROM incident_alert l JOIN alert a USING (alert_id) ORDER BY a.alert_key, a.state"
+        ).fetchall()
+        rebuilt = conn.execute(
+            "SELECT alert_key, state, elevator_id, alert_type, gb_code, severity, raised_at,"
+            " condition_since, evidence ? 'reconstructed' FROM alert"
+            " WHERE detector = 'unknown' ORDER BY alert_key"
+        ).fetchall()
+        alerts = conn.execute("SELECT count(*) FROM alert").fetchone()
+    assert links == [
+        (one_id(opening, "raised"), opening, "raised", incident, applied),
+        (one_id(repeat, "cleared"), repeat, "cleared", incident, applied),
+        (one_id(repeat, "raised"), repeat, "raised", incident, applied),
+        (one_id(orphan, "cleared"), orphan, "cleared", None, applied),
+    ]
+    assert alerts == (4,)
+    assert rebuilt == [
+        (
+            repeat,
+            "cleared",
+            car,
+            "trapped_at_level",
+            "11",
+            "critical",
+            t0 + dt.timedelta(minutes=9),  # the incident it resolved closed then
+            t0 + dt.timedelta(seconds=5),
+            True,
+        ),
+        (orphan, "cleared", other, "overload", None, "info", t0, t0, True),
+    ]

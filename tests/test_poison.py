@@ -196,7 +196,7 @@ def test_sink_retries_when_the_database_fails_not_the_data(scratch_db: str) -> N
 # -- the fuzz: mutated valid messages through decode → validate → fold → sink -------------------
 
 #: Replacements for one number of a valid message: too large, too small for a 32-bit float,
-#: not JSON, overflowing every integer type.
+#: too small for a 64-bit one, not JSON, overflowing every integer type.
 _NUMBERS = [
     b"1e999",
     b"-1e999",
@@ -213,6 +213,7 @@ _NUMBERS = [
     b"9223372036854775808",
     b"18446744073709551616",
     b"0.000000000000000000000000000000000000000000000000000001",
+    b"1e-400",  # 0 to msgspec, out of range to PostgreSQL, which reads the original bytes
 ]
 #: Replacements for one string's contents (elevator id, schema, kind or a code): bad UTF-8
 #: (a lone byte, a truncated sequence, an encoded surrogate, an overlong NUL), JSON escapes
@@ -314,7 +315,13 @@ def test_fuzz_no_message_escapes_and_every_valid_one_is_stored(
 
     batch = ingest.process(records)  # nothing may escape, nor below
     admitted = list(batch.messages)
-    result = sink.write_batch(batch.messages, batch.windows, batch.trips, batch.alerts)
+    result = sink.write_batch(
+        batch.messages,
+        batch.windows,
+        batch.trips,
+        batch.alerts,
+        originals=[source.value for source in batch.sources],  # as the worker does
+    )
     batch.quarantine_refused(result.refused)
     for record, reason in batch.quarantined:
         assert reason

@@ -165,6 +165,75 @@ def test_alerts_become_one_incident_per_elevator_and_fault_with_outbox_and_ledge
     assert data["times"]["arrival_due_at"] and data["arrival"]["target_s"] == 1800
 
 
+def test_an_alert_is_stored_once_under_the_one_id_its_application_references(
+    settings: Settings, scratch_db: str
+) -> None:
+    from detectors.alerts import Alert
+    from rescue.ledger import verify
+    from streams.sinks import TimescaleSink
+
+    r = rescue_setup(settings, scratch_db, ["http://a.invalid/hook"])
+    config = store.DispatchConfig(("http://a.invalid/hook",), (1, 2, 3), 1800)
+    now = dt.datetime.now(dt.UTC)
+    raised, unstored = trapped(0, 0), overload(1, 10)
+
+    def from_kafka(a: Alert) -> Alert:
+        return msgspec.json.decode(msgspec.json.encode(a), type=Alert)
+
+    # The worker stores the trapping, then publishes it; the overload reaches the dispatcher
+    # with no row (the worker crashed before writing it, or the topic was replayed).
+    with TimescaleSink(r.writer_url) as sink:
+        assert sink.write_batch([], alerts=[raised]).alerts == 1
+    with psycopg.connect(r.writer_url) as conn:
+        opened = store.apply_alerts(
+            conn, [(from_kafka(raised), now), (from_kafka(unstored), now)], config
+        )
+        # Kafka redelivering, a replay of the topic, a repeat within one batch: nothing.
+        again = store.apply_alerts(
+            conn, [(from_kafka(a), now) for a in (unstored, raised, unstored)], config
+        )
+        resolved = store.apply_alert(conn, from_kafka(cleared(raised)), config, received_at=now)
+    # The worker writing those alerts after the dispatcher stored them adds nothing.
+    with TimescaleSink(r.writer_url) as sink:
+        assert sink.write_batch([], alerts=[unstored, cleared(raised)]).alerts == 0
+    assert [c.event_type for c in opened] == ["incident.opened", "incident.opened"]
+    assert again == []
+    assert [c.event_type for c in resolved] == ["incident.resolved"]
+    links = r.query(
+        "SELECT a.alert_id, a.alert_key, a.state, i.fault_type FROM alert a"
+        " JOIN incident_alert l USING (alert_id) JOIN incident i USING (incident_id)"
+        " ORDER BY a.raised_at"
+    )
+    assert links == [
+        (unstored.alert_id, unstored.alert_key, "raised", "overload"),
+        (raised.alert_id, raised.alert_key, "raised", "trapped_between_levels"),
+        (cleared(raised).alert_id, raised.alert_key, "cleared", "trapped_between_levels"),
+    ]
+    assert r.scalar("SELECT count(*) FROM alert") == 3
+    assert r.scalar("SELECT count(*) FROM incident_alert") == 3
+    assert r.scalar("SELECT count(*) FROM incident_event") == 3
+    # The row the dispatcher stored is the one the worker would have.
+    row = r.query(
+        "SELECT elevator_id, alert_type, gb_code, severity, detector, evidence, probable_cause,"
+        " (extract(epoch FROM raised_at) * 1000)::bigint FROM alert WHERE alert_id = %s",
+        unstored.alert_id,
+    )
+    assert row == [
+        (
+            unstored.elevator_id,
+            "overload",
+            unstored.gb_code,
+            unstored.severity,
+            "rules",
+            unstored.evidence,
+            unstored.probable_cause,
+            unstored.raised_at_ms,
+        )
+    ]
+    report = verify(r.admin_url)
+    assert report.ok and report.entries == 3, report.problems
+
+
 @pytest.mark.slow
 def test_the_pipeline_role_can_only_append_to_the_ledger(
     settings: Settings, rescue: Callable[..., Rescue]

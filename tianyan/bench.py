@@ -231,13 +231,15 @@ def latency(run: Run, cfg: BenchConfig, tmp: Path) -> dict[str, float]:
 
 def copy_rates(run: Run, path: Path, tmp: Path, limit: int = 100_000) -> dict[str, float]:
     """(d) the sink's rows/s, then psql COPY of the same rows into the same empty table."""
-    messages = []
+    messages, originals = [], []
     with path.open("rb") as f:
         for line in f:
+            raw = line.rstrip(b"\n")
             try:
-                messages.append(contract.decode(line.rstrip(b"\n")))
+                messages.append(contract.decode(raw))
             except contract.InvalidMessage:
                 continue
+            originals.append(raw)  # as the worker does: COPY of the bytes received
             if len(messages) >= limit:
                 break
     with psycopg.connect(run.admin_url, autocommit=True) as conn:
@@ -246,7 +248,9 @@ def copy_rates(run: Run, path: Path, tmp: Path, limit: int = 100_000) -> dict[st
     rows = 0
     with TimescaleSink(run.writer_url) as sink:
         for i in range(0, len(messages), 2000):
-            rows += sink.write_batch(messages[i : i + 2000]).samples
+            rows += sink.write_batch(
+                messages[i : i + 2000], originals=originals[i : i + 2000]
+            ).samples
     sink_s = time.perf_counter() - started
     csv_path = tmp / "rows.csv"
     # COPY of a hypertable itself reads only its (empty) parent: select from it instead.

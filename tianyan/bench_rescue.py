@@ -290,10 +290,10 @@ def _power_cut(
             "SELECT extract(epoch FROM a.applied_at - d.source_time)::float8,"
             " extract(epoch FROM d.first_attempt_at - d.source_time)::float8,"
             " extract(epoch FROM d.source_time)::float8, extract(epoch FROM a.applied_at)::float8"
-            " FROM incident_alert a JOIN webhook_delivery d"
-            " ON d.payload->'data'->'fault'->>'alert_key' = a.alert_key"
+            " FROM incident_alert a JOIN alert r ON r.alert_id = a.alert_id"
+            " JOIN webhook_delivery d ON d.payload->'data'->'fault'->>'alert_key' = r.alert_key"
             " AND d.event_type IN ('incident.opened', 'incident.updated')"
-            " WHERE a.state = 'raised' AND a.alert_key = ANY(%s)",
+            " WHERE r.state = 'raised' AND r.alert_key = ANY(%s)",
             (keys,),
         ).fetchall()
         opened = conn.execute(
@@ -329,12 +329,12 @@ def _drain(run: Run, wait_count: Any, fleet: list[Any], *, n: int) -> dict[str, 
 
     run.group.stop("dispatcher")
     base_ms = int(time.time() * 1000)
-    keys = []
+    ids = []
     with RawPublisher(run.settings.kafka_bootstrap, run.settings.alerts_topic) as pub:
         for i in range(n):
             car = fleet[i % len(fleet)].registration_code
             alert = make_alert(car, "terminal_fault", base_ms + i, base_ms + i, {"i": i})
-            keys.append(alert.alert_key)
+            ids.append(alert.alert_id)
             pub.publish(car.encode(), msgspec.json.encode(alert))
     _say(f"(d) {n} alerts queued; the dispatcher drains them …")
     before = run.scalar("SELECT count(*) FROM incident_alert")
@@ -343,8 +343,8 @@ def _drain(run: Run, wait_count: Any, fleet: list[Any], *, n: int) -> dict[str, 
     with psycopg.connect(run.admin_url) as conn:
         row = conn.execute(
             "SELECT extract(epoch FROM max(applied_at) - min(applied_at))::float8, count(*)"
-            " FROM incident_alert WHERE alert_key = ANY(%s)",
-            (keys,),
+            " FROM incident_alert WHERE alert_id = ANY(%s)",
+            (ids,),
         ).fetchone()
     assert row is not None
     span_s, applied = row

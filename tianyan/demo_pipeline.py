@@ -249,7 +249,7 @@ def run(
     summary.alerts_unapplied = _scalar(
         admin,
         "SELECT count(*) FROM alert a WHERE NOT EXISTS (SELECT 1 FROM incident_alert i"
-        " WHERE i.alert_key = a.alert_key AND i.state = a.state)",
+        " WHERE i.alert_id = a.alert_id)",
     )
     summary.webhooks = {
         "delivered": deliveries.get("delivered", 0),

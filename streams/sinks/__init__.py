@@ -1,5 +1,29 @@
-"""Sinks: where stream records come to rest."""
+"""Sinks: where stream records come to rest, one sink per record type.
 
-from .timescale import SinkError, TimescaleSink
+``SampleSink`` (samples and codes, from each message's own bytes), ``WindowSink``,
+``TripSink`` and ``AlertSink`` each connect in ``setup()`` and store a batch in one
+transaction with ``write(batch)``; ``TimescaleSink`` writes a worker's whole batch through
+all four in one transaction.
+"""
 
-__all__ = ["SinkError", "TimescaleSink"]
+from .alerts import AlertSink, insert_alerts
+from .base import Connection, Refused, Sink, SinkError
+from .samples import RawMessage, SampleSink
+from .timescale import TimescaleSink, WriteResult
+from .trips import TripSink
+from .windows import WindowSink
+
+__all__ = [
+    "AlertSink",
+    "Connection",
+    "RawMessage",
+    "Refused",
+    "SampleSink",
+    "Sink",
+    "SinkError",
+    "TimescaleSink",
+    "TripSink",
+    "WindowSink",
+    "WriteResult",
+    "insert_alerts",
+]
