@@ -8,7 +8,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from foundation.settings import Settings
@@ -33,19 +32,13 @@ def superuser_url(settings: Settings) -> str:
 
 
 @pytest.fixture
-def scratch_db(
-    settings: Settings, superuser_url: str, request: pytest.FixtureRequest
-) -> Iterator[str]:
+def scratch_db(settings: Settings, request: pytest.FixtureRequest) -> Iterator[str]:
     """A new, empty database owned by the tianyan role; its admin URL; dropped afterwards."""
+    from tianyan.harness import create_database, drop_database
+
     name = "tianyan_test_" + request.node.name.lower().replace("[", "_").replace("]", "")[:40]
-    with psycopg.connect(superuser_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}" OWNER tianyan')
-    with psycopg.connect(superuser_url.rsplit("/", 1)[0] + f"/{name}", autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION timescaledb")
-    yield f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{name}"
-    with psycopg.connect(superuser_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield create_database(settings, name)
+    drop_database(settings, name)
 
 
 @pytest.fixture

@@ -166,13 +166,13 @@ def test_alerts_become_one_incident_per_elevator_and_fault_with_outbox_and_ledge
 
 
 def test_an_alert_is_stored_once_under_the_one_id_its_application_references(
-    settings: Settings, scratch_db: str
+    settings: Settings, rescue: Callable[..., Rescue]
 ) -> None:
     from detectors.alerts import Alert
     from rescue.ledger import verify
     from streams.sinks import TimescaleSink
 
-    r = rescue_setup(settings, scratch_db, ["http://a.invalid/hook"])
+    r = rescue(["http://a.invalid/hook"])
     config = store.DispatchConfig(("http://a.invalid/hook",), (1, 2, 3), 1800)
     now = dt.datetime.now(dt.UTC)
     raised, unstored = trapped(0, 0), overload(1, 10)

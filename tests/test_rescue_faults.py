@@ -21,6 +21,7 @@ from kafka.admin import NewTopic
 from foundation.settings import Settings
 from sql.migrate import migrate
 from streams.producer import PublishError, RawPublisher
+from tianyan.harness import create_database
 from tianyan.processes import free_port, listening
 from tianyan.stack.kafka import LocalKafka
 
@@ -267,12 +268,7 @@ def test_a_dispatcher_stops_when_its_database_is_dropped_and_created_again(
         dispatcher = r.start_dispatcher(log)
         r.publish([trapped(0, 0)])  # it has worked in this database
         wait_for(lambda: r.scalar("SELECT count(*) FROM incident") == 1, 60, "the incident")
-        with psycopg.connect(superuser_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}" OWNER tianyan')
-        with psycopg.connect(superuser_url.rsplit("/", 1)[0] + f"/{name}", autocommit=True) as c:
-            c.execute("CREATE EXTENSION timescaledb")
-        migrate(r.admin_url)
+        migrate(create_database(settings, name))  # dropped first
         dispatcher.wait(60)
         assert "was dropped and created again" in log.read_text()
     finally:

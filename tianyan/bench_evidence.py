@@ -55,16 +55,12 @@ def run(settings: Settings, *, rows: int, calls: int, contenders: int, keep: boo
     from detectors.alerts import make_alert
     from rescue import store
     from sql.migrate import migrate
+    from tianyan.harness import create_database, drop_database
 
     elevators = max(1, rows // SAMPLES_PER_ELEVATOR)
     tag = uuid.uuid4().hex[:8]
     dbname = f"tianyan_bench_evidence_{tag}"
-    superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}"
-    admin_url = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{dbname}"
-    with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}" OWNER tianyan')
-    with psycopg.connect(f"{superuser}/{dbname}", autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION timescaledb")
+    admin_url = create_database(settings, dbname)
     try:
         migrate(admin_url)
         t0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -186,8 +182,7 @@ def run(settings: Settings, *, rows: int, calls: int, contenders: int, keep: boo
         return summary
     finally:
         if not keep:
-            with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            drop_database(settings, dbname)
         else:
             _say(f"kept: {admin_url}")
 

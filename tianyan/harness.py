@@ -153,6 +153,25 @@ class Run:
         return row[0] if row else None
 
 
+def create_database(settings: Settings, database: str) -> str:
+    """A new, empty ``database`` (dropped first if it exists) owned by the ``tianyan`` role,
+    with TimescaleDB; returns its URL as the owner. Not migrated."""
+    superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}"
+    with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{database}" OWNER tianyan')
+    with psycopg.connect(f"{superuser}/{database}", autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION timescaledb")
+    return f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{database}"
+
+
+def drop_database(settings: Settings, database: str) -> None:
+    """Drop ``database`` if it exists, whoever is connected to it."""
+    superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}/postgres"
+    with psycopg.connect(superuser, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 @contextmanager
 def pipeline(
     settings: Settings,
@@ -170,13 +189,7 @@ def pipeline(
     from streams.topics import ensure_topics, topic_specs
 
     work.mkdir(parents=True, exist_ok=True)
-    superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}"
-    admin_url = f"postgresql://tianyan@127.0.0.1:{settings.pg_port}/{database}"
-    with psycopg.connect(superuser + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{database}" OWNER tianyan')
-    with psycopg.connect(f"{superuser}/{database}", autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION timescaledb")
+    admin_url = create_database(settings, database)
     tag = uuid.uuid4().hex[:8]
     run_settings = dataclasses.replace(
         settings,
@@ -231,8 +244,6 @@ def _clean_up(
         log.warning("the run's topics were not deleted: %s", e)
     if database is not None:
         try:
-            superuser = f"postgresql://postgres@127.0.0.1:{settings.pg_port}/postgres"
-            with psycopg.connect(superuser, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            drop_database(settings, database)
         except psycopg.Error as e:
             log.warning("the run's database %s was not dropped: %s", database, e)
