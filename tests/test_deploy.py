@@ -62,7 +62,11 @@ def test_unit_runs_a_console_command_and_restarts_always(unit_name: str, command
     assert service.get("KillSignal", "SIGTERM") == "SIGTERM"
     assert service["KillMode"] == "mixed"
     assert 30 <= seconds(service["TimeoutStopSec"]) <= 300
-    assert service["WorkingDirectory"].startswith("%S/"), "Faust writes its data dir here"
+    assert service["WorkingDirectory"].startswith("%S/")
+    # Faust writes its data folder under TIANYAN_VAR_DIR: the state directory, the one
+    # place ProtectSystem=strict leaves writable
+    environment = dict(kv.split("=", 1) for kv in shlex.split(service["Environment"]))
+    assert environment["TIANYAN_VAR_DIR"] == "%S/" + service["StateDirectory"]
     assert unit["Install"]["WantedBy"]
 
 
