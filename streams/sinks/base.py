@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Generic, Self, TypeVar
 
+import msgspec
 import psycopg
 
 log = logging.getLogger("tianyan.sink")
@@ -172,6 +173,52 @@ class Sink(abc.ABC, Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class StructSink(Sink[S]):
+    """A sink of one msgspec record type, declared by its table and time columns: the
+    records are COPYed into a staging table shaped like the table (plus their Unix-ms
+    fields), then inserted with those fields as ``timestamptz``, ignoring rows already
+    stored.
+
+    Subclasses set :attr:`record`, :attr:`table` and :attr:`times` (pairs of a table column
+    and the record's Unix-ms field holding it); the rest of the record's fields are the
+    table's own columns.
+    """
+
+    record: ClassVar[type[msgspec.Struct]]
+    #: (table column, the record's field holding it in Unix ms) pairs.
+    times: ClassVar[tuple[tuple[str, str], ...]]
+    _copy: ClassVar[str]
+    _insert: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = cls.record.__struct_fields__
+        times = dict(cls.times)
+        same = [f for f in fields if f not in times.values()]
+        staging = f"{cls.table}_staging"
+        ms = ", ".join(f"0::bigint AS {f}" for f in times.values())
+        cls.staging_ddl = (
+            f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS"
+            f" SELECT *, {ms} FROM tianyan.{cls.table} WITH NO DATA"
+        )
+        cls._copy = f"COPY {staging} ({', '.join(fields)}) FROM STDIN"
+        cls._insert = (
+            f"INSERT INTO tianyan.{cls.table} ({', '.join([*times, *same])}) SELECT "
+            + ", ".join([*(EPOCH_MS.format(f) for f in times.values()), *same])
+            + f" FROM {staging} ON CONFLICT DO NOTHING"
+        )
+
+    def insert(self, cur: psycopg.Cursor, batch: Sequence[S]) -> Rows:
+        with cur.copy(self._copy) as copy:
+            for record in batch:
+                copy.write_row(msgspec.structs.astuple(record))
+        cur.execute(self._insert)
+        return Rows({self.table: cur.rowcount})
 
 
 def bisect(
