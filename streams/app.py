@@ -130,6 +130,8 @@ class Worker:
         self._dirty: dict[str, int] = {}
         self._held: list[Message] = []
         self._checkpoint_due = 0.0
+        #: Raw-topic partitions a rebalance took away, forgotten at the loop's next turn.
+        self._revoked: set[int] = set()
 
     # -- state ----------------------------------------------------------------------------------
     def _load_state(self, elevator_id: str) -> bytes | None:
@@ -151,8 +153,11 @@ class Worker:
         table = self.state_table
         changelog = table.changelog_topic.get_topic_name()
         for elevator_id, partition in self._dirty.items():
+            state = self.ingest.states.get(elevator_id)
+            if state is None:  # its partition went to another worker since
+                continue
             key = elevator_id.encode()
-            value = self.ingest.states[elevator_id].encode()
+            value = state.encode()
             table.data[key] = value
             self.producer.publish(key, value, topic=changelog, partition=partition)
         self._dirty.clear()
@@ -171,8 +176,20 @@ class Worker:
         self._held = []
         self._checkpoint_due = time.monotonic() + self.settings.checkpoint_interval_s
 
-    def forget_partitions(self, partitions: Iterable[int]) -> None:
-        self.ingest.forget_partitions(partitions)
+    def partitions_revoked(self, partitions: Iterable[int]) -> None:
+        """A rebalance took these raw-topic partitions away (Faust's signal, on the event
+        loop): their states and clocks are forgotten at the loop's next turn, never while a
+        fold runs. Left cached, a revoked partition's clock ran on with the wall clock and
+        raised ``device_offline`` for every car now served by another worker."""
+        self._revoked.update(partitions)
+
+    def _forget_revoked(self) -> None:
+        revoked, self._revoked = self._revoked, set()
+        # Their unsaved changes (silence judged since the last checkpoint) are the new
+        # owner's to make again: it judges the same silences at the same stream times.
+        self._dirty = {e: p for e, p in self._dirty.items() if p not in revoked}
+        self.ingest.forget_partitions(revoked)
+        metrics.ELEVATOR_STATES.set(len(self.ingest.states))
 
     def _process(self, records: list[RawRecord]) -> IngestBatch:
         batch = self.ingest.process(records)
@@ -198,6 +215,11 @@ class Worker:
             for m in batch:
                 consumer.track_message(m)
             records = [RawRecord(m.key, m.value or b"", m.partition, m.offset) for m in batch]
+            if self._revoked:
+                if pending_write is not None:  # its states are marked dirty first
+                    await self._finish(await pending_write)
+                    pending_write = None
+                self._forget_revoked()
             # Folding runs in a thread so the event loop keeps taking deliveries from Kafka
             # meanwhile; nothing else touches the ingest state (silence is checked here too).
             processed = await asyncio.to_thread(self._process, records)
@@ -265,6 +287,7 @@ class Worker:
             self._dirty[elevator_id] = partition
         self._held.extend(messages)
         metrics.MESSAGES.inc(len(batch.messages))
+        metrics.ELEVATOR_STATES.set(len(self.ingest.states))
         metrics.SAMPLES.inc(batch.samples)
         metrics.QUARANTINED.inc(len(batch.quarantined))
         metrics.DUPLICATES.inc(batch.duplicates)
@@ -306,6 +329,11 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     @app.task
     async def ingest() -> None:
         await worker.run()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        (revoked,) = args  # a set of TP: (topic, partition)
+        worker.partitions_revoked(tp.partition for tp in revoked if tp.topic == settings.raw_topic)
 
     def survive(task: str) -> Any:
         return keep_serving(task, metrics.BACKGROUND_ERRORS, log)

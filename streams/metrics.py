@@ -83,6 +83,11 @@ STATES_RESTORED = Counter(
     "Elevator states loaded from the table (recovered from the changelog)",
     registry=REGISTRY,
 )
+ELEVATOR_STATES = Gauge(
+    "tianyan_elevator_states",
+    "Elevator states held in memory (those of the partitions this worker reads)",
+    registry=REGISTRY,
+)
 UNREADABLE_STATES = Gauge(
     "tianyan_unreadable_states",
     "Saved elevator states this version could not read (started afresh)",

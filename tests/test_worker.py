@@ -226,3 +226,41 @@ def test_health_and_metrics_endpoints(settings: Settings, tmp_path: Path) -> Non
         "tianyan_duplicates_total",
     ):
         assert metric in names
+
+
+def test_a_worker_forgets_the_partitions_a_rebalance_takes_away(
+    settings: Settings, simulated: Stream, tmp_path: Path
+) -> None:
+    """Left cached, a revoked partition's clock ran on with the wall clock and raised
+    device_offline for every car the other worker now served."""
+    expected = len(simulated.expect.samples)
+    with _pipeline(settings, tmp_path) as run:
+        first = run.start_worker("worker a")
+        run.publish(simulated.path)
+        _wait_for_samples(run, expected)
+        held_alone = run.wait(
+            lambda: _metrics(first).get("tianyan_elevator_states", 0),
+            lambda n: n >= FLEET_SIZE,
+            "worker a holding every elevator's state",
+        )
+        second = run.start_worker("worker b")
+        # The rebalance takes partitions from a (Faust revokes them all, then assigns a its
+        # share again); a forgets what it was holding at its next turn.
+        run.wait(
+            lambda: _metrics(first).get("tianyan_elevator_states", 0),
+            lambda n: n < held_alone,
+            "worker a forgetting the partitions it lost",
+        )
+        # The stream again: every message a repeat, each worker loading the states of its
+        # own partitions' cars from the checkpoints, and nothing stored twice.
+        run.publish(simulated.path)
+
+        def held() -> tuple[float, float]:
+            return tuple(_metrics(p).get("tianyan_elevator_states", 0) for p in (first, second))
+
+        shares = run.wait(held, lambda h: sum(h) >= FLEET_SIZE, "both workers holding states")
+        time.sleep(2)
+        stored = _count(run)
+    assert held_alone == FLEET_SIZE
+    assert all(0 < n < FLEET_SIZE for n in shares) and sum(shares) == FLEET_SIZE, shares
+    assert stored == expected
