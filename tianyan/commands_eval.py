@@ -207,22 +207,24 @@ def score_command(
     if strict_time and order.first_step_back is not None:
         k = order.first_step_back
         raise click.ClickException(
-            f"{path}: time column {name!r}: line {k + 2}: {raw.iloc[k]!r} is before line "
-            f"{k + 1}: {raw.iloc[k - 1]!r} (--strict-time)"
+            f"{path}: time column {name!r}: line {k + 2}: {str(raw.iloc[k])!r} is before line "
+            f"{k + 1}: {str(raw.iloc[k - 1])!r} (--strict-time)"
         )
     if strict_time and order.first_repeat is not None:
         k = order.first_repeat
         raise click.ClickException(
-            f"{path}: time column {name!r}: line {k + 2}: {raw.iloc[k]!r} repeats line "
+            f"{path}: time column {name!r}: line {k + 2}: {str(raw.iloc[k])!r} repeats line "
             f"{k + 1} (--strict-time)"
         )
     if not order.clean:
+        numeric = np.issubdtype(np.asarray(raw).dtype, np.number)
+        unit = "in the column's unit" if numeric else "ms"
         parts = []
         if order.steps_back:
             parts.append(
                 f"{order.steps_back} rows step back in time (first at line "
                 f"{order.first_step_back + 2 if order.first_step_back is not None else '-'}, "
-                f"longest {order.longest_step_back:g}, ms for dates)"
+                f"longest {order.longest_step_back:.15g} {unit})"
             )
         if order.repeats:
             parts.append(
