@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner, Result
 
 from detectors.catalog import SERIES_SCORERS as DETECTORS
+from detectors.series import SeriesError, score_series
 from tianyan.commands_eval import score_command
 
 SPIKE_ROW = 250
@@ -25,14 +27,14 @@ def scored(result: Result) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(result.output))
 
 
-def spiky_csv(path: Path, *, with_gap: bool = False) -> Path:
-    """300 rows a second apart from 2025-03-03T01:00Z; one spike of 20σ at SPIKE_ROW."""
+def spiky_csv(path: Path, *, with_gap: bool = False, rows: int = 300) -> Path:
+    """``rows`` rows a second apart from 2025-03-03T01:00Z; one spike of 20σ at SPIKE_ROW."""
     rng = np.random.default_rng(7)
-    values = rng.normal(10.0, 1.0, 300)
+    values = rng.normal(10.0, 1.0, rows)
     values[SPIKE_ROW] = 30.0
     frame = pd.DataFrame(
         {
-            "time": pd.date_range("2025-03-03T01:00:00Z", periods=300, freq="s").strftime(
+            "time": pd.date_range("2025-03-03T01:00:00Z", periods=rows, freq="s").strftime(
                 "%Y-%m-%dT%H:%M:%SZ"
             ),
             "speed_mps": values,
@@ -55,7 +57,7 @@ def test_a_spike_scores_high_and_the_rest_low(tmp_path: Path) -> None:
 
 
 def test_rows_with_missing_values_score_nan(tmp_path: Path) -> None:
-    path = spiky_csv(tmp_path / "gap.csv", with_gap=True)
+    path = spiky_csv(tmp_path / "gap.csv", with_gap=True, rows=1000)  # past every warm-up
     for detector in sorted(DETECTORS):
         s = scored(run("--detector", detector, str(path)))["anomaly_score"].to_numpy()
         assert all(math.isnan(x) for x in s[100:105]), detector
@@ -131,3 +133,84 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
 def test_detector_is_required_unless_listing(tmp_path: Path) -> None:
     result = run(str(spiky_csv(tmp_path / "s.csv")))
     assert result.exit_code == 1 and "--detector is required" in result.output
+
+
+def clock_reset_csv(path: Path) -> Path:
+    """1,000 rows a minute apart; at row 600 the clock steps back 2 h (a reset), and rows
+    301 and 302 repeat row 300's time. Values stationary, N(10, 1)."""
+    t = pd.Timestamp("2025-03-03T01:00:00Z") + pd.to_timedelta(np.arange(1000), unit="min")
+    t = t.where(np.arange(1000) < 600, t - pd.Timedelta(hours=2))
+    times = t.strftime("%Y-%m-%dT%H:%M:%SZ").to_numpy()
+    times[301:303] = times[300]
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"time": times, "temp_c": rng.normal(10.0, 1.0, 1000)})
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_time_stepping_back_or_repeating_is_scored_in_order_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    path = clock_reset_csv(tmp_path / "reset.csv")
+    for detector in sorted(DETECTORS):
+        result = CliRunner().invoke(score_command, ["--detector", detector, str(path)])
+        assert result.exit_code == 0, result.output
+        # 2 h back, less the minute of the step: 7,140,000 ms.
+        assert "1 rows step back in time (first at line 602, longest 7140000 ms)" in result.stderr
+        assert "2 rows repeat the previous row's time (first at line 303)" in result.stderr
+        out = pd.read_csv(io.StringIO(result.stdout))
+        assert len(out) == 1000
+        assert list(out["time"]) == list(pd.read_csv(path)["time"])  # file order kept
+        assert not out["anomaly_score"].iloc[-300:].isna().any(), detector
+
+
+def test_strict_time_refuses_naming_the_line(tmp_path: Path) -> None:
+    path = clock_reset_csv(tmp_path / "reset.csv")
+    result = run("--detector", "ewma", "--strict-time", str(path))
+    assert result.exit_code == 1
+    assert "line 602: '2025-03-03T09:00:00Z' is before line 601" in result.output
+    repeats = tmp_path / "repeats.csv"
+    repeats.write_text("t_s,x\n1,0.5\n2,0.6\n2,0.7\n")
+    result = run("--detector", "ewma", "--strict-time", str(repeats))
+    assert result.exit_code == 1 and "line 4: '2' repeats line 3" in result.output
+    with pytest.raises(SeriesError, match=r"timestamps\[2\]: 2.0 repeats timestamps\[1\]"):
+        score_series("ewma", [1.0, 2.0, 2.0], {"x": [1.0, 2.0, 3.0]}, strict_time=True)
+    with pytest.raises(SeriesError, match=r"timestamps\[1\]: nan is not a finite number"):
+        score_series("ewma", [1.0, math.nan, 3.0], {"x": [1.0, 2.0, 3.0]})
+
+
+def test_a_step_back_longer_than_the_gap_restarts_the_sequential_statistic() -> None:
+    """After a shift of 2σ the CUSUM statistic is far above its limit; a clock reset (a step
+    back of 100 steps, beyond the 10-step gap threshold) restarts it, a step back of 2 does
+    not."""
+    rng = np.random.default_rng(5)
+    x = np.r_[rng.normal(0.0, 1.0, 600), np.full(50, 2.0), np.zeros(1)]
+    for back_s, restarted in ((100.0, True), (2.0, False)):
+        t = np.arange(len(x), dtype=float)
+        t[-1] = t[-2] - back_s
+        s = score_series("cusum", t, {"x": x})
+        assert s[-2] > 0.5
+        assert bool(s[-1] < 0.5) is restarted, back_s
+
+
+#: The calibration series: CLEAN_ROWS of N(10, 1), then SHIFT_ROWS shifted by SHIFT_SIGMAS.
+CLEAN_ROWS, SHIFT_ROWS, SHIFT_SIGMAS = 3000, 100, 8.0
+#: Rows every detector may spend warming up (Half-Space Trees: 200 + 500 calibration).
+WARMUP_ALLOWED = 700
+#: Calibration: at most 1 % of clean rows above 0.5; the shift alarmed on most of its
+#: first DETECT_ROWS rows, from its first FIRST_ALARM_ROWS.
+CLEAN_ALARM_SHARE, DETECT_ROWS, FIRST_ALARM_ROWS = 0.01, 50, 3
+
+
+@pytest.mark.parametrize("detector", sorted(DETECTORS))
+def test_half_is_the_alarm_threshold_on_a_clean_series_and_a_level_shift(detector: str) -> None:
+    rng = np.random.default_rng(2025)
+    x = np.r_[rng.normal(10.0, 1.0, CLEAN_ROWS), rng.normal(10.0 + SHIFT_SIGMAS, 1.0, SHIFT_ROWS)]
+    t_ms = np.arange(len(x)) * 60_000.0
+    s = score_series(detector, t_ms, {"temp_c": x})
+    clean = s[WARMUP_ALLOWED:CLEAN_ROWS]
+    assert not np.isnan(clean).any()
+    assert np.mean(clean > 0.5) <= CLEAN_ALARM_SHARE, np.sum(clean > 0.5)
+    shifted = s[CLEAN_ROWS : CLEAN_ROWS + DETECT_ROWS]
+    assert (shifted[:FIRST_ALARM_ROWS] > 0.5).any()
+    assert np.mean(shifted > 0.5) > 0.8, np.sum(shifted > 0.5)

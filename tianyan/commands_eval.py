@@ -156,6 +156,13 @@ def _timestamps(path: Path, raw: Any, name: str) -> Any:
     metavar="KEY=VALUE",
     help="A detector parameter, e.g. alpha=0.2 (repeatable; see --list).",
 )
+@click.option(
+    "--strict-time",
+    "strict_time",
+    is_flag=True,
+    help="Refuse a file whose time steps back or repeats (default: score it in file order "
+    "and warn).",
+)
 @click.option("--list", "list_", is_flag=True, help="Name the detectors and their parameters.")
 def score_command(
     path: Path | None,
@@ -163,17 +170,23 @@ def score_command(
     out: Path | None,
     time_column: str | None,
     params: tuple[str, ...],
+    strict_time: bool,
     list_: bool,
 ) -> None:
     """Score every row of a CSV's numeric columns with a named detector.
 
-    The first column (or --time-column) holds timestamps — numbers in any unit, or dates —
-    finite and non-decreasing; every other column is a numeric value column. The output is
+    The first column (or --time-column) holds timestamps — numbers in any unit, or dates;
+    every other column is a numeric value column. Rows are scored in file order: rows whose
+    time steps back or repeats are counted in a warning on stderr (refused with
+    --strict-time), and a step back longer than the gap threshold restarts EWMA and CUSUM
+    as a long gap does. The output is
     the input with an anomaly_score column in [0, 1] (0.5 is the detector's own alarm
     threshold), NaN where a row has a missing value or the detector is still warming up.
     """
+    import numpy as np
+
     from detectors.catalog import SERIES_SCORERS as DETECTORS
-    from detectors.series import SeriesError, score_series
+    from detectors.series import SeriesError, score_series, time_order
 
     if list_:
         for line in _detector_lines():
@@ -188,7 +201,41 @@ def score_command(
     if path is None:
         raise click.ClickException("FILE.csv is required")
     kwargs = _parse_params(params)
-    frame, _, timestamps, columns = _read_series(path, time_column)
+    frame, name, timestamps, columns = _read_series(path, time_column)
+    order = time_order(np.asarray(timestamps, dtype=float))
+    raw = frame[name]
+    if strict_time and order.first_step_back is not None:
+        k = order.first_step_back
+        raise click.ClickException(
+            f"{path}: time column {name!r}: line {k + 2}: {str(raw.iloc[k])!r} is before line "
+            f"{k + 1}: {str(raw.iloc[k - 1])!r} (--strict-time)"
+        )
+    if strict_time and order.first_repeat is not None:
+        k = order.first_repeat
+        raise click.ClickException(
+            f"{path}: time column {name!r}: line {k + 2}: {str(raw.iloc[k])!r} repeats line "
+            f"{k + 1} (--strict-time)"
+        )
+    if not order.clean:
+        numeric = np.issubdtype(np.asarray(raw).dtype, np.number)
+        unit = "in the column's unit" if numeric else "ms"
+        parts = []
+        if order.steps_back:
+            parts.append(
+                f"{order.steps_back} rows step back in time (first at line "
+                f"{order.first_step_back + 2 if order.first_step_back is not None else '-'}, "
+                f"longest {order.longest_step_back:.15g} {unit})"
+            )
+        if order.repeats:
+            parts.append(
+                f"{order.repeats} rows repeat the previous row's time (first at line "
+                f"{order.first_repeat + 2 if order.first_repeat is not None else '-'})"
+            )
+        click.echo(
+            f"warning: {path}: time column {name!r}: {'; '.join(parts)}; scored in file "
+            "order (CSV line numbers, the header is line 1; --strict-time refuses such files)",
+            err=True,
+        )
     try:
         scores = score_series(detector, timestamps, columns, **kwargs)
     except SeriesError as e:
