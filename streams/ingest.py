@@ -9,6 +9,8 @@ the tests drive it directly.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -17,6 +19,7 @@ import msgspec
 
 from detectors.alerts import Alert
 from detectors.catalog import detectors
+from detectors.clock import ClockState, judge_clock
 from detectors.protocol import Detector
 from detectors.state import decode_state, encode_state
 from detectors.thresholds import ElevatorLimits, Thresholds
@@ -35,15 +38,25 @@ _DEDUP_MASK = (1 << DEDUP_WINDOW) - 1
 #: stream time, ms. What a tick raises does not depend on this (silence alerts are stamped
 #: with the stream time they fell due); it only sets how soon an open silence is seen.
 TICK_EVERY_MS = 5_000
+#: How many recent in-order messages of a partition give its usual arrival lag (their
+#: median newest-sample-minus-arrival time): enough that a minority of terminals with wrong
+#: clocks cannot move it, few enough to follow a replay's pace.
+ARRIVAL_LAG_MESSAGES = 31
 
 
 class RawRecord(NamedTuple):
-    """A Kafka record as the worker received it."""
+    """A Kafka record as the worker received it.
+
+    ``arrival_ms`` is when it arrived, Unix ms: the Kafka record timestamp (offline, the
+    simulator's send time); None leaves the terminal's clock unjudged (its sample times
+    are trusted as they are).
+    """
 
     key: bytes | None
     value: bytes
     partition: int
     offset: int
+    arrival_ms: int | None = None
 
 
 class ElevatorState(msgspec.Struct):
@@ -52,7 +65,7 @@ class ElevatorState(msgspec.Struct):
 
     ``detectors`` holds each stream detector's state under its catalogue name
     (:mod:`detectors.catalog`). ``seen_mask`` bit ``i`` is set when ``last_seq - 1 - i``
-    has been seen.
+    has been seen. ``clock`` is the terminal's clock as judged (:mod:`detectors.clock`).
     """
 
     elevator_id: str
@@ -61,6 +74,7 @@ class ElevatorState(msgspec.Struct):
     detectors: dict[str, Any]
     last_seq: int = -1
     seen_mask: int = 0
+    clock: ClockState = msgspec.field(default_factory=ClockState)
 
     @classmethod
     def new(cls, elevator_id: str, detectors: Iterable[Detector[Any]]) -> ElevatorState:
@@ -120,6 +134,7 @@ class ElevatorState(msgspec.Struct):
             },
             saved.last_seq,
             saved.seen_mask,
+            saved.clock,
         )
 
 
@@ -132,14 +147,24 @@ class _SavedElevatorState(msgspec.Struct):
     detectors: dict[str, msgspec.Raw]
     last_seq: int = -1
     seen_mask: int = 0
+    clock: ClockState = msgspec.field(default_factory=ClockState)
 
 
 class _Partition:
     """One partition's clock and elevators. Its stream time is the newest sample time read
     from it: a partition is one ordered log, so an elevator that sent nothing while it moved
-    on was silent. ``idle`` is true when no record came from it since the last tick."""
+    on was silent. ``idle`` is true when no record came from it since the last tick.
+    ``arrival_lags_ms`` holds its recent messages' newest sample time minus arrival time
+    (see :meth:`Ingest.process`)."""
 
-    __slots__ = ("advanced_wall_ms", "elevators", "idle", "stream_time_ms", "ticked_ms")
+    __slots__ = (
+        "advanced_wall_ms",
+        "arrival_lags_ms",
+        "elevators",
+        "idle",
+        "stream_time_ms",
+        "ticked_ms",
+    )
 
     def __init__(self) -> None:
         self.stream_time_ms = 0
@@ -147,6 +172,7 @@ class _Partition:
         self.advanced_wall_ms: float | None = None
         self.elevators: dict[str, None] = {}  # insertion order: deterministic ticks
         self.idle = True
+        self.arrival_lags_ms: deque[int] = deque(maxlen=ARRIVAL_LAG_MESSAGES)
 
     def now_ms(self, wall_ms: float | None, silent_partition_ms: float) -> int:
         """Stream time; once nothing at all has come from the partition for
@@ -171,6 +197,8 @@ class IngestBatch:
     trips: list[Trip] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     duplicates: int = 0
+    #: Messages whose sample times were corrected for their terminal's clock offset.
+    clock_corrected: int = 0
     samples: int = 0
     late_samples: int = 0
     #: elevator id → the partition its messages came from, for state checkpoints.
@@ -206,6 +234,13 @@ class Ingest:
     timeout of wall time — every terminal on it, or the link, down — does the injected wall
     clock move that partition's time on, so that a car last seen with people trapped inside
     is escalated even then.
+
+    Each terminal's own clock is judged against its messages' arrival
+    (:attr:`RawRecord.arrival_ms`, less the partition's usual arrival lag) by
+    :func:`detectors.clock.judge_clock`: a terminal whose clock is off has its sample times
+    corrected by the measured offset, or beyond ``clock_offset_max_s`` its message
+    quarantined, and ``clock_fault`` raised. So no terminal's clock moves its partition's
+    time (and with it every other elevator's silence) past what arrival times allow.
 
     Parameters
     ----------
@@ -304,9 +339,15 @@ class Ingest:
                 continue
             eid = message.elevator_id
             st = self.state(eid)
+            in_order = message.seq > st.last_seq
             if not st.admit(message.seq):
                 out.duplicates += 1
                 continue
+            if record.arrival_ms is not None:
+                judged = self._judge_clock(st, message, record, in_order, out)
+                if judged is None:
+                    continue
+                message = judged
             out.messages.append(message)
             out.sources.append(record)
             out.samples += len(message.samples.t_ms)
@@ -320,6 +361,50 @@ class Ingest:
                 out.alerts.extend(self._detect(st, message, trips))
             self._advance(record.partition, eid, message.samples.t_ms[-1])
         return out
+
+    def _judge_clock(
+        self,
+        st: ElevatorState,
+        message: TelemetryMessage,
+        record: RawRecord,
+        in_order: bool,
+        out: IngestBatch,
+    ) -> TelemetryMessage | None:
+        """The message with its times corrected for its terminal's clock, or None when it
+        was quarantined (into ``out``); ``clock_fault`` alerts go to ``out`` too."""
+        assert record.arrival_ms is not None
+        p = self._partition(record.partition)
+        t = message.samples.t_ms
+        lag_ms = t[-1] - record.arrival_ms
+        lags = p.arrival_lags_ms
+        # The partition's usual lag (a replay's, a slow link's) is no terminal's fault.
+        usual_lag_ms = statistics.median_low(lags) if lags else lag_ms
+        verdict = judge_clock(
+            st.clock,
+            message.elevator_id,
+            t[0],
+            t[-1],
+            record.arrival_ms + usual_lag_ms,
+            in_order,
+            self.thresholds,
+        )
+        if in_order:
+            lags.append(lag_ms)
+        if self._limits_for is not None:
+            out.alerts.extend(verdict.alerts)
+        if verdict.refused is not None:
+            out.quarantined.append((record, verdict.refused))
+            return None
+        if verdict.correction_ms == 0:
+            return message
+        out.clock_corrected += 1
+        return _shifted(message, -verdict.correction_ms)
+
+    def _partition(self, partition: int) -> _Partition:
+        p = self._partitions.get(partition)
+        if p is None:
+            p = self._partitions[partition] = _Partition()
+        return p
 
     def _detect(
         self, st: ElevatorState, message: TelemetryMessage, trips: list[Trip]
@@ -336,9 +421,7 @@ class Ingest:
         return alerts
 
     def _advance(self, partition: int, elevator_id: str, t_ms: int) -> None:
-        p = self._partitions.get(partition)
-        if p is None:
-            p = self._partitions[partition] = _Partition()
+        p = self._partition(partition)
         old = self._partition_of.get(elevator_id)
         if old != partition:
             if old is not None and old in self._partitions:
@@ -382,3 +465,14 @@ class Ingest:
                         out.alerts.extend(alerts)
                         out.touched[eid] = partition
         return out
+
+
+def _shifted(message: TelemetryMessage, by_ms: int) -> TelemetryMessage:
+    """``message`` with every sample and code time moved by ``by_ms``."""
+    replace = msgspec.structs.replace
+    return replace(
+        message,
+        samples=replace(message.samples, t_ms=[t + by_ms for t in message.samples.t_ms]),
+        faults=[replace(c, t_ms=c.t_ms + by_ms) for c in message.faults],
+        events=[replace(c, t_ms=c.t_ms + by_ms) for c in message.events],
+    )
