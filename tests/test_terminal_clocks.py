@@ -129,3 +129,11 @@ def test_the_clock_is_checkpointed_with_the_elevator() -> None:
     restored = ElevatorState.decode(saved.encode(), fleet.ingest.detectors)
     assert restored.clock == saved.clock
     assert restored.clock.offset_ms == 300_000 and restored.clock.since_ms is not None
+
+
+def test_the_module_examples_hold() -> None:
+    import doctest
+
+    import detectors.clock
+
+    assert doctest.testmod(detectors.clock).failed == 0
