@@ -13,7 +13,7 @@ quarantined, and raises or clears ``clock_fault``:
   episode with the measured offset;
 - an offset beyond ``clock_offset_max_s`` (a year 2999, an unset 1970 clock) is not
   corrected: the message is quarantined with the reason, and ``clock_fault`` raised;
-- an offset back within the tolerance clears the episode.
+- an offset back within the tolerance (of 0) clears the episode.
 
 Messages that arrive out of sequence order (a resend, a reordering) are late by nature:
 they are corrected by the offset in force but do not measure it.
@@ -93,6 +93,7 @@ def judge_clock(
     arrival_ms: int,
     in_order: bool,
     thresholds: Thresholds,
+    arrival_uncertainty_ms: int = 0,
 ) -> ClockVerdict:
     """Judge one message's clock; updates ``state`` in place.
 
@@ -112,8 +113,12 @@ def judge_clock(
         the offset.
     thresholds
         ``clock_offset_tolerance_s`` and ``clock_offset_max_s``.
+    arrival_uncertainty_ms
+        How far ``arrival_ms`` may be from the true send time, ms, added to the tolerance:
+        0 when arrival times are exact; large when they are coarse (a replay published
+        faster than real time, whose records share one timestamp per batch).
     """
-    tolerance_ms = round(thresholds.clock_offset_tolerance_s * 1000)
+    tolerance_ms = round(thresholds.clock_offset_tolerance_s * 1000) + arrival_uncertainty_ms
     measured_ms = last_ms - arrival_ms
     alerts: list[Alert] = []
     evidence = {
@@ -133,9 +138,11 @@ def judge_clock(
             f"{thresholds.clock_offset_max_s:.0f} s that are corrected (clock_offset_max_s)"
         )
         return ClockVerdict(state.offset_ms, reason, alerts)
-    if in_order and abs(measured_ms - state.offset_ms) > tolerance_ms:
-        offset = measured_ms if abs(measured_ms) > tolerance_ms else 0
-        if offset and state.last_corrected_ms >= 0:
+    if in_order and abs(measured_ms) <= tolerance_ms:
+        state.offset_ms = 0  # the clock may be right: it is trusted
+    elif in_order and abs(measured_ms - state.offset_ms) > tolerance_ms:
+        offset = measured_ms
+        if state.last_corrected_ms >= 0:
             # Arrival times are coarser than sample spacing: never fold the terminal's new
             # samples back over the ones already corrected.
             offset = min(offset, first_ms - state.last_corrected_ms - 1)
@@ -144,7 +151,7 @@ def judge_clock(
         state.since_ms = first_ms - state.offset_ms
         state.raised_offset_ms = state.offset_ms
         alerts.append(_raised(elevator_id, state, last_ms - state.offset_ms, evidence))
-    elif state.since_ms is not None and abs(measured_ms) <= tolerance_ms:
+    elif state.since_ms is not None and state.offset_ms == 0:
         raised = _raised(
             elevator_id, state, state.since_ms, {**evidence, "offset_ms": state.raised_offset_ms}
         )

@@ -42,6 +42,11 @@ TICK_EVERY_MS = 5_000
 #: median newest-sample-minus-arrival time): enough that a minority of terminals with wrong
 #: clocks cannot move it, few enough to follow a replay's pace.
 ARRIVAL_LAG_MESSAGES = 31
+#: Arrival time over which a partition's pace (its stream time's progress per arrival time)
+#: is measured, ms: long enough that one batch's shared timestamp cannot look like real time.
+PACE_SPAN_MS = 60_000
+#: Paces within these bounds are real time (arrival jitter and a slow link's catching up).
+REAL_TIME_PACE = (0.8, 1.25)
 
 
 class RawRecord(NamedTuple):
@@ -162,6 +167,8 @@ class _Partition:
         "arrival_lags_ms",
         "elevators",
         "idle",
+        "pace_anchor",
+        "pace_real_time",
         "stream_time_ms",
         "ticked_ms",
     )
@@ -173,6 +180,19 @@ class _Partition:
         self.elevators: dict[str, None] = {}  # insertion order: deterministic ticks
         self.idle = True
         self.arrival_lags_ms: deque[int] = deque(maxlen=ARRIVAL_LAG_MESSAGES)
+        self.pace_anchor: tuple[int, int] | None = None
+        self.pace_real_time = False
+
+    def real_time(self, arrival_ms: int, reference_ms: int) -> bool:
+        """Whether the partition is read in real time: its stream time (``reference_ms``)
+        moved on as fast as arrival time over the last :data:`PACE_SPAN_MS` or more."""
+        if self.pace_anchor is None:
+            self.pace_anchor = (arrival_ms, reference_ms)
+        elif arrival_ms - self.pace_anchor[0] >= PACE_SPAN_MS:
+            pace = (reference_ms - self.pace_anchor[1]) / (arrival_ms - self.pace_anchor[0])
+            self.pace_real_time = REAL_TIME_PACE[0] <= pace <= REAL_TIME_PACE[1]
+            self.pace_anchor = (arrival_ms, reference_ms)
+        return self.pace_real_time
 
     def now_ms(self, wall_ms: float | None, silent_partition_ms: float) -> int:
         """Stream time; once nothing at all has come from the partition for
@@ -379,14 +399,21 @@ class Ingest:
         lags = p.arrival_lags_ms
         # The partition's usual lag (a replay's, a slow link's) is no terminal's fault.
         usual_lag_ms = statistics.median_low(lags) if lags else lag_ms
+        reference_ms = record.arrival_ms + usual_lag_ms
+        # Arrival times resolve send times only when the partition is read in real time; a
+        # replay published faster stamps a whole batch with one time. Until its pace is
+        # known to be real time, only a clock beyond any correction is acted on.
+        real_time = p.real_time(record.arrival_ms, reference_ms)
+        uncertainty_ms = 0 if real_time else round(self.thresholds.clock_offset_max_s * 1000)
         verdict = judge_clock(
             st.clock,
             message.elevator_id,
             t[0],
             t[-1],
-            record.arrival_ms + usual_lag_ms,
+            reference_ms,
             in_order,
             self.thresholds,
+            uncertainty_ms,
         )
         if in_order:
             lags.append(lag_ms)

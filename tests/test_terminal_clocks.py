@@ -79,25 +79,26 @@ def test_one_message_from_the_year_2999_moves_nobody_s_time() -> None:
 
 @pytest.mark.parametrize("skew_s", [-600, -90, 90, 600])
 def test_a_steady_skew_is_corrected_and_its_trapping_still_detected(skew_s: int) -> None:
-    """One terminal runs ``skew_s`` off from its 30th second on and is trapped from the
-    60th: one ``clock_fault`` with the offset, the trapping raised at the true time (its
-    samples corrected), and no one else offline."""
+    """One terminal runs ``skew_s`` off from its 90th second on (once the partition is
+    known to be read in real time) and is trapped from the 120th: one ``clock_fault`` with
+    the offset, the trapping raised at the true time (its samples corrected), and no one
+    else offline."""
     fleet = Fleet()
     skew_ms = skew_s * 1000
-    for sec in range(150):
+    for sec in range(210):
         true_ms = T0_MS + sec * 1000
         for eid in FLEET:
-            if eid != ODD_ONE or sec < 30:
+            if eid != ODD_ONE or sec < 90:
                 fleet.send(eid, true_ms, true_ms)
             else:
-                fleet.send(eid, true_ms, true_ms + skew_ms, **(TRAPPED if sec >= 60 else {}))
+                fleet.send(eid, true_ms, true_ms + skew_ms, **(TRAPPED if sec >= 120 else {}))
     (fault,) = fleet.raised("clock_fault")
     assert fault.elevator_id == ODD_ONE
     assert fault.evidence["offset_ms"] == skew_ms
     assert not [a for a in fleet.alerts if a.alert_type == "clock_fault" and a.state == "cleared"]
     (trapped,) = fleet.raised("trapped_between_levels")
-    assert T0_MS + 60_000 <= trapped.condition_since_ms <= T0_MS + 61_000
-    assert trapped.raised_at_ms <= T0_MS + 61_000 + 35_000
+    assert T0_MS + 120_000 <= trapped.condition_since_ms <= T0_MS + 121_000
+    assert trapped.raised_at_ms <= T0_MS + 121_000 + 35_000
     assert fleet.raised("device_offline") == []
     assert fleet.quarantined == []
 
@@ -121,14 +122,34 @@ def test_a_clock_that_comes_back_clears_the_fault() -> None:
 
 def test_the_clock_is_checkpointed_with_the_elevator() -> None:
     fleet = Fleet()
-    for sec in range(40):
+    for sec in range(100):
         for eid in FLEET:
-            stamp = T0_MS + sec * 1000 + (300_000 if eid == ODD_ONE and sec >= 10 else 0)
+            stamp = T0_MS + sec * 1000 + (300_000 if eid == ODD_ONE and sec >= 70 else 0)
             fleet.send(eid, T0_MS + sec * 1000, stamp)
     saved = fleet.ingest.states[ODD_ONE]
     restored = ElevatorState.decode(saved.encode(), fleet.ingest.detectors)
     assert restored.clock == saved.clock
     assert restored.clock.offset_ms == 300_000 and restored.clock.since_ms is not None
+
+
+def test_a_replay_faster_than_real_time_leaves_clocks_alone() -> None:
+    """Records published at 10× real time, a minute of them to one Kafka timestamp:
+    arrival times do not resolve send times, so no clock is judged (except beyond
+    ``clock_offset_max_s``)."""
+    fleet = Fleet()
+    for sec in range(1200):
+        true_ms = T0_MS + sec * 1000
+        for i, eid in enumerate(FLEET):
+            if (sec + i * 5) % 30 == 0:  # heartbeats only: a quiet, sparse partition
+                value = msgspec.json.encode(
+                    message([car(t_ms=true_ms)], elevator_id=eid, seq=fleet.seq[eid])
+                )
+                fleet.seq[eid] += 1
+                arrival_ms = T0_MS + (sec // 60) * 6000
+                batch = fleet.ingest.process([RawRecord(eid.encode(), value, 0, sec, arrival_ms)])
+                fleet.alerts += batch.alerts + fleet.ingest.tick().alerts
+    assert fleet.raised("clock_fault") == []
+    assert fleet.raised("device_offline") == []
 
 
 def test_the_module_examples_hold() -> None:
