@@ -47,6 +47,12 @@ ARRIVAL_LAG_MESSAGES = 31
 PACE_SPAN_MS = 60_000
 #: Paces within these bounds are real time (arrival jitter and a slow link's catching up).
 REAL_TIME_PACE = (0.8, 1.25)
+#: The middle third of a partition's recent arrival lags, times this factor, is how far past
+#: their median a message may move the partition's time (with lags spread evenly, as in a
+#: batch sharing one timestamp, the newest is 1.5 times that spread from the median).
+ARRIVAL_SPREAD_FACTOR = 3.0
+#: Fewer lags than this say nothing of their spread.
+ARRIVAL_SPREAD_MIN_MESSAGES = 6
 
 
 class RawRecord(NamedTuple):
@@ -363,11 +369,12 @@ class Ingest:
             if not st.admit(message.seq):
                 out.duplicates += 1
                 continue
+            newest_ms = None  # how far this message may move its partition's time
             if record.arrival_ms is not None:
                 judged = self._judge_clock(st, message, record, in_order, out)
                 if judged is None:
                     continue
-                message = judged
+                message, newest_ms = judged
             out.messages.append(message)
             out.sources.append(record)
             out.samples += len(message.samples.t_ms)
@@ -379,7 +386,10 @@ class Ingest:
             out.trips.extend(trips)
             if detect:
                 out.alerts.extend(self._detect(st, message, trips))
-            self._advance(record.partition, eid, message.samples.t_ms[-1])
+            t_end = message.samples.t_ms[-1]
+            self._advance(
+                record.partition, eid, t_end if newest_ms is None else min(t_end, newest_ms)
+            )
         return out
 
     def _judge_clock(
@@ -389,9 +399,10 @@ class Ingest:
         record: RawRecord,
         in_order: bool,
         out: IngestBatch,
-    ) -> TelemetryMessage | None:
-        """The message with its times corrected for its terminal's clock, or None when it
-        was quarantined (into ``out``); ``clock_fault`` alerts go to ``out`` too."""
+    ) -> tuple[TelemetryMessage, int] | None:
+        """The message with its times corrected for its terminal's clock, and the newest
+        time it may move its partition's clock to; None when it was quarantined (into
+        ``out``). ``clock_fault`` alerts go to ``out`` too."""
         assert record.arrival_ms is not None
         p = self._partition(record.partition)
         t = message.samples.t_ms
@@ -405,6 +416,15 @@ class Ingest:
         # known to be real time, only a clock beyond any correction is acted on.
         real_time = p.real_time(record.arrival_ms, reference_ms)
         uncertainty_ms = 0 if real_time else round(self.thresholds.clock_offset_max_s * 1000)
+        # Whatever the pace, no message moves the partition's time far past the others':
+        # beyond the tolerance and the spread of the middle third of the recent arrival lags
+        # (a fast replay's batch spreads them all; a few terminals with wrong clocks do not).
+        newest_ms = reference_ms + round(self.thresholds.clock_offset_tolerance_s * 1000)
+        if len(lags) >= ARRIVAL_SPREAD_MIN_MESSAGES:
+            lower_ms, upper_ms = statistics.quantiles(lags, n=3)
+            newest_ms += round(ARRIVAL_SPREAD_FACTOR * (upper_ms - lower_ms))
+        else:
+            newest_ms += uncertainty_ms
         verdict = judge_clock(
             st.clock,
             message.elevator_id,
@@ -423,9 +443,9 @@ class Ingest:
             out.quarantined.append((record, verdict.refused))
             return None
         if verdict.correction_ms == 0:
-            return message
+            return message, newest_ms
         out.clock_corrected += 1
-        return _shifted(message, -verdict.correction_ms)
+        return _shifted(message, -verdict.correction_ms), newest_ms
 
     def _partition(self, partition: int) -> _Partition:
         p = self._partitions.get(partition)
