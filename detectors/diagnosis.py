@@ -134,6 +134,15 @@ DIAGNOSIS: Final[dict[str, Diagnosis]] = {
         "Check the terminal's connectivity; if the car was in use when it went silent, "
         "call the user unit to check the car.",
     ),
+    "clock_fault": Diagnosis(
+        "minor",
+        None,
+        "The terminal's clock is off (lost NTP, reset RTC, wrong time zone): its sample "
+        "times are far from when its messages arrive.",
+        "No action for the car: the platform corrects the samples by the measured offset "
+        "(evidence: offset_ms) or, beyond the limit, quarantines them. Ask the terminal's "
+        "vendor or maintenance unit to resynchronise its clock (NTP).",
+    ),
     "leveling_drift": Diagnosis(
         "minor",
         None,

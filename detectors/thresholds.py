@@ -88,6 +88,18 @@ class Thresholds:
     active_silence_timeout_s
         A car that was active (moving, doors not closed, passengers) sends every second;
         silence this long from it is "device offline" at once.
+    clock_offset_tolerance_s
+        A terminal whose newest sample time is this far from when its message arrived (the
+        Kafka record timestamp, against the partition's usual arrival lag) has a clock
+        fault (``clock_fault``), and its samples are corrected by the measured offset: 5 s
+        is above one message's own span (1 s batches, GB/T 24476 terminals) plus broker
+        and network latency (< 1 s in the load tests), and far below the 30-s trapping
+        confirmation and the 65-s heartbeat timeout, so no offset that could hide or fake a
+        trapping or a silence is left uncorrected.
+    clock_offset_max_s
+        Beyond this offset a message is quarantined, not corrected: 7 days, well past the
+        largest offset a real terminal that lost NTP shows (the simulator's ``clock_skew``
+        goes to 1 day) and far short of an unset clock (1970) or a bogus year (2999).
     passenger_mass_kg
         Mass of one passenger for estimating people trapped (GB/T 7588.1 Table 6: 75 kg).
     default_rated_speed_mps, default_rated_load_kg, default_floors
@@ -163,6 +175,8 @@ class Thresholds:
     emergency_decel_mps2: float = 1.2
     heartbeat_timeout_s: float = 65.0
     active_silence_timeout_s: float = 10.0
+    clock_offset_tolerance_s: float = 5.0
+    clock_offset_max_s: float = 7 * 86_400.0
     passenger_mass_kg: float = 75.0
     default_rated_speed_mps: float = 1.0
     default_rated_load_kg: float = 630.0

@@ -6,7 +6,9 @@ validation, de-duplication, trip segmentation and every detector of
 :mod:`detectors.catalog` — with each elevator's registry limits, one record at a time in
 file order (one partition), :meth:`~streams.ingest.Ingest.tick` after each as the worker
 ticks after each batch, and once more at the end of the stream; on stream time alone (no
-wall clock is injected). Scoring is :func:`evaluation.scoring.score`.
+wall clock is injected). Each record's arrival time, which the worker reads from Kafka, is
+here its send time as the file's order shows it (:func:`send_times`). Scoring is
+:func:`evaluation.scoring.score`.
 
 >>> report = evaluate("tests/scenarios/detector_faults.toml", seed=1, elevators=4,
 ...                   duration_s=300)  # doctest: +SKIP
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import statistics
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,10 @@ from streams.ingest import Ingest, RawRecord
 DEFAULT_START = dt.datetime(2025, 3, 3, 1, 0, tzinfo=dt.UTC)
 #: The synthetic registry the fleet is drawn from (``tianyan simulate --registry-seed``).
 REGISTRY_SEED = 3
+#: Records on each side of a record whose newest sample times give its send time
+#: (:func:`send_times`): a median over 31 records, most of them from terminals whose clock
+#: is right, even with clock faults at 20 per elevator-day.
+SEND_TIME_RECORDS = 15
 
 
 class EvaluationError(ValueError):
@@ -314,16 +322,17 @@ def run_detectors(
     thresholds: Thresholds,
 ) -> DetectorRun:
     """Feed raw (key, value) messages to the worker's :class:`Ingest` one at a time, as one
-    partition would deliver them, each followed by a tick as the worker ticks after each
-    batch; the stream's end is one more turn with nothing new."""
+    partition would deliver them (arriving at their :func:`send_times`), each followed by a
+    tick as the worker ticks after each batch; the stream's end is one more turn with
+    nothing new."""
     # grace_ms only decides which late samples are re-windowed; windows are not scored.
     ingest = Ingest(0, limits_for=limits_for, thresholds=thresholds)
     alerts: list[Alert] = []
     # elevator id → its sample times, compact (a fleet-hour is millions of samples)
     times: dict[str, array[int]] = {}
     messages = quarantined = duplicates = trips = 0
-    for offset, (key, value) in enumerate(records):
-        batch = ingest.process([RawRecord(key, value, 0, offset)])
+    for offset, (key, value, arrival_ms) in enumerate(send_times(records)):
+        batch = ingest.process([RawRecord(key, value, 0, offset, arrival_ms)])
         # batch: the message (or its quarantine / duplicate count), trips, alerts
         alerts += batch.alerts
         messages += len(batch.messages)
@@ -342,3 +351,46 @@ def run_detectors(
         duplicates=duplicates,
         trips=trips,
     )
+
+
+def send_times(
+    records: Iterable[tuple[bytes | None, bytes]],
+) -> Iterator[tuple[bytes | None, bytes, int | None]]:
+    """Each (key, value) with its send time, Unix ms: what Kafka's record timestamp is to the
+    worker, for a file written in send order (the simulator's, a recording's).
+
+    A record's send time is the median of the newest sample times of the
+    :data:`SEND_TIME_RECORDS` records on each side of it (terminals whose clock is right
+    stamp their newest sample at about the time they send it), never earlier than the
+    record before's; None until a valid message is seen.
+    """
+    from foundation.contract import InvalidMessage, decode
+
+    def newest_ms(value: bytes) -> int | None:
+        try:
+            return decode(value).samples.t_ms[-1]
+        except InvalidMessage:
+            return None
+
+    ahead: deque[tuple[bytes | None, bytes, int | None]] = deque()
+    window: deque[int | None] = deque(maxlen=2 * SEND_TIME_RECORDS + 1)
+    sent_ms: int | None = None
+
+    def release() -> tuple[bytes | None, bytes, int | None]:
+        nonlocal sent_ms
+        key, value, _ = ahead.popleft()
+        times = [t for t in window if t is not None]
+        if times:
+            median_ms = statistics.median_low(times)
+            sent_ms = median_ms if sent_ms is None else max(sent_ms, median_ms)
+        return key, value, sent_ms
+
+    for key, value in records:
+        t = newest_ms(value)
+        ahead.append((key, value, t))
+        window.append(t)
+        if len(ahead) > SEND_TIME_RECORDS:
+            yield release()
+    while ahead:
+        window.append(None)
+        yield release()

@@ -156,6 +156,7 @@ EXPLAINED_BY: Final[dict[str, frozenset[str]]] = {
     "stopping_accuracy": frozenset({"leveling_drift"}),
     "leveling_accuracy": frozenset({"leveling_drift"}),
     "device_offline": frozenset({"dropout"}),
+    "clock_fault": frozenset({"clock_skew"}),
     "trip_anomaly": _TRIP_CHANGES,
 }
 _inverse: dict[str, set[str]] = defaultdict(set)

@@ -214,7 +214,12 @@ class Worker:
             consumer = self.app.consumer
             for m in batch:
                 consumer.track_message(m)
-            records = [RawRecord(m.key, m.value or b"", m.partition, m.offset) for m in batch]
+            # The record timestamp (the producer's send time, or the broker's append time)
+            # is when the message arrived: each terminal's clock is judged against it.
+            records = [
+                RawRecord(m.key, m.value or b"", m.partition, m.offset, round(m.timestamp * 1000))
+                for m in batch
+            ]
             if self._revoked:
                 if pending_write is not None:  # its states are marked dirty first
                     await self._finish(await pending_write)
@@ -292,6 +297,10 @@ class Worker:
         metrics.QUARANTINED.inc(len(batch.quarantined))
         metrics.DUPLICATES.inc(batch.duplicates)
         metrics.LATE_SAMPLES.inc(batch.late_samples)
+        metrics.CLOCK_CORRECTED.inc(batch.clock_corrected)
+        metrics.CLOCK_FAULTS.inc(
+            sum(1 for a in batch.alerts if a.alert_type == "clock_fault" and a.state == "raised")
+        )
         if batch.quarantined:
             log.warning(
                 "quarantined messages",

@@ -9,6 +9,8 @@ the tests drive it directly.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -17,6 +19,7 @@ import msgspec
 
 from detectors.alerts import Alert
 from detectors.catalog import detectors
+from detectors.clock import ClockState, judge_clock
 from detectors.protocol import Detector
 from detectors.state import decode_state, encode_state
 from detectors.thresholds import ElevatorLimits, Thresholds
@@ -35,15 +38,36 @@ _DEDUP_MASK = (1 << DEDUP_WINDOW) - 1
 #: stream time, ms. What a tick raises does not depend on this (silence alerts are stamped
 #: with the stream time they fell due); it only sets how soon an open silence is seen.
 TICK_EVERY_MS = 5_000
+#: How many recent in-order messages of a partition give its usual arrival lag (their
+#: median newest-sample-minus-arrival time): enough that a minority of terminals with wrong
+#: clocks cannot move it, few enough to follow a replay's pace.
+ARRIVAL_LAG_MESSAGES = 31
+#: Arrival time over which a partition's pace (its stream time's progress per arrival time)
+#: is measured, ms: long enough that one batch's shared timestamp cannot look like real time.
+PACE_SPAN_MS = 60_000
+#: Paces within these bounds are real time (arrival jitter and a slow link's catching up).
+REAL_TIME_PACE = (0.8, 1.25)
+#: The middle third of a partition's recent arrival lags, times this factor, is how far past
+#: their median a message may move the partition's time (with lags spread evenly, as in a
+#: batch sharing one timestamp, the newest is 1.5 times that spread from the median).
+ARRIVAL_SPREAD_FACTOR = 3.0
+#: Fewer lags than this say nothing of their spread.
+ARRIVAL_SPREAD_MIN_MESSAGES = 6
 
 
 class RawRecord(NamedTuple):
-    """A Kafka record as the worker received it."""
+    """A Kafka record as the worker received it.
+
+    ``arrival_ms`` is when it arrived, Unix ms: the Kafka record timestamp (offline, the
+    simulator's send time); None leaves the terminal's clock unjudged (its sample times
+    are trusted as they are).
+    """
 
     key: bytes | None
     value: bytes
     partition: int
     offset: int
+    arrival_ms: int | None = None
 
 
 class ElevatorState(msgspec.Struct):
@@ -52,7 +76,7 @@ class ElevatorState(msgspec.Struct):
 
     ``detectors`` holds each stream detector's state under its catalogue name
     (:mod:`detectors.catalog`). ``seen_mask`` bit ``i`` is set when ``last_seq - 1 - i``
-    has been seen.
+    has been seen. ``clock`` is the terminal's clock as judged (:mod:`detectors.clock`).
     """
 
     elevator_id: str
@@ -61,6 +85,7 @@ class ElevatorState(msgspec.Struct):
     detectors: dict[str, Any]
     last_seq: int = -1
     seen_mask: int = 0
+    clock: ClockState = msgspec.field(default_factory=ClockState)
 
     @classmethod
     def new(cls, elevator_id: str, detectors: Iterable[Detector[Any]]) -> ElevatorState:
@@ -120,6 +145,7 @@ class ElevatorState(msgspec.Struct):
             },
             saved.last_seq,
             saved.seen_mask,
+            saved.clock,
         )
 
 
@@ -132,14 +158,26 @@ class _SavedElevatorState(msgspec.Struct):
     detectors: dict[str, msgspec.Raw]
     last_seq: int = -1
     seen_mask: int = 0
+    clock: ClockState = msgspec.field(default_factory=ClockState)
 
 
 class _Partition:
     """One partition's clock and elevators. Its stream time is the newest sample time read
     from it: a partition is one ordered log, so an elevator that sent nothing while it moved
-    on was silent. ``idle`` is true when no record came from it since the last tick."""
+    on was silent. ``idle`` is true when no record came from it since the last tick.
+    ``arrival_lags_ms`` holds its recent messages' newest sample time minus arrival time
+    (see :meth:`Ingest.process`)."""
 
-    __slots__ = ("advanced_wall_ms", "elevators", "idle", "stream_time_ms", "ticked_ms")
+    __slots__ = (
+        "advanced_wall_ms",
+        "arrival_lags_ms",
+        "elevators",
+        "idle",
+        "pace_anchor",
+        "pace_real_time",
+        "stream_time_ms",
+        "ticked_ms",
+    )
 
     def __init__(self) -> None:
         self.stream_time_ms = 0
@@ -147,6 +185,20 @@ class _Partition:
         self.advanced_wall_ms: float | None = None
         self.elevators: dict[str, None] = {}  # insertion order: deterministic ticks
         self.idle = True
+        self.arrival_lags_ms: deque[int] = deque(maxlen=ARRIVAL_LAG_MESSAGES)
+        self.pace_anchor: tuple[int, int] | None = None
+        self.pace_real_time = False
+
+    def real_time(self, arrival_ms: int, reference_ms: int) -> bool:
+        """Whether the partition is read in real time: its stream time (``reference_ms``)
+        moved on as fast as arrival time over the last :data:`PACE_SPAN_MS` or more."""
+        if self.pace_anchor is None:
+            self.pace_anchor = (arrival_ms, reference_ms)
+        elif arrival_ms - self.pace_anchor[0] >= PACE_SPAN_MS:
+            pace = (reference_ms - self.pace_anchor[1]) / (arrival_ms - self.pace_anchor[0])
+            self.pace_real_time = REAL_TIME_PACE[0] <= pace <= REAL_TIME_PACE[1]
+            self.pace_anchor = (arrival_ms, reference_ms)
+        return self.pace_real_time
 
     def now_ms(self, wall_ms: float | None, silent_partition_ms: float) -> int:
         """Stream time; once nothing at all has come from the partition for
@@ -171,6 +223,8 @@ class IngestBatch:
     trips: list[Trip] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     duplicates: int = 0
+    #: Messages whose sample times were corrected for their terminal's clock offset.
+    clock_corrected: int = 0
     samples: int = 0
     late_samples: int = 0
     #: elevator id → the partition its messages came from, for state checkpoints.
@@ -206,6 +260,13 @@ class Ingest:
     timeout of wall time — every terminal on it, or the link, down — does the injected wall
     clock move that partition's time on, so that a car last seen with people trapped inside
     is escalated even then.
+
+    Each terminal's own clock is judged against its messages' arrival
+    (:attr:`RawRecord.arrival_ms`, less the partition's usual arrival lag) by
+    :func:`detectors.clock.judge_clock`: a terminal whose clock is off has its sample times
+    corrected by the measured offset, or beyond ``clock_offset_max_s`` its message
+    quarantined, and ``clock_fault`` raised. So no terminal's clock moves its partition's
+    time (and with it every other elevator's silence) past what arrival times allow.
 
     Parameters
     ----------
@@ -304,9 +365,16 @@ class Ingest:
                 continue
             eid = message.elevator_id
             st = self.state(eid)
+            in_order = message.seq > st.last_seq
             if not st.admit(message.seq):
                 out.duplicates += 1
                 continue
+            newest_ms = None  # how far this message may move its partition's time
+            if record.arrival_ms is not None:
+                judged = self._judge_clock(st, message, record, in_order, out)
+                if judged is None:
+                    continue
+                message, newest_ms = judged
             out.messages.append(message)
             out.sources.append(record)
             out.samples += len(message.samples.t_ms)
@@ -318,8 +386,72 @@ class Ingest:
             out.trips.extend(trips)
             if detect:
                 out.alerts.extend(self._detect(st, message, trips))
-            self._advance(record.partition, eid, message.samples.t_ms[-1])
+            t_end = message.samples.t_ms[-1]
+            self._advance(
+                record.partition, eid, t_end if newest_ms is None else min(t_end, newest_ms)
+            )
         return out
+
+    def _judge_clock(
+        self,
+        st: ElevatorState,
+        message: TelemetryMessage,
+        record: RawRecord,
+        in_order: bool,
+        out: IngestBatch,
+    ) -> tuple[TelemetryMessage, int] | None:
+        """The message with its times corrected for its terminal's clock, and the newest
+        time it may move its partition's clock to; None when it was quarantined (into
+        ``out``). ``clock_fault`` alerts go to ``out`` too."""
+        assert record.arrival_ms is not None
+        p = self._partition(record.partition)
+        t = message.samples.t_ms
+        lag_ms = t[-1] - record.arrival_ms
+        lags = p.arrival_lags_ms
+        # The partition's usual lag (a replay's, a slow link's) is no terminal's fault.
+        usual_lag_ms = statistics.median_low(lags) if lags else lag_ms
+        reference_ms = record.arrival_ms + usual_lag_ms
+        # Arrival times resolve send times only when the partition is read in real time; a
+        # replay published faster stamps a whole batch with one time. Until its pace is
+        # known to be real time, only a clock beyond any correction is acted on.
+        real_time = p.real_time(record.arrival_ms, reference_ms)
+        uncertainty_ms = 0 if real_time else round(self.thresholds.clock_offset_max_s * 1000)
+        # Whatever the pace, no message moves the partition's time far past the others':
+        # beyond the tolerance and the spread of the middle third of the recent arrival lags
+        # (a fast replay's batch spreads them all; a few terminals with wrong clocks do not).
+        newest_ms = reference_ms + round(self.thresholds.clock_offset_tolerance_s * 1000)
+        if len(lags) >= ARRIVAL_SPREAD_MIN_MESSAGES:
+            lower_ms, upper_ms = statistics.quantiles(lags, n=3)
+            newest_ms += round(ARRIVAL_SPREAD_FACTOR * (upper_ms - lower_ms))
+        else:
+            newest_ms += uncertainty_ms
+        verdict = judge_clock(
+            st.clock,
+            message.elevator_id,
+            t[0],
+            t[-1],
+            reference_ms,
+            in_order,
+            self.thresholds,
+            uncertainty_ms,
+        )
+        if in_order:
+            lags.append(lag_ms)
+        if self._limits_for is not None:
+            out.alerts.extend(verdict.alerts)
+        if verdict.refused is not None:
+            out.quarantined.append((record, verdict.refused))
+            return None
+        if verdict.correction_ms == 0:
+            return message, newest_ms
+        out.clock_corrected += 1
+        return _shifted(message, -verdict.correction_ms), newest_ms
+
+    def _partition(self, partition: int) -> _Partition:
+        p = self._partitions.get(partition)
+        if p is None:
+            p = self._partitions[partition] = _Partition()
+        return p
 
     def _detect(
         self, st: ElevatorState, message: TelemetryMessage, trips: list[Trip]
@@ -336,9 +468,7 @@ class Ingest:
         return alerts
 
     def _advance(self, partition: int, elevator_id: str, t_ms: int) -> None:
-        p = self._partitions.get(partition)
-        if p is None:
-            p = self._partitions[partition] = _Partition()
+        p = self._partition(partition)
         old = self._partition_of.get(elevator_id)
         if old != partition:
             if old is not None and old in self._partitions:
@@ -382,3 +512,14 @@ class Ingest:
                         out.alerts.extend(alerts)
                         out.touched[eid] = partition
         return out
+
+
+def _shifted(message: TelemetryMessage, by_ms: int) -> TelemetryMessage:
+    """``message`` with every sample and code time moved by ``by_ms``."""
+    replace = msgspec.structs.replace
+    return replace(
+        message,
+        samples=replace(message.samples, t_ms=[t + by_ms for t in message.samples.t_ms]),
+        faults=[replace(c, t_ms=c.t_ms + by_ms) for c in message.faults],
+        events=[replace(c, t_ms=c.t_ms + by_ms) for c in message.events],
+    )

@@ -30,6 +30,16 @@ DUPLICATES = Counter(
     "Messages dropped as exact duplicates (same elevator and seq)",
     registry=REGISTRY,
 )
+CLOCK_CORRECTED = Counter(
+    "tianyan_clock_corrected_total",
+    "Messages whose sample times were corrected for their terminal's clock offset",
+    registry=REGISTRY,
+)
+CLOCK_FAULTS = Counter(
+    "tianyan_clock_faults_total",
+    "clock_fault episodes raised (a terminal clock off by more than clock_offset_tolerance_s)",
+    registry=REGISTRY,
+)
 LATE_SAMPLES = Counter(
     "tianyan_late_samples_total",
     "Samples later than the grace period: stored raw, not re-windowed",

@@ -1,0 +1,166 @@
+"""Each terminal's clock, judged against when its messages arrive — pure, no I/O.
+
+A terminal stamps its samples with its own clock; the platform knows when each message
+arrived (the Kafka record timestamp, or offline the send time). :func:`judge_clock` compares
+the two for one message and says how to correct its sample times, or that it must be
+quarantined, and raises or clears ``clock_fault``:
+
+- an offset within ``clock_offset_tolerance_s`` of the one already applied changes nothing
+  (arrival jitter must not move a terminal's times about);
+- a new offset beyond the tolerance is adopted at once and held while the terminal keeps
+  it: every sample is corrected by it (a steady offset leaves the car's own timings
+  untouched, and a trapping keeps its timers), and ``clock_fault`` is raised once for the
+  episode with the measured offset;
+- an offset beyond ``clock_offset_max_s`` (a year 2999, an unset 1970 clock) is not
+  corrected: the message is quarantined with the reason, and ``clock_fault`` raised;
+- an offset back within the tolerance (of 0) clears the episode.
+
+Messages that arrive out of sequence order (a resend, a reordering) are late by nature:
+they are corrected by the offset in force but do not measure it.
+
+>>> th = Thresholds()
+>>> st = ClockState()
+>>> v = judge_clock(st, "E1", 1_000_600_000, 1_000_601_000, 1_000_001_000, True, th)
+>>> v.correction_ms, v.alerts[0].alert_type, v.alerts[0].evidence["offset_ms"]
+(600000, 'clock_fault', 600000)
+>>> judge_clock(st, "E1", 1_000_601_000, 1_000_602_000, 1_000_002_300, True, th).alerts
+[]
+>>> judge_clock(st, "E1", 1_000_002_000, 1_000_003_000, 1_000_003_000, True, th).alerts[0].state
+'cleared'
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import NamedTuple
+
+import msgspec
+
+from .alerts import Alert, clear_alert, make_alert
+from .thresholds import Thresholds
+
+
+class ClockState(msgspec.Struct):
+    """One terminal's clock as judged so far (checkpointed with the elevator's state).
+
+    Attributes
+    ----------
+    offset_ms
+        The correction in force: terminal time minus arrival time, ms; subtracted from
+        every sample time. 0 while the clock is right.
+    since_ms
+        Corrected time at which the open ``clock_fault`` episode began, Unix ms; None when
+        none is open.
+    raised_offset_ms
+        The offset the open episode was raised with (its alert is rebuilt from it to clear).
+    last_corrected_ms
+        The newest corrected sample time of an in-order message, Unix ms (-1 before any):
+        a newly adopted offset never moves the terminal's samples back before it.
+    """
+
+    offset_ms: int = 0
+    since_ms: int | None = None
+    raised_offset_ms: int = 0
+    last_corrected_ms: int = -1
+
+
+class ClockVerdict(NamedTuple):
+    """What to do with one message: correct its times by ``correction_ms`` (subtract), or
+    quarantine it for ``refused`` (a reason); and the alerts raised or cleared."""
+
+    correction_ms: int
+    refused: str | None
+    alerts: list[Alert]
+
+
+def _iso(ms: int) -> str:
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms"
+
+
+def _raised(elevator_id: str, state: ClockState, at_ms: int, evidence: dict[str, int]) -> Alert:
+    assert state.since_ms is not None
+    return make_alert(elevator_id, "clock_fault", state.since_ms, at_ms, evidence)
+
+
+def judge_clock(
+    state: ClockState,
+    elevator_id: str,
+    first_ms: int,
+    last_ms: int,
+    arrival_ms: int,
+    in_order: bool,
+    thresholds: Thresholds,
+    arrival_uncertainty_ms: int = 0,
+) -> ClockVerdict:
+    """Judge one message's clock; updates ``state`` in place.
+
+    Parameters
+    ----------
+    state
+        The terminal's :class:`ClockState`.
+    elevator_id
+        For the alerts.
+    first_ms, last_ms
+        The message's first and newest sample times, as the terminal stamped them, Unix ms.
+    arrival_ms
+        When the message arrived, in the same time base as correct sample times, Unix ms
+        (the caller removes the partition's usual arrival lag).
+    in_order
+        The message's ``seq`` is the newest of its terminal: only such messages measure
+        the offset.
+    thresholds
+        ``clock_offset_tolerance_s`` and ``clock_offset_max_s``.
+    arrival_uncertainty_ms
+        How far ``arrival_ms`` may be from the true send time, ms, added to the tolerance:
+        0 when arrival times are exact; large when they are coarse (a replay published
+        faster than real time, whose records share one timestamp per batch).
+    """
+    tolerance_ms = round(thresholds.clock_offset_tolerance_s * 1000) + arrival_uncertainty_ms
+    measured_ms = last_ms - arrival_ms
+    alerts: list[Alert] = []
+    evidence = {
+        "offset_ms": measured_ms,
+        "sample_ms": last_ms,
+        "arrival_ms": arrival_ms,
+        "tolerance_ms": tolerance_ms,
+    }
+    if abs(measured_ms) > thresholds.clock_offset_max_s * 1000:
+        if state.since_ms is None:
+            state.since_ms = arrival_ms
+            state.raised_offset_ms = measured_ms
+            alerts.append(_raised(elevator_id, state, arrival_ms, evidence))
+        reason = (
+            f"clock fault: the newest sample time {_iso(last_ms)} is {measured_ms / 1000:+.0f} s "
+            f"from the message's arrival {_iso(arrival_ms)}, beyond the "
+            f"{thresholds.clock_offset_max_s:.0f} s that are corrected (clock_offset_max_s)"
+        )
+        return ClockVerdict(state.offset_ms, reason, alerts)
+    if in_order and abs(measured_ms) <= tolerance_ms:
+        state.offset_ms = 0  # the clock may be right: it is trusted
+    elif in_order and abs(measured_ms - state.offset_ms) > tolerance_ms:
+        offset = measured_ms
+        if state.last_corrected_ms >= 0:
+            # Arrival times are coarser than sample spacing: never fold the terminal's new
+            # samples back over the ones already corrected.
+            offset = min(offset, first_ms - state.last_corrected_ms - 1)
+        state.offset_ms = offset
+    if state.offset_ms and state.since_ms is None:
+        state.since_ms = first_ms - state.offset_ms
+        state.raised_offset_ms = state.offset_ms
+        alerts.append(_raised(elevator_id, state, last_ms - state.offset_ms, evidence))
+    elif state.since_ms is not None and state.offset_ms == 0:
+        raised = _raised(
+            elevator_id, state, state.since_ms, {**evidence, "offset_ms": state.raised_offset_ms}
+        )
+        alerts.append(clear_alert(raised, max(last_ms, state.since_ms), evidence))
+        state.since_ms = None
+        state.raised_offset_ms = 0
+    if in_order:
+        state.last_corrected_ms = max(state.last_corrected_ms, last_ms - state.offset_ms)
+    return ClockVerdict(state.offset_ms, None, alerts)
+
+
+__all__ = ["ClockState", "ClockVerdict", "judge_clock"]

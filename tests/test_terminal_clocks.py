@@ -1,0 +1,160 @@
+"""Each terminal on its own clock (:mod:`detectors.clock` in :class:`streams.ingest.Ingest`):
+a terminal whose clock is off is corrected or quarantined against its messages' arrival,
+raises ``clock_fault`` once, and moves nobody else's time. In-process, explicit times."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+import pytest
+
+from detectors.alerts import Alert
+from detectors.clock import ClockState, judge_clock
+from detectors.testing import car, message
+from detectors.thresholds import ElevatorLimits, Thresholds
+from streams.ingest import ElevatorState, Ingest, RawRecord
+
+T0_MS = 1_740_963_600_000  # 2025-03-03T01:00:00Z
+LIMITS = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000.0, floors=10)
+FLEET = [f"320706202000000000{i:02d}" for i in range(1, 7)]
+ODD_ONE = FLEET[-1]
+TRAPPED: dict[str, Any] = {"position_m": 4.5, "door_zone": False, "passengers": True}
+
+
+class Fleet:
+    """A partition of terminals sending one message a second, each stamped with its own
+    clock, and arriving at the true time."""
+
+    def __init__(self) -> None:
+        self.ingest = Ingest(0, limits_for=lambda _: LIMITS, thresholds=Thresholds())
+        self.seq = dict.fromkeys(FLEET, 0)
+        self.offset = 0
+        self.alerts: list[Alert] = []
+        self.quarantined: list[str] = []
+
+    def send(self, eid: str, true_ms: int, stamp_ms: int, **values: Any) -> None:
+        rows = [car(t_ms=stamp_ms + k * 100, **values) for k in range(10)]
+        value = msgspec.json.encode(message(rows, elevator_id=eid, seq=self.seq[eid]))
+        self.seq[eid] += 1
+        record = RawRecord(eid.encode(), value, 0, self.offset, true_ms + 1000)
+        self.offset += 1
+        batch = self.ingest.process([record])
+        self.alerts += batch.alerts + self.ingest.tick().alerts
+        self.quarantined += [reason for _, reason in batch.quarantined]
+
+    def raised(self, alert_type: str) -> list[Alert]:
+        return [a for a in self.alerts if a.alert_type == alert_type and a.state == "raised"]
+
+
+def test_one_message_from_the_year_2999_moves_nobody_s_time() -> None:
+    """The issue's hostile heartbeat: quarantined with its reason, ``clock_fault`` raised and
+    cleared; no ``device_offline`` for the others, and its own car is not blinded."""
+    fleet = Fleet()
+    y2999_ms = round(dt.datetime(2999, 6, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    for sec in range(120):
+        true_ms = T0_MS + sec * 1000
+        for eid in FLEET:
+            if eid == ODD_ONE and sec == 20:
+                fleet.send(eid, true_ms, y2999_ms)
+            elif eid == ODD_ONE and sec >= 40:
+                fleet.send(eid, true_ms, true_ms, **TRAPPED)
+            else:
+                fleet.send(eid, true_ms, true_ms)
+    assert fleet.raised("device_offline") == []
+    assert len(fleet.quarantined) == 1 and "clock fault" in fleet.quarantined[0]
+    (fault,) = fleet.raised("clock_fault")
+    assert fault.elevator_id == ODD_ONE
+    assert fault.evidence["offset_ms"] == y2999_ms - (T0_MS + 20_000)
+    assert [a.state for a in fleet.alerts if a.alert_type == "clock_fault"] == [
+        "raised",
+        "cleared",
+    ]
+    (trapped,) = fleet.raised("trapped_between_levels")
+    assert trapped.elevator_id == ODD_ONE
+    assert trapped.condition_since_ms <= T0_MS + 41_000
+    assert fleet.ingest.stream_time_ms < T0_MS + 121_000
+
+
+@pytest.mark.parametrize("skew_s", [-600, -90, 90, 600])
+def test_a_steady_skew_is_corrected_and_its_trapping_still_detected(skew_s: int) -> None:
+    """One terminal runs ``skew_s`` off from its 90th second on (once the partition is
+    known to be read in real time) and is trapped from the 120th: one ``clock_fault`` with
+    the offset, the trapping raised at the true time (its samples corrected), and no one
+    else offline."""
+    fleet = Fleet()
+    skew_ms = skew_s * 1000
+    for sec in range(210):
+        true_ms = T0_MS + sec * 1000
+        for eid in FLEET:
+            if eid != ODD_ONE or sec < 90:
+                fleet.send(eid, true_ms, true_ms)
+            else:
+                fleet.send(eid, true_ms, true_ms + skew_ms, **(TRAPPED if sec >= 120 else {}))
+    (fault,) = fleet.raised("clock_fault")
+    assert fault.elevator_id == ODD_ONE
+    assert fault.evidence["offset_ms"] == skew_ms
+    assert not [a for a in fleet.alerts if a.alert_type == "clock_fault" and a.state == "cleared"]
+    (trapped,) = fleet.raised("trapped_between_levels")
+    assert T0_MS + 120_000 <= trapped.condition_since_ms <= T0_MS + 121_000
+    assert trapped.raised_at_ms <= T0_MS + 121_000 + 35_000
+    assert fleet.raised("device_offline") == []
+    assert fleet.quarantined == []
+
+
+def test_a_clock_that_comes_back_clears_the_fault() -> None:
+    th = Thresholds()
+    st = ClockState()
+    eid = FLEET[0]
+    # within the tolerance: nothing to correct, nothing raised
+    assert judge_clock(st, eid, T0_MS, T0_MS + 900, T0_MS + 3_000, True, th) == (0, None, [])
+    ahead = judge_clock(st, eid, T0_MS + 61_000, T0_MS + 61_900, T0_MS + 2_000, True, th)
+    assert ahead.correction_ms == 59_900 and ahead.alerts[0].state == "raised"
+    assert ahead.alerts[0].severity != "critical"
+    # a resend (not in sequence order) is corrected but measures nothing
+    late = judge_clock(st, eid, T0_MS + 1_000, T0_MS + 1_900, T0_MS + 30_000, False, th)
+    assert late == (59_900, None, [])
+    back = judge_clock(st, eid, T0_MS + 4_000, T0_MS + 4_900, T0_MS + 5_000, True, th)
+    assert back.correction_ms == 0
+    assert [(a.state, a.alert_key) for a in back.alerts] == [("cleared", ahead.alerts[0].alert_key)]
+
+
+def test_the_clock_is_checkpointed_with_the_elevator() -> None:
+    fleet = Fleet()
+    for sec in range(100):
+        for eid in FLEET:
+            stamp = T0_MS + sec * 1000 + (300_000 if eid == ODD_ONE and sec >= 70 else 0)
+            fleet.send(eid, T0_MS + sec * 1000, stamp)
+    saved = fleet.ingest.states[ODD_ONE]
+    restored = ElevatorState.decode(saved.encode(), fleet.ingest.detectors)
+    assert restored.clock == saved.clock
+    assert restored.clock.offset_ms == 300_000 and restored.clock.since_ms is not None
+
+
+def test_a_replay_faster_than_real_time_leaves_clocks_alone() -> None:
+    """Records published at 10× real time, a minute of them to one Kafka timestamp:
+    arrival times do not resolve send times, so no clock is judged (except beyond
+    ``clock_offset_max_s``)."""
+    fleet = Fleet()
+    for sec in range(1200):
+        true_ms = T0_MS + sec * 1000
+        for i, eid in enumerate(FLEET):
+            if (sec + i * 5) % 30 == 0:  # heartbeats only: a quiet, sparse partition
+                value = msgspec.json.encode(
+                    message([car(t_ms=true_ms)], elevator_id=eid, seq=fleet.seq[eid])
+                )
+                fleet.seq[eid] += 1
+                arrival_ms = T0_MS + (sec // 60) * 6000
+                batch = fleet.ingest.process([RawRecord(eid.encode(), value, 0, sec, arrival_ms)])
+                fleet.alerts += batch.alerts + fleet.ingest.tick().alerts
+    assert fleet.raised("clock_fault") == []
+    assert fleet.raised("device_offline") == []
+
+
+def test_the_module_examples_hold() -> None:
+    import doctest
+
+    import detectors.clock
+
+    assert doctest.testmod(detectors.clock).failed == 0
