@@ -107,7 +107,33 @@ class Connection:
             self._conn = None
 
 
-class Sink(abc.ABC, Generic[T]):
+class Connected:
+    """What writes through a :class:`Connection`: connect up front, close, use as a
+    context manager."""
+
+    connection: Connection
+
+    def setup(self) -> None:
+        """Connect (and create the staging tables); the first write does it otherwise.
+
+        Raises
+        ------
+        SinkError
+            The database cannot be reached.
+        """
+        self.connection.get()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Sink(Connected, abc.ABC, Generic[T]):
     """Stores batches of one record type in TimescaleDB.
 
     Parameters
@@ -130,16 +156,6 @@ class Sink(abc.ABC, Generic[T]):
             raise ValueError("url: give a URL or a shared connection, not both")
         self.connection = connection
         connection.add_staging(self.staging_ddl)
-
-    def setup(self) -> None:
-        """Connect (and create the staging table); :meth:`write` does it when needed.
-
-        Raises
-        ------
-        SinkError
-            The database cannot be reached.
-        """
-        self.connection.get()
 
     def write(self, batch: Sequence[T]) -> Rows:
         """Store ``batch`` in one transaction (a savepoint inside one already open); returns
@@ -164,15 +180,6 @@ class Sink(abc.ABC, Generic[T]):
     @abc.abstractmethod
     def insert(self, cur: psycopg.Cursor, batch: Sequence[T]) -> Rows:
         """Insert ``batch`` with ``cur``, inside the transaction :meth:`write` opened."""
-
-    def close(self) -> None:
-        self.connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 S = TypeVar("S", bound=msgspec.Struct)

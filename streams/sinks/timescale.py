@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 
@@ -31,7 +31,7 @@ from foundation.contract import TelemetryMessage
 from foundation.records import Trip, WindowFeature
 
 from .alerts import AlertSink
-from .base import Connection, Refused, Rows, Sink, bisect
+from .base import Connected, Connection, Refused, Rows, Sink, bisect
 from .samples import RawMessage, SampleSink
 from .trips import TripSink
 from .windows import WindowSink
@@ -55,7 +55,7 @@ class WriteResult:
     dropped_rows: int = 0
 
 
-class TimescaleSink:
+class TimescaleSink(Connected):
     """Writes a worker's batch — samples, codes, windows, trips, alerts — to TimescaleDB.
 
     Parameters
@@ -72,10 +72,6 @@ class TimescaleSink:
         self.windows = WindowSink(connection=self.connection)
         self.trips = TripSink(connection=self.connection)
         self.alerts = AlertSink(connection=self.connection)
-
-    def setup(self) -> None:
-        """Connect and create the staging tables (done on first write otherwise)."""
-        self.connection.get()
 
     def write_batch(
         self,
@@ -172,15 +168,6 @@ class TimescaleSink:
     def write_samples(self, messages: Sequence[TelemetryMessage]) -> int:
         """Store the messages' samples (and codes); returns how many sample rows were new."""
         return self.write_batch(messages).samples
-
-    def close(self) -> None:
-        self.connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _result(rows: Rows, refused: tuple[tuple[int, str], ...] = (), dropped: int = 0) -> WriteResult:
