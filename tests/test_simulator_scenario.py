@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -88,3 +89,23 @@ def test_every_key_is_documented() -> None:
         assert f"faults.{name}" in doc
         for key in keys:
             assert f"`{key}`" in doc
+
+
+def test_simulate_says_when_it_simulates_fewer_elevators_than_asked(tmp_path: Path) -> None:
+    """`--elevators 500 --registry-seed 5` has 500 elevators but not 500 terminals: say so."""
+    import json
+
+    from click.testing import CliRunner
+
+    from registry.generate import generate
+    from tianyan.cli import main
+
+    fitted = sum(e.has_terminal for e in generate(5, 500, dt.date(2026, 12, 1)))
+    out = tmp_path / "run.jsonl"
+    args = ["simulate", "--elevators", "500", "--registry-seed", "5", "--duration", "1"]
+    args += ["--start", "2026-12-01T00:00:00", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"simulating {fitted} elevators, not 500" in result.stderr
+    assert "have a monitoring terminal" in result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["elevators"] == fitted

@@ -362,7 +362,16 @@ def _fleet(
                 "or pass --registry-seed"
             )
     fitted = [e for e in fleet if e.has_terminal]
-    return (fitted or fleet)[: count or None]
+    chosen = (fitted or fleet)[: count or None]
+    if count is not None and len(chosen) < count:
+        where = f"registry seed {registry_seed}" if registry_seed is not None else "the registry"
+        click.echo(
+            f"simulating {len(chosen)} elevators, not {count}: {where} has {len(fleet)} "
+            f"elevators{' in ' + ', '.join(districts) if districts else ''}, of which "
+            f"{len(fitted)} have a monitoring terminal (only those send telemetry)",
+            err=True,
+        )
+    return chosen
 
 
 # -- replay ------------------------------------------------------------------------------------
