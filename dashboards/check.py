@@ -16,7 +16,7 @@ and run the query. A panel fails on
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,8 +149,15 @@ def _time_series_problem(columns: list[str], rows: list[tuple[Any, ...]]) -> str
     return None
 
 
+#: Called with each panel's result set as it is read (``dashboards preview`` draws them).
+OnRows = Callable[[Mapping[str, Any], list[str], list[tuple[Any, ...]]], None]
+
+
 def _check_panel(
-    session: _Session, panel: Mapping[str, Any], shows: Mapping[str, str]
+    session: _Session,
+    panel: Mapping[str, Any],
+    shows: Mapping[str, str],
+    on_rows: OnRows | None = None,
 ) -> list[PanelResult]:
     title = str(panel.get("title") or f"panel {panel.get('id')}")
     results = []
@@ -167,6 +174,8 @@ def _check_panel(
         except (psycopg.Error, macros.MacroError) as e:
             results.append(PanelResult(session.board, title, sql, 0, _error(e)))
             continue
+        if on_rows is not None:
+            on_rows(panel, columns, rows)
         problem = None
         if rows and target.get("format", "time_series") == "time_series":
             problem = _time_series_problem(columns, rows)
@@ -198,8 +207,10 @@ def check_board(
     *,
     shows: Mapping[str, str] | None = None,
     typed: Mapping[str, str] | None = None,
+    on_rows: OnRows | None = None,
 ) -> list[PanelResult]:
-    """Run a dashboard's variables and panels at ``url`` (already the role's URL)."""
+    """Run a dashboard's variables and panels at ``url`` (already the role's URL); each
+    panel's columns and rows go to ``on_rows`` if given."""
     title = str(board_json.get("title") or board_json.get("uid"))
     options = f"-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT_MS}"
     with psycopg.connect(url, autocommit=True, options=options) as conn:
@@ -209,7 +220,7 @@ def check_board(
             for v in (board_json.get("templating") or {}).get("list") or []
         ]
         for panel in panels_of(board_json):
-            results.extend(_check_panel(session, panel, shows or {}))
+            results.extend(_check_panel(session, panel, shows or {}, on_rows))
     return results
 
 

@@ -105,14 +105,27 @@ def grade_counts(data: ReportData) -> dict[str, dict[str, int]]:
     return counts
 
 
-def _cjk_font() -> str | None:
-    """A font that can draw Chinese, if one is installed."""
+def cjk_font() -> str | None:
+    """A font that can draw Chinese, if one is installed (the set-up installs WenQuanYi Micro
+    Hei). Fonts installed after matplotlib cached its font list are found on disk and added."""
     from matplotlib import font_manager
 
-    for f in font_manager.fontManager.ttflist:
-        if any(k in f.name for k in ("CJK", "WenQuanYi", "Hei", "Song", "Droid Sans Fallback")):
-            return str(f.name)
-    return None
+    def known() -> str | None:
+        for f in font_manager.fontManager.ttflist:
+            if any(k in f.name for k in CJK_FONT_NAMES):
+                return str(f.name)
+        return None
+
+    if (name := known()) is None:
+        for path in font_manager.findSystemFonts():
+            if any(k in Path(path).name.lower() for k in ("wqy", "cjk", "droidsansfallback")):
+                font_manager.fontManager.addfont(path)
+        name = known()
+    return name
+
+
+#: Names of fonts that draw Chinese.
+CJK_FONT_NAMES = ("CJK", "WenQuanYi", "Hei", "Song", "Droid Sans Fallback")
 
 
 def _district_label(name: str, chinese: bool) -> str:
@@ -135,7 +148,7 @@ def render_heatmap(data: ReportData, path: Path) -> None:
 
     from detectors.risk import GRADE_ZH, GRADES
 
-    font = _cjk_font()
+    font = cjk_font()
     counts = grade_counts(data)
     districts = data.districts
     grid = np.array([[counts[d][g] for g in GRADES] for d in districts], dtype=float)
@@ -190,7 +203,7 @@ def render_map(data: ReportData, path: Path) -> None:
 
     from detectors.risk import GRADES
 
-    font = _cjk_font()
+    font = cjk_font()
     if font:
         plt.rcParams["font.family"] = [font]
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)

@@ -9,6 +9,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -335,6 +336,48 @@ def test_check_command_exits_non_zero_on_a_failure_and_names_it(city_run: CityRu
     )
     assert empty.exit_code == 0, empty.output  # nothing in that range: empty panels are fine
     unknown = CliRunner().invoke(main, ["dashboards", "check", *args, "--board", "tianyan-nope"])
+    assert unknown.exit_code == 2 and "no board tianyan-nope" in unknown.output
+
+
+def test_preview_draws_every_board_from_the_city_run(city_run: CityRun, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    from dashboards.preview import BOARD_WIDTH_PX
+    from dashboards.report import cjk_font
+
+    args = ["--database-url", city_run.admin_url, "--out", str(tmp_path / "boards")]
+    args += [
+        "--from",
+        f"{city_run.start:%Y-%m-%dT%H:%M:%S}",
+        "--to",
+        f"{city_run.end:%Y-%m-%dT%H:%M:%S}",
+    ]
+    result = CliRunner().invoke(main, ["dashboards", "preview", *args])
+    assert result.exit_code == 0, result.output
+    boards = all_boards()
+    index = (tmp_path / "boards" / "index.html").read_text()
+    for board in boards:
+        png = tmp_path / "boards" / f"{board.uid}.png"
+        assert f"{png}: {board.title}" in result.output
+        assert board.title in index and f'src="{board.uid}.png"' in index
+        image = matplotlib.image.imread(png)
+        assert image.shape[1] == BOARD_WIDTH_PX
+        inked = (image[:, :, :3].mean(axis=2) < 0.9).mean()
+        assert inked > 0.01, f"{board.uid}: almost blank ({inked:.3%} of pixels drawn)"
+    # the set-up installs a font that draws the districts' and companies' Chinese names
+    assert cjk_font() is not None
+
+
+def test_preview_names_failed_queries_and_exits_non_zero(scratch_db: str, tmp_path: Path) -> None:
+    """A database without the schema: every panel fails, is drawn with its error, and listed."""
+    out = tmp_path / "boards"
+    args = ["dashboards", "preview", "--database-url", scratch_db, "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--board", "tianyan-supervision"])
+    assert result.exit_code == 1, result.output
+    assert "queries failed" in result.output
+    assert "does not exist" in (out / "index.html").read_text()
+    assert (out / "tianyan-supervision.png").stat().st_size > 10_000
+    unknown = CliRunner().invoke(main, [*args, "--board", "tianyan-nope"])
     assert unknown.exit_code == 2 and "no board tianyan-nope" in unknown.output
 
 

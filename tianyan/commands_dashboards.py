@@ -1,4 +1,5 @@
-"""``tianyan dashboards build | check | publish``: the Grafana boards as code (dashboards/).
+"""``tianyan dashboards build | check | preview | publish``: the Grafana boards as code
+(dashboards/).
 
 Registered in :mod:`tianyan.cli` as the group ``dashboards``.
 """
@@ -7,10 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from tianyan.commands_eval import UTC_TIME
+
+if TYPE_CHECKING:
+    from dashboards.macros import TimeRange
 
 
 def _boards(uids: tuple[str, ...]) -> list:
@@ -90,16 +96,11 @@ def check_command(
 ) -> None:
     """Run every panel's SQL as Grafana would (macros and variables filled) as the board's
     role; fail on an SQL error or on no rows where the data exist."""
-    from dashboards.check import check
-    from dashboards.macros import TimeRange
-
-    end_utc = end.replace(tzinfo=dt.UTC) if end else dt.datetime.now(dt.UTC)
-    start_utc = start.replace(tzinfo=dt.UTC) if start else end_utc - dt.timedelta(hours=6)
-    try:
-        time_range = TimeRange(start_utc, end_utc)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--from/--to") from e
     import psycopg
+
+    from dashboards.check import check
+
+    time_range = _time_range(start, end)
 
     try:
         results = check(_boards(uids), database_url or _admin_url(), time_range)
@@ -115,6 +116,60 @@ def check_command(
         f"{time_range.end:%Y-%m-%dT%H:%M:%SZ})"
     )
     sys.exit(1 if failures else 0)
+
+
+def _time_range(start: dt.datetime | None, end: dt.datetime | None) -> TimeRange:
+    from dashboards.macros import TimeRange
+
+    end_utc = end.replace(tzinfo=dt.UTC) if end else dt.datetime.now(dt.UTC)
+    start_utc = start.replace(tzinfo=dt.UTC) if start else end_utc - dt.timedelta(hours=6)
+    try:
+        return TimeRange(start_utc, end_utc)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--from/--to") from e
+
+
+@dashboards.command("preview")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for one PNG per board and index.html (created).",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="TimescaleDB to draw from; each board connects as its role. "
+    "Default: TIANYAN_ADMIN_DATABASE_URL.",
+)
+@click.option(
+    "--from", "start", type=UTC_TIME, default=None, help="Range start, UTC (default: 6 h ago)."
+)
+@click.option("--to", "end", type=UTC_TIME, default=None, help="Range end, UTC (default: now).")
+@click.option("--board", "uids", multiple=True, help="Only this board (uid); repeatable.")
+def preview_command(
+    out: Path,
+    database_url: str | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    uids: tuple[str, ...],
+) -> None:
+    """Draw every board from the real SQL results as Grafana lays it out (time series, stat,
+    table, geomap as scatter): one PNG per board and an index page."""
+    import psycopg
+
+    from dashboards.preview import preview
+
+    time_range = _time_range(start, end)
+    try:
+        drawn = preview(_boards(uids), database_url or _admin_url(), time_range, out)
+    except (ValueError, psycopg.OperationalError) as e:
+        raise click.ClickException(f"cannot preview: {e}") from e
+    for p in drawn:
+        failed = f", {len(p.failed)} queries failed" if p.failed else ""
+        click.echo(f"{p.png}: {p.title}, {p.panels} panels{failed}")
+    click.echo(str(out / "index.html"))
+    sys.exit(1 if any(p.failed for p in drawn) else 0)
 
 
 @dashboards.command("publish")

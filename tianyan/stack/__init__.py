@@ -7,7 +7,9 @@ settings point at, local or not.
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from foundation.settings import Settings
 
@@ -16,6 +18,9 @@ from .kafka import LocalKafka, check_kafka
 from .postgres import LocalPostgres, check_database
 
 __all__ = ["ServiceStatus", "StackError", "down", "status", "up"]
+
+#: Installs a CJK font from Debian for the report and the board previews.
+FONTS_SCRIPT = Path(__file__).with_name("install-fonts.sh")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ def up(settings: Settings) -> list[ServiceStatus]:
     kafka = LocalKafka(settings)
     pg.install()
     kafka.install()
+    if subprocess.run(["bash", str(FONTS_SCRIPT)]).returncode != 0:
+        raise StackError("installing a CJK font failed (see the lines above)")
     pg.init()
     pg.start()
     pg.bootstrap()
