@@ -100,6 +100,13 @@ class Thresholds:
         Beyond this offset a message is quarantined, not corrected: 7 days, well past the
         largest offset a real terminal that lost NTP shows (the simulator's ``clock_skew``
         goes to 1 day) and far short of an unset clock (1970) or a bogus year (2999).
+    state_eviction_after_s
+        A car silent this long (stream time) whose ``device_offline`` alert was raised has
+        its in-memory state dropped by the worker (its last checkpoint stays in the state
+        table; a later message restores it and clears the alert): 6 hours, far beyond the
+        65-s heartbeat timeout and any trapping timer, so only a car that is really gone
+        (a dismantled terminal, a hostile id) stops costing memory. Must exceed
+        ``heartbeat_timeout_s``.
     passenger_mass_kg
         Mass of one passenger for estimating people trapped (GB/T 7588.1 Table 6: 75 kg).
     default_rated_speed_mps, default_rated_load_kg, default_floors
@@ -177,6 +184,7 @@ class Thresholds:
     active_silence_timeout_s: float = 10.0
     clock_offset_tolerance_s: float = 5.0
     clock_offset_max_s: float = 7 * 86_400.0
+    state_eviction_after_s: float = 6 * 3600.0
     passenger_mass_kg: float = 75.0
     default_rated_speed_mps: float = 1.0
     default_rated_load_kg: float = 630.0
@@ -229,6 +237,14 @@ class Thresholds:
             )
         if self.risk_window_days < 1:
             raise ThresholdError("risk_window_days: at least 1 day is needed")
+        if self.state_eviction_after_s <= max(
+            self.heartbeat_timeout_s, self.active_silence_timeout_s
+        ):
+            raise ThresholdError(
+                f"state_eviction_after_s: {self.state_eviction_after_s} must exceed"
+                f" heartbeat_timeout_s ({self.heartbeat_timeout_s}) and"
+                f" active_silence_timeout_s ({self.active_silence_timeout_s})"
+            )
 
     @classmethod
     def from_mapping(cls, overrides: Mapping[str, Any]) -> Thresholds:

@@ -77,6 +77,9 @@ class Settings:
     alerts_dead_letter_topic: str
     kafka_delivery_timeout_ms: int
     detectors_enabled: bool
+    #: Quarantine messages from elevators not in the registry (no state is made for them),
+    #: rather than detect with default limits. Off by default: see README § Configuration.
+    registered_only: bool
     thresholds_file: Path | None
     raw_partitions: int
     worker_id: str
@@ -140,6 +143,7 @@ class Settings:
             # publisher keeps failed records and sends them again.
             kafka_delivery_timeout_ms=_env_int("TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS", 300_000),
             detectors_enabled=_env_bool("TIANYAN_DETECTORS", True),
+            registered_only=_env_bool("TIANYAN_REGISTERED_ONLY", False),
             thresholds_file=Path(os.environ["TIANYAN_THRESHOLDS_FILE"])
             if os.environ.get("TIANYAN_THRESHOLDS_FILE")
             else None,
@@ -202,6 +206,7 @@ class Settings:
             "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": self.alerts_dead_letter_topic,
             "TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS": str(self.kafka_delivery_timeout_ms),
             "TIANYAN_DETECTORS": "on" if self.detectors_enabled else "off",
+            "TIANYAN_REGISTERED_ONLY": "on" if self.registered_only else "off",
             "TIANYAN_RAW_PARTITIONS": str(self.raw_partitions),
             "TIANYAN_WORKER_ID": self.worker_id,
             "TIANYAN_WORKER_WEB_PORT": str(self.worker_web_port),

@@ -86,6 +86,10 @@ class RegistryLimits:
     def get(self, elevator_id: str) -> ElevatorLimits:
         return self._limits.get(elevator_id, self._unknown)
 
+    def known(self, elevator_id: str) -> bool:
+        """Whether the elevator is in the registry (as of the last refresh)."""
+        return elevator_id in self._limits
+
 
 class Worker:
     """The ingest loop and its state, bound to one Faust app."""
@@ -117,6 +121,10 @@ class Worker:
             # Injected for silence alone: a partition none of whose terminals has sent
             # anything for a heartbeat timeout of wall time (see streams.ingest.Ingest).
             wall_clock_ms=lambda: time.time() * 1000.0,
+            # With TIANYAN_REGISTERED_ONLY, an id not in the registry makes no state.
+            is_registered=self.limits.known if settings.registered_only else None,
+            # Cars silent long after their device_offline: state dropped, checkpoint kept.
+            evict_silent=True,
         )
         self.sink = TimescaleSink(settings.database_url)
         # Quarantine and state changelog, flushed together at each checkpoint.
@@ -128,6 +136,9 @@ class Worker:
         )
         self.last_turn = time.monotonic()
         self._dirty: dict[str, int] = {}
+        #: States evicted from memory (silent cars reported offline): elevator id →
+        #: (partition, final checkpoint), sent to the changelog at the next checkpoint.
+        self._evicted: dict[str, tuple[int, bytes]] = {}
         self._held: list[Message] = []
         self._checkpoint_due = 0.0
         #: Raw-topic partitions a rebalance took away, forgotten at the loop's next turn.
@@ -152,6 +163,9 @@ class Worker:
         """
         table = self.state_table
         changelog = table.changelog_topic.get_topic_name()
+        for elevator_id, (partition, value) in self._evicted.items():
+            self.producer.publish(elevator_id.encode(), value, topic=changelog, partition=partition)
+        self._evicted.clear()
         for elevator_id, partition in self._dirty.items():
             state = self.ingest.states.get(elevator_id)
             if state is None:  # its partition went to another worker since
@@ -188,6 +202,7 @@ class Worker:
         # Their unsaved changes (silence judged since the last checkpoint) are the new
         # owner's to make again: it judges the same silences at the same stream times.
         self._dirty = {e: p for e, p in self._dirty.items() if p not in revoked}
+        self._evicted = {e: v for e, v in self._evicted.items() if v[0] not in revoked}
         self.ingest.forget_partitions(revoked)
         metrics.ELEVATOR_STATES.set(len(self.ingest.states))
 
@@ -199,6 +214,14 @@ class Worker:
         batch.alerts.extend(ticked.alerts)
         for elevator_id, partition in ticked.touched.items():
             batch.touched.setdefault(elevator_id, partition)
+        # An evicted car's final state goes to the table at once (a message from it in the
+        # next batch restores it from there) and to the changelog at the next checkpoint.
+        for elevator_id, (partition, value) in ticked.evicted.items():
+            self.state_table.data[elevator_id.encode()] = value
+            self._evicted[elevator_id] = (partition, value)
+        if ticked.evicted:
+            metrics.STATES_EVICTED.inc(len(ticked.evicted))
+            metrics.ELEVATOR_STATES.set(len(self.ingest.states))
         return batch
 
     # -- the loop -------------------------------------------------------------------------------
@@ -295,6 +318,7 @@ class Worker:
         metrics.ELEVATOR_STATES.set(len(self.ingest.states))
         metrics.SAMPLES.inc(batch.samples)
         metrics.QUARANTINED.inc(len(batch.quarantined))
+        metrics.UNREGISTERED.inc(batch.unregistered)
         metrics.DUPLICATES.inc(batch.duplicates)
         metrics.LATE_SAMPLES.inc(batch.late_samples)
         metrics.CLOCK_CORRECTED.inc(batch.clock_corrected)

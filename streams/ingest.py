@@ -51,6 +51,8 @@ REAL_TIME_PACE = (0.8, 1.25)
 #: their median a message may move the partition's time (with lags spread evenly, as in a
 #: batch sharing one timestamp, the newest is 1.5 times that spread from the median).
 ARRIVAL_SPREAD_FACTOR = 3.0
+#: The detector whose state knows a car's last sample time and its open alerts.
+_RULES = "safety_rules"
 #: Fewer lags than this say nothing of their spread.
 ARRIVAL_SPREAD_MIN_MESSAGES = 6
 
@@ -229,6 +231,12 @@ class IngestBatch:
     late_samples: int = 0
     #: elevator id → the partition its messages came from, for state checkpoints.
     touched: dict[str, int] = field(default_factory=dict)
+    #: Messages quarantined because their elevator is not in the registry.
+    unregistered: int = 0
+    #: States dropped from memory (a car silent beyond ``state_eviction_after_s`` and
+    #: reported offline): elevator id → (partition, its final checkpoint), for the worker
+    #: to save before it forgets them.
+    evicted: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
     def quarantine_refused(self, refused: Iterable[tuple[int, str]]) -> None:
         """Move the messages the database refused to ``quarantined``.
@@ -284,6 +292,15 @@ class Ingest:
     wall_clock_ms
         The wall clock, Unix ms (the worker's); None (offline evaluation, tests) runs on
         stream time alone.
+    is_registered
+        Whether an elevator id is in the registry; a message from one that is not is
+        quarantined with the reason before any state is made for it (so random ids cannot
+        grow the worker). None accepts every id (offline evaluation, tests).
+    evict_silent
+        Drop from memory the state of a car silent beyond ``state_eviction_after_s`` once
+        its ``device_offline`` was raised (the worker, whose ``load_state`` restores it from
+        the checkpoint handed over in :attr:`IngestBatch.evicted`). Off for offline
+        evaluation, which has no checkpoints to restore from.
     """
 
     def __init__(
@@ -293,6 +310,8 @@ class Ingest:
         limits_for: Callable[[str], ElevatorLimits] | None = None,
         thresholds: Thresholds | None = None,
         wall_clock_ms: Callable[[], float] | None = None,
+        is_registered: Callable[[str], bool] | None = None,
+        evict_silent: bool = False,
     ) -> None:
         if grace_ms < 0:
             raise ValueError(f"grace_ms: {grace_ms} is negative")
@@ -304,6 +323,9 @@ class Ingest:
         self._message_detectors = [d for d in self.detectors if d.consumes == "message"]
         self._trip_detectors = [d for d in self.detectors if d.consumes == "trip"]
         self._wall_clock_ms = wall_clock_ms
+        self._is_registered = is_registered
+        self._evict_silent = evict_silent
+        self._evict_after_ms = self.thresholds.state_eviction_after_s * 1000.0
         self._silent_partition_ms = self.thresholds.heartbeat_timeout_s * 1000.0
         self.states: dict[str, ElevatorState] = {}
         self._partitions: dict[int, _Partition] = {}
@@ -364,6 +386,14 @@ class Ingest:
                 out.quarantined.append((record, e.reason))
                 continue
             eid = message.elevator_id
+            if (
+                self._is_registered is not None
+                and eid not in self.states
+                and not self._is_registered(eid)
+            ):
+                out.quarantined.append((record, f"$.elevator_id: {eid} is not in the registry"))
+                out.unregistered += 1
+                continue
             st = self.state(eid)
             in_order = message.seq > st.last_seq
             if not st.admit(message.seq):
@@ -501,6 +531,7 @@ class Ingest:
             if not due:
                 continue
             p.ticked_ms = now
+            stale: list[str] = []
             for eid in p.elevators:
                 st = self.states.get(eid)
                 if st is None:
@@ -511,7 +542,20 @@ class Ingest:
                     if alerts:
                         out.alerts.extend(alerts)
                         out.touched[eid] = partition
+                if self._evict_silent and eid not in out.touched and self._evictable(st, now):
+                    stale.append(eid)
+            for eid in stale:
+                out.evicted[eid] = (partition, self.states[eid].encode())
+            self.forget(stale)
         return out
+
+    def _evictable(self, st: ElevatorState, now_ms: int) -> bool:
+        """Silent beyond ``state_eviction_after_s`` and its ``device_offline`` raised at an
+        earlier tick (so the checkpoint that evicts it keeps the alert open)."""
+        rules = st.detectors.get(_RULES)
+        if rules is None or "device_offline" not in rules.active:
+            return False
+        return bool(now_ms - rules.last_t_ms > self._evict_after_ms)
 
 
 def _shifted(message: TelemetryMessage, by_ms: int) -> TelemetryMessage:

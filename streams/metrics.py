@@ -93,6 +93,18 @@ STATES_RESTORED = Counter(
     "Elevator states loaded from the table (recovered from the changelog)",
     registry=REGISTRY,
 )
+UNREGISTERED = Counter(
+    "tianyan_unregistered_messages_total",
+    "Messages quarantined because their elevator is not in the registry"
+    " (TIANYAN_REGISTERED_ONLY); no state is made for them",
+    registry=REGISTRY,
+)
+STATES_EVICTED = Counter(
+    "tianyan_states_evicted_total",
+    "Elevator states dropped from memory: cars silent beyond state_eviction_after_s and"
+    " reported offline (their last checkpoint stays in the table)",
+    registry=REGISTRY,
+)
 ELEVATOR_STATES = Gauge(
     "tianyan_elevator_states",
     "Elevator states held in memory (those of the partitions this worker reads)",
