@@ -159,6 +159,13 @@ class LocalPostgres:
                     "CREATE ROLE {i} LOGIN CREATEROLE; END IF; END $$"
                 ).format(r=sql.Literal(OWNER_ROLE), i=sql.Identifier(OWNER_ROLE))
             )
+            # temp_file_limit may only be set by a superuser or a role granted it: the owner
+            # sets it on the read roles (sql/roles.py)
+            conn.execute(
+                sql.SQL("GRANT SET ON PARAMETER temp_file_limit TO {}").format(
+                    sql.Identifier(OWNER_ROLE)
+                )
+            )
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", [dbname]
             ).fetchone()
