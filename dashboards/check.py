@@ -227,3 +227,27 @@ def check(boards: Sequence[Board], database_url: str, time_range: TimeRange) -> 
             )
         )
     return results
+
+
+def unquoted_variable_uses(board_json: Mapping[str, Any]) -> list[str]:
+    """Every place in a board's SQL (panels and variable queries) where a variable's value
+    would be pasted in as SQL (:func:`dashboards.macros.unquoted_variables`)."""
+    declared = {str(v["name"]): v for v in (board_json.get("templating") or {}).get("list") or []}
+    title = str(board_json.get("title") or board_json.get("uid"))
+    sources: list[tuple[str, str]] = []
+    for v in declared.values():
+        query = v.get("query")
+        if isinstance(query, Mapping):
+            query = query.get("rawSql") or query.get("query")
+        if v.get("type") == "query" and query:
+            sources.append((f"variable ${v['name']}", str(query)))
+    for panel in panels_of(board_json):
+        for target in panel.get("targets") or []:
+            if target.get("rawSql"):
+                sources.append((str(panel.get("title")), str(target["rawSql"])))
+    return [
+        f"{title} / {where}: {ref} is pasted into the SQL unquoted; write ${{name:sqlstring}}"
+        f" (and cast it, e.g. ::bigint)"
+        for where, sql in sources
+        for ref in macros.unquoted_variables(sql, declared)
+    ]

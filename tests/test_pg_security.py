@@ -4,12 +4,18 @@ search paths."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from psycopg import errors
 
+from dashboards import build, macros
+from dashboards.boards import all_boards
+from dashboards.check import panels_of, unquoted_variable_uses
+from dashboards.macros import TimeRange, Variable, unquoted_variables
 from foundation.settings import Settings, role_url
 from sql.migrate import migrate
 from sql.roles import READ_ROLES, ReadLimits, apply_read_limits, create_scoped_role, set_password
@@ -205,3 +211,47 @@ def test_every_security_definer_function_pins_search_path_with_pg_temp_last(db: 
         schemas = [s.strip().strip('"') for s in paths[0].split(",")]
         assert schemas[0] == "pg_catalog" and schemas[-1] == "pg_temp", (name, schemas)
         assert "$user" not in schemas, name
+
+
+# -- dashboard variables -------------------------------------------------------------------
+
+
+def test_no_committed_board_pastes_a_variable_into_its_sql_unquoted() -> None:
+    problems = []
+    for path in sorted((build.HERE / "json").glob("*.json")):
+        problems += unquoted_variable_uses(json.loads(path.read_text()))
+    assert problems == []
+
+
+def test_the_unquoted_variable_check_tells_safe_from_unsafe() -> None:
+    declared = {
+        "one": {"type": "query"},
+        "many": {"type": "query", "multi": True, "includeAll": True},
+        "custom_all": {"type": "query", "includeAll": True, "allValue": ".*"},
+    }
+    safe = "WHERE a = '$one' AND b IN ($many) AND c = ${one:sqlstring}::bigint AND $__timeFilter(t)"
+    assert unquoted_variables(safe, declared) == []
+    unsafe = "WHERE a = $one AND b = ${one:raw} AND c IN ($custom_all)"
+    assert unquoted_variables(unsafe, declared) == ["$one", "${one:raw}", "$custom_all"]
+
+
+def test_a_trip_value_from_the_url_is_a_bad_number_not_sql(db: str) -> None:
+    board = next(b for b in all_boards() if b.uid == "tianyan-trip").to_json()
+    summary = next(p for p in panels_of(board) if p["title"] == "Trip summary")
+    variables = {
+        "elevator": Variable("elevator", (ELEVATORS[0][0],)),
+        "trip": Variable("trip", ("0 OR true",)),
+    }
+    now = dt.datetime.now(dt.UTC)
+    sql = macros.interpolate(
+        summary["targets"][0]["rawSql"],
+        TimeRange(now - dt.timedelta(hours=1), now),
+        variables,
+        interval=1000,
+    )
+    assert "'0 OR true'::bigint" in sql
+    with (
+        psycopg.connect(role_url(db, "tianyan_analyst")) as conn,
+        pytest.raises(errors.InvalidTextRepresentation),
+    ):
+        conn.execute(sql.encode())
