@@ -18,11 +18,12 @@ uid                                     database role        boards
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from grafana_foundation_sdk.models import dashboard
 
 from dashboards.query import POSTGRES_TYPE
+from foundation.settings import SSL_MODES
 
 #: The smallest ``$__interval`` Grafana computes for these sources: the 1-s window features
 #: are the finest aggregate stored (streams/windows.py).
@@ -48,11 +49,12 @@ class RoleDataSource:
         """The environment variable Grafana's provisioning reads this role's password from."""
         return f"TIANYAN_GRAFANA_{self.role.removeprefix('tianyan_').upper()}_PASSWORD"
 
-    def json_data(self, database: str) -> dict[str, object]:
-        """The source's ``jsonData``: TimescaleDB on, so ``$__timeGroup`` uses time_bucket."""
+    def json_data(self, database: str, sslmode: str) -> dict[str, object]:
+        """The source's ``jsonData``: TimescaleDB on, so ``$__timeGroup`` uses time_bucket;
+        ``sslmode`` as libpq's (``verify-full`` in production: README § Production)."""
         return {
             "database": database,
-            "sslmode": "disable",
+            "sslmode": sslmode,
             "postgresVersion": 1500,
             "timescaledb": True,
             "timeInterval": MIN_INTERVAL,
@@ -61,16 +63,20 @@ class RoleDataSource:
             "connMaxLifetime": 14400,
         }
 
-    def api_payload(self, database_url: str) -> dict[str, object]:
+    def api_payload(self, database_url: str, sslmode: str = "disable") -> dict[str, object]:
         """The body of Grafana's ``/api/datasources`` for a database at ``database_url``.
 
-        Only host, port and database name are taken from the URL; the user is this source's
+        Host, port, database name and ``?sslmode=`` (else ``sslmode``: the setting
+        ``TIANYAN_PG_SSLMODE``) are taken from the URL; the user is this source's
         role. No password is sent: Grafana keeps a password set on the source before, and a
         source without one works where the database trusts Grafana's host (the local stack).
         """
         parts = urlsplit(database_url)
         if not parts.hostname or not parts.path.strip("/"):
             raise ValueError(f"{database_url!r}: expected postgresql://user@host:port/database")
+        sslmode = parse_qs(parts.query).get("sslmode", [sslmode])[-1]
+        if sslmode not in SSL_MODES:
+            raise ValueError(f"sslmode {sslmode!r}: expected one of {', '.join(SSL_MODES)}")
         return {
             "uid": self.uid,
             "name": self.name,
@@ -79,7 +85,7 @@ class RoleDataSource:
             "url": f"{parts.hostname}:{parts.port or 5432}",
             "user": self.role,
             "isDefault": False,
-            "jsonData": self.json_data(parts.path.strip("/")),
+            "jsonData": self.json_data(parts.path.strip("/"), sslmode),
         }
 
 
@@ -116,12 +122,16 @@ def provisioning_datasources() -> dict[str, object]:
     """Grafana's ``provisioning/datasources`` file for the three sources.
 
     Where the database is comes from Grafana's environment (``$TIANYAN_GRAFANA_DB_ADDRESS``,
-    ``host:port``, and ``$TIANYAN_GRAFANA_DB_NAME``), each role's password from
-    :attr:`RoleDataSource.password_variable`.
+    ``host:port``, and ``$TIANYAN_GRAFANA_DB_NAME``), how TLS is used from
+    ``$TIANYAN_GRAFANA_DB_SSLMODE`` (``disable`` for the local stack, ``verify-full`` in
+    production) and ``$TIANYAN_GRAFANA_DB_SSL_ROOT_CERT`` (the CA that signed the server's
+    certificate), each role's password from :attr:`RoleDataSource.password_variable`.
     """
     sources = []
     for s in DATASOURCES:
-        json_data = s.json_data("${TIANYAN_GRAFANA_DB_NAME}")
+        json_data = s.json_data("${TIANYAN_GRAFANA_DB_NAME}", "${TIANYAN_GRAFANA_DB_SSLMODE}")
+        json_data["tlsConfigurationMethod"] = "file-path"
+        json_data["sslRootCertFile"] = "${TIANYAN_GRAFANA_DB_SSL_ROOT_CERT}"
         sources.append(
             {
                 "name": s.name,

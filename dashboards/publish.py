@@ -102,13 +102,15 @@ def publish(
     boards: Sequence[Board],
     database_url: str,
     *,
+    sslmode: str = "disable",
     timeout_s: float = 10.0,
 ) -> Published:
-    """Publish the data sources (for the database at ``database_url``) and ``boards``."""
+    """Publish the data sources (for the database at ``database_url``, connecting with
+    ``sslmode`` unless the URL names one) and ``boards``."""
     if not token:
         raise PublishError("no token given: create a Grafana service-account token (Admin)")
     try:
-        payloads = {s.uid: s.api_payload(database_url) for s in DATASOURCES}
+        payloads = {s.uid: s.api_payload(database_url, sslmode) for s in DATASOURCES}
     except ValueError as e:
         raise PublishError(f"--database-url: {e}; nothing was changed") from e
     api = GrafanaApi.from_url(url, credential=token, timeout=timeout_s)

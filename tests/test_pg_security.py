@@ -15,8 +15,9 @@ from psycopg import errors
 from dashboards import build, macros
 from dashboards.boards import all_boards
 from dashboards.check import panels_of, unquoted_variable_uses
+from dashboards.datasources import ANALYST, DATASOURCES
 from dashboards.macros import TimeRange, Variable, unquoted_variables
-from foundation.settings import Settings, role_url
+from foundation.settings import Settings, SettingsError, role_url
 from sql.migrate import migrate
 from sql.roles import READ_ROLES, ReadLimits, apply_read_limits, create_scoped_role, set_password
 from tianyan.harness import create_database, drop_database
@@ -255,3 +256,22 @@ def test_a_trip_value_from_the_url_is_a_bad_number_not_sql(db: str) -> None:
         pytest.raises(errors.InvalidTextRepresentation),
     ):
         conn.execute(sql.encode())
+
+
+def test_sslmode_is_configurable_in_every_grafana_data_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = build.rendered(all_boards())["provisioning/datasources/tianyan.yaml"]
+    assert 'sslmode: "disable"' not in text
+    assert text.count('sslmode: "${TIANYAN_GRAFANA_DB_SSLMODE}"') == len(DATASOURCES)
+    assert text.count('sslRootCertFile: "${TIANYAN_GRAFANA_DB_SSL_ROOT_CERT}"') == len(DATASOURCES)
+    url = "postgresql://tianyan@db.example:5432/tianyan"
+    assert ANALYST.api_payload(url, "require")["jsonData"]["sslmode"] == "require"  # type: ignore[index]
+    payload = ANALYST.api_payload(url + "?sslmode=verify-full", "disable")
+    assert payload["jsonData"]["sslmode"] == "verify-full"  # type: ignore[index]
+    monkeypatch.setenv("TIANYAN_PG_SSLMODE", "verify-full")
+    assert Settings.from_env().pg_sslmode == "verify-full"
+    assert Settings.from_env().to_env()["TIANYAN_PG_SSLMODE"] == "verify-full"
+    monkeypatch.setenv("TIANYAN_PG_SSLMODE", "verify_full")
+    with pytest.raises(SettingsError, match="TIANYAN_PG_SSLMODE='verify_full'"):
+        Settings.from_env()

@@ -136,9 +136,16 @@ def publish_command(url: str, token: str, database_url: str | None, uids: tuple[
     """Create or update the data sources (by uid) and overwrite the boards in Grafana;
     nothing is written unless Grafana is reachable and the token accepted."""
     from dashboards.publish import PublishError, publish
+    from foundation.settings import Settings
 
     try:
-        done = publish(url, token, _boards(uids), database_url or _admin_url())
+        done = publish(
+            url,
+            token,
+            _boards(uids),
+            database_url or _admin_url(),
+            sslmode=Settings.from_env().pg_sslmode,
+        )
     except PublishError as e:
         raise click.ClickException(str(e)) from e
     for uid in done.datasources_created:
