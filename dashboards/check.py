@@ -213,14 +213,44 @@ def check_board(
     return results
 
 
+def scoped_login_role(database_url: str, scope: str) -> str | None:
+    """The first login role (by name) mapped by ``scope`` in ``tianyan.data_scope``: a scoped
+    board is checked as one real unit's role, under row-level security."""
+    if scope not in ("user_unit", "maintenance_company"):
+        raise ValueError(f"unknown scope {scope!r}")
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            f"SELECT role_name FROM tianyan.data_scope WHERE {scope} IS NOT NULL"
+            " ORDER BY role_name LIMIT 1"
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
 def check(boards: Sequence[Board], database_url: str, time_range: TimeRange) -> list[PanelResult]:
-    """Check every board as its users' role; ``database_url`` names host, port and database."""
+    """Check every board as its users' role; ``database_url`` names host, port and database
+    (and, for a scoped board, is where ``tianyan.data_scope`` is read: the owner's URL)."""
     results = []
     for board in boards:
+        role = board.source.role
+        if board.source.scope:
+            found = scoped_login_role(database_url, board.source.scope)
+            if found is None:
+                results.append(
+                    PanelResult(
+                        board.title,
+                        "data source",
+                        "",
+                        0,
+                        f"no login role with a {board.source.scope} in tianyan.data_scope to"
+                        " check this board as: create one with `tianyan db scoped-role`",
+                    )
+                )
+                continue
+            role = found
         results.extend(
             check_board(
                 board.to_json(),
-                role_url(database_url, board.source.role),
+                role_url(database_url, role),
                 time_range,
                 shows=board.shows,
                 typed=board.typed,

@@ -9,10 +9,17 @@ the database, not by Grafana: so each board points at the source of the role its
 uid                                     database role        boards
 ======================================  ===================  =================================
 ``tianyan-timescaledb-analyst``         tianyan_analyst      operation, elevator, trip,
-                                                             rescue, maintenance, use safety
+                                                             rescue, maintenance
 ``tianyan-timescaledb-regulator``       tianyan_regulator    comprehensive supervision
 ``tianyan-timescaledb-public``          tianyan_public       public lookup
+``tianyan-timescaledb-unit``            one unit's login     use safety
+                                        role (tianyan_unit)
 ======================================  ===================  =================================
+
+The unit source is scoped: in each user unit's Grafana organisation it connects as that
+unit's own login role (``tianyan db scoped-role``), and row-level security shows it only the
+unit's elevators (migration 0007); in the analysts' organisation it connects as
+``tianyan_analyst`` and shows every unit.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ class RoleDataSource:
     uid: str
     name: str
     users: str  # who reads through it
+    #: For a scoped source (``role`` a group of per-unit login roles): the ``data_scope``
+    #: column its login roles are mapped by, e.g. ``user_unit``.
+    scope: str | None = None
 
     @property
     def ref(self) -> dashboard.DataSourceRef:
@@ -63,13 +73,17 @@ class RoleDataSource:
             "connMaxLifetime": 14400,
         }
 
-    def api_payload(self, database_url: str, sslmode: str = "disable") -> dict[str, object]:
+    def api_payload(
+        self, database_url: str, sslmode: str = "disable", user: str | None = None
+    ) -> dict[str, object]:
         """The body of Grafana's ``/api/datasources`` for a database at ``database_url``.
 
         Host, port, database name and ``?sslmode=`` (else ``sslmode``: the setting
         ``TIANYAN_PG_SSLMODE``) are taken from the URL; the user is this source's
-        role. No password is sent: Grafana keeps a password set on the source before, and a
-        source without one works where the database trusts Grafana's host (the local stack).
+        role (for a scoped source, ``user``: the login role of the organisation's unit, or
+        ``tianyan_analyst`` in the analysts' organisation). No password is sent: Grafana keeps
+        a password set on the source before, and a source without one works where the
+        database trusts Grafana's host (the local stack).
         """
         parts = urlsplit(database_url)
         if not parts.hostname or not parts.path.strip("/"):
@@ -83,7 +97,7 @@ class RoleDataSource:
             "type": POSTGRES_TYPE,
             "access": "proxy",
             "url": f"{parts.hostname}:{parts.port or 5432}",
-            "user": self.role,
+            "user": user or (ANALYST.role if self.scope else self.role),
             "isDefault": False,
             "jsonData": self.json_data(parts.path.strip("/"), sslmode),
         }
@@ -107,7 +121,14 @@ PUBLIC = RoleDataSource(
     name="TimescaleDB (public lookup)",
     users="anyone looking up an elevator",
 )
-DATASOURCES = (ANALYST, REGULATOR, PUBLIC)
+UNIT = RoleDataSource(
+    role="tianyan_unit",
+    uid="tianyan-timescaledb-unit",
+    name="TimescaleDB (user unit)",
+    users="one user unit, in its own Grafana organisation",
+    scope="user_unit",
+)
+DATASOURCES = (ANALYST, REGULATOR, PUBLIC, UNIT)
 
 
 def for_role(role: str) -> RoleDataSource:
@@ -119,7 +140,9 @@ def for_role(role: str) -> RoleDataSource:
 
 
 def provisioning_datasources() -> dict[str, object]:
-    """Grafana's ``provisioning/datasources`` file for the three sources.
+    """Grafana's ``provisioning/datasources`` file for the sources (one copy per
+    organisation: ``$TIANYAN_GRAFANA_UNIT_ROLE`` is the organisation's unit login role, or
+    ``tianyan_analyst`` in the analysts' organisation).
 
     Where the database is comes from Grafana's environment (``$TIANYAN_GRAFANA_DB_ADDRESS``,
     ``host:port``, and ``$TIANYAN_GRAFANA_DB_NAME``), how TLS is used from
@@ -139,7 +162,8 @@ def provisioning_datasources() -> dict[str, object]:
                 "type": POSTGRES_TYPE,
                 "access": "proxy",
                 "url": "${TIANYAN_GRAFANA_DB_ADDRESS}",
-                "user": s.role,
+                # a scoped source logs in as the organisation's unit role
+                "user": "${TIANYAN_GRAFANA_UNIT_ROLE}" if s.scope else s.role,
                 "isDefault": False,
                 "editable": False,
                 "jsonData": json_data,

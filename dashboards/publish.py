@@ -103,14 +103,19 @@ def publish(
     database_url: str,
     *,
     sslmode: str = "disable",
+    unit_role: str | None = None,
     timeout_s: float = 10.0,
 ) -> Published:
     """Publish the data sources (for the database at ``database_url``, connecting with
-    ``sslmode`` unless the URL names one) and ``boards``."""
+    ``sslmode`` unless the URL names one) and ``boards``. The scoped unit source connects as
+    ``unit_role`` (the organisation's unit login role), else as ``tianyan_analyst``."""
     if not token:
         raise PublishError("no token given: create a Grafana service-account token (Admin)")
     try:
-        payloads = {s.uid: s.api_payload(database_url, sslmode) for s in DATASOURCES}
+        payloads = {
+            s.uid: s.api_payload(database_url, sslmode, unit_role if s.scope else None)
+            for s in DATASOURCES
+        }
     except ValueError as e:
         raise PublishError(f"--database-url: {e}; nothing was changed") from e
     api = GrafanaApi.from_url(url, credential=token, timeout=timeout_s)
