@@ -19,8 +19,16 @@ from dashboards.datasources import ANALYST, DATASOURCES
 from dashboards.macros import TimeRange, Variable, unquoted_variables
 from foundation.settings import Settings, SettingsError, role_url
 from sql.migrate import migrate
-from sql.roles import READ_ROLES, ReadLimits, apply_read_limits, create_scoped_role, set_password
+from sql.roles import (
+    READ_ROLES,
+    ReadLimits,
+    apply_read_limits,
+    apply_role_settings,
+    create_scoped_role,
+    set_password,
+)
 from tianyan.harness import create_database, drop_database
+from tianyan.stack.postgres import SCRAM_CHECK_DATABASE
 
 DATABASE = "tianyan_test_pg_security"
 #: (registration code, user unit, maintenance company)
@@ -182,15 +190,40 @@ def test_read_roles_carry_statement_timeout_temp_file_and_connection_limits(db: 
             apply_read_limits(conn, ReadLimits())
 
 
-def test_passwords_are_stored_as_scram_verifiers(db: str, superuser_url: str) -> None:
+def test_roles_log_in_with_scram_passwords_set_from_the_settings(
+    db: str, superuser_url: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(superuser_url, autocommit=True) as conn:
+        if not conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [SCRAM_CHECK_DATABASE]
+        ).fetchone():
+            conn.execute(f"CREATE DATABASE {SCRAM_CHECK_DATABASE}")
+    monkeypatch.setenv("TIANYAN_PG_PUBLIC_PASSWORD", "public lookup secret")
+    apply_role_settings(db, Settings.from_env())
     with psycopg.connect(db, autocommit=True) as conn:
         set_password(conn, "tianyan_test_unit_b", "correct horse battery staple")
     with psycopg.connect(superuser_url) as conn:
-        row = conn.execute(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = 'tianyan_test_unit_b'"
-        ).fetchone()
-    assert row is not None and row[0].startswith("SCRAM-SHA-256$4096:")
-    assert "correct horse" not in row[0]
+        stored = conn.execute(
+            "SELECT rolname, rolpassword FROM pg_authid"
+            " WHERE rolname IN ('tianyan_test_unit_b', 'tianyan_public')"
+        ).fetchall()
+    assert len(stored) == 2
+    for _, verifier in stored:
+        assert verifier.startswith("SCRAM-SHA-256$4096:") and "secret" not in verifier
+    # the cluster's scram-only database asks for the password, as production's pg_hba will
+    scram = f"host=127.0.0.1 port={settings.pg_port} dbname={SCRAM_CHECK_DATABASE}"
+    for user, password in (
+        ("tianyan_test_unit_b", "correct horse battery staple"),
+        ("tianyan_public", "public lookup secret"),
+    ):
+        with psycopg.connect(f"{scram} user={user} password='{password}'") as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (user,)
+    for refused in (
+        "user=tianyan_test_unit_b password=wrong",
+        "user=tianyan_test_unit_a password=anything",  # a role without a password
+    ):
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(f"{scram} {refused}")
 
 
 def test_every_security_definer_function_pins_search_path_with_pg_temp_last(db: str) -> None:
