@@ -9,17 +9,20 @@ the database, not by Grafana: so each board points at the source of the role its
 uid                                     database role        boards
 ======================================  ===================  =================================
 ``tianyan-timescaledb-analyst``         tianyan_analyst      operation, elevator, trip,
-                                                             rescue, maintenance
+                                                             rescue
 ``tianyan-timescaledb-regulator``       tianyan_regulator    comprehensive supervision
 ``tianyan-timescaledb-public``          tianyan_public       public lookup
 ``tianyan-timescaledb-unit``            one unit's login     use safety
                                         role (tianyan_unit)
+``tianyan-timescaledb-maintenance``     one company's login  maintenance
+                                        role
+                                        (tianyan_maintenance)
 ======================================  ===================  =================================
 
-The unit source is scoped: in each user unit's Grafana organisation it connects as that
-unit's own login role (``tianyan db scoped-role``), and row-level security shows it only the
-unit's elevators (migration 0007); in the analysts' organisation it connects as
-``tianyan_analyst`` and shows every unit.
+The unit and maintenance sources are scoped: in each user unit's (maintenance company's)
+Grafana organisation they connect as its own login role (``tianyan db scoped-role``), and
+row-level security shows it only its elevators (migration 0007); in the analysts'
+organisation they connect as ``tianyan_analyst`` and show everything.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ class RoleDataSource:
     def ref(self) -> dashboard.DataSourceRef:
         """What a panel, target or variable names to use this source."""
         return dashboard.DataSourceRef(type_val=POSTGRES_TYPE, uid=self.uid)
+
+    @property
+    def login_variable(self) -> str:
+        """For a scoped source: the variable Grafana's provisioning reads its login role from
+        (the organisation's unit or company role)."""
+        return f"TIANYAN_GRAFANA_{self.role.removeprefix('tianyan_').upper()}_ROLE"
 
     @property
     def password_variable(self) -> str:
@@ -128,7 +137,14 @@ UNIT = RoleDataSource(
     users="one user unit, in its own Grafana organisation",
     scope="user_unit",
 )
-DATASOURCES = (ANALYST, REGULATOR, PUBLIC, UNIT)
+MAINTENANCE = RoleDataSource(
+    role="tianyan_maintenance",
+    uid="tianyan-timescaledb-maintenance",
+    name="TimescaleDB (maintenance company)",
+    users="one maintenance company, in its own Grafana organisation",
+    scope="maintenance_company",
+)
+DATASOURCES = (ANALYST, REGULATOR, PUBLIC, UNIT, MAINTENANCE)
 
 
 def for_role(role: str) -> RoleDataSource:
@@ -141,8 +157,9 @@ def for_role(role: str) -> RoleDataSource:
 
 def provisioning_datasources() -> dict[str, object]:
     """Grafana's ``provisioning/datasources`` file for the sources (one copy per
-    organisation: ``$TIANYAN_GRAFANA_UNIT_ROLE`` is the organisation's unit login role, or
-    ``tianyan_analyst`` in the analysts' organisation).
+    organisation: ``$TIANYAN_GRAFANA_UNIT_ROLE`` and ``$TIANYAN_GRAFANA_MAINTENANCE_ROLE`` are
+    the organisation's unit and company login roles, or ``tianyan_analyst`` in the analysts'
+    organisation).
 
     Where the database is comes from Grafana's environment (``$TIANYAN_GRAFANA_DB_ADDRESS``,
     ``host:port``, and ``$TIANYAN_GRAFANA_DB_NAME``), how TLS is used from
@@ -163,7 +180,7 @@ def provisioning_datasources() -> dict[str, object]:
                 "access": "proxy",
                 "url": "${TIANYAN_GRAFANA_DB_ADDRESS}",
                 # a scoped source logs in as the organisation's unit role
-                "user": "${TIANYAN_GRAFANA_UNIT_ROLE}" if s.scope else s.role,
+                "user": "${" + s.login_variable + "}" if s.scope else s.role,
                 "isDefault": False,
                 "editable": False,
                 "jsonData": json_data,

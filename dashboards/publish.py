@@ -11,7 +11,7 @@ boards saved with ``overwrite``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,17 +103,20 @@ def publish(
     database_url: str,
     *,
     sslmode: str = "disable",
-    unit_role: str | None = None,
+    scoped_roles: Mapping[str, str] | None = None,
     timeout_s: float = 10.0,
 ) -> Published:
     """Publish the data sources (for the database at ``database_url``, connecting with
-    ``sslmode`` unless the URL names one) and ``boards``. The scoped unit source connects as
-    ``unit_role`` (the organisation's unit login role), else as ``tianyan_analyst``."""
+    ``sslmode`` unless the URL names one) and ``boards``. A scoped source connects as
+    ``scoped_roles[its scope]`` (the organisation's unit or company login role, by
+    ``user_unit`` / ``maintenance_company``), else as ``tianyan_analyst``."""
     if not token:
         raise PublishError("no token given: create a Grafana service-account token (Admin)")
     try:
         payloads = {
-            s.uid: s.api_payload(database_url, sslmode, unit_role if s.scope else None)
+            s.uid: s.api_payload(
+                database_url, sslmode, (scoped_roles or {}).get(s.scope) if s.scope else None
+            )
             for s in DATASOURCES
         }
     except ValueError as e:

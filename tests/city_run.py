@@ -33,6 +33,7 @@ CITY_DURATION_S = 900.0
 CITY_DB = f"tianyan_test_city_run_{os.getpid()}"  # one per test session
 #: The user unit login role the use-safety board is checked as (roles are cluster-wide).
 CITY_UNIT_ROLE = "tianyan_test_city_unit"
+CITY_COMPANY_ROLE = "tianyan_test_city_company"
 SCENARIO = Path(__file__).parent / "scenarios" / "city_run.toml"
 
 
@@ -114,6 +115,12 @@ def city_run(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
             " 1 LIMIT 1"
         )
         create_scoped_role(run.admin_url, CITY_UNIT_ROLE, user_unit=str(unit))
+        company = run.scalar(
+            "SELECT e.maintenance_company FROM telemetry_sample s JOIN elevator e ON"
+            " e.registration_code = s.elevator_id WHERE s.service_mode <> 1"
+            " AND e.maintenance_company IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
+        )
+        create_scoped_role(run.admin_url, CITY_COMPANY_ROLE, maintenance_company=str(company))
         yield CityRun(
             admin_url=run.admin_url,
             writer_url=run.writer_url,

@@ -106,6 +106,7 @@ PER_ELEVATOR = [
     "SELECT i.elevator_id FROM tianyan.incident_event e JOIN tianyan.incident i USING"
     " (incident_id)",
     "SELECT elevator_id FROM tianyan.current_risk_grade",
+    "SELECT elevator_id FROM tianyan.service_mode_sample",
 ]
 
 

@@ -139,8 +139,18 @@ def check_command(
     "that unit's Grafana organisation (`tianyan db scoped-role`). Default: tianyan_analyst "
     "(the analysts' organisation sees every unit).",
 )
+@click.option(
+    "--maintenance-role",
+    default=None,
+    help="Likewise, the maintenance company's login role for the maintenance data source.",
+)
 def publish_command(
-    url: str, token: str, database_url: str | None, uids: tuple[str, ...], unit_role: str | None
+    url: str,
+    token: str,
+    database_url: str | None,
+    uids: tuple[str, ...],
+    unit_role: str | None,
+    maintenance_role: str | None,
 ) -> None:
     """Create or update the data sources (by uid) and overwrite the boards in Grafana;
     nothing is written unless Grafana is reachable and the token accepted."""
@@ -154,7 +164,11 @@ def publish_command(
             _boards(uids),
             database_url or _admin_url(),
             sslmode=Settings.from_env().pg_sslmode,
-            unit_role=unit_role,
+            scoped_roles={
+                k: v
+                for k, v in (("user_unit", unit_role), ("maintenance_company", maintenance_role))
+                if v
+            },
         )
     except PublishError as e:
         raise click.ClickException(str(e)) from e

@@ -37,6 +37,8 @@ DO $$ BEGIN
         TO tianyan_unit, tianyan_maintenance;
     ALTER VIEW current_risk_grade SET (security_invoker = true);
     GRANT SELECT ON current_risk_grade TO tianyan_unit, tianyan_maintenance;
+    -- a definer view that filters by the reader itself (15_scoped_views.sql)
+    GRANT SELECT ON service_mode_sample TO tianyan_unit, tianyan_maintenance;
   END IF;
 END $$;
 
