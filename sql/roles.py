@@ -126,3 +126,32 @@ def create_scoped_role(
         apply_read_limits(conn, limits or ReadLimits(), [role])
         if password:
             set_password(conn, role, password)
+
+
+def create_sample_scoped_roles(
+    url: str, unit_role: str = "tianyan_demo_unit", company_role: str = "tianyan_demo_company"
+) -> tuple[str | None, str | None]:
+    """One user-unit and one maintenance-company login role for the data at ``url`` (the unit
+    with the most alerts, the company with the most samples out of normal service), so that
+    ``dashboards check`` can run the scoped boards as a real unit and company would (the
+    demo does this). Returns the unit and the company (None where there is none)."""
+    with psycopg.connect(url) as conn:
+        unit = conn.execute(
+            "SELECT e.user_unit FROM tianyan.elevator e"
+            " LEFT JOIN tianyan.alert a ON a.elevator_id = e.registration_code"
+            " WHERE e.user_unit IS NOT NULL GROUP BY 1 ORDER BY count(a.alert_id) DESC, 1 LIMIT 1"
+        ).fetchone()
+        company = conn.execute(
+            "SELECT e.maintenance_company FROM tianyan.elevator e"
+            " LEFT JOIN tianyan.service_mode_sample s ON s.elevator_id = e.registration_code"
+            " AND s.service_mode <> 1 WHERE e.maintenance_company IS NOT NULL"
+            " GROUP BY 1 ORDER BY count(s.time) DESC, 1 LIMIT 1"
+        ).fetchone()
+    if unit is not None:
+        create_scoped_role(url, unit_role, user_unit=str(unit[0]))
+    if company is not None:
+        create_scoped_role(url, company_role, maintenance_company=str(company[0]))
+    return (
+        None if unit is None else str(unit[0]),
+        None if company is None else str(company[0]),
+    )
