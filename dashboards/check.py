@@ -224,17 +224,79 @@ def check_board(
     return results
 
 
-def check(boards: Sequence[Board], database_url: str, time_range: TimeRange) -> list[PanelResult]:
-    """Check every board as its users' role; ``database_url`` names host, port and database."""
+def scoped_login_role(database_url: str, scope: str) -> str | None:
+    """The first login role (by name) mapped by ``scope`` in ``tianyan.data_scope``: a scoped
+    board is checked as one real unit's role, under row-level security."""
+    if scope not in ("user_unit", "maintenance_company"):
+        raise ValueError(f"unknown scope {scope!r}")
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            f"SELECT role_name FROM tianyan.data_scope WHERE {scope} IS NOT NULL"
+            " ORDER BY role_name LIMIT 1"
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def check(
+    boards: Sequence[Board],
+    database_url: str,
+    time_range: TimeRange,
+    *,
+    on_rows: OnRows | None = None,
+) -> list[PanelResult]:
+    """Check every board as its users' role; ``database_url`` names host, port and database
+    (and, for a scoped board, is where ``tianyan.data_scope`` is read: the owner's URL).
+    Each panel's columns and rows go to ``on_rows`` if given."""
     results = []
     for board in boards:
+        role = board.source.role
+        if board.source.scope:
+            found = scoped_login_role(database_url, board.source.scope)
+            if found is None:
+                results.append(
+                    PanelResult(
+                        board.title,
+                        "data source",
+                        "",
+                        0,
+                        f"no login role with a {board.source.scope} in tianyan.data_scope to"
+                        " check this board as: create one with `tianyan db scoped-role`",
+                    )
+                )
+                continue
+            role = found
         results.extend(
             check_board(
                 board.to_json(),
-                role_url(database_url, board.source.role),
+                role_url(database_url, role),
                 time_range,
                 shows=board.shows,
                 typed=board.typed,
+                on_rows=on_rows,
             )
         )
     return results
+
+
+def unquoted_variable_uses(board_json: Mapping[str, Any]) -> list[str]:
+    """Every place in a board's SQL (panels and variable queries) where a variable's value
+    would be pasted in as SQL (:func:`dashboards.macros.unquoted_variables`)."""
+    declared = {str(v["name"]): v for v in (board_json.get("templating") or {}).get("list") or []}
+    title = str(board_json.get("title") or board_json.get("uid"))
+    sources: list[tuple[str, str]] = []
+    for v in declared.values():
+        query = v.get("query")
+        if isinstance(query, Mapping):
+            query = query.get("rawSql") or query.get("query")
+        if v.get("type") == "query" and query:
+            sources.append((f"variable ${v['name']}", str(query)))
+    for panel in panels_of(board_json):
+        for target in panel.get("targets") or []:
+            if target.get("rawSql"):
+                sources.append((str(panel.get("title")), str(target["rawSql"])))
+    return [
+        f"{title} / {where}: {ref} is pasted into the SQL unquoted; write ${{name:sqlstring}}"
+        f" (and cast it, e.g. ::bigint)"
+        for where, sql in sources
+        for ref in macros.unquoted_variables(sql, declared)
+    ]

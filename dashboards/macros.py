@@ -323,3 +323,40 @@ def interpolate(
     sql = interpolate_variables(sql, variables or {}, time_range)
     sql = global_substitutions(sql, time_range, interval or interval_ms(time_range))
     return expand_macros(sql, time_range, timescaledb=timescaledb)
+
+
+# -- safety: how each variable reaches the SQL ---------------------------------------------
+
+#: Formats whose every value Grafana puts in an SQL string literal with its quotes doubled.
+_QUOTING_FORMATS = ("sqlstring",)
+
+
+def unquoted_variables(sql: str, declared: Mapping[str, Mapping[str, object]]) -> list[str]:
+    """The references in ``sql`` through which a dashboard variable's value (which anyone can
+    set in the URL) would reach PostgreSQL as SQL text rather than as a string literal.
+
+    Safe: ``${name:sqlstring}``; a multi-value or "All" variable without a format and without a
+    custom all-value (Grafana quotes each value); a single-value one without a format written
+    inside quotes, ``'$name'`` (Grafana doubles its quotes). ``declared`` maps a variable's name
+    to its dashboard JSON; Grafana's built-ins (``$__…``) and undeclared names are not values
+    a viewer sets.
+    """
+    found = []
+    for m in _VARIABLE.finditer(sql):
+        name = m.group(1) or m.group(2) or m.group(4)
+        fmt = m.group(3) or m.group(6)
+        variable = declared.get(name)
+        if name.startswith("__") or variable is None:
+            continue
+        if fmt in _QUOTING_FORMATS:
+            continue
+        if fmt is None:
+            if (variable.get("multi") or variable.get("includeAll")) and not variable.get(
+                "allValue"
+            ):
+                continue
+            quoted = sql[m.start() - 1 : m.start()] == "'" and sql[m.end() : m.end() + 1] == "'"
+            if quoted and not (variable.get("multi") or variable.get("includeAll")):
+                continue
+        found.append(m.group(0))
+    return found

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from dashboards.board import Board
-from dashboards.check import PanelResult, check_board, panels_of
+from dashboards.check import PanelResult, check, panels_of
 from dashboards.macros import TimeRange
-from foundation.settings import role_url
 
 #: Grafana's grid: 24 columns; a row unit is 30 px high (plus the 8 px gap Grafana draws).
 GRID_COLUMNS = 24
@@ -258,21 +257,15 @@ def draw_board(
 def preview_board(
     board: Board, database_url: str, time_range: TimeRange, out: Path
 ) -> BoardPreview:
-    """Run one board's queries as its role and draw it to ``out/<uid>.png``."""
+    """Run one board's queries as ``dashboards check`` does (as its role, a scoped board as
+    one unit's or company's role) and draw it to ``out/<uid>.png``."""
     board_json = board.to_json()
     data: dict[int, PanelData] = {}
 
     def keep(panel: Mapping[str, Any], columns: list[str], rows: list[tuple[Any, ...]]) -> None:
         data.setdefault(int(panel["id"]), PanelData(columns, rows))
 
-    results = check_board(
-        board_json,
-        role_url(database_url, board.source.role),
-        time_range,
-        shows=board.shows,
-        typed=board.typed,
-        on_rows=keep,
-    )
+    results = check([board], database_url, time_range, on_rows=keep)
     by_title = {str(p.get("title")): int(p["id"]) for p in panels_of(board_json)}
     errors = {by_title[r.panel]: r.error or "" for r in results if not r.ok and r.panel in by_title}
     path = out / f"{board.uid}.png"

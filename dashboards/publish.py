@@ -11,7 +11,7 @@ boards saved with ``overwrite``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,13 +102,23 @@ def publish(
     boards: Sequence[Board],
     database_url: str,
     *,
+    sslmode: str = "disable",
+    scoped_roles: Mapping[str, str] | None = None,
     timeout_s: float = 10.0,
 ) -> Published:
-    """Publish the data sources (for the database at ``database_url``) and ``boards``."""
+    """Publish the data sources (for the database at ``database_url``, connecting with
+    ``sslmode`` unless the URL names one) and ``boards``. A scoped source connects as
+    ``scoped_roles[its scope]`` (the organisation's unit or company login role, by
+    ``user_unit`` / ``maintenance_company``), else as ``tianyan_analyst``."""
     if not token:
         raise PublishError("no token given: create a Grafana service-account token (Admin)")
     try:
-        payloads = {s.uid: s.api_payload(database_url) for s in DATASOURCES}
+        payloads = {
+            s.uid: s.api_payload(
+                database_url, sslmode, (scoped_roles or {}).get(s.scope) if s.scope else None
+            )
+            for s in DATASOURCES
+        }
     except ValueError as e:
         raise PublishError(f"--database-url: {e}; nothing was changed") from e
     api = GrafanaApi.from_url(url, credential=token, timeout=timeout_s)

@@ -59,6 +59,22 @@ def _env_ints(name: str, default: tuple[int, ...], *, count: int) -> tuple[int, 
     return values
 
 
+#: libpq's sslmode values (Grafana's PostgreSQL source takes the same).
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+#: The database roles whose passwords the environment may set, and their variables.
+ROLE_PASSWORD_VARIABLES = {
+    f"tianyan_{r}": f"TIANYAN_PG_{r.upper()}_PASSWORD"
+    for r in ("writer", "analyst", "regulator", "public")
+}
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name, default)
+    if raw not in choices:
+        raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings; build with :meth:`from_env`."""
@@ -112,6 +128,18 @@ class Settings:
     arrival_target_s: int
     audit_anchors_topic: str
     audit_anchor_interval_s: int
+    # PostgreSQL security (README § Production)
+    #: libpq/Grafana sslmode the Grafana data sources connect with ("verify-full" in
+    #: production); the Python services take theirs from their URLs (``?sslmode=``).
+    pg_sslmode: str
+    #: Limits on every read role (analyst, regulator, public, the scoped unit/company
+    #: roles), applied by ``tianyan db migrate``.
+    pg_read_statement_timeout_ms: int
+    pg_read_connection_limit: int
+    pg_read_temp_file_limit_mb: int
+    #: Passwords ``tianyan db migrate`` gives the roles (SCRAM-SHA-256 verifiers, computed
+    #: client-side), role → password; a role without one keeps what it has.
+    pg_role_passwords: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -175,6 +203,15 @@ class Settings:
             arrival_target_s=_env_int("TIANYAN_ARRIVAL_TARGET_S", 1800),
             audit_anchors_topic=_env("TIANYAN_AUDIT_ANCHORS_TOPIC", "tianyan.audit.anchors"),
             audit_anchor_interval_s=_env_int("TIANYAN_AUDIT_ANCHOR_INTERVAL_S", 60),
+            pg_sslmode=_env_choice("TIANYAN_PG_SSLMODE", "disable", SSL_MODES),
+            pg_read_statement_timeout_ms=_env_int("TIANYAN_PG_READ_STATEMENT_TIMEOUT_MS", 60_000),
+            pg_read_connection_limit=_env_int("TIANYAN_PG_READ_CONNECTION_LIMIT", 20),
+            pg_read_temp_file_limit_mb=_env_int("TIANYAN_PG_READ_TEMP_FILE_LIMIT_MB", 1024),
+            pg_role_passwords=tuple(
+                (role, os.environ[var])
+                for role, var in ROLE_PASSWORD_VARIABLES.items()
+                if os.environ.get(var)
+            ),
         )
 
     def faust_datadir(self, app_id: str) -> str:
@@ -231,7 +268,12 @@ class Settings:
             "TIANYAN_ARRIVAL_TARGET_S": str(self.arrival_target_s),
             "TIANYAN_AUDIT_ANCHORS_TOPIC": self.audit_anchors_topic,
             "TIANYAN_AUDIT_ANCHOR_INTERVAL_S": str(self.audit_anchor_interval_s),
+            "TIANYAN_PG_SSLMODE": self.pg_sslmode,
+            "TIANYAN_PG_READ_STATEMENT_TIMEOUT_MS": str(self.pg_read_statement_timeout_ms),
+            "TIANYAN_PG_READ_CONNECTION_LIMIT": str(self.pg_read_connection_limit),
+            "TIANYAN_PG_READ_TEMP_FILE_LIMIT_MB": str(self.pg_read_temp_file_limit_mb),
         }
+        env.update({ROLE_PASSWORD_VARIABLES[role]: pw for role, pw in self.pg_role_passwords})
         optional = {
             "TIANYAN_THRESHOLDS_FILE": self.thresholds_file,
             "TIANYAN_RESCUE_WEBHOOK_SECRET": self.rescue_webhook_secret,

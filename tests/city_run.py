@@ -21,6 +21,7 @@ from registry.generate import generate
 from registry.model import Elevator
 from registry.store import upsert
 from rescue.delivery import new_secret
+from sql.roles import create_scoped_role
 from tianyan.harness import pipeline
 from tianyan.processes import free_port
 
@@ -30,6 +31,9 @@ CITY_START = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)
 CITY_DATE = CITY_START.date()
 CITY_DURATION_S = 900.0
 CITY_DB = f"tianyan_test_city_run_{os.getpid()}"  # one per test session
+#: The user unit login role the use-safety board is checked as (roles are cluster-wide).
+CITY_UNIT_ROLE = "tianyan_test_city_unit"
+CITY_COMPANY_ROLE = "tianyan_test_city_company"
 SCENARIO = Path(__file__).parent / "scenarios" / "city_run.toml"
 
 
@@ -103,6 +107,20 @@ def city_run(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         run.group.stop_all()
         # risk grades: the run graded as of its end, as the worker's timer would
         grade_fleet(run.writer_url, CITY_START + dt.timedelta(seconds=CITY_DURATION_S))
+        # the use-safety board reads as one user unit's role (row-level security): the unit
+        # with the most alerts
+        unit = run.scalar(
+            "SELECT e.user_unit FROM alert a JOIN elevator e ON e.registration_code ="
+            " a.elevator_id WHERE e.user_unit IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC,"
+            " 1 LIMIT 1"
+        )
+        create_scoped_role(run.admin_url, CITY_UNIT_ROLE, user_unit=str(unit))
+        company = run.scalar(
+            "SELECT e.maintenance_company FROM telemetry_sample s JOIN elevator e ON"
+            " e.registration_code = s.elevator_id WHERE s.service_mode <> 1"
+            " AND e.maintenance_company IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
+        )
+        create_scoped_role(run.admin_url, CITY_COMPANY_ROLE, maintenance_company=str(company))
         yield CityRun(
             admin_url=run.admin_url,
             writer_url=run.writer_url,

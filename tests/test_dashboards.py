@@ -86,9 +86,12 @@ def test_each_board_uses_its_roles_data_source_everywhere() -> None:
     roles = {b.uid: b.source.role for b in all_boards()}
     assert roles["tianyan-public-lookup"] == "tianyan_public"
     assert roles["tianyan-supervision"] == "tianyan_regulator"
-    assert {
-        r for u, r in roles.items() if u not in ("tianyan-public-lookup", "tianyan-supervision")
-    } == {"tianyan_analyst"}
+    assert roles["tianyan-use-safety"] == "tianyan_unit"
+    assert roles["tianyan-maintenance"] == "tianyan_maintenance"
+    others = ("tianyan-public-lookup", "tianyan-supervision", "tianyan-use-safety")
+    assert {r for u, r in roles.items() if u not in (*others, "tianyan-maintenance")} == {
+        "tianyan_analyst"
+    }
     for board in all_boards():
         text = board.dumps()
         uids = {s.uid for s in DATASOURCES if s.uid in text}
@@ -99,8 +102,10 @@ def test_provisioning_names_one_source_per_role_with_timescaledb_on() -> None:
     text = build.rendered(all_boards())["provisioning/datasources/tianyan.yaml"]
     for source in DATASOURCES:
         assert f'uid: "{source.uid}"' in text
-        assert f'user: "{source.role}"' in text
-    assert text.count("timescaledb: true") == 3
+        assert f'user: "{source.role}"' in text or source.scope
+    assert 'user: "${TIANYAN_GRAFANA_UNIT_ROLE}"' in text
+    assert 'user: "${TIANYAN_GRAFANA_MAINTENANCE_ROLE}"' in text
+    assert text.count("timescaledb: true") == len(DATASOURCES)
     payload = ANALYST.api_payload("postgresql://tianyan@db.example:5433/tianyan")
     assert payload["url"] == "db.example:5433" and payload["user"] == "tianyan_analyst"
     assert payload["jsonData"]["database"] == "tianyan"  # type: ignore[index]
@@ -502,6 +507,8 @@ def test_publish_reads_everything_before_it_writes(grafana: Any) -> None:
     assert done.datasources_created == [
         "tianyan-timescaledb-regulator",
         "tianyan-timescaledb-public",
+        "tianyan-timescaledb-unit",
+        "tianyan-timescaledb-maintenance",
     ]
     assert done.datasources_updated == ["tianyan-timescaledb-analyst"]
     assert done.folder_created and len(done.boards) == 8
@@ -515,5 +522,50 @@ def test_publish_reads_everything_before_it_writes(grafana: Any) -> None:
     saved = [body for m, path, body in requests if path == "/api/dashboards/db"]
     assert all(b["overwrite"] and b["folderUid"] == "tianyan" for b in saved)
     created = [body for m, path, body in requests if m == "POST" and path == "/api/datasources"]
-    assert {b["user"] for b in created} == {"tianyan_regulator", "tianyan_public"}
+    # the unit source, published without --unit-role, is the analysts' view of every unit
+    assert [b["user"] for b in created] == [
+        "tianyan_regulator",
+        "tianyan_public",
+        "tianyan_analyst",
+        "tianyan_analyst",
+    ]
     assert all(b["jsonData"]["timescaledb"] is True for b in created)
+
+
+def test_the_use_safety_board_is_checked_as_one_units_role_and_sees_only_that_unit(
+    city_run: CityRun,
+) -> None:
+    from dashboards.check import scoped_login_role
+
+    from .city_run import CITY_UNIT_ROLE
+
+    assert scoped_login_role(city_run.admin_url, "user_unit") == CITY_UNIT_ROLE
+    board = next(b for b in all_boards() if b.uid == "tianyan-use-safety")
+    query = next(v for v in board.to_json()["templating"]["list"] if v["name"] == "user_unit")
+    with psycopg.connect(role_url(city_run.admin_url, CITY_UNIT_ROLE)) as conn:
+        units = conn.execute(query["query"]).fetchall()
+        elevators = conn.execute("SELECT count(*) FROM tianyan.elevator").fetchone()
+    with psycopg.connect(city_run.analyst_url) as conn:
+        all_units = conn.execute(query["query"]).fetchall()
+    assert len(units) == 1 and len(all_units) > 1
+    assert elevators is not None and 0 < elevators[0] < len(city_run.elevators)
+
+
+def test_the_maintenance_board_is_checked_as_one_companys_role_and_sees_only_it(
+    city_run: CityRun,
+) -> None:
+    from dashboards.check import scoped_login_role
+
+    from .city_run import CITY_COMPANY_ROLE
+
+    assert scoped_login_role(city_run.admin_url, "maintenance_company") == CITY_COMPANY_ROLE
+    sql = "SELECT count(DISTINCT elevator_id) FROM tianyan.service_mode_sample"
+    with psycopg.connect(role_url(city_run.admin_url, CITY_COMPANY_ROLE)) as conn:
+        ours = conn.execute(sql).fetchone()
+        companies = conn.execute(
+            "SELECT count(DISTINCT maintenance_company) FROM tianyan.elevator"
+        ).fetchone()
+    with psycopg.connect(city_run.analyst_url) as conn:
+        everyone = conn.execute(sql).fetchone()
+    assert companies == (1,)
+    assert ours is not None and everyone is not None and 0 < ours[0] < everyone[0]

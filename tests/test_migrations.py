@@ -32,7 +32,12 @@ def _schema_snapshot(url: str) -> list[tuple]:
 def test_fresh_install(scratch_db: str) -> None:
     report = migrate(scratch_db)
     assert report.applied == [m.filename for m in discover()]
-    assert report.idempotent == ["10_views.sql", "20_functions.sql", "90_grants.sql"]
+    assert report.idempotent == [
+        "10_views.sql",
+        "15_scoped_views.sql",
+        "20_functions.sql",
+        "90_grants.sql",
+    ]
     with psycopg.connect(scratch_db) as conn:
         tables = {
             r[0]

@@ -76,16 +76,62 @@ def db() -> None:
 def db_migrate() -> None:
     """Apply pending migrations and re-apply views and grants; a no-op when up to date."""
     from sql.migrate import MigrationError, migrate
+    from sql.roles import apply_role_settings
 
+    settings = _settings()
     try:
-        report = migrate(_settings().admin_database_url)
+        report = migrate(settings.admin_database_url)
     except MigrationError as e:
         raise click.ClickException(str(e)) from e
+    # passwords (from TIANYAN_PG_*_PASSWORD) and the read roles' limits
+    apply_role_settings(settings.admin_database_url, settings)
     if report.applied:
         click.echo(f"applied: {', '.join(report.applied)}")
     else:
         click.echo(f"up to date ({report.already_applied} migrations applied before)")
     click.echo(f"re-applied: {', '.join(report.idempotent)}")
+
+
+@db.command("scoped-role")
+@click.argument("role")
+@click.option("--user-unit", help="The user unit (elevator.user_unit) the role stands for.")
+@click.option(
+    "--maintenance-company",
+    help="The maintenance company (elevator.maintenance_company) the role stands for.",
+)
+@click.option(
+    "--password-env",
+    metavar="VAR",
+    help="An environment variable holding the role's password (never on the command line).",
+)
+def db_scoped_role(
+    role: str, user_unit: str | None, maintenance_company: str | None, password_env: str | None
+) -> None:
+    """Create or update the login role of ONE user unit or maintenance company: it sees only
+    that unit's or company's elevators (row-level security); its Grafana organisation's data
+    source connects as it (README § Production)."""
+    import os
+
+    from sql.roles import ReadLimits, create_scoped_role
+
+    settings = _settings()
+    password = None
+    if password_env:
+        password = os.environ.get(password_env)
+        if not password:
+            raise click.ClickException(f"--password-env {password_env}: that variable is empty")
+    try:
+        create_scoped_role(
+            settings.admin_database_url,
+            role,
+            user_unit=user_unit,
+            maintenance_company=maintenance_company,
+            password=password,
+            limits=ReadLimits.from_settings(settings),
+        )
+    except ValueError as e:
+        raise click.ClickException(f"{e} (give --user-unit or --maintenance-company)") from e
+    click.echo(f"{role}: sees only {user_unit or maintenance_company}")
 
 
 # -- kafka topics -------------------------------------------------------------------------------

@@ -187,13 +187,44 @@ def preview_command(
     "source logs in as its role). Default: TIANYAN_ADMIN_DATABASE_URL.",
 )
 @click.option("--board", "uids", multiple=True, help="Only this board (uid); repeatable.")
-def publish_command(url: str, token: str, database_url: str | None, uids: tuple[str, ...]) -> None:
+@click.option(
+    "--unit-role",
+    default=None,
+    help="The user unit's login role the unit data source connects as, when publishing into "
+    "that unit's Grafana organisation (`tianyan db scoped-role`). Default: tianyan_analyst "
+    "(the analysts' organisation sees every unit).",
+)
+@click.option(
+    "--maintenance-role",
+    default=None,
+    help="Likewise, the maintenance company's login role for the maintenance data source.",
+)
+def publish_command(
+    url: str,
+    token: str,
+    database_url: str | None,
+    uids: tuple[str, ...],
+    unit_role: str | None,
+    maintenance_role: str | None,
+) -> None:
     """Create or update the data sources (by uid) and overwrite the boards in Grafana;
     nothing is written unless Grafana is reachable and the token accepted."""
     from dashboards.publish import PublishError, publish
+    from foundation.settings import Settings
 
     try:
-        done = publish(url, token, _boards(uids), database_url or _admin_url())
+        done = publish(
+            url,
+            token,
+            _boards(uids),
+            database_url or _admin_url(),
+            sslmode=Settings.from_env().pg_sslmode,
+            scoped_roles={
+                k: v
+                for k, v in (("user_unit", unit_role), ("maintenance_company", maintenance_role))
+                if v
+            },
+        )
     except PublishError as e:
         raise click.ClickException(str(e)) from e
     for uid in done.datasources_created:

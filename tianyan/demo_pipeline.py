@@ -87,6 +87,7 @@ def run(
     from replay import inspect_jsonl
     from rescue.delivery import new_secret
     from rescue.ledger import verify
+    from sql.roles import create_sample_scoped_roles
     from streams.grading import grade_fleet
 
     wall0 = time.monotonic()
@@ -275,6 +276,8 @@ def run(
             "SELECT district, grade, count(*) FROM current_risk_grade GROUP BY 1, 2"
         ):
             summary.grades_by_district.setdefault(district, {})[grade] = n
+    # the use-safety and maintenance boards read as one unit's and one company's own role
+    create_sample_scoped_roles(admin)
     # Every board's panels run as its role (as `dashboards check` does) and drawn.
     previews = preview(all_boards(), admin, TimeRange(start, end), out / "boards")
     results = [r for p in previews for r in p.results]

@@ -8,8 +8,9 @@ from dashboards.boards import shared
 from dashboards.boards.elevator import TRIP_ID
 from dashboards.datasources import ANALYST
 
-#: The trip picked: ``$trip`` is its start in Unix milliseconds (elevator.TRIP_ID).
-_TRIP_START = "'epoch'::timestamptz + $trip * interval '1 ms'"
+#: The trip picked: ``$trip`` is its start in Unix milliseconds (elevator.TRIP_ID). Quoted and
+#: typed (issue 15): a value put in the URL (``var-trip=0 OR true``) is a bad bigint, not SQL.
+_TRIP_START = "'epoch'::timestamptz + ${trip:sqlstring}::bigint * interval '1 ms'"
 _THIS_TRIP = f"elevator_id = '$elevator' AND start_time = {_TRIP_START}"
 #: Samples a few seconds either side of the trip, to see the doors and the start.
 _MARGIN = "interval '5 s'"

@@ -13,7 +13,7 @@ from dashboards.board import (
     table,
 )
 from dashboards.boards import shared
-from dashboards.datasources import ANALYST
+from dashboards.datasources import UNIT
 
 _OURS = "SELECT registration_code FROM elevator WHERE user_unit = '$user_unit'"
 _ELEVATOR_LINK = link_column(
@@ -27,7 +27,7 @@ def build() -> Board:
     b = BoardBuilder(
         shared.USE_SAFETY,
         "Use-safety management",
-        ANALYST,
+        UNIT,
         "One user unit's elevators: maintenance and inspection due dates, risk grades, "
         "alerts and incidents.",
         "use-safety",

@@ -4,16 +4,20 @@
 -- calls this on its own schedule. drop_chunks needs the table's owner, so this runs with
 -- the owner's rights and only ever drops whole telemetry_sample chunks older than the
 -- retention; window features, trips and evidence are kept.
+--
+-- Every SECURITY DEFINER function pins its search_path to trusted schemas with pg_temp
+-- last (issue 15): otherwise a caller's temporary objects would be found first and run
+-- with the owner's rights. tests/test_pg_security.py checks all of them in pg_proc.
 CREATE OR REPLACE FUNCTION drop_old_raw_chunks(retention_days integer)
 RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = tianyan, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tianyan, public, pg_temp AS $$
 DECLARE
     dropped integer;
 BEGIN
     IF retention_days < 1 THEN
         RAISE EXCEPTION 'retention_days must be at least 1, got %', retention_days;
     END IF;
-    SELECT count(*) INTO dropped FROM drop_chunks('tianyan.telemetry_sample',
+    SELECT count(*) INTO dropped FROM public.drop_chunks('tianyan.telemetry_sample',
         older_than => now() - make_interval(days => retention_days));
     RETURN dropped;
 END $$;

@@ -4,6 +4,10 @@
 --   tianyan_analyst    read-only, everything (Grafana, notebooks).
 --   tianyan_regulator  read-only, everything.
 --   tianyan_public     the public lookup view only.
+--   tianyan_unit       (group of the user units' login roles) and
+--   tianyan_maintenance (group of the maintenance companies' login roles): read-only, the
+--                      per-elevator plain tables (no hypertable), under row-level security (migration 0007): each
+--                      login role sees only its own unit's or company's elevators.
 
 GRANT USAGE ON SCHEMA tianyan TO tianyan_writer, tianyan_analyst, tianyan_regulator, tianyan_public;
 
@@ -18,6 +22,25 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA tianyan TO tianyan_writer;
 GRANT SELECT ON ALL TABLES IN SCHEMA tianyan TO tianyan_analyst, tianyan_regulator;
 
 GRANT SELECT ON public_elevator TO tianyan_public;
+
+-- The scoped readers: only tables with row-level security, and views that read them with
+-- the reader's rights (security_invoker; a plain view would read with its owner's rights
+-- and pass every row). public_elevator stays a definer view: it is the public's only way in.
+-- No hypertable: their chunks copy the grants but not the policies (migration 0007). Only
+-- once 0007 has run (a database migrated part-way, as a migration test does, has no scoped
+-- roles yet).
+DO $$ BEGIN
+  IF to_regclass('tianyan.data_scope') IS NOT NULL THEN
+    GRANT USAGE ON SCHEMA tianyan TO tianyan_unit, tianyan_maintenance;
+    REVOKE ALL ON ALL TABLES IN SCHEMA tianyan FROM tianyan_unit, tianyan_maintenance;
+    GRANT SELECT ON elevator, alert, incident, incident_event, risk_grade, data_scope
+        TO tianyan_unit, tianyan_maintenance;
+    ALTER VIEW current_risk_grade SET (security_invoker = true);
+    GRANT SELECT ON current_risk_grade TO tianyan_unit, tianyan_maintenance;
+    -- a definer view that filters by the reader itself (15_scoped_views.sql)
+    GRANT SELECT ON service_mode_sample TO tianyan_unit, tianyan_maintenance;
+  END IF;
+END $$;
 
 REVOKE ALL ON FUNCTION drop_old_raw_chunks(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION drop_old_raw_chunks(integer) TO tianyan_writer;

@@ -17,6 +17,11 @@ from .errors import StackError
 INSTALL_SCRIPT = Path(__file__).with_name("install-postgres.sh")
 #: The database's owner: runs migrations, owns every object.
 OWNER_ROLE = "tianyan"
+#: The local cluster trusts 127.0.0.1 (development), except for this one database, which
+#: asks for a SCRAM-SHA-256 password: where the tests prove that the roles' passwords work
+#: as production's pg_hba (README § Production) will ask for them.
+SCRAM_CHECK_DATABASE = "tianyan_scram_check"
+_SCRAM_HBA_LINE = f"host {SCRAM_CHECK_DATABASE} all 127.0.0.1/32 scram-sha-256"
 
 
 def _pg_major() -> int:
@@ -131,8 +136,21 @@ class LocalPostgres:
                 "timescaledb.max_background_workers = 4\n"
             )
 
+    def _ensure_scram_check_hba(self) -> bool:
+        """Put the SCRAM-only line for :data:`SCRAM_CHECK_DATABASE` first in pg_hba.conf
+        (before the trust lines); True if the file changed."""
+        hba = self.data / "pg_hba.conf"
+        text = hba.read_text()
+        if _SCRAM_HBA_LINE in text.splitlines():
+            return False
+        hba.write_text(f"# tianyan: password checks (tests)\n{_SCRAM_HBA_LINE}\n" + text)
+        return True
+
     def start(self) -> None:
+        changed = self._ensure_scram_check_hba()
         if self.running():
+            if changed:
+                self._as_owner([_bin("pg_ctl"), "reload", "-D", str(self.data)])
             return
         res = self._as_owner(
             [_bin("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60"],
@@ -158,6 +176,13 @@ class LocalPostgres:
                     "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {r}) THEN "
                     "CREATE ROLE {i} LOGIN CREATEROLE; END IF; END $$"
                 ).format(r=sql.Literal(OWNER_ROLE), i=sql.Identifier(OWNER_ROLE))
+            )
+            # temp_file_limit may only be set by a superuser or a role granted it: the owner
+            # sets it on the read roles (sql/roles.py)
+            conn.execute(
+                sql.SQL("GRANT SET ON PARAMETER temp_file_limit TO {}").format(
+                    sql.Identifier(OWNER_ROLE)
+                )
             )
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", [dbname]
