@@ -156,6 +156,9 @@ DECLARE
     t        text;
     appended integer := 0;
 BEGIN
+    IF to_regclass('tianyan.audit_fact_backfill') IS NULL THEN  -- before migration 0008
+        RETURN 0;
+    END IF;
     IF NOT EXISTS (SELECT FROM tianyan.audit_fact_backfill) THEN
         RETURN 0;
     END IF;
@@ -167,3 +170,7 @@ BEGIN
     DELETE FROM tianyan.audit_fact_backfill;
     RETURN appended;
 END $$;
+
+-- Ledgers the facts written before migration 0008, on the first migrate after it; a no-op
+-- on every later run.
+SELECT ledger_backfill_facts();

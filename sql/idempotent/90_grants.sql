@@ -12,8 +12,16 @@ REVOKE ALL ON ALL TABLES IN SCHEMA tianyan FROM tianyan_writer, tianyan_analyst,
 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA tianyan TO tianyan_writer;
 -- Only ledger_append (SECURITY DEFINER, run as the ledger's owner) writes the ledger: no
 -- application role may write it directly, so no entry bypasses the chain's lock and hash.
-REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON audit_ledger, audit_fact_backfill
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON audit_ledger
     FROM PUBLIC, tianyan_writer, tianyan_analyst, tianyan_regulator, tianyan_public;
+-- Nor the once-only backfill's flag (migration 0008): setting it would ledger every row as
+-- it is then, edited or not.
+DO $$ BEGIN
+    IF to_regclass('tianyan.audit_fact_backfill') IS NOT NULL THEN
+        REVOKE ALL ON audit_fact_backfill
+            FROM PUBLIC, tianyan_writer, tianyan_analyst, tianyan_regulator, tianyan_public;
+    END IF;
+END $$;
 -- The dispatcher takes evidence requests off their queue as it makes the copies.
 GRANT DELETE ON evidence_request TO tianyan_writer;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA tianyan TO tianyan_writer;

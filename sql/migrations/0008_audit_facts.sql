@@ -9,7 +9,7 @@ CREATE INDEX audit_ledger_fact_idx ON audit_ledger (entity_id, seq DESC)
     WHERE entry_type = 'fact';
 
 -- Rows written before this migration have no fact yet: the first migrate after it ledgers
--- them all once (ledger_backfill_facts, run by sql/idempotent/95_ledger_backfill.sql),
+-- them all once (ledger_backfill_facts, run at the end of sql/idempotent/20_functions.sql),
 -- then deletes this row, so later runs never bless a row edited since.
 CREATE TABLE audit_fact_backfill (pending boolean PRIMARY KEY CHECK (pending));
 INSERT INTO audit_fact_backfill VALUES (true);
