@@ -15,7 +15,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import psycopg
@@ -23,6 +23,7 @@ import pytest
 from kafka import KafkaProducer
 
 from foundation.settings import Settings
+from registry.model import ELEVATOR_COLUMNS
 from registry.store import upsert
 from rescue import store
 from rescue.ledger import (
@@ -443,6 +444,47 @@ def test_the_writer_appends_through_ledger_append_only(populated: Populated) -> 
         seq = conn.execute("SELECT ledger_append('test', 'x', '{}')").fetchone()
         conn.rollback()  # leave the shared ledger as it was
     assert seq is not None and seq[0] > 1
+
+
+# -- rows stored before the facts --------------------------------------------------------------
+
+
+def test_rows_stored_before_migration_0008_are_ledgered_once_and_only_once(
+    scratch_db: str, migrations_copy: Path
+) -> None:
+    from sql.migrate import migrate
+
+    mig_dir, idem_dir = migrations_copy / "migrations", migrations_copy / "idempotent"
+    facts_migration = next(mig_dir.glob("0008_*.sql"))
+    held = facts_migration.read_text()
+    facts_migration.unlink()
+    migrate(scratch_db, mig_dir, idem_dir)
+    alert = overload(0, 0)
+    with psycopg.connect(scratch_db) as conn:  # written as the code before 0008 did
+        conn.cursor().executemany(
+            f"INSERT INTO elevator ({', '.join(ELEVATOR_COLUMNS)})"
+            f" VALUES ({', '.join(['%s'] * len(ELEVATOR_COLUMNS))})",
+            [astuple(e) for e in FLEET[:2]],
+        )
+        conn.execute(
+            "INSERT INTO alert (alert_id, alert_key, state, raised_at, condition_since,"
+            " elevator_id, alert_type, severity, detector, evidence)"
+            " VALUES (%s, %s, 'raised', now(), now(), %s, 'overload', 'minor', 'rules', '{}')",
+            (alert.alert_id, alert.alert_key, alert.elevator_id),
+        )
+    facts_migration.write_text(held)
+    assert migrate(scratch_db, mig_dir, idem_dir).applied == [facts_migration.name]
+    report = verify(scratch_db)
+    assert report.ok and report.facts == 3, report.problems
+    with psycopg.connect(scratch_db) as conn:
+        conn.execute("UPDATE alert SET severity = 'info'")
+    migrate(scratch_db, mig_dir, idem_dir)  # a later migrate blesses nothing
+    assert verify(scratch_db).tampered == [("alert", "edited")]
+    with (
+        psycopg.connect(scratch_db.replace("//tianyan@", "//tianyan_writer@")) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("INSERT INTO audit_fact_backfill VALUES (true)")
 
 
 # -- no false report while a dispatcher runs --------------------------------------------------
