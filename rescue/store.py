@@ -214,7 +214,10 @@ def _append_ledger(cur: psycopg.Cursor[Any], entries: LedgerEntries) -> None:
     so that nothing slow (evidence copies, device commands) runs while the lock is held.
     """
     if entries:
-        cur.executemany("SELECT ledger_append(%s, %s, %s)", entries)
+        types, ids, payloads = (list(column) for column in zip(*entries, strict=True))
+        cur.execute(
+            "SELECT ledger_append_many(%s, %s, %s::text[]::jsonb[])", (types, ids, payloads)
+        )
 
 
 def _append_facts(cur: psycopg.Cursor[Any], facts: dict[str, set[str]]) -> None:

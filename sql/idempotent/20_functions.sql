@@ -51,7 +51,10 @@ $$;
 -- payload::text jsonb's canonical text. `tianyan audit verify` recomputes it independently.
 -- The lock serialises appends for the rest of the calling transaction, so the head read
 -- here is the head the entry follows; a rolled-back transaction leaves no gap.
-CREATE OR REPLACE FUNCTION ledger_append(p_entry_type text, p_entity_id text, p_payload jsonb)
+-- ledger_append_many appends several entries in order (one head read, one time); returns
+-- the last seq.
+CREATE OR REPLACE FUNCTION ledger_append_many(p_entry_types text[], p_entity_ids text[],
+                                              p_payloads jsonb[])
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
@@ -59,6 +62,7 @@ DECLARE
     head_hash bytea;
     at        timestamptz := date_trunc('microseconds', clock_timestamp());
     hash      bytea;
+    i         integer;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('tianyan.audit_ledger'));
     SELECT seq, entry_hash INTO head_seq, head_hash
@@ -67,14 +71,26 @@ BEGIN
         head_seq := 0;
         head_hash := decode(repeat('00', 32), 'hex');
     END IF;
-    hash := sha256(head_hash || convert_to(concat_ws('|', head_seq + 1,
-                (extract(epoch FROM at) * 1000000)::bigint, p_entry_type, p_entity_id,
-                p_payload::text), 'UTF8'));
-    INSERT INTO tianyan.audit_ledger (seq, recorded_at, entry_type, entity_id, payload,
-                                      prev_hash, entry_hash)
-    VALUES (head_seq + 1, at, p_entry_type, p_entity_id, p_payload, head_hash, hash);
-    RETURN head_seq + 1;
+    FOR i IN 1 .. coalesce(cardinality(p_entry_types), 0) LOOP
+        head_seq := head_seq + 1;
+        hash := sha256(head_hash || convert_to(concat_ws('|', head_seq,
+                    (extract(epoch FROM at) * 1000000)::bigint, p_entry_types[i],
+                    p_entity_ids[i], p_payloads[i]::text), 'UTF8'));
+        INSERT INTO tianyan.audit_ledger (seq, recorded_at, entry_type, entity_id, payload,
+                                          prev_hash, entry_hash)
+        VALUES (head_seq, at, p_entry_types[i], p_entity_ids[i], p_payloads[i], head_hash,
+                hash);
+        head_hash := hash;
+    END LOOP;
+    RETURN head_seq;
 END $$;
+
+CREATE OR REPLACE FUNCTION ledger_append(p_entry_type text, p_entity_id text, p_payload jsonb)
+RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+    SELECT tianyan.ledger_append_many(ARRAY[p_entry_type], ARRAY[p_entity_id],
+                                      ARRAY[p_payload])
+$$;
 
 -- The recorded facts the ledger vouches for, and the content digest of each: one fact per
 -- row, keyed by its primary key, except evidence — one fact per incident, all its samples.
@@ -125,27 +141,31 @@ CREATE OR REPLACE FUNCTION ledger_facts(p_table text, p_keys text[])
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
-    d        record;
-    ledgered text;
-    appended integer := 0;
+    ids      text[];
+    payloads jsonb[];
 BEGIN
     IF p_keys IS NULL OR cardinality(p_keys) = 0 THEN
         RETURN 0;
     END IF;
     -- under the ledger's lock, the last fact read here is the last there is
     PERFORM pg_advisory_xact_lock(hashtext('tianyan.audit_ledger'));
-    FOR d IN SELECT * FROM tianyan.audit_fact_digests(p_table, p_keys) ORDER BY 1 LOOP
-        SELECT l.payload ->> 'sha256' INTO ledgered FROM tianyan.audit_ledger l
-         WHERE l.entry_type = 'fact' AND l.entity_id = p_table || '/' || d.fact_key
-         ORDER BY l.seq DESC LIMIT 1;
-        IF ledgered IS DISTINCT FROM d.sha256 THEN
-            PERFORM tianyan.ledger_append('fact', p_table || '/' || d.fact_key,
-                jsonb_build_object('table', p_table, 'key', d.fact_key, 'rows', d.fact_rows,
-                                   'sha256', d.sha256));
-            appended := appended + 1;
-        END IF;
-    END LOOP;
-    RETURN appended;
+    SELECT array_agg(p_table || '/' || d.fact_key ORDER BY d.fact_key),
+           array_agg(jsonb_build_object('table', p_table, 'key', d.fact_key,
+                                        'rows', d.fact_rows, 'sha256', d.sha256)
+                     ORDER BY d.fact_key)
+      INTO ids, payloads
+      FROM tianyan.audit_fact_digests(p_table, p_keys) d
+      LEFT JOIN LATERAL (
+          SELECT l.payload ->> 'sha256' AS sha256 FROM tianyan.audit_ledger l
+           WHERE l.entry_type = 'fact' AND l.entity_id = p_table || '/' || d.fact_key
+           ORDER BY l.seq DESC LIMIT 1) last ON true
+     WHERE last.sha256 IS DISTINCT FROM d.sha256;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM tianyan.ledger_append_many(array_fill('fact'::text, ARRAY[cardinality(ids)]),
+                                       ids, payloads);
+    RETURN cardinality(ids);
 END $$;
 
 -- Once, after migration 0008: ledger every fact written before it (the rows had none).

@@ -35,6 +35,8 @@ GRANT EXECUTE ON FUNCTION drop_old_raw_chunks(integer) TO tianyan_writer;
 
 REVOKE ALL ON FUNCTION ledger_append(text, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger_append(text, text, jsonb) TO tianyan_writer;
+REVOKE ALL ON FUNCTION ledger_append_many(text[], text[], jsonb[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ledger_append_many(text[], text[], jsonb[]) TO tianyan_writer;
 REVOKE ALL ON FUNCTION ledger_facts(text, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger_facts(text, text[]) TO tianyan_writer;
 REVOKE ALL ON FUNCTION ledger_backfill_facts() FROM PUBLIC;
