@@ -192,7 +192,7 @@ ON CONFLICT (registration_code) DO UPDATE SET
   {", ".join(f"{c} = EXCLUDED.{c}" for c in ELEVATOR_COLUMNS[1:])}, updated_at = now()
 WHERE ({", ".join(f"elevator.{c}" for c in ELEVATOR_COLUMNS[1:])})
       IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in ELEVATOR_COLUMNS[1:])})
-RETURNING (xmax = 0) AS inserted
+RETURNING (xmax = 0) AS inserted, registration_code
 """
 
 
@@ -214,7 +214,11 @@ def upsert(url: str, elevators: Sequence[Elevator]) -> UpsertResult:
             for e in elevators:
                 copy.write_row(astuple(e))
         cur.execute(_UPSERT)
-        flags = [r[0] for r in cur.fetchall()]
+        written = cur.fetchall()
+        flags = [r[0] for r in written]
+        # the registry is a fact the audit ledger vouches for (README § The tamper-evident
+        # record): each elevator written gets a ledger entry with its content's digest
+        cur.execute("SELECT tianyan.ledger_facts('elevator', %s)", ([r[1] for r in written],))
     inserted = sum(flags)
     return UpsertResult(inserted, len(flags) - inserted, len(elevators) - len(flags))
 

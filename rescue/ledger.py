@@ -1,31 +1,40 @@
 """Verifying the tamper-evident ledger (``tianyan audit verify``).
 
-The chain is written by ``tianyan.ledger_append`` (sql/idempotent/20_functions.sql); this
-module recomputes every hash independently of that function, then checks the operational
-tables against the ledger:
+The chain is written by ``tianyan.ledger_append`` (sql/idempotent/20_functions.sql), the
+only way in: no application role may write ``audit_ledger`` directly. This module
+recomputes every hash independently of that function, then checks the recorded facts
+against the ledger, all in one REPEATABLE READ snapshot (so a dispatcher writing meanwhile
+cannot make a table and its ledger entries look out of step):
 
 1. the chain — seq gapless from 1; each prev_hash is the entry_hash before it; each
    entry_hash is ``sha256(prev_hash || utf8(seq|recorded_at_us|entry_type|entity_id|payload))``;
-2. every incident event in the ledger is in ``incident_event`` unchanged, and every
-   ``incident_event`` row is in the ledger;
-3. every incident's current row equals its last ledgered snapshot;
-4. every delivery's recorded outcome equals its last ledgered attempt.
+2. the anchors: the dispatcher publishes the ledger's head (seq and hash, and the chain's
+   genesis — the hash of entry 1) to a Kafka topic of this ledger's own as the ledger grows
+   (:func:`publish_anchor`), a copy outside the database. Every anchor must be of this chain
+   and name an entry still in the ledger with its hash: a ledger emptied, truncated, or
+   rewritten with freshly computed hashes — from the start or from anywhere — (which the
+   chain alone cannot reveal, as no secret is involved) is named against the anchor that
+   contradicts it;
+3. every incident event in the ledger is in ``incident_event`` unchanged, and every
+   ``incident_event`` row is in the ledger; every incident's current row equals its last
+   ledgered snapshot;
+4. the facts: every row of the registry, ``alert``, ``incident``, ``incident_alert``,
+   ``incident_action``, ``webhook_delivery`` (every column) and each incident's evidence
+   samples has a ``fact`` entry with the sha256 of its content, written in the same
+   transaction (``ledger_facts``). The digests are recomputed and compared both ways: a
+   row whose digest differs is *edited*, a ledgered one that is gone *deleted* (the whole
+   table gone: *truncated*), one not ledgered *inserted*.
 
-Anything the supervised party edits or deletes directly in SQL — in the ledger or in the
-tables it vouches for — is named.
-
-5. the anchors: the dispatcher publishes the ledger's head (seq and hash) to a Kafka topic as
-   the ledger grows (:func:`publish_anchor`), a copy outside the database. Every anchor of
-   this chain must still be in the ledger with the same hash: a truncated tail, or a tail
-   rewritten with freshly computed hashes (which the chain alone cannot reveal, as no
-   secret is involved), is named against the anchor that contradicts it.
+Anything the supervised party edits, deletes, inserts or reorders directly in SQL — in the
+ledger or in the tables it vouches for — is named with its table and kind
+(:attr:`Report.tampered`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -48,7 +57,8 @@ def entry_hash(
 
 @dataclass(frozen=True)
 class Anchor:
-    """The ledger's head as published: ``chain`` (hash of entry 1) names the ledger."""
+    """The ledger's head as published: ``chain`` (the genesis, hash of entry 1) names the
+    chain, which a rewrite from the start changes."""
 
     chain: str
     seq: int
@@ -57,24 +67,52 @@ class Anchor:
     published_at: str
 
 
+#: The tables whose rows the ledger vouches for as facts (``audit_fact_digests``).
+FACT_TABLES: Final = (
+    "elevator",
+    "alert",
+    "incident",
+    "incident_alert",
+    "incident_action",
+    "webhook_delivery",
+    "evidence_sample",
+)
+#: How many keys a problem names before it says "and N more".
+_EXAMPLES: Final = 5
+
+
 @dataclass
 class Report:
-    """What ``audit verify`` found. ``problems`` is empty when everything holds."""
+    """What ``audit verify`` found. ``problems`` is empty when everything holds; each is
+    also in ``tampered`` as (table, kind), kind one of edited, deleted, inserted,
+    reordered, truncated, emptied, rewritten."""
 
     entries: int = 0
     head_seq: int = 0
     head_hash: str = ""
     chain: str = ""
     anchors: int = 0
+    facts: int = 0
     problems: list[str] = field(default_factory=list)
+    tampered: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    def found(self, table: str, kind: str, problem: str) -> None:
+        self.problems.append(problem)
+        if (table, kind) not in self.tampered:
+            self.tampered.append((table, kind))
 
-def verify_chain(rows: Iterable[dict[str, Any]], report: Report) -> None:
-    """Check the chain; record the first break in ``report`` and stop there."""
+
+def verify_chain(
+    rows: Iterable[dict[str, Any]],
+    report: Report,
+    where: Callable[[bytes], int | None] = lambda _: None,
+) -> None:
+    """Check the chain; record the first break in ``report`` and stop there. ``where``
+    gives the seq of the entry with a given entry_hash (to tell a reorder from an insert)."""
     expected_seq, prev = 1, GENESIS
     for row in rows:
         seq = row["seq"]
@@ -85,15 +123,29 @@ def verify_chain(rows: Iterable[dict[str, Any]], report: Report) -> None:
                 if seq == expected_seq + 1
                 else f"seq {expected_seq}–{seq - 1}"
             )
-            report.problems.append(
-                f"{missing} deleted from the ledger: seq {expected_seq - 1} is followed by {what}"
+            report.found(
+                "audit_ledger",
+                "deleted",
+                f"audit_ledger: {missing} deleted from the ledger: seq {expected_seq - 1} is"
+                f" followed by {what}",
             )
             return
         if bytes(row["prev_hash"]) != prev:
-            report.problems.append(
-                f"{what} does not follow seq {seq - 1}: its prev_hash is not that entry's hash"
-                " (an entry was inserted or replaced here)"
-            )
+            follows = where(bytes(row["prev_hash"]))
+            if follows is not None and follows != seq - 1:
+                report.found(
+                    "audit_ledger",
+                    "reordered",
+                    f"audit_ledger: {what} follows the entry now at seq {follows}, not seq"
+                    f" {seq - 1}: the ledger was reordered",
+                )
+            else:
+                report.found(
+                    "audit_ledger",
+                    "inserted",
+                    f"audit_ledger: {what} does not follow seq {seq - 1}: its prev_hash is not"
+                    " that entry's hash (an entry was inserted or replaced here)",
+                )
             return
         computed = entry_hash(
             prev,
@@ -104,10 +156,12 @@ def verify_chain(rows: Iterable[dict[str, Any]], report: Report) -> None:
             row["payload_text"],
         )
         if bytes(row["entry_hash"]) != computed:
-            report.problems.append(
-                f"{what} was altered: its content does not hash to its entry_hash"
-                f" (stored {bytes(row['entry_hash']).hex()[:16]}…,"
-                f" computed {computed.hex()[:16]}…)"
+            report.found(
+                "audit_ledger",
+                "edited",
+                f"audit_ledger: {what} was altered: its content does not hash to its"
+                f" entry_hash (stored {bytes(row['entry_hash']).hex()[:16]}…,"
+                f" computed {computed.hex()[:16]}…)",
             )
             return
         prev = computed
@@ -140,7 +194,8 @@ def anchor_value(anchor: Anchor) -> bytes:
 
 
 def read_anchors(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Anchor]:
-    """Every anchor on ``topic``, oldest first (all ledgers' — filter by ``chain``)."""
+    """Every anchor on ``topic``, oldest first. The topic is the ledger's own (one per
+    database): every anchor on it must be of the ledger's chain."""
     import time
 
     from kafka import KafkaConsumer, TopicPartition
@@ -169,30 +224,58 @@ def read_anchors(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[An
 
 
 def check_anchors(conn: psycopg.Connection[Any], anchors: Iterable[Anchor], report: Report) -> None:
-    """Each anchor of this chain must name an entry still in the ledger with its hash."""
-    ours = [a for a in anchors if a.chain == report.chain]
-    report.anchors = len(ours)
-    if not ours:
+    """Every anchor on this ledger's topic must be of this chain (its genesis, the hash of
+    entry 1) and name an entry still in the ledger with its hash."""
+    published = sorted(anchors, key=lambda a: (a.published_at, a.seq))
+    report.anchors = len(published)
+    if not published:
+        return
+    last = max(published, key=lambda a: a.seq)
+    if report.entries == 0:
+        report.found(
+            "audit_ledger",
+            "emptied",
+            f"audit_ledger: the ledger is empty, but {len(published)} anchors were published"
+            f" for it (the last at {last.published_at}, seq {last.seq}): the ledger was"
+            " emptied",
+        )
+        return
+    foreign = [a for a in published if a.chain != report.chain]
+    if foreign:
+        chains = sorted({a.chain[:16] + "…" for a in foreign})
+        report.found(
+            "audit_ledger",
+            "rewritten",
+            f"audit_ledger: {len(foreign)} of the {len(published)} anchors published for this"
+            f" ledger name a chain it does not hold (genesis {', '.join(chains)}; the ledger's"
+            f" entry 1 now hashes to {report.chain[:16]}…; the first such anchor was published"
+            f" at {foreign[0].published_at}): the ledger was rewritten from the start",
+        )
         return
     with conn.cursor() as cur:
         cur.execute(
             "SELECT seq, entry_hash FROM audit_ledger WHERE seq = ANY(%s)",
-            (sorted({a.seq for a in ours}),),
+            (sorted({a.seq for a in published}),),
         )
         stored = {seq: bytes(h).hex() for seq, h in cur}
-    for a in sorted(ours, key=lambda a: a.seq):
+    for a in sorted(published, key=lambda a: a.seq):
         if a.seq not in stored:
-            report.problems.append(
-                f"the ledger ends at seq {report.head_seq}, but the anchor published at "
-                f"{a.published_at} recorded seq {a.seq} (hash {a.entry_hash[:16]}…): "
-                f"seq {report.head_seq + 1}–{a.seq} deleted from the ledger"
+            report.found(
+                "audit_ledger",
+                "truncated",
+                f"audit_ledger: the ledger ends at seq {report.head_seq}, but the anchor"
+                f" published at {a.published_at} recorded seq {a.seq} (hash"
+                f" {a.entry_hash[:16]}…): seq {report.head_seq + 1}–{a.seq} deleted from the"
+                " ledger",
             )
             return
         if stored[a.seq] != a.entry_hash:
-            report.problems.append(
-                f"ledger entry seq {a.seq} does not match the anchor published at "
-                f"{a.published_at} (anchored {a.entry_hash[:16]}…, now {stored[a.seq][:16]}…):"
-                " the chain was rewritten up to there"
+            report.found(
+                "audit_ledger",
+                "rewritten",
+                f"audit_ledger: ledger entry seq {a.seq} does not match the anchor published"
+                f" at {a.published_at} (anchored {a.entry_hash[:16]}…, now"
+                f" {stored[a.seq][:16]}…): the chain was rewritten up to there",
             )
             return
 
@@ -209,22 +292,18 @@ def _ledger_rows(conn: psycopg.Connection[Any]) -> Iterator[dict[str, Any]]:
 
 
 def _check_tables(conn: psycopg.Connection[Any], report: Report) -> None:
+    """Incident events both ways, and each incident against its last ledgered snapshot."""
     events: dict[int, dict[str, Any]] = {}
     incidents: dict[str, tuple[int, dict[str, Any]]] = {}
-    deliveries: dict[int, tuple[int, str]] = {}
     with conn.cursor(name="ledger_payloads", row_factory=dict_row) as cur:
         cur.itersize = 5000
         cur.execute(
-            "SELECT seq, entry_type, payload FROM audit_ledger"
-            " WHERE entry_type IN ('incident_event', 'webhook_delivery') ORDER BY seq"
+            "SELECT seq, payload FROM audit_ledger WHERE entry_type = 'incident_event' ORDER BY seq"
         )
         for row in cur:
             p = row["payload"]
-            if row["entry_type"] == "incident_event":
-                events[p["event"]["event_id"]] = {"seq": row["seq"], **p["event"]}
-                incidents[p["incident"]["incident_id"]] = (row["seq"], p["incident"])
-            elif not p.get("stale"):  # a late result the row's newer attempt overrode
-                deliveries[p["delivery_id"]] = (row["seq"], p["outcome"])
+            events[p["event"]["event_id"]] = {"seq": row["seq"], **p["event"]}
+            incidents[p["incident"]["incident_id"]] = (row["seq"], p["incident"])
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM incident_event ORDER BY event_id")
         stored = {r["event_id"]: snapshot(r, EVENT_COLUMNS) for r in cur}
@@ -232,20 +311,26 @@ def _check_tables(conn: psycopg.Connection[Any], report: Report) -> None:
         seq = ledgered.pop("seq")
         found = stored.pop(event_id) if event_id in stored else None
         if found is None:
-            report.problems.append(
+            report.found(
+                "incident_event",
+                "deleted",
                 f"incident_event {event_id} ({ledgered['event_type']} of incident "
-                f"{ledgered['incident_id']}, ledger seq {seq}) was deleted from incident_event"
+                f"{ledgered['incident_id']}, ledger seq {seq}) was deleted from incident_event",
             )
         elif found != ledgered:
             changed = sorted(k for k in ledgered if found.get(k) != ledgered[k])
-            report.problems.append(
-                f"incident_event {event_id} (ledger seq {seq}) was altered: {', '.join(changed)}"
-                " differ from the ledger"
+            report.found(
+                "incident_event",
+                "edited",
+                f"incident_event {event_id} (ledger seq {seq}) was altered:"
+                f" {', '.join(changed)} differ from the ledger",
             )
     for event_id, row in stored.items():
-        report.problems.append(
+        report.found(
+            "incident_event",
+            "inserted",
             f"incident_event {event_id} ({row['event_type']} of incident {row['incident_id']})"
-            " is not in the ledger: inserted outside the pipeline"
+            " is not in the ledger: inserted outside the pipeline",
         )
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM incident")
@@ -253,51 +338,130 @@ def _check_tables(conn: psycopg.Connection[Any], report: Report) -> None:
     for incident_id, (seq, ledgered_incident) in incidents.items():
         row_now = current.pop(incident_id) if incident_id in current else None
         if row_now is None:
-            report.problems.append(
-                f"incident {incident_id} (last ledgered at seq {seq}) was deleted"
+            report.found(
+                "incident",
+                "deleted",
+                f"incident {incident_id} (last ledgered at seq {seq}) was deleted",
             )
         elif row_now != ledgered_incident:
             changed = sorted(k for k in ledgered_incident if row_now.get(k) != ledgered_incident[k])
-            report.problems.append(
+            report.found(
+                "incident",
+                "edited",
                 f"incident {incident_id} was altered after ledger seq {seq}: "
-                f"{', '.join(changed)} differ from the ledger"
+                f"{', '.join(changed)} differ from the ledger",
             )
     for incident_id in current:
-        report.problems.append(f"incident {incident_id} is not in the ledger")
+        report.found("incident", "inserted", f"incident {incident_id} is not in the ledger")
+
+
+def _some(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_EXAMPLES])
+    return shown + (f" and {len(keys) - _EXAMPLES} more" if len(keys) > _EXAMPLES else "")
+
+
+def _check_facts(conn: psycopg.Connection[Any], report: Report) -> None:
+    """Each table's facts against their last ledgered digests, both ways."""
+    ledgered: dict[str, dict[str, tuple[int, int, str]]] = {t: {} for t in FACT_TABLES}
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT delivery_id, status FROM webhook_delivery WHERE status <> 'pending'"
-            " OR attempts > 0"
+            "SELECT DISTINCT ON (entity_id) seq, payload ->> 'table', payload ->> 'key',"
+            " (payload ->> 'rows')::bigint, payload ->> 'sha256' FROM audit_ledger"
+            " WHERE entry_type = 'fact' ORDER BY entity_id, seq DESC"
         )
-        for delivery_id, status in cur:
-            seq_outcome = deliveries.get(delivery_id)
-            if seq_outcome is None:
-                if status != "pending":
-                    report.problems.append(
-                        f"webhook_delivery {delivery_id} is {status} but no attempt is ledgered"
-                    )
-                continue
-            seq, outcome = seq_outcome
-            expected = "pending" if outcome == "retry" else outcome
-            if status != expected and not (status == "pending" and outcome == "dead"):
-                report.problems.append(
-                    f"webhook_delivery {delivery_id} is {status}, but its last ledgered attempt"
-                    f" (seq {seq}) says {outcome}"
-                )
+        for seq, table, key, rows, digest in cur:
+            ledgered.setdefault(table, {})[key] = (seq, rows, digest)
+    for table in FACT_TABLES:
+        with conn.cursor() as cur:
+            cur.execute("SELECT fact_key, fact_rows, sha256 FROM audit_fact_digests(%s)", (table,))
+            current = {key: (rows, digest) for key, rows, digest in cur}
+        facts = ledgered.get(table, {})
+        report.facts += len(facts)
+        fewer: list[str] = []
+        more: list[str] = []
+        edited: list[str] = []
+        for key in sorted(facts.keys() & current.keys()):
+            seq, rows, digest = facts[key]
+            rows_now, digest_now = current[key]
+            if digest_now != digest:
+                what = f"{key} (ledger seq {seq}"
+                what += f", {rows} rows now {rows_now})" if rows_now != rows else ")"
+                (fewer if rows_now < rows else more if rows_now > rows else edited).append(what)
+        deleted = sorted(facts.keys() - current.keys())
+        inserted = sorted(current.keys() - facts.keys())
+        rows_of = "incidents' evidence" if table == "evidence_sample" else "rows"
+        if edited:
+            report.found(
+                table,
+                "edited",
+                f"{table}: {len(edited)} {rows_of} edited (their content no longer hashes to"
+                f" the ledgered digest): {_some(edited)}",
+            )
+        if fewer:
+            report.found(
+                table,
+                "deleted",
+                f"{table}: samples deleted from the evidence of incidents {_some(fewer)}",
+            )
+        if more:
+            report.found(
+                table,
+                "inserted",
+                f"{table}: samples inserted into the evidence of incidents {_some(more)}",
+            )
+        if deleted and not current:
+            report.found(
+                table,
+                "truncated",
+                f"{table}: emptied — all {len(deleted)} ledgered {rows_of} are gone:"
+                f" {_some(deleted)}",
+            )
+        elif deleted:
+            report.found(
+                table,
+                "deleted",
+                f"{table}: {len(deleted)} ledgered {rows_of} deleted: {_some(deleted)}",
+            )
+        if inserted:
+            report.found(
+                table,
+                "inserted",
+                f"{table}: {len(inserted)} {rows_of} not in the ledger (inserted outside the"
+                f" pipeline): {_some(inserted)}",
+            )
 
 
-def verify(url: str, anchors: Iterable[Anchor] = ()) -> Report:
-    """Walk the chain, then check the anchors and the tables against it (a read-only role
-    suffices)."""
+def verify_snapshot(
+    conn: psycopg.Connection[Any], anchors: Iterable[Anchor] | None = None
+) -> Report:
+    """Verify in the transaction open on ``conn`` (one snapshot): the chain, then the
+    anchors (unless None) and the tables against it."""
     report = Report()
-    with psycopg.connect(url) as conn:
-        conn.read_only = True
-        verify_chain(_ledger_rows(conn), report)
-        conn.commit()
-        if report.ok:
-            check_anchors(conn, anchors, report)
-            _check_tables(conn, report)
+
+    def where(entry: bytes) -> int | None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT seq FROM audit_ledger WHERE entry_hash = %s", (entry,))
+            row = cur.fetchone()
+        return None if row is None else int(row[0])
+
+    verify_chain(_ledger_rows(conn), report, where)
+    if anchors is not None and report.ok:  # a broken chain is named already
+        check_anchors(conn, anchors, report)
+    if report.ok:
+        _check_tables(conn, report)
+        _check_facts(conn, report)
     return report
+
+
+def verify(url: str, anchors: Iterable[Anchor] | None = None) -> Report:
+    """Verify the ledger at ``url`` (a read-only role suffices) in one REPEATABLE READ,
+    read-only transaction: every check sees the same committed state, whatever the
+    dispatcher writes meanwhile. ``anchors`` None: the anchors are not checked."""
+    with psycopg.connect(url) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            return verify_snapshot(conn, anchors)
 
 
 def as_json(report: Report) -> str:
@@ -309,7 +473,9 @@ def as_json(report: Report) -> str:
             "head_hash": report.head_hash,
             "chain": report.chain,
             "anchors_checked": report.anchors,
+            "facts_checked": report.facts,
             "problems": report.problems,
+            "tampered": [{"table": t, "kind": k} for t, k in report.tampered],
         },
         ensure_ascii=False,
     )

@@ -199,6 +199,8 @@ class _Writes:
     ``executemany`` (one round trip each), one NOTIFY, and the ledger last."""
 
     ledger: LedgerEntries = field(default_factory=list)
+    #: Facts the transaction wrote, by table: their keys (ledgered by ``ledger_facts``).
+    facts: dict[str, set[str]] = field(default_factory=dict)
     evidence: list[tuple[Any, ...]] = field(default_factory=list)
     alert_links: list[tuple[Any, ...]] = field(default_factory=list)
     notify: bool = False
@@ -212,7 +214,19 @@ def _append_ledger(cur: psycopg.Cursor[Any], entries: LedgerEntries) -> None:
     so that nothing slow (evidence copies, device commands) runs while the lock is held.
     """
     if entries:
-        cur.executemany("SELECT ledger_append(%s, %s, %s)", entries)
+        types, ids, payloads = (list(column) for column in zip(*entries, strict=True))
+        cur.execute(
+            "SELECT ledger_append_many(%s, %s, %s::text[]::jsonb[])", (types, ids, payloads)
+        )
+
+
+def _append_facts(cur: psycopg.Cursor[Any], facts: dict[str, set[str]]) -> None:
+    """Ledger the content digest of each fact written (``ledger_facts``): ``audit verify``
+    recomputes it, so a row edited, deleted or inserted behind the pipeline's back is named.
+    Like :func:`_append_ledger`, it takes the ledger's lock: call it last."""
+    for table, keys in sorted(facts.items()):
+        if keys:
+            cur.execute("SELECT ledger_facts(%s, %s)", (table, sorted(keys)))
 
 
 def _flush_writes(cur: psycopg.Cursor[Any], writes: _Writes) -> None:
@@ -231,6 +245,7 @@ def _flush_writes(cur: psycopg.Cursor[Any], writes: _Writes) -> None:
     if writes.notify:
         cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     _append_ledger(cur, writes.ledger)
+    _append_facts(cur, writes.facts)
 
 
 def _record_event(
@@ -276,7 +291,7 @@ def _record_event(
         cur.executemany(
             "INSERT INTO webhook_delivery (webhook_id, endpoint, incident_id, event_type,"
             " payload, created_at, next_attempt_at, source_time, signing_key_id)"
-            " VALUES (%s, %s, %s, %s, %s, now(), now(), %s, %s)",
+            " VALUES (%s, %s, %s, %s, %s, now(), now(), %s, %s) RETURNING delivery_id",
             [
                 (
                     webhook_id,
@@ -289,8 +304,15 @@ def _record_event(
                 )
                 for url in config.endpoints
             ],
+            returning=True,
         )
+        deliveries = writes.facts.setdefault("webhook_delivery", set())
+        while True:
+            deliveries.update(str(row["delivery_id"]) for row in cur.fetchall())
+            if not cur.nextset():
+                break
         writes.notify = True
+    writes.facts.setdefault("incident", set()).add(str(incident["incident_id"]))
     return Change(
         incident["incident_id"],
         event["event_id"],
@@ -339,6 +361,7 @@ def apply_alerts(
         # First, all at once: an alert whose row the worker has not written (it was refused,
         # or the alert was replayed or published by something else) is not lost here.
         insert_alerts(cur, [alert for alert, _ in alerts])
+        writes.facts["alert"] = {str(alert.alert_id) for alert, _ in alerts}
         for alert, received_at in alerts:
             changes += _apply_one(cur, alert, config, received_at, writes)
         if changes and before_commit is not None:
@@ -361,6 +384,7 @@ def _apply_one(
     )
     if cur.fetchone() is None:
         return []
+    writes.facts.setdefault("incident_alert", set()).add(str(alert.alert_id))
     at = _utc_ms(alert.raised_at_ms)
     cur.execute(
         "SELECT * FROM incident WHERE elevator_id = %s AND fault_type = %s"
@@ -478,6 +502,7 @@ def copy_requested_evidence(conn: psycopg.Connection[Any], limit: int = 100) -> 
             cur.execute("SELECT copy_incident_evidence(%s, %s, %s, %s)", request)
             row = cur.fetchone()
             copied += int(row[0]) if row else 0
+        _append_facts(cur, {"evidence_sample": {str(request[0]) for request in requests}})
     return len(requests), copied
 
 
@@ -570,6 +595,7 @@ def apply_action(
                 " received_at, response) VALUES (%s, %s, %s, %s, %s, %s)",
                 (request_id, key, action, actor, now, json.dumps(body)),
             )
+            writes.facts["incident_action"] = {request_id}
         _flush_writes(cur, writes)
         return ActionResult(200, body)
 
@@ -707,6 +733,7 @@ def claim_due(
             (lease_s, list(endpoints), signing_key_id, limit),
         )
         rows = cur.fetchall()
+        _append_facts(cur, {"webhook_delivery": {str(r["delivery_id"]) for r in rows}})
     return [Due(**r) for r in sorted(rows, key=lambda r: r["delivery_id"])]
 
 
@@ -797,6 +824,7 @@ def record_attempts(conn: psycopg.Connection[Any], attempts: Sequence[Attempt]) 
                 for a in attempts
             ],
         )
+        _append_facts(cur, {"webhook_delivery": {str(d) for d, _ in written}})
     return stale
 
 
@@ -833,6 +861,7 @@ def redeliver(
                 for d, w in rows
             ],
         )
+        _append_facts(cur, {"webhook_delivery": {str(d) for d, _ in rows}})
         if rows:
             cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     return len(rows)

@@ -144,10 +144,12 @@ def audit() -> None:
     help="Also check the ledger heads published to TIANYAN_AUDIT_ANCHORS_TOPIC.",
 )
 def audit_verify(database_url: str | None, anchors: bool) -> None:
-    """Walk the hash chain, check it against its published anchors, and check incidents,
-    events and deliveries against it.
+    """Walk the hash chain, check it against its published anchors, and check the
+    registry, alerts, incidents, events, applied alerts, actions, deliveries and evidence
+    against it, all in one snapshot.
 
-    Exits 1 naming the first entry altered, deleted or inserted.
+    Exits 1 naming each table tampered with and how (edited, deleted, inserted, reordered,
+    truncated, emptied, rewritten).
     """
     import psycopg
 
@@ -165,7 +167,7 @@ def audit_verify(database_url: str | None, anchors: bool) -> None:
                 f" {settings.kafka_bootstrap}: {e} (--no-anchors checks the database alone)"
             ) from e
     try:
-        report = verify(url, published)
+        report = verify(url, published if anchors else None)
     except psycopg.OperationalError as e:
         raise click.ClickException(f"cannot reach the database: {e}") from e
     if report.ok:
@@ -176,8 +178,9 @@ def audit_verify(database_url: str | None, anchors: bool) -> None:
         )
         click.echo(
             f"ledger verified: {report.entries} entries, head seq {report.head_seq}"
-            f" hash {report.head_hash[:16]}…{anchored}; incidents, events and deliveries"
-            " match it"
+            f" hash {report.head_hash[:16]}…{anchored}; incidents, events and"
+            f" {report.facts} facts (registry, alerts, applied alerts, actions, deliveries,"
+            " evidence) match it"
         )
     else:
         click.echo(f"ledger verification FAILED after {report.entries} good entries:", err=True)

@@ -43,7 +43,10 @@ LANGUAGE sql AS $$
     SELECT count(*)::integer FROM ins
 $$;
 
--- Append one entry to the tamper-evident ledger and return its seq.
+-- Append one entry to the tamper-evident ledger and return its seq: the only way an entry
+-- is written (no application role may INSERT, UPDATE, DELETE or TRUNCATE audit_ledger, see
+-- 90_grants.sql); it runs with its owner's rights, on a search_path nobody else can plant
+-- objects in (every name below is schema-qualified).
 --
 -- Entries form a hash chain: seq is gapless and each entry carries the hash of the one before
 -- (32 zero bytes before the first). An entry's hash is
@@ -52,26 +55,146 @@ $$;
 -- payload::text jsonb's canonical text. `tianyan audit verify` recomputes it independently.
 -- The lock serialises appends for the rest of the calling transaction, so the head read
 -- here is the head the entry follows; a rolled-back transaction leaves no gap.
-CREATE OR REPLACE FUNCTION ledger_append(p_entry_type text, p_entity_id text, p_payload jsonb)
+-- ledger_append_many appends several entries in order (one head read, one time); returns
+-- the last seq.
+CREATE OR REPLACE FUNCTION ledger_append_many(p_entry_types text[], p_entity_ids text[],
+                                              p_payloads jsonb[])
 RETURNS bigint
-LANGUAGE plpgsql SET search_path = tianyan, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     head_seq  bigint;
     head_hash bytea;
     at        timestamptz := date_trunc('microseconds', clock_timestamp());
     hash      bytea;
+    i         integer;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('tianyan.audit_ledger'));
     SELECT seq, entry_hash INTO head_seq, head_hash
-      FROM audit_ledger ORDER BY seq DESC LIMIT 1;
+      FROM tianyan.audit_ledger ORDER BY seq DESC LIMIT 1;
     IF head_seq IS NULL THEN
         head_seq := 0;
         head_hash := decode(repeat('00', 32), 'hex');
     END IF;
-    hash := sha256(head_hash || convert_to(concat_ws('|', head_seq + 1,
-                (extract(epoch FROM at) * 1000000)::bigint, p_entry_type, p_entity_id,
-                p_payload::text), 'UTF8'));
-    INSERT INTO audit_ledger (seq, recorded_at, entry_type, entity_id, payload, prev_hash, entry_hash)
-    VALUES (head_seq + 1, at, p_entry_type, p_entity_id, p_payload, head_hash, hash);
-    RETURN head_seq + 1;
+    FOR i IN 1 .. coalesce(cardinality(p_entry_types), 0) LOOP
+        head_seq := head_seq + 1;
+        hash := sha256(head_hash || convert_to(concat_ws('|', head_seq,
+                    (extract(epoch FROM at) * 1000000)::bigint, p_entry_types[i],
+                    p_entity_ids[i], p_payloads[i]::text), 'UTF8'));
+        INSERT INTO tianyan.audit_ledger (seq, recorded_at, entry_type, entity_id, payload,
+                                          prev_hash, entry_hash)
+        VALUES (head_seq, at, p_entry_types[i], p_entity_ids[i], p_payloads[i], head_hash,
+                hash);
+        head_hash := hash;
+    END LOOP;
+    RETURN head_seq;
 END $$;
+
+CREATE OR REPLACE FUNCTION ledger_append(p_entry_type text, p_entity_id text, p_payload jsonb)
+RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+    SELECT tianyan.ledger_append_many(ARRAY[p_entry_type], ARRAY[p_entity_id],
+                                      ARRAY[p_payload])
+$$;
+
+-- The recorded facts the ledger vouches for, and the content digest of each: one fact per
+-- row, keyed by its primary key, except evidence — one fact per incident, all its samples.
+-- A fact's digest is sha256 of its rows' jsonb text (to_jsonb of the whole row: every
+-- column), one per line in key order, computed in UTC so that the session's time zone
+-- cannot change it. ledger_facts records the digests; `audit verify` recomputes them all.
+--   fact_key   the key as text
+--   fact_rows  rows in the fact (1, or an incident's evidence samples)
+--   sha256     hex digest
+CREATE OR REPLACE FUNCTION audit_fact_digests(p_table text, p_keys text[] DEFAULT NULL)
+RETURNS TABLE (fact_key text, fact_rows bigint, sha256 text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, public, pg_temp SET TimeZone = 'UTC' SET extra_float_digits = 1
+AS $$
+DECLARE
+    key_column text;
+    key_type   text;
+    row_order  text;
+    query      text;
+BEGIN
+    CASE p_table
+        WHEN 'alert', 'incident_alert' THEN key_column := 'alert_id'; key_type := 'uuid';
+        WHEN 'incident' THEN key_column := 'incident_id'; key_type := 'uuid';
+        WHEN 'incident_action' THEN key_column := 'request_id'; key_type := 'text';
+        WHEN 'webhook_delivery' THEN key_column := 'delivery_id'; key_type := 'bigint';
+        WHEN 'evidence_sample' THEN key_column := 'incident_id'; key_type := 'uuid';
+        WHEN 'elevator' THEN key_column := 'registration_code'; key_type := 'char(20)';
+        ELSE RAISE EXCEPTION 'the ledger holds no facts of table %', p_table;
+    END CASE;
+    row_order := CASE p_table WHEN 'evidence_sample' THEN 'elevator_id, time'
+                              ELSE quote_ident(key_column) END;
+    query := format(
+        'SELECT t.%1$I::text, count(*), encode(sha256(convert_to(string_agg(to_jsonb(t)::text,'
+        ' E''\n'' ORDER BY %2$s), ''UTF8'')), ''hex'') FROM tianyan.%3$I t',
+        key_column, row_order, p_table);
+    IF p_keys IS NOT NULL THEN
+        query := query || format(' WHERE t.%I = ANY($1::%s[])', key_column, key_type);
+    END IF;
+    RETURN QUERY EXECUTE query || ' GROUP BY 1' USING p_keys;
+END $$;
+
+-- Ledger the current content of the named facts of one table (their keys as text): one
+-- 'fact' entry each, {table, key, rows, sha256}, entity_id '<table>/<key>' — unless its last
+-- fact already has that digest, so a caller may name a fact it did not change. Called at
+-- the end of every transaction that writes such a fact, after its other ledger entries.
+-- Returns the entries appended.
+CREATE OR REPLACE FUNCTION ledger_facts(p_table text, p_keys text[])
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    ids      text[];
+    payloads jsonb[];
+BEGIN
+    IF p_keys IS NULL OR cardinality(p_keys) = 0 THEN
+        RETURN 0;
+    END IF;
+    -- under the ledger's lock, the last fact read here is the last there is
+    PERFORM pg_advisory_xact_lock(hashtext('tianyan.audit_ledger'));
+    SELECT array_agg(p_table || '/' || d.fact_key ORDER BY d.fact_key),
+           array_agg(jsonb_build_object('table', p_table, 'key', d.fact_key,
+                                        'rows', d.fact_rows, 'sha256', d.sha256)
+                     ORDER BY d.fact_key)
+      INTO ids, payloads
+      FROM tianyan.audit_fact_digests(p_table, p_keys) d
+      LEFT JOIN LATERAL (
+          SELECT l.payload ->> 'sha256' AS sha256 FROM tianyan.audit_ledger l
+           WHERE l.entry_type = 'fact' AND l.entity_id = p_table || '/' || d.fact_key
+           ORDER BY l.seq DESC LIMIT 1) last ON true
+     WHERE last.sha256 IS DISTINCT FROM d.sha256;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM tianyan.ledger_append_many(array_fill('fact'::text, ARRAY[cardinality(ids)]),
+                                       ids, payloads);
+    RETURN cardinality(ids);
+END $$;
+
+-- Once, after migration 0008: ledger every fact written before it (the rows had none).
+CREATE OR REPLACE FUNCTION ledger_backfill_facts()
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    t        text;
+    appended integer := 0;
+BEGIN
+    IF to_regclass('tianyan.audit_fact_backfill') IS NULL THEN  -- before migration 0008
+        RETURN 0;
+    END IF;
+    IF NOT EXISTS (SELECT FROM tianyan.audit_fact_backfill) THEN
+        RETURN 0;
+    END IF;
+    FOREACH t IN ARRAY ARRAY['elevator', 'alert', 'incident', 'incident_alert',
+                             'incident_action', 'webhook_delivery', 'evidence_sample'] LOOP
+        appended := appended + tianyan.ledger_facts(t,
+            ARRAY(SELECT fact_key FROM tianyan.audit_fact_digests(t)));
+    END LOOP;
+    DELETE FROM tianyan.audit_fact_backfill;
+    RETURN appended;
+END $$;
+
+-- Ledgers the facts written before migration 0008, on the first migrate after it; a no-op
+-- on every later run.
+SELECT ledger_backfill_facts();
