@@ -430,6 +430,8 @@ _header_values = st.one_of(
     _text.map(str.encode),
     st.binary(max_size=60).map(lambda b: bytes(c for c in b if c >= 0x20 and c != 0x7F)),
     st.sampled_from(["Bearer ", "v1,", "v1,AAAA", "1e400", "v2,x v1,y", "Basic x"]),
+    # a scheme or version the API knows, then anything
+    st.builds(lambda p, t: (p + t).encode(), st.sampled_from(["Bearer ", "v1,", "v1,x "]), _text),
 )
 _paths = st.one_of(
     st.builds(
@@ -448,9 +450,14 @@ _bodies = st.one_of(
 
 
 def _reasoned(status: int, text: str) -> None:
+    """No 5xx; a refusal names its reason: ``{"error": …}`` from the API, or the text of
+    aiohttp's HTTP parser for a request it cannot read (a control character in a header)."""
     assert status < 500, (status, text)
     if status >= 400:
-        assert json.loads(text)["error"], text
+        if text.startswith("{"):
+            assert json.loads(text)["error"], text
+        else:
+            assert status == 400 and "Invalid" in text, text
 
 
 @hsettings(
@@ -493,4 +500,37 @@ def test_random_authentic_requests_get_no_5xx_and_every_refusal_a_reason(
     if key is not None:
         headers["idempotency-key"] = key.encode()
     status, text, _ = api.request("POST", path, body, headers)
+    _reasoned(status, text)
+
+
+_any_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"))
+
+
+@hsettings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    credential=st.one_of(
+        st.builds(lambda t: {"authorization": ("Bearer " + t).encode()}, _any_text),
+        st.builds(
+            lambda i, t, sig: {
+                "webhook-id": i.encode(),
+                "webhook-timestamp": t.encode(),
+                "webhook-signature": sig.encode(),
+            },
+            st.one_of(_any_text, st.just("req_1")),
+            st.one_of(_any_text, st.integers().map(str), st.just(str(int(time.time())))),
+            st.one_of(_any_text, st.builds(lambda t: "v1," + t, _any_text)),
+        ),
+    ),
+)
+def test_random_credentials_get_a_4xx_with_the_reason(
+    api: Api, credential: dict[str, bytes]
+) -> None:
+    status, text, _ = api.request(
+        "POST", f"/incidents/{api.incident(11)}/acknowledge", b"{}", dict(credential)
+    )
+    assert 400 <= status < 500, (status, text)
     _reasoned(status, text)
