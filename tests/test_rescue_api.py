@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -28,8 +29,9 @@ from standardwebhooks.webhooks import Webhook
 
 from foundation.settings import Settings
 from registry.store import upsert
-from rescue.delivery import EndpointError, new_secret, redact_url, signed_content
+from rescue.delivery import EndpointError, endpoint_name, new_secret, redact_url, signed_content
 from rescue.dispatcher import ACTION_BODY_MAX_BYTES, ACTOR_MAX_CHARS, Dispatcher
+from sql.migrate import migrate
 from tianyan.harness import Run, pipeline
 from tianyan.processes import free_port
 
@@ -534,3 +536,39 @@ def test_random_credentials_get_a_4xx_with_the_reason(
     )
     assert 400 <= status < 500, (status, text)
     _reasoned(status, text)
+
+
+def test_0009_renames_queued_deliveries_by_their_endpoint_s_name(
+    scratch_db: str, migrations_copy: Path
+) -> None:
+    """Rows queued before 0009 carried the URL itself; after it, the name the dispatcher
+    claims them by (the URL redacted), so they are still sent and no longer show a token."""
+    mig_dir, idem_dir = migrations_copy / "migrations", migrations_copy / "idempotent"
+    later = [p for p in mig_dir.glob("*.sql") if p.name >= "0009"]
+    held = {p: p.read_text() for p in later}
+    for p in later:
+        p.unlink()
+    migrate(scratch_db, mig_dir, idem_dir)
+    url = f"https://platform:{PASSWORD}@96333.Example.org:8443/hook/{TOKEN}?k={QUERY_TOKEN}"
+    incident, t0 = uuid.uuid4(), dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC)
+    with psycopg.connect(scratch_db) as conn:
+        conn.execute("SET search_path = tianyan")
+        conn.execute(
+            "INSERT INTO incident (incident_id, elevator_id, fault_type, gb_code, severity,"
+            " state, opened_at, updated_at) VALUES (%s, '32070000000000000001', 'overload',"
+            " '21', 'warning', 'open', %s, %s)",
+            (incident, t0, t0),
+        )
+        conn.execute(
+            "INSERT INTO webhook_delivery (webhook_id, endpoint, incident_id, event_type,"
+            " payload, created_at, next_attempt_at) VALUES ('msg_1', %s, %s,"
+            " 'incident.opened', '{}', %s, %s)",
+            (url, incident, t0, t0),
+        )
+    for p, text in held.items():
+        p.write_text(text)
+    assert "0009_action_api.sql" in migrate(scratch_db, mig_dir, idem_dir).applied
+    with psycopg.connect(scratch_db) as conn:
+        stored = conn.execute("SELECT endpoint FROM tianyan.webhook_delivery").fetchall()
+    assert stored == [(endpoint_name(url),)]
+    assert stored[0][0].startswith("https://96333.example.org:8443/… (")
