@@ -109,9 +109,27 @@ class Settings:
     grading_interval_s: int
     # the incident dispatcher (rescue/)
     rescue_webhook_urls: tuple[str, ...]
+    #: The webhook-signing secrets, one entry per endpoint of ``rescue_webhook_urls`` (in
+    #: order, separated by spaces); an entry is one ``whsec_…`` secret, or several joined by
+    #: commas while a rotation is under way (each webhook is then signed with every one).
+    #: They only sign what we send: they authorise nothing that comes in.
     rescue_webhook_secret: str | None
+    #: The rescue platform's own credentials for the acknowledgement API: a bearer token,
+    #: and/or a ``whsec_…`` secret for Standard Webhooks-signed requests (method, path and
+    #: body signed). Neither is a webhook-signing secret.
     rescue_api_token: str | None
+    rescue_action_secret: str | None
+    #: Send webhooks over plain ``http://`` (a local receiver in development and the tests
+    #: only; the harness turns it on). Off: every endpoint must be ``https://``.
+    rescue_allow_http: bool
+    #: Where the acknowledgement API listens (behind the TLS reverse proxy, README
+    #: § "The acknowledgement API"), and its rate limit per credential and peer address.
+    rescue_api_bind: str
+    rescue_api_port: int
+    rescue_api_rate_per_minute: int
     dispatcher_id: str
+    #: Where the dispatcher's /metrics and /health listen (not the API's address).
+    dispatcher_web_bind: str
     dispatcher_web_port: int
     device_commands_topic: str
     webhook_timeout_s: float
@@ -190,7 +208,13 @@ class Settings:
             ),
             rescue_webhook_secret=os.environ.get("TIANYAN_RESCUE_WEBHOOK_SECRET") or None,
             rescue_api_token=os.environ.get("TIANYAN_RESCUE_API_TOKEN") or None,
+            rescue_action_secret=os.environ.get("TIANYAN_RESCUE_ACTION_SECRET") or None,
+            rescue_allow_http=_env_bool("TIANYAN_RESCUE_ALLOW_HTTP", False),
+            rescue_api_bind=_env("TIANYAN_RESCUE_API_BIND", "127.0.0.1"),
+            rescue_api_port=_env_int("TIANYAN_RESCUE_API_PORT", 6068),
+            rescue_api_rate_per_minute=_env_int("TIANYAN_RESCUE_API_RATE_PER_MINUTE", 120),
             dispatcher_id=_env("TIANYAN_DISPATCHER_ID", "tianyan-dispatcher"),
+            dispatcher_web_bind=_env("TIANYAN_DISPATCHER_WEB_BIND", "127.0.0.1"),
             dispatcher_web_port=_env_int("TIANYAN_DISPATCHER_WEB_PORT", 6067),
             device_commands_topic=_env("TIANYAN_DEVICE_COMMANDS_TOPIC", "tianyan.device.commands"),
             webhook_timeout_s=_env_int("TIANYAN_WEBHOOK_TIMEOUT_MS", 10_000) / 1000,
@@ -255,7 +279,12 @@ class Settings:
             "TIANYAN_EVIDENCE_WINDOW_S": str(self.evidence_window_s),
             "TIANYAN_GRADING_INTERVAL_S": str(self.grading_interval_s),
             "TIANYAN_RESCUE_WEBHOOK_URL": " ".join(self.rescue_webhook_urls),
+            "TIANYAN_RESCUE_ALLOW_HTTP": "on" if self.rescue_allow_http else "off",
+            "TIANYAN_RESCUE_API_BIND": self.rescue_api_bind,
+            "TIANYAN_RESCUE_API_PORT": str(self.rescue_api_port),
+            "TIANYAN_RESCUE_API_RATE_PER_MINUTE": str(self.rescue_api_rate_per_minute),
             "TIANYAN_DISPATCHER_ID": self.dispatcher_id,
+            "TIANYAN_DISPATCHER_WEB_BIND": self.dispatcher_web_bind,
             "TIANYAN_DISPATCHER_WEB_PORT": str(self.dispatcher_web_port),
             "TIANYAN_DEVICE_COMMANDS_TOPIC": self.device_commands_topic,
             "TIANYAN_WEBHOOK_TIMEOUT_MS": ms(self.webhook_timeout_s),
@@ -278,6 +307,7 @@ class Settings:
             "TIANYAN_THRESHOLDS_FILE": self.thresholds_file,
             "TIANYAN_RESCUE_WEBHOOK_SECRET": self.rescue_webhook_secret,
             "TIANYAN_RESCUE_API_TOKEN": self.rescue_api_token,
+            "TIANYAN_RESCUE_ACTION_SECRET": self.rescue_action_secret,
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         return env

@@ -11,28 +11,37 @@
   receiver only ever delays its own deliveries: detection never waits on it.
 - A timer escalates unacknowledged trapping incidents; another publishes the ledger's head
   to the anchors topic as the ledger grows.
-- Web: ``POST /incidents/{id}/{action}`` (the rescue platform's acknowledgement API),
-  ``/metrics``, ``/health``.
+- The acknowledgement API, ``POST /incidents/{id}/{action}``, on its own address
+  (``TIANYAN_RESCUE_API_BIND``/``_PORT``, behind a TLS reverse proxy); ``/metrics`` and
+  ``/health`` on the dispatcher's web address (``TIANYAN_DISPATCHER_WEB_BIND``/``_PORT``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import datetime as dt
+import hashlib
 import hmac
 import json
 import logging
 import os
+import re
 import signal
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, TypeVar
 
 import faust
 import msgspec
 import psycopg
+from aiohttp import web
 from faust.web import Request, Response, View
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from detectors.alerts import Alert
@@ -42,7 +51,7 @@ from streams.metrics import exposition
 from streams.producer import PublishError, RawPublisher
 
 from . import metrics, store
-from .delivery import Sender, signer, signing_key_id
+from .delivery import Sender, signed_content, signer, signing_key_id, webhook_endpoints
 from .ledger import ANCHOR_KEY, anchor_value, ledger_head
 from .lifecycle import ACTIONS, RetrySchedule, is_trapping
 
@@ -67,11 +76,42 @@ REASSURANCE = (
 )
 
 
+#: Bounds of the acknowledgement API: what a request may carry at most.
+ACTION_BODY_MAX_BYTES: Final = 16 * 1024
+ACTOR_MAX_CHARS: Final = 200
+NOTE_MAX_CHARS: Final = 2000
+#: webhook-id and Idempotency-Key: printable ASCII, this long at most.
+REQUEST_ID_MAX_CHARS: Final = 200
+#: Any one header's value (a signature header holds one ``v1,…`` per active secret).
+HEADER_MAX_CHARS: Final = 2000
+_REQUEST_ID = re.compile(rf"[!-~]{{1,{REQUEST_ID_MAX_CHARS}}}")
+_SIGNATURE = re.compile(r"[A-Za-z0-9]+,[A-Za-z0-9+/=]+( [A-Za-z0-9]+,[A-Za-z0-9+/=]+)*")
+
+
 class ActionRequest(msgspec.Struct, forbid_unknown_fields=True):
     """The body of an acknowledgement API request."""
 
-    actor: str = "rescue-platform"
-    note: str | None = None
+    actor: Annotated[str, msgspec.Meta(min_length=1, max_length=ACTOR_MAX_CHARS)] = (
+        "rescue-platform"
+    )
+    note: Annotated[str, msgspec.Meta(max_length=NOTE_MAX_CHARS)] | None = None
+
+
+@dataclass
+class Answer:
+    """An answer of the acknowledgement API: status, JSON body, extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Refused(Exception):
+    """A request refused before it reached the store: the status and the reason."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.answer = Answer(status, {"error": reason}, headers or {})
 
 
 class DatabaseReplaced(RuntimeError):
@@ -143,17 +183,34 @@ class Dispatcher:
             )
         self.settings = settings
         secret = settings.rescue_webhook_secret
+        endpoints = (
+            webhook_endpoints(
+                settings.rescue_webhook_urls, secret, allow_http=settings.rescue_allow_http
+            )
+            if settings.rescue_webhook_urls
+            else ()
+        )
+        action_secret = settings.rescue_action_secret
+        if action_secret and any(action_secret in e.secrets for e in endpoints):
+            raise ValueError(
+                "TIANYAN_RESCUE_ACTION_SECRET is also a webhook-signing secret: every webhook"
+                " receiver holding it could act on incidents; give the platform its own"
+            )
         self.config = store.DispatchConfig(
-            endpoints=settings.rescue_webhook_urls,
+            endpoints=tuple(e.name for e in endpoints),
             escalation_after_s=settings.escalation_after_s,
             arrival_target_s=settings.arrival_target_s,
             evidence_window_s=settings.evidence_window_s,
             signing_key_id=signing_key_id(secret) if secret else None,
         )
-        self.verifier = signer(secret) if secret else None
+        self.verifier = (
+            signer(action_secret, "TIANYAN_RESCUE_ACTION_SECRET") if action_secret else None
+        )
+        self.rate_limit = RateLimitItemPerMinute(max(1, settings.rescue_api_rate_per_minute))
+        self.rate_limiter = MovingWindowRateLimiter(MemoryStorage())
         self.sender = (
             Sender(
-                secret,
+                endpoints,
                 timeout_s=settings.webhook_timeout_s,
                 concurrency=settings.webhook_concurrency,
                 schedule=RetrySchedule(
@@ -374,42 +431,140 @@ class Dispatcher:
         metrics.DEAD_LETTERS.set(backlog["dead"])
 
     # -- the acknowledgement API -----------------------------------------------------------
-    def authenticate(self, headers: dict[str, str], body: bytes) -> tuple[str | None, str | None]:
-        """(request id, None) when the request is authentic, else (None, why not).
+    def _throttle(self, credential: str, peer: str) -> None:
+        """Count the request against its credential and peer; refuse (429) past the rate."""
+        key = (credential, peer)
+        if not self.rate_limiter.hit(self.rate_limit, *key):
+            reset_at = self.rate_limiter.get_window_stats(self.rate_limit, *key).reset_time
+            wait_s = max(1, int(reset_at - time.time()) + 1)
+            raise Refused(
+                429,
+                f"rate limit: at most {self.rate_limit.amount} requests a minute per credential"
+                f" and address; retry in {wait_s} s",
+                {"Retry-After": str(wait_s)},
+            )
 
-        Accepted: ``Authorization: Bearer <TIANYAN_RESCUE_API_TOKEN>`` (request id from an
-        ``Idempotency-Key`` header), or a Standard Webhooks signature made with the webhook
-        secret (request id = ``webhook-id``).
+    def authenticate(self, method: str, path: str, headers: dict[str, str], body: bytes) -> str:
+        """The credential a request carries, checked: ``"bearer"`` or ``"signed"``.
+
+        Accepted: ``Authorization: Bearer <TIANYAN_RESCUE_API_TOKEN>``, or a Standard Webhooks
+        signature made with ``TIANYAN_RESCUE_ACTION_SECRET`` over :func:`signed_content`.
+
+        Raises
+        ------
+        Refused
+            401 naming what is wrong (a malformed header is refused the same way).
         """
         auth = headers.get("authorization")
         if auth is not None:
             token = self.settings.rescue_api_token
+            if token is None:
+                raise Refused(401, "bearer tokens are not accepted: none is configured")
             scheme, _, given = auth.partition(" ")
-            if token and scheme.lower() == "bearer" and hmac.compare_digest(given, token):
-                return headers.get("idempotency-key"), None
-            return None, "the bearer token was refused"
+            # Bytes: a header may hold any character (hmac refuses non-ASCII str).
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode("utf-8", "surrogateescape"), token.encode()
+            ):
+                return "bearer"
+            raise Refused(401, "the bearer token was refused")
         if "webhook-signature" in headers:
             if self.verifier is None:
-                return None, "signed requests are not accepted: no webhook secret is configured"
+                raise Refused(
+                    401, "signed requests are not accepted: no TIANYAN_RESCUE_ACTION_SECRET"
+                )
+            for name in ("webhook-id", "webhook-timestamp"):
+                if name not in headers:
+                    raise Refused(401, f"a signed request needs the {name} header")
+            if not _REQUEST_ID.fullmatch(headers["webhook-id"]):
+                raise Refused(
+                    401,
+                    f"webhook-id must be 1 to {REQUEST_ID_MAX_CHARS} printable ASCII characters",
+                )
+            if not _SIGNATURE.fullmatch(headers["webhook-signature"]):
+                raise Refused(
+                    401, "webhook-signature is malformed: expected 'v1,<base64>' (space-separated)"
+                )
             try:
-                self.verifier.verify(body, headers, json_parse=False)
+                content = signed_content(method, path, body).decode()
+            except UnicodeDecodeError:
+                raise Refused(400, "the body is not UTF-8") from None
+            try:
+                self.verifier.verify(content, headers, json_parse=False)
             except WebhookVerificationError as e:
-                return None, f"the signature does not verify: {e}"
-            return headers.get("webhook-id"), None
-        return None, "authenticate with a bearer token or a Standard Webhooks signature"
+                raise Refused(401, f"the signature does not verify: {e}") from None
+            except (ValueError, binascii.Error) as e:
+                raise Refused(401, f"webhook-signature is malformed: {e}") from None
+            return "signed"
+        raise Refused(
+            401,
+            "authenticate with a bearer token or a Standard Webhooks signature"
+            " (webhook-id, webhook-timestamp, webhook-signature)",
+        )
 
     async def act(
-        self, incident_id: str, action: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, Any]]:
+        self,
+        method: str,
+        path: str,
+        incident_id: str,
+        action: str,
+        headers: dict[str, str],
+        body: bytes,
+        peer: str = "unknown",
+    ) -> Answer:
+        """Answer one acknowledgement API request; never raises for what a client sent."""
+        try:
+            return await self._act(method, path, incident_id, action, headers, body, peer)
+        except Refused as e:
+            return e.answer
+
+    async def _act(
+        self,
+        method: str,
+        path: str,
+        incident_id: str,
+        action: str,
+        headers: dict[str, str],
+        body: bytes,
+        peer: str,
+    ) -> Answer:
+        # Counted per credential presented (each bearer token apart, so a flood of wrong
+        # ones holds back only itself) and peer address.
+        auth = headers.get("authorization")
+        presented = (
+            "bearer " + hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+            if auth is not None
+            else "signed"
+            if "webhook-signature" in headers
+            else "none"
+        )
+        self._throttle(presented, peer)
+        for name, value in headers.items():
+            if len(value) > HEADER_MAX_CHARS:
+                raise Refused(431, f"the {name} header is longer than {HEADER_MAX_CHARS} chars")
+        if len(body) > ACTION_BODY_MAX_BYTES:
+            raise Refused(413, f"the body is larger than {ACTION_BODY_MAX_BYTES} bytes")
         if action not in ACTIONS:
-            return 404, {"error": f"unknown action {action!r}; one of {sorted(ACTIONS)}"}
-        request_id, refused = self.authenticate(headers, body)
-        if refused is not None:
-            return 401, {"error": refused}
+            raise Refused(404, f"unknown action {action!r}; one of {sorted(ACTIONS)}")
+        credential = self.authenticate(method, path, headers, body)
+        if credential == "signed":
+            # Stored on first sight, whatever the answer: a signed request is good once.
+            fresh = await self.action_db.run(store.first_sight, headers["webhook-id"])
+            if not fresh:
+                raise Refused(
+                    409,
+                    f"replayed: webhook-id {headers['webhook-id']!r} was already received;"
+                    " sign each request with a new webhook-id",
+                )
+        request_id = headers.get("idempotency-key")
+        if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
+            raise Refused(
+                400,
+                f"Idempotency-Key must be 1 to {REQUEST_ID_MAX_CHARS} printable ASCII characters",
+            )
         try:
             req = msgspec.json.decode(body or b"{}", type=ActionRequest)
-        except msgspec.DecodeError as e:
-            return 400, {"error": f"the body is not a valid action request: {e}"}
+        except msgspec.DecodeError as e:  # ValidationError too: bounds, unknown fields
+            raise Refused(400, f"the body is not a valid action request: {e}") from None
         result = await self.action_db.run(
             store.apply_action,
             incident_id,
@@ -419,11 +574,76 @@ class Dispatcher:
             note=req.note,
             request_id=request_id,
             now=dt.datetime.now(dt.UTC),
+            request_sha256=hashlib.sha256(msgspec.json.encode(req)).hexdigest(),
         )
         if result.status == 200 and not result.body.get("duplicate"):
             metrics.INCIDENT_CHANGES.labels(f"incident.{action}").inc()
             self.wake.set()
-        return result.status, result.body
+        return Answer(result.status, result.body)
+
+    def api(self) -> web.Application:
+        """The acknowledgement API as an aiohttp application: every answer JSON, every
+        refusal with its reason, none 5xx but 503 while the database is away."""
+
+        @web.middleware
+        async def json_errors(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            try:
+                response = await handler(request)
+            except web.HTTPException as e:
+                response = web.json_response({"error": e.reason}, status=e.status)
+            except psycopg.OperationalError as e:
+                log.error("acknowledgement API: database unavailable", extra={"error": str(e)})
+                response = web.json_response(
+                    {"error": "the database is unavailable; retry shortly"},
+                    status=503,
+                    headers={"Retry-After": "5"},
+                )
+            metrics.ACTION_REQUESTS.labels(str(response.status)).inc()
+            return response
+
+        async def post(request: web.Request) -> web.Response:
+            body = await request.read()
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            answer = await self.act(
+                request.method,
+                request.raw_path,
+                request.match_info["incident_id"],
+                request.match_info["action"],
+                headers,
+                body,
+                request.remote or "unknown",
+            )
+            return web.json_response(answer.body, status=answer.status, headers=answer.headers)
+
+        async def elsewhere(request: web.Request) -> web.Response:
+            if re.fullmatch(r"/incidents/[^/]+/[^/]+", request.path):
+                return web.json_response(
+                    {"error": f"{request.method} is not allowed here: POST an action"},
+                    status=405,
+                    headers={"Allow": "POST"},
+                )
+            return web.json_response(
+                {"error": "nothing here: POST /incidents/{incident_id}/{action}"}, status=404
+            )
+
+        app = web.Application(client_max_size=ACTION_BODY_MAX_BYTES, middlewares=[json_errors])
+        app.router.add_post("/incidents/{incident_id}/{action}", post)
+        app.router.add_route("*", "/{tail:.*}", elsewhere)
+        return app
+
+    async def serve_api(self, should_stop: Callable[[], bool]) -> None:
+        """Serve :meth:`api` on TIANYAN_RESCUE_API_BIND:TIANYAN_RESCUE_API_PORT until stopped."""
+        runner = web.AppRunner(self.api(), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.settings.rescue_api_bind, self.settings.rescue_api_port)
+            await site.start()
+            while not should_stop():
+                await asyncio.sleep(POLL_S)
+        finally:
+            await runner.cleanup()
 
 
 def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
@@ -436,7 +656,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
-        web_bind="127.0.0.1",
+        web_bind=settings.dispatcher_web_bind,
         web_port=settings.dispatcher_web_port,
         web_in_thread=False,
         broker_session_timeout=10.0,
@@ -503,14 +723,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
     async def anchor() -> None:
         await dispatcher.publish_anchor()
 
-    @app.page("/incidents/{incident_id}/{action}")
-    class ActionView(View):
-        async def post(self, request: Request, incident_id: str, action: str) -> Response:
-            body = await request.read()
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            status, answer = await dispatcher.act(incident_id, action, headers, body)
-            metrics.ACTION_REQUESTS.labels(str(status)).inc()
-            return self.json(answer, status=status)
+    @app.task
+    async def api() -> None:
+        await dispatcher.serve_api(stopping)
 
     @app.page("/metrics")
     class MetricsView(View):

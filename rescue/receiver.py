@@ -7,7 +7,9 @@
 - logs each incident change, one line per event, and appends it to a JSON Lines journal
   from which the set of seen ids is restored on start (dedup survives a restart);
 - optionally acknowledges each new incident through the dispatcher's acknowledgement API,
-  signing its request with the same secret.
+  signing its request — method, path and body — with the platform's action secret (never
+  the webhook secret, which only proves what the dispatcher sent); each attempt is signed
+  under a new webhook-id (the API refuses a replayed one) and carries one Idempotency-Key.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import aiohttp
 from aiohttp import web
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from .delivery import body_bytes, signer
+from .delivery import body_bytes, signed_content, signer
 
 log = logging.getLogger("tianyan.rescue_receiver")
 
@@ -37,8 +39,16 @@ class Receiver:
         journal: Path | None = None,
         acknowledge_url: str | None = None,
         actor: str = "reference-receiver",
+        action_secret: str | None = None,
     ) -> None:
         self.webhook = signer(secret)
+        if acknowledge_url and not action_secret:
+            raise ValueError(
+                "acknowledging needs the platform's action secret (TIANYAN_RESCUE_ACTION_SECRET)"
+            )
+        self.action_signer = (
+            signer(action_secret, "TIANYAN_RESCUE_ACTION_SECRET") if action_secret else None
+        )
         self.journal = journal
         self.acknowledge_url = acknowledge_url.rstrip("/") if acknowledge_url else None
         self.actor = actor
@@ -91,25 +101,34 @@ class Receiver:
             task.add_done_callback(self._tasks.discard)
         return web.json_response({"received": webhook_id})
 
-    async def acknowledge(self, incident_id: str) -> None:
-        body = body_bytes({"actor": self.actor, "note": "acknowledged by the reference receiver"})
-        request_id = f"ack_{uuid.uuid4().hex}"
+    def action_headers(self, path: str, body: bytes) -> dict[str, str]:
+        """Standard Webhooks headers for one signed action request to ``path``."""
+        assert self.action_signer is not None
+        request_id = f"req_{uuid.uuid4().hex}"
         now = dt.datetime.now(dt.UTC)
-        headers = {
+        content = signed_content("POST", path, body).decode()
+        return {
             "content-type": "application/json",
             "webhook-id": request_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self.webhook.sign(request_id, now, body.decode()),
+            "webhook-signature": self.action_signer.sign(request_id, now, content),
         }
-        url = f"{self.acknowledge_url}/incidents/{incident_id}/acknowledge"
+
+    async def acknowledge(self, incident_id: str) -> None:
+        body = body_bytes({"actor": self.actor, "note": "acknowledged by the reference receiver"})
+        path = f"/incidents/{incident_id}/acknowledge"
+        idempotency_key = f"ack_{uuid.uuid4().hex}"
         for _ in range(5):
+            headers = {**self.action_headers(path, body), "idempotency-key": idempotency_key}
             try:
                 async with (
                     aiohttp.ClientSession() as session,
-                    session.post(url, data=body, headers=headers) as resp,
+                    session.post(
+                        f"{self.acknowledge_url}{path}", data=body, headers=headers
+                    ) as resp,
                 ):
                     answer = await resp.text()
-                    if resp.status < 500:
+                    if resp.status < 500 and resp.status != 429:
                         if resp.status == 200:
                             self.acknowledged += 1
                         log.info("acknowledge %s: %s %s", incident_id, resp.status, answer)

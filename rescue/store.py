@@ -524,26 +524,42 @@ def apply_action(
     note: str | None,
     request_id: str | None,
     now: dt.datetime,
+    request_sha256: str | None = None,
 ) -> ActionResult:
     """Acknowledge, report arrival, resolve or mark a false alarm — from the rescue platform.
 
     404 for an unknown incident, 409 for a change its state does not allow (nothing is
-    changed); a request re-sent with the same ``request_id`` gets the first answer again.
+    changed). ``request_id`` is an idempotency key scoped to (incident, action): the same
+    request re-sent with it gets the first answer again; another request (its
+    ``request_sha256`` differs) under it is refused with 422.
     """
     try:
         key = uuid.UUID(incident_id)
     except ValueError:
         return ActionResult(404, {"error": f"no incident {incident_id!r}: not an incident id"})
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        if request_id is not None:
-            cur.execute("SELECT response FROM incident_action WHERE request_id = %s", (request_id,))
-            seen = cur.fetchone()
-            if seen is not None:
-                return ActionResult(200, {**seen["response"], "duplicate": True})
+        # The incident's lock first: two requests with one key are answered one after the other.
         cur.execute("SELECT * FROM incident WHERE incident_id = %s FOR UPDATE", (key,))
         current = cur.fetchone()
         if current is None:
             return ActionResult(404, {"error": f"no incident {incident_id}"})
+        if request_id is not None:
+            cur.execute(
+                "SELECT request_sha256, response FROM incident_action"
+                " WHERE incident_id = %s AND action = %s AND request_id = %s",
+                (key, action, request_id),
+            )
+            seen = cur.fetchone()
+            if seen is not None and seen["request_sha256"] not in (None, request_sha256):
+                return ActionResult(
+                    422,
+                    {
+                        "error": f"Idempotency-Key {request_id!r} was used for another request"
+                        f" to {action} this incident (another body): use a new key"
+                    },
+                )
+            if seen is not None:
+                return ActionResult(200, {**seen["response"], "duplicate": True})
         try:
             state = next_state(current["state"], action)
         except IllegalTransition as e:
@@ -592,12 +608,33 @@ def apply_action(
         if request_id is not None:
             cur.execute(
                 "INSERT INTO incident_action (request_id, incident_id, action, actor,"
-                " received_at, response) VALUES (%s, %s, %s, %s, %s, %s)",
-                (request_id, key, action, actor, now, json.dumps(body)),
+                " received_at, response, request_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (request_id, key, action, actor, now, json.dumps(body), request_sha256),
             )
             writes.facts["incident_action"] = {request_id}
         _flush_writes(cur, writes)
         return ActionResult(200, body)
+
+
+#: A signed request's webhook-id is kept this long: longer than the signature's tolerance
+#: (Standard Webhooks: 5 minutes either way), after which it could not verify again anyway.
+NONCE_KEPT_S: Final = 600
+
+
+def first_sight(conn: psycopg.Connection[Any], webhook_id: str) -> bool:
+    """Store a signed request's ``webhook_id``; False when it was seen before (a replay).
+    Ids too old to verify again are forgotten on the way."""
+    with conn.transaction():
+        conn.execute(
+            "DELETE FROM action_nonce WHERE seen_at < now() - make_interval(secs => %s)",
+            (NONCE_KEPT_S,),
+        )
+        row = conn.execute(
+            "INSERT INTO action_nonce (webhook_id) VALUES (%s) ON CONFLICT DO NOTHING"
+            " RETURNING webhook_id",
+            (webhook_id,),
+        ).fetchone()
+    return row is not None
 
 
 def escalate_due(

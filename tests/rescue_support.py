@@ -27,7 +27,7 @@ from foundation.settings import Settings
 from registry.generate import generate
 from registry.store import upsert
 from rescue import store
-from rescue.delivery import Sender, new_secret
+from rescue.delivery import Endpoint, Sender, endpoint_name, new_secret
 from streams.producer import RawPublisher
 from tianyan.harness import Run, pipeline
 from tianyan.processes import WaitTimeout, wait_until
@@ -98,7 +98,23 @@ class Rescue:
 
     @property
     def api(self) -> str:
+        """The acknowledgement API."""
+        return f"http://127.0.0.1:{self.settings.rescue_api_port}"
+
+    @property
+    def web(self) -> str:
+        """The dispatcher's /metrics and /health."""
         return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def action_secret(self) -> str:
+        assert self.settings.rescue_action_secret is not None
+        return self.settings.rescue_action_secret
+
+    def send_to(self, *receivers: RecordingReceiver) -> None:
+        """Webhooks to these receivers (each endpoint signed with the run's secret)."""
+        self.env["TIANYAN_RESCUE_WEBHOOK_URL"] = " ".join(h.url for h in receivers)
+        self.env["TIANYAN_RESCUE_WEBHOOK_SECRET"] = " ".join(self.secret for _ in receivers)
 
     def publish(self, alerts: list[Alert]) -> None:
         with RawPublisher(self.settings.kafka_bootstrap, self.alerts_topic) as pub:
@@ -153,6 +169,7 @@ def rescue(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Rescue]
                     partitions=2,
                     rescue_webhook_urls=tuple(endpoints),
                     rescue_webhook_secret=new_secret(),
+                    rescue_action_secret=new_secret(),
                     rescue_api_token=token,
                     webhook_retry_base_s=0.2,
                     webhook_retry_cap_s=1.0,
@@ -172,6 +189,7 @@ class RecordingReceiver:
 
     def __init__(self, secret: str, port: int) -> None:
         self.webhook = Webhook(secret)
+        self.secret = secret
         self.port = port
         self.requests: list[dict[str, Any]] = []
         self.answer: Callable[[int], tuple[int, dict[str, str]]] = lambda n: (200, {})
@@ -199,6 +217,9 @@ class RecordingReceiver:
                             "verified": verified,
                             "payload": payload,
                             "at": time.time(),
+                            "path": self.path,
+                            "headers": headers,
+                            "body": body,
                         }
                     )
                 if outer.delay_s:
@@ -218,6 +239,15 @@ class RecordingReceiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
+
+    @property
+    def name(self) -> str:
+        """The endpoint's name as stored and shown (its URL redacted)."""
+        return endpoint_name(self.url)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.url, (self.secret,))
 
     def ids(self) -> list[str]:
         with self.lock:
@@ -271,9 +301,9 @@ async def deliver_once(
 ) -> list[store.Attempt]:
     """One turn of the dispatcher's delivery loop, run by the test: claim what is due,
     attempt each over real HTTP, record the outcomes in the real database."""
-    with conn.transaction():  # not left open: the claim's now() must be the claim's own
-        endpoints = [e for (e,) in conn.execute("SELECT DISTINCT endpoint FROM webhook_delivery")]
-    claimed = store.claim_due(conn, 100, lease_s, endpoints=endpoints, signing_key_id=None)
+    claimed = store.claim_due(
+        conn, 100, lease_s, endpoints=list(sender.endpoints), signing_key_id=None
+    )
     attempts = list(await asyncio.gather(*(sender.attempt(d) for d in claimed)))
     store.record_attempts(conn, attempts)
     return attempts

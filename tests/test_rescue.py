@@ -341,7 +341,7 @@ def test_webhooks_signed_acknowledged_and_bad_requests_refused(
             + ["incident.acknowledged"] * 2
             + ["incident.arrived", "incident.resolved"]
         )
-        metrics = http("GET", f"{r.api}/metrics").text
+        metrics = http("GET", f"{r.web}/metrics").text
         assert 'tianyan_webhook_outcomes_total{outcome="delivered"} 6.0' in metrics
         assert 'tianyan_incident_action_requests_total{status="409"} 2.0' in metrics
     finally:
@@ -459,7 +459,7 @@ def test_retry_after_refusal_dead_letter_and_redelivery(
     busy.answer = lambda n: (503, {"Retry-After": "2"}) if n == 0 else (200, {})
     refusing.answer = lambda n: (400, {})
     gone.close()  # nothing listens there
-    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = f"{busy.url} {refusing.url} {gone.url}"
+    r.send_to(busy, refusing, gone)
     try:
         r.start_dispatcher(tmp_path / "dispatcher.log")
         r.publish([overload(0, 0)])
@@ -472,13 +472,13 @@ def test_retry_after_refusal_dead_letter_and_redelivery(
             )
             return rows[0] if rows else None
 
-        delivered = wait_for(lambda: outcome(busy.url), 30, "the 503 then 200 endpoint")
+        delivered = wait_for(lambda: outcome(busy.name), 30, "the 503 then 200 endpoint")
         assert delivered[0] == "delivered" and delivered[1] == 2
         assert delivered[3] >= dt.timedelta(seconds=2)  # Retry-After honoured
-        dead = wait_for(lambda: outcome(refusing.url), 30, "the refusing endpoint")
+        dead = wait_for(lambda: outcome(refusing.name), 30, "the refusing endpoint")
         assert dead[0] == "dead" and dead[1] == 1 and "refused by the receiver" in dead[2]
         assert "HTTP 400" in dead[2]
-        aged = wait_for(lambda: outcome(gone.url), 30, "the unreachable endpoint to age out")
+        aged = wait_for(lambda: outcome(gone.name), 30, "the unreachable endpoint to age out")
         assert aged[0] == "dead" and aged[1] > 1 and "gave up after" in aged[2]
         listing = subprocess.run(
             [TIANYAN, "incidents"], env=r.env, capture_output=True, text=True, check=True
@@ -486,7 +486,7 @@ def test_retry_after_refusal_dead_letter_and_redelivery(
         assert "1 active incidents" in listing and "2 dead" in listing and "HTTP 400" in listing
         refusing.answer = lambda n: (200, {})
         delivery_id = r.scalar(
-            "SELECT delivery_id FROM webhook_delivery WHERE endpoint = %s", refusing.url
+            "SELECT delivery_id FROM webhook_delivery WHERE endpoint = %s", refusing.name
         )
         redo = subprocess.run(
             [TIANYAN, "incidents", "redeliver", str(delivery_id)],
@@ -496,7 +496,7 @@ def test_retry_after_refusal_dead_letter_and_redelivery(
             check=True,
         )
         assert "1 deliveries queued again" in redo.stdout
-        wait_for(lambda: (outcome(refusing.url) or ("",))[0] == "delivered", 30, "the redelivery")
+        wait_for(lambda: (outcome(refusing.name) or ("",))[0] == "delivered", 30, "the redelivery")
         assert len(set(refusing.ids())) == 1 and len(refusing.ids()) == 2  # same webhook-id
     finally:
         r.stop_all()
@@ -513,7 +513,7 @@ def test_auth_and_route_refusals_are_retried_for_a_while_and_alerted(
     rotated.answer = lambda n: (401, {}) if n < 2 else (200, {})  # a secret rotated, then fixed
     moved.answer = lambda n: (410, {})  # the route is gone and stays gone
     unprocessable.answer = lambda n: (422, {})  # the body itself is refused
-    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = f"{rotated.url} {moved.url} {unprocessable.url}"
+    r.send_to(rotated, moved, unprocessable)
     log = tmp_path / "dispatcher.log"
     try:
         r.start_dispatcher(log)
@@ -527,26 +527,27 @@ def test_auth_and_route_refusals_are_retried_for_a_while_and_alerted(
             )
             return rows[0] if rows else None
 
-        delivered = wait_for(lambda: settled(rotated.url), 30, "the 401, 401, 200 endpoint")
+        delivered = wait_for(lambda: settled(rotated.name), 30, "the 401, 401, 200 endpoint")
         assert delivered[:3] == ("delivered", 3, 200)
-        dead = wait_for(lambda: settled(unprocessable.url), 30, "the 422 endpoint")
+        dead = wait_for(lambda: settled(unprocessable.name), 30, "the 422 endpoint")
         assert dead[:3] == ("dead", 1, 422)
         assert "refused by the receiver" in dead[3] and "HTTP 422" in dead[3]
-        gone = wait_for(lambda: settled(moved.url), 30, "the 410 endpoint to give up")
+        gone = wait_for(lambda: settled(moved.name), 30, "the 410 endpoint to give up")
         assert gone[0] == "dead" and gone[1] > 1 and gone[2] == 410
         assert "HTTP 410" in gone[3] and "TIANYAN_WEBHOOK_AUTH_RETRY_S" in gone[3]
-        metrics = http("GET", f"{r.api}/metrics").text
+        metrics = http("GET", f"{r.web}/metrics").text
         name = "tianyan_webhook_auth_or_route_refusals_total"
-        assert f'{name}{{endpoint="{rotated.url}",status="401"}} 2.0' in metrics
-        assert f'{name}{{endpoint="{moved.url}",status="410"}} {gone[1]}.0' in metrics
-        assert f'endpoint="{unprocessable.url}"' not in metrics.split(name, 1)[1].split("# HELP")[0]
+        assert f'{name}{{endpoint="{rotated.name}",status="401"}} 2.0' in metrics
+        assert f'{name}{{endpoint="{moved.name}",status="410"}} {gone[1]}.0' in metrics
+        refusals = metrics.split(name, 1)[1].split("# HELP")[0]
+        assert f'endpoint="{unprocessable.name}"' not in refusals
         logged = [
             json.loads(line[line.index('{"asctime"') :])
             for line in log.read_text().splitlines()
             if '{"asctime"' in line
         ]
         errors = [e for e in logged if e["levelname"] == "ERROR"]
-        for url, status in ((rotated.url, "401"), (moved.url, "410")):
+        for url, status in ((rotated.name, "401"), (moved.name, "410")):
             assert any(url in e["message"] and f"HTTP {status}" in e["message"] for e in errors), (
                 f"no ERROR log naming {url} and {status}"
             )
@@ -565,10 +566,13 @@ def test_an_absurd_retry_after_is_capped_and_does_not_wedge_the_delivery(
     huge.answer = lambda n: (503, {"Retry-After": str(10**30)}) if n == 0 else (200, {})
     year_9999 = "Fri, 31 Dec 9999 23:59:59 GMT"
     far.answer = lambda n: (503, {"Retry-After": year_9999}) if n == 0 else (200, {})
-    config = store.DispatchConfig((huge.url, far.url), (10**8, 2 * 10**8, 3 * 10**8), 1800)
+    config = store.DispatchConfig((huge.name, far.name), (10**8, 2 * 10**8, 3 * 10**8), 1800)
     cap_s = 1.0
     sender = Sender(
-        r.secret, timeout_s=2.0, concurrency=4, schedule=RetrySchedule(0.2, cap_s, 3600)
+        [huge.endpoint, far.endpoint],
+        timeout_s=2.0,
+        concurrency=4,
+        schedule=RetrySchedule(0.2, cap_s, 3600),
     )
 
     async def deliver() -> tuple[list[store.Attempt], list[store.Attempt]]:
@@ -662,7 +666,7 @@ def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
     )
     flaky.answer = lambda n: (503, {}) if n < 3 else (200, {})  # every event fails 3 times
     strict.answer = lambda n: (422, {})  # the first event of each incident is dead at once
-    r.env["TIANYAN_RESCUE_WEBHOOK_URL"] = f"{flaky.url} {strict.url}"
+    r.send_to(flaky, strict)
     first, again = trapped(0, 0), trapped(0, 200)
     other = overload(1, 5)
     alerts = [first, again, cleared(again), other, cleared(other)]
@@ -690,7 +694,7 @@ def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
                 r.scalar(
                     "SELECT count(*) FROM webhook_delivery"
                     " WHERE endpoint = %s AND status = 'delivered'",
-                    flaky.url,
+                    flaky.name,
                 )
                 == 5
             ),
@@ -706,13 +710,13 @@ def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
             for x in r.query(
                 "SELECT webhook_id FROM webhook_delivery WHERE endpoint = %s"
                 " AND event_type = 'incident.opened'",
-                strict.url,
+                strict.name,
             )
         )
         assert r.query(
             "SELECT status, attempts, count(*) FROM webhook_delivery WHERE endpoint = %s"
             " GROUP BY 1, 2 ORDER BY 1",
-            strict.url,
+            strict.name,
         ) == [("dead", 1, 2), ("pending", 0, 3)]
         strict.answer = lambda n: (200, {})
         subprocess.run([TIANYAN, "incidents", "redeliver", "--all-dead"], env=r.env, check=True)
@@ -721,7 +725,7 @@ def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
                 r.scalar(
                     "SELECT count(*) FROM webhook_delivery"
                     " WHERE endpoint = %s AND status = 'delivered'",
-                    strict.url,
+                    strict.name,
                 )
                 == 5
             ),

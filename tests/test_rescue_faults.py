@@ -105,7 +105,7 @@ def test_reassurance_refused_by_kafka_is_retried_until_the_trapping_is_applied(
         wait_for(
             lambda: (
                 'tianyan_dispatcher_alerts_total{result="retried"}'
-                in http("GET", f"{r.api}/metrics").text
+                in http("GET", f"{r.web}/metrics").text
             ),
             60,
             "the trapping to be retried while Kafka refuses its command",
@@ -148,7 +148,7 @@ def test_unreadable_alerts_go_to_the_dead_letter_topic_with_their_reason(
         for d in dead:
             reason = dict(d.headers)["reason"].decode()
             assert reason.startswith("the alert does not decode"), reason
-        metrics = http("GET", f"{r.api}/metrics").text
+        metrics = http("GET", f"{r.web}/metrics").text
         assert 'tianyan_dispatcher_alerts_total{result="dead_lettered"} 3.0' in metrics
     finally:
         r.stop_all()
@@ -166,7 +166,7 @@ def test_a_metrics_scrape_leaves_no_transaction_open(
         r.publish([trapped(0, 0)])
         wait_for(lambda: r.scalar("SELECT count(*) FROM incident") == 1, 60, "the incident")
         for _ in range(5):
-            assert http("GET", f"{r.api}/metrics").status_code == 200
+            assert http("GET", f"{r.web}/metrics").status_code == 200
             time.sleep(0.3)
         time.sleep(1.5)  # the escalation timer has run on that connection since
         with psycopg.connect(superuser_url) as conn:  # sees every role's sessions' state
@@ -194,7 +194,7 @@ def test_a_failing_timer_is_logged_and_counted_and_the_dispatcher_keeps_serving(
                 wait_for(
                     lambda: (
                         'tianyan_dispatcher_background_errors_total{task="escalation"}'
-                        in http("GET", f"{r.api}/metrics").text
+                        in http("GET", f"{r.web}/metrics").text
                     ),
                     30,
                     "the escalation failures to be counted",
@@ -205,7 +205,7 @@ def test_a_failing_timer_is_logged_and_counted_and_the_dispatcher_keeps_serving(
                 conn.execute("ALTER TABLE tianyan.incident_alert_away RENAME TO incident_alert")
         r.publish([trapped(0, 0)])
         wait_for(lambda: r.scalar("SELECT count(*) FROM incident") == 1, 60, "the incident")
-        assert http("GET", f"{r.api}/health").status_code == 200
+        assert http("GET", f"{r.web}/health").status_code == 200
         assert "background task escalation failed" in log.read_text()
     finally:
         r.stop_all()

@@ -57,7 +57,7 @@ def run(
     from registry.generate import generate
     from registry.store import upsert
     from rescue import store
-    from rescue.delivery import new_secret
+    from rescue.delivery import endpoint_name, new_secret
     from streams.producer import RawPublisher
 
     tag = uuid.uuid4().hex[:8]
@@ -134,8 +134,10 @@ def run(
         # (b) throughput from a full outbox
         _say(f"(b) {burst} deliveries queued with the dispatcher stopped …")
         run.group.stop("dispatcher")
-        config = store.DispatchConfig(
-            run.settings.rescue_webhook_urls, settings.escalation_after_s, 1800
+        config = store.DispatchConfig(  # endpoints by name, as the dispatcher queues them
+            tuple(endpoint_name(u) for u in run.settings.rescue_webhook_urls),
+            settings.escalation_after_s,
+            1800,
         )
         base_ms = int(time.time() * 1000)
         with psycopg.connect(run.writer_url) as conn:

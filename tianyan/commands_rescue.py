@@ -27,9 +27,11 @@ def dispatcher(loglevel: str) -> None:
     """Run the incident dispatcher: alerts → incidents → signed rescue webhooks.
 
     Consumes TIANYAN_ALERTS_TOPIC; delivers every incident change to each
-    TIANYAN_RESCUE_WEBHOOK_URL, signed with TIANYAN_RESCUE_WEBHOOK_SECRET; escalates
-    unacknowledged trappings; serves the acknowledgement API at
-    http://127.0.0.1:TIANYAN_DISPATCHER_WEB_PORT/incidents/ID/ACTION, metrics at /metrics.
+    TIANYAN_RESCUE_WEBHOOK_URL, signed with that endpoint's TIANYAN_RESCUE_WEBHOOK_SECRET;
+    escalates unacknowledged trappings; serves the acknowledgement API at
+    http://TIANYAN_RESCUE_API_BIND:TIANYAN_RESCUE_API_PORT/incidents/ID/ACTION (behind a TLS
+    reverse proxy), metrics at
+    http://TIANYAN_DISPATCHER_WEB_BIND:TIANYAN_DISPATCHER_WEB_PORT/metrics.
     """
     from faust.worker import Worker as FaustWorker
 
@@ -200,6 +202,11 @@ def audit_verify(database_url: str | None, anchors: bool) -> None:
     help="whsec_… (default: TIANYAN_RESCUE_WEBHOOK_SECRET).",
 )
 @click.option(
+    "--action-secret",
+    envvar="TIANYAN_RESCUE_ACTION_SECRET",
+    help="whsec_… that signs --acknowledge requests (default: TIANYAN_RESCUE_ACTION_SECRET).",
+)
+@click.option(
     "--journal",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append each event here (JSON Lines); seen ids are restored from it on start.",
@@ -211,7 +218,12 @@ def audit_verify(database_url: str | None, anchors: bool) -> None:
     help="Acknowledge each new incident at this dispatcher (e.g. http://127.0.0.1:6067).",
 )
 def rescue_receiver(
-    host: str, port: int, secret: str | None, journal: Path | None, acknowledge_url: str | None
+    host: str,
+    port: int,
+    secret: str | None,
+    action_secret: str | None,
+    journal: Path | None,
+    acknowledge_url: str | None,
 ) -> None:
     """Run the reference webhook receiver: verify, de-duplicate, log, acknowledge."""
     import logging
@@ -224,10 +236,16 @@ def rescue_receiver(
     if not secret:
         raise click.UsageError("give --secret or set TIANYAN_RESCUE_WEBHOOK_SECRET")
     try:
-        receiver = Receiver(secret, journal, acknowledge_url)
+        receiver = Receiver(secret, journal, acknowledge_url, action_secret=action_secret)
     except SecretError as e:
         raise click.ClickException(
-            str(e).replace("TIANYAN_RESCUE_WEBHOOK_SECRET", "--secret")
+            str(e)
+            .replace("TIANYAN_RESCUE_WEBHOOK_SECRET", "--secret")
+            .replace("TIANYAN_RESCUE_ACTION_SECRET", "--action-secret")
+        ) from e
+    except ValueError as e:
+        raise click.UsageError(
+            str(e).replace("(TIANYAN_RESCUE_ACTION_SECRET)", "(--action-secret)")
         ) from e
     logging.basicConfig(
         level=os.environ.get("TIANYAN_RECEIVER_LOGLEVEL", "INFO"),

@@ -108,6 +108,7 @@ def run(
             keep_database=True,  # for the person to look at
             rescue_webhook_urls=(f"http://127.0.0.1:{receiver_port}/96333",),
             rescue_webhook_secret=new_secret(),
+            rescue_action_secret=new_secret(),  # the platform's own, for its acknowledgements
             checkpoint_interval_s=1.0,
             grading_interval_s=0,  # the demo grades once, at the end
         ) as run:
@@ -138,7 +139,7 @@ def run(
                 receiver_port,
                 journal,
                 "--acknowledge",
-                f"http://127.0.0.1:{run.settings.dispatcher_web_port}",
+                f"http://127.0.0.1:{run.settings.rescue_api_port}",
             )
             run.start_dispatcher()
             for i in range(2):

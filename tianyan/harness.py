@@ -103,8 +103,12 @@ class Run:
     def start_dispatcher(
         self, name: str = "dispatcher", *, log: Path | None = None, **env: str
     ) -> subprocess.Popen[bytes]:
-        """The incident dispatcher, on the run's dispatcher port (or ``env``'s)."""
+        """The incident dispatcher, on the run's dispatcher port (or ``env``'s); a second
+        dispatcher given its own web port gets an acknowledgement API port of its own too."""
         port = int(env.get("TIANYAN_DISPATCHER_WEB_PORT", self.settings.dispatcher_web_port))
+        api_port = int(env.get("TIANYAN_RESCUE_API_PORT", self.settings.rescue_api_port))
+        if port != self.settings.dispatcher_web_port and api_port == self.settings.rescue_api_port:
+            env["TIANYAN_RESCUE_API_PORT"] = str(free_port())
         return self.start(name, ["dispatcher", "--loglevel", "warn"], port=port, log=log, **env)
 
     def start_receiver(self, port: int, journal: Path, *args: str) -> None:
@@ -205,6 +209,10 @@ def pipeline(
         worker_id=f"{database}-worker-{tag}",
         dispatcher_id=f"{database}-dispatcher-{tag}",
         dispatcher_web_port=free_port(),
+        rescue_api_port=free_port(),
+        # A harness run's receivers are local and speak plain http: allowed here, explicitly
+        # (TIANYAN_RESCUE_ALLOW_HTTP; off by default, where every endpoint must be https).
+        rescue_allow_http=True,
         **changes,
     )
     specs = topic_specs(run_settings)

@@ -28,6 +28,14 @@ DO $$ BEGIN
 END $$;
 -- The dispatcher takes evidence requests off their queue as it makes the copies.
 GRANT DELETE ON evidence_request TO tianyan_writer;
+-- The acknowledgement API forgets replay ids once they are too old to verify (the table
+-- comes with 0009: a database migrated to an earlier version has none yet).
+DO $$
+BEGIN
+    IF to_regclass('tianyan.action_nonce') IS NOT NULL THEN
+        GRANT DELETE ON tianyan.action_nonce TO tianyan_writer;
+    END IF;
+END $$;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA tianyan TO tianyan_writer;
 
 GRANT SELECT ON ALL TABLES IN SCHEMA tianyan TO tianyan_analyst, tianyan_regulator;
