@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from foundation.kafka_security import KafkaSecurity, kafka_python_config
 from foundation.settings import Settings
 from tianyan import stack
 
@@ -69,7 +70,14 @@ def fresh_topic(settings: Settings, request: pytest.FixtureRequest) -> Iterator[
     admin.close()
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list:
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 60.0,
+    *,
+    security: KafkaSecurity | None = None,
+) -> list:
     """Every record of ``topic`` (at least ``expected`` of them), per partition in offset order."""
     import time
 
@@ -81,6 +89,7 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
+        **kafka_python_config(security or KafkaSecurity()),
     )
     records: list = []
     deadline = time.monotonic() + timeout_s
