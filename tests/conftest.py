@@ -63,7 +63,9 @@ def fresh_topic(settings: Settings, request: pytest.FixtureRequest) -> Iterator[
     name = f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:8]}".replace("[", "_").replace(
         "]", ""
     )
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **kafka_python_config(settings.kafka_security)
+    )
     admin.create_topics([NewTopic(name, 4, 1)])
     yield name
     admin.delete_topics([name])

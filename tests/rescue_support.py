@@ -101,7 +101,9 @@ class Rescue:
         return f"http://127.0.0.1:{self.web_port}"
 
     def publish(self, alerts: list[Alert]) -> None:
-        with RawPublisher(self.settings.kafka_bootstrap, self.alerts_topic) as pub:
+        with RawPublisher(
+            self.settings.kafka_bootstrap, self.alerts_topic, security=self.settings.kafka_security
+        ) as pub:
             for a in alerts:
                 pub.publish(a.elevator_id.encode(), msgspec.json.encode(a))
 
