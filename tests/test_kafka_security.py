@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import msgspec
 import pytest
@@ -27,6 +29,7 @@ from registry.generate import generate
 from registry.store import upsert
 from rescue.ledger import read_anchors
 from streams.producer import PublishError, RawPublisher
+from tianyan import stack
 from tianyan.harness import TIANYAN, Run, pipeline
 from tianyan.stack import StackError
 from tianyan.stack.kafka import LocalKafka, check_kafka
@@ -45,11 +48,11 @@ START = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=4)
 
 @pytest.fixture(scope="module")
 def secure_kafka(settings: Settings) -> Iterator[LocalKafka]:
-    """The secure broker, running for this module."""
+    """The secure broker (``tianyan stack up --secure``), running for this module."""
     broker = LocalKafka(settings, secure=True)
     was_running = broker.pid() is not None
-    broker.install()
-    broker.start()
+    statuses = stack.up(settings, secure=True)
+    assert all(st.ok for st in statuses), statuses
     yield broker
     if not was_running:
         broker.stop()
@@ -94,8 +97,12 @@ def _tianyan(run: Run, env: dict[str, str], *args: str) -> str:
 
 def test_strangers_are_refused(settings: Settings, secure_kafka: LocalKafka) -> None:
     bootstrap = secure_kafka.bootstrap
-    # the admin, properly configured, is let in
-    assert "1 broker(s)" in check_kafka(bootstrap, security=secure_kafka.admin_security)
+    # the admin, configured as `stack up --secure` wrote its settings, is let in
+    lines = (secure_kafka.files.clients / "admin.env").read_text().splitlines()
+    with mock.patch.dict(os.environ, dict(line.split("=", 1) for line in lines)):
+        admin = Settings.from_env()
+    assert admin.kafka_bootstrap == bootstrap
+    assert "1 broker(s)" in check_kafka(bootstrap, security=admin.kafka_security)
     # plaintext on the SASL_SSL listener
     with pytest.raises(StackError):
         check_kafka(bootstrap, timeout_s=3)
