@@ -152,6 +152,7 @@ def test_each_component_is_confined_to_its_acls(secure_kafka: LocalKafka, secure
     assert pub.sent == 1
 
 
+@pytest.mark.slow  # the whole pipeline
 def test_pipeline_through_sasl_ssl(
     secure_kafka: LocalKafka, secure_run: Run, tmp_path: Path
 ) -> None:
