@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from foundation.kafka_security import KafkaSecurity, KafkaSecurityError
+
 #: The repository root: the local stack keeps its data and logs under ``var/`` here.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,6 +157,15 @@ class Settings:
     pg_read_statement_timeout_ms: int
     pg_read_connection_limit: int
     pg_read_temp_file_limit_mb: int
+    #: How every Kafka client connects: protocol, SASL user, TLS files
+    #: (``TIANYAN_KAFKA_SECURITY_PROTOCOL``, ``_SASL_*``, ``_SSL_*``); the client
+    #: configurations are built from it in
+    #: :mod:`foundation.kafka_security` alone.
+    kafka_security: KafkaSecurity
+    #: The local secure broker (``tianyan stack up --secure``): its SASL_SSL listener and its
+    #: controller's (mutual TLS) port.
+    kafka_secure_port: int
+    kafka_secure_controller_port: int
     #: Passwords ``tianyan db migrate`` gives the roles (SCRAM-SHA-256 verifiers, computed
     #: client-side), role → password; a role without one keeps what it has.
     pg_role_passwords: tuple[tuple[str, str], ...] = ()
@@ -236,6 +247,11 @@ class Settings:
                 for role, var in ROLE_PASSWORD_VARIABLES.items()
                 if os.environ.get(var)
             ),
+            kafka_security=_kafka_security(),
+            kafka_secure_port=_env_int("TIANYAN_KAFKA_SECURE_PORT", kafka_port + 2),
+            kafka_secure_controller_port=_env_int(
+                "TIANYAN_KAFKA_SECURE_CONTROLLER_PORT", kafka_port + 3
+            ),
         )
 
     def faust_datadir(self, app_id: str) -> str:
@@ -301,6 +317,9 @@ class Settings:
             "TIANYAN_PG_READ_STATEMENT_TIMEOUT_MS": str(self.pg_read_statement_timeout_ms),
             "TIANYAN_PG_READ_CONNECTION_LIMIT": str(self.pg_read_connection_limit),
             "TIANYAN_PG_READ_TEMP_FILE_LIMIT_MB": str(self.pg_read_temp_file_limit_mb),
+            "TIANYAN_KAFKA_SECURE_PORT": str(self.kafka_secure_port),
+            "TIANYAN_KAFKA_SECURE_CONTROLLER_PORT": str(self.kafka_secure_controller_port),
+            **kafka_security_env(self.kafka_security),
         }
         env.update({ROLE_PASSWORD_VARIABLES[role]: pw for role, pw in self.pg_role_passwords})
         optional = {
@@ -311,6 +330,41 @@ class Settings:
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         return env
+
+
+def _kafka_security() -> KafkaSecurity:
+    try:
+        return KafkaSecurity(
+            protocol=_env("TIANYAN_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
+            sasl_mechanism=_env("TIANYAN_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512").upper(),
+            sasl_username=os.environ.get("TIANYAN_KAFKA_SASL_USERNAME") or None,
+            sasl_password=os.environ.get("TIANYAN_KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=os.environ.get("TIANYAN_KAFKA_SSL_CAFILE") or None,
+            ssl_certfile=os.environ.get("TIANYAN_KAFKA_SSL_CERTFILE") or None,
+            ssl_keyfile=os.environ.get("TIANYAN_KAFKA_SSL_KEYFILE") or None,
+            ssl_check_hostname=_env_bool("TIANYAN_KAFKA_SSL_CHECK_HOSTNAME", True),
+        )
+    except KafkaSecurityError as e:
+        raise SettingsError(str(e)) from None
+
+
+def kafka_security_env(security: KafkaSecurity) -> dict[str, str]:
+    """The ``TIANYAN_KAFKA_*`` security variables that :meth:`Settings.from_env` reads back as
+    ``security``."""
+    env = {
+        "TIANYAN_KAFKA_SECURITY_PROTOCOL": security.protocol,
+        "TIANYAN_KAFKA_SASL_MECHANISM": security.sasl_mechanism,
+        "TIANYAN_KAFKA_SSL_CHECK_HOSTNAME": "on" if security.ssl_check_hostname else "off",
+    }
+    optional = {
+        "TIANYAN_KAFKA_SASL_USERNAME": security.sasl_username,
+        "TIANYAN_KAFKA_SASL_PASSWORD": security.sasl_password,
+        "TIANYAN_KAFKA_SSL_CAFILE": security.ssl_cafile,
+        "TIANYAN_KAFKA_SSL_CERTFILE": security.ssl_certfile,
+        "TIANYAN_KAFKA_SSL_KEYFILE": security.ssl_keyfile,
+    }
+    env.update({k: v for k, v in optional.items() if v is not None})
+    return env
 
 
 def role_url(database_url: str, role: str) -> str:

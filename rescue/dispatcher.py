@@ -45,6 +45,7 @@ from limits.strategies import MovingWindowRateLimiter
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from detectors.alerts import Alert
+from foundation.kafka_security import faust_credentials
 from foundation.settings import Settings
 from streams.background import keep_serving
 from streams.metrics import exposition
@@ -237,6 +238,7 @@ class Dispatcher:
             settings.device_commands_topic,
             linger_ms=0,
             delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
+            security=settings.kafka_security,
         )
         self.wake = asyncio.Event()
         self.results: asyncio.Queue[store.Attempt] = asyncio.Queue()
@@ -651,6 +653,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
     app = faust.App(
         settings.dispatcher_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings.kafka_security),
         store="memory://",
         datadir=settings.faust_datadir(settings.dispatcher_id),
         topic_replication_factor=1,

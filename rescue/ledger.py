@@ -41,6 +41,8 @@ from typing import Any, Final
 import psycopg
 from psycopg.rows import dict_row
 
+from foundation.kafka_security import KafkaSecurity, kafka_python_config
+
 from .store import EVENT_COLUMNS, SNAPSHOT_COLUMNS, snapshot
 
 GENESIS: Final = bytes(32)
@@ -193,18 +195,27 @@ def anchor_value(anchor: Anchor) -> bytes:
     return json.dumps(anchor.__dict__).encode()
 
 
-def read_anchors(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Anchor]:
+def read_anchors(
+    bootstrap: str, topic: str, timeout_s: float = 10.0, *, security: KafkaSecurity | None = None
+) -> list[Anchor]:
     """Every anchor on ``topic``, oldest first. The topic is the ledger's own (one per
     database): every anchor on it must be of the ledger's chain."""
     import time
 
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        **kafka_python_config(security or KafkaSecurity()),
+    )
     try:
         partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            raise LookupError(f"the anchors topic {topic!r} does not exist")
+        if not partitions:
+            raise LookupError(
+                f"the anchors topic {topic!r} does not exist (or the Kafka user may not read it)"
+            )
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)

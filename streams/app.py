@@ -31,6 +31,7 @@ from faust.types import Message
 from faust.web import Request, Response, View
 
 from detectors.thresholds import ElevatorLimits, load_thresholds
+from foundation.kafka_security import faust_credentials
 from foundation.settings import Settings
 
 from . import metrics
@@ -133,6 +134,7 @@ class Worker:
             settings.quarantine_topic,
             linger_ms=5,
             delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
+            security=settings.kafka_security,
         )
         self.last_turn = time.monotonic()
         self._dirty: dict[str, int] = {}
@@ -337,6 +339,7 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     app = BatchingApp(
         settings.worker_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings.kafka_security),
         store="memory://",
         datadir=settings.faust_datadir(settings.worker_id),
         topic_partitions=settings.raw_partitions,

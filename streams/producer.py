@@ -17,6 +17,8 @@ from types import TracebackType
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from foundation.kafka_security import KafkaSecurity, confluent_config
+
 
 class PublishError(RuntimeError):
     """Kafka did not accept some messages; the count and first reason say which."""
@@ -51,6 +53,8 @@ class RawPublisher:
         How long the client retries a record before reporting it failed (librdkafka's
         ``message.timeout.ms``). A failed record is not forgotten: :meth:`flush` sends it
         again, and raises until every record is acknowledged.
+    security
+        TLS and SASL (``settings.kafka_security``); None: plaintext.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class RawPublisher:
         *,
         linger_ms: int = 20,
         delivery_timeout_ms: int = 300_000,
+        security: KafkaSecurity | None = None,
     ) -> None:
         if not topic:
             raise ValueError("topic: a topic name is required")
@@ -84,6 +89,7 @@ class RawPublisher:
             # land on the same partition whichever client a terminal or tool uses.
             "partitioner": "murmur2_random",
             "error_cb": self._on_error,
+            **confluent_config(security or KafkaSecurity()),
         }
         self._producer = Producer(self._config)
         try:
@@ -91,6 +97,15 @@ class RawPublisher:
         except KafkaException as e:
             raise PublishError(f"Kafka does not answer at {bootstrap}: {e}") from e
         topic_md = metadata.topics.get(topic)
+        if (
+            topic_md is not None
+            and topic_md.error is not None
+            and topic_md.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        ):
+            raise PublishError(
+                f"not allowed to publish to {topic!r} on {bootstrap}: the Kafka user "
+                f"{(security or KafkaSecurity()).sasl_username or '(none)'} has no ACL for it"
+            )
         if topic_md is None or topic_md.error is not None:
             raise PublishError(
                 f"topic {topic!r} does not exist on {bootstrap} "

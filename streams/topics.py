@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from foundation.kafka_security import KafkaSecurity, kafka_python_config
 from foundation.settings import Settings
 
 _DAY_MS = 24 * 3600 * 1000
@@ -46,7 +47,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 def ensure_topics(
-    bootstrap: str, specs: list[TopicSpec], replication_factor: int = 1, *, stall_s: float = 60.0
+    bootstrap: str,
+    specs: list[TopicSpec],
+    replication_factor: int = 1,
+    *,
+    stall_s: float = 60.0,
+    security: KafkaSecurity | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet and wait until every partition of every
     topic has a leader (a producer started at once would otherwise meet partitions its
@@ -57,7 +63,11 @@ def ensure_topics(
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="tianyan-topics")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="tianyan-topics",
+        **kafka_python_config(security or KafkaSecurity()),
+    )
     try:
         existing = set(admin.list_topics())
         new = [

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from foundation.kafka_security import KafkaSecurity, kafka_python_config
 from foundation.settings import Settings
 from tianyan import stack
 
@@ -62,14 +63,23 @@ def fresh_topic(settings: Settings, request: pytest.FixtureRequest) -> Iterator[
     name = f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:8]}".replace("[", "_").replace(
         "]", ""
     )
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **kafka_python_config(settings.kafka_security)
+    )
     admin.create_topics([NewTopic(name, 4, 1)])
     yield name
     admin.delete_topics([name])
     admin.close()
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list:
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 60.0,
+    *,
+    security: KafkaSecurity | None = None,
+) -> list:
     """Every record of ``topic`` (at least ``expected`` of them), per partition in offset order."""
     import time
 
@@ -81,6 +91,7 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
+        **kafka_python_config(security or KafkaSecurity()),
     )
     records: list = []
     deadline = time.monotonic() + timeout_s

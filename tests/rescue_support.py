@@ -117,7 +117,9 @@ class Rescue:
         self.env["TIANYAN_RESCUE_WEBHOOK_SECRET"] = " ".join(self.secret for _ in receivers)
 
     def publish(self, alerts: list[Alert]) -> None:
-        with RawPublisher(self.settings.kafka_bootstrap, self.alerts_topic) as pub:
+        with RawPublisher(
+            self.settings.kafka_bootstrap, self.alerts_topic, security=self.settings.kafka_security
+        ) as pub:
             for a in alerts:
                 pub.publish(a.elevator_id.encode(), msgspec.json.encode(a))
 

@@ -9,6 +9,7 @@ from unittest import mock
 
 import pytest
 
+from foundation.kafka_security import KafkaSecurity
 from foundation.settings import Settings, SettingsError
 
 
@@ -32,6 +33,16 @@ def test_to_env_reads_back_as_the_same_settings() -> None:
         detectors_enabled=False,
         escalation_after_s=(10, 20, 30),
         raw_topic="city.raw",
+        kafka_security=KafkaSecurity(
+            protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-256",
+            sasl_username="worker",
+            sasl_password="s3cret",
+            ssl_cafile="/etc/tianyan/ca.pem",
+            ssl_certfile="/etc/tianyan/worker.pem",
+            ssl_keyfile="/etc/tianyan/worker.key",
+            ssl_check_hostname=False,
+        ),
     )
     for settings in (defaults, changed):
         with mock.patch.dict(os.environ, settings.to_env(), clear=True):
@@ -42,5 +53,13 @@ def test_a_bad_value_is_named() -> None:
     with (
         mock.patch.dict(os.environ, {"TIANYAN_ESCALATION_AFTER_S": "30,20,10"}, clear=True),
         pytest.raises(SettingsError, match="TIANYAN_ESCALATION_AFTER_S"),
+    ):
+        Settings.from_env()
+
+
+def test_kafka_security_that_cannot_work_is_named() -> None:
+    with (
+        mock.patch.dict(os.environ, {"TIANYAN_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, clear=True),
+        pytest.raises(SettingsError, match="TIANYAN_KAFKA_SASL_USERNAME"),
     ):
         Settings.from_env()

@@ -30,6 +30,7 @@ from pathlib import Path
 import psycopg
 
 from foundation import contract
+from foundation.kafka_security import aiokafka_config
 from foundation.settings import PROJECT_ROOT, Settings
 from replay.sources import peek_key
 from streams.producer import RawPublisher
@@ -89,6 +90,7 @@ def ceiling(settings: Settings, topic: str, expected: int) -> float:
             enable_auto_commit=False,
             group_id=None,
             max_poll_records=5000,
+            **aiokafka_config(settings.kafka_security),
         )
         await consumer.start()
         n, started = 0, None
@@ -207,7 +209,9 @@ def latency(run: Run, cfg: BenchConfig, tmp: Path) -> dict[str, float]:
     try:
         # Publish each message when its last sample has happened, as a terminal would.
         raw = run.settings.raw_topic
-        with RawPublisher(run.settings.kafka_bootstrap, raw, linger_ms=5) as pub:
+        with RawPublisher(
+            run.settings.kafka_bootstrap, raw, linger_ms=5, security=run.settings.kafka_security
+        ) as pub:
             for due, key, line in timed:
                 wait = due - time.time()
                 if wait > 0:

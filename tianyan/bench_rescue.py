@@ -91,7 +91,9 @@ def run(
         n = int(rate_per_s * duration_s)
         _say(f"(a) {n} alerts at {rate_per_s:g}/s to the dispatcher …")
         interval = 1.0 / rate_per_s
-        with RawPublisher(settings.kafka_bootstrap, alerts_topic, linger_ms=0) as pub:
+        with RawPublisher(
+            settings.kafka_bootstrap, alerts_topic, linger_ms=0, security=settings.kafka_security
+        ) as pub:
             next_at = time.monotonic()
             for i in range(n):
                 car = fleet[i % len(fleet)]
@@ -248,7 +250,8 @@ def _power_cut(
     for i in range(2):
         run.start_worker(f"worker {i + 1}")
     bootstrap = run.settings.kafka_bootstrap
-    with RawPublisher(bootstrap, run.settings.raw_topic) as pub:
+    security = run.settings.kafka_security
+    with RawPublisher(bootstrap, run.settings.raw_topic, security=security) as pub:
         telemetry = replay(from_jsonl(stream), pub, progress=False).messages
     _say(f"(c) {telemetry} telemetry messages for the workers; the power cut begins …")
     rng = random.Random(96333)
@@ -263,7 +266,7 @@ def _power_cut(
     interval = seconds / len(kinds)
     keys: list[str] = []
     t0 = time.monotonic()
-    with RawPublisher(bootstrap, run.settings.alerts_topic, linger_ms=5) as pub:
+    with RawPublisher(bootstrap, run.settings.alerts_topic, linger_ms=5, security=security) as pub:
         for i, (kind, elevator_id) in enumerate(kinds):
             now_ms = int(time.time() * 1000)
             alert = make_alert(
@@ -332,7 +335,11 @@ def _drain(run: Run, wait_count: Any, fleet: list[Any], *, n: int) -> dict[str, 
     run.group.stop("dispatcher")
     base_ms = int(time.time() * 1000)
     ids = []
-    with RawPublisher(run.settings.kafka_bootstrap, run.settings.alerts_topic) as pub:
+    with RawPublisher(
+        run.settings.kafka_bootstrap,
+        run.settings.alerts_topic,
+        security=run.settings.kafka_security,
+    ) as pub:
         for i in range(n):
             car = fleet[i % len(fleet)].registration_code
             alert = make_alert(car, "terminal_fault", base_ms + i, base_ms + i, {"i": i})

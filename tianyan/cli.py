@@ -35,16 +35,27 @@ def _print_status(statuses: list) -> bool:
 
 
 @stack.command("up")
-def stack_up() -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Run the broker with a SASL_SSL listener (SCRAM-SHA-512, a local CA) and ACLs on "
+    "TIANYAN_KAFKA_SECURE_PORT; each component's settings go to var/kafka-secure/clients/.",
+)
+def stack_up(secure: bool) -> None:
     """Install what is missing (once), start both services, wait until they answer."""
     from tianyan import stack as local_stack
 
     started = time.monotonic()
+    settings = _settings()
     try:
-        statuses = local_stack.up(_settings())
+        statuses = local_stack.up(settings, secure=secure)
     except local_stack.StackError as e:
         raise click.ClickException(str(e)) from e
     ok = _print_status(statuses)
+    if secure:
+        clients = settings.var_dir / "kafka-secure" / "clients"
+        click.echo(f"secure broker at 127.0.0.1:{settings.kafka_secure_port}; each component's")
+        click.echo(f"TIANYAN_KAFKA_* settings: {clients}/<admin|worker|dispatcher|...>.env")
     click.echo(f"stack up in {time.monotonic() - started:.1f} s")
     sys.exit(0 if ok else 1)
 
@@ -146,7 +157,7 @@ def topics_ensure() -> None:
     from streams.topics import ensure_topics, topic_specs
 
     s = _settings()
-    created = ensure_topics(s.kafka_bootstrap, topic_specs(s))
+    created = ensure_topics(s.kafka_bootstrap, topic_specs(s), security=s.kafka_security)
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
@@ -372,7 +383,9 @@ def simulate(
             progress=not quiet,
         )
     else:
-        with RawPublisher(settings.kafka_bootstrap, settings.raw_topic) as publisher:
+        with RawPublisher(
+            settings.kafka_bootstrap, settings.raw_topic, security=settings.kafka_security
+        ) as publisher:
             output = simulator.KafkaOutput(publisher, settings.database_url)
             summary = simulator.simulate(
                 scenario,
@@ -492,7 +505,9 @@ def replay_command(
             items = rp.from_database(
                 settings.database_url, lo, hi, elevators=elevators, districts=districts
             )
-        publisher = RawPublisher(settings.kafka_bootstrap, topic or settings.raw_topic)
+        publisher = RawPublisher(
+            settings.kafka_bootstrap, topic or settings.raw_topic, security=settings.kafka_security
+        )
         summary = rp.replay(items, publisher, speed=speed, total=total, progress=not quiet)
     except (rp.ReplaySourceError, PublishError) as e:
         raise click.ClickException(str(e)) from e

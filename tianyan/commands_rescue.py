@@ -162,7 +162,11 @@ def audit_verify(database_url: str | None, anchors: bool) -> None:
     published = []
     if anchors:
         try:
-            published = read_anchors(settings.kafka_bootstrap, settings.audit_anchors_topic)
+            published = read_anchors(
+                settings.kafka_bootstrap,
+                settings.audit_anchors_topic,
+                security=settings.kafka_security,
+            )
         except Exception as e:  # Kafka down, topic missing: say so, verify nothing half-way
             raise click.ClickException(
                 f"cannot read the ledger anchors from {settings.audit_anchors_topic} at"

@@ -15,6 +15,7 @@ import psycopg
 
 from foundation import contract
 from foundation.contract import Samples, TelemetryMessage
+from foundation.kafka_security import kafka_python_config
 from foundation.settings import Settings
 from streams.producer import RawPublisher
 from streams.sinks import TimescaleSink
@@ -98,7 +99,9 @@ def run(settings: Settings, say: Callable[[str], None] = print) -> DemoResult:
     from kafka import KafkaConsumer, TopicPartition
 
     started = time.monotonic()
-    created = ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    created = ensure_topics(
+        settings.kafka_bootstrap, topic_specs(settings), security=settings.kafka_security
+    )
     if created:
         say(f"created topics: {', '.join(created)}")
     now_ms = int(time.time() * 1000)
@@ -112,6 +115,7 @@ def run(settings: Settings, say: Callable[[str], None] = print) -> DemoResult:
         bootstrap_servers=settings.kafka_bootstrap,
         enable_auto_commit=False,
         client_id="tianyan-demo",
+        **kafka_python_config(settings.kafka_security),
     )
     parts = [
         TopicPartition(settings.raw_topic, p)
@@ -121,7 +125,9 @@ def run(settings: Settings, say: Callable[[str], None] = print) -> DemoResult:
     # Read back from where the topic ended before this run's messages.
     for tp, offset in consumer.end_offsets(parts).items():
         consumer.seek(tp, offset)
-    with RawPublisher(settings.kafka_bootstrap, settings.raw_topic) as publisher:
+    with RawPublisher(
+        settings.kafka_bootstrap, settings.raw_topic, security=settings.kafka_security
+    ) as publisher:
         for key, value in payloads:
             publisher.publish(key, value)
     say(

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from foundation.kafka_security import kafka_python_config
 from foundation.settings import Settings, role_url
 from tianyan.processes import ServiceGroup, free_port, listening, services, wait_for_progress
 
@@ -126,7 +127,11 @@ class Run:
         from replay import from_jsonl, replay
         from streams.producer import RawPublisher
 
-        with RawPublisher(self.settings.kafka_bootstrap, self.settings.raw_topic) as pub:
+        with RawPublisher(
+            self.settings.kafka_bootstrap,
+            self.settings.raw_topic,
+            security=self.settings.kafka_security,
+        ) as pub:
             return replay(from_jsonl(stream), pub, speed=speed, progress=False)
 
     # -- waiting and reading ----------------------------------------------------------------
@@ -218,7 +223,7 @@ def pipeline(
     specs = topic_specs(run_settings)
     try:
         migrate(admin_url)
-        ensure_topics(settings.kafka_bootstrap, specs)
+        ensure_topics(settings.kafka_bootstrap, specs, security=settings.kafka_security)
         with services() as group:
             yield Run(run_settings, admin_url, group, work)
     finally:
@@ -237,7 +242,10 @@ def _clean_up(
     from kafka import KafkaAdminClient
 
     try:
-        kafka = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        kafka = KafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap,
+            **kafka_python_config(settings.kafka_security),
+        )
         try:
             made = {
                 t

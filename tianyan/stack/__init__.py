@@ -8,6 +8,7 @@ settings point at, local or not.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from foundation.settings import Settings
 
 from .errors import StackError
 from .kafka import LocalKafka, check_kafka
+from .kafka_secure import ADMIN, acl_plan, grant, secure_settings
 from .postgres import LocalPostgres, check_database
 
 __all__ = ["ServiceStatus", "StackError", "down", "status", "up"]
@@ -30,10 +32,16 @@ class ServiceStatus:
     detail: str
 
 
-def up(settings: Settings) -> list[ServiceStatus]:
-    """Install (once) and start both services; idempotent."""
+def up(settings: Settings, *, secure: bool = False) -> list[ServiceStatus]:
+    """Install (once) and start both services; idempotent.
+
+    ``secure``: the broker under ``var/kafka-secure`` (SASL_SSL, SCRAM users, ACLs) instead of
+    the plaintext one; the pipeline's topics are created on it and each component granted
+    its ACLs on them (:func:`.kafka_secure.acl_plan`), and each user's ``TIANYAN_KAFKA_*``
+    variables written to ``var/kafka-secure/clients/<user>.env``.
+    """
     pg = LocalPostgres(settings)
-    kafka = LocalKafka(settings)
+    kafka = LocalKafka(settings, secure=secure)
     pg.install()
     kafka.install()
     if subprocess.run(["bash", str(FONTS_SCRIPT)]).returncode != 0:
@@ -42,11 +50,21 @@ def up(settings: Settings) -> list[ServiceStatus]:
     pg.start()
     pg.bootstrap()
     kafka.start()
+    if secure:
+        from streams.topics import ensure_topics, topic_specs
+
+        admin = secure_settings(settings, kafka.files, ADMIN)
+        ensure_topics(admin.kafka_bootstrap, topic_specs(admin), security=admin.kafka_security)
+        grant(admin.kafka_bootstrap, admin.kafka_security, acl_plan(admin))
+        kafka.files.write_client_envs(settings)
+        return status(admin)
     return status(settings)
 
 
 def down(settings: Settings) -> None:
-    """Stop both local services; their data stay under ``var/``."""
+    """Stop the local services (both brokers, plaintext and secure); their data stay under
+    ``var/``."""
+    LocalKafka(settings, secure=True).stop()
     LocalKafka(settings).stop()
     LocalPostgres(settings).stop()
 
@@ -54,12 +72,13 @@ def down(settings: Settings) -> None:
 def status(settings: Settings) -> list[ServiceStatus]:
     """Ask Kafka and TimescaleDB whether they answer."""
     result = []
-    for name, probe, target in (
-        ("kafka", check_kafka, settings.kafka_bootstrap),
-        ("timescaledb", check_database, settings.admin_database_url),
-    ):
+    probes: tuple[tuple[str, Callable[[], str]], ...] = (
+        ("kafka", lambda: check_kafka(settings.kafka_bootstrap, security=settings.kafka_security)),
+        ("timescaledb", lambda: check_database(settings.admin_database_url)),
+    )
+    for name, probe in probes:
         try:
-            result.append(ServiceStatus(name, True, probe(target)))
+            result.append(ServiceStatus(name, True, probe()))
         except StackError as e:
             result.append(ServiceStatus(name, False, str(e)))
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -12,9 +13,11 @@ import time
 import uuid
 from pathlib import Path
 
+from foundation.kafka_security import KafkaSecurity, kafka_python_config
 from foundation.settings import Settings
 
 from .errors import StackError
+from .kafka_secure import ADMIN, SecureKafkaFiles
 
 HERE = Path(__file__).parent
 POM = HERE / "pom.xml"
@@ -44,16 +47,35 @@ def new_cluster_id() -> str:
 
 
 class LocalKafka:
-    """The broker under ``var/kafka``: jars, data, configuration and pid file."""
+    """The broker under ``var/kafka``: jars, data, configuration and pid file.
 
-    def __init__(self, settings: Settings) -> None:
+    ``secure``: the broker under ``var/kafka-secure`` instead, with a SASL_SSL listener on
+    ``settings.kafka_secure_port`` and ACLs (see :mod:`.kafka_secure`); it shares the jars.
+    """
+
+    def __init__(self, settings: Settings, *, secure: bool = False) -> None:
         self.settings = settings
-        self.root = settings.var_dir / "kafka"
-        self.jars = self.root / "jars"
+        self.secure = secure
+        self.root = settings.var_dir / ("kafka-secure" if secure else "kafka")
+        self.files = SecureKafkaFiles(self.root)
+        self.jars = settings.var_dir / "kafka" / "jars"
         self.data = self.root / "data"
         self.config = self.root / "server.properties"
         self.pid_file = self.root / "kafka.pid"
-        self.log = settings.var_dir / "log" / "kafka.log"
+        self.log = settings.var_dir / "log" / ("kafka-secure.log" if secure else "kafka.log")
+
+    @property
+    def bootstrap(self) -> str:
+        if self.secure:
+            return f"127.0.0.1:{self.settings.kafka_secure_port}"
+        return self.settings.kafka_bootstrap
+
+    @property
+    def admin_security(self) -> KafkaSecurity:
+        """How the stack itself (status, topics, ACLs) connects to this broker."""
+        if self.secure:
+            return self.files.security(ADMIN)
+        return self.settings.kafka_security
 
     # -- jars ---------------------------------------------------------------------------------
     def install(self) -> None:
@@ -89,16 +111,27 @@ class LocalKafka:
     # -- configuration and storage ---------------------------------------------------------
     def _write_config(self) -> None:
         s = self.settings
+        if self.secure:
+            self.files.make_tls()
+            controller_port = s.kafka_secure_controller_port
+            listeners = self.files.server_properties(s)
+        else:
+            controller_port = s.kafka_controller_port
+            listeners = (
+                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},"
+                f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}\n"
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}\n"
+                "controller.listener.names=CONTROLLER\n"
+                "inter.broker.listener.name=PLAINTEXT\n"
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+            )
+        self.config.touch(mode=0o600)
         self.config.write_text(
             "# Written by `tianyan stack up`; edits are overwritten.\n"
             "process.roles=broker,controller\n"
             "node.id=1\n"
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{s.kafka_controller_port}\n"
-            f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}\n"
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}\n"
-            "controller.listener.names=CONTROLLER\n"
-            "inter.broker.listener.name=PLAINTEXT\n"
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}\n"
+            f"{listeners}"
             f"log.dirs={self.data}\n"
             f"num.partitions={s.raw_partitions}\n"
             # One node: every internal topic has a single replica.
@@ -131,6 +164,7 @@ class LocalKafka:
                 cluster_id,
                 "--config",
                 str(self.config),
+                *(self.files.scram_arguments() if self.secure else []),
             ],
             capture_output=True,
             text=True,
@@ -154,9 +188,38 @@ class LocalKafka:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self._format()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            log_start = self.log.stat().st_size if self.log.exists() else 0
+            proc = self._spawn()
+            self.pid_file.write_text(str(proc.pid))
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    break
+                try:
+                    check_kafka(self.bootstrap, timeout_s=3, security=self.admin_security)
+                    return
+                except StackError:
+                    time.sleep(0.5)
+            else:
+                raise StackError(
+                    f"the Kafka broker did not answer within {timeout_s:.0f} s; see {self.log}"
+                )
+            with self.log.open("rb") as f:
+                f.seek(log_start)
+                output = f.read().decode(errors="replace")
+            # A port of the local range may be held a minute by a client connection's
+            # TIME_WAIT (another program's ephemeral port): wait for it rather than fail.
+            if "Address already in use" in output and time.monotonic() + 5 < deadline:
+                time.sleep(5)
+                continue
+            tail = "\n".join(output.splitlines()[-10:])
+            raise StackError(f"the Kafka broker exited with {proc.returncode}:\n{tail}")
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         heap = f"{self.settings.kafka_heap_mb}m"
         with self.log.open("ab") as log:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 [
                     "java",
                     f"-Xmx{heap}",
@@ -173,20 +236,6 @@ class LocalKafka:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.pid_file.write_text(str(proc.pid))
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-10:])
-                raise StackError(f"the Kafka broker exited with {proc.returncode}:\n{tail}")
-            try:
-                check_kafka(self.settings.kafka_bootstrap, timeout_s=3)
-                return
-            except StackError:
-                time.sleep(0.5)
-        raise StackError(
-            f"the Kafka broker did not answer within {timeout_s:.0f} s; see {self.log}"
-        )
 
     def stop(self, timeout_s: float = 60.0) -> None:
         pid = self.pid()
@@ -197,6 +246,10 @@ class LocalKafka:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
+                # Reap it when this process started it (a test's fixture): a zombie would
+                # still answer the signal 0 below.
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
                 os.kill(pid, 0)
             except ProcessLookupError:
                 break
@@ -206,7 +259,9 @@ class LocalKafka:
         self.pid_file.unlink(missing_ok=True)
 
 
-def check_kafka(bootstrap: str, timeout_s: float = 5.0) -> str:
+def check_kafka(
+    bootstrap: str, timeout_s: float = 5.0, *, security: KafkaSecurity | None = None
+) -> str:
     """Ask the cluster for its metadata; raises :class:`StackError` if it does not answer."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
@@ -218,6 +273,7 @@ def check_kafka(bootstrap: str, timeout_s: float = 5.0) -> str:
             request_timeout_ms=ms,
             bootstrap_timeout_ms=ms,
             client_id="tianyan-status",
+            **kafka_python_config(security or KafkaSecurity()),
         )
     except (KafkaError, OSError, ValueError) as e:
         raise StackError(f"Kafka does not answer at {bootstrap}: {e}") from e
