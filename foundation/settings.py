@@ -109,6 +109,27 @@ class Settings:
     arrival_target_s: int
     audit_anchors_topic: str
     audit_anchor_interval_s: int
+    # the MQTT broker terminals connect to, and the gateway that bridges it to Kafka
+    #: Start the broker under ``var/mosquitto`` with the stack (off: an existing broker).
+    mqtt_local: bool
+    mqtt_host: str
+    #: The plain listener (the local broker binds it to localhost only, for development).
+    mqtt_port: int
+    #: The TLS listener terminals use.
+    mqtt_tls_port: int
+    #: The gateway connects with TLS (to ``mqtt_tls_port``, trusting ``mqtt_ca_file``).
+    mqtt_tls: bool
+    mqtt_ca_file: Path
+    mqtt_gateway_username: str
+    #: None: the local broker's generated password, read from ``var/mosquitto``.
+    mqtt_gateway_password: str | None
+    #: Shared-subscription group the gateways split the terminals' telemetry in.
+    mqtt_share_group: str
+    #: MQTT v5 Receive Maximum of each gateway: QoS 1 messages the broker sends before it
+    #: waits for acknowledgements, which are given only once Kafka has the message.
+    gateway_inflight_messages: int
+    gateway_id: str
+    gateway_web_port: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -171,6 +192,20 @@ class Settings:
             arrival_target_s=_env_int("TIANYAN_ARRIVAL_TARGET_S", 1800),
             audit_anchors_topic=_env("TIANYAN_AUDIT_ANCHORS_TOPIC", "tianyan.audit.anchors"),
             audit_anchor_interval_s=_env_int("TIANYAN_AUDIT_ANCHOR_INTERVAL_S", 60),
+            mqtt_local=_env_bool("TIANYAN_MQTT_LOCAL", True),
+            mqtt_host=_env("TIANYAN_MQTT_HOST", "127.0.0.1"),
+            mqtt_port=_env_int("TIANYAN_MQTT_PORT", 1883),
+            mqtt_tls_port=_env_int("TIANYAN_MQTT_TLS_PORT", 8883),
+            mqtt_tls=_env_bool("TIANYAN_MQTT_TLS", False),
+            mqtt_ca_file=Path(
+                _env("TIANYAN_MQTT_CA_FILE", str(var_dir / "mosquitto" / "tls" / "ca.crt"))
+            ),
+            mqtt_gateway_username=_env("TIANYAN_MQTT_GATEWAY_USERNAME", "tianyan-gateway"),
+            mqtt_gateway_password=os.environ.get("TIANYAN_MQTT_GATEWAY_PASSWORD") or None,
+            mqtt_share_group=_env("TIANYAN_MQTT_SHARE_GROUP", "tianyan-gateways"),
+            gateway_inflight_messages=_env_int("TIANYAN_GATEWAY_INFLIGHT_MESSAGES", 2_000),
+            gateway_id=_env("TIANYAN_GATEWAY_ID", "tianyan-gateway"),
+            gateway_web_port=_env_int("TIANYAN_GATEWAY_WEB_PORT", 6068),
         )
 
     def faust_datadir(self, app_id: str) -> str:
@@ -226,11 +261,23 @@ class Settings:
             "TIANYAN_ARRIVAL_TARGET_S": str(self.arrival_target_s),
             "TIANYAN_AUDIT_ANCHORS_TOPIC": self.audit_anchors_topic,
             "TIANYAN_AUDIT_ANCHOR_INTERVAL_S": str(self.audit_anchor_interval_s),
+            "TIANYAN_MQTT_LOCAL": "on" if self.mqtt_local else "off",
+            "TIANYAN_MQTT_HOST": self.mqtt_host,
+            "TIANYAN_MQTT_PORT": str(self.mqtt_port),
+            "TIANYAN_MQTT_TLS_PORT": str(self.mqtt_tls_port),
+            "TIANYAN_MQTT_TLS": "on" if self.mqtt_tls else "off",
+            "TIANYAN_MQTT_CA_FILE": str(self.mqtt_ca_file),
+            "TIANYAN_MQTT_GATEWAY_USERNAME": self.mqtt_gateway_username,
+            "TIANYAN_MQTT_SHARE_GROUP": self.mqtt_share_group,
+            "TIANYAN_GATEWAY_INFLIGHT_MESSAGES": str(self.gateway_inflight_messages),
+            "TIANYAN_GATEWAY_ID": self.gateway_id,
+            "TIANYAN_GATEWAY_WEB_PORT": str(self.gateway_web_port),
         }
         optional = {
             "TIANYAN_THRESHOLDS_FILE": self.thresholds_file,
             "TIANYAN_RESCUE_WEBHOOK_SECRET": self.rescue_webhook_secret,
             "TIANYAN_RESCUE_API_TOKEN": self.rescue_api_token,
+            "TIANYAN_MQTT_GATEWAY_PASSWORD": self.mqtt_gateway_password,
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         return env

@@ -20,7 +20,12 @@ from .conftest import TIANYAN
 pytestmark = pytest.mark.slow
 
 VAR = PROJECT_ROOT / "var" / "test-stack"
-PORTS = {"TIANYAN_KAFKA_PORT": "29192", "TIANYAN_PG_PORT": "55442"}
+PORTS = {
+    "TIANYAN_KAFKA_PORT": "29192",
+    "TIANYAN_PG_PORT": "55442",
+    "TIANYAN_MQTT_PORT": "29883",
+    "TIANYAN_MQTT_TLS_PORT": "29884",
+}
 
 
 def _env(**extra: str) -> dict[str, str]:

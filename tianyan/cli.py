@@ -473,6 +473,74 @@ def worker(loglevel: str) -> None:
     FaustWorker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
+# -- MQTT: terminals and the gateway -------------------------------------------------------------
+@main.group()
+def terminals() -> None:
+    """Terminals' MQTT credentials on the local broker (username = registration code)."""
+
+
+@terminals.command("issue")
+@click.argument("terminal_ids", nargs=-1, required=True)
+def terminals_issue(terminal_ids: tuple[str, ...]) -> None:
+    """Create (or replace) each terminal's password; prints `ID PASSWORD` lines.
+
+    The passwords are also kept, readable by root only, under var/mosquitto/terminals/.
+    """
+    from tianyan import stack as local_stack
+
+    broker = local_stack.LocalMosquitto(_settings())
+    try:
+        for terminal_id in terminal_ids:
+            click.echo(f"{terminal_id} {broker.issue(terminal_id)}")
+    except local_stack.StackError as e:
+        raise click.ClickException(str(e)) from e
+    broker.reload()
+
+
+@terminals.command("revoke")
+@click.argument("terminal_ids", nargs=-1, required=True)
+def terminals_revoke(terminal_ids: tuple[str, ...]) -> None:
+    """Take the terminals' credentials away; the broker reloads (SIGHUP) and refuses them."""
+    from tianyan import stack as local_stack
+
+    broker = local_stack.LocalMosquitto(_settings())
+    unknown = [t for t in terminal_ids if not broker.revoke(t)]
+    broker.reload()
+    if unknown:
+        raise click.ClickException(f"no credential to revoke for: {', '.join(unknown)}")
+    click.echo(f"revoked: {', '.join(terminal_ids)}")
+
+
+@main.command()
+@click.option("--loglevel", type=click.Choice(["debug", "info", "warn", "error"]), default="info")
+def gateway(loglevel: str) -> None:
+    """Bridge every terminal's MQTT telemetry to the raw Kafka topic.
+
+    Start several, each with its own TIANYAN_GATEWAY_ID and TIANYAN_GATEWAY_WEB_PORT: they
+    share one subscription. Metrics at http://127.0.0.1:PORT/metrics, health at /health.
+    """
+    import logging
+    import logging.config
+    import signal
+
+    from streams.gateway import Gateway
+    from tianyan import stack as local_stack
+
+    logging.config.dictConfig(json_logging_config(loglevel))
+    settings = _settings()
+    try:
+        password = local_stack.LocalMosquitto(settings).gateway_password()
+    except local_stack.StackError as e:
+        raise click.ClickException(str(e)) from e
+    gw = Gateway(settings, password)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: gw.stopping.set())
+    try:
+        gw.run(web_port=settings.gateway_web_port)
+    except ConnectionError as e:
+        raise click.ClickException(str(e)) from e
+
+
 # -- bench -------------------------------------------------------------------------------------
 @main.group()
 def bench() -> None:
