@@ -21,6 +21,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
+import msgspec
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client import (
@@ -75,6 +76,15 @@ KAFKA_ACK_SECONDS = Histogram(
 )
 
 
+class _Identity(msgspec.Struct):
+    """The one field the gateway reads; the others are skipped unparsed."""
+
+    elevator_id: str | None = None
+
+
+_ID_DECODER = msgspec.json.Decoder(_Identity)
+
+
 def mismatch_reason(registration_code: str, payload: bytes) -> str | None:
     """Why a message published under ``registration_code`` must not be forwarded, or None.
 
@@ -89,13 +99,10 @@ def mismatch_reason(registration_code: str, payload: bytes) -> str | None:
     True
     """
     try:
-        message = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        elevator_id = _ID_DECODER.decode(payload).elevator_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if not isinstance(message, dict) or "elevator_id" not in message:
-        return None
-    elevator_id = message["elevator_id"]
-    if elevator_id != registration_code:
+    if elevator_id is not None and elevator_id != registration_code:
         return (
             f"elevator_id {elevator_id!r} differs from the topic's "
             f"registration code {registration_code!r}"

@@ -490,8 +490,8 @@ def terminals_issue(terminal_ids: tuple[str, ...]) -> None:
 
     broker = local_stack.LocalMosquitto(_settings())
     try:
-        for terminal_id in terminal_ids:
-            click.echo(f"{terminal_id} {broker.issue(terminal_id)}")
+        for terminal_id, password in broker.issue_many(list(terminal_ids)).items():
+            click.echo(f"{terminal_id} {password}")
     except local_stack.StackError as e:
         raise click.ClickException(str(e)) from e
     broker.reload()
@@ -588,6 +588,52 @@ def bench_stream(
             rate_msgs_per_s=rate,
             latency_s=latency_s,
             detectors=detectors,
+        ),
+    )
+    for key, value in result.items():
+        click.echo(f"{key:40} {value}")
+    click.echo(json.dumps(result))
+
+
+@bench.command("gateway")
+@click.option("--terminals", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--gateways", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--loaders",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Processes the simulated terminals are spread over.",
+)
+@click.option("--seconds", type=click.FloatRange(min=2), default=20.0, show_default=True)
+@click.option(
+    "--latency-rate",
+    type=click.FloatRange(min=1),
+    default=1000.0,
+    show_default=True,
+    help="Messages/s for the latency phase (a): below what the gateways can take.",
+)
+@click.option("--latency-seconds", type=click.FloatRange(min=2), default=15.0, show_default=True)
+def bench_gateway(
+    terminals: int,
+    gateways: int,
+    loaders: int,
+    seconds: float,
+    latency_rate: float,
+    latency_seconds: float,
+) -> None:
+    """MQTT ingress: terminals → Mosquitto → gateway → Kafka, msgs/s, p99, RSS, gateways needed."""
+    from tianyan.bench_gateway import GatewayBenchConfig, run
+
+    result = run(
+        _settings(),
+        GatewayBenchConfig(
+            terminals=terminals,
+            gateways=gateways,
+            loaders=loaders,
+            throughput_s=seconds,
+            latency_s=latency_seconds,
+            latency_rate_msgs_per_s=latency_rate,
         ),
     )
     for key, value in result.items():

@@ -177,18 +177,41 @@ class LocalMosquitto:
     # -- credentials --------------------------------------------------------------------------
     def issue(self, terminal_id: str) -> str:
         """Give ``terminal_id`` a new password (replacing any); returns it, keeps it 0600."""
-        if not TERMINAL_ID.match(terminal_id) or terminal_id == self.settings.mqtt_gateway_username:
-            raise StackError(
-                f"terminal id {terminal_id!r}: use the elevator's registration code "
-                "(letters, digits, - and _, at most 64)"
-            )
+        return self.issue_many([terminal_id])[terminal_id]
+
+    def issue_many(self, terminal_ids: list[str]) -> dict[str, str]:
+        """New passwords for ``terminal_ids`` (replacing any), hashed by one
+        ``mosquitto_passwd -U`` run; call :meth:`reload` for a running broker to see them."""
+        for terminal_id in terminal_ids:
+            if not TERMINAL_ID.match(terminal_id) or (
+                terminal_id == self.settings.mqtt_gateway_username
+            ):
+                raise StackError(
+                    f"terminal id {terminal_id!r}: use the elevator's registration code "
+                    "(letters, digits, - and _, at most 64)"
+                )
         self._write_config()
-        password = secrets.token_urlsafe(18)
-        self._passwd(terminal_id, password)
-        path = self.credentials / terminal_id
-        path.write_text(password)
-        path.chmod(0o600)
-        return password
+        issued = {t: secrets.token_urlsafe(18) for t in terminal_ids}
+        plain = self.root / f"new-passwords.{os.getpid()}"
+        plain.touch(mode=0o600)
+        try:
+            plain.write_text("".join(f"{t}:{p}\n" for t, p in issued.items()))
+            _run(_require("mosquitto_passwd"), "-U", str(plain))
+            hashed = plain.read_text()
+        finally:
+            plain.unlink(missing_ok=True)
+        kept = [
+            ln
+            for ln in self.passwords.read_text().splitlines()
+            if ln and ln.split(":", 1)[0] not in issued
+        ]
+        self.passwords.write_text("".join(ln + "\n" for ln in kept) + hashed)
+        for terminal_id, password in issued.items():
+            path = self.credentials / terminal_id
+            path.write_text(password)
+            path.chmod(0o600)
+        self._own()
+        return issued
 
     def revoke(self, terminal_id: str) -> bool:
         """Take ``terminal_id``'s credential away; False when it had none."""
