@@ -285,6 +285,12 @@ def _utc(value: dt.datetime | None) -> dt.datetime:
     default=None,
     help="Simulate a generated registry (this seed) instead of the stored one.",
 )
+@click.option(
+    "--mqtt",
+    is_flag=True,
+    help="Every terminal connects to the MQTT broker with its own credential (issued now) "
+    "and publishes through it; `tianyan gateway` bridges to Kafka.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def simulate(
     scenario_path: Path,
@@ -296,9 +302,10 @@ def simulate(
     speed: float | None,
     out: Path | None,
     registry_seed: int | None,
+    mqtt: bool,
     quiet: bool,
 ) -> None:
-    """Simulate the fleet's terminals, with labelled faults, into Kafka or files.
+    """Simulate the fleet's terminals, with labelled faults, into Kafka, MQTT or files.
 
     The last line is one JSON object with the counts and the rate.
     """
@@ -322,6 +329,24 @@ def simulate(
             start=clock,
             duration_s=duration_s,
             output=output,
+            speed=speed,
+            progress=not quiet,
+        )
+    elif mqtt:
+        from tianyan import stack as local_stack
+
+        broker = local_stack.LocalMosquitto(settings)
+        try:
+            credentials = broker.issue_many([e.registration_code for e in elevators])
+        except local_stack.StackError as e:
+            raise click.ClickException(str(e)) from e
+        broker.reload()
+        summary = simulator.simulate(
+            scenario,
+            elevators,
+            start=clock,
+            duration_s=duration_s,
+            output=simulator.MqttOutput(settings, credentials, labels_db_url=settings.database_url),
             speed=speed,
             progress=not quiet,
         )
