@@ -130,6 +130,11 @@ class Settings:
     gateway_inflight_messages: int
     gateway_id: str
     gateway_web_port: int
+    #: Terminals' answers to commands (played, failed), keyed by elevator.
+    device_events_topic: str
+    #: A command not yet delivered to its terminal expires after this (MQTT v5 message
+    #: expiry of the retained command).
+    command_expiry_s: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -206,6 +211,8 @@ class Settings:
             gateway_inflight_messages=_env_int("TIANYAN_GATEWAY_INFLIGHT_MESSAGES", 2_000),
             gateway_id=_env("TIANYAN_GATEWAY_ID", "tianyan-gateway"),
             gateway_web_port=_env_int("TIANYAN_GATEWAY_WEB_PORT", 6068),
+            device_events_topic=_env("TIANYAN_DEVICE_EVENTS_TOPIC", "tianyan.device.events"),
+            command_expiry_s=_env_int("TIANYAN_COMMAND_EXPIRY_S", 300),
         )
 
     def faust_datadir(self, app_id: str) -> str:
@@ -272,6 +279,8 @@ class Settings:
             "TIANYAN_GATEWAY_INFLIGHT_MESSAGES": str(self.gateway_inflight_messages),
             "TIANYAN_GATEWAY_ID": self.gateway_id,
             "TIANYAN_GATEWAY_WEB_PORT": str(self.gateway_web_port),
+            "TIANYAN_DEVICE_EVENTS_TOPIC": self.device_events_topic,
+            "TIANYAN_COMMAND_EXPIRY_S": str(self.command_expiry_s),
         }
         optional = {
             "TIANYAN_THRESHOLDS_FILE": self.thresholds_file,

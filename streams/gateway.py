@@ -23,7 +23,9 @@ from typing import Any, Final
 
 import msgspec
 import paho.mqtt.client as mqtt
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -36,7 +38,16 @@ from prometheus_client import (
 from foundation.settings import Settings
 
 from .ingest import RawRecord
-from .mqtt import COMMANDS, TELEMETRY, TOPIC_PREFIX, connect, new_client, parse_topic
+from .mqtt import (
+    COMMANDS,
+    EVENTS,
+    TELEMETRY,
+    TOPIC_PREFIX,
+    connect,
+    new_client,
+    parse_topic,
+    terminal_topic,
+)
 from .quarantine import quarantine_record
 
 log = logging.getLogger(__name__)
@@ -66,6 +77,21 @@ INFLIGHT = Gauge(
 CONNECTED = Gauge(
     "tianyan_gateway_broker_connected",
     "1 while connected and subscribed to the MQTT broker",
+    registry=REGISTRY,
+)
+COMMANDS_SENT = Counter(
+    "tianyan_gateway_commands_sent_total",
+    "Commands from the device-commands topic published to terminals (retained, QoS 1)",
+    registry=REGISTRY,
+)
+COMMANDS_EXPIRED = Counter(
+    "tianyan_gateway_commands_expired_total",
+    "Commands older than TIANYAN_COMMAND_EXPIRY_S when read: not sent",
+    registry=REGISTRY,
+)
+COMMAND_ANSWERS = Counter(
+    "tianyan_gateway_command_answers_total",
+    "Terminals' answers to commands forwarded to the device-events topic",
     registry=REGISTRY,
 )
 KAFKA_ACK_SECONDS = Histogram(
@@ -132,6 +158,25 @@ class Gateway:
                 "partitioner": "murmur2_random",
             }
         )
+        # Commands down: the gateways share one consumer group, so each is sent once.
+        self.commands = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{settings.mqtt_share_group}-commands",
+                # Static membership: a gateway restarted under its id takes its partitions
+                # back at once, instead of after the dead member's session times out.
+                "group.instance.id": self.client_id,
+                "session.timeout.ms": 10_000,
+                "enable.auto.commit": True,
+                "enable.auto.offset.store": False,
+                # A new group reads what is there; commands past their expiry are skipped.
+                "auto.offset.reset": "earliest",
+            }
+        )
+        self.commands.subscribe([settings.device_commands_topic])
+        #: The last command sent to each terminal, by registration code: its answer clears
+        #: the retained copy.
+        self.last_command: dict[str, str] = {}
         self.client, self._props = new_client(
             self.client_id,
             settings.mqtt_gateway_username,
@@ -151,12 +196,16 @@ class Gateway:
     def subscription(self) -> str:
         return f"$share/{self.settings.mqtt_share_group}/{TOPIC_PREFIX}/+/{TELEMETRY}"
 
+    @property
+    def events_subscription(self) -> str:
+        return f"$share/{self.settings.mqtt_share_group}/{TOPIC_PREFIX}/+/{EVENTS}"
+
     # -- MQTT callbacks (the client's network thread) ------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             log.error("the broker refused the gateway: %s", reason)
             return
-        client.subscribe(self.subscription, qos=1)
+        client.subscribe([(self.subscription, 1), (self.events_subscription, 1)])
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if any(c.is_failure for c in codes):
@@ -175,11 +224,14 @@ class Gateway:
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         parsed = parse_topic(msg.topic)
-        if parsed is None or parsed[1] != TELEMETRY:
-            client.ack(msg.mid, msg.qos)  # not ours: the subscription names only telemetry
+        if parsed is None or parsed[1] not in (TELEMETRY, EVENTS):
+            client.ack(msg.mid, msg.qos)  # not ours: the subscriptions name only these
             return
         code = parsed[0]
         key = code.encode()
+        if parsed[1] == EVENTS:
+            self._on_event(client, msg, code)
+            return
         reason = mismatch_reason(code, msg.payload)
         received = time.monotonic()
         with self._lock:
@@ -206,6 +258,81 @@ class Gateway:
             q = quarantine_record(RawRecord(key, msg.payload, -1, -1), f"gateway: {reason}")
             self._produce(self.settings.quarantine_topic, q.key, q.value, q.headers, delivered)
 
+    def _on_event(self, client: mqtt.Client, msg: mqtt.MQTTMessage, code: str) -> None:
+        """A terminal's answer to a command: to the device-events topic, keyed by elevator,
+        with the elevator taken from the topic (the authenticated terminal), acknowledged
+        after Kafka; an answer to the last command sent clears its retained copy."""
+        try:
+            answer = json.loads(msg.payload)
+            if not isinstance(answer, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            reason = f"gateway: a command answer that is not a JSON object: {e}"
+            q = quarantine_record(RawRecord(code.encode(), msg.payload, -1, -1), reason)
+            self._produce(self.settings.quarantine_topic, q.key, q.value, q.headers,
+                          self._acker(client, msg))  # fmt: skip
+            return
+        answer["elevator_id"] = code
+        command_id = answer.get("command_id")
+        if command_id is not None and self.last_command.get(code) == command_id:
+            del self.last_command[code]
+            client.publish(terminal_topic(code, COMMANDS), b"", qos=1, retain=True)
+        COMMAND_ANSWERS.inc()
+        self._produce(
+            self.settings.device_events_topic,
+            code.encode(),
+            json.dumps(answer).encode(),
+            None,
+            self._acker(client, msg),
+        )
+
+    def _acker(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> Any:
+        def delivered(err: KafkaError | None, m: Message) -> None:
+            if err is not None:
+                self._produce(m.topic() or "", m.key(), m.value(), m.headers(), delivered)
+                return
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
+
+        return delivered
+
+    def _send_commands(self) -> None:
+        """Commands from Kafka to each terminal's ``…/commands``: QoS 1, retained (a
+        terminal offline now gets it when it connects), expiring after
+        ``command_expiry_s``; the offset is stored once the broker has the command."""
+        for m in self.commands.consume(100, 0):
+            if m.error():
+                continue
+            key = (m.key() or b"").decode()
+            try:
+                command = json.loads(m.value() or b"")
+                code = str(command.get("elevator_id") or key)
+            except (ValueError, AttributeError):
+                log.error("a device command that is not a JSON object; skipped: %r", m.value())
+                self.commands.store_offsets(m)
+                continue
+            age_s = max(0.0, time.time() - m.timestamp()[1] / 1000)
+            remaining_s = int(self.settings.command_expiry_s - age_s)
+            if remaining_s <= 0:
+                log.warning("command %s expired before it could be sent", command.get("command_id"))
+                COMMANDS_EXPIRED.inc()
+                self.commands.store_offsets(m)
+                continue
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = remaining_s
+            info = self.client.publish(
+                terminal_topic(code, COMMANDS), m.value(), qos=1, retain=True, properties=props
+            )
+            if "command_id" in command:
+                self.last_command[code] = command["command_id"]
+            try:
+                info.wait_for_publish(10)
+            except (RuntimeError, ValueError) as e:
+                # Not connected now: the client keeps it and sends it on reconnection.
+                log.warning("command %s queued until the broker is back: %s", code, e)
+            self.commands.store_offsets(m)
+            COMMANDS_SENT.inc()
+
     def _produce(self, topic: str, key: Any, value: Any, headers: Any, cb: Any) -> None:
         while True:
             try:
@@ -230,7 +357,9 @@ class Gateway:
         try:
             while not self.stopping.is_set():
                 self.producer.poll(0.05)
+                self._send_commands()
         finally:
+            self.commands.close()
             self.client.disconnect()
             self.client.loop_stop()
             self.producer.flush(30)

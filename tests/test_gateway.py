@@ -85,12 +85,16 @@ def bridge(settings: Settings) -> Iterator[Bridge]:
     """A gateway of its own (own id, share group and fresh raw and quarantine topics)."""
     tag = uuid.uuid4().hex[:8]
     raw, quarantine = f"test.gateway.raw.{tag}", f"test.gateway.quarantine.{tag}"
+    commands, events = f"test.gateway.commands.{tag}", f"test.gateway.events.{tag}"
+    topics = [raw, quarantine, commands, events]
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    admin.create_topics([NewTopic(raw, 4, 1), NewTopic(quarantine, 1, 1)])
+    admin.create_topics([NewTopic(t, 4 if t == raw else 1, 1) for t in topics])
     s = replace(
         settings,
         raw_topic=raw,
         quarantine_topic=quarantine,
+        device_commands_topic=commands,
+        device_events_topic=events,
         gateway_id=f"test-gateway-{tag}",
         mqtt_share_group=f"test-{tag}",
         gateway_web_port=46885,
@@ -100,7 +104,7 @@ def bridge(settings: Settings) -> Iterator[Bridge]:
     b.start()
     yield b
     b.stop()
-    admin.delete_topics([raw, quarantine])
+    admin.delete_topics(topics)
     admin.close()
 
 
@@ -284,3 +288,60 @@ def test_broker_restart_terminals_resend_buffered_in_order(bridge: Bridge) -> No
         seqs = [json.loads(r.value)["seq"] for r in records if r.key == code.encode()]
         first_seen = list(dict.fromkeys(seqs))  # a re-sent message may repeat; order holds
         assert first_seen == list(range(3 * per_phase)), f"{code}: {first_seen[:10]}…"
+
+
+def test_command_reaches_terminal_and_its_answer_comes_back(bridge: Bridge) -> None:
+    """A reassurance command on the device-commands topic reaches the terminal on its
+    …/commands (retained, QoS 1); the terminal's answer reaches the device-events topic with
+    the command id and clears the retained copy. A mute terminal's command gets no answer."""
+    from confluent_kafka import Producer
+
+    from simulator.mqtt_output import MqttTerminal
+
+    played, mute = _code(), _code()
+    creds = _issue(bridge.settings, played, mute)
+    terminals = [
+        MqttTerminal(bridge.settings, played, creds[played]),
+        MqttTerminal(bridge.settings, mute, creds[mute], command_answer=None),
+    ]
+    producer = Producer({"bootstrap.servers": bridge.settings.kafka_bootstrap})
+    for code in (played, mute):
+        command = {"command": "play_reassurance", "command_id": f"inc-{code}:play_reassurance",
+                   "elevator_id": code}  # fmt: skip
+        producer.produce(
+            bridge.settings.device_commands_topic, key=code.encode(), value=json.dumps(command)
+        )
+    producer.flush(10)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(t.commands for t in terminals):
+            time.sleep(0.05)
+        for t in terminals:
+            assert [c["command_id"] for c in t.commands] == [f"inc-{t.code}:play_reassurance"]
+        events = consume_all(
+            bridge.settings.kafka_bootstrap, bridge.settings.device_events_topic, 1
+        )
+        answers = [json.loads(r.value) for r in events]
+        assert [(a["elevator_id"], a["command_id"], a["status"]) for a in answers] == [
+            (played, f"inc-{played}:play_reassurance", "played")
+        ]
+        # The answered command is no longer retained; the unanswered one still is.
+        retained = _retained(bridge.settings, played, creds[played])
+        assert retained == b""
+        assert json.loads(_retained(bridge.settings, mute, creds[mute]))["elevator_id"] == mute
+    finally:
+        for t in terminals:
+            t.close()
+
+
+def _retained(settings: Settings, code: str, password: str) -> bytes:
+    """What a new connection of ``code`` finds retained on its commands topic (b"": none)."""
+    got: list[bytes] = []
+    client, props = new_client(f"probe-{code}", code, password)
+    client.on_message = lambda c, u, m: got.append(m.payload)
+    connect(client, props, settings, tls=False)
+    client.subscribe(terminal_topic(code, COMMANDS), qos=1)
+    time.sleep(1.0)
+    client.disconnect()
+    client.loop_stop()
+    return got[0] if got else b""
