@@ -135,6 +135,9 @@ class Settings:
     #: A command not yet delivered to its terminal expires after this (MQTT v5 message
     #: expiry of the retained command).
     command_expiry_s: int
+    #: A trapping whose terminal has not confirmed the reassurance message this long after
+    #: the incident was recorded is reported (event and webhook); 0: not checked.
+    reassurance_answer_s: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -213,6 +216,7 @@ class Settings:
             gateway_web_port=_env_int("TIANYAN_GATEWAY_WEB_PORT", 6068),
             device_events_topic=_env("TIANYAN_DEVICE_EVENTS_TOPIC", "tianyan.device.events"),
             command_expiry_s=_env_int("TIANYAN_COMMAND_EXPIRY_S", 300),
+            reassurance_answer_s=_env_int("TIANYAN_REASSURANCE_ANSWER_S", 0),
         )
 
     def faust_datadir(self, app_id: str) -> str:
@@ -281,6 +285,7 @@ class Settings:
             "TIANYAN_GATEWAY_WEB_PORT": str(self.gateway_web_port),
             "TIANYAN_DEVICE_EVENTS_TOPIC": self.device_events_topic,
             "TIANYAN_COMMAND_EXPIRY_S": str(self.command_expiry_s),
+            "TIANYAN_REASSURANCE_ANSWER_S": str(self.reassurance_answer_s),
         }
         optional = {
             "TIANYAN_THRESHOLDS_FILE": self.thresholds_file,

@@ -13,8 +13,10 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -345,3 +347,66 @@ def _retained(settings: Settings, code: str, password: str) -> bytes:
     client.disconnect()
     client.loop_stop()
     return got[0] if got else b""
+
+
+def test_trapping_reassurance_played_and_unanswered_reach_the_incident(
+    rescue: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A trapping's reassurance command goes dispatcher → Kafka → gateway → the car's
+    terminal; the terminal's "played" comes back to the incident (event and webhook); a
+    mute terminal's trapping is reported unanswered after TIANYAN_REASSURANCE_ANSWER_S."""
+    from simulator.mqtt_output import MqttTerminal
+
+    from .rescue_support import FLEET, trapped, wait_for
+
+    r = rescue(["http://127.0.0.1:9/96333"])  # nothing listens: deliveries stay queued
+    answering, mute = FLEET[2].registration_code, FLEET[3].registration_code
+    creds = _issue(r.settings, answering, mute)
+    terminals = [
+        MqttTerminal(r.settings, answering, creds[answering]),
+        MqttTerminal(r.settings, mute, creds[mute], command_answer=None),
+    ]
+    tag = uuid.uuid4().hex[:8]
+    gateway_env = {
+        **r.env,
+        "TIANYAN_GATEWAY_ID": f"test-gateway-{tag}",
+        "TIANYAN_MQTT_SHARE_GROUP": f"test-{tag}",
+        "TIANYAN_GATEWAY_WEB_PORT": "46887",
+    }
+    gw = Bridge(r.settings, gateway_env, r.settings.raw_topic, r.settings.quarantine_topic)
+    try:
+        gw.start()
+        r.start_dispatcher(tmp_path / "dispatcher.log", TIANYAN_REASSURANCE_ANSWER_S="5")
+        r.publish([trapped(2, 0), trapped(3, 0)])
+        events = wait_for(
+            lambda: (
+                rows
+                if len(
+                    rows := r.query(
+                        "SELECT i.elevator_id, e.event_type, e.note FROM incident_event e"
+                        " JOIN incident i USING (incident_id)"
+                        " WHERE e.event_type LIKE 'reassurance.%%' ORDER BY i.elevator_id"
+                    )
+                )
+                == 2
+                else None
+            ),
+            60,
+            "both reassurance outcomes recorded",
+        )
+        outcome = {elevator: (event_type, note) for elevator, event_type, note in events}
+        assert outcome[answering][0] == "reassurance.played"
+        assert outcome[mute][0] == "reassurance.unanswered"
+        assert "within 5 s" in outcome[mute][1]
+        assert [c["command"] for c in terminals[1].commands] == ["play_reassurance"]
+        webhooks = r.query(
+            "SELECT event_type, payload FROM webhook_delivery"
+            " WHERE event_type LIKE 'reassurance.%%' ORDER BY event_type"
+        )
+        assert [w[0] for w in webhooks] == ["reassurance.played", "reassurance.unanswered"]
+        payload = webhooks[1][1] if isinstance(webhooks[1][1], dict) else json.loads(webhooks[1][1])
+        assert payload["type"] == "reassurance.unanswered"
+    finally:
+        gw.stop()
+        for t in terminals:
+            t.close()
