@@ -216,11 +216,15 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
 
     tag = uuid.uuid4().hex[:8]
     raw, quarantine = f"bench.gateway.raw.{tag}", f"bench.gateway.quarantine.{tag}"
+    # Topics of its own for commands and answers too: the bench's gateways must never send
+    # the real device-commands topic's commands.
+    commands, events = f"bench.gateway.commands.{tag}", f"bench.gateway.events.{tag}"
+    topics = [raw, quarantine, commands, events]
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     admin.create_topics(
         [
             NewTopic(raw, 8, 1, topic_configs={"message.timestamp.type": "LogAppendTime"}),
-            NewTopic(quarantine, 1, 1),
+            *(NewTopic(t, 1, 1) for t in topics[1:]),
         ]
     )
     broker = LocalMosquitto(settings)
@@ -238,6 +242,8 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
                 settings,
                 raw_topic=raw,
                 quarantine_topic=quarantine,
+                device_commands_topic=commands,
+                device_events_topic=events,
                 gateway_id=f"bench-gateway-{tag}-{g}",
                 mqtt_share_group=f"bench-{tag}",
                 gateway_web_port=port,
@@ -280,10 +286,9 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
         for gw in gateways:
             gw.terminate()
             gw.wait(30)
-        for code in codes:
-            broker.revoke(code)
+        broker.revoke_many(codes)
         broker.reload()
-        admin.delete_topics([raw, quarantine])
+        admin.delete_topics(topics)
         admin.close()
     paced = [r for r in records if r[0] == 0]
     through = [r for r in records if r[0] == 1]

@@ -529,8 +529,9 @@ def terminals_revoke(terminal_ids: tuple[str, ...]) -> None:
     from tianyan import stack as local_stack
 
     broker = local_stack.LocalMosquitto(_settings())
-    unknown = [t for t in terminal_ids if not broker.revoke(t)]
+    revoked = broker.revoke_many(list(terminal_ids))
     broker.reload()
+    unknown = [t for t in terminal_ids if t not in revoked]
     if unknown:
         raise click.ClickException(f"no credential to revoke for: {', '.join(unknown)}")
     click.echo(f"revoked: {', '.join(terminal_ids)}")

@@ -13,6 +13,7 @@ terminal's telemetry and events and writes every terminal's commands.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -172,7 +173,9 @@ class LocalMosquitto:
         except KeyError:
             return
         for path in [self.root, *self.root.rglob("*")]:
-            os.chown(path, pw.pw_uid, pw.pw_gid)
+            # The broker's own files come and go (its persistence is written anew).
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
 
     # -- credentials --------------------------------------------------------------------------
     def issue(self, terminal_id: str) -> str:
@@ -215,16 +218,23 @@ class LocalMosquitto:
 
     def revoke(self, terminal_id: str) -> bool:
         """Take ``terminal_id``'s credential away; False when it had none."""
-        if not TERMINAL_ID.match(terminal_id) or not self.passwords.exists():
-            return False
+        return bool(self.revoke_many([terminal_id]))
+
+    def revoke_many(self, terminal_ids: list[str]) -> list[str]:
+        """Take the credentials of ``terminal_ids`` away; returns those that had one. Call
+        :meth:`reload` for a running broker to refuse them."""
+        wanted = {t for t in terminal_ids if TERMINAL_ID.match(t)}
+        if not wanted or not self.passwords.exists():
+            return []
         lines = self.passwords.read_text().splitlines()
-        kept = [ln for ln in lines if ln.split(":", 1)[0] != terminal_id]
-        (self.credentials / terminal_id).unlink(missing_ok=True)
-        if len(kept) == len(lines):
-            return False
-        self.passwords.write_text("".join(ln + "\n" for ln in kept))
-        self._own()
-        return True
+        kept = [ln for ln in lines if ln.split(":", 1)[0] not in wanted]
+        revoked = [ln.split(":", 1)[0] for ln in lines if ln.split(":", 1)[0] in wanted]
+        for terminal_id in wanted:
+            (self.credentials / terminal_id).unlink(missing_ok=True)
+        if revoked:
+            self.passwords.write_text("".join(ln + "\n" for ln in kept))
+            self._own()
+        return revoked
 
     def password(self, terminal_id: str) -> str | None:
         """The password issued to ``terminal_id`` on this machine, if any."""
