@@ -213,7 +213,7 @@ class Settings:
             mqtt_share_group=_env("TIANYAN_MQTT_SHARE_GROUP", "tianyan-gateways"),
             gateway_inflight_messages=_env_int("TIANYAN_GATEWAY_INFLIGHT_MESSAGES", 2_000),
             gateway_id=_env("TIANYAN_GATEWAY_ID", "tianyan-gateway"),
-            gateway_web_port=_env_int("TIANYAN_GATEWAY_WEB_PORT", 6068),
+            gateway_web_port=_env_int("TIANYAN_GATEWAY_WEB_PORT", 6070),
             device_events_topic=_env("TIANYAN_DEVICE_EVENTS_TOPIC", "tianyan.device.events"),
             command_expiry_s=_env_int("TIANYAN_COMMAND_EXPIRY_S", 300),
             reassurance_answer_s=_env_int("TIANYAN_REASSURANCE_ANSWER_S", 0),
