@@ -148,9 +148,17 @@ class MqttOutput:
         self.terminals: dict[str, MqttTerminal] = {}
         self.skipped = 0
 
-    def open(self) -> None:
+    def open(self, connect_timeout_s: float = 60.0) -> None:
+        """Connect every terminal; returns once all are connected (messages published while
+        a client is still connecting can overtake those queued before)."""
         for code, password in self.credentials.items():
             self.terminals[code] = MqttTerminal(self.settings, code, password, tls=self.tls)
+        deadline = time.monotonic() + connect_timeout_s
+        while not all(t.client.is_connected() for t in self.terminals.values()):
+            if time.monotonic() > deadline:
+                down = [t.code for t in self.terminals.values() if not t.client.is_connected()]
+                raise TimeoutError(f"{len(down)} terminal(s) not connected (first: {down[0]})")
+            time.sleep(0.05)
 
     def write(self, key: bytes, payload: bytes, message: dict[str, Any] | None) -> None:
         terminal = self.terminals.get(key.decode())

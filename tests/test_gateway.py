@@ -261,37 +261,6 @@ def test_gateway_killed_mid_stream_loses_nothing(bridge: Bridge) -> None:
         assert not missing, f"{code}: {len(missing)} messages lost, first {sorted(missing)[:5]}"
 
 
-def test_broker_restart_terminals_resend_buffered_in_order(bridge: Bridge) -> None:
-    """Simulated terminals keep what they publish while the broker is down and send it, in
-    order and with its original seq, once they have reconnected."""
-    from simulator.mqtt_output import MqttOutput
-
-    codes = [_code() for _ in range(3)]
-    output = MqttOutput(bridge.settings, _issue(bridge.settings, *codes), flush_timeout_s=120)
-    output.open()
-    broker = LocalMosquitto(bridge.settings)
-    per_phase = 40
-    try:
-        for phase in range(3):
-            if phase == 1:
-                broker.stop()  # the terminals publish on, into their buffers
-            for seq in range(phase * per_phase, (phase + 1) * per_phase):
-                for code in codes:
-                    output.write(code.encode(), _message(code, seq), None)
-            if phase == 1:
-                broker.start()
-        output.close("test", [])
-    finally:
-        broker.start()
-    records = consume_all(
-        bridge.settings.kafka_bootstrap, bridge.raw_topic, expected=3 * per_phase * len(codes)
-    )
-    for code in codes:
-        seqs = [json.loads(r.value)["seq"] for r in records if r.key == code.encode()]
-        first_seen = list(dict.fromkeys(seqs))  # a re-sent message may repeat; order holds
-        assert first_seen == list(range(3 * per_phase)), f"{code}: {first_seen[:10]}…"
-
-
 def test_command_reaches_terminal_and_its_answer_comes_back(bridge: Bridge) -> None:
     """A reassurance command on the device-commands topic reaches the terminal on its
     …/commands (retained, QoS 1); the terminal's answer reaches the device-events topic with
