@@ -169,6 +169,35 @@ class Settings:
     #: Passwords ``tianyan db migrate`` gives the roles (SCRAM-SHA-256 verifiers, computed
     #: client-side), role → password; a role without one keeps what it has.
     pg_role_passwords: tuple[tuple[str, str], ...] = ()
+    # the MQTT broker terminals connect to, and the gateway that bridges it to Kafka
+    #: Start the broker under ``var/mosquitto`` with the stack (off: an existing broker).
+    mqtt_local: bool
+    mqtt_host: str
+    #: The plain listener (the local broker binds it to localhost only, for development).
+    mqtt_port: int
+    #: The TLS listener terminals use.
+    mqtt_tls_port: int
+    #: The gateway connects with TLS (to ``mqtt_tls_port``, trusting ``mqtt_ca_file``).
+    mqtt_tls: bool
+    mqtt_ca_file: Path
+    mqtt_gateway_username: str
+    #: None: the local broker's generated password, read from ``var/mosquitto``.
+    mqtt_gateway_password: str | None
+    #: Shared-subscription group the gateways split the terminals' telemetry in.
+    mqtt_share_group: str
+    #: MQTT v5 Receive Maximum of each gateway: QoS 1 messages the broker sends before it
+    #: waits for acknowledgements, which are given only once Kafka has the message.
+    gateway_inflight_messages: int
+    gateway_id: str
+    gateway_web_port: int
+    #: Terminals' answers to commands (played, failed), keyed by elevator.
+    device_events_topic: str
+    #: A command not yet delivered to its terminal expires after this (MQTT v5 message
+    #: expiry of the retained command).
+    command_expiry_s: int
+    #: A trapping whose terminal has not confirmed the reassurance message this long after
+    #: the incident was recorded is reported (event and webhook); 0: not checked.
+    reassurance_answer_s: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -252,6 +281,23 @@ class Settings:
             kafka_secure_controller_port=_env_int(
                 "TIANYAN_KAFKA_SECURE_CONTROLLER_PORT", kafka_port + 3
             ),
+            mqtt_local=_env_bool("TIANYAN_MQTT_LOCAL", True),
+            mqtt_host=_env("TIANYAN_MQTT_HOST", "127.0.0.1"),
+            mqtt_port=_env_int("TIANYAN_MQTT_PORT", 1883),
+            mqtt_tls_port=_env_int("TIANYAN_MQTT_TLS_PORT", 8883),
+            mqtt_tls=_env_bool("TIANYAN_MQTT_TLS", False),
+            mqtt_ca_file=Path(
+                _env("TIANYAN_MQTT_CA_FILE", str(var_dir / "mosquitto" / "tls" / "ca.crt"))
+            ),
+            mqtt_gateway_username=_env("TIANYAN_MQTT_GATEWAY_USERNAME", "tianyan-gateway"),
+            mqtt_gateway_password=os.environ.get("TIANYAN_MQTT_GATEWAY_PASSWORD") or None,
+            mqtt_share_group=_env("TIANYAN_MQTT_SHARE_GROUP", "tianyan-gateways"),
+            gateway_inflight_messages=_env_int("TIANYAN_GATEWAY_INFLIGHT_MESSAGES", 2_000),
+            gateway_id=_env("TIANYAN_GATEWAY_ID", "tianyan-gateway"),
+            gateway_web_port=_env_int("TIANYAN_GATEWAY_WEB_PORT", 6070),
+            device_events_topic=_env("TIANYAN_DEVICE_EVENTS_TOPIC", "tianyan.device.events"),
+            command_expiry_s=_env_int("TIANYAN_COMMAND_EXPIRY_S", 300),
+            reassurance_answer_s=_env_int("TIANYAN_REASSURANCE_ANSWER_S", 0),
         )
 
     def faust_datadir(self, app_id: str) -> str:
@@ -320,6 +366,20 @@ class Settings:
             "TIANYAN_KAFKA_SECURE_PORT": str(self.kafka_secure_port),
             "TIANYAN_KAFKA_SECURE_CONTROLLER_PORT": str(self.kafka_secure_controller_port),
             **kafka_security_env(self.kafka_security),
+            "TIANYAN_MQTT_LOCAL": "on" if self.mqtt_local else "off",
+            "TIANYAN_MQTT_HOST": self.mqtt_host,
+            "TIANYAN_MQTT_PORT": str(self.mqtt_port),
+            "TIANYAN_MQTT_TLS_PORT": str(self.mqtt_tls_port),
+            "TIANYAN_MQTT_TLS": "on" if self.mqtt_tls else "off",
+            "TIANYAN_MQTT_CA_FILE": str(self.mqtt_ca_file),
+            "TIANYAN_MQTT_GATEWAY_USERNAME": self.mqtt_gateway_username,
+            "TIANYAN_MQTT_SHARE_GROUP": self.mqtt_share_group,
+            "TIANYAN_GATEWAY_INFLIGHT_MESSAGES": str(self.gateway_inflight_messages),
+            "TIANYAN_GATEWAY_ID": self.gateway_id,
+            "TIANYAN_GATEWAY_WEB_PORT": str(self.gateway_web_port),
+            "TIANYAN_DEVICE_EVENTS_TOPIC": self.device_events_topic,
+            "TIANYAN_COMMAND_EXPIRY_S": str(self.command_expiry_s),
+            "TIANYAN_REASSURANCE_ANSWER_S": str(self.reassurance_answer_s),
         }
         env.update({ROLE_PASSWORD_VARIABLES[role]: pw for role, pw in self.pg_role_passwords})
         optional = {
@@ -327,6 +387,7 @@ class Settings:
             "TIANYAN_RESCUE_WEBHOOK_SECRET": self.rescue_webhook_secret,
             "TIANYAN_RESCUE_API_TOKEN": self.rescue_api_token,
             "TIANYAN_RESCUE_ACTION_SECRET": self.rescue_action_secret,
+            "TIANYAN_MQTT_GATEWAY_PASSWORD": self.mqtt_gateway_password,
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         return env

@@ -202,6 +202,7 @@ class Dispatcher:
             escalation_after_s=settings.escalation_after_s,
             arrival_target_s=settings.arrival_target_s,
             evidence_window_s=settings.evidence_window_s,
+            reassurance_answer_s=settings.reassurance_answer_s,
             signing_key_id=signing_key_id(secret) if secret else None,
         )
         self.verifier = (
@@ -340,6 +341,43 @@ class Dispatcher:
             "escalating", store.escalate_due, self.config, dt.datetime.now(dt.UTC)
         )
         self._changed(changes)
+        await self.report_unanswered()
+
+    async def report_unanswered(self) -> None:
+        changes = await self.timer_db.run_until_done(
+            "reporting unanswered reassurance",
+            store.report_unanswered_reassurance,
+            self.config,
+            dt.datetime.now(dt.UTC),
+        )
+        self._changed(changes)
+
+    async def on_device_events(self, records: list[tuple[bytes | None, bytes]]) -> None:
+        """Terminals' answers (from the gateway): a reassurance played or failed."""
+        answers = []
+        for key, value in records:
+            try:
+                event = json.loads(value)
+                answers.append(
+                    (
+                        str(event["elevator_id"]),
+                        str(event["command_id"]),
+                        str(event["status"]),
+                        dt.datetime.fromtimestamp(int(event["at_ms"]) / 1000, dt.UTC)
+                        if "at_ms" in event
+                        else dt.datetime.now(dt.UTC),
+                    )
+                )
+            except (ValueError, KeyError, TypeError) as e:
+                log.error(
+                    "a device event that does not read; skipped",
+                    extra={"error": str(e), "value": value[:200], "key": key},
+                )
+        if answers:
+            changes = await self.action_db.run_until_done(
+                "recording terminal answers", store.record_reassurance_answers, self.config, answers
+            )
+            self._changed(changes)
 
     async def copy_evidence(self) -> None:
         """Make the evidence copies incident changes requested, a batch at a time."""
@@ -675,8 +713,29 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
         value_serializer="raw",
     )
 
+    device_events = app.topic(
+        settings.device_events_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
     def stopping() -> bool:
         return bool(app.should_stop)
+
+    @app.agent(device_events)
+    async def terminal_answers(stream: faust.StreamT) -> None:
+        batches = stream.take_events(ALERT_BATCH, within=ALERT_BATCH_WITHIN_S)  # type: ignore[attr-defined]
+        async for events in batches:
+            applying = asyncio.ensure_future(
+                dispatcher.on_device_events([(e.key, e.value) for e in events])
+            )
+            try:
+                await asyncio.shield(applying)
+            except asyncio.CancelledError:
+                await applying
+                raise
 
     @app.agent(alerts)
     async def incidents(stream: faust.StreamT) -> None:

@@ -79,6 +79,9 @@ class DispatchConfig:
     escalation_after_s: tuple[int, ...]
     arrival_target_s: int
     evidence_window_s: int = 300
+    #: A trapping whose terminal has not answered the reassurance command this long after
+    #: the incident was recorded is reported ``reassurance.unanswered``; 0: never.
+    reassurance_answer_s: int = 0
     #: Names the secret this dispatcher signs with (``delivery.signing_key_id``); outbox rows
     #: carry it, and only a dispatcher holding the same secret claims them.
     signing_key_id: str | None = None
@@ -695,6 +698,120 @@ def escalate_due(
                 level_now = level
                 if level == due:
                     break
+        _flush_writes(cur, writes)
+    return changes
+
+
+# -- the reassurance command's outcome ---------------------------------------------------------
+
+#: The incident events recording what became of a trapping's reassurance command; one per
+#: incident, whichever comes first.
+REASSURANCE_EVENTS: Final = ("reassurance.played", "reassurance.failed", "reassurance.unanswered")
+REASSURANCE_COMMAND: Final = "play_reassurance"
+#: How far back an unanswered command is still reported.
+REASSURANCE_LOOKBACK: Final = dt.timedelta(hours=1)
+
+
+def _reassurance_recorded(cur: psycopg.Cursor[dict[str, Any]], incident_id: Any) -> bool:
+    cur.execute(
+        "SELECT 1 FROM incident_event WHERE incident_id = %s AND event_type = ANY(%s)",
+        (incident_id, list(REASSURANCE_EVENTS)),
+    )
+    return cur.fetchone() is not None
+
+
+def record_reassurance_answers(
+    conn: psycopg.Connection[Any],
+    config: DispatchConfig,
+    answers: Sequence[tuple[str, str, str, dt.datetime]],
+) -> list[Change]:
+    """Record terminals' answers ``(elevator_id, command_id, status, at)`` to reassurance
+    commands as ``reassurance.played`` or ``reassurance.failed`` (each an event and a
+    webhook). An answer for another command, an unknown incident, another elevator's
+    incident, or an incident whose outcome is already recorded changes nothing."""
+    changes: list[Change] = []
+    writes = _Writes()
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        for elevator_id, command_id, status, at in answers:
+            incident_id, _, command = command_id.partition(":")
+            if command != REASSURANCE_COMMAND:
+                continue
+            try:
+                uuid.UUID(incident_id)
+            except ValueError:
+                continue
+            cur.execute(
+                "SELECT * FROM incident WHERE incident_id = %s AND elevator_id = %s FOR UPDATE",
+                (incident_id, elevator_id),
+            )
+            incident = cur.fetchone()
+            if incident is None or _reassurance_recorded(cur, incident_id):
+                continue
+            played = status == "played"
+            changes.append(
+                _record_event(
+                    cur,
+                    incident,
+                    writes,
+                    event_type="reassurance.played" if played else "reassurance.failed",
+                    at=at,
+                    from_state=incident["state"],
+                    actor="terminal",
+                    note="the terminal played the reassurance message"
+                    if played
+                    else f"the terminal could not play the reassurance message: {status}",
+                    config=config,
+                    source_time=at,
+                )
+            )
+        _flush_writes(cur, writes)
+    return changes
+
+
+def report_unanswered_reassurance(
+    conn: psycopg.Connection[Any], config: DispatchConfig, now: dt.datetime
+) -> list[Change]:
+    """``reassurance.unanswered`` for each trapping recorded more than
+    ``config.reassurance_answer_s`` ago whose terminal has not answered the command."""
+    from detectors.alerts import TRAPPED_TYPES
+
+    if config.reassurance_answer_s <= 0:
+        return []
+    changes: list[Change] = []
+    writes = _Writes()
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT i.* FROM incident i"
+            " JOIN alert r ON r.alert_key = i.alert_key AND r.state = 'raised'"
+            " JOIN incident_alert a ON a.alert_id = r.alert_id"
+            " WHERE i.fault_type = ANY(%s) AND a.applied_at < %s AND a.applied_at > %s"
+            " AND NOT EXISTS (SELECT 1 FROM incident_event e WHERE e.incident_id = i.incident_id"
+            " AND e.event_type = ANY(%s))"
+            " FOR UPDATE OF i SKIP LOCKED",
+            (
+                sorted(TRAPPED_TYPES),
+                now - dt.timedelta(seconds=config.reassurance_answer_s),
+                # Not incidents recorded long before (before terminals answered commands).
+                now - dt.timedelta(seconds=config.reassurance_answer_s) - REASSURANCE_LOOKBACK,
+                list(REASSURANCE_EVENTS),
+            ),
+        )
+        for incident in cur.fetchall():
+            changes.append(
+                _record_event(
+                    cur,
+                    incident,
+                    writes,
+                    event_type="reassurance.unanswered",
+                    at=now,
+                    from_state=incident["state"],
+                    actor="dispatcher",
+                    note="the terminal did not confirm the reassurance message within "
+                    f"{config.reassurance_answer_s} s",
+                    config=config,
+                    source_time=now,
+                )
+            )
         _flush_writes(cur, writes)
     return changes
 

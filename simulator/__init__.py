@@ -7,6 +7,7 @@
 
 from .fleet import FaultLabel, FleetEngine
 from .motion import SCurve, eval_scurve, plan_scurve
+from .mqtt_output import MqttOutput
 from .output import FileOutput, KafkaOutput, OutputError
 from .run import SimulationSummary, default_run_id, simulate
 from .scenario import SCENARIO_DIR, Scenario, ScenarioError, load_scenario
@@ -17,6 +18,7 @@ __all__ = [
     "FileOutput",
     "FleetEngine",
     "KafkaOutput",
+    "MqttOutput",
     "OutputError",
     "SCurve",
     "Scenario",

@@ -15,6 +15,7 @@ from pathlib import Path
 from registry.model import Elevator
 
 from .fleet import FleetEngine
+from .mqtt_output import MqttOutput
 from .output import FileOutput, KafkaOutput
 from .scenario import Scenario
 
@@ -80,7 +81,7 @@ def simulate(
     *,
     start: dt.datetime,
     duration_s: float,
-    output: FileOutput | KafkaOutput,
+    output: FileOutput | KafkaOutput | MqttOutput,
     speed: float | None = None,
     progress: bool = True,
     run_id: str | None = None,
@@ -98,7 +99,7 @@ def simulate(
     duration_s
         Simulated seconds.
     output
-        :class:`FileOutput` or :class:`KafkaOutput`.
+        :class:`FileOutput`, :class:`KafkaOutput` or :class:`~simulator.mqtt_output.MqttOutput`.
     speed
         ``None`` runs as fast as possible; ``1.0`` real time; ``10.0`` ten times real time.
     progress

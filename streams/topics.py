@@ -40,6 +40,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             settings.raw_partitions,
             {"retention.ms": str(_DAY_MS)},
         ),
+        # Terminals' answers to commands (played, failed), keyed by elevator, from the
+        # gateway.
+        TopicSpec(
+            settings.device_events_topic,
+            settings.raw_partitions,
+            {"retention.ms": str(7 * _DAY_MS)},
+        ),
         # The ledger's head, published as it grows: a copy outside the database, kept for
         # ever, against which `tianyan audit verify` detects a truncated or rewritten tail.
         TopicSpec(settings.audit_anchors_topic, 1, {"retention.ms": "-1"}),

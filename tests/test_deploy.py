@@ -41,7 +41,11 @@ def seconds(value: str) -> float:
 
 @pytest.mark.parametrize(
     ("unit_name", "command"),
-    [("tianyan-worker@.service", "worker"), ("tianyan-dispatcher.service", "dispatcher")],
+    [
+        ("tianyan-worker@.service", "worker"),
+        ("tianyan-dispatcher.service", "dispatcher"),
+        ("tianyan-gateway@.service", "gateway"),
+    ],
 )
 def test_unit_runs_a_console_command_and_restarts_always(unit_name: str, command: str) -> None:
     unit = read_unit(UNITS / unit_name)

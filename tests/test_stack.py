@@ -20,7 +20,12 @@ from .conftest import TIANYAN
 pytestmark = pytest.mark.slow
 
 VAR = PROJECT_ROOT / "var" / "test-stack"
-PORTS = {"TIANYAN_KAFKA_PORT": "29192", "TIANYAN_PG_PORT": "55442"}
+PORTS = {
+    "TIANYAN_KAFKA_PORT": "29192",
+    "TIANYAN_PG_PORT": "55442",
+    "TIANYAN_MQTT_PORT": "29883",
+    "TIANYAN_MQTT_TLS_PORT": "29884",
+}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -54,6 +59,8 @@ def test_lifecycle(second_stack: None) -> None:
     assert first.returncode == 0, first.stdout + first.stderr
     assert "kafka        up" in first.stdout and "timescaledb  up" in first.stdout
     assert "29192" in (VAR / "kafka" / "server.properties").read_text()
+    assert "mqtt         up" in first.stdout
+    assert "listener 29883 127.0.0.1" in (VAR / "mosquitto" / "mosquitto.conf").read_text()
     jars = _jar_fingerprint()
     assert any(name.startswith("kafka_2.13-4.") for name in jars)
 
@@ -78,6 +85,7 @@ def test_lifecycle(second_stack: None) -> None:
     status = tianyan("stack", "status")
     assert status.returncode == 1
     assert "kafka        DOWN" in status.stdout and "timescaledb  DOWN" in status.stdout
+    assert "mqtt         DOWN" in status.stdout
 
     up = tianyan("stack", "up")
     assert up.returncode == 0, up.stdout + up.stderr

@@ -342,6 +342,12 @@ def _utc(value: dt.datetime | None) -> dt.datetime:
     default=None,
     help="Simulate a generated registry (this seed) instead of the stored one.",
 )
+@click.option(
+    "--mqtt",
+    is_flag=True,
+    help="Every terminal connects to the MQTT broker with its own credential (issued now) "
+    "and publishes through it; `tianyan gateway` bridges to Kafka.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def simulate(
     scenario_path: Path,
@@ -353,9 +359,10 @@ def simulate(
     speed: float | None,
     out: Path | None,
     registry_seed: int | None,
+    mqtt: bool,
     quiet: bool,
 ) -> None:
-    """Simulate the fleet's terminals, with labelled faults, into Kafka or files.
+    """Simulate the fleet's terminals, with labelled faults, into Kafka, MQTT or files.
 
     The last line is one JSON object with the counts and the rate.
     """
@@ -379,6 +386,24 @@ def simulate(
             start=clock,
             duration_s=duration_s,
             output=output,
+            speed=speed,
+            progress=not quiet,
+        )
+    elif mqtt:
+        from tianyan import stack as local_stack
+
+        broker = local_stack.LocalMosquitto(settings)
+        try:
+            credentials = broker.issue_many([e.registration_code for e in elevators])
+        except local_stack.StackError as e:
+            raise click.ClickException(str(e)) from e
+        broker.reload()
+        summary = simulator.simulate(
+            scenario,
+            elevators,
+            start=clock,
+            duration_s=duration_s,
+            output=simulator.MqttOutput(settings, credentials, labels_db_url=settings.database_url),
             speed=speed,
             progress=not quiet,
         )
@@ -543,6 +568,75 @@ def worker(loglevel: str) -> None:
     FaustWorker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
+# -- MQTT: terminals and the gateway -------------------------------------------------------------
+@main.group()
+def terminals() -> None:
+    """Terminals' MQTT credentials on the local broker (username = registration code)."""
+
+
+@terminals.command("issue")
+@click.argument("terminal_ids", nargs=-1, required=True)
+def terminals_issue(terminal_ids: tuple[str, ...]) -> None:
+    """Create (or replace) each terminal's password; prints `ID PASSWORD` lines.
+
+    The passwords are also kept, readable by root only, under var/mosquitto/terminals/.
+    """
+    from tianyan import stack as local_stack
+
+    broker = local_stack.LocalMosquitto(_settings())
+    try:
+        for terminal_id, password in broker.issue_many(list(terminal_ids)).items():
+            click.echo(f"{terminal_id} {password}")
+    except local_stack.StackError as e:
+        raise click.ClickException(str(e)) from e
+    broker.reload()
+
+
+@terminals.command("revoke")
+@click.argument("terminal_ids", nargs=-1, required=True)
+def terminals_revoke(terminal_ids: tuple[str, ...]) -> None:
+    """Take the terminals' credentials away; the broker reloads (SIGHUP) and refuses them."""
+    from tianyan import stack as local_stack
+
+    broker = local_stack.LocalMosquitto(_settings())
+    revoked = broker.revoke_many(list(terminal_ids))
+    broker.reload()
+    unknown = [t for t in terminal_ids if t not in revoked]
+    if unknown:
+        raise click.ClickException(f"no credential to revoke for: {', '.join(unknown)}")
+    click.echo(f"revoked: {', '.join(terminal_ids)}")
+
+
+@main.command()
+@click.option("--loglevel", type=click.Choice(["debug", "info", "warn", "error"]), default="info")
+def gateway(loglevel: str) -> None:
+    """Bridge every terminal's MQTT telemetry to the raw Kafka topic.
+
+    Start several, each with its own TIANYAN_GATEWAY_ID and TIANYAN_GATEWAY_WEB_PORT: they
+    share one subscription. Metrics at http://127.0.0.1:PORT/metrics, health at /health.
+    """
+    import logging
+    import logging.config
+    import signal
+
+    from streams.gateway import Gateway
+    from tianyan import stack as local_stack
+
+    logging.config.dictConfig(json_logging_config(loglevel))
+    settings = _settings()
+    try:
+        password = local_stack.LocalMosquitto(settings).gateway_password()
+    except local_stack.StackError as e:
+        raise click.ClickException(str(e)) from e
+    gw = Gateway(settings, password)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: gw.stopping.set())
+    try:
+        gw.run(web_port=settings.gateway_web_port)
+    except ConnectionError as e:
+        raise click.ClickException(str(e)) from e
+
+
 # -- bench -------------------------------------------------------------------------------------
 @main.group()
 def bench() -> None:
@@ -590,6 +684,52 @@ def bench_stream(
             rate_msgs_per_s=rate,
             latency_s=latency_s,
             detectors=detectors,
+        ),
+    )
+    for key, value in result.items():
+        click.echo(f"{key:40} {value}")
+    click.echo(json.dumps(result))
+
+
+@bench.command("gateway")
+@click.option("--terminals", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--gateways", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--loaders",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Processes the simulated terminals are spread over.",
+)
+@click.option("--seconds", type=click.FloatRange(min=2), default=20.0, show_default=True)
+@click.option(
+    "--latency-rate",
+    type=click.FloatRange(min=1),
+    default=1000.0,
+    show_default=True,
+    help="Messages/s for the latency phase (a): below what the gateways can take.",
+)
+@click.option("--latency-seconds", type=click.FloatRange(min=2), default=15.0, show_default=True)
+def bench_gateway(
+    terminals: int,
+    gateways: int,
+    loaders: int,
+    seconds: float,
+    latency_rate: float,
+    latency_seconds: float,
+) -> None:
+    """MQTT ingress: terminals → Mosquitto → gateway → Kafka, msgs/s, p99, RSS, gateways needed."""
+    from tianyan.bench_gateway import GatewayBenchConfig, run
+
+    result = run(
+        _settings(),
+        GatewayBenchConfig(
+            terminals=terminals,
+            gateways=gateways,
+            loaders=loaders,
+            throughput_s=seconds,
+            latency_s=latency_seconds,
+            latency_rate_msgs_per_s=latency_rate,
         ),
     )
     for key, value in result.items():

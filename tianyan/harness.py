@@ -209,6 +209,7 @@ def pipeline(
         alerts_topic=f"{database}.alerts.{tag}",
         alerts_dead_letter_topic=f"{database}.alerts-dead.{tag}",
         device_commands_topic=f"{database}.commands.{tag}",
+        device_events_topic=f"{database}.device-events.{tag}",
         audit_anchors_topic=f"{database}.anchors.{tag}",
         raw_partitions=partitions,
         worker_id=f"{database}-worker-{tag}",

@@ -1,6 +1,7 @@
-"""The local stack: Apache Kafka and PostgreSQL with TimescaleDB, installed and run by tianyan.
+"""The local stack: Apache Kafka, PostgreSQL with TimescaleDB and the Mosquitto MQTT broker,
+installed and run by tianyan.
 
-``up`` installs what is missing (once), starts both services and waits until they answer;
+``up`` installs what is missing (once), starts the services and waits until they answer;
 ``down`` stops them and keeps their data under ``var/``; ``status`` asks whatever the
 settings point at, local or not.
 """
@@ -17,9 +18,10 @@ from foundation.settings import Settings
 from .errors import StackError
 from .kafka import LocalKafka, check_kafka
 from .kafka_secure import ADMIN, acl_plan, grant, secure_settings
+from .mosquitto import LocalMosquitto, check_mqtt
 from .postgres import LocalPostgres, check_database
 
-__all__ = ["ServiceStatus", "StackError", "down", "status", "up"]
+__all__ = ["LocalMosquitto", "ServiceStatus", "StackError", "down", "status", "up"]
 
 #: Installs a CJK font from Debian for the report and the board previews.
 FONTS_SCRIPT = Path(__file__).with_name("install-fonts.sh")
@@ -33,12 +35,15 @@ class ServiceStatus:
 
 
 def up(settings: Settings, *, secure: bool = False) -> list[ServiceStatus]:
-    """Install (once) and start both services; idempotent.
+    """Install (once) and start the services; idempotent.
 
     ``secure``: the broker under ``var/kafka-secure`` (SASL_SSL, SCRAM users, ACLs) instead of
     the plaintext one; the pipeline's topics are created on it and each component granted
     its ACLs on them (:func:`.kafka_secure.acl_plan`), and each user's ``TIANYAN_KAFKA_*``
     variables written to ``var/kafka-secure/clients/<user>.env``.
+
+    The MQTT broker is started only when ``TIANYAN_MQTT_LOCAL`` is on (off: tianyan uses an
+    existing broker).
     """
     pg = LocalPostgres(settings)
     kafka = LocalKafka(settings, secure=secure)
@@ -50,6 +55,10 @@ def up(settings: Settings, *, secure: bool = False) -> list[ServiceStatus]:
     pg.start()
     pg.bootstrap()
     kafka.start()
+    if settings.mqtt_local:
+        broker = LocalMosquitto(settings)
+        broker.install()
+        broker.start()
     if secure:
         from streams.topics import ensure_topics, topic_specs
 
@@ -65,12 +74,13 @@ def down(settings: Settings) -> None:
     """Stop the local services (both brokers, plaintext and secure); their data stay under
     ``var/``."""
     LocalKafka(settings, secure=True).stop()
+    LocalMosquitto(settings).stop()
     LocalKafka(settings).stop()
     LocalPostgres(settings).stop()
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
-    """Ask Kafka and TimescaleDB whether they answer."""
+    """Ask Kafka, TimescaleDB and the MQTT broker whether they answer."""
     result = []
     probes: tuple[tuple[str, Callable[[], str]], ...] = (
         ("kafka", lambda: check_kafka(settings.kafka_bootstrap, security=settings.kafka_security)),
@@ -81,4 +91,8 @@ def status(settings: Settings) -> list[ServiceStatus]:
             result.append(ServiceStatus(name, True, probe()))
         except StackError as e:
             result.append(ServiceStatus(name, False, str(e)))
+    try:
+        result.append(ServiceStatus("mqtt", True, check_mqtt(settings)))
+    except StackError as e:
+        result.append(ServiceStatus("mqtt", False, str(e)))
     return result
