@@ -166,9 +166,6 @@ class Settings:
     #: controller's (mutual TLS) port.
     kafka_secure_port: int
     kafka_secure_controller_port: int
-    #: Passwords ``tianyan db migrate`` gives the roles (SCRAM-SHA-256 verifiers, computed
-    #: client-side), role → password; a role without one keeps what it has.
-    pg_role_passwords: tuple[tuple[str, str], ...] = ()
     # the MQTT broker terminals connect to, and the gateway that bridges it to Kafka
     #: Start the broker under ``var/mosquitto`` with the stack (off: an existing broker).
     mqtt_local: bool
@@ -198,6 +195,9 @@ class Settings:
     #: A trapping whose terminal has not confirmed the reassurance message this long after
     #: the incident was recorded is reported (event and webhook); 0: not checked.
     reassurance_answer_s: int
+    #: Passwords ``tianyan db migrate`` gives the roles (SCRAM-SHA-256 verifiers, computed
+    #: client-side), role → password; a role without one keeps what it has.
+    pg_role_passwords: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
