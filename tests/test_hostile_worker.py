@@ -44,9 +44,10 @@ RANDOM_ID_HEARTBEATS = HOSTILE_MESSAGES // 2
 #: before it, each random id keeping a state).
 RSS_FIRST_FLOOD_BOUND_MB = 50.0
 #: How much it may grow over a second flood as large: what the first one left behind is
-#: reused, so this is what hostile messages retain (measured: +1 to +3 MB with the check;
-#: +57 MB before it).
-RSS_RETAINED_BOUND_MB = 5.0
+#: reused, so this is what hostile messages retain (measured: +1 to +3 MB with the check
+#: alone, +5.4 MB once in a full `make test` run; +57 MB before it, 5,000 states). The bound
+#: is "a few MB" (issue 13) with room for the allocator's noise, and 7× below the failure.
+RSS_RETAINED_BOUND_MB = 8.0
 #: Short silence thresholds, so offline and eviction happen within seconds of wall time.
 THRESHOLDS = (
     "heartbeat_timeout_s = 2.0\nactive_silence_timeout_s = 1.0\nstate_eviction_after_s = 4.0\n"
