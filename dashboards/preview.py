@@ -34,6 +34,9 @@ from dashboards.macros import TimeRange
 #: Grafana's grid: 24 columns; a row unit is 30 px high (plus the 8 px gap Grafana draws).
 GRID_COLUMNS = 24
 ROW_UNIT_PX = 30
+#: WenQuanYi Micro Hei, the CJK font the set-up installs, has no bold face: titles are drawn
+#: in its one weight (matplotlib would warn once per title and substitute it anyway).
+TITLE_WEIGHT = "normal"
 #: Width of the drawn board in pixels (a 1080p screen's dashboard area).
 BOARD_WIDTH_PX = 1600
 #: Rows a table panel draws at most (the rest are counted).
@@ -132,7 +135,7 @@ def _draw_stat(ax: Any, data: PanelData) -> None:
     for k, (name, value) in enumerate(values[:4]):
         x = (k + 0.5) / min(len(values), 4)
         text = f"{value:,.4g}" if isinstance(value, float) else _cell(value)
-        ax.text(x, 0.45, text, ha="center", va="center", fontsize=20, weight="bold")
+        ax.text(x, 0.45, text, ha="center", va="center", fontsize=20, weight=TITLE_WEIGHT)
         if len(values) > 1:
             ax.text(x, 0.1, name, ha="center", va="center", fontsize=7, color="0.4")
 
@@ -219,7 +222,7 @@ def draw_board(
     unit_px = BOARD_WIDTH_PX / GRID_COLUMNS
     height_px = bottom * ROW_UNIT_PX + 60
     fig = plt.figure(figsize=(BOARD_WIDTH_PX / DPI, height_px / DPI), dpi=DPI)
-    fig.suptitle(str(board_json.get("title")), x=0.01, ha="left", fontsize=13, weight="bold")
+    fig.suptitle(str(board_json.get("title")), x=0.01, ha="left", fontsize=13, weight=TITLE_WEIGHT)
     top_px = 50
     for panel in panels:
         g = panel["gridPos"]
@@ -235,7 +238,7 @@ def draw_board(
             1 - (top - 4) / height_px,
             str(panel.get("title") or ""),
             fontsize=8,
-            weight="bold",
+            weight=TITLE_WEIGHT,
             va="bottom",
         )
         pid = int(panel["id"])

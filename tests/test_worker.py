@@ -264,3 +264,52 @@ def test_a_worker_forgets_the_partitions_a_rebalance_takes_away(
     assert held_alone == FLEET_SIZE
     assert all(0 < n < FLEET_SIZE for n in shares) and sum(shares) == FLEET_SIZE, shares
     assert stored == expected
+
+
+def test_a_rebalance_while_the_worker_is_blocked_loses_nothing(
+    settings: Settings, simulated: Stream, tmp_path: Path
+) -> None:
+    """A worker whose writes wait (here on a lock; in production on the audit ledger's lock
+    or a slow disk) fills its buffer, and its fetcher waits for room. A rebalance during that
+    wait seeks every partition back to its committed offset; the fetcher, once it had room,
+    recorded the message it had been holding as read, and Faust then skipped every message
+    re-fetched before it: they were never stored, and nothing said so (the README's demo
+    stalled at 798,757 of 817,524 samples)."""
+    from confluent_kafka.admin import AdminClient
+
+    from foundation.kafka_security import confluent_config
+
+    expected = len(simulated.expect.samples)
+    with _pipeline(settings, tmp_path) as run:
+        # A small buffer, full at once: 10 batches of 50 messages.
+        run.start_worker("worker a", TIANYAN_BATCH_MESSAGES="50")
+        with psycopg.connect(run.admin_url) as blocker:
+            blocker.execute("LOCK TABLE tianyan.telemetry_sample IN SHARE MODE")
+            run.publish(simulated.path)
+            run.wait(
+                lambda: blocker.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                    " AND relation = 'tianyan.telemetry_sample'::regclass"
+                ).fetchone(),
+                lambda row: row[0] > 0,
+                "worker a's write waiting on the lock",
+            )
+            run.start_worker("worker b", TIANYAN_BATCH_MESSAGES="50")
+            admin = AdminClient(
+                {"bootstrap.servers": settings.kafka_bootstrap}
+                | confluent_config(settings.kafka_security)
+            )
+
+            def members() -> int:
+                group = admin.describe_consumer_groups([run.settings.worker_id])
+                return len(group[run.settings.worker_id].result(timeout=10).members)
+
+            run.wait(members, lambda n: n == 2, "worker b joining the group")
+            blocker.rollback()  # the lock goes; worker a's write and fetcher go on
+        stored = _wait_for_samples(run, expected)
+        time.sleep(2)
+        distinct = int(
+            run.scalar("SELECT count(DISTINCT (elevator_id, time)) FROM tianyan.telemetry_sample")
+        )
+        stored = _count(run)
+    assert stored == distinct == expected

@@ -152,8 +152,12 @@ class LocalPostgres:
             if changed:
                 self._as_owner([_bin("pg_ctl"), "reload", "-D", str(self.data)])
             return
+        # The port as set now (TIANYAN_PG_PORT), not as it was when the cluster was made.
         res = self._as_owner(
-            [_bin("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60"],
+            [
+                *[_bin("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log)],
+                *["-o", f"-p {self.settings.pg_port}", "-w", "-t", "60"],
+            ],
             check=False,
         )
         if res.returncode != 0:
