@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from foundation.settings import PROJECT_ROOT
+from tianyan.processes import listening
 
 from .conftest import TIANYAN
 
@@ -20,11 +21,27 @@ from .conftest import TIANYAN
 pytestmark = pytest.mark.slow
 
 VAR = PROJECT_ROOT / "var" / "test-stack"
+
+
+def _free_block(first: int, size: int) -> int:
+    """The first port from ``first`` up, in steps of 10, with ``size`` free ports from it
+    (below the ephemeral range), so a development stack on the usual ports is no obstacle."""
+    for base in range(first, 32_000, 10):
+        if not any(listening(port) for port in range(base, base + size)):
+            return base
+    raise RuntimeError(f"no {size} free ports from {first}")
+
+
+KAFKA_PORT = _free_block(29_192, 4)  # the broker, its controller, the secure pair
+PG_PORT = _free_block(25_442, 1)
+#: PostgreSQL after the restart: the cluster takes the port as set at each start.
+PG_PORT_MOVED = _free_block(PG_PORT + 10, 1)
+MQTT_PORT = _free_block(29_883, 2)
 PORTS = {
-    "TIANYAN_KAFKA_PORT": "29192",
-    "TIANYAN_PG_PORT": "55442",
-    "TIANYAN_MQTT_PORT": "29883",
-    "TIANYAN_MQTT_TLS_PORT": "29884",
+    "TIANYAN_KAFKA_PORT": str(KAFKA_PORT),
+    "TIANYAN_PG_PORT": str(PG_PORT),
+    "TIANYAN_MQTT_PORT": str(MQTT_PORT),
+    "TIANYAN_MQTT_TLS_PORT": str(MQTT_PORT + 1),
 }
 
 
@@ -58,9 +75,9 @@ def test_lifecycle(second_stack: None) -> None:
     first = tianyan("stack", "up")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "kafka        up" in first.stdout and "timescaledb  up" in first.stdout
-    assert "29192" in (VAR / "kafka" / "server.properties").read_text()
+    assert str(KAFKA_PORT) in (VAR / "kafka" / "server.properties").read_text()
     assert "mqtt         up" in first.stdout
-    assert "listener 29883 127.0.0.1" in (VAR / "mosquitto" / "mosquitto.conf").read_text()
+    assert f"listener {MQTT_PORT} 127.0.0.1" in (VAR / "mosquitto" / "mosquitto.conf").read_text()
     jars = _jar_fingerprint()
     assert any(name.startswith("kafka_2.13-4.") for name in jars)
 
@@ -75,7 +92,7 @@ def test_lifecycle(second_stack: None) -> None:
     assert status.returncode == 0, status.stdout
 
     # Data written before `down` is there after the next `up`.
-    url = "postgresql://tianyan@127.0.0.1:55442/tianyan"
+    url = f"postgresql://tianyan@127.0.0.1:{PG_PORT}/tianyan"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS kept (note text)")
         conn.execute("INSERT INTO kept VALUES ('before down')")
@@ -87,11 +104,14 @@ def test_lifecycle(second_stack: None) -> None:
     assert "kafka        DOWN" in status.stdout and "timescaledb  DOWN" in status.stdout
     assert "mqtt         DOWN" in status.stdout
 
-    up = tianyan("stack", "up")
+    # Up again, PostgreSQL on another port: the data is there, on the port set now.
+    up = tianyan("stack", "up", TIANYAN_PG_PORT=str(PG_PORT_MOVED))
     assert up.returncode == 0, up.stdout + up.stderr
-    with psycopg.connect(url) as conn:
+    moved = url.replace(f":{PG_PORT}/", f":{PG_PORT_MOVED}/")
+    with psycopg.connect(moved) as conn:
         assert conn.execute("SELECT note FROM kept").fetchall() == [("before down",)]
     assert _jar_fingerprint() == jars
+    tianyan("stack", "down", TIANYAN_PG_PORT=str(PG_PORT_MOVED))
 
 
 def test_status_names_the_service_that_does_not_answer(settings: object) -> None:
