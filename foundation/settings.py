@@ -37,6 +37,13 @@ def _env_int(name: str, default: int) -> int:
         raise SettingsError(f"{name}={raw!r} is not an integer") from None
 
 
+def _env_positive(name: str, default: int) -> int:
+    value = _env_int(name, default)
+    if value < 1:
+        raise SettingsError(f"{name}={value}: must be at least 1")
+    return value
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None:
@@ -94,6 +101,10 @@ class Settings:
     alerts_topic: str
     alerts_dead_letter_topic: str
     kafka_delivery_timeout_ms: int
+    #: Copies of every partition of the pipeline's topics (Faust's changelogs included);
+    #: topics are made with ``min.insync.replicas`` = this − 1 (at least 1), so with 3 an
+    #: acknowledged write (``acks=all``) survives the loss of a broker.
+    kafka_replication_factor: int
     detectors_enabled: bool
     #: Quarantine messages from elevators not in the registry (no state is made for them),
     #: rather than detect with default limits. Off by default: see README § Configuration.
@@ -228,6 +239,7 @@ class Settings:
             # it is reported failed (its default, 300 s). Nothing is lost either way: the
             # publisher keeps failed records and sends them again.
             kafka_delivery_timeout_ms=_env_int("TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS", 300_000),
+            kafka_replication_factor=_env_positive("TIANYAN_KAFKA_REPLICATION_FACTOR", 1),
             detectors_enabled=_env_bool("TIANYAN_DETECTORS", True),
             registered_only=_env_bool("TIANYAN_REGISTERED_ONLY", False),
             thresholds_file=Path(os.environ["TIANYAN_THRESHOLDS_FILE"])
@@ -328,6 +340,7 @@ class Settings:
             "TIANYAN_ALERTS_TOPIC": self.alerts_topic,
             "TIANYAN_ALERTS_DEAD_LETTER_TOPIC": self.alerts_dead_letter_topic,
             "TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS": str(self.kafka_delivery_timeout_ms),
+            "TIANYAN_KAFKA_REPLICATION_FACTOR": str(self.kafka_replication_factor),
             "TIANYAN_DETECTORS": "on" if self.detectors_enabled else "off",
             "TIANYAN_REGISTERED_ONLY": "on" if self.registered_only else "off",
             "TIANYAN_RAW_PARTITIONS": str(self.raw_partitions),

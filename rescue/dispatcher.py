@@ -694,7 +694,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
         broker_credentials=faust_credentials(settings.kafka_security),
         store="memory://",
         datadir=settings.faust_datadir(settings.dispatcher_id),
-        topic_replication_factor=1,
+        topic_replication_factor=settings.kafka_replication_factor,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
         web_bind=settings.dispatcher_web_bind,

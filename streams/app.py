@@ -343,7 +343,7 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
         store="memory://",
         datadir=settings.faust_datadir(settings.worker_id),
         topic_partitions=settings.raw_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.kafka_replication_factor,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
         web_bind="127.0.0.1",

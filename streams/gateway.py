@@ -35,6 +35,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from foundation.kafka_security import confluent_config
 from foundation.settings import Settings
 
 from .ingest import RawRecord
@@ -156,6 +157,7 @@ class Gateway:
                 "client.id": self.client_id,
                 # The partition an elevator's messages land on whichever client sent them.
                 "partitioner": "murmur2_random",
+                **confluent_config(settings.kafka_security),
             }
         )
         # Commands down: the gateways share one consumer group, so each is sent once.
@@ -171,6 +173,7 @@ class Gateway:
                 "enable.auto.offset.store": False,
                 # A new group reads what is there; commands past their expiry are skipped.
                 "auto.offset.reset": "earliest",
+                **confluent_config(settings.kafka_security),
             }
         )
         self.commands.subscribe([settings.device_commands_topic])

@@ -10,20 +10,33 @@ from foundation.settings import Settings
 _DAY_MS = 24 * 3600 * 1000
 
 
+class TopicError(RuntimeError):
+    """The pipeline's topics cannot be made as configured."""
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
+    replication_factor: int = 1
+
+
+def min_insync_replicas(replication_factor: int) -> int:
+    """Copies that must have a write before it is acknowledged (``acks=all``): all but one,
+    so one broker may be lost without losing or refusing an acknowledged write."""
+    return max(1, replication_factor - 1)
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic the pipeline needs.
 
     The raw topic is keyed by elevator id, so one elevator's messages stay in order on one
-    partition and workers share the partitions.
+    partition and workers share the partitions. Every topic has
+    ``TIANYAN_KAFKA_REPLICATION_FACTOR`` copies.
     """
-    return [
+    replication = settings.kafka_replication_factor
+    specs = [
         TopicSpec(settings.raw_topic, settings.raw_partitions, {"retention.ms": str(7 * _DAY_MS)}),
         # Quarantined messages are kept long enough for a terminal vendor to be told.
         TopicSpec(settings.quarantine_topic, 1, {"retention.ms": str(30 * _DAY_MS)}),
@@ -51,12 +64,20 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # ever, against which `tianyan audit verify` detects a truncated or rewritten tail.
         TopicSpec(settings.audit_anchors_topic, 1, {"retention.ms": "-1"}),
     ]
+    return [
+        TopicSpec(
+            spec.name,
+            spec.partitions,
+            {**spec.config, "min.insync.replicas": str(min_insync_replicas(replication))},
+            replication,
+        )
+        for spec in specs
+    ]
 
 
 def ensure_topics(
     bootstrap: str,
     specs: list[TopicSpec],
-    replication_factor: int = 1,
     *,
     stall_s: float = 60.0,
     security: KafkaSecurity | None = None,
@@ -64,7 +85,13 @@ def ensure_topics(
     """Create the topics that do not exist yet and wait until every partition of every
     topic has a leader (a producer started at once would otherwise meet partitions its
     metadata does not know yet); returns the names created. The wait fails only when no
-    further partition became ready for ``stall_s``."""
+    further partition became ready for ``stall_s``.
+
+    Raises
+    ------
+    TopicError
+        A topic asks for more copies than the cluster has brokers.
+    """
     import time
 
     from kafka import KafkaAdminClient
@@ -78,10 +105,17 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics())
         new = [
-            NewTopic(s.name, s.partitions, replication_factor, topic_configs=s.config)
+            NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
             for s in specs
             if s.name not in existing
         ]
+        brokers = len(admin.describe_cluster()["brokers"])
+        for spec in new:
+            if spec.replication_factor > brokers:
+                raise TopicError(
+                    f"{spec.name}: TIANYAN_KAFKA_REPLICATION_FACTOR={spec.replication_factor}"
+                    f" but the cluster at {bootstrap} has {brokers} broker(s)"
+                )
         if new:
             admin.create_topics(new)
         wanted = sum(s.partitions for s in specs)

@@ -33,6 +33,7 @@ def test_to_env_reads_back_as_the_same_settings() -> None:
         detectors_enabled=False,
         escalation_after_s=(10, 20, 30),
         raw_topic="city.raw",
+        kafka_replication_factor=3,
         kafka_security=KafkaSecurity(
             protocol="SASL_SSL",
             sasl_mechanism="SCRAM-SHA-256",
@@ -53,6 +54,16 @@ def test_a_bad_value_is_named() -> None:
     with (
         mock.patch.dict(os.environ, {"TIANYAN_ESCALATION_AFTER_S": "30,20,10"}, clear=True),
         pytest.raises(SettingsError, match="TIANYAN_ESCALATION_AFTER_S"),
+    ):
+        Settings.from_env()
+
+
+def test_a_replication_factor_below_one_is_named() -> None:
+    with (
+        mock.patch.dict(os.environ, {"TIANYAN_KAFKA_REPLICATION_FACTOR": "0"}, clear=True),
+        pytest.raises(
+            SettingsError, match="TIANYAN_KAFKA_REPLICATION_FACTOR=0: must be at least 1"
+        ),
     ):
         Settings.from_env()
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from foundation.kafka_security import confluent_config
 from foundation.settings import Settings
 from streams.mqtt import TELEMETRY, new_client, terminal_topic
 from tianyan.stack import LocalMosquitto
@@ -181,6 +182,7 @@ def _consume(
             "group.id": f"bench-gateway-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            **confluent_config(settings.kafka_security),
         }
     )
     consumer.subscribe([topic])

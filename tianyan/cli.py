@@ -154,10 +154,13 @@ def topics() -> None:
 @topics.command("ensure")
 def topics_ensure() -> None:
     """Create the pipeline's topics that do not exist yet."""
-    from streams.topics import ensure_topics, topic_specs
+    from streams.topics import TopicError, ensure_topics, topic_specs
 
     s = _settings()
-    created = ensure_topics(s.kafka_bootstrap, topic_specs(s), security=s.kafka_security)
+    try:
+        created = ensure_topics(s.kafka_bootstrap, topic_specs(s), security=s.kafka_security)
+    except TopicError as e:
+        raise click.ClickException(str(e)) from e
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
