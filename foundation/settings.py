@@ -92,6 +92,9 @@ class Settings:
     kafka_port: int
     kafka_controller_port: int
     kafka_heap_mb: int
+    #: Brokers of the local stack (``tianyan stack up --brokers N``): one, or a cluster of
+    #: N on this machine (see README § Scaling).
+    kafka_brokers: int
     kafka_bootstrap: str
     pg_port: int
     database_url: str
@@ -214,6 +217,7 @@ class Settings:
     def from_env(cls) -> Settings:
         var_dir = Path(_env("TIANYAN_VAR_DIR", str(PROJECT_ROOT / "var"))).resolve()
         kafka_port = _env_int("TIANYAN_KAFKA_PORT", 19092)
+        brokers = _env_positive("TIANYAN_KAFKA_BROKERS", 1)
         pg_port = _env_int("TIANYAN_PG_PORT", 55432)
         db = _env("TIANYAN_DATABASE_NAME", "tianyan")
         return cls(
@@ -221,6 +225,7 @@ class Settings:
             kafka_port=kafka_port,
             kafka_controller_port=_env_int("TIANYAN_KAFKA_CONTROLLER_PORT", kafka_port + 1),
             kafka_heap_mb=_env_int("TIANYAN_KAFKA_HEAP_MB", 768),
+            kafka_brokers=brokers,
             kafka_bootstrap=_env("TIANYAN_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_port}"),
             pg_port=pg_port,
             database_url=_env(
@@ -239,7 +244,9 @@ class Settings:
             # it is reported failed (its default, 300 s). Nothing is lost either way: the
             # publisher keeps failed records and sends them again.
             kafka_delivery_timeout_ms=_env_int("TIANYAN_KAFKA_DELIVERY_TIMEOUT_MS", 300_000),
-            kafka_replication_factor=_env_positive("TIANYAN_KAFKA_REPLICATION_FACTOR", 1),
+            kafka_replication_factor=_env_positive(
+                "TIANYAN_KAFKA_REPLICATION_FACTOR", min(3, brokers)
+            ),
             detectors_enabled=_env_bool("TIANYAN_DETECTORS", True),
             registered_only=_env_bool("TIANYAN_REGISTERED_ONLY", False),
             thresholds_file=Path(os.environ["TIANYAN_THRESHOLDS_FILE"])
@@ -331,6 +338,7 @@ class Settings:
             "TIANYAN_KAFKA_PORT": str(self.kafka_port),
             "TIANYAN_KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
             "TIANYAN_KAFKA_HEAP_MB": str(self.kafka_heap_mb),
+            "TIANYAN_KAFKA_BROKERS": str(self.kafka_brokers),
             "TIANYAN_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "TIANYAN_PG_PORT": str(self.pg_port),
             "TIANYAN_DATABASE_URL": self.database_url,

@@ -7,6 +7,9 @@ Short by default (the test command runs them); ``make chaos`` runs the issue's d
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -14,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from foundation.settings import Settings
-from tianyan.stack.kafka import LocalKafka
+from tianyan.processes import listening
+from tianyan.stack.kafka import NODE_PORT_STEP, KafkaCluster, LocalKafka
 from tianyan.stack.postgres import LocalPostgres
 
 from .chaos_support import FULL, chaos_pipeline, flush_until_done
@@ -103,3 +107,56 @@ def test_dispatcher_sigkilled_in_a_delivery_burst(settings: Settings, tmp_path: 
         c.run.start_dispatcher()
         c.settle()
         c.check_nothing_lost_or_duplicated()
+
+
+def _free_cluster_ports(first: int, nodes: int) -> int:
+    """A base port from which every node's broker and controller ports are free."""
+    for base in range(first, 32_000, 100):
+        ports = [base + NODE_PORT_STEP * n + k for n in range(nodes) for k in (0, 1)]
+        if not any(listening(p) for p in ports):
+            return base
+    raise RuntimeError(f"no free ports for {nodes} brokers from {first}")
+
+
+def test_one_of_three_brokers_killed_mid_stream(settings: Settings, tmp_path: Path) -> None:
+    """Issue 13 part 5: on a 3-broker cluster (topics with 3 copies, min.insync.replicas 2,
+    acks=all), a broker SIGKILLed mid-stream and restarted loses nothing: every sample is
+    stored once and every trapping becomes one incident."""
+    base = _free_cluster_ports(27_400, 3)
+    cluster_settings = dataclasses.replace(
+        settings,
+        kafka_port=base,
+        kafka_controller_port=base + 1,
+        kafka_bootstrap=f"127.0.0.1:{base}",
+        kafka_brokers=3,
+        kafka_replication_factor=3,
+        kafka_heap_mb=384,
+    )
+    root = settings.var_dir / "test-cluster" / f"pid-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    cluster = KafkaCluster(cluster_settings, root=root)
+    cluster.start()
+    victim = cluster.nodes[1]  # not the bootstrap node: the clients keep their way in
+    try:
+        with chaos_pipeline(cluster_settings, tmp_path) as c:
+            c.run.start_dispatcher()
+            c.run.start_worker()
+            flush_until_done(c.publish(0), 120)
+            time.sleep(2.0)  # the worker is folding the first half when the broker dies
+            pid = victim.pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            flush_until_done(c.publish(1), 120)  # two copies of three: writes go on
+            time.sleep(5.0)
+            cluster.start()  # the killed node again; it catches up from the others
+            c.settle()
+            counts = c.check_nothing_lost_or_duplicated()
+            stored, distinct = (
+                c.scalar("SELECT count(*) FROM telemetry_sample"),
+                c.scalar("SELECT count(DISTINCT (elevator_id, time)) FROM telemetry_sample"),
+            )
+        assert stored == distinct == c.expected_samples
+        assert counts["trapping_incidents"] >= 1
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,12 +42,27 @@ def _print_status(statuses: list) -> bool:
     help="Run the broker with a SASL_SSL listener (SCRAM-SHA-512, a local CA) and ACLs on "
     "TIANYAN_KAFKA_SECURE_PORT; each component's settings go to var/kafka-secure/clients/.",
 )
-def stack_up(secure: bool) -> None:
-    """Install what is missing (once), start both services, wait until they answer."""
+@click.option(
+    "--brokers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run a cluster of N Kafka brokers on this machine (as TIANYAN_KAFKA_BROKERS=N, which "
+    "the other commands must see too: export it); node n listens 10 × (n − 1) ports above "
+    "TIANYAN_KAFKA_PORT.",
+)
+def stack_up(secure: bool, brokers: int | None) -> None:
+    """Install what is missing (once), start the services, wait until they answer."""
+    import dataclasses
+
     from tianyan import stack as local_stack
 
     started = time.monotonic()
     settings = _settings()
+    if brokers is not None and brokers != settings.kafka_brokers:
+        if "TIANYAN_KAFKA_REPLICATION_FACTOR" not in os.environ:
+            settings = dataclasses.replace(settings, kafka_replication_factor=min(3, brokers))
+        settings = dataclasses.replace(settings, kafka_brokers=brokers)
+        click.echo(f"export TIANYAN_KAFKA_BROKERS={brokers} for the other commands", err=True)
     try:
         statuses = local_stack.up(settings, secure=secure)
     except local_stack.StackError as e:

@@ -16,7 +16,7 @@ from pathlib import Path
 from foundation.settings import Settings
 
 from .errors import StackError
-from .kafka import LocalKafka, check_kafka
+from .kafka import KafkaCluster, LocalKafka, check_kafka, stop_every_cluster
 from .kafka_secure import ADMIN, acl_plan, grant, secure_settings
 from .mosquitto import LocalMosquitto, check_mqtt
 from .postgres import LocalPostgres, check_database
@@ -42,9 +42,17 @@ def up(settings: Settings, *, secure: bool = False) -> list[ServiceStatus]:
     its ACLs on them (:func:`.kafka_secure.acl_plan`), and each user's ``TIANYAN_KAFKA_*``
     variables written to ``var/kafka-secure/clients/<user>.env``.
 
+    ``TIANYAN_KAFKA_BROKERS`` above 1: a cluster of that many brokers on this machine
+    (:class:`.kafka.KafkaCluster`) instead of the single one.
+
     The MQTT broker is started only when ``TIANYAN_MQTT_LOCAL`` is on (off: tianyan uses an
     existing broker).
     """
+    if secure and settings.kafka_brokers > 1:
+        raise StackError(
+            f"TIANYAN_KAFKA_BROKERS={settings.kafka_brokers}: the secure broker is one broker;"
+            " run --secure with one"
+        )
     pg = LocalPostgres(settings)
     kafka = LocalKafka(settings, secure=secure)
     pg.install()
@@ -54,7 +62,12 @@ def up(settings: Settings, *, secure: bool = False) -> list[ServiceStatus]:
     pg.init()
     pg.start()
     pg.bootstrap()
-    kafka.start()
+    if settings.kafka_brokers > 1:
+        LocalKafka(settings).stop()  # the single broker holds node 1's ports
+        KafkaCluster(settings).start()
+    else:
+        stop_every_cluster(settings)
+        kafka.start()
     if settings.mqtt_local:
         broker = LocalMosquitto(settings)
         broker.install()
@@ -71,10 +84,11 @@ def up(settings: Settings, *, secure: bool = False) -> list[ServiceStatus]:
 
 
 def down(settings: Settings) -> None:
-    """Stop the local services (both brokers, plaintext and secure); their data stay under
-    ``var/``."""
+    """Stop the local services (every broker: plaintext, secure, a cluster's nodes); their
+    data stay under ``var/``."""
     LocalKafka(settings, secure=True).stop()
     LocalMosquitto(settings).stop()
+    stop_every_cluster(settings)
     LocalKafka(settings).stop()
     LocalPostgres(settings).stop()
 

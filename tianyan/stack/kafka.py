@@ -15,6 +15,7 @@ from pathlib import Path
 
 from foundation.kafka_security import KafkaSecurity, kafka_python_config
 from foundation.settings import Settings
+from streams.topics import min_insync_replicas
 
 from .errors import StackError
 from .kafka_secure import ADMIN, SecureKafkaFiles
@@ -53,21 +54,39 @@ class LocalKafka:
     ``settings.kafka_secure_port`` and ACLs (see :mod:`.kafka_secure`); it shares the jars.
     """
 
-    def __init__(self, settings: Settings, *, secure: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        secure: bool = False,
+        node: int = 1,
+        cluster: KafkaCluster | None = None,
+    ) -> None:
         self.settings = settings
         self.secure = secure
-        self.root = settings.var_dir / ("kafka-secure" if secure else "kafka")
+        self.node = node
+        self.cluster = cluster
+        if cluster is not None:
+            self.root = cluster.root / f"node-{node}"
+            self.log = settings.var_dir / "log" / f"{cluster.root.name}-node-{node}.log"
+        else:
+            self.root = settings.var_dir / ("kafka-secure" if secure else "kafka")
+            self.log = settings.var_dir / "log" / ("kafka-secure.log" if secure else "kafka.log")
         self.files = SecureKafkaFiles(self.root)
         self.jars = settings.var_dir / "kafka" / "jars"
         self.data = self.root / "data"
         self.config = self.root / "server.properties"
         self.pid_file = self.root / "kafka.pid"
-        self.log = settings.var_dir / "log" / ("kafka-secure.log" if secure else "kafka.log")
+        # Node n of a cluster listens 10 ports above node n - 1 (node 1 on the usual ports).
+        self.port = settings.kafka_port + NODE_PORT_STEP * (node - 1)
+        self.controller_port = settings.kafka_controller_port + NODE_PORT_STEP * (node - 1)
 
     @property
     def bootstrap(self) -> str:
         if self.secure:
             return f"127.0.0.1:{self.settings.kafka_secure_port}"
+        if self.cluster is not None:
+            return f"127.0.0.1:{self.port}"
         return self.settings.kafka_bootstrap
 
     @property
@@ -116,30 +135,41 @@ class LocalKafka:
             controller_port = s.kafka_secure_controller_port
             listeners = self.files.server_properties(s)
         else:
-            controller_port = s.kafka_controller_port
+            controller_port = self.controller_port
             listeners = (
-                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},"
-                f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}\n"
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}\n"
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                f"CONTROLLER://127.0.0.1:{self.controller_port}\n"
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}\n"
                 "controller.listener.names=CONTROLLER\n"
                 "inter.broker.listener.name=PLAINTEXT\n"
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
             )
+        if self.cluster is not None:
+            # Every node a controller too: a quorum of all, any one of them may be lost.
+            quorum = "controller.quorum.voters=" + ",".join(
+                f"{n.node}@127.0.0.1:{n.controller_port}" for n in self.cluster.nodes
+            )
+        else:
+            quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}"
+        # The internal topics' copies; the pipeline's own are TIANYAN_KAFKA_REPLICATION_FACTOR.
+        copies = min(3, len(self.cluster.nodes)) if self.cluster is not None else 1
+        insync = min_insync_replicas(copies)
         self.config.touch(mode=0o600)
         self.config.write_text(
             "# Written by `tianyan stack up`; edits are overwritten.\n"
             "process.roles=broker,controller\n"
-            "node.id=1\n"
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}\n"
+            f"node.id={self.node}\n"
+            f"{quorum}\n"
             f"{listeners}"
             f"log.dirs={self.data}\n"
             f"num.partitions={s.raw_partitions}\n"
-            # One node: every internal topic has a single replica.
-            "offsets.topic.replication.factor=1\n"
-            "transaction.state.log.replication.factor=1\n"
-            "transaction.state.log.min.isr=1\n"
-            "share.coordinator.state.topic.replication.factor=1\n"
-            "share.coordinator.state.topic.min.isr=1\n"
+            f"default.replication.factor={copies}\n"
+            f"min.insync.replicas={insync}\n"
+            f"offsets.topic.replication.factor={copies}\n"
+            f"transaction.state.log.replication.factor={copies}\n"
+            f"transaction.state.log.min.isr={insync}\n"
+            f"share.coordinator.state.topic.replication.factor={copies}\n"
+            f"share.coordinator.state.topic.min.isr={insync}\n"
             "group.initial.rebalance.delay.ms=0\n"
             "auto.create.topics.enable=false\n"
             "log.retention.hours=168\n"
@@ -150,7 +180,7 @@ class LocalKafka:
         if (self.data / "meta.properties").exists():
             return
         self.data.mkdir(parents=True, exist_ok=True)
-        cluster_id = new_cluster_id()
+        cluster_id = new_cluster_id() if self.cluster is None else self.cluster.cluster_id()
         res = subprocess.run(
             [
                 "java",
@@ -159,7 +189,8 @@ class LocalKafka:
                 f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
                 "kafka.tools.StorageTool",
                 "format",
-                "--standalone",
+                # a cluster's voters are in its configuration
+                *(["--standalone"] if self.cluster is None else []),
                 "--cluster-id",
                 cluster_id,
                 "--config",
@@ -176,18 +207,26 @@ class LocalKafka:
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text())
+            # A broker this process started and that died is a zombie until reaped, and a
+            # zombie answers the signal 0 below.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
             os.kill(pid, 0)
         except (FileNotFoundError, ValueError, ProcessLookupError):
             return None
         return pid
 
-    def start(self, timeout_s: float = 90.0) -> None:
-        if self.pid() is not None:
-            return
+    def prepare(self) -> None:
+        """Its folders, configuration and formatted storage (once)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self._format()
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        if self.pid() is not None:
+            return
+        self.prepare()
         deadline = time.monotonic() + timeout_s
         while True:
             log_start = self.log.stat().st_size if self.log.exists() else 0
@@ -237,26 +276,106 @@ class LocalKafka:
                 start_new_session=True,
             )
 
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait while it runs until it answers; fails when it exited or never answered."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-10:])
+                raise StackError(f"Kafka node {self.node} exited:\n{tail}")
+            try:
+                check_kafka(self.bootstrap, timeout_s=3, security=self.admin_security)
+                return
+            except StackError:
+                time.sleep(0.5)
+        raise StackError(
+            f"Kafka node {self.node} did not answer within {timeout_s:.0f} s; see {self.log}"
+        )
+
+    @classmethod
+    def stop_pid_file(cls, pid_file: Path, timeout_s: float = 60.0) -> None:
+        """Stop the broker whose pid ``pid_file`` holds (SIGTERM, then SIGKILL)."""
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            pid_file.unlink(missing_ok=True)
+            return
+        _terminate(pid, timeout_s)
+        pid_file.unlink(missing_ok=True)
+
     def stop(self, timeout_s: float = 60.0) -> None:
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                # Reap it when this process started it (a test's fixture): a zombie would
-                # still answer the signal 0 below.
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            os.kill(pid, signal.SIGKILL)
+        _terminate(pid, timeout_s)
         self.pid_file.unlink(missing_ok=True)
+
+
+def _terminate(pid: int, timeout_s: float) -> None:
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            # Reap it when this process started it (a test's fixture): a zombie would
+            # still answer the signal 0 below.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+
+
+#: Ports between one node of a local cluster and the next.
+NODE_PORT_STEP = 10
+
+
+class KafkaCluster:
+    """``TIANYAN_KAFKA_BROKERS`` (> 1) brokers on this machine, under
+    ``var/kafka/cluster-<n>`` (or ``root``): each a KRaft broker and controller, node 1 on
+    ``TIANYAN_KAFKA_PORT``, node n ``10 × (n − 1)`` ports above. Internal topics have
+    ``min(3, n)`` copies; the pipeline's topics ``TIANYAN_KAFKA_REPLICATION_FACTOR``."""
+
+    def __init__(self, settings: Settings, *, root: Path | None = None) -> None:
+        if settings.kafka_brokers < 2:
+            raise StackError(f"TIANYAN_KAFKA_BROKERS={settings.kafka_brokers}: a cluster is 2+")
+        self.settings = settings
+        self.root = root or settings.var_dir / "kafka" / f"cluster-{settings.kafka_brokers}"
+        self.nodes = [
+            LocalKafka(settings, node=n, cluster=self) for n in range(1, settings.kafka_brokers + 1)
+        ]
+
+    def cluster_id(self) -> str:
+        """The id every node is formatted with: made once, kept beside the nodes."""
+        path = self.root / "cluster.id"
+        if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.write_text(new_cluster_id())
+        return path.read_text().strip()
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start every node not running, then wait until each answers (a node cannot
+        answer before a quorum of controllers is up, so all are started first)."""
+        for node in self.nodes:
+            node.prepare()
+        for node in self.nodes:
+            if node.pid() is None:
+                node.pid_file.write_text(str(node._spawn().pid))
+        for node in self.nodes:
+            node.wait_ready(timeout_s)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def stop_every_cluster(settings: Settings) -> None:
+    """Stop the nodes of any local cluster found under ``var/kafka`` (``stack down``)."""
+    for pid_file in sorted((settings.var_dir / "kafka").glob("cluster-*/node-*/kafka.pid")):
+        LocalKafka.stop_pid_file(pid_file)
 
 
 def check_kafka(
