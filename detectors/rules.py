@@ -42,8 +42,8 @@ they fail as often; durations are measured from the first sample at which a cond
   first bad stop, cleared after ``accuracy_clear_stops`` good stops.
 - ``power_loss``: event 41, or the service mode dropping to 0 (stopped) unexplained by an
   overtravel, unintended movement or run-time limiter, or by a code of
-  :data:`OUT_OF_SERVICE_CODES` in the same or an earlier message; cleared by event 40 or the
-  mode's return.
+  :data:`OUT_OF_SERVICE_CODES` sent within :data:`CODE_EXPLAINS_STOP_MS` of the stop (in the
+  same message or an earlier one); cleared by event 40 or the mode's return.
 - In inspection (service mode 2) a technician drives the car: a stop outside the door zone
   is theirs, and the run-time limiter does not act on inspection runs (EN 81-20 5.9.2.7),
   so neither ``stopped_outside_door_zone`` nor ``run_time_limiter`` is judged in it.
@@ -105,10 +105,15 @@ CODE_ALERT: Final[dict[str, str]] = {
 #: Service mode 2: inspection (maintenance) operation, the car driven by a technician.
 INSPECTION_MODE: Final = 2
 #: Terminal codes that say why a car is out of service (mode 0), so that its stopping is no
-#: power loss: event 42 (out of service) and the fault codes with no rule of their own
-#: (01 safety circuit open, 02 door-close fault, 07 floor position lost, 08 other fault
-#: preventing re-run), all GB/T 24476.
-OUT_OF_SERVICE_CODES: Final = frozenset({"42", "01", "02", "07", "08"})
+#: power loss: event 42 (out of service), the fault codes with no rule of their own (01
+#: safety circuit open, 02 door-close fault, 07 floor position lost, 08 other fault
+#: preventing re-run) and those of the alerts that explain mode 0 (05 unintended movement,
+#: 06 run-time limiter, 09 / 10 overtravel), all GB/T 24476. A terminal sends the code with
+#: the mode change, and a dropout may have hidden the run that led to it.
+OUT_OF_SERVICE_CODES: Final = frozenset({"42", "01", "02", "07", "08", "05", "06", "09", "10"})
+#: Such a code explains a stop in mode 0 that began this close to it, ms: one message's span
+#: (≤ 5 s, the contract), so that a code long past explains no later stop.
+CODE_EXPLAINS_STOP_MS: Final = 5_000
 #: Modes the power-loss rule leaves alone: the car is out of normal service for a reason the
 #: terminal already told (out-of-service alerts explain mode 0).
 _EXPLAINS_MODE_0: Final = (
@@ -714,7 +719,7 @@ def _out_of_service(st: RuleState, message: TelemetryMessage) -> None:
     """Note a code that explains the car stopping (:data:`OUT_OF_SERVICE_CODES`) before
     the message's samples are judged: terminals send the code with the mode change."""
     for code_event in (*message.faults, *message.events):
-        if code_event.code in OUT_OF_SERVICE_CODES and "out_of_service" not in st.runs:
+        if code_event.code in OUT_OF_SERVICE_CODES:
             st.runs["out_of_service"] = [0, 0, code_event.t_ms]
 
 
@@ -733,10 +738,11 @@ def _power_loss(em: _Emitter, c: _Sample) -> None:
         if r is None:
             r = runs["mode_stopped"] = [0, 0, t]
         r[0] += 1
+        code = runs.get("out_of_service")
         if (
             r[0] == em.d.confirm
             and not any(k in active for k in _EXPLAINS_MODE_0)
-            and "out_of_service" not in runs
+            and not (code is not None and abs(code[2] - r[2]) <= CODE_EXPLAINS_STOP_MS)
         ):
             em.raise_(
                 "power_loss",
@@ -751,6 +757,8 @@ def _power_loss(em: _Emitter, c: _Sample) -> None:
         power = active.get("power_loss")
         if power is not None and power[3]:
             em.clear("power_loss", t, "service mode back from 0")
+    elif (code := runs.get("out_of_service")) is not None and t - code[2] > CODE_EXPLAINS_STOP_MS:
+        runs.pop("out_of_service")  # a code that led to no stop
 
 
 def _leveling_accuracy(em: _Emitter, c: _Sample) -> None:

@@ -131,9 +131,7 @@ def segment_sessions(
     s = message.samples
     ts, modes, speeds = s.t_ms, s.service_mode, s.speed_mps
     last_t = state.last_t_ms
-    event_43_ms = min(
-        (e.t_ms for e in message.events if e.code == INSPECTION_EVENT), default=None
-    )
+    event_43_ms = min((e.t_ms for e in message.events if e.code == INSPECTION_EVENT), default=None)
     if event_43_ms is not None and state.start_ms is not None:
         state.event_43 = True
     sessions: list[MaintenanceSession] = []

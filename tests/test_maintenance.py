@@ -19,6 +19,7 @@ import simulator
 from dashboards.boards import maintenance as maintenance_board
 from dashboards.check import check_board
 from dashboards.macros import TimeRange
+from detectors import ElevatorLimits, SafetyRules, Thresholds
 from detectors.testing import ELEVATOR_ID, car, message
 from foundation.records import MaintenanceSession
 from foundation.settings import Settings
@@ -73,6 +74,49 @@ def test_another_elevators_message_is_refused_by_name() -> None:
     other = _msg([car(t_ms=T0)], 0, elevator_id="32070620200000000002")
     with pytest.raises(ValueError, match="is not the elevator of this state"):
         segment_sessions(st, other)
+
+
+# -- the safety rules out of normal service --------------------------------------------------
+
+LIM = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000.0, floors=10)
+
+
+def _types(
+    mode: int, seconds: int, *, events: tuple[tuple[int, str], ...] = (), **row: Any
+) -> list[str]:
+    rules = SafetyRules(Thresholds())
+    st = rules.new(ELEVATOR_ID)
+    out = []
+    for sec in range(seconds):
+        rows = [car(t_ms=T0 + sec * 1000 + k * 100, service_mode=mode, **row) for k in range(10)]
+        ev = [e for e in events if sec * 1000 <= e[0] - T0 < (sec + 1) * 1000]
+        out += rules.observe(st, message(rows, seq=sec, events=ev), LIM)
+    return [a.alert_type for a in out if a.state == "raised"]
+
+
+def test_a_car_stopped_between_floors_in_inspection_is_the_technicians_doing() -> None:
+    between = {"position_m": 4.5, "door_zone": False}
+    assert _types(2, 60, **between) == []
+    assert _types(1, 60, **between) == ["stopped_outside_door_zone"]
+
+
+def test_a_car_taken_out_of_service_by_a_code_has_no_power_loss() -> None:
+    assert _types(0, 10) == ["power_loss"]
+    assert _types(0, 10, events=((T0, "42"),)) == []  # out of service, said so
+
+
+def test_a_new_terminal_code_replaces_the_fault_of_another() -> None:
+    rules = SafetyRules(Thresholds())
+    st = rules.new(ELEVATOR_ID)
+    out = []
+    for sec, code in ((0, "03"), (5, "08")):
+        rows = [car(t_ms=T0 + sec * 1000 + k * 100) for k in range(10)]
+        out += rules.observe(st, message(rows, seq=sec, faults=[(T0 + sec * 1000, code)]), LIM)
+    assert [(a.alert_type, a.gb_code, a.state) for a in out] == [
+        ("terminal_fault", "03", "raised"),
+        ("terminal_fault", "03", "cleared"),
+        ("terminal_fault", "08", "raised"),
+    ]
 
 
 # -- the scenario keys and what the simulator makes of them ---------------------------------

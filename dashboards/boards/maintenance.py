@@ -162,8 +162,7 @@ ORDER BY count(*) FILTER (WHERE v.visits = 0) DESC, sum(v.short_visits) DESC,
         height=8,
     )
     b.panel(
-        table()
-        .override_by_name(
+        table().override_by_name(
             *link_column(
                 "registration_code",
                 "Elevator ${__value.raw}",

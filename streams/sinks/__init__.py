@@ -2,8 +2,8 @@
 
 ``SampleSink`` (samples and codes, from each message's own bytes), ``WindowSink``,
 ``TripSink``, ``MaintenanceSessionSink`` and ``AlertSink`` each connect in ``setup()`` and
-store a batch in one transaction with ``write(batch)``; ``TimescaleSink`` writes a worker's whole batch through
-all of them in one transaction.
+store a batch in one transaction with ``write(batch)``; ``TimescaleSink`` writes a worker's
+whole batch through all of them in one transaction.
 """
 
 from .alerts import AlertSink, insert_alerts
