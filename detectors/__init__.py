@@ -16,6 +16,7 @@ windows and trips into alerts.
 from .alerts import Alert, alert_key
 from .catalog import DETECTOR_TYPES, SERIES_SCORERS, detectors
 from .diagnosis import DIAGNOSIS, diagnose
+from .maintenance import MaintenanceDue, MaintenanceDueState
 from .online import HalfSpaceTreesDetector
 from .protocol import Detector
 from .rules import RuleState, SafetyRules
@@ -35,6 +36,8 @@ __all__ = [
     "ElevatorLimits",
     "Ewma",
     "HalfSpaceTreesDetector",
+    "MaintenanceDue",
+    "MaintenanceDueState",
     "RobustZ",
     "RuleState",
     "SafetyRules",

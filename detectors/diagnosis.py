@@ -169,6 +169,14 @@ DIAGNOSIS: Final[dict[str, Diagnosis]] = {
         "A trip unlike this elevator's (or its cohort's) usual trips.",
         "Review the trip in Grafana; no immediate action.",
     ),
+    "maintenance_overdue": Diagnosis(
+        "minor",
+        None,
+        "No maintenance visit (inspection mode, GB/T 24476 service mode 2 or event 43) seen "
+        "for longer than the maintenance interval (TSG T5002-2017: at least every 15 days).",
+        "Ask the maintenance company for its record of the last visit; have the elevator "
+        "maintained, and inspected if maintenance lapsed.",
+    ),
     "terminal_fault": Diagnosis(
         "major",
         None,

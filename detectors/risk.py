@@ -72,6 +72,9 @@ GRADE_EN: Final[dict[Grade, str]] = {
 DEGRADATION_TYPES: Final = frozenset({"leveling_drift", "door_operator_wear"})
 #: Alert types that flag an unusual trip without a fault (detectors.stats, robust z).
 ANOMALY_TYPES: Final = frozenset({"trip_anomaly"})
+#: Compliance alerts the registry factors already weigh (maintenance lapsed: the
+#: ``maintenance`` factor), so they count toward no alert factor.
+COMPLIANCE_TYPES: Final = frozenset({"maintenance_overdue"})
 
 AlertCategory = Literal[
     "trapping", "critical_faults", "major_faults", "minor_faults", "degradation", "anomalies"
@@ -87,6 +90,8 @@ def alert_category(alert_type: str, severity: str) -> AlertCategory | None:
     >>> alert_category("trapped_at_level", "critical"), alert_category("overspeed", "critical")
     ('trapping', 'critical_faults')
     """
+    if alert_type in COMPLIANCE_TYPES:
+        return None
     if alert_type in TRAPPED_TYPES:
         return "trapping"
     if alert_type in DEGRADATION_TYPES:

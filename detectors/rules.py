@@ -41,7 +41,12 @@ they fail as often; durations are measured from the first sample at which a cond
   ``leveling_accuracy``: beyond ±20 mm while the doors are open. Both are episodes: raised at the
   first bad stop, cleared after ``accuracy_clear_stops`` good stops.
 - ``power_loss``: event 41, or the service mode dropping to 0 (stopped) unexplained by an
-  overtravel, unintended movement or run-time limiter; cleared by event 40 or the mode's return.
+  overtravel, unintended movement or run-time limiter, or by a code of
+  :data:`OUT_OF_SERVICE_CODES` sent within :data:`CODE_EXPLAINS_STOP_MS` of the stop (in the
+  same message or an earlier one); cleared by event 40 or the mode's return.
+- In inspection (service mode 2) a technician drives the car: a stop outside the door zone
+  is theirs, and the run-time limiter does not act on inspection runs (EN 81-20 5.9.2.7),
+  so neither ``stopped_outside_door_zone`` nor ``run_time_limiter`` is judged in it.
 - ``alarm_button``: the alarm pressed (column or event 90); cleared on release.
 - ``repeated_door_reopening``: ``reopenings_alert`` reopenings of a closing door in one stop.
 - ``device_offline`` (from :func:`tick`): silence beyond ``heartbeat_timeout_s``, or beyond
@@ -97,6 +102,18 @@ CODE_ALERT: Final[dict[str, str]] = {
     "09": "overtravel_top",
     "10": "overtravel_bottom",
 }
+#: Service mode 2: inspection (maintenance) operation, the car driven by a technician.
+INSPECTION_MODE: Final = 2
+#: Terminal codes that say why a car is out of service (mode 0), so that its stopping is no
+#: power loss: event 42 (out of service), the fault codes with no rule of their own (01
+#: safety circuit open, 02 door-close fault, 07 floor position lost, 08 other fault
+#: preventing re-run) and those of the alerts that explain mode 0 (05 unintended movement,
+#: 06 run-time limiter, 09 / 10 overtravel), all GB/T 24476. A terminal sends the code with
+#: the mode change, and a dropout may have hidden the run that led to it.
+OUT_OF_SERVICE_CODES: Final = frozenset({"42", "01", "02", "07", "08", "05", "06", "09", "10"})
+#: Such a code explains a stop in mode 0 that began this close to it, ms: one message's span
+#: (≤ 5 s, the contract), so that a code long past explains no later stop.
+CODE_EXPLAINS_STOP_MS: Final = 5_000
 #: Modes the power-loss rule leaves alone: the car is out of normal service for a reason the
 #: terminal already told (out-of-service alerts explain mode 0).
 _EXPLAINS_MODE_0: Final = (
@@ -399,6 +416,8 @@ def observe(
         and _uniform(st, s, d, n)
     )
     if not fast:
+        if message.faults or message.events:
+            _out_of_service(st, message)
         _samples(em, s, n, d, thresholds)
     else:
         i = n - 1
@@ -616,6 +635,7 @@ def _run_time_limiter(em: _Emitter, c: _Sample) -> None:
         # gap from a moving car): the limiter cut it if the run lasted about the limit.
         if (
             not c.zone
+            and c.mode != INSPECTION_MODE
             and st.stalled_since_ms >= 0
             and t - st.stalled_since_ms >= d.stall_min_ms
             and t - st.run_since_ms >= d.run_limit_ms - d.run_tolerance_ms
@@ -695,6 +715,14 @@ _INSTANT_RULES: Final = (
 )
 
 
+def _out_of_service(st: RuleState, message: TelemetryMessage) -> None:
+    """Note a code that explains the car stopping (:data:`OUT_OF_SERVICE_CODES`) before
+    the message's samples are judged: terminals send the code with the mode change."""
+    for code_event in (*message.faults, *message.events):
+        if code_event.code in OUT_OF_SERVICE_CODES:
+            st.runs["out_of_service"] = [0, 0, code_event.t_ms]
+
+
 def _power_loss(em: _Emitter, c: _Sample) -> None:
     """``power_loss`` from service mode 0 (stopped) unless another alert explains it;
     judged after the instantaneous conditions, on the ``confirm_samples``-th sample, so
@@ -710,7 +738,12 @@ def _power_loss(em: _Emitter, c: _Sample) -> None:
         if r is None:
             r = runs["mode_stopped"] = [0, 0, t]
         r[0] += 1
-        if r[0] == em.d.confirm and not any(k in active for k in _EXPLAINS_MODE_0):
+        code = runs.get("out_of_service")
+        if (
+            r[0] == em.d.confirm
+            and not any(k in active for k in _EXPLAINS_MODE_0)
+            and not (code is not None and abs(code[2] - r[2]) <= CODE_EXPLAINS_STOP_MS)
+        ):
             em.raise_(
                 "power_loss",
                 r[2],
@@ -720,9 +753,12 @@ def _power_loss(em: _Emitter, c: _Sample) -> None:
             )
     elif c.prev_mode == 0:
         runs.pop("mode_stopped", None)
+        runs.pop("out_of_service", None)
         power = active.get("power_loss")
         if power is not None and power[3]:
             em.clear("power_loss", t, "service mode back from 0")
+    elif (code := runs.get("out_of_service")) is not None and t - code[2] > CODE_EXPLAINS_STOP_MS:
+        runs.pop("out_of_service")  # a code that led to no stop
 
 
 def _leveling_accuracy(em: _Emitter, c: _Sample) -> None:
@@ -825,7 +861,13 @@ def _codes(em: _Emitter, message: TelemetryMessage) -> None:
                 continue
         if kind is not None:
             em.raise_(kind, t, max(t, t_last), source=f"terminal fault code {code}")
-        elif "terminal_fault" not in st.active:
+            continue
+        current = st.active.get("terminal_fault")
+        if current is not None and current[3] != int(code) and current[0] < t:
+            # Another code is another fault (a door-open fault 03 at a trapping, then 08
+            # keeping the car out of service): the new one is reported, the old one ends.
+            em.clear("terminal_fault", max(t, t_last), f"terminal fault code {code} followed")
+        if "terminal_fault" not in st.active:
             em.raise_(
                 "terminal_fault",
                 t,
@@ -842,6 +884,7 @@ def _codes(em: _Emitter, message: TelemetryMessage) -> None:
             if st.mode == 0 and "power_loss" in st.active:
                 st.active["power_loss"][3] = 1
         elif code == "40":
+            st.runs.pop("out_of_service", None)
             em.clear("power_loss", max(t, t_last), "terminal event 40 (back to normal)")
             em.clear("terminal_fault", max(t, t_last), "terminal event 40 (back to normal)")
         elif code == "90" and st.alarm_since_ms < t and "alarm_button" not in st.active:
@@ -873,8 +916,9 @@ def _timers(em: _Emitter, now: int, silent_from_ms: int | None = None) -> None:
         return stamp if now >= stamp else None
 
     zone = st.zone
+    inspection = st.mode == INSPECTION_MODE
     base = max(st.standing_since_ms, st.door_since_ms, st.zone_since_ms)
-    if not zone and (t := due_at(base + d.outside_ms)) is not None:
+    if not zone and not inspection and (t := due_at(base + d.outside_ms)) is not None:
         em.raise_("stopped_outside_door_zone", base, t, **extra)
     if st.passengers:
         since = max(base, st.passengers_since_ms)
@@ -896,6 +940,7 @@ def _timers(em: _Emitter, now: int, silent_from_ms: int | None = None) -> None:
                 em.raise_(kind, since, timer_t, how="timer", **extra)
     if (
         st.running
+        and not inspection
         and not st.moving
         and not zone
         and "run_time_limiter" not in st.active

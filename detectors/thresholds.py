@@ -107,6 +107,18 @@ class Thresholds:
         65-s heartbeat timeout and any trapping timer, so only a car that is really gone
         (a dismantled terminal, a hostile id) stops costing memory. Must exceed
         ``heartbeat_timeout_s``.
+    maintenance_visit_interval_days
+        A car whose terminal showed no maintenance visit (inspection, service mode 2 or
+        event 43, GB/T 24476) for longer than this raises ``maintenance_overdue``
+        (:mod:`detectors.maintenance`): maintenance at least every 15 days, TSG T5002-2017
+        (半月保). The same rule as ``risk_maintenance_interval_days``, judged in the stream
+        per elevator; fractional days are allowed (a test or a pilot may shorten it).
+    maintenance_visit_min_s
+        A visit shorter than this is "too short" on the maintenance board: no standard fixes
+        a duration, but TSG T5002-2017 Annex A's half-monthly list (about 30 items on a
+        traction lift: machine room, car top, pit, landing doors) cannot be worked through
+        in less than about half an hour, the figure supervision platforms use to flag
+        perfunctory visits (假保). A judgement: override it where the city rules otherwise.
     passenger_mass_kg
         Mass of one passenger for estimating people trapped (GB/T 7588.1 Table 6: 75 kg).
     default_rated_speed_mps, default_rated_load_kg, default_floors
@@ -185,6 +197,8 @@ class Thresholds:
     clock_offset_tolerance_s: float = 5.0
     clock_offset_max_s: float = 7 * 86_400.0
     state_eviction_after_s: float = 6 * 3600.0
+    maintenance_visit_interval_days: float = 15.0
+    maintenance_visit_min_s: float = 1800.0
     passenger_mass_kg: float = 75.0
     default_rated_speed_mps: float = 1.0
     default_rated_load_kg: float = 630.0

@@ -98,6 +98,8 @@ DETECTS: Final[dict[str, frozenset[str]]] = {
     "alarm_true": frozenset({"alarm_button"}),
     "alarm_nuisance": frozenset({"alarm_button"}),
     "door_reopening": frozenset({"repeated_door_reopening"}),
+    # GB/T 24476 codes 01, 02, 07, 08: the terminal's word is the only evidence.
+    "terminal_code": frozenset({"terminal_fault"}),
     # A drift shows first as stops beyond ±10 mm, then beyond ±20 mm with the doors open.
     "leveling_drift": frozenset({"leveling_drift", "stopping_accuracy", "leveling_accuracy"}),
     "door_degradation": frozenset({"door_operator_wear"}),

@@ -142,3 +142,35 @@ class Trip(msgspec.Struct, frozen=True):
     leveling_offset_mm: float | None
     door_opening_s: float | None
     door_closing_s: float | None
+
+
+class MaintenanceSession(msgspec.Struct, frozen=True):
+    """One maintenance visit as the terminal showed it: the car in inspection (service mode
+    2) from ``start_ms``; a row of ``maintenance_session``.
+
+    Field names equal the table's columns, except ``start_ms`` and ``end_ms`` (the sink turns
+    epoch ms into ``start_time`` and ``end_time``).
+
+    Attributes
+    ----------
+    start_ms
+        First sample in inspection, or the time of event 43 (inspection mode) if earlier,
+        Unix epoch ms.
+    elevator_id
+        Registration code of the elevator.
+    end_ms
+        First sample back out of inspection, Unix epoch ms; None while the visit goes on.
+    duration_s
+        ``end_ms - start_ms``, s; None while the visit goes on.
+    inspection_runs
+        Runs the car made in inspection (speed above ``MOVING_SPEED_MPS`` after a stop).
+    event_43
+        Whether the terminal reported event 43 (inspection mode) for it.
+    """
+
+    start_ms: int
+    elevator_id: str
+    end_ms: int | None
+    duration_s: float | None
+    inspection_runs: int
+    event_43: bool

@@ -27,7 +27,7 @@ from foundation.contract import COLUMNS, SCHEMA_NAME
 from registry.model import Elevator
 
 from .motion import SCurve, eval_one, eval_scurve, plan_scurve
-from .scenario import FaultConfig, Scenario
+from .scenario import SERVICE_MODES, FaultConfig, Scenario
 from .traffic import FROM_LOBBY, PEAK_SHARE, SHAPE, TO_LOBBY, local_hour, next_call_s
 
 # Car phases.
@@ -65,7 +65,12 @@ PER_DAY: Final = (
     "dropout",
     "stuck_sensor",
     "clock_skew",
+    # Appended, so that scenarios without them draw exactly as before.
+    "terminal_code",
+    *SERVICE_MODES,
 )
+#: Per-day episodes that take a car standing idle in normal service out of it for a while.
+EPISODES: Final = frozenset({"terminal_code", *SERVICE_MODES})
 #: Faults injected at the next opportunity after they fall due (a suitable trip or stop).
 WAITS_FOR_OPPORTUNITY: Final = frozenset(
     {
@@ -235,6 +240,10 @@ class FleetEngine:
         self.dest = [0] * n
         self.n_pass = [0] * n
         self.halt: list[dict[str, Any] | None] = [None] * n
+        #: The service-mode episode (or terminal fault) a car is in, see _begin_episode.
+        self.episode: list[dict[str, Any] | None] = [None] * n
+        #: An episode that fell due while the car was busy: it begins when the car is free.
+        self.episode_pending: list[str | None] = [None] * n
         self.door_ctx: list[dict[str, Any]] = [{} for _ in range(n)]
         self.pending: list[set[str]] = [set() for _ in range(n)]
         self.codes: list[list[tuple[int, str, bool]]] = [[] for _ in range(n)]
@@ -258,9 +267,11 @@ class FleetEngine:
             ]
         )
         f = scenario.faults
-        self.per_day = [name for name in PER_DAY if name in f]
+        self.per_day_cfg: dict[str, FaultConfig] = {**f, **scenario.service}
+        self.per_day = [name for name in PER_DAY if name in self.per_day_cfg]
         self.fault_next = {
-            name: rng.exponential(86400.0 / f[name].rate_per_day, n) for name in self.per_day
+            name: rng.exponential(86400.0 / self.per_day_cfg[name].rate_per_day, n)
+            for name in self.per_day
         }
         self.fault_due = np.full(n, _INF)
         for name in self.per_day:
@@ -715,6 +726,11 @@ class FleetEngine:
             self.direction[i] = 0
             self._resume(i, t)
             return
+        if kind == "inspection":
+            self.direction[i] = 0
+            self.phase[i], self.phase_end[i] = IDLE, _INF
+            self._episode_wake(i, t)
+            return
         if kind == "halt":
             self._halt(i, t, tick, flags)
             return
@@ -901,8 +917,16 @@ class FleetEngine:
 
     def _trigger(self, name: str, i: int, t: float) -> bool:
         """A per-day fault fell due for car ``i``; False if it must be retried later."""
-        cfg = self.sc.faults[name]
+        cfg = self.per_day_cfg[name]
         tick = round(t * self.hz)
+        if self.episode[i] is not None and (name in EPISODES or name == "power_loss"):
+            return False  # one out-of-service reason at a time
+        if name in EPISODES:
+            if self.episode_pending[i] is not None:
+                return False
+            if not self._begin_episode(name, i, t, cfg):
+                self.episode_pending[i] = name  # when the car is next free
+            return True
         if name in WAITS_FOR_OPPORTUNITY:
             self.pending[i].add(name)
         elif name == "power_loss":
@@ -951,6 +975,82 @@ class FleetEngine:
             self.device[i] = dev
         return True
 
+    # ------------------------------------------------------------------ service episodes
+    def _begin_episode(self, name: str, i: int, t: float, cfg: FaultConfig) -> bool:
+        """Take a car standing idle in normal service out of it: a service-mode episode
+        (mode and event of :data:`~simulator.scenario.SERVICE_MODES`) or a terminal fault
+        code (mode 0). False, to retry shortly, while the car is busy."""
+        if not (
+            self.phase[i] == IDLE
+            and self.stage[i] == NO_CALL
+            and self.halt[i] is None
+            and self.mode[i] == 1
+            and self.door[i] == DOOR_CLOSED
+        ):
+            return False
+        tick = round(t * self.hz)
+        duration = self._u(cfg["duration_min_s"], cfg["duration_max_s"])
+        params: dict[str, Any] = {"duration_s": round(duration, 1)}
+        if name == "terminal_code":
+            code: str | None = str(self.rng.choice(cfg["codes"]))
+            mode = 0
+            self._raise(i, tick, str(code))
+        else:
+            mode, code = SERVICE_MODES[name]
+            if code is not None:
+                self._raise(i, tick, code, event=True)
+        params["service_mode"] = mode
+        self.mode[i] = mode
+        label = self._label(i, name, tick, None, **params)
+        label.gb_code = code
+        self.episode[i] = {
+            "name": name,
+            "label": label,
+            "end": t + duration,
+            "next_call": float(self.next_call[i]),
+        }
+        self._episode_wake(i, t)
+        return True
+
+    def _episode_wake(self, i: int, t: float) -> None:
+        """When the standing car in an episode next does something: its next inspection
+        run (maintenance visits) or the episode's end. Calls wait until then."""
+        ep = self.episode[i]
+        assert ep is not None
+        wake = ep["end"]
+        if ep["name"] == "maintenance_visit":
+            per_hour = self.sc.service["maintenance_visit"]["runs_per_hour"]
+            if per_hour > 0:
+                wake = min(wake, t + float(self.rng.exponential(3600.0 / per_hour)))
+        self.next_call[i] = wake
+
+    def _episode_step(self, i: int, t: float) -> None:
+        ep = self.episode[i]
+        assert ep is not None
+        if t + _EPS >= ep["end"]:
+            self._end_episode(i, t)
+            return
+        # An inspection run: the technician drives the car a landing or two at inspection
+        # speed, doors closed, and stops level.
+        cfg = self.sc.service["maintenance_visit"]
+        here, top = self._landing(i), int(self.floors[i]) - 1
+        choices = [d for d in (here - 2, here - 1, here + 1, here + 2) if 0 <= d <= top]
+        dest = int(self.rng.choice(choices))
+        self._plan(i, t, dest * self.h + self._offset_m(i, t), float(cfg["inspection_speed_mps"]))
+        self.trip_kind[i] = "inspection"
+        self.trip_flags[i] = {}
+
+    def _end_episode(self, i: int, t: float) -> None:
+        ep = self.episode[i]
+        assert ep is not None
+        self.episode[i] = None
+        tick = round(t * self.hz)
+        # The car leaves the episode at this tick: its mode held until the last one.
+        self._end_label(ep["label"], tick - 1)
+        self.mode[i] = 1
+        self._raise(i, tick, "40", event=True)
+        self.next_call[i] = max(ep["next_call"], t)
+
     def _faults_due(self, i: int, t: float) -> None:
         for name in self.per_day:
             nxt = self.fault_next[name]
@@ -961,7 +1061,7 @@ class FleetEngine:
                     nxt[i] = _INF  # a car degrades once
                 else:
                     nxt[i] = t + float(
-                        self.rng.exponential(86400.0 / self.sc.faults[name].rate_per_day)
+                        self.rng.exponential(86400.0 / self.per_day_cfg[name].rate_per_day)
                     )
         self.fault_due[i] = min(self.fault_next[name][i] for name in self.per_day)
 
@@ -984,8 +1084,18 @@ class FleetEngine:
                     self._end_halt(i, t)
                 elif phase == BRAKING:
                     self._end_braking(i, t)
+            elif phase == IDLE and (name := self.episode_pending[i]) is not None:
+                self.episode_pending[i] = None
+                if not self._begin_episode(name, i, t, self.per_day_cfg[name]):
+                    self.episode_pending[i] = name
+                    return
             elif phase == IDLE and self.next_call[i] <= t + _EPS:
-                self._start_call(i, t)
+                if self.episode[i] is not None:
+                    self._episode_step(i, t)
+                    if self.episode[i] is not None:
+                        return
+                else:
+                    self._start_call(i, t)
             else:
                 return
 

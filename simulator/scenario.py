@@ -261,7 +261,59 @@ FAULTS: Final[dict[str, dict[str, Key]]] = {
         ),
     },
 }
-for _spec in FAULTS.values():
+
+#: GB/T 24476 terminal fault codes without a rule of their own: the terminal reports them and
+#: takes the car out of service (mode 0); detectors see them only as ``terminal_fault``.
+TERMINAL_CODES: Final = ("01", "02", "07", "08")
+FAULTS["terminal_code"] = {
+    **_RATE,
+    **_dur(60.0, 600.0),
+    "codes": _k(
+        list,
+        list(TERMINAL_CODES),
+        doc="codes drawn from: 01 safety circuit open while running, 02 door-close fault, "
+        "07 floor position lost, 08 other fault preventing re-run",
+        choices=TERMINAL_CODES,
+    ),
+}
+
+#: Service-mode episodes, ``[service.<name>]``: the service mode the car reports during one
+#: (``foundation.contract``: 0 stopped, 2 inspection, 3 fire recall, 4 firefighter,
+#: 5 emergency power, 6 earthquake, 7 unknown) and the GB/T 24476 event that announces it
+#: (42 out of service, 43 inspection, 44 fire recall, 45 firefighter operation, 46 emergency
+#: power, 47 earthquake; none for an unknown mode). Event 40 (back to normal) ends each.
+SERVICE_MODES: Final[dict[str, tuple[int, str | None]]] = {
+    "maintenance_visit": (2, "43"),
+    "out_of_service": (0, "42"),
+    "fire_recall": (3, "44"),
+    "firefighter": (4, "45"),
+    "emergency_power": (5, "46"),
+    "earthquake": (6, "47"),
+    "unknown_mode": (7, None),
+}
+#: Service sections: ``[service.<name>]``. A missing section means the episode never happens.
+SERVICE: Final[dict[str, dict[str, Key]]] = {
+    "maintenance_visit": {
+        **_RATE,
+        # TSG T5002-2017's half-monthly items take a technician about an hour.
+        **_dur(1800.0, 5400.0),
+        "inspection_speed_mps": _k(
+            float,
+            0.3,
+            0.05,
+            0.63,
+            "speed of inspection runs (EN 81-20 5.12.1.5.2.1: at most 0.63 m/s)",
+        ),
+        "runs_per_hour": _k(float, 6.0, 0.0, 120.0, "inspection runs per hour of the visit"),
+    },
+    "out_of_service": {**_RATE, **_dur(300.0, 3600.0)},
+    "fire_recall": {**_RATE, **_dur(300.0, 1800.0)},
+    "firefighter": {**_RATE, **_dur(300.0, 1800.0)},
+    "emergency_power": {**_RATE, **_dur(300.0, 1800.0)},
+    "earthquake": {**_RATE, **_dur(300.0, 1800.0)},
+    "unknown_mode": {**_RATE, **_dur(60.0, 600.0)},
+}
+for _spec in (*FAULTS.values(), *SERVICE.values()):
     _spec["enabled"] = _k(bool, True, doc="false keeps the section but injects nothing")
 
 
@@ -358,6 +410,9 @@ class Scenario:
     faults
         Enabled fault types by name (a section with ``enabled = false`` or a zero rate is
         left out).
+    service
+        Enabled service-mode episodes by name (``[service.<name>]``, :data:`SERVICE`), the
+        same way.
     """
 
     name: str
@@ -366,6 +421,7 @@ class Scenario:
     duration_s: float
     sections: Mapping[str, Mapping[str, Any]]
     faults: Mapping[str, FaultConfig] = field(default_factory=dict)
+    service: Mapping[str, FaultConfig] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "scenario") -> Scenario:
@@ -381,6 +437,7 @@ class Scenario:
             "noise",
             "traffic",
             "faults",
+            "service",
         }
         for name in data:
             if name not in top_known:
@@ -425,6 +482,19 @@ class Scenario:
             rate = values.get("rate_per_day", values.get("probability", 0.0))
             if values["enabled"] and rate > 0:
                 faults[name] = FaultConfig(name, values)
+        service_raw = data.get("service", {})
+        if not isinstance(service_raw, dict):
+            raise ScenarioError("service: expected a table of [service.<episode>] sections")
+        service: dict[str, FaultConfig] = {}
+        for name, table in service_raw.items():
+            if name not in SERVICE:
+                raise ScenarioError(
+                    f"service.{name}: unknown service episode (known: {', '.join(SERVICE)})"
+                )
+            values = _read_table(f"service.{name}", SERVICE[name], table)
+            _check_ordered(f"service.{name}", values)
+            if values["enabled"] and values["rate_per_day"] > 0:
+                service[name] = FaultConfig(name, values)
         meta = sections.pop("scenario")
         return cls(
             name=meta["name"],
@@ -433,6 +503,7 @@ class Scenario:
             duration_s=meta["duration_s"],
             sections=sections,
             faults={k: faults[k] for k in FAULTS if k in faults},
+            service={k: service[k] for k in SERVICE if k in service},
         )
 
     def with_seed(self, seed: int) -> Scenario:
@@ -448,6 +519,8 @@ class Scenario:
             "sections": self.sections,
             "faults": {k: dict(v.params) for k, v in self.faults.items()},
         }
+        if self.service:  # absent when none, so older scenarios keep their run ids
+            doc["service"] = {k: dict(v.params) for k, v in self.service.items()}
         blob = json.dumps(doc, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 

@@ -280,6 +280,7 @@ class Worker:
                     batch.trips,
                     batch.alerts,
                     originals=[source.value for source in batch.sources],
+                    maintenance_sessions=batch.maintenance_sessions,
                 )
             except SinkError as e:
                 metrics.SINK_ERRORS.inc()
@@ -299,6 +300,7 @@ class Worker:
             metrics.ROWS_WRITTEN.labels("samples").inc(result.samples)
             metrics.ROWS_WRITTEN.labels("windows").inc(result.windows)
             metrics.ROWS_WRITTEN.labels("trips").inc(result.trips)
+            metrics.ROWS_WRITTEN.labels("maintenance_sessions").inc(result.maintenance_sessions)
             return batch, messages
 
     async def _finish(self, done: tuple[IngestBatch, list[Message]]) -> None:

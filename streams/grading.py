@@ -15,7 +15,10 @@ the latest row per elevator. Grading the same time twice writes nothing the seco
 the worker's timer skips a turn when another process holds it.
 
 Registry dates (installation, maintenance, inspection) are local dates in the city; the
-days elapsed are counted from the grading time's date in China Standard Time.
+days elapsed are counted from the grading time's date in China Standard Time. The last
+maintenance is the later of the registry's declared date and the local date the last visit
+the terminal showed ended (``maintenance_session``, :mod:`streams.maintenance`): a visit
+seen counts even if the company has not declared it yet.
 """
 
 from __future__ import annotations
@@ -37,9 +40,15 @@ from foundation.city import CITY_TZ  # registry dates are local dates
 GRADING_LOCK_KEY = 0x7479_7269_736B  # "tyrisk"
 
 _READ = """
-SELECT e.registration_code, e.installed_on, e.last_maintenance_on, e.last_inspection_on,
-       e.has_terminal, a.alerts, p.score, p.grade
+SELECT e.registration_code, e.installed_on,
+       GREATEST(e.last_maintenance_on, (v.visited_at AT TIME ZONE %(tz)s)::date),
+       e.last_inspection_on, e.has_terminal, a.alerts, p.score, p.grade
 FROM tianyan.elevator e
+LEFT JOIN LATERAL (
+    SELECT max(m.end_time) AS visited_at
+    FROM tianyan.maintenance_session m
+    WHERE m.elevator_id = e.registration_code AND m.end_time <= %(at)s
+) v ON true
 LEFT JOIN LATERAL (
     SELECT jsonb_agg(jsonb_build_array(alert_type, severity, n)) AS alerts
     FROM (
@@ -187,7 +196,7 @@ def grade_fleet(
             if skip_if_busy and not (row and row[0]):
                 summary.skipped = True
                 return summary
-            cur.execute(_READ, {"since": since, "at": at})
+            cur.execute(_READ, {"since": since, "at": at, "tz": str(CITY_TZ)})
             rows = cur.fetchall()
             writes = _assess_all(rows, today, th, at, summary)
             if writes:

@@ -25,8 +25,9 @@ from detectors.state import decode_state, encode_state
 from detectors.thresholds import ElevatorLimits, Thresholds
 from foundation import contract
 from foundation.contract import TelemetryMessage
-from foundation.records import Trip, WindowFeature
+from foundation.records import MaintenanceSession, Trip, WindowFeature
 
+from .maintenance import MaintenanceState, initial_maintenance_state, segment_sessions
 from .trips import TripState, initial_trip_state, segment_message
 from .windows import WindowState, fold_message, initial_window_state
 
@@ -79,6 +80,8 @@ class ElevatorState(msgspec.Struct):
     ``detectors`` holds each stream detector's state under its catalogue name
     (:mod:`detectors.catalog`). ``seen_mask`` bit ``i`` is set when ``last_seq - 1 - i``
     has been seen. ``clock`` is the terminal's clock as judged (:mod:`detectors.clock`).
+    ``maintenance`` is its maintenance-session segmentation (:mod:`streams.maintenance`;
+    None in a checkpoint written before it existed, and until the first message).
     """
 
     elevator_id: str
@@ -88,6 +91,7 @@ class ElevatorState(msgspec.Struct):
     last_seq: int = -1
     seen_mask: int = 0
     clock: ClockState = msgspec.field(default_factory=ClockState)
+    maintenance: MaintenanceState | None = None
 
     @classmethod
     def new(cls, elevator_id: str, detectors: Iterable[Detector[Any]]) -> ElevatorState:
@@ -148,6 +152,7 @@ class ElevatorState(msgspec.Struct):
             saved.last_seq,
             saved.seen_mask,
             saved.clock,
+            saved.maintenance,
         )
 
 
@@ -161,6 +166,7 @@ class _SavedElevatorState(msgspec.Struct):
     last_seq: int = -1
     seen_mask: int = 0
     clock: ClockState = msgspec.field(default_factory=ClockState)
+    maintenance: MaintenanceState | None = None
 
 
 class _Partition:
@@ -223,6 +229,8 @@ class IngestBatch:
     quarantined: list[tuple[RawRecord, str]] = field(default_factory=list)
     windows: list[WindowFeature] = field(default_factory=list)
     trips: list[Trip] = field(default_factory=list)
+    #: Maintenance sessions opened or closed (``streams.maintenance``).
+    maintenance_sessions: list[MaintenanceSession] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     duplicates: int = 0
     #: Messages whose sample times were corrected for their terminal's clock offset.
@@ -414,8 +422,14 @@ class Ingest:
             out.late_samples += stats.samples_late
             st.trip, trips = segment_message(st.trip, message)
             out.trips.extend(trips)
+            sessions = st.maintenance or initial_maintenance_state(eid)
+            st.maintenance, opened_or_closed = segment_sessions(sessions, message)
+            out.maintenance_sessions.extend(opened_or_closed)
             if detect:
-                out.alerts.extend(self._detect(st, message, trips))
+                # Inspection runs are a technician's, not the car's usual trips: the
+                # trip-health charts neither learn from nor judge them.
+                usual = [t for t in trips if not st.maintenance.in_inspection(t.start_ms)]
+                out.alerts.extend(self._detect(st, message, usual))
             t_end = message.samples.t_ms[-1]
             self._advance(
                 record.partition, eid, t_end if newest_ms is None else min(t_end, newest_ms)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from simulator import SCENARIO_DIR, ScenarioError, load_scenario
-from simulator.scenario import FAULTS, SECTIONS
+from simulator.scenario import FAULTS, SECTIONS, SERVICE
 
 GOOD = """
 [scenario]
@@ -87,6 +87,10 @@ def test_every_key_is_documented() -> None:
             assert f"`{key}`" in doc, f"{section}.{key} is not in SCENARIOS.md"
     for name, keys in FAULTS.items():
         assert f"faults.{name}" in doc
+        for key in keys:
+            assert f"`{key}`" in doc
+    for name, keys in SERVICE.items():
+        assert f"[service.{name}]" in doc
         for key in keys:
             assert f"`{key}`" in doc
 

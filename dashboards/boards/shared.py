@@ -25,10 +25,22 @@ INSPECTION_INTERVAL_DAYS = _THRESHOLDS.risk_inspection_interval_days
 #: The local date at the end of the board's range: dues are counted in Lianyungang's days.
 LOCAL_DATE_AT_END = "($__timeTo()::timestamptz AT TIME ZONE 'Asia/Shanghai')::date"
 
+#: A visit shorter than this is "too short" (Thresholds.maintenance_visit_min_s).
+MAINTENANCE_VISIT_MIN_S = _THRESHOLDS.maintenance_visit_min_s
+
+#: The local date the last maintenance visit the terminal showed ended, as of the end of the
+#: range (``maintenance_session``, from inspection mode; ``elevator`` aliased ``e``).
+LAST_VISIT_ON = (
+    "(SELECT (max(m.end_time) AT TIME ZONE 'Asia/Shanghai')::date FROM maintenance_session m"
+    " WHERE m.elevator_id = e.registration_code AND m.end_time <= $__timeTo())"
+)
+#: The last maintenance: the later of the registry's declared date and the last visit seen.
+LAST_MAINTAINED_ON = f"GREATEST(e.last_maintenance_on, {LAST_VISIT_ON})"
+
 #: Maintenance overdue at the end of the range (column of ``elevator`` aliased ``e``).
 MAINTENANCE_OVERDUE = (
-    f"(e.last_maintenance_on IS NULL"
-    f" OR e.last_maintenance_on < {LOCAL_DATE_AT_END} - {MAINTENANCE_INTERVAL_DAYS})"
+    f"({LAST_MAINTAINED_ON} IS NULL"
+    f" OR {LAST_MAINTAINED_ON} < {LOCAL_DATE_AT_END} - {MAINTENANCE_INTERVAL_DAYS})"
 )
 #: Inspection overdue at the end of the range.
 INSPECTION_OVERDUE = (

@@ -54,6 +54,9 @@ DO $$ BEGIN
     REVOKE ALL ON ALL TABLES IN SCHEMA tianyan FROM tianyan_unit, tianyan_maintenance;
     GRANT SELECT ON elevator, alert, incident, incident_event, risk_grade, data_scope
         TO tianyan_unit, tianyan_maintenance;
+    IF to_regclass('tianyan.maintenance_session') IS NOT NULL THEN  -- from 0010
+        GRANT SELECT ON maintenance_session TO tianyan_unit, tianyan_maintenance;
+    END IF;
     ALTER VIEW current_risk_grade SET (security_invoker = true);
     GRANT SELECT ON current_risk_grade TO tianyan_unit, tianyan_maintenance;
     -- a definer view that filters by the reader itself (15_scoped_views.sql)

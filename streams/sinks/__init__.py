@@ -1,13 +1,14 @@
 """Sinks: where stream records come to rest, one sink per record type.
 
 ``SampleSink`` (samples and codes, from each message's own bytes), ``WindowSink``,
-``TripSink`` and ``AlertSink`` each connect in ``setup()`` and store a batch in one
-transaction with ``write(batch)``; ``TimescaleSink`` writes a worker's whole batch through
-all four in one transaction.
+``TripSink``, ``MaintenanceSessionSink`` and ``AlertSink`` each connect in ``setup()`` and
+store a batch in one transaction with ``write(batch)``; ``TimescaleSink`` writes a worker's
+whole batch through all of them in one transaction.
 """
 
 from .alerts import AlertSink, insert_alerts
 from .base import Connection, Refused, Sink, SinkError
+from .maintenance import MaintenanceSessionSink
 from .samples import RawMessage, SampleSink
 from .timescale import TimescaleSink, WriteResult
 from .trips import TripSink
@@ -16,6 +17,7 @@ from .windows import WindowSink
 __all__ = [
     "AlertSink",
     "Connection",
+    "MaintenanceSessionSink",
     "RawMessage",
     "Refused",
     "SampleSink",

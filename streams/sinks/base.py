@@ -199,6 +199,8 @@ class StructSink(Sink[S]):
     record: ClassVar[type[msgspec.Struct]]
     #: (table column, the record's field holding it in Unix ms) pairs.
     times: ClassVar[tuple[tuple[str, str], ...]]
+    #: What a row already stored makes of the insert: nothing, unless a sink says otherwise.
+    on_conflict: ClassVar[str] = "ON CONFLICT DO NOTHING"
     _copy: ClassVar[str]
     _insert: ClassVar[str]
 
@@ -217,7 +219,7 @@ class StructSink(Sink[S]):
         cls._insert = (
             f"INSERT INTO tianyan.{cls.table} ({', '.join([*times, *same])}) SELECT "
             + ", ".join([*(EPOCH_MS.format(f) for f in times.values()), *same])
-            + f" FROM {staging} ON CONFLICT DO NOTHING"
+            + f" FROM {staging} {cls.on_conflict}"
         )
 
     def insert(self, cur: psycopg.Cursor, batch: Sequence[S]) -> Rows:

@@ -28,10 +28,11 @@ import psycopg
 
 from detectors.alerts import Alert
 from foundation.contract import TelemetryMessage
-from foundation.records import Trip, WindowFeature
+from foundation.records import MaintenanceSession, Trip, WindowFeature
 
 from .alerts import AlertSink
 from .base import Connected, Connection, Refused, Rows, Sink, bisect
+from .maintenance import MaintenanceSessionSink
 from .samples import RawMessage, SampleSink
 from .trips import TripSink
 from .windows import WindowSink
@@ -48,6 +49,8 @@ class WriteResult:
     windows: int
     trips: int
     alerts: int = 0
+    #: Maintenance sessions stored or completed.
+    maintenance_sessions: int = 0
     #: Messages the database refused for their data: (index in the batch's ``messages``,
     #: the database's error). Everything else in the batch is stored.
     refused: tuple[tuple[int, str], ...] = ()
@@ -71,6 +74,7 @@ class TimescaleSink(Connected):
         self.samples = SampleSink(connection=self.connection)
         self.windows = WindowSink(connection=self.connection)
         self.trips = TripSink(connection=self.connection)
+        self.maintenance = MaintenanceSessionSink(connection=self.connection)
         self.alerts = AlertSink(connection=self.connection)
 
     def write_batch(
@@ -81,6 +85,7 @@ class TimescaleSink(Connected):
         alerts: Sequence[Alert] = (),
         *,
         originals: Sequence[bytes] | None = None,
+        maintenance_sessions: Sequence[MaintenanceSession] = (),
     ) -> WriteResult:
         """Store a batch; durable when this returns.
 
@@ -110,6 +115,7 @@ class TimescaleSink(Connected):
         parts: list[tuple[Sink[Any], Sequence[Any]]] = [
             (self.windows, windows),
             (self.trips, trips),
+            (self.maintenance, maintenance_sessions),
             (self.alerts, alerts),
         ]
         try:
@@ -177,6 +183,7 @@ def _result(rows: Rows, refused: tuple[tuple[int, str], ...] = (), dropped: int 
         windows=rows["window_feature"],
         trips=rows["trip"],
         alerts=rows["alert"],
+        maintenance_sessions=rows["maintenance_session"],
         refused=refused,
         dropped_rows=dropped,
     )
