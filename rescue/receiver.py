@@ -62,12 +62,18 @@ class Receiver:
 
     def line(self, payload: dict[str, Any]) -> str:
         d = payload.get("data", {})
-        e, f = d.get("elevator", {}), d.get("fault", {})
+        e, f, c = d.get("elevator", {}), d.get("fault", {}), d.get("car") or {}
         trapped = f" {f.get('estimated_trapped')} trapped" if f.get("trapped") else ""
+        zone = {True: "in the door zone", False: "outside the door zone"}.get(c.get("door_zone"))
+        where = (
+            f" floor {c.get('floor')}{f', {zone}' if zone else ''}"
+            if c.get("floor") is not None
+            else ""
+        )
         return (
             f"{payload.get('type')} {d.get('incident_id')} {e.get('registration_code')}"
             f" {f.get('type')} ({f.get('severity')}){trapped} state={d.get('state')}"
-            f" level={d.get('escalation_level')} — {e.get('district')} {e.get('address')}"
+            f" level={d.get('escalation_level')} — {e.get('district')} {e.get('address')}{where}"
         )
 
     async def handle(self, request: web.Request) -> web.Response:
