@@ -7,3 +7,8 @@
 -- its arrival became overdue live in incident.details: new columns would change every
 -- existing incident's ledgered content digest (audit_fact_digests hashes the whole row).
 CREATE INDEX incident_updated_idx ON incident (updated_at, incident_id);
+
+-- A raised alert with no active incident looks up the latest incident of its elevator and
+-- type (reopened when it was resolved while its condition still held): by this index, not
+-- by a scan of every incident, whatever the table's size.
+CREATE INDEX incident_elevator_fault_idx ON incident (elevator_id, fault_type, opened_at DESC);
