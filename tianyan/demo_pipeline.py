@@ -343,14 +343,15 @@ def render(summary: DemoSummary) -> str:
         f" {summary.alerts} alerts raised.  ({summary.seconds} s)",
         "",
         "incidents by type (detection delay = condition began → incident opened;"
-        " → rescue: sent to the rescue platform, else recorded for maintenance):",
+        " '→ rescue platform': routed to it, the rest recorded for the boards and the"
+        " maintenance endpoint):",
     ]
     for t, v in summary.incidents_by_type.items():
         trapped = f", {v['people_trapped']} people trapped" if v["people_trapped"] else ""
         lines.append(
-            f"  {t:28} {v['incidents']:4} {'→ rescue' if v['route'] == 'rescue' else '':8}"
-            f"{trapped}; delay p50 {v['detection_delay_s_p50']} s,"
+            f"  {t:28} {v['incidents']:4}{trapped}; delay p50 {v['detection_delay_s_p50']} s,"
             f" max {v['detection_delay_s_max']} s"
+            + ("  → rescue platform" if v["route"] == "rescue" else "")
         )
     lines += ["", "against the injected faults:"]
     lines.append(f"  {'fault':28} {'injected':>8} {'detected':>8} {'recall':>7} {'precision':>9}")
