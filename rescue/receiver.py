@@ -64,9 +64,10 @@ class Receiver:
         d = payload.get("data", {})
         e, f, c = d.get("elevator", {}), d.get("fault", {}), d.get("car") or {}
         trapped = f" {f.get('estimated_trapped')} trapped" if f.get("trapped") else ""
-        zone = {True: "in the door zone", False: "outside the door zone"}.get(c.get("door_zone"))
+        door_zone = c.get("door_zone")
+        zone = "" if door_zone is None else "in" if door_zone else "outside"
         where = (
-            f" floor {c.get('floor')}{f', {zone}' if zone else ''}"
+            f" floor {c.get('floor')}{f', {zone} the door zone' if zone else ''}"
             if c.get("floor") is not None
             else ""
         )
