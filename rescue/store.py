@@ -697,7 +697,7 @@ def apply_action(
         params: list[Any] = [state, now]
         if state == "acknowledged" or (current["acknowledged_at"] is None and state == "arrived"):
             sets.append("acknowledged_at = %s")
-            params.append(now)
+            params.append(arrival if state == "arrived" else now)  # never after the arrival
         if state == "arrived":
             arrival_s = (arrival - current["opened_at"]).total_seconds()
             sets += ["arrived_at = %s", "arrival_s = %s", "arrival_on_time = %s"]

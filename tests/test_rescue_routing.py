@@ -392,9 +392,10 @@ def test_arrive_takes_the_time_measured_on_site_and_checks_it(routed: Routed) ->
     status, body = routed.bearer("POST", path, {"arrived_at": on_site.isoformat()})
     assert status == 200, body
     assert body["arrival_s"] == 720 and body["arrival_on_time"] is True
-    assert routed.run.scalar(
-        "SELECT arrived_at FROM incident WHERE incident_id = %s", incident
-    ) == (on_site)
+    times = routed.run.row(
+        "SELECT arrived_at, acknowledged_at FROM incident WHERE incident_id = %s", incident
+    )
+    assert times == (on_site, on_site)  # arrived straight from open: acknowledged then too
 
 
 # -- reconciliation --------------------------------------------------------------------------
