@@ -161,6 +161,9 @@ class RuleState(msgspec.Struct):
     stalled_since_ms: int = _NONE
     run_since_ms: int = _NONE
     position_m: float = 0.0
+    #: The floor the terminal last reported (``None`` before the first sample): where a
+    #: stopped car is, for the rescuers.
+    floor: int | None = None
     load_kg: float = 0.0
     leveling_offset_mm: float = 0.0
     speed_mps: float = 0.0
@@ -248,6 +251,7 @@ class _Emitter:
             "speed_mps": st.speed_mps,
             "accel_mps2": st.accel_mps2,
             "position_m": st.position_m,
+            "floor": st.floor,
             "door": st.door,
             "door_zone": st.zone,
             "leveling_offset_mm": st.leveling_offset_mm,
@@ -423,6 +427,7 @@ def observe(
         i = n - 1
         st.last_t_ms = ts[i]
         st.position_m = s.position_m[i]
+        st.floor = s.floor[i]
         st.load_kg = s.load_kg[i]
         st.leveling_offset_mm = s.leveling_offset_mm[i]
         st.speed_mps = s.speed_mps[i]
@@ -510,7 +515,7 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
     v_stand = d.v_stand
     ts, sp, acc, pos, dirs = s.t_ms, s.speed_mps, s.accel_mps2, s.position_m, s.direction
     loads, doors, zones, pas, alarms = s.load_kg, s.door, s.door_zone, s.passengers, s.alarm
-    modes, offs = s.service_mode, s.leveling_offset_mm
+    modes, offs, floors = s.service_mode, s.leveling_offset_mm, s.floor
     c = _Sample()
     for i in range(n):
         t = ts[i]
@@ -523,6 +528,7 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
         prev_t, prev_p = st.last_t_ms, st.position_m
         st.last_t_ms = t
         st.speed_mps, st.accel_mps2, st.position_m = c.v, acc[i], c.p
+        st.floor = floors[i]
         st.load_kg, st.leveling_offset_mm, st.direction = c.load_kg, c.offset_mm, c.dirn
         _motion(em, c, prev_t, prev_p)
         _doors(c, st)

@@ -159,6 +159,9 @@ class Settings:
     webhook_retry_cap_s: float
     webhook_concurrency: int
     escalation_after_s: tuple[int, ...]
+    #: The plan's arrival rule (maintenance unit on site within 30 min, README § "The rescue
+    #: webhook"): each incident's target; an acknowledged trapping with no arrival this long
+    #: after it was recorded escalates one response level.
     arrival_target_s: int
     audit_anchors_topic: str
     audit_anchor_interval_s: int
@@ -212,6 +215,11 @@ class Settings:
     #: Passwords ``tianyan db migrate`` gives the roles (SCRAM-SHA-256 verifiers, computed
     #: client-side), role → password; a role without one keeps what it has.
     pg_role_passwords: tuple[tuple[str, str], ...] = ()
+    #: The routing policy (rescue/routing.py): alert types that always go to the rescue
+    #: platform, and the severity at or above which any alert does too; every other
+    #: incident is recorded and told only to the maintenance endpoint, if one is set.
+    rescue_route_types: tuple[str, ...] = ("trapped_at_level", "trapped_between_levels")
+    rescue_min_severity: str = "critical"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -317,6 +325,14 @@ class Settings:
             device_events_topic=_env("TIANYAN_DEVICE_EVENTS_TOPIC", "tianyan.device.events"),
             command_expiry_s=_env_int("TIANYAN_COMMAND_EXPIRY_S", 300),
             reassurance_answer_s=_env_int("TIANYAN_REASSURANCE_ANSWER_S", 0),
+            rescue_route_types=tuple(
+                _env("TIANYAN_RESCUE_ROUTE_TYPES", "trapped_at_level trapped_between_levels")
+                .replace(",", " ")
+                .split()
+            ),
+            rescue_min_severity=_env_choice(
+                "TIANYAN_RESCUE_MIN_SEVERITY", "critical", ("critical", "major", "minor", "info")
+            ),
         )
 
     def faust_datadir(self, app_id: str) -> str:
@@ -401,6 +417,8 @@ class Settings:
             "TIANYAN_DEVICE_EVENTS_TOPIC": self.device_events_topic,
             "TIANYAN_COMMAND_EXPIRY_S": str(self.command_expiry_s),
             "TIANYAN_REASSURANCE_ANSWER_S": str(self.reassurance_answer_s),
+            "TIANYAN_RESCUE_ROUTE_TYPES": " ".join(self.rescue_route_types),
+            "TIANYAN_RESCUE_MIN_SEVERITY": self.rescue_min_severity,
         }
         env.update({ROLE_PASSWORD_VARIABLES[role]: pw for role, pw in self.pg_role_passwords})
         optional = {

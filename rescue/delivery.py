@@ -22,6 +22,7 @@ from standardwebhooks.webhooks import Webhook
 
 from . import metrics
 from .lifecycle import Outcome, RetrySchedule, classify_status, parse_retry_after
+from .routing import RESCUE_PLATFORM, EndpointRoute, parse_endpoint_entry
 from .store import Attempt, Due
 
 USER_AGENT: Final = "tianyan-dispatcher"
@@ -96,10 +97,12 @@ def endpoint_name(url: str) -> str:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A webhook endpoint: its URL (secret: it may hold a token) and its signing secrets."""
+    """A webhook endpoint: its URL (secret: it may hold a token), its signing secrets, and
+    whom it stands for (the rescue platform, the maintenance company, a response level)."""
 
     url: str
     secrets: tuple[str, ...]
+    route: EndpointRoute = RESCUE_PLATFORM
 
     @property
     def name(self) -> str:
@@ -115,7 +118,9 @@ def webhook_endpoints(
 ) -> tuple[Endpoint, ...]:
     """The endpoints of ``TIANYAN_RESCUE_WEBHOOK_URL`` with their secrets from
     ``TIANYAN_RESCUE_WEBHOOK_SECRET``: one entry per URL, in order, separated by spaces; an
-    entry holds one secret, or several joined by commas during a rotation.
+    entry holds one secret, or several joined by commas during a rotation. A URL entry may
+    name the endpoint's kind (``maintenance=https://…``, ``district@朝阳区=https://…``:
+    :func:`rescue.routing.parse_endpoint_entry`); without one it is the rescue platform's.
 
     Raises
     ------
@@ -133,7 +138,8 @@ def webhook_endpoints(
             " endpoint, in the same order (secrets of one endpoint joined by commas)"
         )
     endpoints = []
-    for url, entry in zip(urls, entries, strict=True):
+    for url_entry, entry in zip(urls, entries, strict=True):
+        url, route = parse_endpoint_entry(url_entry)
         scheme = urlsplit(url).scheme.lower()
         if scheme != "https" and not (allow_http and scheme == "http"):
             raise EndpointError(
@@ -144,7 +150,7 @@ def webhook_endpoints(
                     else ""
                 )
             )
-        endpoint = Endpoint(url, tuple(s for s in entry.split(",") if s))
+        endpoint = Endpoint(url, tuple(s for s in entry.split(",") if s), route)
         if not endpoint.secrets:
             raise EndpointError(f"webhook endpoint {redact_url(url)} has no secret")
         endpoint.signers  # noqa: B018 -- validates every secret now, at start

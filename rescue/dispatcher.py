@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
 import contextlib
 import datetime as dt
@@ -30,6 +31,8 @@ import os
 import re
 import signal
 import time
+import urllib.parse
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, TypeVar
@@ -54,7 +57,7 @@ from streams.producer import PublishError, RawPublisher
 from . import metrics, store
 from .delivery import Sender, signed_content, signer, signing_key_id, webhook_endpoints
 from .ledger import ANCHOR_KEY, anchor_value, ledger_head
-from .lifecycle import ACTIONS, RetrySchedule, is_trapping
+from .lifecycle import ACTIONS, ESCALATION_LEVELS, RetrySchedule, is_trapping
 
 log = logging.getLogger("tianyan.dispatcher")
 T = TypeVar("T")
@@ -89,6 +92,82 @@ _REQUEST_ID = re.compile(rf"[!-~]{{1,{REQUEST_ID_MAX_CHARS}}}")
 _SIGNATURE = re.compile(r"[A-Za-z0-9]+,[A-Za-z0-9+/=]+( [A-Za-z0-9]+,[A-Za-z0-9+/=]+)*")
 
 
+#: ``GET /incidents``: incidents a page holds by default, and at most.
+PAGE_DEFAULT: Final = 100
+PAGE_MAX: Final = 500
+INCIDENT_STATES: Final = ("open", "acknowledged", "arrived", "resolved", "false_alarm")
+ROUTES: Final = ("rescue", "maintenance", "all")
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """The query of ``GET /incidents``, checked."""
+
+    states: tuple[str, ...]
+    since: dt.datetime | None
+    after: tuple[dt.datetime, uuid.UUID] | None
+    limit: int
+    route: str | None
+
+
+def encode_cursor(cursor: tuple[dt.datetime, uuid.UUID]) -> str:
+    """The ``after`` parameter of the next page: opaque to the client."""
+    text = f"{cursor[0].astimezone(dt.UTC).isoformat()}|{cursor[1]}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def parse_page_query(query: list[tuple[str, str]]) -> PageQuery:
+    """``state`` (comma-separated states), ``since`` (RFC 3339 with its offset), ``route``
+    (``rescue``, the default; ``maintenance``; ``all``), ``limit`` (1 to :data:`PAGE_MAX`)
+    and ``after`` (the cursor a previous page gave).
+
+    Raises
+    ------
+    Refused
+        400 naming the parameter and what it should hold.
+    """
+    known = ("state", "since", "route", "limit", "after")
+    names = [k for k, _ in query]
+    for name in names:
+        if name not in known:
+            raise Refused(400, f"unknown parameter {name!r}; expected {', '.join(known)}")
+        if names.count(name) > 1:
+            raise Refused(400, f"the parameter {name!r} is given twice")
+    q = dict(query)
+    states = tuple(s for s in q.get("state", "").split(",") if s)
+    for state in states:
+        if state not in INCIDENT_STATES:
+            raise Refused(
+                400, f"state={state!r}: expected states among {', '.join(INCIDENT_STATES)}"
+            )
+    since = None
+    if "since" in q:
+        try:
+            since = dt.datetime.fromisoformat(q["since"])
+        except ValueError:
+            raise Refused(400, f"since={q['since']!r} is not an RFC 3339 time") from None
+        if since.tzinfo is None:
+            raise Refused(400, f"since={q['since']!r} needs its UTC offset (…Z or …+08:00)")
+    route = q.get("route", "rescue")
+    if route not in ROUTES:
+        raise Refused(400, f"route={route!r}: expected one of {', '.join(ROUTES)}")
+    try:
+        limit = int(q.get("limit", PAGE_DEFAULT))
+    except ValueError:
+        raise Refused(400, f"limit={q['limit']!r} is not an integer") from None
+    if not 1 <= limit <= PAGE_MAX:
+        raise Refused(400, f"limit={limit}: give 1 to {PAGE_MAX}")
+    after = None
+    if "after" in q:
+        try:
+            raw = q["after"] + "=" * (-len(q["after"]) % 4)
+            when, _, key = base64.urlsafe_b64decode(raw).decode().partition("|")
+            after = (dt.datetime.fromisoformat(when), uuid.UUID(key))
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise Refused(400, "after: not a cursor this API gave (copy the page's next)") from None
+    return PageQuery(states, since, after, limit, None if route == "all" else route)
+
+
 class ActionRequest(msgspec.Struct, forbid_unknown_fields=True):
     """The body of an acknowledgement API request."""
 
@@ -96,6 +175,8 @@ class ActionRequest(msgspec.Struct, forbid_unknown_fields=True):
         "rescue-platform"
     )
     note: Annotated[str, msgspec.Meta(max_length=NOTE_MAX_CHARS)] | None = None
+    #: ``arrive`` only: the arrival time measured on site (RFC 3339 with its UTC offset).
+    arrived_at: Annotated[dt.datetime, msgspec.Meta(tz=True)] | None = None
 
 
 @dataclass
@@ -198,7 +279,15 @@ class Dispatcher:
                 " receiver holding it could act on incidents; give the platform its own"
             )
         self.config = store.DispatchConfig(
-            endpoints=tuple(e.name for e in endpoints),
+            endpoints=tuple(e.name for e in endpoints if e.route.kind == "rescue"),
+            maintenance_endpoints=tuple(e.name for e in endpoints if e.route.kind == "maintenance"),
+            level_endpoints=tuple(
+                (e.route.kind, e.route.district, e.name)
+                for e in endpoints
+                if e.route.kind in ESCALATION_LEVELS
+            ),
+            rescue_types=frozenset(settings.rescue_route_types),
+            rescue_min_severity=settings.rescue_min_severity,
             escalation_after_s=settings.escalation_after_s,
             arrival_target_s=settings.arrival_target_s,
             evidence_window_s=settings.evidence_window_s,
@@ -406,7 +495,7 @@ class Dispatcher:
                     store.claim_due,
                     min(free, CLAIM_BATCH),
                     self.lease_s,
-                    endpoints=self.config.endpoints,
+                    endpoints=self.config.routing.all_endpoints,
                     signing_key_id=self.config.signing_key_id,
                 )
             for due in claimed:
@@ -541,6 +630,40 @@ class Dispatcher:
             " (webhook-id, webhook-timestamp, webhook-signature)",
         )
 
+    def _admit(self, headers: dict[str, str], peer: str) -> None:
+        """The rate limit and header bounds every API request passes first.
+
+        Counted per credential presented (each bearer token apart, so a flood of wrong ones
+        holds back only itself) and peer address.
+        """
+        auth = headers.get("authorization")
+        presented = (
+            "bearer " + hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+            if auth is not None
+            else "signed"
+            if "webhook-signature" in headers
+            else "none"
+        )
+        self._throttle(presented, peer)
+        for name, value in headers.items():
+            if len(value) > HEADER_MAX_CHARS:
+                raise Refused(431, f"the {name} header is longer than {HEADER_MAX_CHARS} chars")
+
+    async def _authenticate_once(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> None:
+        """:meth:`authenticate`, and a signed request refused (409) when seen before."""
+        credential = self.authenticate(method, path, headers, body)
+        if credential == "signed":
+            # Stored on first sight, whatever the answer: a signed request is good once.
+            fresh = await self.action_db.run(store.first_sight, headers["webhook-id"])
+            if not fresh:
+                raise Refused(
+                    409,
+                    f"replayed: webhook-id {headers['webhook-id']!r} was already received;"
+                    " sign each request with a new webhook-id",
+                )
+
     async def act(
         self,
         method: str,
@@ -567,34 +690,12 @@ class Dispatcher:
         body: bytes,
         peer: str,
     ) -> Answer:
-        # Counted per credential presented (each bearer token apart, so a flood of wrong
-        # ones holds back only itself) and peer address.
-        auth = headers.get("authorization")
-        presented = (
-            "bearer " + hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-            if auth is not None
-            else "signed"
-            if "webhook-signature" in headers
-            else "none"
-        )
-        self._throttle(presented, peer)
-        for name, value in headers.items():
-            if len(value) > HEADER_MAX_CHARS:
-                raise Refused(431, f"the {name} header is longer than {HEADER_MAX_CHARS} chars")
+        self._admit(headers, peer)
         if len(body) > ACTION_BODY_MAX_BYTES:
             raise Refused(413, f"the body is larger than {ACTION_BODY_MAX_BYTES} bytes")
         if action not in ACTIONS:
             raise Refused(404, f"unknown action {action!r}; one of {sorted(ACTIONS)}")
-        credential = self.authenticate(method, path, headers, body)
-        if credential == "signed":
-            # Stored on first sight, whatever the answer: a signed request is good once.
-            fresh = await self.action_db.run(store.first_sight, headers["webhook-id"])
-            if not fresh:
-                raise Refused(
-                    409,
-                    f"replayed: webhook-id {headers['webhook-id']!r} was already received;"
-                    " sign each request with a new webhook-id",
-                )
+        await self._authenticate_once(method, path, headers, body)
         request_id = headers.get("idempotency-key")
         if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
             raise Refused(
@@ -615,11 +716,56 @@ class Dispatcher:
             request_id=request_id,
             now=dt.datetime.now(dt.UTC),
             request_sha256=hashlib.sha256(msgspec.json.encode(req)).hexdigest(),
+            arrived_at=req.arrived_at,
         )
         if result.status == 200 and not result.body.get("duplicate"):
             metrics.INCIDENT_CHANGES.labels(f"incident.{action}").inc()
             self.wake.set()
         return Answer(result.status, result.body)
+
+    async def read(
+        self,
+        method: str,
+        path: str,
+        incident_id: str | None,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+        peer: str = "unknown",
+    ) -> Answer:
+        """Answer one reconciliation request (``GET /incidents/{id}``, ``GET /incidents``),
+        authenticated as the actions are (a signature covers ``GET``, the path with its
+        query, and the empty body); never raises for what a client sent."""
+        try:
+            self._admit(headers, peer)
+            if body:
+                raise Refused(400, "a GET request carries no body")
+            await self._authenticate_once(method, path, headers, body)
+            if incident_id is not None:
+                if query:
+                    raise Refused(400, "GET /incidents/{id} takes no query parameters")
+                view = await self.action_db.run(store.incident_view, incident_id)
+                if view is None:
+                    raise Refused(404, f"no incident {incident_id!r}")
+                return Answer(200, view)
+            page = parse_page_query(query)
+            views, cursor = await self.action_db.run(
+                store.list_incidents,
+                states=page.states,
+                since=page.since,
+                after=page.after,
+                limit=page.limit,
+                route=page.route,
+            )
+            next_path = None
+            if cursor is not None:
+                params = [(k, v) for k, v in query if k != "after"]
+                next_path = "/incidents?" + urllib.parse.urlencode(
+                    [*params, ("after", encode_cursor(cursor))]
+                )
+            return Answer(200, {"incidents": views, "count": len(views), "next": next_path})
+        except Refused as e:
+            return e.answer
 
     def api(self) -> web.Application:
         """The acknowledgement API as an aiohttp application: every answer JSON, every
@@ -657,6 +803,18 @@ class Dispatcher:
             )
             return web.json_response(answer.body, status=answer.status, headers=answer.headers)
 
+        async def get(request: web.Request) -> web.Response:
+            answer = await self.read(
+                request.method,
+                request.raw_path,
+                request.match_info.get("incident_id"),
+                list(request.query.items()),
+                {k.lower(): v for k, v in request.headers.items()},
+                await request.read(),
+                request.remote or "unknown",
+            )
+            return web.json_response(answer.body, status=answer.status, headers=answer.headers)
+
         async def elsewhere(request: web.Request) -> web.Response:
             if re.fullmatch(r"/incidents/[^/]+/[^/]+", request.path):
                 return web.json_response(
@@ -665,11 +823,17 @@ class Dispatcher:
                     headers={"Allow": "POST"},
                 )
             return web.json_response(
-                {"error": "nothing here: POST /incidents/{incident_id}/{action}"}, status=404
+                {
+                    "error": "nothing here: POST /incidents/{incident_id}/{action},"
+                    " GET /incidents/{incident_id} or GET /incidents?state=…&since=…"
+                },
+                status=404,
             )
 
         app = web.Application(client_max_size=ACTION_BODY_MAX_BYTES, middlewares=[json_errors])
         app.router.add_post("/incidents/{incident_id}/{action}", post)
+        app.router.add_get("/incidents/{incident_id}", get, allow_head=False)
+        app.router.add_get("/incidents", get, allow_head=False)
         app.router.add_route("*", "/{tail:.*}", elsewhere)
         return app
 

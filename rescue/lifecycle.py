@@ -41,6 +41,10 @@ EVENT_FOR_STATE: Final[dict[str, str]] = {
     "false_alarm": "incident.false_alarm",
 }
 
+#: A measured arrival time (``arrive`` with ``arrived_at``) may be this far ahead of our
+#: clock (the rescuer's device and ours disagree a little); further ahead, it is refused.
+ARRIVAL_CLOCK_SKEW_S: Final = 30
+
 #: The plan's four response levels, lowest first: the maintenance enterprise, then the
 #: township/street, the district/county and the city.
 ESCALATION_LEVELS: Final = ("enterprise", "street", "district", "city")
@@ -88,23 +92,31 @@ class AlertDecision:
     """What one alert does to its elevator's incident of the alert's type.
 
     ``action`` is ``open`` (a new incident), ``update`` (a repeat of the active one),
+    ``reopen`` (the condition of an incident resolved while it still held is alerted again),
     ``resolve`` (the condition that opened or last updated it cleared) or ``ignore``.
     """
 
-    action: Literal["open", "update", "resolve", "ignore"]
+    action: Literal["open", "update", "reopen", "resolve", "ignore"]
     event_type: str | None = None
     severity: str | None = None
     estimated_trapped: int | None = None
     note: str | None = None
 
 
-def decide_alert(active: Mapping[str, Any] | None, alert: Alert) -> AlertDecision:
+def decide_alert(
+    active: Mapping[str, Any] | None,
+    alert: Alert,
+    resolved_while_held: Mapping[str, Any] | None = None,
+) -> AlertDecision:
     """The change ``alert`` makes, given the active incident of its elevator and type
     (``None`` when there is none): pure, so that the store only persists it.
 
     A raised alert opens an incident, or updates the active one: ``repeats`` counts it, and
-    severity and the people trapped only ever rise. A cleared alert resolves the active
-    incident it last updated; any other clear changes nothing.
+    severity and the people trapped only ever rise. With no active incident, a raised alert
+    reopens ``resolved_while_held`` — the latest incident of its elevator and type, when
+    someone resolved it while its condition still held (no clearing of its last alert was
+    seen) — instead of opening another. A cleared alert resolves the active incident it last
+    updated; any other clear changes nothing.
 
     >>> from detectors.alerts import clear_alert, make_alert
     >>> raised = make_alert("3" * 20, "trapped_between_levels", 0, 30_000, {},
@@ -117,15 +129,26 @@ def decide_alert(active: Mapping[str, Any] | None, alert: Alert) -> AlertDecisio
     3
     >>> decide_alert(active, clear_alert(raised, 90_000, {"door": "open"})).action
     'resolve'
+    >>> decide_alert(None, raised, resolved_while_held=active).event_type
+    'incident.reopened'
     """
     if alert.state == "raised":
-        if active is None:
+        current = active if active is not None else resolved_while_held
+        if current is None:
             return AlertDecision("open", "incident.opened", alert.severity, alert.estimated_trapped)
-        severity = max((active["severity"], alert.severity), key=lambda s: SEVERITY_RANK.get(s, 0))
+        severity = max((current["severity"], alert.severity), key=lambda s: SEVERITY_RANK.get(s, 0))
         trapped = max(
-            (v for v in (active["estimated_trapped"], alert.estimated_trapped) if v is not None),
+            (v for v in (current["estimated_trapped"], alert.estimated_trapped) if v is not None),
             default=None,
         )
+        if active is None:
+            return AlertDecision(
+                "reopen",
+                "incident.reopened",
+                severity,
+                trapped,
+                f"resolved while the condition still held; alerted again: {alert.alert_key}",
+            )
         return AlertDecision(
             "update", "incident.updated", severity, trapped, f"repeated: {alert.alert_key}"
         )
@@ -161,6 +184,26 @@ def due_escalation(
     if ESCALATION_LEVELS.index(due) > ESCALATION_LEVELS.index(level):
         return due
     return None
+
+
+def overdue_arrival_level(
+    level: str, since: dt.datetime, now: dt.datetime, arrival_target_s: int
+) -> str | None:
+    """The level an acknowledged trapping still without arrival goes to, by the plan's
+    arrival rule: one above ``level`` once ``arrival_target_s`` has passed since ``since``;
+    ``None`` before then, or when it is already at the top.
+
+    >>> t0 = dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
+    >>> overdue_arrival_level("enterprise", t0, t0 + dt.timedelta(minutes=29), 1800) is None
+    True
+    >>> overdue_arrival_level("enterprise", t0, t0 + dt.timedelta(minutes=30), 1800)
+    'street'
+    >>> overdue_arrival_level("city", t0, t0 + dt.timedelta(hours=2), 1800) is None
+    True
+    """
+    if (now - since).total_seconds() < arrival_target_s or level == ESCALATION_LEVELS[-1]:
+        return None
+    return ESCALATION_LEVELS[ESCALATION_LEVELS.index(level) + 1]
 
 
 # -- delivery ------------------------------------------------------------------------------

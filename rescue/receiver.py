@@ -62,12 +62,19 @@ class Receiver:
 
     def line(self, payload: dict[str, Any]) -> str:
         d = payload.get("data", {})
-        e, f = d.get("elevator", {}), d.get("fault", {})
+        e, f, c = d.get("elevator", {}), d.get("fault", {}), d.get("car") or {}
         trapped = f" {f.get('estimated_trapped')} trapped" if f.get("trapped") else ""
+        door_zone = c.get("door_zone")
+        zone = "" if door_zone is None else "in" if door_zone else "outside"
+        where = (
+            f" floor {c.get('floor')}{f', {zone} the door zone' if zone else ''}"
+            if c.get("floor") is not None
+            else ""
+        )
         return (
             f"{payload.get('type')} {d.get('incident_id')} {e.get('registration_code')}"
             f" {f.get('type')} ({f.get('severity')}){trapped} state={d.get('state')}"
-            f" level={d.get('escalation_level')} — {e.get('district')} {e.get('address')}"
+            f" level={d.get('escalation_level')} — {e.get('district')} {e.get('address')}{where}"
         )
 
     async def handle(self, request: web.Request) -> web.Response:

@@ -19,11 +19,12 @@ from typing import Any, Final
 import psycopg
 from psycopg.rows import dict_row
 
-from detectors.alerts import Alert
+from detectors.alerts import TRAPPED_TYPES, Alert
 from streams.sinks.alerts import insert_alerts
 
 from .lifecycle import (
     ACTIVE_STATES,
+    ARRIVAL_CLOCK_SKEW_S,
     ESCALATION_LEVELS,
     EVENT_FOR_STATE,
     IllegalTransition,
@@ -32,7 +33,9 @@ from .lifecycle import (
     evidence_summary,
     is_trapping,
     next_state,
+    overdue_arrival_level,
 )
+from .routing import Routing
 
 #: Namespace of incident ids (uuid5 of the opening alert's key) and webhook ids.
 NAMESPACE: Final = uuid.UUID("6f1d7a52-3c1e-4d63-9a51-0b7e8c4e2a10")
@@ -73,7 +76,12 @@ EVENT_COLUMNS: Final = (
 
 @dataclass(frozen=True)
 class DispatchConfig:
-    """What an incident change needs to know beyond the database."""
+    """What an incident change needs to know beyond the database.
+
+    ``endpoints`` are the rescue platform's (by name); the maintenance company's and each
+    response level's are in ``maintenance_endpoints`` and ``level_endpoints``
+    (:class:`rescue.routing.Routing` says which incident goes where).
+    """
 
     endpoints: tuple[str, ...]
     escalation_after_s: tuple[int, ...]
@@ -85,6 +93,23 @@ class DispatchConfig:
     #: Names the secret this dispatcher signs with (``delivery.signing_key_id``); outbox rows
     #: carry it, and only a dispatcher holding the same secret claims them.
     signing_key_id: str | None = None
+    #: The routing policy: these alert types, and any alert at or above this severity, go
+    #: to the rescue platform; every other incident only to the maintenance endpoints.
+    rescue_types: frozenset[str] = TRAPPED_TYPES
+    rescue_min_severity: str = "critical"
+    maintenance_endpoints: tuple[str, ...] = ()
+    #: ``(level, district or None, endpoint name)``
+    level_endpoints: tuple[tuple[str, str | None, str], ...] = ()
+
+    @property
+    def routing(self) -> Routing:
+        return Routing(
+            rescue_types=self.rescue_types,
+            rescue_min_severity=self.rescue_min_severity,
+            rescue=self.endpoints,
+            maintenance=self.maintenance_endpoints,
+            levels=self.level_endpoints,
+        )
 
 
 @dataclass(frozen=True)
@@ -133,6 +158,7 @@ def build_payload(
     README § "The rescue webhook" documents every field.
     """
     details = incident["details"] or {}
+    evidence = details.get("evidence") or {}
     e = elevator or {}
     opened = incident["opened_at"]
     return {
@@ -156,6 +182,15 @@ def build_payload(
                 "user_unit": e.get("user_unit"),
                 "maintenance_company": e.get("maintenance_company"),
                 "maintenance_contact": e.get("maintenance_contact"),
+            },
+            "route": details.get("route", "rescue"),
+            "car": {
+                # where the car stood when the alert was raised (the alert's evidence)
+                "floor": evidence.get("floor"),
+                "door_zone": evidence.get("door_zone"),
+                "door": evidence.get("door"),
+                "position_m": evidence.get("position_m"),
+                "at_ms": evidence.get("at_ms"),
             },
             "fault": {
                 "type": incident["fault_type"],
@@ -285,11 +320,20 @@ def _record_event(
             ),
         )
     )
-    if config.endpoints:
+    routing = config.routing
+    targets: tuple[str, ...] = ()
+    if routing.all_endpoints:
         cur.execute(
             "SELECT * FROM elevator WHERE registration_code = %s", (incident["elevator_id"],)
         )
-        payload = json.dumps(build_payload(incident, event, cur.fetchone()))
+        elevator = cur.fetchone()
+        targets = routing.endpoints_for(
+            (incident["details"] or {}).get("route", "rescue"),
+            incident["escalation_level"],
+            elevator["district"] if elevator is not None else None,
+        )
+    if targets:
+        payload = json.dumps(build_payload(incident, event, elevator))
         webhook_id = "msg_" + uuid.uuid5(NAMESPACE, f"event:{event['event_id']}").hex
         cur.executemany(
             "INSERT INTO webhook_delivery (webhook_id, endpoint, incident_id, event_type,"
@@ -305,7 +349,7 @@ def _record_event(
                     source_time,
                     config.signing_key_id,
                 )
-                for url in config.endpoints
+                for url in targets
             ],
             returning=True,
         )
@@ -395,7 +439,10 @@ def _apply_one(
         (alert.elevator_id, alert.alert_type, _ACTIVE),
     )
     active = cur.fetchone()
-    decision = decide_alert(active, alert)
+    resolved_while_held = None
+    if active is None and alert.state == "raised":
+        resolved_while_held = _resolved_while_held(cur, alert.elevator_id, alert.alert_type)
+    decision = decide_alert(active, alert, resolved_while_held)
     details = {
         "last_alert_key": alert.alert_key,
         "condition_since": jsonable(_utc_ms(alert.condition_since_ms)),
@@ -404,6 +451,13 @@ def _apply_one(
         "probable_cause": alert.probable_cause,
         "suggested_handling": alert.suggested_handling,
     }
+    assert decision.severity is not None or decision.action in ("resolve", "ignore")
+    if decision.action in ("open", "update", "reopen"):
+        route = config.routing.route(alert.alert_type, decision.severity or alert.severity)
+        current = active or resolved_while_held
+        if current is not None and (current["details"] or {}).get("route", "rescue") == "rescue":
+            route = "rescue"  # a route only ever rises, like the severity that sets it
+        details["route"] = route
     if decision.action == "open":
         cur.execute(
             "INSERT INTO incident (incident_id, elevator_id, fault_type, gb_code, severity,"
@@ -441,6 +495,23 @@ def _apply_one(
                 active["incident_id"],
             ),
         )
+    elif decision.action == "reopen":
+        assert resolved_while_held is not None
+        cur.execute(
+            "UPDATE incident SET state = 'open', closed_at = NULL, closed_by = NULL,"
+            " repeats = repeats + 1, severity = %s, estimated_trapped = %s,"
+            " last_alert_at = %s, updated_at = %s, details = details || %s"
+            " WHERE incident_id = %s RETURNING *",
+            (
+                decision.severity,
+                decision.estimated_trapped,
+                at,
+                at,
+                # escalation counts again from now (wall clock), as for a new incident
+                json.dumps({**details, "reopened_at": jsonable(dt.datetime.now(dt.UTC))}),
+                resolved_while_held["incident_id"],
+            ),
+        )
     elif decision.action == "resolve":
         assert active is not None
         cur.execute(
@@ -461,14 +532,22 @@ def _apply_one(
             writes,
             event_type=decision.event_type,
             at=at,
-            from_state=active["state"] if active is not None else None,
+            from_state=active["state"]
+            if active is not None
+            else resolved_while_held["state"]
+            if resolved_while_held is not None
+            else None,
             actor="detector",
             note=decision.note,
             config=config,
             source_time=received_at,
         )
     ]
-    if changes and changes[0].event_type in ("incident.opened", "incident.resolved"):
+    if changes and changes[0].event_type in (
+        "incident.opened",
+        "incident.reopened",
+        "incident.resolved",
+    ):
         # The raw samples around it, kept with the incident past raw retention: requested
         # here, copied by the dispatcher outside this transaction (copy_requested_evidence).
         window = dt.timedelta(seconds=config.evidence_window_s)
@@ -483,6 +562,26 @@ def _apply_one(
     if changes:
         writes.alert_links.append((changes[0].incident_id, alert.alert_id))
     return changes
+
+
+def _resolved_while_held(
+    cur: psycopg.Cursor[dict[str, Any]], elevator_id: str, fault_type: str
+) -> dict[str, Any] | None:
+    """The latest incident of ``elevator_id`` and ``fault_type``, locked, if someone (not
+    the detector) resolved it and the condition it last alerted on has not cleared since."""
+    cur.execute(
+        "SELECT * FROM incident WHERE elevator_id = %s AND fault_type = %s"
+        " ORDER BY opened_at DESC, incident_id DESC LIMIT 1 FOR UPDATE",
+        (elevator_id, fault_type),
+    )
+    latest = cur.fetchone()
+    if latest is None or latest["state"] != "resolved" or latest["closed_by"] == "detector":
+        return None
+    cur.execute(
+        "SELECT 1 FROM alert WHERE alert_key = %s AND state = 'cleared'",
+        ((latest["details"] or {}).get("last_alert_key"),),
+    )
+    return latest if cur.fetchone() is None else None
 
 
 def copy_requested_evidence(conn: psycopg.Connection[Any], limit: int = 100) -> tuple[int, int]:
@@ -528,9 +627,13 @@ def apply_action(
     request_id: str | None,
     now: dt.datetime,
     request_sha256: str | None = None,
+    arrived_at: dt.datetime | None = None,
 ) -> ActionResult:
     """Acknowledge, report arrival, resolve or mark a false alarm — from the rescue platform.
 
+    ``arrived_at`` (``arrive`` only) is the arrival time measured on site; the time of the
+    request when absent. 422 when it is more than ``ARRIVAL_CLOCK_SKEW_S`` ahead of ``now``
+    or before the incident opened.
     404 for an unknown incident, 409 for a change its state does not allow (nothing is
     changed). ``request_id`` is an idempotency key scoped to (incident, action): the same
     request re-sent with it gets the first answer again; another request (its
@@ -569,15 +672,36 @@ def apply_action(
             return ActionResult(
                 409, {"error": str(e), "incident_id": incident_id, "state": current["state"]}
             )
+        if arrived_at is not None:
+            if action != "arrive":
+                return ActionResult(400, {"error": f"arrived_at is for arrive, not {action}"})
+            if arrived_at > now + dt.timedelta(seconds=ARRIVAL_CLOCK_SKEW_S):
+                return ActionResult(
+                    422,
+                    {
+                        "error": f"arrived_at {arrived_at.isoformat()} is in the future (now"
+                        f" {now.isoformat(timespec='seconds')}; {ARRIVAL_CLOCK_SKEW_S} s of"
+                        " clock difference allowed)"
+                    },
+                )
+            if arrived_at < current["opened_at"]:
+                return ActionResult(
+                    422,
+                    {
+                        "error": f"arrived_at {arrived_at.isoformat()} is before the incident"
+                        f" opened ({jsonable(current['opened_at'])})"
+                    },
+                )
+        arrival = arrived_at or now
         sets = ["state = %s", "updated_at = %s"]
         params: list[Any] = [state, now]
         if state == "acknowledged" or (current["acknowledged_at"] is None and state == "arrived"):
             sets.append("acknowledged_at = %s")
-            params.append(now)
+            params.append(arrival if state == "arrived" else now)  # never after the arrival
         if state == "arrived":
-            arrival_s = (now - current["opened_at"]).total_seconds()
+            arrival_s = (arrival - current["opened_at"]).total_seconds()
             sets += ["arrived_at = %s", "arrival_s = %s", "arrival_on_time = %s"]
-            params += [now, arrival_s, arrival_s <= current["arrival_target_s"]]
+            params += [arrival, arrival_s, arrival_s <= current["arrival_target_s"]]
         if state in ("resolved", "false_alarm"):
             sets += ["closed_at = %s", "closed_by = %s"]
             params += [now, actor]
@@ -605,6 +729,7 @@ def apply_action(
             "state": state,
             "previous_state": current["state"],
             "event_id": change.event_id,
+            "arrived_at": jsonable(incident["arrived_at"]),
             "arrival_s": incident["arrival_s"],
             "arrival_on_time": incident["arrival_on_time"],
         }
@@ -643,27 +768,46 @@ def first_sight(conn: psycopg.Connection[Any], webhook_id: str) -> bool:
 def escalate_due(
     conn: psycopg.Connection[Any], config: DispatchConfig, now: dt.datetime
 ) -> list[Change]:
-    """Raise every unacknowledged trapping incident to the response level its age calls for;
-    each step is its own event (and webhook).
+    """Raise every trapping incident routed to the rescue platform that waits too long to
+    the response level its age calls for; each step is its own event (and webhook), and
+    the new level's endpoints are told from then on.
+
+    - Unacknowledged: the level ``config.escalation_after_s`` calls for.
+    - Acknowledged but no arrival ``arrival_target_s`` after it was recorded (the plan's
+      arrival rule): one level up, once (``details.arrival_overdue_at``).
 
     The age is wall-clock time since the dispatcher recorded the incident (when the rescue
-    platform was first told), not since ``opened_at``, which is stream time: a replayed or
-    late-arriving trapping gets the full time to be answered, like any other.
+    platform was first told) or last reopened it, not since ``opened_at``, which is stream
+    time: a replayed or late-arriving trapping gets the full time to be answered, like any
+    other.
     """
-    from detectors.alerts import TRAPPED_TYPES
-
     changes: list[Change] = []
     writes = _Writes()
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT i.*, a.applied_at AS recorded_at FROM incident i"
+            "SELECT i.*, greatest(a.applied_at, (i.details->>'reopened_at')::timestamptz)"
+            " AS recorded_at FROM incident i"
             " JOIN alert r ON r.alert_key = i.alert_key AND r.state = 'raised'"
             " JOIN incident_alert a ON a.alert_id = r.alert_id"
-            " WHERE i.state = 'open' AND i.fault_type = ANY(%s)"
+            " WHERE i.state IN ('open', 'acknowledged') AND i.fault_type = ANY(%s)"
+            " AND coalesce(i.details->>'route', 'rescue') = 'rescue'"
             " AND i.escalation_level <> 'city' FOR UPDATE OF i SKIP LOCKED",
             (sorted(TRAPPED_TYPES),),
         )
         for current in cur.fetchall():
+            if current["state"] == "acknowledged":
+                if (current["details"] or {}).get("arrival_overdue_at") is None and (
+                    level := overdue_arrival_level(
+                        current["escalation_level"],
+                        current["recorded_at"],
+                        now,
+                        current["arrival_target_s"],
+                    )
+                ):
+                    changes.append(
+                        _escalate_overdue_arrival(cur, current, level, now, config, writes)
+                    )
+                continue
             due = due_escalation(
                 current["escalation_level"],
                 current["recorded_at"],
@@ -700,6 +844,42 @@ def escalate_due(
                     break
         _flush_writes(cur, writes)
     return changes
+
+
+def _escalate_overdue_arrival(
+    cur: psycopg.Cursor[dict[str, Any]],
+    current: dict[str, Any],
+    level: str,
+    now: dt.datetime,
+    config: DispatchConfig,
+    writes: _Writes,
+) -> Change:
+    cur.execute(
+        "UPDATE incident SET escalation_level = %s, escalated_at = %s, updated_at = %s,"
+        " details = details || %s WHERE incident_id = %s RETURNING *",
+        (
+            level,
+            now,
+            now,
+            json.dumps({"arrival_overdue_at": jsonable(now)}),
+            current["incident_id"],
+        ),
+    )
+    incident = cur.fetchone()
+    assert incident is not None
+    return _record_event(
+        cur,
+        incident,
+        writes,
+        event_type="incident.escalated",
+        at=now,
+        from_state=incident["state"],
+        actor="dispatcher",
+        note=f"acknowledged but nobody arrived within {current['arrival_target_s']} s"
+        f" (the arrival rule): escalated from {current['escalation_level']} to {level}",
+        config=config,
+        source_time=now,
+    )
 
 
 # -- the reassurance command's outcome ---------------------------------------------------------
@@ -1019,6 +1199,100 @@ def redeliver(
         if rows:
             cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     return len(rows)
+
+
+# -- reconciliation reads (GET /incidents) ---------------------------------------------------
+
+#: The elevator columns a payload shows.
+_ELEVATOR_COLUMNS: Final = (
+    "district",
+    "address",
+    "latitude",
+    "longitude",
+    "building_type",
+    "user_unit",
+    "maintenance_company",
+    "maintenance_contact",
+)
+#: An incident with its latest event and its elevator, one row: what :func:`_view` reads.
+_VIEW_SELECT: Final = (
+    "SELECT i.*, e.event_id AS ev_event_id, e.time AS ev_time, e.event_type AS ev_event_type,"
+    " e.from_state AS ev_from_state, e.actor AS ev_actor, e.note AS ev_note, "
+    + ", ".join(f"el.{c} AS el_{c}" for c in _ELEVATOR_COLUMNS)
+    + " FROM incident i LEFT JOIN LATERAL (SELECT * FROM incident_event x"
+    " WHERE x.incident_id = i.incident_id ORDER BY x.event_id DESC LIMIT 1) e ON true"
+    " LEFT JOIN elevator el ON el.registration_code = i.elevator_id"
+)
+
+
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    """The webhook's ``data`` as of the incident's latest event, and when it last changed."""
+    event = {k[3:]: v for k, v in row.items() if k.startswith("ev_")}
+    elevator = {k[3:]: v for k, v in row.items() if k.startswith("el_")}
+    data: dict[str, Any] = build_payload(row, event, elevator)["data"]
+    data["updated_at"] = jsonable(row["updated_at"])
+    return data
+
+
+def incident_view(conn: psycopg.Connection[Any], incident_id: str) -> dict[str, Any] | None:
+    """One incident as ``GET /incidents/{id}`` shows it: the webhook's ``data`` as of its
+    latest event, and every event (oldest first); ``None`` when there is no such incident."""
+    try:
+        key = uuid.UUID(incident_id)
+    except ValueError:
+        return None
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_VIEW_SELECT + " WHERE i.incident_id = %s", (key,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        cur.execute(
+            "SELECT event_id, time, event_type, from_state, to_state, actor, note"
+            " FROM incident_event WHERE incident_id = %s ORDER BY event_id",
+            (key,),
+        )
+        events = [{k: jsonable(v) for k, v in e.items()} for e in cur.fetchall()]
+    return {**_view(row), "events": events}
+
+
+def list_incidents(
+    conn: psycopg.Connection[Any],
+    *,
+    states: Sequence[str],
+    since: dt.datetime | None,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+    route: str | None,
+) -> tuple[list[dict[str, Any]], tuple[dt.datetime, uuid.UUID] | None]:
+    """Incidents changed at or after ``since``, in ``states`` (all when empty), on ``route``
+    (all when ``None``), oldest change first, ``limit`` at most, after the cursor ``after``
+    (the last page's last ``(updated_at, incident_id)``); and the cursor of the next page,
+    ``None`` when this one is the last."""
+    where: list[str] = ["true"]
+    params: list[Any] = []
+    if states:
+        where.append("i.state = ANY(%s)")
+        params.append(list(states))
+    if since is not None:
+        where.append("i.updated_at >= %s")
+        params.append(since)
+    if route is not None:
+        where.append("coalesce(i.details->>'route', 'rescue') = %s")
+        params.append(route)
+    if after is not None:
+        where.append("(i.updated_at, i.incident_id) > (%s, %s)")
+        params += list(after)
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"{_VIEW_SELECT} WHERE {' AND '.join(where)}"
+            " ORDER BY i.updated_at, i.incident_id LIMIT %s",
+            (*params, limit + 1),
+        )
+        rows = cur.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = (rows[-1]["updated_at"], rows[-1]["incident_id"]) if more and rows else None
+    return [_view(r) for r in rows], cursor
 
 
 def active_incidents(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:

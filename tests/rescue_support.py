@@ -177,6 +177,9 @@ def rescue(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Rescue]
                     webhook_retry_cap_s=1.0,
                     webhook_timeout_s=2.0,
                     escalation_after_s=(10**8, 2 * 10**8, 3 * 10**8),  # never, unless told
+                    # every incident to the rescue endpoints, overloads too: these tests are
+                    # of the delivery (tests/test_rescue_routing.py tests the routing)
+                    rescue_min_severity="info",
                 )
             )
             upsert(run.admin_url, FLEET)

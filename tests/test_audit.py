@@ -91,7 +91,9 @@ def _publish_anchor(settings: Settings, url: str, topic: str) -> None:
 def populated(
     settings: Settings, superuser_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Populated]:
-    config = store.DispatchConfig((ENDPOINT,), (10**8, 2 * 10**8, 3 * 10**8), 1800)
+    config = store.DispatchConfig(
+        (ENDPOINT,), (10**8, 2 * 10**8, 3 * 10**8), 1800, rescue_min_severity="info"
+    )
     now = dt.datetime.now(dt.UTC)
     with pipeline(
         settings, f"tianyan_test_audit_{uuid.uuid4().hex[:8]}", tmp_path_factory.mktemp("audit")

@@ -108,7 +108,10 @@ def test_alerts_become_one_incident_per_elevator_and_fault_with_outbox_and_ledge
 ) -> None:
     r = rescue(["http://a.invalid/hook", "http://b.invalid/hook"])
     config = store.DispatchConfig(
-        ("http://a.invalid/hook", "http://b.invalid/hook"), (1, 2, 3), 1800
+        ("http://a.invalid/hook", "http://b.invalid/hook"),
+        (1, 2, 3),
+        1800,
+        rescue_min_severity="info",
     )
     first, repeat, other = trapped(0, 0, people=2), trapped(0, 200, people=4), overload(1, 10)
     commands: list[list[store.Change]] = []
@@ -173,7 +176,9 @@ def test_an_alert_is_stored_once_under_the_one_id_its_application_references(
     from streams.sinks import TimescaleSink
 
     r = rescue(["http://a.invalid/hook"])
-    config = store.DispatchConfig(("http://a.invalid/hook",), (1, 2, 3), 1800)
+    config = store.DispatchConfig(
+        ("http://a.invalid/hook",), (1, 2, 3), 1800, rescue_min_severity="info"
+    )
     now = dt.datetime.now(dt.UTC)
     raised, unstored = trapped(0, 0), overload(1, 10)
 
@@ -566,7 +571,9 @@ def test_an_absurd_retry_after_is_capped_and_does_not_wedge_the_delivery(
     huge.answer = lambda n: (503, {"Retry-After": str(10**30)}) if n == 0 else (200, {})
     year_9999 = "Fri, 31 Dec 9999 23:59:59 GMT"
     far.answer = lambda n: (503, {"Retry-After": year_9999}) if n == 0 else (200, {})
-    config = store.DispatchConfig((huge.name, far.name), (10**8, 2 * 10**8, 3 * 10**8), 1800)
+    config = store.DispatchConfig(
+        (huge.name, far.name), (10**8, 2 * 10**8, 3 * 10**8), 1800, rescue_min_severity="info"
+    )
     cap_s = 1.0
     sender = Sender(
         [huge.endpoint, far.endpoint],
@@ -603,7 +610,9 @@ def test_a_late_result_of_an_earlier_attempt_does_not_overwrite_a_newer_one(
     settings: Settings, rescue: Callable[..., Rescue]
 ) -> None:
     r = rescue(["http://a.invalid/hook"])
-    config = store.DispatchConfig(("http://a.invalid/hook",), (1, 2, 3), 1800)
+    config = store.DispatchConfig(
+        ("http://a.invalid/hook",), (1, 2, 3), 1800, rescue_min_severity="info"
+    )
     now = dt.datetime.now(dt.UTC)
     with psycopg.connect(r.writer_url) as conn:
         store.apply_alert(conn, overload(0, 0), config, received_at=now)
@@ -800,7 +809,9 @@ def test_audit_verify_names_what_was_altered_or_deleted(
     settings: Settings, rescue: Callable[..., Rescue], superuser_url: str
 ) -> None:
     r = rescue(["http://a.invalid/hook"])
-    config = store.DispatchConfig(("http://a.invalid/hook",), (1, 2, 3), 1800)
+    config = store.DispatchConfig(
+        ("http://a.invalid/hook",), (1, 2, 3), 1800, rescue_min_severity="info"
+    )
     now = dt.datetime.now(dt.UTC)
     with psycopg.connect(r.writer_url) as conn:
         for i in range(4):

@@ -157,6 +157,7 @@ def api(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             webhook_retry_cap_s=1.0,
             webhook_timeout_s=2.0,
             escalation_after_s=(10**8, 2 * 10**8, 3 * 10**8),
+            rescue_min_severity="info",  # the overloads to the rescue endpoints too
         ) as run:
             upsert(run.admin_url, FLEET)
             log = work / "dispatcher.log"

@@ -71,6 +71,8 @@ def run(
         partitions=8,
         rescue_webhook_urls=(f"http://127.0.0.1:{receiver_port}/96333",),
         rescue_webhook_secret=new_secret(),
+        # every incident to the endpoint (overloads too): the bench measures delivery
+        rescue_min_severity="info",
         grading_interval_s=0,
     ) as run:
         alerts_topic = run.settings.alerts_topic
@@ -140,6 +142,7 @@ def run(
             tuple(endpoint_name(u) for u in run.settings.rescue_webhook_urls),
             settings.escalation_after_s,
             1800,
+            rescue_min_severity="info",
         )
         base_ms = int(time.time() * 1000)
         with psycopg.connect(run.writer_url) as conn:

@@ -179,14 +179,17 @@ def run(
         summary.messages = published.messages
         summary.quarantined = sim.malformed
         summary.alerts = _scalar(admin, "SELECT count(*) FROM alert WHERE state = 'raised'")
-        for fault_type, n, trapped, delay_p50, delay_max in conn.execute(
-            "SELECT fault_type, count(*), sum(coalesce(estimated_trapped, 0)),"
+        for fault_type, route, n, trapped, delay_p50, delay_max in conn.execute(
+            # the route (rescue/routing.py): a type's is the same for all its incidents
+            "SELECT fault_type, max(coalesce(details->>'route', 'rescue')), count(*),"
+            " sum(coalesce(estimated_trapped, 0)),"
             " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM opened_at -"
             " (details->>'condition_since')::timestamptz)),"
             " max(extract(epoch FROM opened_at - (details->>'condition_since')::timestamptz))"
             " FROM incident GROUP BY fault_type ORDER BY count(*) DESC"
         ):
             summary.incidents_by_type[fault_type] = {
+                "route": route,
                 "incidents": n,
                 "people_trapped": int(trapped),
                 "detection_delay_s_p50": round(float(delay_p50), 1),
@@ -261,6 +264,14 @@ def run(
         "received_verified": len(ids),
         "received_unique": len(set(ids)),
         "incidents_acknowledged_by_receiver": acknowledged,
+        # the demo sets only the rescue platform's endpoint: the other incidents are
+        # recorded (boards, report) and delivered nowhere
+        "incidents_to_rescue_platform": sum(
+            v["incidents"] for v in summary.incidents_by_type.values() if v["route"] == "rescue"
+        ),
+        "incidents_recorded_only": sum(
+            v["incidents"] for v in summary.incidents_by_type.values() if v["route"] != "rescue"
+        ),
     }
     ledger = verify(admin)
     summary.ledger = (
@@ -331,13 +342,16 @@ def render(summary: DemoSummary) -> str:
         f" {summary.messages} messages, {summary.samples} samples stored;"
         f" {summary.alerts} alerts raised.  ({summary.seconds} s)",
         "",
-        "incidents by type (detection delay = condition began → incident opened):",
+        "incidents by type (detection delay = condition began → incident opened;"
+        " '→ rescue platform': routed to it, the rest recorded for the boards and the"
+        " maintenance endpoint):",
     ]
     for t, v in summary.incidents_by_type.items():
         trapped = f", {v['people_trapped']} people trapped" if v["people_trapped"] else ""
         lines.append(
             f"  {t:28} {v['incidents']:4}{trapped}; delay p50 {v['detection_delay_s_p50']} s,"
             f" max {v['detection_delay_s_max']} s"
+            + ("  → rescue platform" if v["route"] == "rescue" else "")
         )
     lines += ["", "against the injected faults:"]
     lines.append(f"  {'fault':28} {'injected':>8} {'detected':>8} {'recall':>7} {'precision':>9}")
@@ -347,7 +361,9 @@ def render(summary: DemoSummary) -> str:
     w = summary.webhooks
     lines += [
         "",
-        f"rescue webhooks: {w['delivered']} delivered, {w['pending']} pending, {w['dead']} dead;"
+        f"rescue webhooks for the {w['incidents_to_rescue_platform']} incidents routed to the"
+        f" rescue platform ({w['incidents_recorded_only']} others recorded only):"
+        f" {w['delivered']} delivered, {w['pending']} pending, {w['dead']} dead;"
         f" the receiver verified {w['received_verified']} signatures"
         f" ({w['received_unique']} unique ids) and acknowledged"
         f" {w['incidents_acknowledged_by_receiver']} incidents",
