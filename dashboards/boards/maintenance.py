@@ -25,10 +25,14 @@ PERIOD_GAP_S = 60
 _NORMAL = int(ServiceMode.NORMAL)
 _INSPECTION = int(ServiceMode.INSPECTION)
 #: Raw samples through service_mode_sample (sql/idempotent/15_scoped_views.sql): a company's
-#: role cannot read the telemetry_sample hypertable, and the view shows it only its own.
+#: role cannot read the telemetry_sample hypertable, and the view shows it only its own. The
+#: bound on stored_time reaches packed minutes by their key (raw_sample, migration 0012).
 _OUT_OF_SERVICE_SAMPLES = f"""FROM service_mode_sample s
 JOIN elevator e ON e.registration_code = s.elevator_id
-WHERE $__timeFilter(s.time) AND s.service_mode <> {_NORMAL} AND {_SELECTED}"""
+WHERE $__timeFilter(s.time)
+  AND s.stored_time > $__timeFrom()::timestamptz - interval '1 minute'
+  AND s.stored_time <= $__timeTo()::timestamptz
+  AND s.service_mode <> {_NORMAL} AND {_SELECTED}"""
 
 
 def build() -> Board:
