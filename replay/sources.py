@@ -260,8 +260,8 @@ def from_database(
 
 # A message spans at most MAX_MESSAGE_SPAN_MS, so reading that much either side of a slice
 # and keeping the messages that begin inside it splits none. raw_sample holds recent and
-# packed samples (migration 0012); the bound on stored_time reaches packed minutes by key. real columns print in JSON as
-# their shortest float4 form (1.23, not 1.2300000190734863).
+# packed samples (migration 0012); the bound on stored_time reaches packed minutes by key.
+# real columns print in JSON as their shortest float4 form (1.23, not 1.2300000190734863).
 _QUERY = (
     "SELECT m.elevator_id, m.t_ms[1], json_build_object("
     "'schema', %(schema)s::text, 'elevator_id', m.elevator_id, 'seq', m.seq,"
