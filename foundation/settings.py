@@ -121,6 +121,7 @@ class Settings:
     batch_linger_ms: int
     checkpoint_interval_s: float
     raw_retention_days: int
+    raw_pack_after_minutes: int
     evidence_window_s: int
     grading_interval_s: int
     # the incident dispatcher (rescue/)
@@ -268,6 +269,7 @@ class Settings:
             batch_linger_ms=_env_int("TIANYAN_BATCH_LINGER_MS", 100),
             checkpoint_interval_s=_env_int("TIANYAN_CHECKPOINT_INTERVAL_MS", 5_000) / 1000,
             raw_retention_days=_env_int("TIANYAN_RAW_RETENTION_DAYS", 7),
+            raw_pack_after_minutes=_env_int("TIANYAN_RAW_PACK_AFTER_MINUTES", 60),
             evidence_window_s=_env_int("TIANYAN_EVIDENCE_WINDOW_S", 300),
             grading_interval_s=_env_int("TIANYAN_GRADING_INTERVAL_S", 3600),
             rescue_webhook_urls=tuple(
@@ -375,6 +377,7 @@ class Settings:
             "TIANYAN_BATCH_LINGER_MS": str(self.batch_linger_ms),
             "TIANYAN_CHECKPOINT_INTERVAL_MS": ms(self.checkpoint_interval_s),
             "TIANYAN_RAW_RETENTION_DAYS": str(self.raw_retention_days),
+            "TIANYAN_RAW_PACK_AFTER_MINUTES": str(self.raw_pack_after_minutes),
             "TIANYAN_EVIDENCE_WINDOW_S": str(self.evidence_window_s),
             "TIANYAN_GRADING_INTERVAL_S": str(self.grading_interval_s),
             "TIANYAN_RESCUE_WEBHOOK_URL": " ".join(self.rescue_webhook_urls),

@@ -404,8 +404,10 @@ def telemetry(url: str, elevator_id: str, start: dt.datetime, end: dt.datetime) 
         url,
         "SELECT time, seq, speed_mps, accel_mps2, position_m, floor, direction, load_kg, door,"
         " door_zone, leveling_offset_mm, passengers, alarm, service_mode"
-        " FROM tianyan.telemetry_sample"
-        " WHERE elevator_id = %(e)s AND time >= %(lo)s AND time <= %(hi)s ORDER BY time",
+        " FROM tianyan.raw_sample"
+        " WHERE elevator_id = %(e)s AND time >= %(lo)s AND time <= %(hi)s"
+        " AND stored_time > %(lo)s::timestamptz - interval '1 minute' AND stored_time <= %(hi)s"
+        " ORDER BY time",
         {"e": elevator_id, "lo": start, "hi": end},
     )
 

@@ -259,8 +259,9 @@ def from_database(
 
 
 # A message spans at most MAX_MESSAGE_SPAN_MS, so reading that much either side of a slice
-# and keeping the messages that begin inside it splits none. real columns print in JSON as
-# their shortest float4 form (1.23, not 1.2300000190734863).
+# and keeping the messages that begin inside it splits none. raw_sample holds recent and
+# packed samples (migration 0012); the bound on stored_time reaches packed minutes by key.
+# real columns print in JSON as their shortest float4 form (1.23, not 1.2300000190734863).
 _QUERY = (
     "SELECT m.elevator_id, m.t_ms[1], json_build_object("
     "'schema', %(schema)s::text, 'elevator_id', m.elevator_id, 'seq', m.seq,"
@@ -272,8 +273,10 @@ _QUERY = (
     " FROM (SELECT elevator_id, seq, min(time) AS first_time, count(*) AS n,"
     " array_agg((extract(epoch FROM time) * 1000)::bigint) AS t_ms, "
     + ", ".join(f"array_agg({c}) AS {c}" for c in COLUMNS[1:])
-    + " FROM (SELECT * FROM tianyan.telemetry_sample"
-    " WHERE time >= %(lo_wide)s AND time < %(hi_wide)s{where}"
+    + " FROM (SELECT * FROM tianyan.raw_sample"
+    " WHERE time >= %(lo_wide)s AND time < %(hi_wide)s"
+    " AND stored_time > %(lo_wide)s::timestamptz - interval '1 minute'"
+    " AND stored_time < %(hi_wide)s{where}"
     " ORDER BY elevator_id, seq, time) s"
     " GROUP BY elevator_id, seq HAVING min(time) >= %(lo)s AND min(time) < %(hi)s) m"
     " LEFT JOIN (SELECT elevator_id, seq,"
@@ -316,8 +319,10 @@ def count_database(
     where, params = _filters(elevators, districts)
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            "SELECT count(DISTINCT (elevator_id, seq)) FROM tianyan.telemetry_sample"
-            " WHERE time >= %(lo)s AND time < %(hi)s" + where,
+            "SELECT count(DISTINCT (elevator_id, seq)) FROM tianyan.raw_sample"
+            " WHERE time >= %(lo)s AND time < %(hi)s"
+            " AND stored_time > %(lo)s::timestamptz - interval '1 minute'"
+            " AND stored_time < %(hi)s" + where,
             {**params, "lo": start, "hi": end},
         ).fetchone()
     return int(row[0]) if row else 0

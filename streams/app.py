@@ -386,6 +386,8 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     async def retention() -> None:
         dropped = await asyncio.to_thread(_drop_old_raw_chunks, settings)
         metrics.CHUNKS_DROPPED.inc(dropped)
+        packed = await asyncio.to_thread(_pack_raw_chunks, settings)
+        metrics.CHUNKS_PACKED.inc(packed)
 
     if settings.grading_interval_s > 0:
 
@@ -427,6 +429,18 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
             )
 
     return app, worker
+
+
+def _pack_raw_chunks(settings: Settings) -> int:
+    """Pack raw-sample chunks older than ``raw_pack_after_minutes`` into elevator-minute
+    rows (migration 0012); returns the chunks packed."""
+    import psycopg
+
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT tianyan.pack_raw_chunks(%s)", [settings.raw_pack_after_minutes]
+        ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def _drop_old_raw_chunks(settings: Settings) -> int:

@@ -118,6 +118,11 @@ UNREADABLE_STATES = Gauge(
 CHUNKS_DROPPED = Counter(
     "tianyan_raw_chunks_dropped_total", "Raw-sample chunks dropped by retention", registry=REGISTRY
 )
+CHUNKS_PACKED = Counter(
+    "tianyan_raw_chunks_packed_total",
+    "Raw-sample chunks packed into elevator-minute rows",
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "tianyan_consumer_lag_messages",
     "Messages between the committed offset and the end of each partition",

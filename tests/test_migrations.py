@@ -9,7 +9,14 @@ import pytest
 
 from sql.migrate import MigrationError, discover, migrate
 
-HYPERTABLES = {"telemetry_sample", "telemetry_code", "window_feature", "trip", "evidence_sample"}
+HYPERTABLES = {
+    "telemetry_sample",
+    "telemetry_sample_minute",
+    "telemetry_code",
+    "window_feature",
+    "trip",
+    "evidence_sample",
+}
 TABLES = HYPERTABLES | {
     "elevator",
     "alert",

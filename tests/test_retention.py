@@ -50,9 +50,59 @@ def test_old_raw_chunks_are_dropped_and_the_rest_kept(scratch_db: str) -> None:
     assert trips == (1,)  # trips and windows are kept for years
 
 
-def test_incident_evidence_survives_retention(scratch_db: str) -> None:
+#: Every sample column, in table order, as raw_sample and telemetry_sample both have them.
+_SAMPLE_COLUMNS = "time, elevator_id, seq, " + ", ".join(contract.COLUMNS[1:])
+
+
+def _raw_samples(conn: psycopg.Connection, table: str) -> list[tuple]:
+    return conn.execute(f"SELECT {_SAMPLE_COLUMNS} FROM tianyan.{table} ORDER BY 2, 1").fetchall()
+
+
+def test_old_raw_chunks_are_packed_and_read_back_unchanged(scratch_db: str) -> None:
+    """Chunks older than the pack age become elevator-minute rows (migration 0012), read
+    back by raw_sample exactly as stored; a sample stored again after its minute was packed
+    is merged by the next pack, not kept twice; retention drops packed hours too."""
     migrate(scratch_db)
-    when = dt.datetime.now(dt.UTC) - dt.timedelta(days=8)
+    now = dt.datetime.now(dt.UTC)
+    old = _store(scratch_db, now - dt.timedelta(hours=3))
+    recent = _store(scratch_db, now - dt.timedelta(minutes=5))
+    very_old = _store(scratch_db, now - dt.timedelta(days=9))
+    with psycopg.connect(_writer(scratch_db), autocommit=True) as conn:
+        before = _raw_samples(conn, "telemetry_sample")
+        packed = conn.execute("SELECT tianyan.pack_raw_chunks(60)").fetchone()
+        left = conn.execute("SELECT count(*) FROM tianyan.telemetry_sample").fetchone()
+        minutes = conn.execute("SELECT count(*) FROM tianyan.telemetry_sample_minute").fetchone()
+        after = _raw_samples(conn, "raw_sample")
+        compressed = conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_column_compression(speed_mps) = 'lz4')"
+            " FROM tianyan.telemetry_sample_minute"
+        ).fetchone()
+        again = _store(scratch_db, now - dt.timedelta(hours=3))  # a replay of packed history
+        doubled = conn.execute("SELECT count(*) FROM tianyan.raw_sample").fetchone()
+        conn.execute("SELECT tianyan.pack_raw_chunks(60)")
+        merged = _raw_samples(conn, "raw_sample")
+        minutes_merged = conn.execute(
+            "SELECT count(*) FROM tianyan.telemetry_sample_minute"
+        ).fetchone()
+        with pytest.raises(psycopg.errors.RaiseException, match="at least 1"):
+            conn.execute("SELECT tianyan.pack_raw_chunks(0)")
+        conn.execute("SELECT tianyan.drop_old_raw_chunks(7)")
+        kept = conn.execute("SELECT count(*) FROM tianyan.raw_sample").fetchone()
+    assert len(before) == old + recent + very_old
+    assert packed is not None and packed[0] >= 2  # the 3-hour-old and the 9-day-old chunks
+    assert left == (recent,)
+    assert minutes is not None and 0 < minutes[0] < old + very_old
+    assert after == before
+    assert compressed is not None and compressed[0] >= 1  # a moving minute's arrays are lz4
+    assert again == old and doubled == (len(before) + old,)
+    assert merged == before and minutes_merged == minutes
+    assert kept == (old + recent,)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["recent", "packed"])
+def test_incident_evidence_survives_retention(scratch_db: str, packed: bool) -> None:
+    migrate(scratch_db)
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(days=6)
     stored = _store(scratch_db, when)
     incident = uuid.uuid4()
     with psycopg.connect(scratch_db) as conn:
@@ -63,6 +113,8 @@ def test_incident_evidence_survives_retention(scratch_db: str) -> None:
             [incident, ELEVATOR, when, when],
         )
     with psycopg.connect(_writer(scratch_db)) as conn:
+        if packed:
+            conn.execute("SELECT tianyan.pack_raw_chunks(60)")
         args = [incident, ELEVATOR, when - dt.timedelta(minutes=5), when + dt.timedelta(minutes=5)]
         copied = conn.execute(
             "SELECT tianyan.copy_incident_evidence(%s, %s, %s, %s)", args
@@ -70,8 +122,8 @@ def test_incident_evidence_survives_retention(scratch_db: str) -> None:
         again = conn.execute(
             "SELECT tianyan.copy_incident_evidence(%s, %s, %s, %s)", args
         ).fetchone()
-        conn.execute("SELECT tianyan.drop_old_raw_chunks(7)")
-        raw = conn.execute("SELECT count(*) FROM tianyan.telemetry_sample").fetchone()
+        conn.execute("SELECT tianyan.drop_old_raw_chunks(5)")
+        raw = conn.execute("SELECT count(*) FROM tianyan.raw_sample").fetchone()
         evidence = conn.execute(
             "SELECT count(*) FROM tianyan.evidence_sample WHERE incident_id = %s", [incident]
         ).fetchone()

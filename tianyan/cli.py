@@ -849,6 +849,35 @@ def bench_evidence(rows: int, calls: int, contenders: int, keep: bool) -> None:
     click.echo(as_json(result))
 
 
+@bench.command("storage")
+@click.option("--elevators", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Simulated minutes of the busy scenario.",
+)
+@click.option(
+    "--reads",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Elevators read per query kind (the median is printed).",
+)
+@click.option("--keep", is_flag=True, help="Keep the bench's database afterwards.")
+def bench_storage(elevators: int, minutes: float, reads: int, keep: bool) -> None:
+    """Raw-sample storage designs on the same simulated samples: bytes per sample, ingest
+    samples/s, a panel query and an evidence read."""
+    from tianyan.bench_storage import as_json, run, table
+
+    result = run(_settings(), elevators=elevators, minutes=minutes, reads=reads, keep=keep)
+    click.echo(f"{result['samples']:,} samples in {result['messages']:,} messages")
+    for line in table(result):
+        click.echo(line)
+    click.echo(as_json(result))
+
+
 # -- detectors: scoring series, evaluating against labels -------------------------------------
 def _register_detector_commands() -> None:
     from tianyan.commands_eval import evaluate_command, score_command

@@ -14,9 +14,13 @@ _TRIP_START = "'epoch'::timestamptz + ${trip:sqlstring}::bigint * interval '1 ms
 _THIS_TRIP = f"elevator_id = '$elevator' AND start_time = {_TRIP_START}"
 #: Samples a few seconds either side of the trip, to see the doors and the start.
 _MARGIN = "interval '5 s'"
+#: raw_sample holds recent and packed samples (migration 0012); the bound on stored_time lets
+#: the planner reach the packed minutes by their key.
 _SAMPLES = f"""FROM trip t
-JOIN telemetry_sample s ON s.elevator_id = t.elevator_id
+JOIN raw_sample s ON s.elevator_id = t.elevator_id
  AND s.time BETWEEN t.start_time - {_MARGIN} AND t.end_time + {_MARGIN}
+ AND s.stored_time > t.start_time - {_MARGIN} - interval '1 minute'
+ AND s.stored_time <= t.end_time + {_MARGIN}
 WHERE t.elevator_id = '$elevator' AND t.start_time = {_TRIP_START}"""
 
 

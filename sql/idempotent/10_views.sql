@@ -148,3 +148,35 @@ SELECT sum(elevators)::bigint AS elevators,
        count(*) AS districts,
        count(*) FILTER (WHERE terminal_target_met) AS districts_meeting_terminal_target
 FROM district_coverage;
+
+-- Every raw sample still kept, one row per sample: the recent ones (telemetry_sample, where
+-- the sink writes) and the packed ones (telemetry_sample_minute, migration 0012, unnested).
+-- stored_time is the time of the row the sample is stored in: the sample's own time, or
+-- its minute. A query for a time range must also bound stored_time, which the planner can
+-- push into both tables (their keys, chunk exclusion); a bound on time alone cannot reach
+-- the packed rows, and would read all of them:
+--     WHERE time BETWEEN $from AND $to
+--       AND stored_time > $from - interval '1 minute' AND stored_time <= $to
+-- A sample stored again after its minute was packed (a replay of old history) shows twice
+-- until the next pack_raw_chunks merges it (keeping the first).
+-- Created only once 0012 has run (a database migrated part-way has no packed table).
+DO $do$ BEGIN
+  IF to_regclass('tianyan.telemetry_sample_minute') IS NOT NULL THEN
+    CREATE OR REPLACE VIEW raw_sample AS
+    SELECT s.time, s.elevator_id, s.seq, s.speed_mps, s.accel_mps2, s.position_m, s.floor,
+           s.direction, s.load_kg, s.door, s.door_zone, s.leveling_offset_mm, s.passengers,
+           s.alarm, s.service_mode, s.time AS stored_time
+      FROM telemetry_sample s
+    UNION ALL
+    SELECT m.time + u.t_offset_ms * interval '1 millisecond', m.elevator_id, u.seq,
+           u.speed_mps, u.accel_mps2, u.position_m, u.floor, u.direction, u.load_kg, u.door,
+           u.door_zone, u.leveling_offset_mm, u.passengers, u.alarm, u.service_mode,
+           m.time AS stored_time
+      FROM telemetry_sample_minute m,
+           unnest(m.seq, m.t_offset_ms, m.speed_mps, m.accel_mps2, m.position_m, m.floor,
+                  m.direction, m.load_kg, m.door, m.door_zone, m.leveling_offset_mm,
+                  m.passengers, m.alarm, m.service_mode)
+             AS u(seq, t_offset_ms, speed_mps, accel_mps2, position_m, floor, direction,
+                  load_kg, door, door_zone, leveling_offset_mm, passengers, alarm, service_mode);
+  END IF;
+END $do$;

@@ -13,13 +13,93 @@ RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tianyan, public, pg_temp AS $$
 DECLARE
     dropped integer;
+    packed integer := 0;
 BEGIN
     IF retention_days < 1 THEN
         RAISE EXCEPTION 'retention_days must be at least 1, got %', retention_days;
     END IF;
     SELECT count(*) INTO dropped FROM public.drop_chunks('tianyan.telemetry_sample',
         older_than => now() - make_interval(days => retention_days));
-    RETURN dropped;
+    IF to_regclass('tianyan.telemetry_sample_minute') IS NOT NULL THEN
+        SELECT count(*) INTO packed FROM public.drop_chunks('tianyan.telemetry_sample_minute',
+            older_than => now() - make_interval(days => retention_days));
+    END IF;
+    RETURN dropped + packed;
+END $$;
+
+-- Pack every telemetry_sample chunk that ended more than pack_after_minutes ago into
+-- telemetry_sample_minute (migration 0012: one row per elevator-minute, lz4-compressed
+-- arrays, ≈ 7× fewer bytes per sample) and drop it; returns the chunks packed. The chunk is
+-- locked against writes first, so no sample lands in it between reading and dropping. A
+-- minute already packed (a late sample or a replay stored after its chunk was packed) is
+-- unpacked and merged, the sample stored first kept for a repeated (elevator, time), as the
+-- sink's ON CONFLICT DO NOTHING keeps it. The pipeline calls it hourly with retention.
+CREATE OR REPLACE FUNCTION pack_raw_chunks(pack_after_minutes integer)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tianyan, public, pg_temp AS $$
+DECLARE
+    c record;
+    packed integer := 0;
+BEGIN
+    IF pack_after_minutes < 1 THEN
+        RAISE EXCEPTION 'pack_after_minutes must be at least 1, got %', pack_after_minutes;
+    END IF;
+    FOR c IN
+        SELECT format('%I.%I', chunk_schema, chunk_name) AS chunk, range_start, range_end
+          FROM timescaledb_information.chunks
+         WHERE hypertable_schema = 'tianyan' AND hypertable_name = 'telemetry_sample'
+           AND range_end <= now() - make_interval(mins => pack_after_minutes)
+         ORDER BY range_start
+    LOOP
+        EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', c.chunk);
+        -- The sort of DISTINCT ON reads every earlier row (and so deletes it) before the
+        -- first new row is inserted.
+        EXECUTE format($sql$
+            WITH earlier AS (
+                DELETE FROM tianyan.telemetry_sample_minute m
+                 WHERE m.time >= $1 AND m.time < $2
+                RETURNING m.*),
+            sample AS (
+                SELECT DISTINCT ON (a.elevator_id, a.time) a.*
+                  FROM (SELECT 0 AS stored, m.time + u.t_offset_ms * interval '1 millisecond'
+                               AS time, m.elevator_id, u.seq, u.speed_mps, u.accel_mps2,
+                               u.position_m, u.floor, u.direction, u.load_kg, u.door,
+                               u.door_zone, u.leveling_offset_mm, u.passengers, u.alarm,
+                               u.service_mode
+                          FROM earlier m,
+                               unnest(m.seq, m.t_offset_ms, m.speed_mps, m.accel_mps2,
+                                      m.position_m, m.floor, m.direction, m.load_kg, m.door,
+                                      m.door_zone, m.leveling_offset_mm, m.passengers,
+                                      m.alarm, m.service_mode)
+                                 AS u(seq, t_offset_ms, speed_mps, accel_mps2, position_m,
+                                      floor, direction, load_kg, door, door_zone,
+                                      leveling_offset_mm, passengers, alarm, service_mode)
+                        UNION ALL
+                        SELECT 1, s.time, s.elevator_id, s.seq, s.speed_mps, s.accel_mps2,
+                               s.position_m, s.floor, s.direction, s.load_kg, s.door,
+                               s.door_zone, s.leveling_offset_mm, s.passengers, s.alarm,
+                               s.service_mode
+                          FROM %s s) a
+                 ORDER BY a.elevator_id, a.time, a.stored)
+            INSERT INTO tianyan.telemetry_sample_minute
+            SELECT public.time_bucket('1 minute', time), elevator_id,
+                   array_agg(seq ORDER BY time),
+                   array_agg((extract(epoch FROM time - public.time_bucket('1 minute', time))
+                              * 1000)::integer ORDER BY time),
+                   array_agg(speed_mps ORDER BY time), array_agg(accel_mps2 ORDER BY time),
+                   array_agg(position_m ORDER BY time), array_agg(floor ORDER BY time),
+                   array_agg(direction ORDER BY time), array_agg(load_kg ORDER BY time),
+                   array_agg(door ORDER BY time), array_agg(door_zone ORDER BY time),
+                   array_agg(leveling_offset_mm ORDER BY time),
+                   array_agg(passengers ORDER BY time), array_agg(alarm ORDER BY time),
+                   array_agg(service_mode ORDER BY time)
+              FROM sample GROUP BY 1, 2
+            $sql$, c.chunk) USING c.range_start, c.range_end;
+        PERFORM public.drop_chunks('tianyan.telemetry_sample',
+                                   older_than => c.range_end, newer_than => c.range_start);
+        packed := packed + 1;
+    END LOOP;
+    RETURN packed;
 END $$;
 
 -- Copy the raw samples around an incident to the evidence table, kept after retention
@@ -33,15 +113,24 @@ END $$;
 CREATE OR REPLACE FUNCTION copy_incident_evidence(p_incident_id uuid, p_elevator_id text,
                                                   p_from timestamptz, p_to timestamptz)
 RETURNS integer
-LANGUAGE sql AS $$
-    WITH ins AS (
-        INSERT INTO evidence_sample
-        SELECT s.*, p_incident_id FROM telemetry_sample s
-        WHERE s.elevator_id = p_elevator_id::char(20) COLLATE "C"
-          AND s.time >= p_from AND s.time <= p_to
-        ON CONFLICT DO NOTHING RETURNING 1)
-    SELECT count(*)::integer FROM ins
-$$;
+LANGUAGE plpgsql AS $$
+DECLARE
+    copied integer;
+BEGIN
+    -- Recent samples and packed ones (raw_sample, 10_views.sql); stored_time bounds the
+    -- packed minutes read (their key), time the samples kept.
+    INSERT INTO evidence_sample
+    SELECT s.time, s.elevator_id, s.seq, s.speed_mps, s.accel_mps2, s.position_m, s.floor,
+           s.direction, s.load_kg, s.door, s.door_zone, s.leveling_offset_mm, s.passengers,
+           s.alarm, s.service_mode, p_incident_id
+      FROM raw_sample s
+     WHERE s.elevator_id = p_elevator_id::char(20) COLLATE "C"
+       AND s.stored_time > p_from - interval '1 minute' AND s.stored_time <= p_to
+       AND s.time >= p_from AND s.time <= p_to
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS copied = ROW_COUNT;
+    RETURN copied;
+END $$;
 
 -- Append one entry to the tamper-evident ledger and return its seq: the only way an entry
 -- is written (no application role may INSERT, UPDATE, DELETE or TRUNCATE audit_ledger, see

@@ -66,6 +66,8 @@ END $$;
 
 REVOKE ALL ON FUNCTION drop_old_raw_chunks(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION drop_old_raw_chunks(integer) TO tianyan_writer;
+REVOKE ALL ON FUNCTION pack_raw_chunks(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pack_raw_chunks(integer) TO tianyan_writer;
 
 REVOKE ALL ON FUNCTION ledger_append(text, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger_append(text, text, jsonb) TO tianyan_writer;
