@@ -109,8 +109,8 @@ def sweep_file(
     index of its window (:data:`OUTSIDE`, :data:`PROBATION`), as NAB's ``calcSweepScore``.
 
     >>> w, win = sweep_file(10, [(6, 7)], PROFILES["standard"])
-    >>> [round(x, 4) for x in w[6:10]], list(win[:3]), list(win[5:10])
-    ([1.0, 0.8483, -0.0], [-2, -1, -1], [-1, 0, 0, -1, -1])
+    >>> [round(x, 4) for x in w[5:10].tolist()], win[:3].tolist(), win[5:10].tolist()
+    ([-0.11, 1.0, 0.8598, -0.1085, -0.11], [-2, -1, -1], [-1, 0, 0, -1, -1])
     """
     max_tp = scaled_sigmoid(-1.0)
     probation = probation_rows(rows)
@@ -148,10 +148,13 @@ class Scorer:
 
     >>> scorer = Scorer([(10, [(7, 8)])], PROFILES["standard"])  # probation: 1 row
     >>> s = np.array([0.0] * 8 + [0.9, 0.2])
-    >>> scorer.optimise([s])
-    ThresholdScore(threshold=0.9, score=0.848..., tp=1, fp=0, fn=1, tn=7)
-    >>> round(scorer.normalised(scorer.optimise([s])), 2)  # null: -1, perfect: 1
-    92.41
+    >>> best = scorer.optimise([s])  # row 8: the window's second of two rows
+    >>> best.threshold, round(best.score, 4), (best.tp, best.fp, best.fn, best.tn)
+    (0.9, 0.8598, (1, 0, 1, 7))
+    >>> round(scorer.null, 4), scorer.perfect  # null: all detected, 1 - 6 × 0.11 - 0.1085
+    (0.2315, 1.0)
+    >>> round(scorer.normalised(best), 2)
+    81.76
     """
 
     def __init__(self, files: Sequence[tuple[int, Sequence[tuple[int, int]]]], profile: Profile):
