@@ -22,6 +22,8 @@ from typing import Any
 
 #: Offset of the "neuron" facts (active contexts fed back as inputs), above any value fact.
 _NEURON_FACT = 2**31
+#: Sets of left facts whose matching semi-contexts are remembered (a bound on memory).
+_MATCH_CACHE_SIZE = 4096
 #: The fact of a value below the range.
 _BELOW_RANGE_FACT = -1
 
@@ -55,7 +57,8 @@ class _ContextMemory:
         #: The left facts last crossed, and how many left semi-contexts existed then.
         self.left_facts: frozenset[int] = frozenset()
         self.left_crossed = 0
-        self.right_facts: frozenset[int] = frozenset()
+        #: left facts → (left semi-contexts checked, the fully matched among them).
+        self._matches: dict[frozenset[int], tuple[int, list[int]]] = {}
 
     def context_by_facts(
         self, new_contexts: list[tuple[tuple[int, ...], tuple[int, ...]]], zero_level: int = 0
@@ -89,6 +92,24 @@ class _ContextMemory:
         self.left_facts = frozenset(facts)
         self.left_crossed = len(self.left)
 
+    def _fully_matched(self) -> list[int]:
+        """Indices of the left semi-contexts crossed last whose every fact was present.
+
+        Semi-contexts are only ever appended, so the answer for a set of facts is extended,
+        never recomputed: periodic series revisit the same few sets."""
+        facts = self.left_facts
+        checked, found = self._matches.get(facts, (0, []))
+        if checked < self.left_crossed:
+            if len(self._matches) >= _MATCH_CACHE_SIZE:
+                self._matches.clear()
+            found = found + [
+                k
+                for k in range(checked, self.left_crossed)
+                if self.left[k].facts <= facts
+            ]
+            self._matches[facts] = (self.left_crossed, found)
+        return found
+
     def active_contexts(
         self, facts: tuple[int, ...], new_context: bool
     ) -> tuple[list[list[int]], int, list[tuple[tuple[int, ...], tuple[int, ...]]]]:
@@ -101,16 +122,18 @@ class _ContextMemory:
         active = []
         selected = 0
         candidates = []
-        for left in self.left[: self.left_crossed]:
+        if new_context:
+            lefts = self.left[: self.left_crossed]
+        else:  # only the fully matched ones matter: looked up, not scanned
+            lefts = [self.left[k] for k in self._fully_matched()]
+        for left in lefts:
             if new_context:
                 crossed = left.facts & left_facts
                 if not crossed:
                     continue
                 full = len(crossed) == len(left.facts)
-            elif left.facts <= left_facts:
-                crossed, full = left.facts, True
             else:
-                continue
+                crossed, full = left.facts, True
             for right_id, context_id in left.contexts.items():
                 if self.new_context_id == context_id:
                     continue
