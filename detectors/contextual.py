@@ -24,8 +24,8 @@ from typing import Any
 _NEURON_FACT = 2**31
 #: Sets of left facts whose matching semi-contexts are remembered (a bound on memory).
 _MATCH_CACHE_SIZE = 4096
-#: The fact of a value below the range.
-_BELOW_RANGE_FACT = -1
+#: The facts of a value above, and below, the range.
+_ABOVE_RANGE_FACT, _BELOW_RANGE_FACT = -1, -2
 
 
 class _LeftSemiContext:
@@ -226,16 +226,12 @@ class ContextualDetector:
     def score_one(self, x: float) -> float:
         """The step's anomaly in [0, 1] (0 while resting after an alarm); learns ``x``."""
         level = math.floor((x - self.min_value) / self.level_width)
-        # Above the range, the level takes more bits (as CAD OSE's binary string does); below
-        # it, a sign fact: either way facts never seen in range, so new contexts.
-        magnitude = abs(level)
-        facts = tuple(
-            sorted(
-                [bit * 2 + ((magnitude >> bit) & 1)
-                 for bit in range(max(self.value_bits, magnitude.bit_length()))]
-                + ([_BELOW_RANGE_FACT] if level < 0 else [])
-            )
-        )  # fmt: skip
+        if level > self.max_level:  # outside the range: a fact no value inside it has
+            facts: tuple[int, ...] = (_ABOVE_RANGE_FACT,)
+        elif level < 0:
+            facts = (_BELOW_RANGE_FACT,)
+        else:
+            facts = tuple(bit * 2 + ((level >> bit) & 1) for bit in range(self.value_bits))
         share_active, share_new = self._step(facts)
         score = (1.0 - share_active + share_new) / 2.0
         resting = max(self.recent[-self.rest_rows :]) >= self.rest_threshold
