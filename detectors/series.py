@@ -232,17 +232,20 @@ def _contextual_scorer(
     margin: float = 0.0,
     rest_rows: int = 0,
     alarm_raw: float = CONTEXTUAL_ALARM_RAW,
-    whole_file_range: int = 0,
+    whole_file_range: int = 1,
 ) -> Callable[..., np.ndarray]:
     """CAD OSE (:class:`~detectors.contextual.ContextualDetector`) per column, worst column.
 
-    - **Range.** Each column's value range is fixed from its first ``range_rows`` finite
-      values (0: NAB's probationary period, 15 % of the file's rows, at most 750), widened
-      by ``margin`` × its width each side; those rows are then learned and score NaN.
-      ``whole_file_range=1`` instead gives it the file's own minimum and maximum before the
-      first row, as NAB hands every detector (``inputMin``, ``inputMax``).
-    - **Rest.** After a raw score above 0.75, ``rest_rows`` rows report 0 (0: the range
-      rows / 5, as NAB runs CAD OSE).
+    - **Range.** By default (``whole_file_range=1``) each column's value range is the
+      file's own minimum and maximum, given to the detector before its first row as NAB
+      hands every detector (``inputMin``, ``inputMax``; CAD OSE's and HTM's published
+      scores use them); everything else is learnt online, from the past only. With
+      ``whole_file_range=0`` the range is fixed from the first ``range_rows`` finite
+      values (0: NAB's probationary period, 15 % of the rows, at most 750), widened by
+      ``margin`` × its width each side; those rows are learned and score NaN. On NAB that
+      strictly online variant scores 59.4 (standard) against 70.0.
+    - **Rest.** After a raw score above 0.75, ``rest_rows`` rows report 0 (0: NAB's
+      probationary period / 5, as NAB runs CAD OSE).
     - **Score.** The raw score mapped piecewise linearly so that ``alarm_raw`` is 0.5.
     """
     from .contextual import ContextualDetector
@@ -259,9 +262,9 @@ def _contextual_scorer(
         for v in cols.values():
             finite &= np.isfinite(v)
         rows = np.flatnonzero(finite)
-        warm = range_rows or int(min(math.floor(0.15 * n), 750))
-        warm = max(1, min(warm, len(rows)))
-        rest = rest_rows or max(1, round(warm / 5))
+        probation = int(min(math.floor(0.15 * n), 750))  # NAB's, as evaluation.nab's
+        warm = max(1, min(range_rows or probation, len(rows)))
+        rest = rest_rows or max(1, probation // 5)
         dets = {}
         for k, v in cols.items():
             seen = v[finite] if whole_file_range else v[rows[:warm]]
