@@ -103,9 +103,7 @@ class _ContextMemory:
             if len(self._matches) >= _MATCH_CACHE_SIZE:
                 self._matches.clear()
             found = found + [
-                k
-                for k in range(checked, self.left_crossed)
-                if self.left[k].facts <= facts
+                k for k in range(checked, self.left_crossed) if self.left[k].facts <= facts
             ]
             self._matches[facts] = (self.left_crossed, found)
         return found

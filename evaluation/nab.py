@@ -230,9 +230,7 @@ class Scorer:
                 fp, tn = fp + 1, tn - 1
                 fp_total += weights[i]
             if i + 1 == n or a_sorted[i + 1] != a_sorted[i]:
-                out.append(
-                    ThresholdScore(a_sorted[i], window_total + fp_total, tp, fp, fn, tn)
-                )
+                out.append(ThresholdScore(a_sorted[i], window_total + fp_total, tp, fp, fn, tn))
         return out
 
 
@@ -265,7 +263,10 @@ def load_corpus(root: Path) -> list[NabFile]:
         for start, end in labels[name]:
             try:
                 windows.append(
-                    (index[np.datetime64(pd.Timestamp(start))], index[np.datetime64(pd.Timestamp(end))])
+                    (
+                        index[np.datetime64(pd.Timestamp(start))],
+                        index[np.datetime64(pd.Timestamp(end))],
+                    )
                 )
             except KeyError as e:
                 raise NabError(f"{labels_path}: {name}: window time {e} is not in the file") from e

@@ -57,7 +57,9 @@ def run(
         for name, profile in nab.PROFILES.items()
     }
     rows = sum(len(f.values) for f in corpus)
-    say(f"bench nab: {len(corpus)} files, {rows} rows, read in {time.perf_counter() - started:.1f} s")
+    say(
+        f"bench nab: {len(corpus)} files, {rows} rows, read in {time.perf_counter() - started:.1f} s"
+    )
     results: dict[str, dict[str, float]] = {}
     jobs = [(name, False) for name in detectors] + [(name, True) for name in nab_results]
     for name, stored in jobs:
