@@ -18,7 +18,6 @@ must be fixed before it starts (``min_value``, ``max_value``).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 #: Offset of the "neuron" facts (active contexts fed back as inputs), above any value fact.
 _NEURON_FACT = 2**31
@@ -29,7 +28,7 @@ _ABOVE_RANGE_FACT, _BELOW_RANGE_FACT = -1, -2
 
 
 class _LeftSemiContext:
-    __slots__ = ("facts", "contexts")
+    __slots__ = ("contexts", "facts")
 
     def __init__(self, facts: tuple[int, ...]) -> None:
         self.facts = frozenset(facts)
@@ -143,11 +142,10 @@ class _ContextMemory:
                     right_crossed = right_seen[right_id] = self.right[right_id] & right_facts
                 if not right_crossed:
                     continue
-                if full:
-                    if len(right_crossed) == len(self.right[right_id]):
-                        values[0] += 1
-                        active.append([context_id, values[0], values[2], values[3]])
-                        continue
+                if full and len(right_crossed) == len(self.right[right_id]):
+                    values[0] += 1
+                    active.append([context_id, values[0], values[2], values[3]])
+                    continue
                 if values[1] and new_context and len(crossed) <= self.max_left:
                     candidates.append((tuple(sorted(crossed)), tuple(sorted(right_crossed))))
         self.new_context_id = False

@@ -58,7 +58,8 @@ def run(
     }
     rows = sum(len(f.values) for f in corpus)
     say(
-        f"bench nab: {len(corpus)} files, {rows} rows, read in {time.perf_counter() - started:.1f} s"
+        f"bench nab: {len(corpus)} files, {rows} rows, "
+        f"read in {time.perf_counter() - started:.1f} s"
     )
     results: dict[str, dict[str, float]] = {}
     jobs = [(name, False) for name in detectors] + [(name, True) for name in nab_results]
