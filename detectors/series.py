@@ -222,6 +222,64 @@ def _hst_scorer(
     return score
 
 
+#: CAD OSE's raw score at which ``contextual`` scores 0.5: NAB's optimiser's threshold for
+#: it on the standard profile (``tianyan bench nab``; CAD OSE's own NAB run: 0.766).
+CONTEXTUAL_ALARM_RAW = 0.766
+
+
+def _contextual_scorer(
+    range_rows: int = 0,
+    margin: float = 0.0,
+    rest_rows: int = 0,
+    alarm_raw: float = CONTEXTUAL_ALARM_RAW,
+    whole_file_range: int = 1,
+) -> Callable[..., np.ndarray]:
+    """CAD OSE (:class:`~detectors.contextual.ContextualDetector`) per column, worst column.
+
+    - **Range.** By default (``whole_file_range=1``) each column's value range is the
+      file's own minimum and maximum, given to the detector before its first row as NAB
+      hands every detector (``inputMin``, ``inputMax``; CAD OSE's and HTM's published
+      scores use them); everything else is learnt online, from the past only. With
+      ``whole_file_range=0`` the range is fixed from the first ``range_rows`` finite
+      values (0: NAB's probationary period, 15 % of the rows, at most 750), widened by
+      ``margin`` × its width each side; those rows are learned and score NaN. On NAB that
+      strictly online variant scores 59.4 (standard) against 70.0.
+    - **Rest.** After a raw score above 0.75, ``rest_rows`` rows report 0 (0: NAB's
+      probationary period / 5, as NAB runs CAD OSE).
+    - **Score.** The raw score mapped piecewise linearly so that ``alarm_raw`` is 0.5.
+    """
+    from .contextual import ContextualDetector
+
+    def calibrated(raw: float) -> float:
+        if raw <= alarm_raw:
+            return 0.5 * raw / alarm_raw
+        return 0.5 + 0.5 * (raw - alarm_raw) / (1.0 - alarm_raw)
+
+    def score(t: np.ndarray, cols: dict[str, np.ndarray], max_gap: float) -> np.ndarray:
+        n = len(t)
+        out = np.full(n, np.nan)
+        finite = np.ones(n, dtype=bool)
+        for v in cols.values():
+            finite &= np.isfinite(v)
+        rows = np.flatnonzero(finite)
+        probation = int(min(math.floor(0.15 * n), 750))  # NAB's, as evaluation.nab's
+        warm = max(1, min(range_rows or probation, len(rows)))
+        rest = rest_rows or max(1, probation // 5)
+        dets = {}
+        for k, v in cols.items():
+            seen = v[finite] if whole_file_range else v[rows[:warm]]
+            lo, hi = (float(seen.min()), float(seen.max())) if len(seen) else (0.0, 1.0)
+            width = hi - lo
+            dets[k] = ContextualDetector(lo - margin * width, hi + margin * width, rest_rows=rest)
+        for j, i in enumerate(rows):
+            worst = max(d.score_one(float(cols[k][i])) for k, d in dets.items())
+            if whole_file_range or j >= warm:
+                out[i] = calibrated(worst)
+        return out
+
+    return score
+
+
 #: name → factory(**params) returning a scorer(t, columns, max_gap) -> scores.
 SCORERS: dict[str, Callable[..., Callable[..., np.ndarray]]] = {
     "ewma": lambda alpha=0.1, limit_sigmas=4.0, warmup=WARMUP_ROWS: _univariate(
@@ -232,6 +290,7 @@ SCORERS: dict[str, Callable[..., Callable[..., np.ndarray]]] = {
     ),
     "robust_z": lambda z_limit=6.0, size=500: _univariate(_robust(z_limit, size), False, False),
     "half_space_trees": _hst_scorer,
+    "contextual": _contextual_scorer,
 }
 
 

@@ -878,6 +878,48 @@ def bench_storage(elevators: int, minutes: float, reads: int, keep: bool) -> Non
     click.echo(as_json(result))
 
 
+@bench.command("nab")
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="A NAB checkout (data/, labels/; results/ for --nab-results).",
+)
+@click.option(
+    "--detector",
+    "detector_names",
+    multiple=True,
+    help="A `tianyan score` detector (repeatable; default: every one).",
+)
+@click.option(
+    "--nab-results",
+    "nab_results",
+    multiple=True,
+    metavar="NAME",
+    help="Also score NAB's stored outputs of its detector NAME, e.g. windowedGaussian "
+    "(repeatable): checks the scorer against NAB's published figures.",
+)
+def bench_nab(data: Path, detector_names: tuple[str, ...], nab_results: tuple[str, ...]) -> None:
+    """The Numenta Anomaly Benchmark: every detector of `tianyan score`, scored by NAB's rules
+    (windows, cost profiles, threshold optimiser, null/perfect normalisation)."""
+    from detectors.catalog import SERIES_SCORERS
+    from evaluation.nab import NabError
+    from tianyan.bench_nab import run
+
+    names = list(detector_names) or sorted(SERIES_SCORERS)
+    unknown = [n for n in names if n not in SERIES_SCORERS]
+    if unknown:
+        raise click.ClickException(
+            f"--detector {', '.join(unknown)}: unknown (known: {', '.join(sorted(SERIES_SCORERS))})"
+        )
+    try:
+        result = run(data, names, nab_results, say=lambda m: click.echo(m, err=True))
+    except NabError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(json.dumps(result))
+
+
 # -- detectors: scoring series, evaluating against labels -------------------------------------
 def _register_detector_commands() -> None:
     from tianyan.commands_eval import evaluate_command, score_command

@@ -40,6 +40,7 @@ DETECTOR_SUMMARY = {
     "cusum": "two-sided CUSUM per column: small persistent shifts of the mean",
     "robust_z": "robust z-score (median / MAD) per column against a bounded history",
     "half_space_trees": "river Half-Space Trees over all columns jointly (multivariate)",
+    "contextual": "CAD OSE contextual anomaly per column (NAB 70 standard; one alarm per event)",
 }
 
 
