@@ -78,7 +78,7 @@ def test_door_operator_wear() -> None:
 
 
 def test_series_errors_are_clear() -> None:
-    with pytest.raises(SeriesError, match=r"nope: unknown detector \(known: cusum, ewma"):
+    with pytest.raises(SeriesError, match=r"nope: unknown detector \(known: contextual, cusum"):
         score_series("nope", [0, 1], {"x": [1, 2]})
     with pytest.raises(SeriesError, match=r"timestamps\[1\]: 1.0 is before timestamps\[0\]"):
         score_series("ewma", [2, 1], {"x": [1, 2]}, strict_time=True)

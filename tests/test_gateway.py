@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -35,6 +36,13 @@ from streams.mqtt import (
 from tianyan.stack import LocalMosquitto
 
 from .conftest import TIANYAN, consume_all
+
+
+def _free_port() -> int:
+    """A port no one listens on now (the kernel's choice), so runs side by side don't collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _code() -> str:
@@ -99,7 +107,7 @@ def bridge(settings: Settings) -> Iterator[Bridge]:
         device_events_topic=events,
         gateway_id=f"test-gateway-{tag}",
         mqtt_share_group=f"test-{tag}",
-        gateway_web_port=46885,
+        gateway_web_port=_free_port(),
     )
     env = {**os.environ, **s.to_env()}
     b = Bridge(s, env, raw, quarantine)
