@@ -441,7 +441,8 @@ def conflicts(
 ) -> list[dict[str, object]]:
     """The conflicts imports met, newest first, optionally of one elevator, of one source
     (stored or offered) or since a moment."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[object] = []
     if registration_code:
         where.append("registration_code = %s")
         params.append(registration_code)

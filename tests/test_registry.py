@@ -348,7 +348,9 @@ def test_facts_ledgered_before_manufacturer_and_model_still_verify(
 # -- coverage: declared and reporting ----------------------------------------------------------
 
 
-def test_coverage_counts_terminals_reporting_in_the_last_24_hours(scratch_db: str) -> None:
+def test_coverage_counts_terminals_reporting_in_the_last_24_hours(
+    tmp_path: Path, scratch_db: str
+) -> None:
     migrate(scratch_db)
     base = generate(14, 1, AS_OF)[0]
 
@@ -390,3 +392,13 @@ def test_coverage_counts_terminals_reporting_in_the_last_24_hours(scratch_db: st
             " reporting_undeclared_24h FROM city_coverage"
         ).fetchone()
         assert city == (4, 3, 0.5, 2, 1)
+    # the report's coverage table shows the figures beside the declared terminals
+    from dashboards.report import read_report, render_html
+
+    data = read_report(scratch_db, dt.datetime.now(dt.UTC), 15, 365)
+    html_path = tmp_path / "index.html"
+    render_html(data, html_path, "heatmap.png", "map.png")
+    page = html_path.read_text(encoding="utf-8")
+    assert "reported in the last 24 h" in page
+    city_row = page[page.index('<tr class="total"><td>City 全市</td><td>6</td>') :]
+    assert city_row.split("</tr>")[0].endswith("<td>3</td><td>2</td>")
