@@ -7,7 +7,7 @@ Every stored value keeps its :class:`Provenance`: the source that gave it and th
 elevators, a value from one source as of one date; :func:`fuse` decides, column by column:
 
 - the same value as stored: nothing changes but the provenance, which moves to the offer
-  when the offer is not older (the value is confirmed as of a later date);
+  when the offer is not older (the value is confirmed, by this source, as of that date);
 - another value from the **same source**: a newer-or-equal offer is that source's own
   correction and replaces the value; an older one is stale and changes nothing;
 - another value from **another source**: a :class:`Conflict`, always recorded. The offer
@@ -115,7 +115,7 @@ def fuse(
             continue
         newer_or_same_date = offer.as_of >= had.as_of
         if old == value:
-            if newer_or_same_date:
+            if newer_or_same_date and had != offer:
                 result.provenance[column] = offer
             continue
         if had.source == offer.source:

@@ -17,7 +17,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, astuple, dataclass, field, fields
+from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 
 import psycopg
@@ -279,6 +279,11 @@ def city_today() -> dt.date:
     return dt.datetime.now(CITY_TZ).date()
 
 
+def _fields(e: Elevator) -> dict[str, object]:
+    # not dataclasses.asdict: its deep copy is most of the time of a city's import
+    return {c: getattr(e, c) for c in ELEVATOR_COLUMNS}
+
+
 def _jsonable(values: dict[str, object]) -> dict[str, object]:
     return {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
 
@@ -335,7 +340,7 @@ def fuse_rows(url: str, rows: Sequence[RegistryRow], source: str, as_of: dt.date
             conflicts.extend(fused.conflicts)
             if now_stored is None:
                 inserted += 1
-                whole = asdict(_elevator(row.values))
+                whole = _fields(_elevator(row.values))
                 changes.append((code, True, json.dumps(_jsonable(whole), ensure_ascii=False)))
                 final: dict[str, object] = whole
             else:
@@ -402,7 +407,7 @@ def upsert(
     """Fuse whole elevator records from one source into the registry (a None carries
     nothing, like an empty cell); ``as_of`` defaults to today in the city."""
     rows = [
-        RegistryRow(0, e.registration_code, {k: v for k, v in asdict(e).items() if v is not None})
+        RegistryRow(0, e.registration_code, {k: v for k, v in _fields(e).items() if v is not None})
         for e in elevators
     ]
     return fuse_rows(url, rows, source, as_of or city_today())

@@ -958,6 +958,26 @@ def bench_storage(elevators: int, minutes: float, reads: int, keep: bool) -> Non
     click.echo(as_json(result))
 
 
+@bench.command("registry")
+@click.option(
+    "--elevators",
+    type=click.IntRange(min=1),
+    default=40_000,
+    show_default=True,
+    help="Elevators in the synthetic registry (the city has 30,000-45,000).",
+)
+@click.option("--keep", is_flag=True, help="Keep the bench's database afterwards.")
+def bench_registry(elevators: int, keep: bool) -> None:
+    """Registry fusion at the city's size: a whole export, the same again, a partial export
+    with conflicts, and the coverage of terminals reporting in the last 24 h."""
+    from tianyan.bench_registry import as_json, run
+
+    result = run(_settings(), elevators=elevators, keep=keep)
+    for key, value in result.items():
+        click.echo(f"{key:40} {value}")
+    click.echo(as_json(result))
+
+
 @bench.command("nab")
 @click.option(
     "--data",
