@@ -310,9 +310,8 @@ def registry_import(path: Path, source: str, as_of: dt.datetime | None) -> None:
         result = read_csv(path)
     except RegistryError as e:
         raise click.ClickException(str(e)) from e
-    r = fuse_rows(
-        _settings().database_url, result.rows, source, as_of.date() if as_of else city_today()
-    )
+    day = as_of.date() if as_of else city_today()
+    r = fuse_rows(_settings().database_url, result.rows, source, day)
     bad = sorted([*result.bad_rows, *r.not_in_registry], key=lambda b: b.line)
     for b in bad:
         click.echo(f"{path}:{b.line}: {b.reason}", err=True)
@@ -329,7 +328,7 @@ def registry_import(path: Path, source: str, as_of: dt.datetime | None) -> None:
         json.dumps(
             {
                 "source": source.strip(),
-                "as_of": (as_of.date() if as_of else city_today()).isoformat(),
+                "as_of": day.isoformat(),
                 "columns": list(result.columns),
                 "good_rows": len(result.rows) - len(r.not_in_registry),
                 "bad_rows": len(bad),
