@@ -41,7 +41,7 @@ _COVERAGE = """
 SELECT district, elevators, with_terminal, terminal_share, terminal_target_share,
        terminal_target_met, managed_residential, managed_residential_with_terminal,
        managed_residential_share, managed_residential_target_share,
-       managed_residential_target_met
+       managed_residential_target_met, reporting_24h, declared_silent_24h
 FROM tianyan.district_coverage
 """
 _CITY = "SELECT * FROM tianyan.city_coverage"
@@ -318,14 +318,15 @@ def render_html(data: ReportData, path: Path, heatmap: str, map_png: str) -> Non
     for d in data.districts:
         r = by_district.get(d)
         if r is None:
-            cov_rows.append(f'<tr><td>{district(d)}</td><td colspan="8">no elevators</td></tr>')
+            cov_rows.append(f'<tr><td>{district(d)}</td><td colspan="10">no elevators</td></tr>')
             continue
         cov_rows.append(
             f"<tr><td>{district(d)}</td><td>{r['elevators']}</td><td>{r['with_terminal']}</td>"
             f"<td>{_share(r['terminal_share'])}</td>{_met(r['terminal_target_met'])}"
             f"<td>{r['managed_residential']}</td><td>{r['managed_residential_with_terminal']}</td>"
             f"<td>{_share(r['managed_residential_share'])}</td>"
-            f"{_met(r['managed_residential_target_met'])}</tr>"
+            f"{_met(r['managed_residential_target_met'])}"
+            f"<td>{r['reporting_24h']}</td><td>{r['declared_silent_24h']}</td></tr>"
         )
     c = data.city
     if c:
@@ -335,7 +336,8 @@ def render_html(data: ReportData, path: Path, heatmap: str, map_png: str) -> Non
             f"{_met(c['units_target_met'])}<td>{c['managed_residential']}</td>"
             f"<td>{c['managed_residential_with_terminal']}</td>"
             f"<td>{_share(c['managed_residential_share'])}</td>"
-            f"{_met(c['managed_residential_target_met'])}</tr>"
+            f"{_met(c['managed_residential_target_met'])}"
+            f"<td>{c['reporting_24h']}</td><td>{c['declared_silent_24h']}</td></tr>"
         )
     coverage_table = _table(
         [
@@ -348,6 +350,8 @@ def render_html(data: ReportData, path: Path, heatmap: str, map_png: str) -> Non
             "with terminal",
             "share",
             "≥ 90 %",
+            "reported in the last 24 h 24小时内在线",
+            "declared, silent 24 h 登记未上报",
         ],
         cov_rows,
     )
@@ -439,7 +443,10 @@ A grade is explained by the points each factor added (README, "Risk grading").</
 <img src="{html.escape(map_png)}" alt="Map of elevators coloured by risk grade">
 <h2>Terminal coverage against the plan's targets 智能监测终端覆盖率</h2>
 <p>Targets: at least 30 % of the elevators in every district, at least 90 % of the
-residential elevators managed by property companies, at least 3,500 units city-wide.</p>
+residential elevators managed by property companies, at least 3,500 units city-wide.
+Beside the terminals the registry declares, those that actually reported in the 24 hours
+before the report was drawn (any message, heartbeats included), and the declared ones
+silent all that time.</p>
 {coverage_table}
 <h2>Red and orange elevators 重大、较大风险电梯 ({len(flagged)})</h2>
 {flagged_table}

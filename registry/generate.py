@@ -56,6 +56,16 @@ MAINTENANCE_COMPANIES = (
     ("赣榆永安电梯维修有限公司", "0518-85510009"),
     ("东海宏远电梯有限公司", "0518-85510010"),
 )
+#: Makers and their models (product-quality tracing); synthetic, shaped on the brands common
+#: in Jiangsu.
+PRODUCTS = (
+    ("通力电梯有限公司", ("KONE MonoSpace 500", "KONE MiniSpace")),
+    ("日立电梯（中国）有限公司", ("HGP", "UAX")),
+    ("上海三菱电梯有限公司", ("LEHY-III", "NEXIEZ-MRL")),
+    ("迅达（中国）电梯有限公司", ("Schindler 3300", "Schindler 5500")),
+    ("奥的斯电梯（中国）有限公司", ("GeN2", "SkyWay")),
+    ("康力电梯股份有限公司", ("KLK2", "KLW")),
+)
 ROADS = (
     "朝阳",
     "解放",
@@ -91,6 +101,8 @@ def generate(seed: int, count: int, as_of: dt.date) -> list[Elevator]:
     if count < 1:
         raise ValueError(f"count: {count} is not a positive number of elevators")
     rng = np.random.default_rng(seed)
+    # a stream of its own, so that adding makers left every other generated field as it was
+    product_rng = np.random.default_rng([seed, 14])
     shares = np.array([d.elevator_share for d in DISTRICTS])
     district_idx = rng.choice(len(DISTRICTS), size=count, p=shares / shares.sum())
     types = list(BUILDING_TYPE_SHARE)
@@ -127,6 +139,7 @@ def generate(seed: int, count: int, as_of: dt.date) -> list[Elevator]:
             int(rng.integers(1, 30)),
             int(rng.integers(1, 5)),
         )
+        maker, models = PRODUCTS[int(product_rng.integers(len(PRODUCTS)))]
         elevators.append(
             Elevator(
                 registration_code=f"3110{d.admin_code}{installed.year:04d}{i + 1:06d}",
@@ -146,6 +159,8 @@ def generate(seed: int, count: int, as_of: dt.date) -> list[Elevator]:
                 last_maintenance_on=max(installed, as_of - dt.timedelta(days=maint_age)),
                 last_inspection_on=max(installed, as_of - dt.timedelta(days=insp_age)),
                 has_terminal=bool(rng.random() < terminal_p),
+                manufacturer=maker,
+                model=models[int(product_rng.integers(len(models)))],
             )
         )
     return elevators

@@ -79,6 +79,9 @@ class Elevator:
     last_maintenance_on: dt.date | None
     last_inspection_on: dt.date | None
     has_terminal: bool
+    # product-quality tracing (migration 0014); last, so that older exports stay readable
+    manufacturer: str | None = None
+    model: str | None = None
 
 
 #: Column order, as in the table and the CSV format.

@@ -88,8 +88,8 @@ def build() -> Board:
     b.panel(
         stat("percentunit"),
         "City coverage",
-        """SELECT with_terminal, units_target, terminal_share, managed_residential_share,
-       districts_meeting_terminal_target, districts
+        """SELECT with_terminal, reporting_24h, declared_silent_24h, units_target, terminal_share,
+       managed_residential_share, districts_meeting_terminal_target, districts
 FROM city_coverage""",
         width=24,
         height=5,
@@ -133,7 +133,8 @@ ORDER BY grade_rank DESC""",
         "Terminal coverage against targets",
         """SELECT district, elevators, with_terminal, terminal_share, terminal_target_share,
        terminal_target_met, managed_residential, managed_residential_share,
-       managed_residential_target_share, managed_residential_target_met
+       managed_residential_target_share, managed_residential_target_met,
+       reporting_24h, reporting_24h_share, declared_silent_24h
 FROM district_coverage
 ORDER BY terminal_target_met, terminal_share, district""",
         shows="SELECT 1 FROM district_coverage",

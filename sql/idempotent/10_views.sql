@@ -92,6 +92,11 @@ GROUP BY e.district;
 -- at least 30 % of the elevators in every district, and at least 90 % of the residential
 -- elevators managed by property companies. Shares are fractions 0..1 (NULL when there is
 -- nothing to divide by); the targets are columns so that boards and reports show them.
+-- Beside the terminals the registry declares (has_terminal), those that actually reported
+-- in the last 24 hours before now: elevators with a 1-minute window (window_feature,
+-- width 60 s) in that time. Every message the worker takes, an idle terminal's 30-s
+-- heartbeat included, lands in one; each elevator is one probe of the window table's key
+-- (elevator, width, minute), so the figure stays cheap at the city's size.
 --   district
 --   elevators, with_terminal, terminal_share, terminal_target_share (0.30),
 --   terminal_target_met
@@ -99,17 +104,31 @@ GROUP BY e.district;
 --   managed_residential_with_terminal, managed_residential_share,
 --   managed_residential_target_share (0.90), managed_residential_target_met
 --   (NULL when the district has no managed residential elevators)
+--   reporting_24h               elevators that reported in the last 24 h (declared or not)
+--   reporting_24h_share         reporting_24h / elevators
+--   declared_silent_24h         declared with a terminal, but silent for 24 h
+--   reporting_undeclared_24h    reported in the last 24 h, not declared with a terminal
 CREATE OR REPLACE VIEW district_coverage AS
 WITH counts AS (
-    SELECT district,
+    SELECT e.district,
            count(*) AS elevators,
-           count(*) FILTER (WHERE has_terminal) AS with_terminal,
-           count(*) FILTER (WHERE building_type = 'residential' AND property_managed)
+           count(*) FILTER (WHERE e.has_terminal) AS with_terminal,
+           count(*) FILTER (WHERE e.building_type = 'residential' AND e.property_managed)
                AS managed_residential,
-           count(*) FILTER (WHERE building_type = 'residential' AND property_managed
-                            AND has_terminal) AS managed_residential_with_terminal
-    FROM elevator
-    GROUP BY district
+           count(*) FILTER (WHERE e.building_type = 'residential' AND e.property_managed
+                            AND e.has_terminal) AS managed_residential_with_terminal,
+           count(*) FILTER (WHERE r.reported) AS reporting_24h,
+           count(*) FILTER (WHERE e.has_terminal AND r.reported IS NULL)
+               AS declared_silent_24h,
+           count(*) FILTER (WHERE NOT e.has_terminal AND r.reported) AS reporting_undeclared_24h
+    FROM elevator e
+    LEFT JOIN LATERAL (
+        SELECT true AS reported FROM window_feature w
+         WHERE w.elevator_id = e.registration_code AND w.width_s = 60
+           AND w.bucket_start > now() - interval '24 hours'
+         LIMIT 1
+    ) r ON true
+    GROUP BY e.district
 )
 SELECT district,
        elevators,
@@ -123,7 +142,11 @@ SELECT district,
            AS managed_residential_share,
        0.90::double precision AS managed_residential_target_share,
        managed_residential_with_terminal::double precision / nullif(managed_residential, 0)
-           >= 0.90 AS managed_residential_target_met
+           >= 0.90 AS managed_residential_target_met,
+       reporting_24h,
+       reporting_24h::double precision / elevators AS reporting_24h_share,
+       declared_silent_24h,
+       reporting_undeclared_24h
 FROM counts;
 
 -- The same for the whole city, with the plan's unit target: at least 3,500 elevators
@@ -131,7 +154,8 @@ FROM counts;
 --   elevators, with_terminal, terminal_share, units_target (3500), units_target_met,
 --   managed_residential, managed_residential_with_terminal, managed_residential_share,
 --   managed_residential_target_share (0.90), managed_residential_target_met,
---   districts, districts_meeting_terminal_target
+--   districts, districts_meeting_terminal_target,
+--   reporting_24h, reporting_24h_share, declared_silent_24h, reporting_undeclared_24h
 CREATE OR REPLACE VIEW city_coverage AS
 SELECT sum(elevators)::bigint AS elevators,
        sum(with_terminal)::bigint AS with_terminal,
@@ -146,7 +170,11 @@ SELECT sum(elevators)::bigint AS elevators,
        sum(managed_residential_with_terminal)::double precision
            / nullif(sum(managed_residential), 0) >= 0.90 AS managed_residential_target_met,
        count(*) AS districts,
-       count(*) FILTER (WHERE terminal_target_met) AS districts_meeting_terminal_target
+       count(*) FILTER (WHERE terminal_target_met) AS districts_meeting_terminal_target,
+       sum(reporting_24h)::bigint AS reporting_24h,
+       sum(reporting_24h)::double precision / nullif(sum(elevators), 0) AS reporting_24h_share,
+       sum(declared_silent_24h)::bigint AS declared_silent_24h,
+       sum(reporting_undeclared_24h)::bigint AS reporting_undeclared_24h
 FROM district_coverage;
 
 -- Every raw sample still kept, one row per sample: the recent ones (telemetry_sample, where
