@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from PIL import Image
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from dashboards.report import write_report
 from foundation.settings import role_url
 from registry.model import Elevator
 from registry.store import upsert
@@ -261,7 +264,33 @@ def test_grade_history_month_by_month_in_the_citys_months(city: str) -> None:
         ("2026-10", "Ganyu"): (1, 0, 0, 0, 0, 0, 0, 0),
         ("2026-11", "Ganyu"): (1, 0, 0, 0, 0, 0, 0, 0),
     }
-    only = _rows(
-        city, "SELECT * FROM tianyan.grade_history(%s, %s, %s)", start, end, ["Haizhou"]
-    )
+    only = _rows(city, "SELECT * FROM tianyan.grade_history(%s, %s, %s)", start, end, ["Haizhou"])
     assert {r["district"] for r in only} == {"Haizhou"} and len(only) == 2
+
+
+def test_the_report_shows_the_figures_of_the_year_before_it(city: str, tmp_path: Path) -> None:
+    files = write_report(city, tmp_path / "report", END)
+    for png in (files.grid_map, files.heatmap, files.map, files.history):
+        assert png.stat().st_size > 15_000, png
+        assert Image.open(png).format == "PNG"
+    page = files.html.read_text(encoding="utf-8")
+    rescue = page.split("<h2>Rescue performance")[1].split("<h2>")[0]
+    by_company = rescue.split("By district")[0]
+    # the year before END adds E1's trapping of 31 October, reached in 90 min: A's arrivals
+    # are 10, 20, 30, 40, 90 min; 4 trappings over 4 monitored elevators in 365 days
+    assert (
+        f"<tr><td>{A}</td><td>5</td><td>4</td><td>4</td><td>100.0</td><td>5</td><td>30.0</td>"
+        "<td>70.0</td><td>60.0 %</td><td>1 of 7</td><td>14.3 %</td></tr>"
+    ) in by_company
+    assert f"<tr><td>{NONE}</td><td>1</td><td>1</td><td>0</td><td>0.0</td><td>0</td>" in by_company
+    assert "<td>Haizhou 海州区</td><td>4</td><td>3</td><td>4</td>" in rescue.split("By district")[1]
+    ranking = page.split("<h2>Maintenance companies ranked")[1].split("<h2>")[0]
+    assert ranking.index(NONE) < ranking.index(A) < ranking.index(B)
+    assert f"<tr><td>3</td><td>1</td><td>{B}</td>" in ranking
+    history = page.split("<h2>Grade history")[1].split("<h2>")[0]
+    assert (
+        "<tr><td>2026-11</td><td>Haizhou 海州区</td><td>2</td><td>0</td><td>0</td><td>1</td>"
+        "<td>2</td><td>1</td><td>2</td><td>1</td></tr>"
+    ) in history
+    # a month with nothing red, orange or changed is left out
+    assert "<td>2026-09</td>" not in history
