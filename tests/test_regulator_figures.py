@@ -16,6 +16,9 @@ from PIL import Image
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from dashboards.boards import all_boards, shared
+from dashboards.check import check, panels_of
+from dashboards.macros import TimeRange, Variable, interpolate
 from dashboards.report import write_report
 from foundation.settings import role_url
 from registry.model import Elevator
@@ -294,3 +297,63 @@ def test_the_report_shows_the_figures_of_the_year_before_it(city: str, tmp_path:
     ) in history
     # a month with nothing red, orange or changed is left out
     assert "<td>2026-09</td>" not in history
+
+
+# -- the boards ---------------------------------------------------------------------------------
+def _board_json(uid: str) -> dict[str, Any]:
+    return next(b for b in all_boards() if b.uid == uid).to_json()
+
+
+def test_every_supervision_panel_follows_the_district_filter() -> None:
+    board = _board_json(shared.SUPERVISION)
+    district = next(v for v in board["templating"]["list"] if v["name"] == "district")
+    assert district["multi"] and district["includeAll"]
+    panels = list(panels_of(board))
+    assert len(panels) >= 11
+    for panel in panels:
+        assert "$district" in panel["targets"][0]["rawSql"], panel["title"]
+
+
+def test_the_boards_show_the_functions_figures(scratch_db: str, city: str) -> None:
+    shown: dict[str, list[dict[str, Any]]] = {}
+
+    def keep(panel: Any, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+        shown[panel["title"]] = [dict(zip(columns, r, strict=True)) for r in rows]
+
+    boards = [b for b in all_boards() if b.uid in (shared.RESCUE, shared.SUPERVISION)]
+    results = check(boards, scratch_db, TimeRange(START, END), on_rows=keep)
+    assert [r.describe() for r in results if not r.ok] == []
+    company = {
+        r["maintenance_company"]: r for r in shown["Rescue performance by maintenance company"]
+    }
+    assert company[A]["arrival_p90_min"] == pytest.approx(37.0)
+    assert company[B]["on_time_share"] == 0.0
+    ranking = shown["Maintenance companies ranked by risk and by rescue"]
+    assert [(r["maintenance_company"], r["risk_rank"], r["rescue_rank"]) for r in ranking] == [
+        (NONE, 1, None),
+        (A, 2, 2),
+        (B, 3, 1),
+    ]
+    # grade history: the 12 months to the end of November; E1 and E2 turned red in November
+    changes = {
+        r["time"].astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%Y-%m"): r
+        for r in shown["Grade changes by month, 12 months to the end of the range"]
+    }
+    assert (changes["2026-11"]["worsened"], changes["2026-11"]["orange_to_red"]) == (2, 2)
+    assert changes["2026-10"]["red_to_orange"] == 1  # E6
+
+
+def test_the_district_filter_reaches_the_figures(city: str) -> None:
+    board = _board_json(shared.SUPERVISION)
+    panel = next(
+        p
+        for p in panels_of(board)
+        if p["title"] == "Maintenance companies ranked by risk and by rescue"
+    )
+    lianyun = {"district": Variable("district", ("Lianyun",), multi=True, include_all=True)}
+    sql = interpolate(panel["targets"][0]["rawSql"], TimeRange(START, END), lianyun)
+    rows = {r["maintenance_company"]: r for r in _rows(city, sql)}
+    # in Lianyun, A has only E5 (yellow), B its two
+    assert set(rows) == {A, B}
+    assert (rows[A]["elevators"], rows[A]["mean_risk_score"], rows[A]["arrivals"]) == (1, 30.0, 0)
+    assert rows[B]["elevators"] == 2
