@@ -35,6 +35,9 @@ _TARGET = {"true": ("met", "green"), "false": ("not met", "red")}
 _CHOSEN = "district IN ($district)"
 #: The same as an array, for the regulators' functions (sql/idempotent/30_regulator_figures.sql).
 _CHOSEN_ARRAY = "ARRAY[$district]::text[]"
+#: The year to the end of the range: the regulators' rankings and rescue figures look at a
+#: year whatever the range shown (as the report does, dashboards/report.py RESCUE_DAYS).
+_YEAR_TO_END = "$__timeTo()::timestamptz - interval '365 days', $__timeTo()"
 #: Grade history of the chosen districts, month by month, for the 12 months to the range's end.
 _HISTORY = (
     f"grade_history($__timeTo()::timestamptz - interval '12 months', $__timeTo(), {_CHOSEN_ARRAY})"
@@ -125,7 +128,7 @@ FROM district_coverage WHERE {_CHOSEN}""",
     b.panel(
         _risk_heatmap(),
         "Risk heatmap on the city map",
-        f"""SELECT elevator_id AS registration_code, district, latitude, longitude, grade, score
+        f"""SELECT grade, elevator_id AS registration_code, district, latitude, longitude, score
 FROM current_risk_grade
 WHERE latitude IS NOT NULL AND longitude IS NOT NULL AND {_CHOSEN}
 ORDER BY score""",
@@ -150,8 +153,8 @@ ORDER BY red DESC, orange DESC, yellow DESC, district""",
     b.panel(
         _elevator_map(),
         "Elevators by risk grade",
-        f"""SELECT elevator_id AS registration_code, district, address, latitude, longitude,
-       grade, score, top_factor
+        f"""SELECT grade, elevator_id AS registration_code, district, address, latitude,
+       longitude, score, top_factor
 FROM current_risk_grade
 WHERE latitude IS NOT NULL AND longitude IS NOT NULL AND {_CHOSEN}
 ORDER BY grade_rank DESC""",
@@ -231,12 +234,12 @@ LIMIT 100""",
     b.row("Maintenance companies and rescue")
     b.panel(
         percent_table("red_orange_share", "on_time_share", "false_alarm_share"),
-        "Maintenance companies ranked by risk and by rescue",
+        "Maintenance companies ranked by risk and by rescue, 365 days to the end of the range",
         f"""SELECT risk_rank, rescue_rank, maintenance_company, elevators, graded, red, orange,
        yellow, blue, red_orange_share, mean_risk_score, trappings_per_100_elevator_years,
        arrivals, arrival_p50_min, arrival_p90_min, on_time_share, false_alarms,
        false_alarm_share
-FROM maintenance_company_ranking($__timeFrom(), $__timeTo(), {_CHOSEN_ARRAY})
+FROM maintenance_company_ranking({_YEAR_TO_END}, {_CHOSEN_ARRAY})
 ORDER BY risk_rank NULLS LAST, maintenance_company""",
         shows=f"SELECT 1 FROM elevator WHERE {_CHOSEN}",
         width=24,
@@ -244,11 +247,11 @@ ORDER BY risk_rank NULLS LAST, maintenance_company""",
     )
     b.panel(
         percent_table("on_time_share", "false_alarm_share"),
-        "Rescue performance by district",
+        "Rescue performance by district, 365 days to the end of the range",
         f"""SELECT name AS district, elevators, monitored_elevators, trappings,
        trappings_per_100_elevator_years, arrivals, arrival_p50_min, arrival_p90_min,
        on_time_share, false_alarms, false_alarm_share
-FROM rescue_performance($__timeFrom(), $__timeTo(), {_CHOSEN_ARRAY})
+FROM rescue_performance({_YEAR_TO_END}, {_CHOSEN_ARRAY})
 WHERE by = 'district'
 ORDER BY on_time_share NULLS LAST, name""",
         shows=f"SELECT 1 FROM elevator WHERE {_CHOSEN}",
@@ -271,8 +274,8 @@ ORDER BY month""",
     b.panel(
         table(),
         "Grade history by district and month",
-        f"""SELECT month, district, red, orange, yellow, blue, worsened, improved, orange_to_red,
-       red_to_orange
+        f"""SELECT to_char(month AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM') AS month, district, red,
+       orange, yellow, blue, worsened, improved, orange_to_red, red_to_orange
 FROM {_HISTORY}
 ORDER BY month DESC, district""",
         shows=f"SELECT 1 FROM {_HISTORY}",
