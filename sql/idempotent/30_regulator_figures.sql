@@ -140,7 +140,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, tianyan, public, pg_temp AS $$
            (k.red + k.orange)::double precision / nullif(k.graded, 0),
            k.mean_risk_score,
            CASE WHEN k.graded > 0 THEN rank() OVER (
-               PARTITION BY k.graded > 0 ORDER BY k.mean_risk_score DESC) END,
+               PARTITION BY k.graded > 0 ORDER BY k.mean_risk_score DESC) END AS risk_rank,
            p.trappings_per_100_elevator_years, p.arrivals, p.arrival_p50_min,
            p.arrival_p90_min, p.on_time_share, p.false_alarms, p.false_alarm_share,
            CASE WHEN p.arrivals > 0 THEN rank() OVER (
@@ -148,7 +148,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, tianyan, public, pg_temp AS $$
                ORDER BY p.on_time_share, p.arrival_p90_min DESC,
                         p.trappings_per_100_elevator_years DESC NULLS LAST) END
       FROM risk k JOIN rescue p ON p.name = k.company
-     ORDER BY 10 NULLS LAST, 1
+     ORDER BY risk_rank NULLS LAST, k.company
 $$;
 
 -- Grade history per district, month by month (months of the city's calendar, Asia/Shanghai)
