@@ -72,12 +72,12 @@ WHERE $__timeFilter(opened_at) AND arrived_at IS NOT NULL""",
     for by, column in (("company", "maintenance_company"), ("district", "district")):
         b.panel(
             percent_table("on_time_share", "false_alarm_share"),
-            f"Rescue performance by {column.replace('_', ' ')}",
+            f"Rescue performance by {column.replace('_', ' ')}, 365 days to the end of the range",
             f"""SELECT name AS {column}, elevators,
        monitored_elevators, trappings, trappings_per_100_elevator_years, rescue_incidents,
        arrivals, arrival_p50_min, arrival_p90_min, on_time_share, incidents, false_alarms,
        false_alarm_share
-FROM rescue_performance($__timeFrom(), $__timeTo())
+FROM rescue_performance({shared.YEAR_TO_END})
 WHERE by = '{by}'
 ORDER BY on_time_share NULLS LAST, arrival_p90_min DESC NULLS LAST, name""",
             shows="SELECT 1 FROM elevator",

@@ -35,9 +35,6 @@ _TARGET = {"true": ("met", "green"), "false": ("not met", "red")}
 _CHOSEN = "district IN ($district)"
 #: The same as an array, for the regulators' functions (sql/idempotent/30_regulator_figures.sql).
 _CHOSEN_ARRAY = "ARRAY[$district]::text[]"
-#: The year to the end of the range: the regulators' rankings and rescue figures look at a
-#: year whatever the range shown (as the report does, dashboards/report.py RESCUE_DAYS).
-_YEAR_TO_END = "$__timeTo()::timestamptz - interval '365 days', $__timeTo()"
 #: Grade history of the chosen districts, month by month, for the 12 months to the range's end.
 _HISTORY = (
     f"grade_history($__timeTo()::timestamptz - interval '12 months', $__timeTo(), {_CHOSEN_ARRAY})"
@@ -239,7 +236,7 @@ LIMIT 100""",
        yellow, blue, red_orange_share, mean_risk_score, trappings_per_100_elevator_years,
        arrivals, arrival_p50_min, arrival_p90_min, on_time_share, false_alarms,
        false_alarm_share
-FROM maintenance_company_ranking({_YEAR_TO_END}, {_CHOSEN_ARRAY})
+FROM maintenance_company_ranking({shared.YEAR_TO_END}, {_CHOSEN_ARRAY})
 ORDER BY risk_rank NULLS LAST, maintenance_company""",
         shows=f"SELECT 1 FROM elevator WHERE {_CHOSEN}",
         width=24,
@@ -251,7 +248,7 @@ ORDER BY risk_rank NULLS LAST, maintenance_company""",
         f"""SELECT name AS district, elevators, monitored_elevators, trappings,
        trappings_per_100_elevator_years, arrivals, arrival_p50_min, arrival_p90_min,
        on_time_share, false_alarms, false_alarm_share
-FROM rescue_performance({_YEAR_TO_END}, {_CHOSEN_ARRAY})
+FROM rescue_performance({shared.YEAR_TO_END}, {_CHOSEN_ARRAY})
 WHERE by = 'district'
 ORDER BY on_time_share NULLS LAST, name""",
         shows=f"SELECT 1 FROM elevator WHERE {_CHOSEN}",
