@@ -144,6 +144,17 @@ def table() -> table_builder.Panel:
     return table_builder.Panel().show_header(True).cell_height(common.TableCellHeight.SM)
 
 
+def percent_table(*shares: str) -> table_builder.Panel:
+    """A table whose ``shares`` columns (fractions 0..1) show as percentages, and every
+    number to one decimal."""
+    panel = table().decimals(1)
+    for column in shares:
+        panel = panel.override_by_name(
+            column, [dashboard.DynamicConfigValue(id_val="unit", value="percentunit")]
+        )
+    return panel
+
+
 def timeseries(unit: str = "none", *, bars: bool = False) -> timeseries_builder.Panel:
     """A time-series panel (lines, or bars for counts per interval)."""
     panel = (

@@ -2,11 +2,21 @@
 
 :func:`write_report` writes, to one directory:
 
-- ``grades_by_district.png`` — heatmap, districts × the four grades, counts annotated;
+- ``risk_grid_map.png`` — the risk heatmap on the city's map: a grid of ≈ 2 km cells, each
+  coloured by the share of its graded elevators graded red or orange;
+- ``grades_by_district.png`` — districts × the four grades, counts annotated;
 - ``elevators_by_grade.png`` — every elevator at its position, coloured by grade;
+- ``grade_history.png`` — red and orange elevators per district at each month's end, and
+  the elevators whose grade worsened or improved each month;
 - ``index.html`` — the tables: grades by district, coverage against the plan's targets,
-  red and orange elevators with the factors behind their grades, overdue maintenance and
-  inspections. Self-contained apart from the two PNGs beside it.
+  rescue performance per maintenance company and per district, the companies ranked by
+  risk and by rescue, grade history by month, red and orange elevators with the factors
+  behind their grades, overdue maintenance and inspections. Self-contained apart from the
+  PNGs beside it.
+
+Rescue performance, the ranking and grade history come from the database's own functions
+(``rescue_performance``, ``maintenance_company_ranking``, ``grade_history`` in
+sql/idempotent/30_regulator_figures.sql), which the Grafana boards call too.
 
 It reads as a read-only role (the command uses ``tianyan_regulator``).
 """
@@ -45,6 +55,15 @@ SELECT district, elevators, with_terminal, terminal_share, terminal_target_share
 FROM tianyan.district_coverage
 """
 _CITY = "SELECT * FROM tianyan.city_coverage"
+_RESCUE = "SELECT * FROM tianyan.rescue_performance(%(since)s, %(at)s)"
+_RANKING = "SELECT * FROM tianyan.maintenance_company_ranking(%(since)s, %(at)s)"
+_HISTORY = "SELECT * FROM tianyan.grade_history(%(history_since)s, %(at)s)"
+#: Rescue performance and the ranking cover the year before the report's time; grade history
+#: the 12 months before it.
+RESCUE_DAYS = 365
+HISTORY_MONTHS = 12
+#: Side of a cell of the risk grid map, km.
+GRID_CELL_KM = 2.0
 _OVERDUE = """
 SELECT registration_code, district, address, maintenance_company,
        last_maintenance_on, last_inspection_on, maintenance_overdue, inspection_overdue
@@ -72,6 +91,10 @@ class ReportData:
     city: dict[str, Any]  # the city_coverage row
     overdue: list[dict[str, Any]]
     districts: list[str] = field(default_factory=list)  # known and registered, in order
+    since: dt.datetime | None = None  # start of the rescue figures' range (ends at `at`)
+    rescue: list[dict[str, Any]] = field(default_factory=list)  # rescue_performance rows
+    ranking: list[dict[str, Any]] = field(default_factory=list)  # maintenance_company_ranking
+    history: list[dict[str, Any]] = field(default_factory=list)  # grade_history rows
 
 
 def read_report(url: str, at: dt.datetime, maint_days: int, insp_days: int) -> ReportData:
@@ -83,6 +106,12 @@ def read_report(url: str, at: dt.datetime, maint_days: int, insp_days: int) -> R
     from registry.model import DISTRICT_NAMES
 
     today = at.astimezone(CITY_TZ).date()
+    since = at - dt.timedelta(days=RESCUE_DAYS)
+    local = at.astimezone(CITY_TZ)
+    first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    month = first.month - HISTORY_MONTHS
+    history_since = first.replace(year=first.year + (month - 1) // 12, month=(month - 1) % 12 + 1)
+    ranges = {"since": since, "at": at, "history_since": history_since}
     with psycopg.connect(url, row_factory=dict_row) as conn, conn.transaction():
         elevators = conn.execute(_GRADES_AS_OF, {"at": at}).fetchall()
         coverage = conn.execute(_COVERAGE).fetchall()
@@ -90,10 +119,25 @@ def read_report(url: str, at: dt.datetime, maint_days: int, insp_days: int) -> R
         overdue = conn.execute(
             _OVERDUE, {"today": today, "maint": maint_days, "insp": insp_days}
         ).fetchall()
+        rescue = conn.execute(_RESCUE, ranges).fetchall()
+        ranking = conn.execute(_RANKING, ranges).fetchall()
+        history = conn.execute(_HISTORY, ranges).fetchall()
     registered = {e["district"] for e in elevators}
     districts = list(DISTRICT_NAMES) + sorted(registered - set(DISTRICT_NAMES))
     return ReportData(
-        at, today, maint_days, insp_days, elevators, coverage, dict(city), overdue, districts
+        at,
+        today,
+        maint_days,
+        insp_days,
+        elevators,
+        coverage,
+        dict(city),
+        overdue,
+        districts,
+        since,
+        rescue,
+        ranking,
+        history,
     )
 
 
@@ -194,6 +238,125 @@ def render_heatmap(data: ReportData, path: Path) -> None:
     plt.close(fig)
 
 
+def render_grid_map(data: ReportData, path: Path, cell_km: float = GRID_CELL_KM) -> None:
+    """The risk heatmap on the city's map: the graded elevators binned into square cells of
+    ``cell_km`` on longitude × latitude, each cell coloured by the share of its graded
+    elevators graded red or orange (empty cells left blank); districts labelled at their
+    centres. The share, not the count, so that a dense centre does not look riskier for
+    being dense."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LinearSegmentedColormap
+
+    from registry.model import DISTRICTS
+
+    font = cjk_font()
+    if font:
+        plt.rcParams["font.family"] = [font]
+    graded = [
+        e for e in data.elevators
+        if e["grade"] is not None and e["latitude"] is not None and e["longitude"] is not None
+    ]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
+    # degrees per cell: 111.2 km a degree of latitude, times cos(latitude) for longitude
+    lat0 = float(np.mean([e["latitude"] for e in graded])) if graded else 34.6
+    dlat = cell_km / 111.2
+    dlon = cell_km / (111.2 * np.cos(np.radians(lat0)))
+    if graded:
+        lon = np.array([e["longitude"] for e in graded])
+        lat = np.array([e["latitude"] for e in graded])
+        flagged = np.array([e["grade"] in ("red", "orange") for e in graded], dtype=float)
+        lon_edges = np.arange(lon.min() - dlon, lon.max() + 2 * dlon, dlon)
+        lat_edges = np.arange(lat.min() - dlat, lat.max() + 2 * dlat, dlat)
+        count, _, _ = np.histogram2d(lon, lat, bins=(lon_edges, lat_edges))
+        red_orange, _, _ = np.histogram2d(lon, lat, bins=(lon_edges, lat_edges), weights=flagged)
+        share = np.ma.masked_where(count == 0, red_orange / np.where(count == 0, 1, count))
+        colours = LinearSegmentedColormap.from_list(
+            "risk",
+            ["#e8f1fa", GRADE_COLOURS["yellow"], GRADE_COLOURS["orange"], GRADE_COLOURS["red"]],
+        )
+        mesh = ax.pcolormesh(
+            lon_edges, lat_edges, share.T, cmap=colours, vmin=0, vmax=1,
+            edgecolors="white", linewidth=0.3,
+        )  # fmt: skip
+        bar = fig.colorbar(mesh, ax=ax, shrink=0.8, format=lambda x, _: f"{100 * x:.0f} %")
+        bar.set_label("share of the cell's graded elevators graded red or orange")
+        ax.set_xlim(lon_edges[0], lon_edges[-1])
+        ax.set_ylim(lat_edges[0], lat_edges[-1])
+    registered = set(data.districts)
+    for d in DISTRICTS:
+        if d.name in registered:
+            ax.annotate(
+                _district_label(d.name, bool(font)),
+                (d.longitude, d.latitude),
+                ha="center",
+                fontsize=8,
+                annotation_clip=True,
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.6, "lw": 0},
+            )
+    ax.set_xlabel("longitude, °E")
+    ax.set_ylabel("latitude, °N")
+    ax.set_aspect(1 / float(np.cos(np.radians(lat0))))  # kilometres equal both ways
+    ax.set_title(
+        f"Risk heatmap: {cell_km:g} km cells, {len(graded)} graded elevators,"
+        f" {data.at:%Y-%m-%d %H:%M} UTC",
+        fontsize=10,
+    )
+    ax.set_facecolor("#f7f7f7")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def render_history(data: ReportData, path: Path) -> None:
+    """Month by month: red and orange elevators per district at each month's end (lines), and
+    the city's elevators whose grade worsened or improved in the month (bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from foundation.city import CITY_TZ
+
+    font = cjk_font()
+    if font:
+        plt.rcParams["font.family"] = [font]
+    months = sorted({r["month"] for r in data.history})
+    labels = [m.astimezone(CITY_TZ).strftime("%Y-%m") for m in months]
+    x = range(len(months))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), dpi=110, sharex=True)
+    for d in data.districts:
+        mine = {r["month"]: r for r in data.history if r["district"] == d}
+        flagged = [mine[m]["red"] + mine[m]["orange"] if m in mine else 0 for m in months]
+        if any(flagged):
+            top.plot(x, flagged, marker="o", label=_district_label(d, bool(font)))
+    top.set_ylabel("red + orange at month end")
+    if top.get_legend_handles_labels()[0]:
+        top.legend(fontsize=7, ncols=2)
+    top.set_title("Grade history by month (Lianyungang's calendar)", fontsize=10)
+    top.grid(alpha=0.3)
+    worse = [sum(r["worsened"] for r in data.history if r["month"] == m) for m in months]
+    better = [sum(r["improved"] for r in data.history if r["month"] == m) for m in months]
+    bottom.bar([i - 0.2 for i in x], worse, width=0.4, color=GRADE_COLOURS["red"], label="worsened")
+    bottom.bar(
+        [i + 0.2 for i in x], better, width=0.4, color=GRADE_COLOURS["blue"], label="improved"
+    )
+    bottom.set_ylabel("elevators")
+    for axes in (top, bottom):
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.legend(fontsize=8)
+    bottom.grid(alpha=0.3)
+    bottom.set_xticks(list(x))
+    bottom.set_xticklabels(labels, rotation=45, ha="right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def render_map(data: ReportData, path: Path) -> None:
     """Elevators at their registered positions, coloured by grade; districts labelled."""
     import matplotlib
@@ -281,9 +444,50 @@ def _more(total: int) -> str:
     return f"<p>… and {total - MAX_LIST_ROWS} more.</p>" if total > MAX_LIST_ROWS else ""
 
 
-def render_html(data: ReportData, path: Path, heatmap: str, map_png: str) -> None:
-    """The report page: tables, with the two images beside it referenced."""
+def _one_decimal(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _rescue_table(rows: list[dict[str, Any]], first: str, name: Any) -> str:
+    """Rescue performance rows (``rescue_performance``) as an HTML table."""
+    body = [
+        f"<tr><td>{name(r['name'])}</td><td>{r['elevators']}</td>"
+        f"<td>{r['monitored_elevators']}</td><td>{r['trappings']}</td>"
+        f"<td>{_one_decimal(r['trappings_per_100_elevator_years'])}</td><td>{r['arrivals']}</td>"
+        f"<td>{_one_decimal(r['arrival_p50_min'])}</td><td>{_one_decimal(r['arrival_p90_min'])}</td>"
+        f"<td>{_share(r['on_time_share'])}</td><td>{r['false_alarms']} of {r['incidents']}</td>"
+        f"<td>{_share(r['false_alarm_share'])}</td></tr>"
+        for r in rows
+    ]
+    return _table(
+        [
+            first,
+            "elevators",
+            "monitored",
+            "trappings",
+            "per 100 elevators a year",
+            "arrivals",
+            "median arrival, min",
+            "p90 arrival, min",
+            "on time",
+            "false alarms",
+            "false-alarm share",
+        ],
+        body,
+    )
+
+
+def render_html(
+    data: ReportData,
+    path: Path,
+    heatmap: str,
+    map_png: str,
+    grid_map: str,
+    history_png: str,
+) -> None:
+    """The report page: tables, with the images beside it referenced."""
     from detectors.risk import GRADE_ZH, GRADES
+    from foundation.city import CITY_TZ
     from registry.model import DISTRICTS
 
     zh = {d.name: d.name_zh for d in DISTRICTS}
@@ -411,6 +615,68 @@ def render_html(data: ReportData, path: Path, heatmap: str, map_png: str) -> Non
         od_rows,
     ) + _more(len(data.overdue))
 
+    by_company = [r for r in data.rescue if r["by"] == "company"]
+    rescue_by_district = [r for r in data.rescue if r["by"] == "district"]
+    rescue_tables = (
+        "<h3>By maintenance company 按维保单位</h3>"
+        + _rescue_table(by_company, "Maintenance company 维保单位", _e)
+        + "<h3>By district 按区县</h3>"
+        + _rescue_table(rescue_by_district, "District 区县", district)
+    )
+    ranking_rows = [
+        f"<tr><td>{_e(r['risk_rank'])}</td><td>{_e(r['rescue_rank'])}</td>"
+        f"<td>{_e(r['maintenance_company'])}</td><td>{r['elevators']}</td>"
+        f"<td>{r['red']}</td><td>{r['orange']}</td><td>{r['yellow']}</td><td>{r['blue']}</td>"
+        f"<td>{_share(r['red_orange_share'])}</td><td>{_one_decimal(r['mean_risk_score'])}</td>"
+        f"<td>{_one_decimal(r['trappings_per_100_elevator_years'])}</td>"
+        f"<td>{_one_decimal(r['arrival_p90_min'])}</td><td>{_share(r['on_time_share'])}</td>"
+        f"<td>{_share(r['false_alarm_share'])}</td></tr>"
+        for r in data.ranking
+    ]
+    ranking_table = _table(
+        [
+            "risk rank",
+            "rescue rank",
+            "Maintenance company 维保单位",
+            "elevators",
+            "red",
+            "orange",
+            "yellow",
+            "blue",
+            "red + orange",
+            "mean score",
+            "trappings per 100 a year",
+            "p90 arrival, min",
+            "on time",
+            "false-alarm share",
+        ],
+        ranking_rows,
+    )
+    history_rows = [
+        f"<tr><td>{r['month'].astimezone(CITY_TZ):%Y-%m}</td><td>{district(r['district'])}</td>"
+        f"<td>{r['red']}</td><td>{r['orange']}</td><td>{r['yellow']}</td><td>{r['blue']}</td>"
+        f"<td>{r['worsened']}</td><td>{r['improved']}</td><td>{r['orange_to_red']}</td>"
+        f"<td>{r['red_to_orange']}</td></tr>"
+        for r in sorted(data.history, key=lambda r: (r["month"], r["district"]), reverse=True)
+        if r["worsened"] or r["improved"] or r["red"] or r["orange"]
+    ]
+    history_table = _table(
+        [
+            "Month 月份",
+            "District 区县",
+            "red at month end",
+            "orange",
+            "yellow",
+            "blue",
+            "worsened",
+            "improved",
+            "orange → red",
+            "red → orange",
+        ],
+        history_rows,
+    )
+    since = f"{data.since:%Y-%m-%d %H:%M} UTC" if data.since else "—"
+
     version = next(
         (e["factors"].get("weights_version") for e in data.elevators if e["factors"]), None
     )
@@ -436,8 +702,10 @@ img {{ max-width: 100%; border: 1px solid #ddd; }}
 <p>Lianyungang, as of {data.at:%Y-%m-%d %H:%M} UTC (local date {data.today}).
 Grades: red 重大, orange 较大, yellow 一般, blue 低; weights {_e(version)}.
 A grade is explained by the points each factor added (README, "Risk grading").</p>
+<h2>Risk heatmap 风险热力图</h2>
+<img src="{html.escape(grid_map)}" alt="Risk heatmap on a grid of the city">
 <h2>Grades by district 各区县风险等级</h2>
-<img src="{html.escape(heatmap)}" alt="Heatmap of elevators by risk grade and district">
+<img src="{html.escape(heatmap)}" alt="Elevators by risk grade and district">
 {grades_table}
 <h2>Elevators by grade 电梯分布</h2>
 <img src="{html.escape(map_png)}" alt="Map of elevators coloured by risk grade">
@@ -448,6 +716,24 @@ Beside the terminals the registry declares, those that actually reported in the 
 before the report was drawn (any message, heartbeats included), and the declared ones
 silent all that time.</p>
 {coverage_table}
+<h2>Rescue performance 应急救援绩效</h2>
+<p>Incidents opened from {since} to {data.at:%Y-%m-%d %H:%M} UTC. Trappings exclude false
+alarms and are counted per 100 elevators with a terminal (only those report them) per year.
+Arrival times run from the incident's opening to the rescuers' arrival on site, for incidents
+routed to the rescue platform; on time is within the incident's arrival target (the plan's
+30 minutes). False alarms: incidents closed as a false alarm, of all incidents.</p>
+{rescue_tables}
+<h2>Maintenance companies ranked 维保单位排名</h2>
+<p>Risk rank 1: the highest mean risk score of the company's graded elevators, as of
+{data.at:%Y-%m-%d %H:%M} UTC. Rescue rank 1: the poorest rescue — lowest on-time share, then
+slowest p90 arrival, then most trappings; a company with no arrival on record is not ranked.</p>
+{ranking_table}
+<h2>Grade history 风险等级变化</h2>
+<img src="{html.escape(history_png)}" alt="Grade history by month">
+<p>Per district and month (Lianyungang's calendar): elevators holding each grade at the
+month's end, and the elevators whose grade worsened, improved, or moved between orange and red
+in the month. Months and districts with nothing red, orange or changed are left out.</p>
+{history_table}
 <h2>Red and orange elevators 重大、较大风险电梯 ({len(flagged)})</h2>
 {flagged_table}
 <h2>Overdue maintenance and inspections 维保、检验超期</h2>
@@ -466,6 +752,8 @@ class ReportFiles:
     heatmap: Path
     map: Path
     html: Path
+    grid_map: Path
+    history: Path
 
 
 def write_report(
@@ -475,9 +763,22 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     data = read_report(url, at, maint_days, insp_days)
     files = ReportFiles(
-        out / "grades_by_district.png", out / "elevators_by_grade.png", out / "index.html"
+        out / "grades_by_district.png",
+        out / "elevators_by_grade.png",
+        out / "index.html",
+        out / "risk_grid_map.png",
+        out / "grade_history.png",
     )
+    render_grid_map(data, files.grid_map)
     render_heatmap(data, files.heatmap)
     render_map(data, files.map)
-    render_html(data, files.html, files.heatmap.name, files.map.name)
+    render_history(data, files.history)
+    render_html(
+        data,
+        files.html,
+        files.heatmap.name,
+        files.map.name,
+        files.grid_map.name,
+        files.history.name,
+    )
     return files

@@ -397,7 +397,7 @@ def test_coverage_counts_terminals_reporting_in_the_last_24_hours(
 
     data = read_report(scratch_db, dt.datetime.now(dt.UTC), 15, 365)
     html_path = tmp_path / "index.html"
-    render_html(data, html_path, "heatmap.png", "map.png")
+    render_html(data, html_path, "heatmap.png", "map.png", "grid.png", "history.png")
     page = html_path.read_text(encoding="utf-8")
     assert "reported in the last 24 h" in page
     city_row = page[page.index('<tr class="total"><td>City 全市</td><td>6</td>') :]

@@ -928,6 +928,28 @@ def bench_evidence(rows: int, calls: int, contenders: int, keep: bool) -> None:
     click.echo(as_json(result))
 
 
+@bench.command("regulators")
+@click.option("--elevators", type=click.IntRange(min=10), default=40_000, show_default=True)
+@click.option(
+    "--incidents",
+    type=click.IntRange(min=1),
+    default=29_000,
+    show_default=True,
+    help="Incidents over the year generated.",
+)
+@click.option("--calls", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the bench's database afterwards.")
+def bench_regulators(elevators: int, incidents: int, calls: int, keep: bool) -> None:
+    """The regulators' figures (rescue performance, company ranking, grade history) on a
+    year of a city's incidents and grades, per call."""
+    from tianyan.bench_regulators import as_json, run
+
+    result = run(_settings(), elevators=elevators, incidents=incidents, calls=calls, keep=keep)
+    for key, value in result.items():
+        click.echo(f"{key:45} {value}")
+    click.echo(as_json(result))
+
+
 @bench.command("storage")
 @click.option("--elevators", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option(

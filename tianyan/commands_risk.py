@@ -2,7 +2,7 @@
 report for regulators who do not use Grafana.
 
 ``grade`` runs :func:`streams.grading.grade_fleet` as of now or a given time.
-``report`` runs :func:`dashboards.report.write_report` (two PNGs and an HTML page).
+``report`` runs :func:`dashboards.report.write_report` (four PNGs and an HTML page).
 
 The report reads as ``tianyan_regulator`` (read-only): the ``--database-url`` given, or
 ``TIANYAN_ADMIN_DATABASE_URL`` with its user replaced by ``tianyan_regulator``.
@@ -83,7 +83,9 @@ def grade_command(at: dt.datetime | None) -> None:
     help=f"Read as this role (default: the admin URL's user replaced by {REGULATOR_ROLE}).",
 )
 def report_command(out: Path, at: dt.datetime | None, database_url: str | None) -> None:
-    """A static risk report for regulators: heatmap and map PNGs and an HTML page of tables."""
+    """A static risk report for regulators: the risk heatmap on a grid map, grades by district,
+    the elevators' map and grade history as PNGs, and an HTML page of tables, among them rescue
+    performance and the maintenance companies' ranking."""
     import psycopg
 
     from dashboards.report import write_report
@@ -104,5 +106,5 @@ def report_command(out: Path, at: dt.datetime | None, database_url: str | None) 
         raise click.ClickException(f"reading the report's data failed: {e}") from e
     except OSError as e:
         raise click.ClickException(f"writing the report to {out} failed: {e}") from e
-    for p in (files.html, files.heatmap, files.map):
+    for p in (files.html, files.grid_map, files.heatmap, files.map, files.history):
         click.echo(str(p))

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.models import dashboard
 
-from dashboards.board import Board, BoardBuilder, board_url, link_column, stat, table, timeseries
+from dashboards.board import (
+    Board,
+    BoardBuilder,
+    board_url,
+    link_column,
+    percent_table,
+    stat,
+    table,
+    timeseries,
+)
 from dashboards.boards import shared
 from dashboards.datasources import ANALYST
 
@@ -25,7 +34,8 @@ def build() -> Board:
         "Emergency rescue",
         ANALYST,
         "Incidents from the dispatcher: what is open at the end of the range, how many "
-        "people are trapped, and how fast rescuers arrived against the 30-minute target.",
+        "people are trapped, how fast rescuers arrived against the 30-minute target, and "
+        "rescue performance per maintenance company and per district.",
         "rescue",
     )
     b.panel(
@@ -59,6 +69,21 @@ WHERE $__timeFilter(opened_at) AND arrived_at IS NOT NULL""",
         width=10,
         height=5,
     )
+    for by, column in (("company", "maintenance_company"), ("district", "district")):
+        b.panel(
+            percent_table("on_time_share", "false_alarm_share"),
+            f"Rescue performance by {column.replace('_', ' ')}, 365 days to the end of the range",
+            f"""SELECT name AS {column}, elevators,
+       monitored_elevators, trappings, trappings_per_100_elevator_years, rescue_incidents,
+       arrivals, arrival_p50_min, arrival_p90_min, on_time_share, incidents, false_alarms,
+       false_alarm_share
+FROM rescue_performance({shared.YEAR_TO_END})
+WHERE by = '{by}'
+ORDER BY on_time_share NULLS LAST, arrival_p90_min DESC NULLS LAST, name""",
+            shows="SELECT 1 FROM elevator",
+            width=24,
+            height=8,
+        )
     b.panel(
         table().override_by_name(*_ELEVATOR_LINK),
         "Open incidents now",

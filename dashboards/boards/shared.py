@@ -48,6 +48,12 @@ INSPECTION_OVERDUE = (
     f" OR e.last_inspection_on < {LOCAL_DATE_AT_END} - {INSPECTION_INTERVAL_DAYS})"
 )
 
+#: The year to the end of the range, as the two first arguments of the regulators' functions
+#: (sql/idempotent/30_regulator_figures.sql): rescue figures and rankings look at a year
+#: whatever the range shown — a rate per year over a few hours says nothing — as the report
+#: does (dashboards/report.py RESCUE_DAYS).
+YEAR_TO_END = "$__timeTo()::timestamptz - interval '365 days', $__timeTo()"
+
 #: An incident still open at the end of the range (``incident`` aliased ``i``).
 INCIDENT_OPEN_AT_END = (
     "i.opened_at <= $__timeTo() AND (i.closed_at IS NULL OR i.closed_at > $__timeTo())"
