@@ -324,6 +324,7 @@ class Worker:
         metrics.QUARANTINED.inc(len(batch.quarantined))
         metrics.UNREGISTERED.inc(batch.unregistered)
         metrics.DUPLICATES.inc(batch.duplicates)
+        metrics.SEQ_RESTARTS.inc(batch.seq_restarts)
         metrics.LATE_SAMPLES.inc(batch.late_samples)
         metrics.CLOCK_CORRECTED.inc(batch.clock_corrected)
         metrics.CLOCK_FAULTS.inc(

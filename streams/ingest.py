@@ -92,6 +92,9 @@ class ElevatorState(msgspec.Struct):
     seen_mask: int = 0
     clock: ClockState = msgspec.field(default_factory=ClockState)
     maintenance: MaintenanceState | None = None
+    #: The newest sample time the terminal stamped (its own clock, before any correction):
+    #: a ``seq`` that goes back while this moves on is a terminal that restarted its count.
+    newest_stamp_ms: int = -1
 
     @classmethod
     def new(cls, elevator_id: str, detectors: Iterable[Detector[Any]]) -> ElevatorState:
@@ -153,6 +156,7 @@ class ElevatorState(msgspec.Struct):
             saved.seen_mask,
             saved.clock,
             saved.maintenance,
+            saved.newest_stamp_ms,
         )
 
 
@@ -167,6 +171,7 @@ class _SavedElevatorState(msgspec.Struct):
     seen_mask: int = 0
     clock: ClockState = msgspec.field(default_factory=ClockState)
     maintenance: MaintenanceState | None = None
+    newest_stamp_ms: int = -1
 
 
 class _Partition:
@@ -233,6 +238,9 @@ class IngestBatch:
     maintenance_sessions: list[MaintenanceSession] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     duplicates: int = 0
+    #: Messages whose ``seq`` went back while their terminal's time moved on (a restarted
+    #: count): the elevator's de-duplication starts afresh from them.
+    seq_restarts: int = 0
     #: Messages whose sample times were corrected for their terminal's clock offset.
     clock_corrected: int = 0
     samples: int = 0
@@ -403,10 +411,20 @@ class Ingest:
                 out.unregistered += 1
                 continue
             st = self.state(eid)
+            stamps = message.samples.t_ms
+            if message.seq <= st.last_seq and len(stamps) and stamps[0] > st.newest_stamp_ms >= 0:
+                # Its count went back while its own time moved on past everything it sent: a
+                # terminal that restarted and lost its seq (the contract asks it to keep it),
+                # not a resend. Counting afresh keeps its new messages from being taken for
+                # repeats of the old ones.
+                st.last_seq, st.seen_mask = -1, 0
+                out.seq_restarts += 1
             in_order = message.seq > st.last_seq
             if not st.admit(message.seq):
                 out.duplicates += 1
                 continue
+            if len(stamps):
+                st.newest_stamp_ms = max(st.newest_stamp_ms, int(stamps[-1]))
             newest_ms = None  # how far this message may move its partition's time
             if record.arrival_ms is not None:
                 judged = self._judge_clock(st, message, record, in_order, out)

@@ -30,6 +30,12 @@ DUPLICATES = Counter(
     "Messages dropped as exact duplicates (same elevator and seq)",
     registry=REGISTRY,
 )
+SEQ_RESTARTS = Counter(
+    "tianyan_seq_restarts_total",
+    "Messages whose seq went back while their terminal's own time moved on (a terminal that "
+    "restarted its count); its de-duplication starts afresh",
+    registry=REGISTRY,
+)
 CLOCK_CORRECTED = Counter(
     "tianyan_clock_corrected_total",
     "Messages whose sample times were corrected for their terminal's clock offset",

@@ -158,3 +158,38 @@ def test_the_module_examples_hold() -> None:
     import detectors.clock
 
     assert doctest.testmod(detectors.clock).failed == 0
+
+
+@pytest.mark.parametrize("sent_before", [30, 500])
+def test_a_terminal_that_restarts_its_count_loses_nothing(sent_before: int) -> None:
+    """A terminal that restarts and counts ``seq`` from 0 again (the contract asks it not
+    to): an idle car's 30 heartbeats, a busy car's 500 messages, then the same numbers again
+    with newer times. Every new message is taken, none as a repeat of the old ones; an exact
+    resend after the restart is still a duplicate, and the restart is counted."""
+    ingest = Ingest(0, limits_for=lambda _: LIMITS, thresholds=Thresholds())
+    eid = FLEET[0]
+    offset = 0
+
+    def send(seq: int, stamp_ms: int) -> tuple[int, int, int]:
+        nonlocal offset
+        value = msgspec.json.encode(message([car(t_ms=stamp_ms)], elevator_id=eid, seq=seq))
+        batch = ingest.process([RawRecord(eid.encode(), value, 0, offset, stamp_ms + 200)])
+        offset += 1
+        return len(batch.messages), batch.duplicates, batch.seq_restarts
+
+    for seq in range(sent_before):
+        assert send(seq, T0_MS + seq * 1000) == (1, 0, 0)
+    restart_ms = T0_MS + sent_before * 1000 + 20_000
+    after = [send(seq, restart_ms + seq * 1000) for seq in range(sent_before)]
+    assert sum(n for n, _, _ in after) == sent_before, "a restarted count's messages were lost"
+    assert sum(d for _, d, _ in after) == 0
+    assert sum(r for _, _, r in after) == 1
+    # a resend of a message sent after the restart is a repeat, as before
+    assert send(sent_before - 1, restart_ms + (sent_before - 1) * 1000) == (0, 1, 0)
+    # an old message sent again late (older times) does not restart the count (whether it
+    # is taken or dropped, it was stored the first time)
+    assert send(3, T0_MS + 3000)[2] == 0
+    assert ingest.states[eid].last_seq == sent_before - 1
+    saved = ingest.states[eid]
+    restored = ElevatorState.decode(saved.encode(), ingest.detectors)
+    assert restored.newest_stamp_ms == saved.newest_stamp_ms > restart_ms
