@@ -6,6 +6,7 @@ loses nothing."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -374,6 +375,44 @@ def test_command_reaches_terminal_and_its_answer_comes_back(bridge: Bridge) -> N
     finally:
         for t in terminals:
             t.close()
+
+
+def test_terminal_ignores_a_cleared_retained_command_silently(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty payload on …/commands is how the gateway clears a retained command once it
+    is answered: the simulated terminal ignores it without a word, while a payload that is
+    not JSON is still reported."""
+    from simulator.mqtt_output import MqttTerminal
+
+    caplog.set_level(logging.WARNING, logger="simulator.mqtt_output")
+    code = _code()
+    terminal = MqttTerminal(bridge.settings, code, _issue(bridge.settings, code)[code])
+    password = LocalMosquitto(bridge.settings).gateway_password()
+    sender = connect_gateway_client(bridge.settings, password, f"test-sender-{code}")
+    topic = terminal_topic(code, COMMANDS)
+
+    def reported() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "not JSON" in r.getMessage()]
+
+    try:
+        deadline = time.monotonic() + 30
+        while not reported():  # until the terminal is subscribed and hears the first
+            assert time.monotonic() < deadline, "the terminal never received a command"
+            sender.publish(topic, b"not json 1", qos=1).wait_for_publish(10)
+            time.sleep(0.2)
+        caplog.clear()
+        sender.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+        sender.publish(topic, b"not json 2", qos=1).wait_for_publish(10)
+        while not reported():  # the broker delivers one topic's messages in order
+            assert time.monotonic() < deadline, "the terminal never received the second"
+            time.sleep(0.05)
+        assert reported() == [f"terminal {code}: a command that is not JSON: b'not json 2'"]
+        assert terminal.commands == []
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        terminal.close()
 
 
 def _retained(settings: Settings, code: str, password: str) -> bytes:
