@@ -1,7 +1,7 @@
 """Terminals through the real Mosquitto broker and `tianyan gateway` into the real Kafka:
 the ACL keeps each terminal to its own elevator, a payload naming another elevator is
-quarantined with its reason, a revoked terminal is refused, and a gateway killed mid-stream
-loses nothing."""
+quarantined with its reason, a revoked terminal is refused, a gateway killed mid-stream
+and broker restarts lose nothing, and commands reach the car."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from streams.mqtt import (
     new_client,
     terminal_topic,
 )
-from tianyan.stack import LocalMosquitto
+from tianyan.stack import LocalMosquitto, StackError
+from tianyan.stack.mosquitto_persistence import restore_shared_subscriptions
 
 from .conftest import TIANYAN, consume_all
 
@@ -331,6 +332,34 @@ def test_broker_restarts_lose_nothing_and_keep_each_terminals_order(bridge: Brid
         seqs = [json.loads(r.value)["seq"] for r in records if r.key == code.encode()]
         first_seen = list(dict.fromkeys(seqs))
         assert first_seen == list(range(seq)), f"{code} out of order: {first_seen[:10]}…"
+
+
+def test_shared_subscriptions_restored_once_into_the_brokers_own_file(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    """Restoring into the file Mosquitto itself wrote adds the gateway's shared
+    subscriptions once (a repeated subscription chunk would stop the broker from starting),
+    leaves out a session the file does not hold, and refuses a file that is not one."""
+    broker = LocalMosquitto(bridge.settings)
+    db = broker.data / "mosquitto.db"
+    before = db.stat().st_mtime_ns if db.exists() else 0
+    pid = broker.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGUSR1)  # Mosquitto saves its database now
+    deadline = time.monotonic() + 10
+    while not db.exists() or db.stat().st_mtime_ns == before:
+        assert time.monotonic() < deadline, "the broker did not save its database"
+        time.sleep(0.05)
+    copy = tmp_path / "mosquitto.db"
+    copy.write_bytes(db.read_bytes())
+    gateway_id = bridge.settings.gateway_id
+    filters = [f"$share/{bridge.settings.mqtt_share_group}/tianyan/v1/+/telemetry", "$share/x/y"]
+    sessions = {gateway_id: filters, "no-such-session": ["$share/x/y"]}
+    assert restore_shared_subscriptions(copy, sessions) == [(gateway_id, f) for f in filters]
+    assert restore_shared_subscriptions(copy, sessions) == []
+    copy.write_bytes(b"not a database")
+    with pytest.raises(StackError, match="not a Mosquitto persistence file"):
+        restore_shared_subscriptions(copy, sessions)
 
 
 def test_command_reaches_terminal_and_its_answer_comes_back(bridge: Bridge) -> None:

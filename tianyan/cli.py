@@ -649,8 +649,8 @@ def gateway(loglevel: str) -> None:
         raise click.ClickException(str(e)) from e
     gw = Gateway(settings, password)
     if settings.mqtt_local:
-        # Mosquitto 2.0.11 forgets shared subscriptions on a restart; `stack up` puts
-        # these back before it lets terminals in.
+        # Mosquitto 2.0.11 forgets shared subscriptions on a restart; the local broker's
+        # start puts these back into its persistence file before it listens.
         local_stack.LocalMosquitto(settings).remember_shared_subscriptions(
             gw.client_id, gw.subscriptions
         )

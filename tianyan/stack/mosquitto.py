@@ -300,9 +300,7 @@ class LocalMosquitto:
         """Mosquitto before 2.0.19 does not save shared subscriptions: put them back."""
         if _version() >= (2, 0, 19):
             return []
-        return restore_shared_subscriptions(
-            self.data / "mosquitto.db", self._remembered_sessions()
-        )
+        return restore_shared_subscriptions(self.data / "mosquitto.db", self._remembered_sessions())
 
     def start(self, timeout_s: float = 20.0) -> None:
         if self.pid() is not None:
