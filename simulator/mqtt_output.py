@@ -76,6 +76,10 @@ class MqttTerminal:
         self.acknowledged += 1
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:
+            # An empty retained message clears the retained command (the gateway does so
+            # once the command is answered): nothing to do.
+            return
         try:
             command = json.loads(msg.payload)
         except ValueError:

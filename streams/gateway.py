@@ -203,12 +203,17 @@ class Gateway:
     def events_subscription(self) -> str:
         return f"$share/{self.settings.mqtt_share_group}/{TOPIC_PREFIX}/+/{EVENTS}"
 
+    @property
+    def subscriptions(self) -> list[str]:
+        """Every filter the gateway subscribes to, QoS 1."""
+        return [self.subscription, self.events_subscription]
+
     # -- MQTT callbacks (the client's network thread) ------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             log.error("the broker refused the gateway: %s", reason)
             return
-        client.subscribe([(self.subscription, 1), (self.events_subscription, 1)])
+        client.subscribe([(topic_filter, 1) for topic_filter in self.subscriptions])
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if any(c.is_failure for c in codes):

@@ -727,6 +727,12 @@ def gateway(loglevel: str) -> None:
     except local_stack.StackError as e:
         raise click.ClickException(str(e)) from e
     gw = Gateway(settings, password)
+    if settings.mqtt_local:
+        # Mosquitto 2.0.11 forgets shared subscriptions on a restart; the local broker's
+        # start puts these back into its persistence file before it listens.
+        local_stack.LocalMosquitto(settings).remember_shared_subscriptions(
+            gw.client_id, gw.subscriptions
+        )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: gw.stopping.set())
     try:

@@ -14,6 +14,7 @@ terminal's telemetry and events and writes every terminal's commands.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import re
@@ -27,6 +28,7 @@ from pathlib import Path
 from foundation.settings import Settings
 
 from .errors import StackError
+from .mosquitto_persistence import restore_shared_subscriptions
 
 #: A terminal id: its elevator's registration code (20 digits in the city's registry; any
 #: letters, digits, ``-`` and ``_`` accepted, nothing that could widen an ACL pattern).
@@ -76,6 +78,9 @@ class LocalMosquitto:
         self.gateway_password_file = self.root / "gateway.password"
         self.pid_file = self.root / "mosquitto.pid"
         self.data = self.root / "data"
+        #: Each gateway session's shared subscriptions (client id → filters), put back
+        #: into the persistence file at every start (see :mod:`.mosquitto_persistence`).
+        self.shared_subscriptions = self.root / "shared-subscriptions.json"
         self.log = settings.var_dir / "log" / "mosquitto.log"
 
     # -- software -----------------------------------------------------------------------------
@@ -145,8 +150,9 @@ class LocalMosquitto:
             # Messages queued for an offline QoS 1 subscriber (a gateway restarting).
             "max_queued_messages 1000000\n"
             "max_inflight_messages 0\n"
-            "log_dest stdout\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
+            # stderr: unbuffered, so the log is whole even when the broker is killed.
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "connection_messages true\n"
             # Plain, for development: localhost only.
             f"listener {s.mqtt_port} 127.0.0.1\n"
@@ -269,12 +275,46 @@ class LocalMosquitto:
         if pid is not None:
             os.kill(pid, signal.SIGHUP)
 
+    # -- shared subscriptions across restarts ------------------------------------------------
+    def remember_shared_subscriptions(self, client_id: str, filters: list[str]) -> None:
+        """Keep ``client_id``'s shared subscriptions (QoS 1) across broker restarts."""
+        sessions = self._remembered_sessions()
+        if sessions.get(client_id) == filters:
+            return
+        sessions[client_id] = filters
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.shared_subscriptions.with_suffix(f".{os.getpid()}")
+        tmp.write_text(json.dumps(sessions, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, self.shared_subscriptions)
+
+    def _remembered_sessions(self) -> dict[str, list[str]]:
+        try:
+            sessions = json.loads(self.shared_subscriptions.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise StackError(f"{self.shared_subscriptions} is not JSON ({e}): delete it") from e
+        return {str(k): [str(f) for f in v] for k, v in sessions.items()}
+
+    def _restore_shared_subscriptions(self) -> list[tuple[str, str]]:
+        """Mosquitto before 2.0.19 does not save shared subscriptions: put them back."""
+        if _version() >= (2, 0, 19):
+            return []
+        return restore_shared_subscriptions(self.data / "mosquitto.db", self._remembered_sessions())
+
     def start(self, timeout_s: float = 20.0) -> None:
         if self.pid() is not None:
             return
         self._write_config()
+        restored = self._restore_shared_subscriptions()
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
+            if restored:
+                log.write(
+                    f"{int(time.time())}: tianyan: restored shared subscriptions "
+                    f"{', '.join(f'{c} {f}' for c, f in restored)}\n".encode()
+                )
+                log.flush()
             proc = subprocess.Popen(
                 [self._binary(), "-c", str(self.config)],
                 stdout=log,
@@ -303,6 +343,9 @@ class LocalMosquitto:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            # A broker this process started stays a zombie, "alive", until it is reaped.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
@@ -311,6 +354,15 @@ class LocalMosquitto:
         else:
             os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
+
+
+def _version() -> tuple[int, ...]:
+    """Mosquitto's version, from the first line of ``mosquitto -h``."""
+    res = subprocess.run([LocalMosquitto._binary(), "-h"], capture_output=True, text=True)
+    found = re.search(r"mosquitto version (\d+)\.(\d+)\.(\d+)", res.stdout + res.stderr)
+    if found is None:
+        raise StackError(f"cannot tell Mosquitto's version from: {res.stdout[:200]!r}")
+    return tuple(int(n) for n in found.groups())
 
 
 def check_mqtt(settings: Settings, timeout_s: float = 5.0) -> str:
