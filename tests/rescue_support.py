@@ -30,7 +30,7 @@ from rescue import store
 from rescue.delivery import Endpoint, Sender, endpoint_name, new_secret
 from streams.producer import RawPublisher
 from tianyan.harness import Run, pipeline
-from tianyan.processes import WaitTimeout, wait_until
+from tianyan.processes import Stalled, WaitTimeout, wait_until
 
 FLEET = generate(5, 12, dt.date(2026, 11, 1))
 T0_MS = 1_795_000_000_000  # 2026-11-19
@@ -122,6 +122,23 @@ class Rescue:
         ) as pub:
             for a in alerts:
                 pub.publish(a.elevator_id.encode(), msgspec.json.encode(a))
+
+    def until(self, check: Callable[[], Any], what: str) -> Any:
+        """``check()``'s first truthy value, waiting while the pipeline moves: a service's
+        log, or the ledger, which records every incident event and delivery attempt.
+        Fails naming ``what`` only when nothing moved for the harness's stall time, never
+        after a fixed time while retries and deliveries go on."""
+        seen: list[Any] = [None]
+
+        def progress() -> tuple[bool, Any]:
+            seen[0] = check()
+            return bool(seen[0]), self.scalar("SELECT max(seq) FROM audit_ledger")
+
+        try:
+            self.run.wait(progress, lambda p: p[0], what)
+        except Stalled as e:
+            raise AssertionError(str(e)) from None
+        return seen[0]
 
     def start_dispatcher(self, log: Path, **env: str) -> subprocess.Popen[bytes]:
         """A dispatcher named for its log file (``<stem>``), on ``env``'s port or the run's."""

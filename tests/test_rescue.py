@@ -42,7 +42,6 @@ from .rescue_support import (
     journal_ids,
     overload,
     trapped,
-    wait_for,
 )
 
 # -- the pure rules --------------------------------------------------------------------------
@@ -276,9 +275,8 @@ def test_webhooks_signed_acknowledged_and_bad_requests_refused(
         r.start_dispatcher(tmp_path / "dispatcher.log")
         r.publish([trapped(2, 0), overload(3, 5)])
         # the receiver verified both, and acknowledged the trapping through the API
-        wait_for(
+        r.until(
             lambda: r.scalar("SELECT count(*) FROM incident WHERE state = 'acknowledged'") == 2,
-            30,
             "the reference receiver to acknowledge both incidents",
         )
         events = [json.loads(line) for line in journal.read_text().splitlines()]
@@ -335,11 +333,7 @@ def test_webhooks_signed_acknowledged_and_bad_requests_refused(
         assert done.status_code == 200
         twice = http("POST", f"{url}/resolve", headers=bearer)
         assert twice.status_code == 409 and "already resolved" in twice.json()["error"]
-        wait_for(
-            lambda: len(journal_ids(journal)) == 2 + 2 + 2,  # opened ×2, acknowledged ×2, …
-            30,
-            "every change delivered",
-        )
+        r.until(lambda: len(journal_ids(journal)) == 2 + 2 + 2, "every change delivered")
         types = [json.loads(x)["payload"]["type"] for x in journal.read_text().splitlines()]
         assert sorted(types) == sorted(
             ["incident.opened"] * 2
@@ -365,7 +359,7 @@ def test_receiver_down_then_back_every_event_arrives_once(
         r.start_dispatcher(tmp_path / "dispatcher.log")
         r.publish(alerts + [cleared(a) for a in alerts[:8]])
         expected = 8 + 4 + 8  # opened ×12, resolved ×8
-        wait_for(
+        r.until(
             lambda: (
                 r.scalar(
                     "SELECT count(*) FROM webhook_delivery"
@@ -373,7 +367,6 @@ def test_receiver_down_then_back_every_event_arrives_once(
                 )
                 == 12
             ),
-            60,
             "every opening to fail at least twice while the receiver is down",
         )
         # an incident's later events wait behind its first: order per incident holds
@@ -385,12 +378,11 @@ def test_receiver_down_then_back_every_event_arrives_once(
             == 8
         )
         r.start_receiver(port, journal)
-        wait_for(
+        r.until(
             lambda: (
                 r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'")
                 == expected
             ),
-            60,
             "every delivery once the receiver is back",
         )
         ids = journal_ids(journal)
@@ -427,17 +419,16 @@ def test_dispatcher_killed_mid_delivery_loses_nothing(
     try:
         r.start_dispatcher(tmp_path / "dispatcher.log")
         r.publish([overload(i, i) for i in range(12)])
-        wait_for(lambda: len(slow.ids()) >= 6, 30, "deliveries in flight")
+        r.until(lambda: len(slow.ids()) >= 6, "deliveries in flight")
         r.run.group.stop("dispatcher", signal.SIGKILL)
         in_flight = r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
         assert in_flight > 0, "the kill should have interrupted deliveries"
         slow.delay_s = 0.0
         r.start_dispatcher(tmp_path / "dispatcher2.log")
-        wait_for(
+        r.until(
             lambda: (
                 r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'") == 12
             ),
-            60,
             "every delivery after the restart",
         )
         ids = slow.ids()
@@ -477,13 +468,13 @@ def test_retry_after_refusal_dead_letter_and_redelivery(
             )
             return rows[0] if rows else None
 
-        delivered = wait_for(lambda: outcome(busy.name), 30, "the 503 then 200 endpoint")
+        delivered = r.until(lambda: outcome(busy.name), "the 503 then 200 endpoint")
         assert delivered[0] == "delivered" and delivered[1] == 2
         assert delivered[3] >= dt.timedelta(seconds=2)  # Retry-After honoured
-        dead = wait_for(lambda: outcome(refusing.name), 30, "the refusing endpoint")
+        dead = r.until(lambda: outcome(refusing.name), "the refusing endpoint")
         assert dead[0] == "dead" and dead[1] == 1 and "refused by the receiver" in dead[2]
         assert "HTTP 400" in dead[2]
-        aged = wait_for(lambda: outcome(gone.name), 30, "the unreachable endpoint to age out")
+        aged = r.until(lambda: outcome(gone.name), "the unreachable endpoint to age out")
         assert aged[0] == "dead" and aged[1] > 1 and "gave up after" in aged[2]
         listing = subprocess.run(
             [TIANYAN, "incidents"], env=r.env, capture_output=True, text=True, check=True
@@ -501,7 +492,7 @@ def test_retry_after_refusal_dead_letter_and_redelivery(
             check=True,
         )
         assert "1 deliveries queued again" in redo.stdout
-        wait_for(lambda: (outcome(refusing.name) or ("",))[0] == "delivered", 30, "the redelivery")
+        r.until(lambda: (outcome(refusing.name) or ("",))[0] == "delivered", "the redelivery")
         assert len(set(refusing.ids())) == 1 and len(refusing.ids()) == 2  # same webhook-id
     finally:
         r.stop_all()
@@ -532,12 +523,12 @@ def test_auth_and_route_refusals_are_retried_for_a_while_and_alerted(
             )
             return rows[0] if rows else None
 
-        delivered = wait_for(lambda: settled(rotated.name), 30, "the 401, 401, 200 endpoint")
+        delivered = r.until(lambda: settled(rotated.name), "the 401, 401, 200 endpoint")
         assert delivered[:3] == ("delivered", 3, 200)
-        dead = wait_for(lambda: settled(unprocessable.name), 30, "the 422 endpoint")
+        dead = r.until(lambda: settled(unprocessable.name), "the 422 endpoint")
         assert dead[:3] == ("dead", 1, 422)
         assert "refused by the receiver" in dead[3] and "HTTP 422" in dead[3]
-        gone = wait_for(lambda: settled(moved.name), 30, "the 410 endpoint to give up")
+        gone = r.until(lambda: settled(moved.name), "the 410 endpoint to give up")
         assert gone[0] == "dead" and gone[1] > 1 and gone[2] == 410
         assert "HTTP 410" in gone[3] and "TIANYAN_WEBHOOK_AUTH_RETRY_S" in gone[3]
         metrics = http("GET", f"{r.web}/metrics").text
@@ -727,7 +718,7 @@ def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
         ) == [("dead", 1, 2), ("pending", 0, 3)]
         strict.answer = lambda n: (200, {})
         subprocess.run([TIANYAN, "incidents", "redeliver", "--all-dead"], env=r.env, check=True)
-        wait_for(
+        r.until(
             lambda: (
                 r.scalar(
                     "SELECT count(*) FROM webhook_delivery"
@@ -736,7 +727,6 @@ def test_an_incident_s_events_arrive_in_order_behind_a_retrying_or_dead_one(
                 )
                 == 5
             ),
-            30,
             "the redelivered events and those behind them",
         )
         assert sorted(in_order(strict).values()) == expected
@@ -763,7 +753,7 @@ def test_unacknowledged_trapping_escalates_on_its_timer(
     try:
         r.start_dispatcher(tmp_path / "dispatcher.log")
         r.publish([waiting, answered])
-        wait_for(lambda: r.scalar("SELECT count(*) FROM incident") == 2, 20, "two incidents")
+        r.until(lambda: r.scalar("SELECT count(*) FROM incident") == 2, "two incidents")
         acked = str(
             r.scalar(
                 "SELECT incident_id FROM incident WHERE elevator_id = %s",
@@ -776,9 +766,8 @@ def test_unacknowledged_trapping_escalates_on_its_timer(
             headers={"Authorization": f"Bearer {r.token}"},
         )
         assert ok.status_code == 200
-        wait_for(
+        r.until(
             lambda: r.scalar("SELECT count(*) FROM incident WHERE escalation_level = 'city'") == 1,
-            20,
             "the unacknowledged trapping to reach the city level",
         )
         levels = r.query(
@@ -790,11 +779,10 @@ def test_unacknowledged_trapping_escalates_on_its_timer(
             r.scalar("SELECT escalation_level FROM incident WHERE incident_id = %s", acked)
             == "enterprise"
         )
-        wait_for(
+        r.until(
             lambda: (
                 sum(1 for q in hook.requests if q["payload"]["type"] == "incident.escalated") >= 3
             ),
-            20,
             "the escalations as webhooks",
         )
     finally:
@@ -883,19 +871,17 @@ def test_published_anchors_reveal_a_truncated_ledger(
     try:
         r.start_dispatcher(tmp_path / "dispatcher.log")
         r.publish([overload(i, i) for i in range(3)])
-        wait_for(
+        r.until(
             lambda: (
                 r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'") == 3
             ),
-            30,
             "three deliveries",
         )
         head = r.scalar("SELECT max(seq) FROM audit_ledger")
-        wait_for(
+        r.until(
             lambda: any(
                 a.seq == head for a in read_anchors(settings.kafka_bootstrap, anchors_topic)
             ),
-            20,
             "the ledger head to be anchored",
         )
     finally:
@@ -937,14 +923,13 @@ def test_two_dispatchers_share_the_work_and_send_each_change_once(
         r.start_dispatcher(tmp_path / "first.log")
         second_port = free_port()
         r.start_dispatcher(tmp_path / "second.log", TIANYAN_DISPATCHER_WEB_PORT=str(second_port))
-        wait_for(lambda: listening(second_port), 60, "the second dispatcher")
+        r.until(lambda: listening(second_port), "the second dispatcher")
         time.sleep(3.0)  # the group rebalances over both
         r.publish(alerts + [cleared(a) for a in alerts])
-        wait_for(
+        r.until(
             lambda: (
                 r.scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'delivered'") == 24
             ),
-            60,
             "every change delivered",
         )
         time.sleep(1.0)  # anything sent twice would have arrived by now
