@@ -25,6 +25,8 @@ from registry.model import Elevator
 from registry.store import upsert
 from sql.migrate import migrate
 
+from .registry_support import registry_elevator
+
 A, B = "甲维保", "乙维保"
 NONE = "(none recorded)"
 #: The rescue range: 30 days of November 2026 (UTC).
@@ -34,18 +36,11 @@ DAY, MINUTE = dt.timedelta(days=1), dt.timedelta(minutes=1)
 
 
 def _elevator(n: int, district: str, company: str | None, terminal: bool = True) -> Elevator:
-    return Elevator(
-        registration_code=f"{32070000000000000000 + n}",
+    return registry_elevator(
+        n,
+        district,
+        code_base=32070000000000000000,
         address=f"连云港市测试路{n}号",
-        district=district,
-        latitude=34.5 + n / 100,
-        longitude=119.1 + n / 100,
-        building_type="residential",
-        user_unit="测试物业",
-        property_managed=True,
-        rated_speed_mps=1.75,
-        rated_load_kg=1000.0,
-        floors=18,
         installed_on=dt.date(2015, 1, 1),
         maintenance_company=company,
         maintenance_contact=None,

@@ -34,6 +34,8 @@ from sql.migrate import migrate
 from streams.grading import GRADING_LOCK_KEY, GradingError, grade_fleet
 from tianyan.cli import main
 
+from .registry_support import registry_elevator
+
 TH = Thresholds()
 AT = dt.datetime(2026, 11, 2, 8, 15, tzinfo=dt.UTC)  # 16:15 in Lianyungang, 2 Nov 2026
 
@@ -170,7 +172,7 @@ def test_expected_grades(inputs: dict, score: float, grade: str) -> None:
     assert (r.score, r.grade) == (score, grade)
 
 
-def test_unknown_dates_count_against_the_elevator() -> None:
+def test_unknown_dates_count_against_theregistry_elevator() -> None:
     r = assess(RiskInputs(elevator_id="1" * 20), TH)
     by_name = {f.name: f for f in r.factors}
     assert by_name["age"].reason == "installation date unknown: taken as old"
@@ -236,45 +238,21 @@ def test_the_explanation_is_plain_json() -> None:
 
 
 # -- grading a hand-built registry -------------------------------------------------------------
-def _elevator(n: int, district: str, **kw: object) -> Elevator:
-    base: dict[str, object] = dict(
-        registration_code=f"{31103207060000000000 + n}",
-        address=f"连云港市{district}测试路{n}号",
-        district=district,
-        latitude=34.5 + n / 100,
-        longitude=119.1 + n / 100,
-        building_type="residential",
-        user_unit="测试物业",
-        property_managed=True,
-        rated_speed_mps=1.75,
-        rated_load_kg=1000.0,
-        floors=18,
-        installed_on=dt.date(2020, 1, 1),
-        maintenance_company="测试维保",
-        maintenance_contact="0518-00000000",
-        last_maintenance_on=dt.date(2026, 10, 28),
-        last_inspection_on=dt.date(2026, 3, 1),
-        has_terminal=True,
-    )
-    base.update(kw)
-    return Elevator(**base)  # type: ignore[arg-type]
-
-
-CLEAN = _elevator(1, "Haizhou")
-TRAPPED = _elevator(
+CLEAN = registry_elevator(1, "Haizhou")
+TRAPPED = registry_elevator(
     2,
     "Haizhou",
     installed_on=dt.date(2008, 5, 1),
     last_maintenance_on=dt.date(2026, 10, 13),
 )
-RED = _elevator(
+RED = registry_elevator(
     3,
     "Lianyun",
     building_type="office",
     property_managed=False,
     address="连云港市连云区<测试>&路3号",
 )
-UNRECORDED = _elevator(
+UNRECORDED = registry_elevator(
     4,
     "Lianyun",
     installed_on=None,
@@ -282,8 +260,8 @@ UNRECORDED = _elevator(
     last_inspection_on=None,
     has_terminal=False,
 )
-LAPSED = _elevator(5, "Lianyun", last_maintenance_on=dt.date(2026, 9, 20))
-UNCOVERED = _elevator(
+LAPSED = registry_elevator(5, "Lianyun", last_maintenance_on=dt.date(2026, 9, 20))
+UNCOVERED = registry_elevator(
     6,
     "Ganyu",
     building_type="mall",
