@@ -480,10 +480,18 @@ def _apply_one(
                 config.arrival_target_s,
             ),
         )
-    elif decision.action == "update":
-        assert active is not None
+    elif decision.action in ("update", "reopen"):
+        # a repeat of the incident's condition; a reopen also sets it open again, and its
+        # escalation counts again from now (wall clock), as for a new incident
+        reopen = decision.action == "reopen"
+        target = resolved_while_held if reopen else active
+        assert target is not None
+        if reopen:
+            details = {**details, "reopened_at": jsonable(dt.datetime.now(dt.UTC))}
         cur.execute(
-            "UPDATE incident SET repeats = repeats + 1, severity = %s, estimated_trapped = %s,"
+            "UPDATE incident SET"
+            + (" state = 'open', closed_at = NULL, closed_by = NULL," if reopen else "")
+            + " repeats = repeats + 1, severity = %s, estimated_trapped = %s,"
             " last_alert_at = %s, updated_at = %s, details = details || %s"
             " WHERE incident_id = %s RETURNING *",
             (
@@ -492,24 +500,7 @@ def _apply_one(
                 at,
                 at,
                 json.dumps(details),
-                active["incident_id"],
-            ),
-        )
-    elif decision.action == "reopen":
-        assert resolved_while_held is not None
-        cur.execute(
-            "UPDATE incident SET state = 'open', closed_at = NULL, closed_by = NULL,"
-            " repeats = repeats + 1, severity = %s, estimated_trapped = %s,"
-            " last_alert_at = %s, updated_at = %s, details = details || %s"
-            " WHERE incident_id = %s RETURNING *",
-            (
-                decision.severity,
-                decision.estimated_trapped,
-                at,
-                at,
-                # escalation counts again from now (wall clock), as for a new incident
-                json.dumps({**details, "reopened_at": jsonable(dt.datetime.now(dt.UTC))}),
-                resolved_while_held["incident_id"],
+                target["incident_id"],
             ),
         )
     elif decision.action == "resolve":
