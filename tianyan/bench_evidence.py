@@ -19,7 +19,6 @@ Figures are printed, the last line as JSON; the database is dropped afterwards u
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
 import sys
 import threading
@@ -185,7 +184,3 @@ def run(settings: Settings, *, rows: int, calls: int, contenders: int, keep: boo
             drop_database(settings, dbname)
         else:
             _say(f"kept: {admin_url}")
-
-
-def as_json(summary: dict) -> str:
-    return json.dumps(summary)

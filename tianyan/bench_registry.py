@@ -18,7 +18,6 @@ Figures are printed, the last line as JSON; the database is dropped afterwards u
 from __future__ import annotations
 
 import datetime as dt
-import json
 import tempfile
 import time
 import uuid
@@ -86,7 +85,3 @@ def run(settings: Settings, *, elevators: int, keep: bool) -> dict[str, object]:
         if not keep:
             drop_database(settings, dbname)
     return result
-
-
-def as_json(result: dict[str, object]) -> str:
-    return json.dumps(result)

@@ -15,7 +15,6 @@ Figures are printed, the last line as JSON; the database is dropped afterwards u
 from __future__ import annotations
 
 import datetime as dt
-import json
 import statistics
 import sys
 import time
@@ -108,7 +107,3 @@ def run(settings: Settings, *, elevators: int, incidents: int, calls: int, keep:
         else:
             drop_database(settings, dbname)
     return summary
-
-
-def as_json(summary: dict) -> str:
-    return json.dumps(summary)

@@ -42,7 +42,6 @@ text). Figures are printed; the last line is JSON. The database is dropped after
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
 import statistics
 import sys
@@ -466,10 +465,6 @@ def run(settings: Settings, *, elevators: int, minutes: float, reads: int, keep:
             _say(f"bench: kept database {dbname}")
         else:
             drop_database(settings, dbname)
-
-
-def as_json(result: dict) -> str:
-    return json.dumps(result, ensure_ascii=False)
 
 
 def table(result: dict) -> list[str]:

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -747,6 +748,18 @@ def bench() -> None:
     """Benchmarks on the local stack; each prints its figures, the last line one JSON object."""
 
 
+#: Every database bench's option to keep its throw-away database to look into afterwards.
+_keep_database = click.option("--keep", is_flag=True, help="Keep the bench's database afterwards.")
+
+
+def _echo_figures(result: dict[str, Any], width: int = 40) -> None:
+    """A bench's figures, a ``name value`` line each, then all of them as the last line's
+    JSON object."""
+    for key, value in result.items():
+        click.echo(f"{key:{width}} {value}")
+    click.echo(json.dumps(result, ensure_ascii=False))
+
+
 @bench.command("stream")
 @click.option("--elevators", type=click.IntRange(min=10), default=12_000, show_default=True)
 @click.option(
@@ -790,9 +803,7 @@ def bench_stream(
             detectors=detectors,
         ),
     )
-    for key, value in result.items():
-        click.echo(f"{key:40} {value}")
-    click.echo(json.dumps(result))
+    _echo_figures(result)
 
 
 @bench.command("gateway")
@@ -836,9 +847,7 @@ def bench_gateway(
             latency_rate_msgs_per_s=latency_rate,
         ),
     )
-    for key, value in result.items():
-        click.echo(f"{key:40} {value}")
-    click.echo(json.dumps(result))
+    _echo_figures(result)
 
 
 @bench.command("rescue")
@@ -901,9 +910,7 @@ def bench_rescue(
         cut_trapped=cut_trapped,
         cut_seconds=cut_seconds,
     )
-    for key, value in result.items():
-        click.echo(f"{key:40} {value}")
-    click.echo(json.dumps(result))
+    _echo_figures(result)
 
 
 @bench.command("evidence")
@@ -922,16 +929,14 @@ def bench_rescue(
     show_default=True,
     help="Connections appending to the ledger during the contended run.",
 )
-@click.option("--keep", is_flag=True, help="Keep the bench's database afterwards.")
+@_keep_database
 def bench_evidence(rows: int, calls: int, contenders: int, keep: bool) -> None:
     """Recording an incident against a large raw table: evidence copy, ledger append, the
     whole transaction, per call."""
-    from tianyan.bench_evidence import as_json, run
+    from tianyan.bench_evidence import run
 
     result = run(_settings(), rows=rows, calls=calls, contenders=contenders, keep=keep)
-    for key, value in result.items():
-        click.echo(f"{key:40} {value}")
-    click.echo(as_json(result))
+    _echo_figures(result)
 
 
 @bench.command("regulators")
@@ -944,16 +949,14 @@ def bench_evidence(rows: int, calls: int, contenders: int, keep: bool) -> None:
     help="Incidents over the year generated.",
 )
 @click.option("--calls", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--keep", is_flag=True, help="Keep the bench's database afterwards.")
+@_keep_database
 def bench_regulators(elevators: int, incidents: int, calls: int, keep: bool) -> None:
     """The regulators' figures (rescue performance, company ranking, grade history) on a
     year of a city's incidents and grades, per call."""
-    from tianyan.bench_regulators import as_json, run
+    from tianyan.bench_regulators import run
 
     result = run(_settings(), elevators=elevators, incidents=incidents, calls=calls, keep=keep)
-    for key, value in result.items():
-        click.echo(f"{key:45} {value}")
-    click.echo(as_json(result))
+    _echo_figures(result, width=45)
 
 
 @bench.command("storage")
@@ -972,17 +975,17 @@ def bench_regulators(elevators: int, incidents: int, calls: int, keep: bool) -> 
     show_default=True,
     help="Elevators read per query kind (the median is printed).",
 )
-@click.option("--keep", is_flag=True, help="Keep the bench's database afterwards.")
+@_keep_database
 def bench_storage(elevators: int, minutes: float, reads: int, keep: bool) -> None:
     """Raw-sample storage designs on the same simulated samples: bytes per sample, ingest
     samples/s, a panel query and an evidence read."""
-    from tianyan.bench_storage import as_json, run, table
+    from tianyan.bench_storage import run, table
 
     result = run(_settings(), elevators=elevators, minutes=minutes, reads=reads, keep=keep)
     click.echo(f"{result['samples']:,} samples in {result['messages']:,} messages")
     for line in table(result):
         click.echo(line)
-    click.echo(as_json(result))
+    click.echo(json.dumps(result, ensure_ascii=False))
 
 
 @bench.command("registry")
@@ -993,16 +996,14 @@ def bench_storage(elevators: int, minutes: float, reads: int, keep: bool) -> Non
     show_default=True,
     help="Elevators in the synthetic registry (the city has 30,000-45,000).",
 )
-@click.option("--keep", is_flag=True, help="Keep the bench's database afterwards.")
+@_keep_database
 def bench_registry(elevators: int, keep: bool) -> None:
     """Registry fusion at the city's size: a whole export, the same again, a partial export
     with conflicts, and the coverage of terminals reporting in the last 24 h."""
-    from tianyan.bench_registry import as_json, run
+    from tianyan.bench_registry import run
 
     result = run(_settings(), elevators=elevators, keep=keep)
-    for key, value in result.items():
-        click.echo(f"{key:40} {value}")
-    click.echo(as_json(result))
+    _echo_figures(result)
 
 
 @bench.command("nab")
