@@ -233,6 +233,7 @@ def _contextual_scorer(
     rest_rows: int = 0,
     alarm_raw: float = CONTEXTUAL_ALARM_RAW,
     whole_file_range: int = 1,
+    spatial_tolerance: float = 0.05,
 ) -> Callable[..., np.ndarray]:
     """CAD OSE (:class:`~detectors.contextual.ContextualDetector`) per column, worst column.
 
@@ -244,6 +245,8 @@ def _contextual_scorer(
       values (0: NAB's probationary period, 15 % of the rows, at most 750), widened by
       ``margin`` × its width each side; those rows are learned and score NaN. On NAB that
       strictly online variant scores 59.4 (standard) against 70.0.
+    - **Spatial anomaly.** A value beyond the range seen so far by more than
+      ``spatial_tolerance`` of its width scores 1 (NAB's Numenta detector's 0.05; 0 off).
     - **Rest.** After a raw score above 0.75, ``rest_rows`` rows report 0 (0: NAB's
       probationary period / 5, as NAB runs CAD OSE).
     - **Score.** The raw score mapped piecewise linearly so that ``alarm_raw`` is 0.5.
@@ -270,7 +273,12 @@ def _contextual_scorer(
             seen = v[finite] if whole_file_range else v[rows[:warm]]
             lo, hi = (float(seen.min()), float(seen.max())) if len(seen) else (0.0, 1.0)
             width = hi - lo
-            dets[k] = ContextualDetector(lo - margin * width, hi + margin * width, rest_rows=rest)
+            dets[k] = ContextualDetector(
+                lo - margin * width,
+                hi + margin * width,
+                rest_rows=rest,
+                spatial_tolerance=spatial_tolerance,
+            )
         for j, i in enumerate(rows):
             worst = max(d.score_one(float(cols[k][i])) for k, d in dets.items())
             if whole_file_range or j >= warm:

@@ -9,7 +9,11 @@
 - optionally acknowledges each new incident through the dispatcher's acknowledgement API,
   signing its request — method, path and body — with the platform's action secret (never
   the webhook secret, which only proves what the dispatcher sent); each attempt is signed
-  under a new webhook-id (the API refuses a replayed one) and carries one Idempotency-Key.
+  under a new webhook-id (the API refuses a replayed one) and carries one Idempotency-Key;
+- optionally plays the rescuers (:class:`RescuerTravel`): for each incident routed to the
+  rescue platform, after acknowledging it, reports the arrival measured on site — the
+  opening time plus a travel time drawn per incident (log-normal, seeded by the incident
+  id), never later than now — so that arrival times and on-time shares have data in a demo.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
+import random
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,32 @@ from .delivery import body_bytes, signed_content, signer
 log = logging.getLogger("tianyan.rescue_receiver")
 
 
+@dataclass(frozen=True)
+class RescuerTravel:
+    """Rescuers' travel times, opened → arrived on site: log-normal with this median and
+    90th percentile, in minutes."""
+
+    median_min: float
+    p90_min: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.median_min <= self.p90_min:
+            raise ValueError(
+                f"rescuer travel: median {self.median_min} min and p90 {self.p90_min} min"
+                " must be positive, the median not above the p90"
+            )
+
+    def minutes(self, incident_id: str) -> float:
+        """The travel time to one incident, the same on every call (seeded by its id)."""
+        sigma = math.log(self.p90_min / self.median_min) / 1.2815515655446004  # z of 0.9
+        return random.Random(incident_id).lognormvariate(math.log(self.median_min), sigma)
+
+    def arrived_at(self, incident_id: str, opened_at: dt.datetime) -> dt.datetime:
+        """When the rescuers reached the car: opened plus the travel, at the latest now."""
+        arrival = opened_at + dt.timedelta(minutes=self.minutes(incident_id))
+        return min(arrival, dt.datetime.now(dt.UTC))
+
+
 class Receiver:
     def __init__(
         self,
@@ -40,8 +73,12 @@ class Receiver:
         acknowledge_url: str | None = None,
         actor: str = "reference-receiver",
         action_secret: str | None = None,
+        travel: RescuerTravel | None = None,
     ) -> None:
         self.webhook = signer(secret)
+        if travel is not None and not acknowledge_url:
+            raise ValueError("reporting arrivals needs the dispatcher's URL (--acknowledge)")
+        self.travel = travel
         if acknowledge_url and not action_secret:
             raise ValueError(
                 "acknowledging needs the platform's action secret (TIANYAN_RESCUE_ACTION_SECRET)"
@@ -53,7 +90,7 @@ class Receiver:
         self.acknowledge_url = acknowledge_url.rstrip("/") if acknowledge_url else None
         self.actor = actor
         self.seen: set[str] = set()
-        self.received = self.duplicates = self.rejected = self.acknowledged = 0
+        self.received = self.duplicates = self.rejected = self.acknowledged = self.arrived = 0
         self._tasks: set[asyncio.Task[None]] = set()
         if journal is not None and journal.exists():
             for line in journal.read_text().splitlines():
@@ -103,7 +140,7 @@ class Receiver:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         log.info(self.line(payload))
         if self.acknowledge_url and payload.get("type") == "incident.opened":
-            task = asyncio.ensure_future(self.acknowledge(payload["data"]["incident_id"]))
+            task = asyncio.ensure_future(self.respond(payload["data"]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return web.json_response({"received": webhook_id})
@@ -121,10 +158,31 @@ class Receiver:
             "webhook-signature": self.action_signer.sign(request_id, now, content),
         }
 
-    async def acknowledge(self, incident_id: str) -> None:
-        body = body_bytes({"actor": self.actor, "note": "acknowledged by the reference receiver"})
-        path = f"/incidents/{incident_id}/acknowledge"
-        idempotency_key = f"ack_{uuid.uuid4().hex}"
+    async def respond(self, incident: dict[str, Any]) -> None:
+        """Acknowledge a new incident; as the rescuers, report arriving at one routed to
+        the rescue platform."""
+        incident_id = incident["incident_id"]
+        note = "acknowledged by the reference receiver"
+        if not await self.act(incident_id, "acknowledge", {"actor": self.actor, "note": note}):
+            return
+        self.acknowledged += 1
+        if self.travel is None or incident.get("route") != "rescue":
+            return
+        opened_at = dt.datetime.fromisoformat(incident["times"]["opened_at"])
+        arrived_at = self.travel.arrived_at(incident_id, opened_at)
+        body = {
+            "actor": self.actor,
+            "note": "rescuers on site (reference receiver)",
+            "arrived_at": arrived_at.isoformat(),
+        }
+        if await self.act(incident_id, "arrive", body):
+            self.arrived += 1
+
+    async def act(self, incident_id: str, action: str, fields: dict[str, Any]) -> bool:
+        """POST one signed action; True when the dispatcher took it (200)."""
+        body = body_bytes(fields)
+        path = f"/incidents/{incident_id}/{action}"
+        idempotency_key = f"{action}_{uuid.uuid4().hex}"
         for _ in range(5):
             headers = {**self.action_headers(path, body), "idempotency-key": idempotency_key}
             try:
@@ -136,13 +194,12 @@ class Receiver:
                 ):
                     answer = await resp.text()
                     if resp.status < 500 and resp.status != 429:
-                        if resp.status == 200:
-                            self.acknowledged += 1
-                        log.info("acknowledge %s: %s %s", incident_id, resp.status, answer)
-                        return
+                        log.info("%s %s: %s %s", action, incident_id, resp.status, answer)
+                        return resp.status == 200
             except aiohttp.ClientError as e:
-                log.warning("acknowledge %s failed: %s", incident_id, e)
+                log.warning("%s %s failed: %s", action, incident_id, e)
             await asyncio.sleep(1.0)
+        return False
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -151,6 +208,8 @@ class Receiver:
                 "duplicates": self.duplicates,
                 "rejected": self.rejected,
                 "acknowledged": self.acknowledged,
+                "arrived": self.arrived,
+                "in_flight": len(self._tasks),
             }
         )
 

@@ -29,6 +29,7 @@ from rescue.lifecycle import (
     next_state,
     parse_retry_after,
 )
+from rescue.receiver import RescuerTravel
 from tianyan.processes import free_port, listening
 
 from .conftest import TIANYAN, consume_all
@@ -258,6 +259,47 @@ def test_the_pipeline_role_can_only_append_to_the_ledger(
                 conn.execute(sql)
             conn.rollback()
     assert r.scalar("SELECT entity_id FROM audit_ledger WHERE entry_type = 'test'") == "x"
+
+
+def test_rescuer_travel_is_log_normal_seeded_per_incident_and_never_in_the_future() -> None:
+    travel = RescuerTravel(12.0, 28.0)
+    minutes = sorted(travel.minutes(f"incident-{i}") for i in range(4000))
+    assert 11.0 < minutes[2000] < 13.0 and 26.0 < minutes[3600] < 30.0
+    assert travel.minutes("incident-7") == travel.minutes("incident-7")
+    now = dt.datetime.now(dt.UTC)
+    assert travel.arrived_at("incident-7", now - dt.timedelta(days=1)) < now
+    assert now <= travel.arrived_at("incident-7", now) <= dt.datetime.now(dt.UTC)
+    for median, p90 in ((0.0, 5.0), (20.0, 10.0)):
+        with pytest.raises(ValueError, match="median"):
+            RescuerTravel(median, p90)
+
+
+@pytest.mark.slow
+def test_the_reference_receiver_reports_the_rescuers_arrival_measured_on_site(
+    rescue: Callable[..., Rescue], tmp_path: Path
+) -> None:
+    port = free_port()
+    journal = tmp_path / "received.jsonl"
+    r = rescue([f"http://127.0.0.1:{port}/96333"])
+    try:
+        r.start_receiver(port, journal, "--acknowledge", r.api, "--arrive-minutes", "12", "28")
+        r.start_dispatcher(tmp_path / "dispatcher.log")
+        r.publish([trapped(2, 0)])
+        incident_id, opened_at, arrived_at, arrival_s = r.until(
+            lambda: r.run.row(
+                "SELECT incident_id::text, opened_at, arrived_at, arrival_s FROM incident"
+                " WHERE arrived_at IS NOT NULL"
+            ),
+            "the receiver's rescuers to arrive",
+        )
+        travel_s = RescuerTravel(12.0, 28.0).minutes(incident_id) * 60
+        assert abs((arrived_at - opened_at).total_seconds() - travel_s) < 0.01
+        assert arrival_s == pytest.approx(travel_s, abs=1)
+        r.until(lambda: len(journal_ids(journal)) == 3, "opened, acknowledged, arrived")
+        types = [json.loads(x)["payload"]["type"] for x in journal.read_text().splitlines()]
+        assert types == ["incident.opened", "incident.acknowledged", "incident.arrived"]
+    finally:
+        r.stop_all()
 
 
 # -- the dispatcher, end to end --------------------------------------------------------------

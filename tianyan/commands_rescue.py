@@ -221,6 +221,15 @@ def audit_verify(database_url: str | None, anchors: bool) -> None:
     metavar="DISPATCHER_URL",
     help="Acknowledge each new incident at this dispatcher (e.g. http://127.0.0.1:6067).",
 )
+@click.option(
+    "--arrive-minutes",
+    "arrive_minutes",
+    type=(click.FloatRange(min=0, min_open=True), click.FloatRange(min=0, min_open=True)),
+    default=None,
+    metavar="MEDIAN P90",
+    help="With --acknowledge, play the rescuers: report arriving at each incident routed to"
+    " the rescue platform, opened + a log-normal travel time (minutes), at the latest now.",
+)
 def rescue_receiver(
     host: str,
     port: int,
@@ -228,19 +237,24 @@ def rescue_receiver(
     action_secret: str | None,
     journal: Path | None,
     acknowledge_url: str | None,
+    arrive_minutes: tuple[float, float] | None,
 ) -> None:
-    """Run the reference webhook receiver: verify, de-duplicate, log, acknowledge."""
+    """Run the reference webhook receiver: verify, de-duplicate, log, acknowledge (and
+    report the rescuers' arrival)."""
     import logging
 
     from aiohttp import web
 
     from rescue.delivery import SecretError
-    from rescue.receiver import Receiver
+    from rescue.receiver import Receiver, RescuerTravel
 
     if not secret:
         raise click.UsageError("give --secret or set TIANYAN_RESCUE_WEBHOOK_SECRET")
     try:
-        receiver = Receiver(secret, journal, acknowledge_url, action_secret=action_secret)
+        travel = RescuerTravel(*arrive_minutes) if arrive_minutes else None
+        receiver = Receiver(
+            secret, journal, acknowledge_url, action_secret=action_secret, travel=travel
+        )
     except SecretError as e:
         raise click.ClickException(
             str(e)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from tianyan.processes import WaitTimeout, free_port
 
 SCENARIO = Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "demo.toml"
 REGISTRY_SEED = 20210101
+#: The reference receiver plays the rescuers: their travel time to a trapping, median and
+#: 90th percentile in minutes (a city's maintenance crews; the plan's target is 30 min).
+RESCUER_TRAVEL_MIN = (12.0, 28.0)
 
 
 class DemoError(RuntimeError):
@@ -140,6 +144,8 @@ def run(
                 journal,
                 "--acknowledge",
                 f"http://127.0.0.1:{run.settings.rescue_api_port}",
+                "--arrive-minutes",  # the rescuers: median and p90 travel time
+                *(str(m) for m in RESCUER_TRAVEL_MIN),
             )
             run.start_dispatcher()
             for i in range(2):
@@ -164,11 +170,14 @@ def run(
                 lambda p: p["alerts_applied"] >= p["alerts"] and p["deliveries_pending"] == 0,
                 "the dispatcher applying every alert and delivering every change",
             )
-            time.sleep(2.0)  # acknowledgements from the receiver, and their webhooks
             run.wait(
-                lambda: _rescue_progress(admin),
-                lambda p: p["deliveries_pending"] == 0,
-                "delivering the acknowledgements' webhooks",
+                lambda: {**_rescue_progress(admin), **_receiver_stats(receiver_port)},
+                lambda p: (
+                    p["deliveries_pending"] == 0
+                    and p["in_flight"] == 0
+                    and p["received"] >= p["delivered"]
+                ),
+                "the receiver's acknowledgements and arrivals, and their webhooks",
             )
     except WaitTimeout as e:
         raise DemoError(f"{e}; the services' logs are in {out}") from None
@@ -210,9 +219,11 @@ def run(
         deliveries = dict(
             conn.execute("SELECT status, count(*) FROM webhook_delivery GROUP BY status").fetchall()
         )
-        acknowledged = _scalar(
-            admin, "SELECT count(*) FROM incident WHERE acknowledged_at IS NOT NULL"
-        )
+        acknowledged, arrived, arrival_p50_s = conn.execute(
+            "SELECT count(*) FILTER (WHERE acknowledged_at IS NOT NULL),"
+            " count(*) FILTER (WHERE arrived_at IS NOT NULL),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY arrival_s) FROM incident"
+        ).fetchone() or (0, 0, None)
     alerts = [
         Alert(
             alert_key=r[0],
@@ -264,6 +275,8 @@ def run(
         "received_verified": len(ids),
         "received_unique": len(set(ids)),
         "incidents_acknowledged_by_receiver": acknowledged,
+        "incidents_arrived_by_receiver": arrived,
+        "arrival_s_p50": None if arrival_p50_s is None else round(float(arrival_p50_s)),
         # the demo sets only the rescue platform's endpoint: the other incidents are
         # recorded (boards, report) and delivered nowhere
         "incidents_to_rescue_platform": sum(
@@ -302,6 +315,12 @@ def run(
     summary.seconds = round(time.monotonic() - wall0, 1)
     say(f"graded {grading.elevators} elevators; checked {len(results)} panels")
     return summary
+
+
+def _receiver_stats(port: int) -> dict[str, int]:
+    """The reference receiver's counts: received, acknowledged, arrived, in flight."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as r:
+        return {k: int(v) for k, v in json.loads(r.read()).items()}
 
 
 def _rescue_progress(url: str) -> dict[str, int]:
@@ -366,7 +385,8 @@ def render(summary: DemoSummary) -> str:
         f" {w['delivered']} delivered, {w['pending']} pending, {w['dead']} dead;"
         f" the receiver verified {w['received_verified']} signatures"
         f" ({w['received_unique']} unique ids) and acknowledged"
-        f" {w['incidents_acknowledged_by_receiver']} incidents",
+        f" {w['incidents_acknowledged_by_receiver']} incidents; its rescuers arrived at"
+        f" {w['incidents_arrived_by_receiver']} (median {w['arrival_s_p50']} s after opening)",
         f"ledger: {summary.ledger}",
         "",
         f"risk grades by district:  {'':18}{'red':>4} {'orng':>4} {'yell':>4} {'blue':>4}",
