@@ -1155,3 +1155,7 @@ main.add_command(report_command)
 from tianyan.commands_dashboards import dashboards  # noqa: E402
 
 main.add_command(dashboards)
+
+from tianyan.commands_backfill import backfill_command  # noqa: E402
+
+main.add_command(backfill_command)
