@@ -227,13 +227,12 @@ def plan(
     ).fetchone()
     if oldest is None or oldest[0] is None:
         raise BackfillError("no raw samples are stored: there is nothing to derive from")
-    if oldest[0] > start - warmup:
+    if oldest[0] > start:
         raise BackfillError(
             f"--start {start.isoformat()}: raw samples are stored from"
             f" {oldest[0].astimezone(dt.UTC).isoformat()} only (raw retention,"
-            " TIANYAN_RAW_RETENTION_DAYS), and the slice's warm-up begins"
-            f" {(start - warmup).isoformat()}; a backfill would delete what it cannot"
-            " derive again. Start later or shorten --warmup-minutes."
+            " TIANYAN_RAW_RETENTION_DAYS): a backfill would delete what it cannot derive"
+            " again. Start later."
         )
     where = ""
     params: dict[str, object] = {"lo": start, "hi": end}
