@@ -456,9 +456,7 @@ def _check_facts(conn: psycopg.Connection[Any], report: Report) -> None:
             )
 
 
-def _removed_by_backfill(
-    fact: tuple[int, int, str], removal: tuple[int, str] | None
-) -> bool:
+def _removed_by_backfill(fact: tuple[int, int, str], removal: tuple[int, str] | None) -> bool:
     """Whether a ledgered fact that is gone was removed by a backfill: a ``backfill`` entry
     after the fact's last entry names it with that last digest (a row edited before the
     backfill removed it, or deleted after it was written again, is still reported)."""

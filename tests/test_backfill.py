@@ -32,7 +32,7 @@ from replay.backfill import BackfillError, backfill, slice_rows
 from rescue import store
 from rescue.ledger import verify, verify_snapshot
 from streams.ingest import Ingest, RawRecord
-from streams.sinks import TimescaleSink
+from tianyan.bench_backfill import store_stream
 from tianyan.harness import create_database, drop_database
 
 from .detectors_support import FAULTS_TOML, START, elevators, run_simulation
@@ -61,24 +61,6 @@ def _derive(records: list[bytes], limits: dict[str, ElevatorLimits], th: Thresho
     return Ingest(5_000, limits_for=lambda e: limits[e], thresholds=th)
 
 
-def _store(writer_url: str, records: list[bytes], limits: dict[str, ElevatorLimits]) -> None:
-    """The worker's loop, offline: one partition, batches of 100, a tick after each."""
-    ingest = _derive(records, limits, Thresholds())
-    with TimescaleSink(writer_url) as sink:
-        for i in range(0, len(records), 100):
-            batch = ingest.process(
-                [RawRecord(None, v, 0, i + k) for k, v in enumerate(records[i : i + 100])]
-            )
-            ticked = ingest.tick()
-            sink.write_batch(
-                batch.messages,
-                batch.windows,
-                batch.trips,
-                batch.alerts + ticked.alerts,
-                maintenance_sessions=batch.maintenance_sessions,
-            )
-
-
 def _alerts_raised(
     records: list[bytes], limits: dict[str, ElevatorLimits], th: Thresholds
 ) -> list[Alert]:
@@ -105,7 +87,7 @@ def stored(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         path = tmp_path_factory.mktemp("backfill") / "run.jsonl"
         run_simulation(path, FAULTS_TOML, cars, MINUTES * 60, seed=11)
         records = [line for line in path.read_bytes().splitlines() if line.strip()]
-        _store(writer_url, records, limits)
+        store_stream(writer_url, records, limits.__getitem__, Thresholds(), 5_000)
         # the dispatcher applies one in-range alert that the new thresholds do not raise: it
         # opens an incident, which a backfill must not touch
         rederived = [str(a.alert_id) for a in _alerts_raised(records, limits, NEW)]
@@ -155,7 +137,14 @@ def _in_range(a: Alert) -> bool:
     return lo <= a.condition_since_ms < hi and a.raised_at_ms < hi and a.alert_type != "clock_fault"
 
 
-def test_backfill_with_the_same_thresholds_changes_nothing(stored: Stored) -> None:
+@pytest.mark.parametrize("packed", [False, True], ids=["recent", "packed"])
+def test_backfill_with_the_same_thresholds_changes_nothing(stored: Stored, packed: bool) -> None:
+    """The stored derivation is reproduced, from recent samples and, once the worker's
+    hourly turn has packed them into elevator-minutes, from packed ones."""
+    if packed:
+        with psycopg.connect(stored.writer_url, autocommit=True) as conn:
+            assert conn.execute("SELECT tianyan.pack_raw_chunks(1)").fetchone()[0] > 0
+            assert not conn.execute("SELECT 1 FROM tianyan.telemetry_sample LIMIT 1").fetchall()
     before = (_windows(stored.admin_url), _alert_rows(stored.admin_url))
     summary = backfill(
         stored.writer_url, LO, HI, thresholds=Thresholds(), grace_ms=5_000, progress=False
