@@ -1,7 +1,7 @@
 """``tianyan bench backfill``: what re-deriving history costs.
 
-A database of the run's own gets a simulated fleet (the default scenario's faults,
-``--elevators`` × ``--minutes``) stored as the worker stores it (:func:`store_stream`: the
+A database of the run's own gets a simulated fleet (``--scenario``, default the demo's
+faults; ``--elevators`` × ``--minutes``) stored as the worker stores it (:func:`store_stream`: the
 worker's :class:`streams.ingest.Ingest` and :class:`streams.sinks.TimescaleSink`), its raw
 samples then packed into elevator-minutes (``pack_raw_chunks``, as the worker does after
 an hour), and then, timed, over the whole run but its first and last ten minutes:
@@ -74,7 +74,9 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run(settings: Settings, *, elevators: int, minutes: float, keep: bool) -> dict[str, object]:
+def run(
+    settings: Settings, *, elevators: int, minutes: float, scenario: str, keep: bool
+) -> dict[str, object]:
     import simulator
     from registry.generate import generate
     from registry.store import upsert
@@ -86,7 +88,11 @@ def run(settings: Settings, *, elevators: int, minutes: float, keep: bool) -> di
     dbname = f"tianyan_bench_backfill_{uuid.uuid4().hex[:8]}"
     admin_url = create_database(settings, dbname)
     writer_url = role_url(admin_url, "tianyan_writer")
-    result: dict[str, object] = {"elevators": elevators, "minutes": minutes}
+    result: dict[str, object] = {
+        "scenario": scenario,
+        "elevators": elevators,
+        "minutes": minutes,
+    }
     try:
         migrate(admin_url)
         fleet = generate(2026, elevators, START.date())
@@ -96,7 +102,7 @@ def run(settings: Settings, *, elevators: int, minutes: float, keep: bool) -> di
         with tempfile.TemporaryDirectory() as work:
             path = Path(work) / "run.jsonl"
             simulator.simulate(
-                simulator.load_scenario(simulator.SCENARIO_DIR / "default.toml"),
+                simulator.load_scenario(simulator.SCENARIO_DIR / f"{scenario}.toml"),
                 fleet,
                 start=START,
                 duration_s=minutes * 60,

@@ -1014,13 +1014,20 @@ def bench_registry(elevators: int, keep: bool) -> None:
     show_default=True,
     help="Simulated minutes; the backfill covers all but the first and last ten.",
 )
+@click.option(
+    "--scenario",
+    type=click.Choice(["demo", "default", "busy", "no_faults"]),
+    default="demo",
+    show_default=True,
+    help="The simulator's scenario (simulator/scenarios/).",
+)
 @click.option("--keep", is_flag=True, help="Keep the bench's database afterwards.")
-def bench_backfill(elevators: int, minutes: float, keep: bool) -> None:
+def bench_backfill(elevators: int, minutes: float, scenario: str, keep: bool) -> None:
     """Backfill over stored, packed history: the same thresholds, changed ones, and the
     same again; slices and messages per second, rows replaced, and audit verify after."""
     from tianyan.bench_backfill import as_json, run
 
-    result = run(_settings(), elevators=elevators, minutes=minutes, keep=keep)
+    result = run(_settings(), elevators=elevators, minutes=minutes, scenario=scenario, keep=keep)
     for key, value in result.items():
         click.echo(f"{key:40} {value}")
     click.echo(as_json(result))
