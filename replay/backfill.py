@@ -489,6 +489,8 @@ def replace_slice(
         if first is not None:
             first(conn)
         with conn.cursor() as cur:
+            # two backfills of one elevator at once take turns, slice by slice
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('tianyan.backfill/' || %s))", (eid,))
             windows = _replace_rows(
                 cur,
                 _WINDOWS,
