@@ -55,6 +55,7 @@ class Stored:
     records: list[bytes]
     limits: dict[str, ElevatorLimits]
     held_alert_id: str  # an in-range alert an incident holds
+    applied_alert_id: str  # an in-range alert the dispatcher applied to no incident
 
 
 def _derive(records: list[bytes], limits: dict[str, ElevatorLimits], th: Thresholds) -> Ingest:
@@ -99,15 +100,35 @@ def stored(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 (LO, HI, rederived),
             ).fetchone()
         assert row is not None, "the new thresholds raise every alert of the range again"
+        # and one clearing the new thresholds do not raise either, applied alone: it finds
+        # no incident to resolve, and its incident_alert record names none
+        with psycopg.connect(admin_url) as conn:
+            conn_rows = conn.execute(
+                "SELECT alert_id::text FROM tianyan.alert WHERE state = 'cleared'"
+                " AND condition_since >= %s AND raised_at < %s AND alert_id <> ALL(%s::uuid[])"
+                " AND (elevator_id, alert_type) <> (SELECT elevator_id, alert_type"
+                "  FROM tianyan.alert WHERE alert_id = %s)"
+                " ORDER BY raised_at LIMIT 1",
+                (LO, HI, rederived, row[0]),
+            ).fetchone()
+        assert conn_rows is not None, "the new thresholds clear every alert of the range again"
+        unheld = conn_rows[0]
         held = next(
             a for a in _alerts_raised(records, limits, Thresholds()) if str(a.alert_id) == row[0]
         )
         config = store.DispatchConfig(
             (ENDPOINT,), (10**8, 2 * 10**8, 3 * 10**8), 1800, rescue_min_severity="info"
         )
+        clearing = next(
+            a for a in _alerts_raised(records, limits, Thresholds()) if str(a.alert_id) == unheld
+        )
         with psycopg.connect(writer_url) as conn:
             store.apply_alert(conn, held, config, received_at=dt.datetime.now(dt.UTC))
-        yield Stored(admin_url, writer_url, records, limits, row[0])
+            store.apply_alert(conn, clearing, config, received_at=dt.datetime.now(dt.UTC))
+            assert conn.execute(
+                "SELECT incident_id FROM tianyan.incident_alert WHERE alert_id = %s", (unheld,)
+            ).fetchone() == (None,)
+        yield Stored(admin_url, writer_url, records, limits, row[0], unheld)
     finally:
         drop_database(settings, name)
 
@@ -254,6 +275,11 @@ def test_backfill_replaces_exactly_the_range_and_records_it(stored: Stored) -> N
     assert [str(k) for s in slices for k in s["kept_alert_ids"]] == [stored.held_alert_id]
     removed = {str(k) for s in slices for k in s["removed_alert_ids"]}
     assert removed and removed.isdisjoint(after.keys() - expected)
+    # the clearing the dispatcher applied to no incident is removed with its record of it
+    assert stored.applied_alert_id in removed
+    assert not _rows(
+        url, "SELECT 1 FROM tianyan.incident_alert WHERE alert_id = %s", stored.applied_alert_id
+    )
     entries = _rows(
         url,
         "SELECT seq, payload FROM tianyan.audit_ledger WHERE entry_type = 'backfill'"
@@ -263,6 +289,9 @@ def test_backfill_replaces_exactly_the_range_and_records_it(stored: Stored) -> N
     assert sorted(e[0] for e in entries) == sorted(s["ledger_seq"] for s in slices)
     ledgered = {r["key"] for _, p in entries for r in p["removed"] if r["table"] == "alert"}
     assert ledgered == removed
+    assert [
+        r["key"] for _, p in entries for r in p["removed"] if r["table"] == "incident_alert"
+    ] == [stored.applied_alert_id]
 
     # the ledger verifies after the backfill
     report = verify(url)
