@@ -89,46 +89,35 @@ def stored(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         run_simulation(path, FAULTS_TOML, cars, MINUTES * 60, seed=11)
         records = [line for line in path.read_bytes().splitlines() if line.strip()]
         store_stream(writer_url, records, limits.__getitem__, Thresholds(), 5_000)
-        # the dispatcher applies one in-range alert that the new thresholds do not raise: it
-        # opens an incident, which a backfill must not touch
+        # the dispatcher applies two in-range alerts the new thresholds do not raise: a raised
+        # one, which opens an incident a backfill must not touch, and a clearing of another
+        # car or type, which finds no incident to resolve (its incident_alert names none)
         rederived = [str(a.alert_id) for a in _alerts_raised(records, limits, NEW)]
-        with psycopg.connect(admin_url) as conn:
-            row = conn.execute(
-                "SELECT alert_id::text FROM tianyan.alert WHERE state = 'raised'"
-                " AND condition_since >= %s AND raised_at < %s AND alert_id <> ALL(%s::uuid[])"
-                " ORDER BY raised_at LIMIT 1",
-                (LO, HI, rederived),
-            ).fetchone()
-        assert row is not None, "the new thresholds raise every alert of the range again"
-        # and one clearing the new thresholds do not raise either, applied alone: it finds
-        # no incident to resolve, and its incident_alert record names none
-        with psycopg.connect(admin_url) as conn:
-            conn_rows = conn.execute(
-                "SELECT alert_id::text FROM tianyan.alert WHERE state = 'cleared'"
-                " AND condition_since >= %s AND raised_at < %s AND alert_id <> ALL(%s::uuid[])"
-                " AND (elevator_id, alert_type) <> (SELECT elevator_id, alert_type"
-                "  FROM tianyan.alert WHERE alert_id = %s)"
-                " ORDER BY raised_at LIMIT 1",
-                (LO, HI, rederived, row[0]),
-            ).fetchone()
-        assert conn_rows is not None, "the new thresholds clear every alert of the range again"
-        unheld = conn_rows[0]
-        held = next(
-            a for a in _alerts_raised(records, limits, Thresholds()) if str(a.alert_id) == row[0]
+        stored_alerts = {str(a.alert_id): a for a in _alerts_raised(records, limits, Thresholds())}
+        pick = (
+            "SELECT alert_id::text FROM tianyan.alert WHERE state = %s"
+            " AND condition_since >= %s AND raised_at < %s AND alert_id <> ALL(%s::uuid[])"
+            " AND NOT EXISTS (SELECT FROM tianyan.alert o WHERE o.alert_id = %s"
+            "  AND (o.elevator_id, o.alert_type) = (alert.elevator_id, alert.alert_type))"
+            " ORDER BY raised_at LIMIT 1"
         )
+        with psycopg.connect(admin_url) as conn:
+            held = conn.execute(pick, ("raised", LO, HI, rederived, None)).fetchone()
+            assert held is not None, "the new thresholds raise every alert of the range again"
+            unheld = conn.execute(pick, ("cleared", LO, HI, rederived, held[0])).fetchone()
+            assert unheld is not None, "the new thresholds clear every alert of the range again"
         config = store.DispatchConfig(
             (ENDPOINT,), (10**8, 2 * 10**8, 3 * 10**8), 1800, rescue_min_severity="info"
         )
-        clearing = next(
-            a for a in _alerts_raised(records, limits, Thresholds()) if str(a.alert_id) == unheld
-        )
         with psycopg.connect(writer_url) as conn:
-            store.apply_alert(conn, held, config, received_at=dt.datetime.now(dt.UTC))
-            store.apply_alert(conn, clearing, config, received_at=dt.datetime.now(dt.UTC))
+            for alert_id in (held[0], unheld[0]):
+                store.apply_alert(
+                    conn, stored_alerts[alert_id], config, received_at=dt.datetime.now(dt.UTC)
+                )
             assert conn.execute(
-                "SELECT incident_id FROM tianyan.incident_alert WHERE alert_id = %s", (unheld,)
+                "SELECT incident_id FROM tianyan.incident_alert WHERE alert_id = %s", unheld
             ).fetchone() == (None,)
-        yield Stored(admin_url, writer_url, records, limits, row[0], unheld)
+        yield Stored(admin_url, writer_url, records, limits, held[0], unheld[0])
     finally:
         drop_database(settings, name)
 
