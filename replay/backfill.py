@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import psycopg
 from tqdm import tqdm
 
@@ -494,14 +495,12 @@ def replace_slice(
             windows = _replace_rows(
                 cur,
                 _WINDOWS,
-                [msgspec_row(w) for w in derived.windows],
+                _first_per_key(derived.windows),
                 eid,
                 start,
                 end,
             )
-            trips = _replace_rows(
-                cur, _TRIPS, [msgspec_row(t) for t in derived.trips], eid, start, end
-            )
+            trips = _replace_rows(cur, _TRIPS, _first_per_key(derived.trips), eid, start, end)
             slice_payload = {
                 "backfill_run_id": run_id,
                 "elevator_id": eid,
@@ -545,11 +544,18 @@ def replace_slice(
     )
 
 
-def msgspec_row(record: WindowFeature | Trip) -> tuple[Any, ...]:
-    """A record's fields in order, as COPY takes them."""
-    import msgspec
-
-    return msgspec.structs.astuple(record)
+def _first_per_key(records: Sequence[WindowFeature] | Sequence[Trip]) -> list[tuple[Any, ...]]:
+    """Each record's fields in order, as COPY takes them; of records with one key (the
+    table's), the first, as the sinks keep it (``ON CONFLICT DO NOTHING``)."""
+    rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for r in records:
+        key = (
+            (r.elevator_id, r.width_s, r.bucket_start_ms)
+            if isinstance(r, WindowFeature)
+            else (r.elevator_id, r.start_ms)
+        )
+        rows.setdefault(key, msgspec.structs.astuple(r))
+    return list(rows.values())
 
 
 def _record_run(
