@@ -247,9 +247,12 @@ def plan(
         )
         params["districts"] = list(districts)
     rows = conn.execute(
+        # the raw samples' two tables read directly: a packed minute names its elevator
+        # without unpacking its samples (as raw_sample would)
         "SELECT DISTINCT elevator_id::text FROM ("
-        " SELECT elevator_id FROM tianyan.raw_sample WHERE time >= %(lo)s AND time < %(hi)s"
-        "  AND stored_time > %(lo)s::timestamptz - interval '1 minute' AND stored_time < %(hi)s"
+        " SELECT elevator_id FROM tianyan.telemetry_sample WHERE time >= %(lo)s AND time < %(hi)s"
+        " UNION SELECT elevator_id FROM tianyan.telemetry_sample_minute"
+        "  WHERE time > %(lo)s::timestamptz - interval '1 minute' AND time < %(hi)s"
         " UNION SELECT elevator_id FROM tianyan.window_feature"
         "  WHERE bucket_start >= %(lo)s AND bucket_start < %(hi)s"
         " UNION SELECT elevator_id FROM tianyan.trip"

@@ -354,6 +354,26 @@ def test_dry_run_writes_nothing_and_the_cli_reports(stored: Stored, tmp_path: Pa
         text=True,
     )
     assert bad.returncode != 0 and "--district Atlantis: not in the registry" in bad.stderr
+    # narrowed to an elevator, or to a district
+    eid, district = _rows(
+        url, "SELECT registration_code::text, district FROM tianyan.elevator ORDER BY 1 LIMIT 1"
+    )[0]
+    in_district = _rows(url, "SELECT count(*) FROM tianyan.elevator WHERE district = %s", district)
+    for narrowed, slices in (
+        ({"elevators": [eid]}, 1),
+        ({"districts": [district]}, in_district[0][0]),
+    ):
+        got = backfill(
+            stored.writer_url,
+            LO,
+            HI,
+            thresholds=NEW,
+            grace_ms=5_000,
+            dry_run=True,
+            progress=False,
+            **narrowed,  # type: ignore[arg-type]
+        )
+        assert got.slices == slices, narrowed
     with pytest.raises(BackfillError, match="raw samples are stored from"):
         backfill(
             stored.writer_url,
