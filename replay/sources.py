@@ -192,13 +192,15 @@ def from_database(
     *,
     elevators: Sequence[str] = (),
     districts: Sequence[str] = (),
+    slice_length: dt.timedelta = _SLICE,
 ) -> Iterator[ReplayItem]:
     """Stored messages whose first sample lies in ``[start, end)``, rebuilt from their samples.
 
     PostgreSQL regroups each message's samples (same elevator and ``seq``) and writes the
-    message JSON itself, in one-minute slices; messages come out ordered by first sample
-    time, hence per elevator in their original order. Stored samples do not record whether
-    they came as a heartbeat: one-sample messages are replayed as heartbeats.
+    message JSON itself, in slices of ``slice_length`` (one minute: a minute of the whole
+    city; one elevator's history reads faster in longer ones); messages come out ordered by
+    first sample time, hence per elevator in their original order. Stored samples do not
+    record whether they came as a heartbeat: one-sample messages are replayed as heartbeats.
     """
     if end <= start:
         raise ReplaySourceError(
@@ -209,7 +211,7 @@ def from_database(
     slices = []
     lo = start
     while lo < end:
-        slices.append((lo, min(lo + _SLICE, end)))
+        slices.append((lo, min(lo + slice_length, end)))
         lo = slices[-1][1]
     # PostgreSQL builds the JSON, one backend per connection: two connections fetch the
     # next slices while the current one is published (in order), using both cores.

@@ -23,7 +23,9 @@ cannot make a table and its ledger entries look out of step):
    samples has a ``fact`` entry with the sha256 of its content, written in the same
    transaction (``ledger_facts``). The digests are recomputed and compared both ways: a
    row whose digest differs is *edited*, a ledgered one that is gone *deleted* (the whole
-   table gone: *truncated*), one not ledgered *inserted*.
+   table gone: *truncated*), one not ledgered *inserted*. An alert a ``tianyan backfill``
+   removed is not *deleted*: the backfill's own ledger entry, later than the alert's last
+   fact, names it with that fact's digest (``backfill_remove_alerts``, migration 0016).
 
 Anything the supervised party edits, deletes, inserts or reorders directly in SQL — in the
 ledger or in the tables it vouches for — is named with its table and kind
@@ -382,6 +384,14 @@ def _check_facts(conn: psycopg.Connection[Any], report: Report) -> None:
         )
         for seq, table, key, rows, digest in cur:
             ledgered.setdefault(table, {})[key] = (seq, rows, digest)
+        # Facts a backfill removed, as its slice's ledger entry names them (migration 0016):
+        # (table, key) → (the entry's seq, the digest it removed).
+        cur.execute(
+            "SELECT l.seq, r ->> 'table', r ->> 'key', r ->> 'sha256' FROM audit_ledger l"
+            " CROSS JOIN LATERAL jsonb_array_elements(l.payload -> 'removed') r"
+            " WHERE l.entry_type = 'backfill' ORDER BY l.seq"
+        )
+        backfilled = {(table, key): (seq, digest) for seq, table, key, digest in cur}
     for table in FACT_TABLES:
         with conn.cursor() as cur:
             cur.execute("SELECT fact_key, fact_rows, sha256 FROM audit_fact_digests(%s)", (table,))
@@ -398,7 +408,11 @@ def _check_facts(conn: psycopg.Connection[Any], report: Report) -> None:
                 what = f"{key} (ledger seq {seq}"
                 what += f", {rows} rows now {rows_now})" if rows_now != rows else ")"
                 (fewer if rows_now < rows else more if rows_now > rows else edited).append(what)
-        deleted = sorted(facts.keys() - current.keys())
+        deleted = sorted(
+            key
+            for key in facts.keys() - current.keys()
+            if not _removed_by_backfill(facts[key], backfilled.get((table, key)))
+        )
         inserted = sorted(current.keys() - facts.keys())
         rows_of = "incidents' evidence" if table == "evidence_sample" else "rows"
         if edited:
@@ -440,6 +454,17 @@ def _check_facts(conn: psycopg.Connection[Any], report: Report) -> None:
                 f"{table}: {len(inserted)} {rows_of} not in the ledger (inserted outside the"
                 f" pipeline): {_some(inserted)}",
             )
+
+
+def _removed_by_backfill(fact: tuple[int, int, str], removal: tuple[int, str] | None) -> bool:
+    """Whether a ledgered fact that is gone was removed by a backfill: a ``backfill`` entry
+    after the fact's last entry names it with that last digest (a row edited before the
+    backfill removed it, or deleted after it was written again, is still reported)."""
+    if removal is None:
+        return False
+    fact_seq, _, digest = fact
+    removal_seq, removed_digest = removal
+    return removal_seq > fact_seq and removed_digest == digest
 
 
 def verify_snapshot(

@@ -43,6 +43,7 @@ def test_fresh_install(scratch_db: str) -> None:
         "10_views.sql",
         "15_scoped_views.sql",
         "20_functions.sql",
+        "25_backfill.sql",
         "30_regulator_figures.sql",
         "90_grants.sql",
     ]

@@ -76,3 +76,9 @@ GRANT EXECUTE ON FUNCTION ledger_append_many(text[], text[], jsonb[]) TO tianyan
 REVOKE ALL ON FUNCTION ledger_facts(text, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger_facts(text, text[]) TO tianyan_writer;
 REVOKE ALL ON FUNCTION ledger_backfill_facts() FROM PUBLIC;
+
+-- `tianyan backfill` (migration 0016) replaces windows and trips, which are not ledgered
+-- facts; it removes alerts only through backfill_remove_alerts, which ledgers them.
+GRANT DELETE ON window_feature, trip TO tianyan_writer;
+REVOKE ALL ON FUNCTION backfill_remove_alerts(uuid, text, uuid[], jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION backfill_remove_alerts(uuid, text, uuid[], jsonb) TO tianyan_writer;
