@@ -40,6 +40,10 @@ MAX_SAMPLES_PER_MESSAGE: Final = 200
 MAX_MESSAGE_SPAN_MS: Final = 5_000
 #: Earliest plausible sample time (2000-01-01T00:00:00Z); anything before is a clock fault.
 MIN_SAMPLE_TIME_MS: Final = 946_684_800_000
+#: Kafka header every replayed record carries: the replay run's id (``tianyan replay``). A
+#: live worker refuses such a record to the quarantine; only a replay worker
+#: (``tianyan worker --replay-run``) detects on it, into its run's own table.
+REPLAY_RUN_HEADER: Final = "tianyan-replay-run"
 
 
 class Direction(IntEnum):
