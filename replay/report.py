@@ -254,7 +254,7 @@ def render(run: ReplayRun, comparison: Comparison, live_n: int, run_n: int, tol_
                 f" {f.condition_since.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z{'':<4}"
                 f" {d.live.severity if d.live else '-':<9} {d.run.severity if d.run else '-':<9}"
                 f" {', '.join(d.differs[:4]) + (' …' if len(d.differs) > 4 else '')}"
-            )
+            ).rstrip()
     counts = {c: comparison.count(c) for c in ("new", "gone", "changed", "same")}
     lines.append("  " + ", ".join(f"{n} {c}" for c, n in counts.items()))
     summary = {

@@ -21,6 +21,8 @@ from typing import Any
 
 import psycopg
 
+from foundation.contract import MAX_MESSAGE_SPAN_MS
+
 #: What a run id may hold: it names a Kafka topic and a consumer group.
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -109,9 +111,10 @@ def mark_published(
     last_event_ms: int | None,
 ) -> None:
     """Every message of the run is in Kafka. A run from a file gets its range from the
-    event times published (the first, to just after the last)."""
+    event times published: from the first message's first sample to past the last
+    message's (a message spans at most ``MAX_MESSAGE_SPAN_MS``)."""
     lo = _utc(first_event_ms)
-    hi = _utc(last_event_ms + 1) if last_event_ms is not None else None
+    hi = _utc(last_event_ms + MAX_MESSAGE_SPAN_MS + 1) if last_event_ms is not None else None
     with psycopg.connect(url) as conn:
         conn.execute(
             "UPDATE tianyan.replay_run SET messages = %s, published_at = now(),"

@@ -155,7 +155,7 @@ def detect_run(
                     counts["messages"] += len(batch.messages)
                     counts["duplicates"] += batch.duplicates
                     counts["quarantined"] += len(batch.quarantined)
-                    reasons.update(reason.split(":")[0] for _, reason in batch.quarantined)
+                    reasons.update(reason[:120] for _, reason in batch.quarantined)
                     _store(conn, run_id, batch.alerts, counts)
                 if polled:
                     idle_since = time.monotonic()
