@@ -242,19 +242,21 @@ def render(run: ReplayRun, comparison: Comparison, live_n: int, run_n: int, tol_
     lines.append(f"  live alerts {live_n}, run alerts {run_n}; onset tolerance {tol_s:g} s")
     shown = [d for d in comparison.differences if d.change != "same"]
     header = (
-        f"  {'change':<8} {'elevator':<20} {'alert type':<28} {'onset (UTC)':<24}"
+        f"  {'change':<8} {'elevator':<20} {'alert type':<28} {'onset (UTC, live)':<24}"
         f" {'live':<9} {'run':<9} what differs"
     )
     if shown:
         lines.append(header)
         for d in shown:
             f = d.fact
-            lines.append(
+            onset = (d.live or f).condition_since  # the live onset, where there is one
+            row = (
                 f"  {d.change:<8} {f.elevator_id:<20} {f.alert_type:<28}"
-                f" {f.condition_since.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z{'':<4}"
+                f" {onset.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z{'':<4}"
                 f" {d.live.severity if d.live else '-':<9} {d.run.severity if d.run else '-':<9}"
                 f" {', '.join(d.differs[:4]) + (' …' if len(d.differs) > 4 else '')}"
-            ).rstrip()
+            )
+            lines.append(row.rstrip())
     counts = {c: comparison.count(c) for c in ("new", "gone", "changed", "same")}
     lines.append("  " + ", ".join(f"{n} {c}" for c, n in counts.items()))
     summary = {
