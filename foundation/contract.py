@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping
 from enum import IntEnum
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -314,3 +315,18 @@ def encode(message: TelemetryMessage) -> bytes:
 def json_schema() -> dict[str, object]:
     """The contract as a JSON Schema document, for terminal vendors."""
     return msgspec.json.schema(TelemetryMessage)
+
+
+def replay_run_of(headers: Any) -> str | None:
+    """The replay run a Kafka record's headers name (:data:`REPLAY_RUN_HEADER`), or None for
+    live data. Headers as the clients give them: a list of (name, value) pairs, or a
+    mapping (Faust), or None."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in pairs:
+        if name == REPLAY_RUN_HEADER:
+            if isinstance(value, bytes):
+                return value.decode("utf-8", "replace")
+            return str(value or "")
+    return None

@@ -32,7 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from detectors.alerts import Alert
 from detectors.thresholds import Thresholds
-from foundation.contract import REPLAY_RUN_HEADER
+from foundation.contract import replay_run_of
 from foundation.kafka_security import confluent_config
 from foundation.settings import Settings
 from streams.app import RegistryLimits
@@ -143,7 +143,7 @@ def detect_run(
                     if m.error() is not None:
                         raise ReplayWorkerError(f"{run.topic}: {m.error()}")
                     counts["records"] += 1
-                    if _run_header(m.headers()) != run_id:
+                    if replay_run_of(m.headers()) != run_id:
                         counts["not_of_this_run"] += 1
                         continue
                     records.append(
@@ -234,10 +234,3 @@ def _caught_up(consumer: Consumer, topic: str, partitions: list[int]) -> bool:
         if at < high:
             return False
     return True
-
-
-def _run_header(headers: list[tuple[str, bytes | None]] | None) -> str | None:
-    for name, value in headers or ():
-        if name == REPLAY_RUN_HEADER:
-            return (value or b"").decode("utf-8", "replace")
-    return None

@@ -23,7 +23,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -31,7 +31,7 @@ from faust.types import Message
 from faust.web import Request, Response, View
 
 from detectors.thresholds import ElevatorLimits, load_thresholds
-from foundation.contract import REPLAY_RUN_HEADER
+from foundation.contract import replay_run_of
 from foundation.kafka_security import faust_credentials
 from foundation.settings import Settings
 
@@ -343,20 +343,6 @@ class Worker:
                 "quarantined messages",
                 extra={"count": len(batch.quarantined), "first_reason": batch.quarantined[0][1]},
             )
-
-
-def replay_run_of(headers: Any) -> str | None:
-    """The replay run a record's headers name (:data:`foundation.contract.REPLAY_RUN_HEADER`),
-    or None for live telemetry. Faust gives headers as a list of pairs or a mapping."""
-    if not headers:
-        return None
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    for name, value in pairs:
-        if name == REPLAY_RUN_HEADER:
-            if isinstance(value, bytes):
-                return value.decode("utf-8", "replace")
-            return str(value or "")
-    return None
 
 
 def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:

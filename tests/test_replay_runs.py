@@ -10,8 +10,10 @@ import json
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from detectors.alerts import TRAPPED_TYPES
@@ -24,12 +26,13 @@ from replay import inspect_jsonl
 from replay.report import AlertFact, compare
 from rescue.delivery import new_secret
 from streams.ingest import Ingest, RawRecord
+from streams.producer import RawPublisher
 from tianyan.demo import trip_messages
 from tianyan.harness import TIANYAN, Run, pipeline
 from tianyan.processes import free_port
 
 from .conftest import consume_all
-from .rescue_support import RecordingReceiver
+from .rescue_support import RecordingReceiver, Rescue, trapped, wait_for
 
 FLEET_SEED, FLEET_SIZE, FLEET_DATE = 1605, 6, dt.date(2026, 11, 1)
 START = dt.datetime(2026, 11, 3, 1, 0, tzinfo=dt.UTC)
@@ -86,6 +89,41 @@ def test_compare_pairs_by_elevator_type_and_nearest_onset() -> None:
     }
     with pytest.raises(ValueError, match="negative"):
         compare(live, run, -1)
+
+
+@pytest.mark.slow
+def test_the_dispatcher_dead_letters_an_alert_marked_as_replayed(
+    settings: Settings, rescue: Callable[..., Rescue], tmp_path: Path
+) -> None:
+    """Nothing publishes a replayed alert today; should anything ever, the dispatcher keeps
+    it on the dead-letter topic with its run named and opens nothing."""
+    r = rescue([])
+    receiver = RecordingReceiver(r.secret, free_port())
+    r.send_to(receiver)
+    dead_topic = r.env["TIANYAN_ALERTS_DEAD_LETTER_TOPIC"]
+    replayed, live = trapped(0, 0), trapped(1, 0)
+    try:
+        r.start_dispatcher(tmp_path / "dispatcher.log")
+        with RawPublisher(settings.kafka_bootstrap, r.alerts_topic) as pub:
+            pub.publish(
+                replayed.elevator_id.encode(),
+                msgspec.json.encode(replayed),
+                headers=[(contract.REPLAY_RUN_HEADER, b"run-9")],
+            )
+        r.publish([live])
+        wait_for(lambda: len(receiver.requests) >= 1, 60, "the live trapping's webhook")
+        dead = consume_all(settings.kafka_bootstrap, dead_topic, 1, timeout_s=30)
+        assert [d.key for d in dead] == [replayed.elevator_id.encode()]
+        assert dict(dead[0].headers)["reason"].startswith(b"tianyan-replay-run: 'run-9'")
+        assert r.query("SELECT elevator_id FROM incident") == [(live.elevator_id,)]
+        commands = consume_all(settings.kafka_bootstrap, r.commands_topic, 1, timeout_s=30)
+        assert [c.key for c in commands] == [live.elevator_id.encode()]
+        assert {
+            q["payload"]["data"]["elevator"]["registration_code"] for q in receiver.requests
+        } == {live.elevator_id}
+    finally:
+        r.stop_all()
+        receiver.close()
 
 
 # -- the real stack ------------------------------------------------------------------------------

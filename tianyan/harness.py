@@ -249,8 +249,8 @@ def _clean_up(
     raw_topic: str,
 ) -> None:
     """Delete the run's topics, its replay runs' and its Faust apps' own (changelogs, with a
-    client of its own: Kafka may have restarted since the run began) and drop its database. A failure
-    here is logged, never raised over the run's own outcome."""
+    client of its own: Kafka may have restarted since the run began) and drop its database.
+    A failure here is logged, never raised over the run's own outcome."""
     from kafka import KafkaAdminClient
 
     try:
