@@ -165,8 +165,9 @@ _FACTS = (
 
 def load_facts(url: str, run: ReplayRun) -> tuple[list[AlertFact], list[AlertFact]]:
     """The live alerts and the run's, both raised with their onset in the run's range and
-    on the run's elevators (its ``--elevator`` and ``--district`` filters; all elevators
-    when it had none).
+    on the run's elevators: its ``--elevator`` and ``--district`` filters, and the elevators
+    the replay worker met in it (a live alert of an elevator the run carried nothing of
+    cannot be compared; all elevators before the worker ran).
 
     Raises
     ------
@@ -184,6 +185,7 @@ def load_facts(url: str, run: ReplayRun) -> tuple[list[AlertFact], list[AlertFac
         "run_id": run.run_id,
         "elevators": list(run.elevators),
         "districts": list(run.districts),
+        "seen": list(run.elevators_seen or ()),
     }
     parts = {
         "elevators": " AND a.elevator_id = ANY(%(elevators)s)" if run.elevators else "",
@@ -192,7 +194,8 @@ def load_facts(url: str, run: ReplayRun) -> tuple[list[AlertFact], list[AlertFac
             " WHERE district = ANY(%(districts)s))"
             if run.districts
             else ""
-        ),
+        )
+        + (" AND a.elevator_id = ANY(%(seen)s)" if run.elevators_seen is not None else ""),
     }
     with psycopg.connect(url) as conn:
         live = conn.execute(_FACTS.format(table="alert", run="", **parts), params).fetchall()

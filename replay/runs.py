@@ -47,6 +47,8 @@ class ReplayRun:
     thresholds: dict[str, Any] | None
     thresholds_file: str | None
     detected_at: dt.datetime | None
+    #: The elevators the replay worker met in the run (None before it ran).
+    elevators_seen: tuple[str, ...] | None = None
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -135,7 +137,7 @@ def load_run(url: str, run_id: str) -> ReplayRun:
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT run_id, topic, source, range_start, range_end, elevators, districts,"
-            " messages, published_at, thresholds, thresholds_file, detected_at"
+            " messages, published_at, thresholds, thresholds_file, detected_at, elevators_seen"
             " FROM tianyan.replay_run WHERE run_id = %s",
             (run_id,),
         ).fetchone()
@@ -157,6 +159,7 @@ def load_run(url: str, run_id: str) -> ReplayRun:
         row[9],
         row[10],
         row[11],
+        tuple(row[12]) if row[12] is not None else None,
     )
 
 
@@ -166,14 +169,19 @@ def is_published(url: str, run_id: str) -> bool:
 
 
 def record_detection(
-    url: str, run_id: str, thresholds: dict[str, Any], thresholds_file: str | None
+    url: str,
+    run_id: str,
+    thresholds: dict[str, Any],
+    thresholds_file: str | None,
+    elevators_seen: Sequence[str],
 ) -> None:
-    """The thresholds a replay worker ran the run with, and when it finished."""
+    """The thresholds a replay worker ran the run with, the elevators it met, and when it
+    finished."""
     with psycopg.connect(url) as conn:
         conn.execute(
             "UPDATE tianyan.replay_run SET thresholds = %s::jsonb, thresholds_file = %s,"
-            " detected_at = now() WHERE run_id = %s",
-            (json.dumps(thresholds), thresholds_file, run_id),
+            " elevators_seen = %s, detected_at = now() WHERE run_id = %s",
+            (json.dumps(thresholds), thresholds_file, sorted(elevators_seen), run_id),
         )
 
 

@@ -132,6 +132,7 @@ def detect_run(
             wall_clock_ms=None,
             is_registered=limits.known if settings.registered_only else None,
         )
+        seen: set[str] = set()
         counts: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
         idle_since = time.monotonic()
@@ -153,6 +154,7 @@ def detect_run(
                     batch = ingest.process(records)
                     batch.alerts.extend(ingest.tick().alerts)
                     counts["messages"] += len(batch.messages)
+                    seen.update(batch.touched)
                     counts["duplicates"] += batch.duplicates
                     counts["quarantined"] += len(batch.quarantined)
                     reasons.update(reason[:120] for _, reason in batch.quarantined)
@@ -183,6 +185,7 @@ def detect_run(
         run_id,
         thresholds_json(thresholds),
         str(thresholds_file) if thresholds_file else None,
+        seen,
     )
     wall = time.perf_counter() - started
     return ReplayDetection(

@@ -261,6 +261,10 @@ def _rerun_reports_new_gone_and_changed(run: Run, receiver: RecordingReceiver) -
     time.sleep(3.0)
     assert _platform(run, receiver) == before
     assert run.scalar("SELECT count(*) FROM replay_alert WHERE run_id = 'strict'") > 0
+    # The report compares on the elevators the run carried: those that sent history.
+    seen = run.scalar("SELECT elevators_seen FROM replay_run WHERE run_id = 'strict'")
+    sent = {r[0] for r in _rows(run, "SELECT DISTINCT elevator_id FROM telemetry_sample")}
+    assert set(seen) == sent
     # A run id is used once; an unknown run is named.
     again = _tianyan(run, "replay", "--start", start, "--end", end, "--run-id", "same", check=False)
     assert "run id 'same' was used already" in again

@@ -3,7 +3,8 @@
 -- One row per replay run: what `tianyan replay --run-id` published, to which topic, and the
 -- range and elevators it covers (what `tianyan replay report` compares with the live
 -- alerts). published_at is set once every message of the run is in Kafka; a replay worker
--- (`tianyan worker --replay-run`) finishes only then, and records the thresholds it ran with.
+-- (`tianyan worker --replay-run`) finishes only then, and records the thresholds it ran with
+-- and the elevators it met.
 CREATE TABLE replay_run (
     run_id            text PRIMARY KEY CHECK (run_id ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'),
     topic             text NOT NULL,
@@ -18,6 +19,8 @@ CREATE TABLE replay_run (
     thresholds        jsonb,
     thresholds_file   text,
     detected_at       timestamptz,
+    -- the elevators the replay worker met in the run: the report compares on these only
+    elevators_seen    text[],
     CHECK (range_end IS NULL OR range_start < range_end)
 );
 
