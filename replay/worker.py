@@ -118,7 +118,15 @@ def detect_run(
     )
     started = time.perf_counter()
     try:
-        partitions = _partitions(consumer, run.topic)
+        # Started before its `tianyan replay` made the run's topic: wait for it a while.
+        waited_since = time.monotonic()
+        while (partitions := _partitions(consumer, run.topic)) is None:
+            if is_published(url, run_id) or time.monotonic() - waited_since > unpublished_wait_s:
+                raise ReplayWorkerError(
+                    f"the run's topic {run.topic} does not exist (was the run published to"
+                    " another --topic? a replay worker reads only its run's own topic)"
+                )
+            time.sleep(1.0)
         consumer.assign([TopicPartition(run.topic, p, OFFSET_BEGINNING) for p in partitions])
         limits = RegistryLimits(url)
         ingest = Ingest(
@@ -218,14 +226,12 @@ def _store(
         counts["stored"] += max(cur.rowcount, 0)
 
 
-def _partitions(consumer: Consumer, topic: str) -> list[int]:
+def _partitions(consumer: Consumer, topic: str) -> list[int] | None:
+    """The topic's partitions; None while it does not exist."""
     metadata = consumer.list_topics(topic, timeout=30)
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
-        raise ReplayWorkerError(
-            f"the run's topic {topic} does not exist (was the run published to another"
-            " --topic? a replay worker reads only its run's own topic)"
-        )
+        return None
     return sorted(found.partitions)
 
 

@@ -224,8 +224,27 @@ def _rerun_reports_new_gone_and_changed(run: Run, receiver: RecordingReceiver) -
     # The detectors re-run over the stored history with the same thresholds: the trappings
     # are found again, alike, and no sample is stored twice.
     stored = run.scalar("SELECT count(*) FROM telemetry_sample")
-    _tianyan(run, "replay", "--start", start, "--end", end, "--run-id", "same", "--quiet")
-    done = json.loads(_tianyan(run, "worker", "--replay-run", "same").splitlines()[-1])
+    # The replay worker may run while the replay still publishes (here at 50× real time):
+    # it waits for the run's topic and reads until the run is published and read.
+    replaying = subprocess.Popen(
+        [TIANYAN, "replay", "--start", start, "--end", end, "--run-id", "same", "--speed", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=run.env(),
+    )
+    try:
+        run.wait(
+            lambda: run.scalar("SELECT count(*) FROM replay_run WHERE run_id = 'same'"),
+            bool,
+            "the run registered",
+        )
+        done = json.loads(_tianyan(run, "worker", "--replay-run", "same").splitlines()[-1])
+        out, err = replaying.communicate(timeout=300)
+    finally:
+        replaying.kill()
+    assert replaying.returncode == 0, err[-3000:]
+    assert done["records"] == json.loads(out.splitlines()[-1])["messages"], (done, out)
     assert done["messages"] > 0 and done["alerts_stored"] > 0, done
     report = _report(run, "same")
     assert report["range_start"].startswith("2026-11-03T01:00:00")
