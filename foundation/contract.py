@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping
 from enum import IntEnum
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -40,6 +41,10 @@ MAX_SAMPLES_PER_MESSAGE: Final = 200
 MAX_MESSAGE_SPAN_MS: Final = 5_000
 #: Earliest plausible sample time (2000-01-01T00:00:00Z); anything before is a clock fault.
 MIN_SAMPLE_TIME_MS: Final = 946_684_800_000
+#: Kafka header every replayed record carries: the replay run's id (``tianyan replay``). A
+#: live worker refuses such a record to the quarantine; only a replay worker
+#: (``tianyan worker --replay-run``) detects on it, into its run's own table.
+REPLAY_RUN_HEADER: Final = "tianyan-replay-run"
 
 
 class Direction(IntEnum):
@@ -310,3 +315,18 @@ def encode(message: TelemetryMessage) -> bytes:
 def json_schema() -> dict[str, object]:
     """The contract as a JSON Schema document, for terminal vendors."""
     return msgspec.json.schema(TelemetryMessage)
+
+
+def replay_run_of(headers: Any) -> str | None:
+    """The replay run a Kafka record's headers name (:data:`REPLAY_RUN_HEADER`), or None for
+    live data. Headers as the clients give them: a list of (name, value) pairs, or a
+    mapping (Faust), or None."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in pairs:
+        if name == REPLAY_RUN_HEADER:
+            if isinstance(value, bytes):
+                return value.decode("utf-8", "replace")
+            return str(value or "")
+    return None

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
-from streams.producer import RawPublisher
+from foundation.contract import REPLAY_RUN_HEADER
+from streams.producer import Headers, RawPublisher
 
 from .sources import ReplayItem
 
@@ -34,6 +35,7 @@ def replay(
     speed: float | None = None,
     total: int | None = None,
     progress: bool = True,
+    run_id: str | None = None,
 ) -> ReplaySummary:
     """Publish ``items`` in the order given, keyed by elevator id, original times untouched.
 
@@ -42,9 +44,15 @@ def replay(
     speed
         ``None`` publishes as fast as possible; ``N`` keeps event time running N× faster
         than wall time (1.0 is real time).
+    run_id
+        Each record carries it in the :data:`foundation.contract.REPLAY_RUN_HEADER` header:
+        a live worker refuses such records, a replay worker detects on them
+        (:mod:`replay.worker`). None publishes the records as live telemetry (the demo,
+        the benches and the tests feeding the simulator's files to a pipeline).
     """
     if speed is not None and speed <= 0:
         raise ValueError(f"speed: {speed} is not a positive multiple of real time")
+    headers: Headers = [(REPLAY_RUN_HEADER, run_id.encode())] if run_id is not None else None
     started = time.perf_counter()
     first = last = None
     n = without_key = 0
@@ -62,7 +70,7 @@ def replay(
                         time.sleep(ahead)
             if item.key is None:
                 without_key += 1
-            publisher.publish(item.key or b"", item.value)
+            publisher.publish(item.key or b"", item.value, headers=headers)
             n += 1
             if n % 1000 == 0:
                 bar.update(1000)

@@ -48,6 +48,7 @@ from limits.strategies import MovingWindowRateLimiter
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from detectors.alerts import Alert
+from foundation.contract import REPLAY_RUN_HEADER, replay_run_of
 from foundation.kafka_security import faust_credentials
 from foundation.settings import Settings
 from streams.background import keep_serving
@@ -357,12 +358,24 @@ class Dispatcher:
             self.publisher.flush(10.0)  # raises: the transaction rolls back, alert re-applied
             metrics.DEVICE_COMMANDS.labels("play_reassurance").inc(sent)
 
-    async def on_alerts(self, records: list[tuple[bytes | None, bytes, float | None]]) -> None:
-        """Apply a batch of ``(key, value, Kafka timestamp)`` alert records in one
+    async def on_alerts(
+        self, records: list[tuple[bytes | None, bytes, float | None, str | None]]
+    ) -> None:
+        """Apply a batch of ``(key, value, Kafka timestamp, replay run)`` alert records in one
         transaction; return only once all are applied (an unreadable one dead-lettered), so
-        that the offsets Faust then acknowledges never skip an alert."""
+        that the offsets Faust then acknowledges never skip an alert. An alert carrying a
+        replay run's header (:data:`foundation.contract.REPLAY_RUN_HEADER`) is
+        dead-lettered, never applied: a replay never reaches the rescue platform."""
         batch: list[tuple[Alert, dt.datetime]] = []
-        for key, value, kafka_timestamp_s in records:
+        for key, value, kafka_timestamp_s, replay_run in records:
+            if replay_run is not None:
+                await self._dead_letter(
+                    key,
+                    value,
+                    f"{REPLAY_RUN_HEADER}: {replay_run!r}: a replayed alert never opens an"
+                    " incident, a webhook or a device command",
+                )
+                continue
             try:
                 alert = msgspec.json.decode(value, type=Alert)
             except (msgspec.DecodeError, UnicodeDecodeError) as e:
@@ -905,7 +918,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Dispatcher]:
     async def incidents(stream: faust.StreamT) -> None:
         batches = stream.take_events(ALERT_BATCH, within=ALERT_BATCH_WITHIN_S)  # type: ignore[attr-defined]
         async for events in batches:
-            records = [(e.key, e.value, e.message.timestamp) for e in events]
+            records = [
+                (e.key, e.value, e.message.timestamp, replay_run_of(e.message.headers))
+                for e in events
+            ]
             # Faust acknowledges the batch when this body ends, even by cancellation (a
             # stop): finish applying it first, so no alert is acknowledged unapplied.
             applying = asyncio.ensure_future(dispatcher.on_alerts(records))

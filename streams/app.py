@@ -31,6 +31,7 @@ from faust.types import Message
 from faust.web import Request, Response, View
 
 from detectors.thresholds import ElevatorLimits, load_thresholds
+from foundation.contract import replay_run_of
 from foundation.kafka_security import faust_credentials
 from foundation.settings import Settings
 
@@ -242,7 +243,14 @@ class Worker:
             # The record timestamp (the producer's send time, or the broker's append time)
             # is when the message arrived: each terminal's clock is judged against it.
             records = [
-                RawRecord(m.key, m.value or b"", m.partition, m.offset, round(m.timestamp * 1000))
+                RawRecord(
+                    m.key,
+                    m.value or b"",
+                    m.partition,
+                    m.offset,
+                    round(m.timestamp * 1000),
+                    replay_run_of(m.headers),
+                )
                 for m in batch
             ]
             if self._revoked:

@@ -63,7 +63,9 @@ class RawRecord(NamedTuple):
 
     ``arrival_ms`` is when it arrived, Unix ms: the Kafka record timestamp (offline, the
     simulator's send time); None leaves the terminal's clock unjudged (its sample times
-    are trusted as they are).
+    are trusted as they are). ``replay_run`` is the record's
+    :data:`foundation.contract.REPLAY_RUN_HEADER`, if it has one: history replayed, which
+    the live worker refuses (see :class:`Ingest`).
     """
 
     key: bytes | None
@@ -71,6 +73,7 @@ class RawRecord(NamedTuple):
     partition: int
     offset: int
     arrival_ms: int | None = None
+    replay_run: str | None = None
 
 
 class ElevatorState(msgspec.Struct):
@@ -285,6 +288,10 @@ class Ingest:
     clock move that partition's time on, so that a car last seen with people trapped inside
     is escalated even then.
 
+    A record carrying a replay run's header (:attr:`RawRecord.replay_run`) is quarantined
+    with the reason, never folded: replayed history goes to a replay worker
+    (:mod:`replay.worker`), which reads its run's own topic and strips the header first.
+
     Each terminal's own clock is judged against its messages' arrival
     (:attr:`RawRecord.arrival_ms`, less the partition's usual arrival lag) by
     :func:`detectors.clock.judge_clock`: a terminal whose clock is off has its sample times
@@ -396,6 +403,11 @@ class Ingest:
         grace = self.grace_ms
         detect = self._limits_for is not None
         for record in records:
+            if record.replay_run is not None:
+                # History replayed into the live topic: folded here it would move live
+                # states and clocks back in time and could call the rescue platform.
+                out.quarantined.append((record, _replayed_reason(record.replay_run)))
+                continue
             try:
                 message = decode(record.value)
             except contract.InvalidMessage as e:
@@ -588,6 +600,13 @@ class Ingest:
         if rules is None or "device_offline" not in rules.active:
             return False
         return bool(now_ms - rules.last_t_ms > self._evict_after_ms)
+
+
+def _replayed_reason(run_id: str) -> str:
+    return (
+        f"{contract.REPLAY_RUN_HEADER}: {run_id!r}: a replayed record never reaches the live"
+        f" platform; detect on it with `tianyan worker --replay-run {run_id}`"
+    )
 
 
 def _shifted(message: TelemetryMessage, by_ms: int) -> TelemetryMessage:

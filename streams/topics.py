@@ -75,6 +75,21 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+def replay_topic_spec(settings: Settings, name: str) -> TopicSpec:
+    """A replay run's own topic: partitioned as the raw topic (per-elevator order), kept
+    7 days like it; never read by the live worker."""
+    replication = settings.kafka_replication_factor
+    return TopicSpec(
+        name,
+        settings.raw_partitions,
+        {
+            "retention.ms": str(7 * _DAY_MS),
+            "min.insync.replicas": str(min_insync_replicas(replication)),
+        },
+        replication,
+    )
+
+
 def ensure_topics(
     bootstrap: str,
     specs: list[TopicSpec],

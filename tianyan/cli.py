@@ -558,7 +558,7 @@ def _fleet(
 
 
 # -- replay ------------------------------------------------------------------------------------
-@main.command("replay")
+@main.group("replay", invoke_without_command=True)
 @click.option(
     "--from",
     "source",
@@ -586,28 +586,54 @@ def _fleet(
     default=None,
     help="N× real time; default as fast as possible.",
 )
-@click.option("--topic", default=None, help="Publish here instead of the raw topic.")
+@click.option(
+    "--run-id",
+    default=None,
+    help="The replay run's id (letters, digits, . _ -); generated and printed when not given.",
+)
+@click.option(
+    "--topic",
+    default=None,
+    help="Publish here instead of the run's own topic (RAW_TOPIC.replay.RUN_ID); records keep"
+    " the run's header, so a live worker refuses them.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
 def replay_command(
+    ctx: click.Context,
     source: Path | None,
     start: dt.datetime | None,
     end: dt.datetime | None,
     elevators: tuple[str, ...],
     districts: tuple[str, ...],
     speed: float | None,
+    run_id: str | None,
     topic: str | None,
     quiet: bool,
 ) -> None:
-    """Publish history back to Kafka, per-elevator order and event times preserved.
+    """Publish history back to Kafka as a replay run, per-elevator order and event times
+    preserved; `tianyan replay report RUN` compares a run's alerts with the live ones.
 
-    Downstream sinks are idempotent on (elevator, sample time), so replaying a range twice
-    duplicates nothing. The last line is one JSON summary.
+    The run goes to its own topic, every record carrying the run id in the
+    `tianyan-replay-run` header: no live worker reads it (one that meets such a record on
+    the live raw topic quarantines it), so a replay never opens an incident, sends a webhook
+    or commands a terminal. `tianyan worker --replay-run RUN` detects on it into
+    `replay_alert`. The first line names the run; the last is one JSON summary.
     """
+    if ctx.invoked_subcommand is not None:
+        if source or start or end or elevators or districts or speed or run_id or topic:
+            raise click.ClickException(
+                f"`tianyan replay {ctx.invoked_subcommand}` takes its own options only"
+            )
+        return
     import replay as rp
     from streams.producer import PublishError, RawPublisher
+    from streams.topics import ensure_topics, replay_topic_spec
 
     settings = _settings()
     try:
+        run_id = rp.check_run_id(run_id) if run_id is not None else rp.new_run_id()
+        lo = hi = None
         if source is not None:
             if elevators or districts or start or end:
                 raise click.ClickException(
@@ -623,19 +649,79 @@ def replay_command(
             if start is None or end is None:
                 raise click.ClickException("replaying from TimescaleDB needs --start and --end")
             lo, hi = _utc(start), _utc(end)
+            if hi <= lo:
+                raise rp.ReplaySourceError(
+                    f"time range: end {hi.isoformat()} is not after start {lo.isoformat()}"
+                )
             total = rp.count_database(
                 settings.database_url, lo, hi, elevators=elevators, districts=districts
             )
             items = rp.from_database(
                 settings.database_url, lo, hi, elevators=elevators, districts=districts
             )
-        publisher = RawPublisher(
-            settings.kafka_bootstrap, topic or settings.raw_topic, security=settings.kafka_security
+        destination = topic or rp.run_topic(settings.raw_topic, run_id)
+        rp.register_run(
+            settings.database_url,
+            run_id,
+            topic=destination,
+            source=str(source) if source is not None else "timescaledb",
+            range_start=lo,
+            range_end=hi,
+            elevators=elevators,
+            districts=districts,
         )
-        summary = rp.replay(items, publisher, speed=speed, total=total, progress=not quiet)
-    except (rp.ReplaySourceError, PublishError) as e:
+        click.echo(f"replay run {run_id} → {destination}", err=True)
+        if topic is None:
+            ensure_topics(
+                settings.kafka_bootstrap,
+                [replay_topic_spec(settings, destination)],
+                security=settings.kafka_security,
+            )
+        publisher = RawPublisher(
+            settings.kafka_bootstrap, destination, security=settings.kafka_security
+        )
+        summary = rp.replay(
+            items, publisher, speed=speed, total=total, progress=not quiet, run_id=run_id
+        )
+        rp.mark_published(
+            settings.database_url,
+            run_id,
+            summary.messages,
+            summary.first_event_ms,
+            summary.last_event_ms,
+        )
+    except (rp.ReplaySourceError, rp.ReplayRunError, PublishError) as e:
         raise click.ClickException(str(e)) from e
-    click.echo(summary.as_json())
+    click.echo(
+        json.dumps({"run_id": run_id, "topic": destination, **json.loads(summary.as_json())})
+    )
+
+
+@replay_command.command("report")
+@click.argument("run_id")
+@click.option(
+    "--onset-tolerance-s",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="A run alert and a live alert of the same elevator and type whose onsets lie this"
+    " close are the same condition.",
+)
+def replay_report(run_id: str, onset_tolerance_s: float) -> None:
+    """Compare a replay run's alerts with the live alerts of its range and elevators: new,
+    gone, changed (same elevator, type and onset within the tolerance; severity, people
+    trapped or evidence differ). A table, then one JSON line."""
+    from replay import ReplayRunError, load_run
+    from replay.report import compare, load_facts, render
+
+    settings = _settings()
+    try:
+        run = load_run(settings.database_url, run_id)
+        live, mine = load_facts(settings.database_url, run)
+    except ReplayRunError as e:
+        raise click.ClickException(str(e)) from e
+    comparison = compare(live, mine, onset_tolerance_s)
+    click.echo(render(run, comparison, len(live), len(mine), onset_tolerance_s))
 
 
 # -- worker ------------------------------------------------------------------------------------
@@ -646,18 +732,42 @@ def replay_command(
     default="info",
     show_default=True,
 )
-def worker(loglevel: str) -> None:
+@click.option(
+    "--replay-run",
+    "replay_run",
+    default=None,
+    metavar="RUN",
+    help="Detect on replay run RUN instead (TIANYAN_THRESHOLDS_FILE applies): its alerts go"
+    " to replay_alert, nothing else is written; ends when the run is read to its end.",
+)
+def worker(loglevel: str, replay_run: str | None) -> None:
     """Run a stream worker: raw telemetry → validation → windows and trips → TimescaleDB.
 
     Start several (each with its own TIANYAN_WORKER_WEB_PORT) to share the partitions.
     Metrics at http://127.0.0.1:PORT/metrics, health at /health.
+
+    With --replay-run, the detectors run over a replay run's own topic under a consumer
+    group of their own; the last line is one JSON summary.
     """
     from faust.worker import Worker as FaustWorker
 
-    from detectors.thresholds import ThresholdError
+    from detectors.thresholds import ThresholdError, load_thresholds
     from streams.app import create_app
 
     settings = _settings()
+    if replay_run is not None:
+        from replay import ReplayRunError
+        from replay.worker import ReplayWorkerError, detect_run
+
+        try:
+            thresholds = load_thresholds(settings.thresholds_file)
+            done = detect_run(
+                settings, replay_run, thresholds, thresholds_file=settings.thresholds_file
+            )
+        except (ThresholdError, ReplayRunError, ReplayWorkerError) as e:
+            raise click.ClickException(str(e)) from e
+        click.echo(done.as_json())
+        return
     try:
         app, _ = create_app(settings)
     except ThresholdError as e:

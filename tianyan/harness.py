@@ -229,17 +229,28 @@ def pipeline(
             yield Run(run_settings, admin_url, group, work)
     finally:
         apps = (run_settings.worker_id, run_settings.dispatcher_id)
-        _clean_up(settings, [s.name for s in specs], apps, None if keep_database else database)
+        _clean_up(
+            settings,
+            [s.name for s in specs],
+            apps,
+            None if keep_database else database,
+            raw_topic=run_settings.raw_topic,
+        )
         for app_id in apps:
             shutil.rmtree(settings.faust_datadir(app_id), ignore_errors=True)
 
 
 def _clean_up(
-    settings: Settings, topics: list[str], apps: tuple[str, ...], database: str | None
+    settings: Settings,
+    topics: list[str],
+    apps: tuple[str, ...],
+    database: str | None,
+    *,
+    raw_topic: str,
 ) -> None:
-    """Delete the run's topics and its Faust apps' own (changelogs, with a client of its
-    own: Kafka may have restarted since the run began) and drop its database. A failure
-    here is logged, never raised over the run's own outcome."""
+    """Delete the run's topics, its replay runs' and its Faust apps' own (changelogs, with a
+    client of its own: Kafka may have restarted since the run began) and drop its database.
+    A failure here is logged, never raised over the run's own outcome."""
     from kafka import KafkaAdminClient
 
     try:
@@ -251,7 +262,10 @@ def _clean_up(
             made = {
                 t
                 for t in kafka.list_topics()
-                if t in topics or t.startswith(tuple(f"{a}-" for a in apps))
+                if t in topics
+                or t.startswith(tuple(f"{a}-" for a in apps))
+                # replay runs' own topics (replay.runs.run_topic)
+                or t.startswith(f"{raw_topic}.replay.")
             }
             if made:
                 kafka.delete_topics(sorted(made))
