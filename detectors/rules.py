@@ -595,9 +595,9 @@ def _speed(
     standstill, where the encoder agrees): the speed is then the encoder's until the
     reading changes — the lesser of its speed over the last span of ``speed_check_s``
     (which no encoder noise makes a standing car's) and over the last sample step (which
-    falls to 0 the moment the car stops, before its doors open). A position that did not
-    change at all is the frozen one, and blames no speed sensor. Spans do not cross a
-    silent gap.
+    falls to 0 the moment the car stops, before its doors open). A frozen encoder under a
+    healthy speed sensor blames nothing: that reading changes from sample to sample. Spans
+    do not cross a silent gap.
     """
     gap = prev_t >= 0 and t - prev_t > SILENT_GAP_MS
     if gap or reading != st.speed_anchor_mps or st.speed_anchor_t_ms < 0:
@@ -610,7 +610,7 @@ def _speed(
     elif t - st.speed_anchor_t_ms >= d.speed_check_ms:
         moved_m = p - st.speed_anchor_position_m
         st.position_speed_mps = abs(moved_m) * 1000.0 / (t - st.speed_anchor_t_ms)
-        if moved_m != 0.0 and abs(st.position_speed_mps - reading) > d.speed_mismatch_mps:
+        if abs(st.position_speed_mps - reading) > d.speed_mismatch_mps:
             st.speed_frozen = True
         st.speed_anchor_t_ms, st.speed_anchor_position_m = t, p
     if not st.speed_frozen:
@@ -928,6 +928,11 @@ def _clear_on_state(
         em.clear("stopped_outside_door_zone", t, "car back in the door zone")
     if "run_time_limiter" in active and zone and not moving and mode != 0:
         em.clear("run_time_limiter", t, "car at a landing and back in service")
+    for kind in ("overtravel_top", "overtravel_bottom"):
+        # Raised by its code (09 / 10) alone, the position never showing it (a frozen
+        # encoder): no sample can clear it, the car's return to service does.
+        if kind in active and kind not in st.runs and zone and not moving and mode != 0:
+            em.clear(kind, t, "car at a landing and back in service")
 
 
 def _codes(em: _Emitter, message: TelemetryMessage) -> None:
