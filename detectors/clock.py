@@ -42,7 +42,6 @@ import msgspec
 from .alerts import Alert, clear_alert, make_alert
 from .thresholds import Thresholds
 
-
 #: In-order measurements of an episode whose median is the offset in force: enough that
 #: one message's arrival jitter does not set it, few enough to follow a clock that drifts.
 OFFSET_MEASUREMENTS: Final = 9

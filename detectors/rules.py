@@ -61,8 +61,9 @@ taken as they are (a condition that held before a gap and after it is taken to h
 throughout). A frozen sensor (a stuck reading) is told by the car's other signals: a speed
 reading that does not change while the position encoder disagrees with it gives way to the
 encoder (``speed_check_s``, ``speed_position_mismatch_mps``), and a leveling reading that
-did not change while the car moved judges no stop's accuracy. Contract-validated messages carry no NaN; a NaN that reaches a rule (a message
-built without validation) compares false, so it neither raises nor clears anything.
+did not change while the car moved judges no stop's accuracy. Contract-validated messages
+carry no NaN; a NaN that reaches a rule (a message built without validation) compares
+false, so it neither raises nor clears anything.
 """
 
 from __future__ import annotations

@@ -192,12 +192,12 @@ class _Partition:
         "advanced_wall_ms",
         "arrival_lags_ms",
         "elevators",
-        "terminal_lags_ms",
         "idle",
         "pace_anchor",
         "pace_measured",
         "pace_real_time",
         "stream_time_ms",
+        "terminal_lags_ms",
         "ticked_ms",
     )
 

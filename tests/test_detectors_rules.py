@@ -344,8 +344,16 @@ def test_a_speed_reading_frozen_while_moving_raises_no_door_alarm() -> None:
 
 
 def test_the_position_still_shows_an_overspeed_behind_a_frozen_speed_reading() -> None:
-    rows = [car(t_ms=T0 + k * 100, speed_mps=0.0, position_m=round(k * 0.13, 3), direction=1,
-                door_zone=False) for k in range(30)]
+    rows = [
+        car(
+            t_ms=T0 + k * 100,
+            speed_mps=0.0,
+            position_m=round(k * 0.13, 3),
+            direction=1,
+            door_zone=False,
+        )
+        for k in range(30)
+    ]
     _, alerts = feed([rows[i : i + 10] for i in range(0, 30, 10)])
     assert "overspeed" in kinds(alerts)
 
