@@ -272,8 +272,8 @@ def test_evaluate_command_errors_are_clear(tmp_path: Path) -> None:
 
 def test_send_times_are_one_vote_per_terminal() -> None:
     """Twenty terminals with right clocks send a record a second; three busy ones 600 s
-    ahead send two records for each of theirs. Voting per record, the busy ones set every send time ten minutes
-    ahead; one vote per terminal, the right clocks do."""
+    ahead send two records for each of theirs. Voting per record, the busy ones set the
+    send times ten minutes ahead; one vote per terminal, the right clocks do."""
     import msgspec
 
     from detectors.testing import car, message
