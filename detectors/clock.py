@@ -5,8 +5,10 @@ arrived (the Kafka record timestamp, or offline the send time). :func:`judge_clo
 the two for one message and says how to correct its sample times, or that it must be
 quarantined, and raises or clears ``clock_fault``:
 
-- an offset within ``clock_offset_tolerance_s`` of the one already applied changes nothing
-  (arrival jitter must not move a terminal's times about);
+- an offset within ``clock_offset_tolerance_s`` of the one already applied refines it: the
+  offset in force is the median of the episode's last :data:`OFFSET_MEASUREMENTS`
+  measurements, so one message's arrival jitter (up to a message's span) neither sets it
+  nor moves the terminal's times about;
 - a new offset beyond the tolerance is adopted at once and held while the terminal keeps
   it: every sample is corrected by it (a steady offset leaves the car's own timings
   untouched, and a trapping keeps its timers), and ``clock_fault`` is raised once for the
@@ -32,12 +34,17 @@ they are corrected by the offset in force but do not measure it.
 from __future__ import annotations
 
 import datetime as dt
-from typing import NamedTuple
+import statistics
+from typing import Final, NamedTuple
 
 import msgspec
 
 from .alerts import Alert, clear_alert, make_alert
 from .thresholds import Thresholds
+
+#: In-order measurements of an episode whose median is the offset in force: enough that
+#: one message's arrival jitter does not set it, few enough to follow a clock that drifts.
+OFFSET_MEASUREMENTS: Final = 9
 
 
 class ClockState(msgspec.Struct):
@@ -62,6 +69,8 @@ class ClockState(msgspec.Struct):
     since_ms: int | None = None
     raised_offset_ms: int = 0
     last_corrected_ms: int = -1
+    #: The open episode's last in-order measurements, ms (at most :data:`OFFSET_MEASUREMENTS`).
+    measured_ms: list[int] = msgspec.field(default_factory=list)
 
 
 class ClockVerdict(NamedTuple):
@@ -140,8 +149,13 @@ def judge_clock(
         return ClockVerdict(state.offset_ms, reason, alerts)
     if in_order and abs(measured_ms) <= tolerance_ms:
         state.offset_ms = 0  # the clock may be right: it is trusted
-    elif in_order and abs(measured_ms - state.offset_ms) > tolerance_ms:
-        offset = measured_ms
+        state.measured_ms = []
+    elif in_order:
+        if abs(measured_ms - state.offset_ms) > tolerance_ms:
+            state.measured_ms = [measured_ms]  # a new offset
+        else:
+            state.measured_ms = [*state.measured_ms[-(OFFSET_MEASUREMENTS - 1) :], measured_ms]
+        offset = statistics.median_low(state.measured_ms)
         if state.last_corrected_ms >= 0:
             # Arrival times are coarser than sample spacing: never fold the terminal's new
             # samples back over the ones already corrected.

@@ -58,8 +58,12 @@ alert at once if the signals have not already, and the signals raise every alert
 Input hygiene: samples at or before the latest sample time seen (duplicates, out-of-order
 messages, a clock stepping back) are skipped, as the trip segmenter does; gaps in time are
 taken as they are (a condition that held before a gap and after it is taken to have held
-throughout). Contract-validated messages carry no NaN; a NaN that reaches a rule (a message
-built without validation) compares false, so it neither raises nor clears anything.
+throughout). A frozen sensor (a stuck reading) is told by the car's other signals: a speed
+reading that does not change while the position encoder disagrees with it gives way to the
+encoder (``speed_check_s``, ``speed_position_mismatch_mps``), and a leveling reading that
+did not change while the car moved judges no stop's accuracy. Contract-validated messages
+carry no NaN; a NaN that reaches a rule (a message built without validation) compares
+false, so it neither raises nor clears anything.
 """
 
 from __future__ import annotations
@@ -168,6 +172,19 @@ class RuleState(msgspec.Struct):
     leveling_offset_mm: float = 0.0
     speed_mps: float = 0.0
     accel_mps2: float = 0.0
+    #: The speed sensor judged frozen (a stuck sensor): the car's speed is taken from its
+    #: position (``position_speed_mps``) until the reading changes. See :func:`_speed`.
+    speed_frozen: bool = False
+    #: Start of the span over which the reading has not changed: time, position, reading.
+    speed_anchor_t_ms: int = _NONE
+    speed_anchor_position_m: float = 0.0
+    speed_anchor_mps: float = -1.0
+    #: The car's speed as its position showed it over the last span checked, m/s.
+    position_speed_mps: float = 0.0
+    #: Last sample at which the leveling reading changed, and last moving sample: a reading
+    #: that did not change while the car moved is a frozen sensor's (:func:`_leveling_frozen`).
+    leveling_changed_ms: int = _NONE
+    moved_ms: int = _NONE
     #: condition name → [consecutive samples holding, consecutive failing, first holding ms]
     runs: dict[str, list[int]] = {}
     #: alert type → [condition since ms, raised at ms, estimated trapped or -1, flag]
@@ -192,6 +209,8 @@ class _Derived:
         "run_limit_ms",
         "run_tolerance_ms",
         "silence_min_ms",
+        "speed_check_ms",
+        "speed_mismatch_mps",
         "stall_min_ms",
         "stop_confirm_ms",
         "thresholds",
@@ -217,6 +236,8 @@ class _Derived:
         self.stop_confirm_ms = th.stop_confirm_s * 1000.0
         #: The shortest silence anything is judged on (an active car's timeout).
         self.silence_min_ms = th.active_silence_timeout_s * 1000.0
+        self.speed_check_ms = th.speed_check_s * 1000.0
+        self.speed_mismatch_mps = th.speed_position_mismatch_mps
 
 
 _derived_cache: dict[tuple[int, int], _Derived] = {}
@@ -417,6 +438,7 @@ def observe(
         and ts[0] - st.last_t_ms <= SILENT_GAP_MS
         and (st.moving or st.stop_checked)
         and not st.alarm
+        and not st.speed_frozen
         and _uniform(st, s, d, n)
     )
     if not fast:
@@ -429,14 +451,20 @@ def observe(
         st.position_m = s.position_m[i]
         st.floor = s.floor[i]
         st.load_kg = s.load_kg[i]
+        if s.leveling_offset_mm.count(st.leveling_offset_mm) != n:
+            st.leveling_changed_ms = ts[i]
+        if st.moving:
+            st.moved_ms = ts[i]
         st.leveling_offset_mm = s.leveling_offset_mm[i]
         st.speed_mps = s.speed_mps[i]
         st.accel_mps2 = s.accel_mps2[i]
     if message.faults or message.events:
         _codes(em, message)
     _timers(em, st.last_t_ms)
+    # Doors closing on an empty car end its use: the terminal may fall back to heartbeats
+    # (a message held back after it, an out-of-order one, must not read as a silence).
     st.active_car = message.kind == "batch" and (
-        st.moving or st.door != _CLOSED or st.passengers or st.alarm
+        st.moving or st.door in (_OPENING, _OPEN) or st.passengers or st.alarm
     )
     return st, em.out
 
@@ -521,11 +549,16 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
         t = ts[i]
         if t <= st.last_t_ms:
             continue
-        c.t, c.v, c.p, c.door, c.zone, c.dirn = t, sp[i], pos[i], doors[i], zones[i], dirs[i]
+        prev_t, prev_p = st.last_t_ms, st.position_m
+        c.t, c.p, c.door, c.zone, c.dirn = t, pos[i], doors[i], zones[i], dirs[i]
+        c.v = _speed(st, d, t, prev_t, prev_p, sp[i], c.p)
         c.load_kg, c.offset_mm, c.mode = loads[i], offs[i], modes[i]
         c.moving = c.v > v_stand
         c.prev_dir = st.direction
-        prev_t, prev_p = st.last_t_ms, st.position_m
+        if c.offset_mm != st.leveling_offset_mm:
+            st.leveling_changed_ms = t
+        if c.moving:
+            st.moved_ms = t
         st.last_t_ms = t
         st.speed_mps, st.accel_mps2, st.position_m = c.v, acc[i], c.p
         st.floor = floors[i]
@@ -550,6 +583,49 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
             _stopping_accuracy(em, c)
         if st.active:
             _clear_on_state(em, st, t, c.door, c.zone, c.moving, c.mode)
+
+
+def _speed(
+    st: RuleState, d: _Derived, t: int, prev_t: int, prev_p: float, reading: float, p: float
+) -> float:
+    """The car's speed at sample ``t``: the sensor's ``reading``, unless it is frozen.
+
+    A reading unchanged (bit for bit) for ``speed_check_s`` while the position encoder
+    shows a speed more than ``speed_position_mismatch_mps`` away from it is a stuck sensor
+    (a healthy one changes from sample to sample while the car moves, and reads 0 at a
+    standstill, where the encoder agrees): the speed is then the encoder's until the
+    reading changes — the lesser of its speed over the last span of ``speed_check_s``
+    (which no encoder noise makes a standing car's) and over the last sample step (which
+    falls to 0 the moment the car stops, before its doors open). A frozen encoder under a
+    healthy speed sensor blames nothing: that reading changes from sample to sample. Spans
+    do not cross a silent gap.
+    """
+    gap = prev_t >= 0 and t - prev_t > SILENT_GAP_MS
+    if gap or reading != st.speed_anchor_mps or st.speed_anchor_t_ms < 0:
+        if reading != st.speed_anchor_mps:
+            st.speed_frozen = False
+        elif gap:
+            st.position_speed_mps = 0.0  # what the car did unseen says nothing of now
+        st.speed_anchor_t_ms, st.speed_anchor_position_m = t, p
+        st.speed_anchor_mps = reading
+    elif t - st.speed_anchor_t_ms >= d.speed_check_ms:
+        moved_m = p - st.speed_anchor_position_m
+        st.position_speed_mps = abs(moved_m) * 1000.0 / (t - st.speed_anchor_t_ms)
+        if abs(st.position_speed_mps - reading) > d.speed_mismatch_mps:
+            st.speed_frozen = True
+        st.speed_anchor_t_ms, st.speed_anchor_position_m = t, p
+    if not st.speed_frozen:
+        return reading
+    if gap or t <= prev_t:
+        return 0.0
+    return min(st.position_speed_mps, abs(p - prev_p) * 1000.0 / (t - prev_t))
+
+
+def _leveling_frozen(st: RuleState) -> bool:
+    """The leveling reading has not changed since before the car last moved: a frozen
+    sensor (a healthy one follows the car, and its noise, every sample), whose reading says
+    nothing of this stop's accuracy."""
+    return st.leveling_changed_ms < st.moved_ms
 
 
 def _motion(em: _Emitter, c: _Sample, prev_t: int, prev_p: float) -> None:
@@ -774,6 +850,8 @@ def _leveling_accuracy(em: _Emitter, c: _Sample) -> None:
     if not (c.zone and c.door == _OPEN):
         return
     st.stop_doors_opened = True
+    if _leveling_frozen(st):
+        return
     limit_mm = em.d.thresholds.leveling_accuracy_mm
     holds = abs(c.offset_mm) > limit_mm
     runs = st.runs
@@ -804,7 +882,7 @@ def _stopping_accuracy(em: _Emitter, c: _Sample) -> None:
         # Re-levelled with the doors still shut: the same people, now at a level.
         em.clear("trapped_between_levels", t, "car re-levelled; doors still closed")
         em.raise_("trapped_at_level", st.standing_since_ms, t, how="handover")
-    if c.zone and c.mode == 1:  # a stop in normal service, not an emergency stop
+    if c.zone and c.mode == 1 and not _leveling_frozen(st):  # a stop in normal service
         limit_mm = d.thresholds.stopping_accuracy_mm
         off = c.offset_mm
         if abs(off) > limit_mm:
@@ -851,6 +929,11 @@ def _clear_on_state(
         em.clear("stopped_outside_door_zone", t, "car back in the door zone")
     if "run_time_limiter" in active and zone and not moving and mode != 0:
         em.clear("run_time_limiter", t, "car at a landing and back in service")
+    for kind in ("overtravel_top", "overtravel_bottom"):
+        # Raised by its code (09 / 10) alone, the position never showing it (a frozen
+        # encoder): no sample can clear it, the car's return to service does.
+        if kind in active and kind not in st.runs and zone and not moving and mode != 0:
+            em.clear(kind, t, "car at a landing and back in service")
 
 
 def _codes(em: _Emitter, message: TelemetryMessage) -> None:

@@ -100,6 +100,17 @@ class Thresholds:
         Beyond this offset a message is quarantined, not corrected: 7 days, well past the
         largest offset a real terminal that lost NTP shows (the simulator's ``clock_skew``
         goes to 1 day) and far short of an unset clock (1970) or a bogus year (2999).
+    speed_check_s, speed_position_mismatch_mps
+        A speed sensor that reads exactly the same value for ``speed_check_s`` while the
+        speed the position encoder shows over that span differs from it by more than
+        ``speed_position_mismatch_mps`` is frozen (a stuck sensor, simulator
+        ``stuck_sensor``): the rules then take the car's speed from its position until the
+        reading changes. No clause fixes either; a healthy sensor's reading changes from
+        sample to sample while the car moves (its own noise) and reads 0 at a standstill,
+        and over 0.5 s a 1-mm encoder resolves speed to ±0.004 m/s, so 0.1 m/s — twice the
+        standstill speed, a tenth of a typical rated speed — is never a healthy sensor's
+        disagreement, while a car leaving a landing shows it within about a second, inside
+        the ±0.2 m unlocking zone (EN 81-20 5.12.1.4).
     state_eviction_after_s
         A car silent this long (stream time) whose ``device_offline`` alert was raised has
         its in-memory state dropped by the worker (its last checkpoint stays in the state
@@ -196,6 +207,8 @@ class Thresholds:
     active_silence_timeout_s: float = 10.0
     clock_offset_tolerance_s: float = 5.0
     clock_offset_max_s: float = 7 * 86_400.0
+    speed_check_s: float = 0.5
+    speed_position_mismatch_mps: float = 0.1
     state_eviction_after_s: float = 6 * 3600.0
     maintenance_visit_interval_days: float = 15.0
     maintenance_visit_min_s: float = 1800.0

@@ -361,25 +361,28 @@ def send_times(
 
     A record's send time is the median of the newest sample times of the
     :data:`SEND_TIME_RECORDS` records on each side of it (terminals whose clock is right
-    stamp their newest sample at about the time they send it), never earlier than the
-    record before's; None until a valid message is seen.
+    stamp their newest sample at about the time they send it), one vote per terminal (its
+    latest record there: a busy car whose clock is off sends a record a second, and a few
+    such would outvote the idle cars around them), never earlier than the record before's;
+    None until a valid message is seen.
     """
     from foundation.contract import InvalidMessage, decode
 
-    def newest_ms(value: bytes) -> int | None:
+    def newest_ms(value: bytes) -> tuple[str, int] | None:
         try:
-            return decode(value).samples.t_ms[-1]
+            message = decode(value)
         except InvalidMessage:
             return None
+        return message.elevator_id, message.samples.t_ms[-1]
 
-    ahead: deque[tuple[bytes | None, bytes, int | None]] = deque()
-    window: deque[int | None] = deque(maxlen=2 * SEND_TIME_RECORDS + 1)
+    ahead: deque[tuple[bytes | None, bytes, tuple[str, int] | None]] = deque()
+    window: deque[tuple[str, int] | None] = deque(maxlen=2 * SEND_TIME_RECORDS + 1)
     sent_ms: int | None = None
 
     def release() -> tuple[bytes | None, bytes, int | None]:
         nonlocal sent_ms
         key, value, _ = ahead.popleft()
-        times = [t for t in window if t is not None]
+        times = list(dict(v for v in window if v is not None).values())
         if times:
             median_ms = statistics.median_low(times)
             sent_ms = median_ms if sent_ms is None else max(sent_ms, median_ms)

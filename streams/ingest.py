@@ -43,6 +43,13 @@ TICK_EVERY_MS = 5_000
 #: median newest-sample-minus-arrival time): enough that a minority of terminals with wrong
 #: clocks cannot move it, few enough to follow a replay's pace.
 ARRIVAL_LAG_MESSAGES = 31
+#: How many terminals' latest arrival lags a partition keeps; with at least
+#: :data:`ARRIVAL_SPREAD_MIN_MESSAGES` others heard from, a message is judged against the
+#: other terminals' lags, one vote each, not against the recent messages: a busy car sends
+#: a message a second and an idle one every 30 s, so a few busy cars whose clocks are off
+#: would otherwise outvote a partition of right clocks (with clock faults at 20 per
+#: elevator-day, about half the terminals are off at any moment).
+ARRIVAL_LAG_TERMINALS = 31
 #: Arrival time over which a partition's pace (its stream time's progress per arrival time)
 #: is measured, ms: long enough that one batch's shared timestamp cannot look like real time.
 PACE_SPAN_MS = 60_000
@@ -181,8 +188,8 @@ class _Partition:
     """One partition's clock and elevators. Its stream time is the newest sample time read
     from it: a partition is one ordered log, so an elevator that sent nothing while it moved
     on was silent. ``idle`` is true when no record came from it since the last tick.
-    ``arrival_lags_ms`` holds its recent messages' newest sample time minus arrival time
-    (see :meth:`Ingest.process`)."""
+    ``arrival_lags_ms`` holds its recent messages' newest sample time minus arrival time,
+    ``terminal_lags_ms`` each recent terminal's latest (see :meth:`lags_for`)."""
 
     __slots__ = (
         "advanced_wall_ms",
@@ -190,8 +197,10 @@ class _Partition:
         "elevators",
         "idle",
         "pace_anchor",
+        "pace_measured",
         "pace_real_time",
         "stream_time_ms",
+        "terminal_lags_ms",
         "ticked_ms",
     )
 
@@ -202,8 +211,26 @@ class _Partition:
         self.elevators: dict[str, None] = {}  # insertion order: deterministic ticks
         self.idle = True
         self.arrival_lags_ms: deque[int] = deque(maxlen=ARRIVAL_LAG_MESSAGES)
+        self.terminal_lags_ms: dict[str, int] = {}  # the least recently heard first
         self.pace_anchor: tuple[int, int] | None = None
         self.pace_real_time = False
+        self.pace_measured = False
+
+    def lags_for(self, elevator_id: str) -> list[int] | deque[int]:
+        """The arrival lags a message of ``elevator_id`` is judged against: the other
+        terminals' latest ones (:data:`ARRIVAL_LAG_TERMINALS`), or while too few others have
+        been heard from, the partition's recent messages'."""
+        others = [v for k, v in self.terminal_lags_ms.items() if k != elevator_id]
+        return others if len(others) >= ARRIVAL_SPREAD_MIN_MESSAGES else self.arrival_lags_ms
+
+    def add_lag(self, elevator_id: str, lag_ms: int) -> None:
+        """Record an in-order message's arrival lag."""
+        self.arrival_lags_ms.append(lag_ms)
+        votes = self.terminal_lags_ms
+        votes.pop(elevator_id, None)
+        votes[elevator_id] = lag_ms
+        if len(votes) > ARRIVAL_LAG_TERMINALS:
+            del votes[next(iter(votes))]
 
     def real_time(self, arrival_ms: int, reference_ms: int) -> bool:
         """Whether the partition is read in real time: its stream time (``reference_ms``)
@@ -213,6 +240,7 @@ class _Partition:
         elif arrival_ms - self.pace_anchor[0] >= PACE_SPAN_MS:
             pace = (reference_ms - self.pace_anchor[1]) / (arrival_ms - self.pace_anchor[0])
             self.pace_real_time = REAL_TIME_PACE[0] <= pace <= REAL_TIME_PACE[1]
+            self.pace_measured = True
             self.pace_anchor = (arrival_ms, reference_ms)
         return self.pace_real_time
 
@@ -481,7 +509,7 @@ class Ingest:
         p = self._partition(record.partition)
         t = message.samples.t_ms
         lag_ms = t[-1] - record.arrival_ms
-        lags = p.arrival_lags_ms
+        lags = p.lags_for(message.elevator_id)
         # The partition's usual lag (a replay's, a slow link's) is no terminal's fault.
         usual_lag_ms = statistics.median_low(lags) if lags else lag_ms
         reference_ms = record.arrival_ms + usual_lag_ms
@@ -489,14 +517,30 @@ class Ingest:
         # replay published faster stamps a whole batch with one time. Until its pace is
         # known to be real time, only a clock beyond any correction is acted on.
         real_time = p.real_time(record.arrival_ms, reference_ms)
-        uncertainty_ms = 0 if real_time else round(self.thresholds.clock_offset_max_s * 1000)
+        tolerance_ms = round(self.thresholds.clock_offset_tolerance_s * 1000)
+        spread_ms: float | None = None
+        if len(lags) >= ARRIVAL_SPREAD_MIN_MESSAGES:
+            lower_ms, upper_ms = statistics.quantiles(lags, n=3)
+            spread_ms = upper_ms - lower_ms
+        # In a partition's first minute its pace is not known yet; there the other
+        # terminals' lags, one vote each, agreeing within the tolerance say the same (a fast
+        # replay's batch spreads them): a terminal whose clock is off from the first message
+        # is judged at once, not accepted as it is and then held to its own wrong time.
+        settled = (
+            not p.pace_measured
+            and lags is not p.arrival_lags_ms
+            and spread_ms is not None
+            and spread_ms <= tolerance_ms
+        )
+        uncertainty_ms = (
+            0 if real_time or settled else round(self.thresholds.clock_offset_max_s * 1000)
+        )
         # Whatever the pace, no message moves the partition's time far past the others':
         # beyond the tolerance and the spread of the middle third of the recent arrival lags
         # (a fast replay's batch spreads them all; a few terminals with wrong clocks do not).
-        newest_ms = reference_ms + round(self.thresholds.clock_offset_tolerance_s * 1000)
-        if len(lags) >= ARRIVAL_SPREAD_MIN_MESSAGES:
-            lower_ms, upper_ms = statistics.quantiles(lags, n=3)
-            newest_ms += round(ARRIVAL_SPREAD_FACTOR * (upper_ms - lower_ms))
+        newest_ms = reference_ms + tolerance_ms
+        if spread_ms is not None:
+            newest_ms += round(ARRIVAL_SPREAD_FACTOR * spread_ms)
         else:
             newest_ms += uncertainty_ms
         verdict = judge_clock(
@@ -510,7 +554,7 @@ class Ingest:
             uncertainty_ms,
         )
         if in_order:
-            lags.append(lag_ms)
+            p.add_lag(message.elevator_id, lag_ms)
         if self._limits_for is not None:
             out.alerts.extend(verdict.alerts)
         if verdict.refused is not None:

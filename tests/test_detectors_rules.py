@@ -203,7 +203,19 @@ def _alerts_without_ticks() -> list[Alert]:
 def test_stopping_accuracy_raised_once_and_cleared_after_good_stops() -> None:
     seconds: list[list[dict[str, Any]]] = []
     for stop, off in enumerate([14.0, 15.0, 2.0, 1.0, 0.0]):
-        seconds.append(second(2 * stop, speed_mps=1.0, door_zone=False, position_m=1.0))
+        # a ride whose encoder moves with the speed reading (else the reading is frozen)
+        t0 = T0 + 2 * stop * 1000
+        ride = [
+            car(
+                t_ms=t0 + k * 100,
+                speed_mps=1.0,
+                door_zone=False,
+                position_m=1.0 + k * 0.1,
+                leveling_offset_mm=100.0 * k,
+            )
+            for k in range(10)
+        ]
+        seconds.append(ride)
         seconds.append(second(2 * stop + 1, leveling_offset_mm=off))
     _, alerts = feed(seconds)
     assert kinds(alerts) == ["stopping_accuracy"]
@@ -281,3 +293,105 @@ def test_simulated_safety_faults_are_detected(simulated: dict[str, Any], label_t
 def test_simulated_alerts_are_explained_by_labels(simulated: dict[str, Any]) -> None:
     for kind, score in simulated["precision"].items():
         assert score.precision >= 0.9, (kind, score.unexplained[:3])
+
+
+# ---------------------------------------------------------------- frozen sensors (issue 14)
+def _ride(speed_reading: float | None, leveling_mm: float | None = None) -> list[list[Any]]:
+    """A car standing 2 s at the ground landing, riding up one floor (3 m) at 1 m/s, then
+    standing at the first floor with its doors opening after 1 s and open for 3 s; the
+    speed and leveling readings frozen at ``speed_reading`` / ``leveling_mm`` throughout
+    (None: healthy, following the car)."""
+    rows: list[dict[str, Any]] = []
+    for k in range(90):  # 9 s at 10 Hz
+        t_s = k / 10
+        p = min(max(t_s - 2.0, 0.0), 3.0)
+        moving = 2.0 < t_s <= 5.0
+        off_m = p - round(p / 3.0) * 3.0
+        door = 0 if t_s < 6.0 else (1 if t_s < 7.0 else 2)
+        rows.append(
+            car(
+                t_ms=T0 + k * 100,
+                speed_mps=(1.0 if moving else 0.0) if speed_reading is None else speed_reading,
+                position_m=round(p, 3),
+                floor=round(p / 3.0) + 1,
+                direction=1 if moving else 0,
+                door=door,
+                door_zone=abs(off_m) <= 0.2,
+                leveling_offset_mm=(
+                    round(off_m * 1000 + k * 0.01, 2) if leveling_mm is None else leveling_mm
+                ),
+            )
+        )
+    return [rows[i : i + 10] for i in range(0, 90, 10)]
+
+
+def test_a_speed_reading_frozen_at_0_gives_way_to_the_position() -> None:
+    """The speed sensor stuck at 0 while the car rides a floor: without the position the
+    rules saw a car standing outside the door zone (``stopped_outside_door_zone``)."""
+    _, healthy = feed(_ride(None))
+    assert kinds(healthy) == []
+    st, frozen = feed(_ride(0.0))
+    assert kinds(frozen) == []
+    assert st.speed_frozen
+
+
+def test_a_speed_reading_frozen_while_moving_raises_no_door_alarm() -> None:
+    """Stuck at 1 m/s, the car stops and opens its doors: without the position the rules
+    saw doors open in a moving car (``door_open_while_running``, critical)."""
+    st, alerts = feed(_ride(1.0))
+    assert kinds(alerts) == []
+    assert st.speed_frozen
+
+
+def test_the_position_still_shows_an_overspeed_behind_a_frozen_speed_reading() -> None:
+    rows = [
+        car(
+            t_ms=T0 + k * 100,
+            speed_mps=0.0,
+            position_m=round(k * 0.13, 3),
+            direction=1,
+            door_zone=False,
+        )
+        for k in range(30)
+    ]
+    _, alerts = feed([rows[i : i + 10] for i in range(0, 30, 10)])
+    assert "overspeed" in kinds(alerts)
+
+
+def test_a_frozen_leveling_reading_judges_no_stop() -> None:
+    """The leveling reading stuck at 150 mm from before the ride: the stop is not judged.
+    A reading that follows the car, at the same bad value, is."""
+    _, frozen = feed(_ride(None, leveling_mm=150.0))
+    # (the car found standing is judged on its first reading: nothing says it is frozen)
+    assert [a for a in frozen if a.raised_at_ms > T0 + 5_000] == []
+    bad = _ride(None)
+    for sec in bad:
+        for row in sec:
+            row["leveling_offset_mm"] += 150.0
+    _, healthy = feed(bad)
+    assert {"stopping_accuracy", "leveling_accuracy"} <= set(kinds(healthy))
+
+
+def test_doors_closing_on_an_empty_car_end_its_use() -> None:
+    """The last batch before the terminal falls back to heartbeats may be held back (an
+    out-of-order message): doors closing on nobody are not a car in use, whose 10-s
+    silence would be an outage."""
+    st, _ = feed([second(0, door=2), second(1, door=3)])
+    assert RULES.tick(st, T0 + 25_000, LIM) == []
+    assert kinds(RULES.tick(st, T0 + 70_000, LIM)) == ["device_offline"]
+    st, _ = feed([second(0, door=2), second(1, door=3, passengers=True)])
+    assert kinds(RULES.tick(st, T0 + 15_000, LIM)) == ["device_offline"]
+
+
+def test_an_overtravel_seen_only_by_its_code_clears_when_the_car_is_back() -> None:
+    """A frozen position encoder shows no overtravel; code 10 raises it, and the car back at
+    a landing in service clears it, so that the next overtravel is raised again."""
+    out = {"door_zone": False, "service_mode": 0}
+    seconds = [second(0), second(1, **out), second(2, **out), second(3), second(4, **out)]
+    st = RULES.new(support_id())
+    alerts: list[Alert] = []
+    for seq, rows in enumerate(seconds):
+        codes = [(T0 + seq * 1000 + 100, "10")] if seq in (1, 4) else []
+        alerts += RULES.observe(st, message(rows, seq=seq, faults=codes), LIM)
+    bottom = [a.state for a in alerts if a.alert_type == "overtravel_bottom"]
+    assert bottom == ["raised", "cleared", "raised"]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import simulator
 from detectors.alerts import Alert, make_alert
-from evaluation.runs import DEFAULT_START, EvaluationReport, evaluate, fleet
+from evaluation.runs import DEFAULT_START, EvaluationReport, evaluate, fleet, send_times
 from evaluation.scoring import (
     SAFETY_LABELS,
     censor_reason,
@@ -268,3 +268,30 @@ def test_evaluate_command_errors_are_clear(tmp_path: Path) -> None:
         evaluate_command, ["--from", str(lonely), "--scenario", str(FAULTS_TOML)]
     )
     assert result.exit_code == 1 and "drop --scenario" in result.output
+
+
+def test_send_times_are_one_vote_per_terminal() -> None:
+    """Twenty terminals with right clocks send a record a second; three busy ones 600 s
+    ahead send two records for each of theirs. Voting per record, the busy ones set the
+    send times ten minutes ahead; one vote per terminal, the right clocks do."""
+    import msgspec
+
+    from detectors.testing import car, message
+
+    t0 = 1_740_963_600_000
+    records: list[tuple[bytes | None, bytes]] = []
+    truth: list[int] = []
+    seqs: dict[str, int] = {}
+    for sec in range(30):
+        sent = t0 + sec * 1000
+        senders = []
+        for i in range(20):  # each right record between two of the busy ones'
+            senders.append((f"3207062020000000{i:04d}", 0))
+            senders += [(f"3207062020000001{(i + k) % 3:04d}", 600_000) for k in range(2)]
+        for eid, skew in senders:
+            seq = seqs[eid] = seqs.get(eid, -1) + 1
+            m = message([car(t_ms=sent + skew)], elevator_id=eid, seq=seq)
+            records.append((None, msgspec.json.encode(m)))
+            truth.append(sent)
+    got = [arrival for _, _, arrival in send_times(records)]
+    assert all(a is not None and abs(a - t) <= 1_000 for a, t in zip(got, truth, strict=True))

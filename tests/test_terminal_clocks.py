@@ -193,3 +193,66 @@ def test_a_terminal_that_restarts_its_count_loses_nothing(sent_before: int) -> N
     saved = ingest.states[eid]
     restored = ElevatorState.decode(saved.encode(), ingest.detectors)
     assert restored.newest_stamp_ms == saved.newest_stamp_ms > restart_ms
+
+
+def _partition(n: int) -> tuple[Ingest, list[str], list[Alert], dict[str, int]]:
+    ids = [f"3207062020000000{i:04d}" for i in range(n)]
+    ingest = Ingest(0, limits_for=lambda _: LIMITS, thresholds=Thresholds())
+    return ingest, ids, [], dict.fromkeys(ids, 0)
+
+
+def _send(
+    ingest: Ingest, alerts: list[Alert], seqs: dict[str, int], eid: str, true_ms: int, skew_ms: int
+) -> None:
+    rows = [car(t_ms=true_ms + skew_ms - 900 + k * 100) for k in range(10)]
+    value = msgspec.json.encode(message(rows, elevator_id=eid, seq=seqs[eid]))
+    seqs[eid] += 1
+    batch = ingest.process([RawRecord(eid.encode(), value, 0, 0, true_ms)])
+    alerts += batch.alerts + ingest.tick().alerts
+
+
+def test_busy_terminals_with_wrong_clocks_do_not_outvote_idle_right_ones() -> None:
+    """Nine idle terminals with right clocks (a heartbeat every 30 s) and three busy ones
+    (a message a second) 600 s ahead from the 90th second: only the three are off. Judged
+    against the partition's recent messages, the busy three set the usual lag and every
+    right clock was reported off."""
+    ingest, ids, alerts, seqs = _partition(12)
+    busy = set(ids[:3])
+    for sec in range(300):
+        true_ms = T0_MS + sec * 1000
+        for i, eid in enumerate(ids):
+            if eid in busy:
+                _send(ingest, alerts, seqs, eid, true_ms, 600_000 if sec >= 90 else 0)
+            elif (sec + i * 3) % 30 == 0:
+                _send(ingest, alerts, seqs, eid, true_ms, 0)
+    faulty = {
+        a.elevator_id for a in alerts if a.alert_type == "clock_fault" and a.state == "raised"
+    }
+    assert faulty == busy
+
+
+def test_a_clock_off_from_the_first_message_is_corrected_in_the_first_minute() -> None:
+    """One terminal of ten is an hour ahead from its first message: the others agree, so it
+    is judged at once (it used to be taken as it was, and then held to its own time)."""
+    ingest, ids, alerts, seqs = _partition(10)
+    odd = ids[-1]
+    for sec in range(40):
+        for eid in ids:
+            _send(ingest, alerts, seqs, eid, T0_MS + sec * 1000, 3_600_000 if eid == odd else 0)
+    raised = [a for a in alerts if a.alert_type == "clock_fault" and a.state == "raised"]
+    assert [a.elevator_id for a in raised] == [odd]
+    assert abs(raised[0].evidence["offset_ms"] - 3_600_000) <= 1_000
+    assert ingest.states[odd].clock.offset_ms == 3_600_000
+    assert ingest.stream_time_ms < T0_MS + 41_000
+
+
+def test_an_offset_is_the_median_of_its_episode_not_its_first_message() -> None:
+    """Arrival jitter of a second on the first measurement: the offset in force settles on
+    the true one (a whole episode's alerts used to be a second early or late)."""
+    th = Thresholds()
+    st = ClockState()
+    jitter_ms = [1000, 0, 0, -1000, 0, 0, 1000, 0, 0]
+    for k, j in enumerate(jitter_ms):
+        sent = T0_MS + k * 1000
+        judge_clock(st, FLEET[0], sent + 600_000 - 900, sent + 600_000, sent - j, True, th)
+    assert st.offset_ms == 600_000

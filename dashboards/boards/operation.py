@@ -169,4 +169,33 @@ WHERE a.state = 'raised' AND $__timeFilter(a.raised_at) AND e.district IN ($dist
         width=24,
         height=10,
     )
+    b.panel(
+        table().override_by_name(
+            *link_column(
+                "registration_code",
+                "Elevator ${__value.raw}",
+                board_url(shared.ELEVATOR, elevator="${__value.raw}"),
+            )
+        ),
+        "Terminal clocks off (clock_fault)",
+        # The offset each terminal's clock was measured at (terminal minus arrival time,
+        # detectors/clock.py), the episodes per terminal, the latest first.
+        """SELECT a.elevator_id AS registration_code, e.address,
+       count(*) AS clock_faults,
+       (array_agg((a.evidence->>'offset_ms')::bigint / 1000.0
+                  ORDER BY a.raised_at DESC))[1] AS latest_offset_s,
+       max(abs((a.evidence->>'offset_ms')::bigint)) / 1000.0 AS largest_offset_s,
+       max(a.raised_at) AS latest_at
+FROM alert a JOIN elevator e ON e.registration_code = a.elevator_id
+WHERE a.state = 'raised' AND a.alert_type = 'clock_fault' AND $__timeFilter(a.raised_at)
+  AND e.district IN ($district)
+GROUP BY a.elevator_id, e.address
+ORDER BY latest_at DESC
+LIMIT 500""",
+        shows="""SELECT 1 FROM alert a JOIN elevator e ON e.registration_code = a.elevator_id
+WHERE a.state = 'raised' AND a.alert_type = 'clock_fault' AND $__timeFilter(a.raised_at)
+  AND e.district IN ($district)""",
+        width=24,
+        height=8,
+    )
     return b.build()
