@@ -160,6 +160,7 @@ EXPLAINED_BY: Final[dict[str, frozenset[str]]] = {
     "device_offline": frozenset({"dropout"}),
     "clock_fault": frozenset({"clock_skew"}),
     "trip_anomaly": _TRIP_CHANGES,
+    "online_anomaly": _TRIP_CHANGES,
 }
 _inverse: dict[str, set[str]] = defaultdict(set)
 for _label, _alert_types in DETECTS.items():
@@ -170,7 +171,7 @@ for _alert_type, _labels in _inverse.items():
 del _inverse
 #: Alerts about a whole trip (raised at its end): judged on the trip's span, since the fault
 #: that made the trip unusual may have ended before the car stood still.
-TRIP_SPAN_ALERTS: Final = frozenset({"trip_anomaly"})
+TRIP_SPAN_ALERTS: Final = frozenset({"trip_anomaly", "online_anomaly"})
 
 Label = Mapping[str, Any]
 
