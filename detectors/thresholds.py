@@ -167,7 +167,9 @@ class Thresholds:
         but the variance of 6 features needs ~100 values to be within ±15 %).
     online_cohort_warmup
         Trips / windows a cohort's model learns before its score stands for an elevator
-        still warming up (200).
+        still warming up (50: several cars' trips pooled; the score is only shown then,
+        never alerted on, so a rougher variance is acceptable and a new car has a score on
+        its board within minutes).
     online_alarm_p
         The tail probability (χ² of the standardised features) at or below which a trip or
         window alerts ``online_anomaly`` and scores 0.5, the alarm threshold of every
@@ -276,7 +278,7 @@ class Thresholds:
     online_fading_factor: float = 0.005
     online_warmup_trips: int = 100
     online_warmup_windows: int = 100
-    online_cohort_warmup: int = 200
+    online_cohort_warmup: int = 50
     online_alarm_p: float = 1e-9
     online_min_sigma_ratio: float = 0.02
     online_max_cohorts: int = 512

@@ -320,13 +320,14 @@ def run_detectors(
     records: Iterable[tuple[bytes | None, bytes]],
     limits_for: Callable[[str], ElevatorLimits],
     thresholds: Thresholds,
+    without: Iterable[str] = (),
 ) -> DetectorRun:
     """Feed raw (key, value) messages to the worker's :class:`Ingest` one at a time, as one
     partition would deliver them (arriving at their :func:`send_times`), each followed by a
     tick as the worker ticks after each batch; the stream's end is one more turn with
-    nothing new."""
+    nothing new. ``without`` names detectors not to run."""
     # grace_ms only decides which late samples are re-windowed; windows are not scored.
-    ingest = Ingest(0, limits_for=limits_for, thresholds=thresholds)
+    ingest = Ingest(0, limits_for=limits_for, thresholds=thresholds, without=without)
     alerts: list[Alert] = []
     # elevator id → its sample times, compact (a fleet-hour is millions of samples)
     times: dict[str, array[int]] = {}

@@ -334,6 +334,9 @@ class Ingest:
     load_cohorts
         Called with a partition the first time it is seen; returns its cohort models'
         checkpoint (:meth:`cohort_checkpoint`) or None.
+    without
+        Names of catalogue detectors not to run (``tianyan bench online`` measures the cost
+        of the online detectors so); the worker runs them all.
     evict_silent
         Drop from memory the state of a car silent beyond ``state_eviction_after_s`` once
         its ``device_offline`` was raised (the worker, whose ``load_state`` restores it from
@@ -351,6 +354,7 @@ class Ingest:
         is_registered: Callable[[str], bool] | None = None,
         evict_silent: bool = False,
         load_cohorts: Callable[[int], bytes | None] = lambda _: None,
+        without: Iterable[str] = (),
     ) -> None:
         if grace_ms < 0:
             raise ValueError(f"grace_ms: {grace_ms} is negative")
@@ -358,7 +362,8 @@ class Ingest:
         self._load_state = load_state
         self._limits_for = limits_for
         self.thresholds = thresholds or Thresholds()
-        self.detectors = detectors(self.thresholds)
+        left_out = set(without)
+        self.detectors = tuple(d for d in detectors(self.thresholds) if d.name not in left_out)
         self._message_detectors = [d for d in self.detectors if d.consumes == "message"]
         self._trip_detectors = [d for d in self.detectors if d.consumes == "trip"]
         self._window_detectors = [d for d in self.detectors if d.consumes == "window"]
