@@ -24,8 +24,8 @@ from detectors import (
     encode_state,
     score_series,
 )
-from detectors.testing import UncheckedMessage, car, message
 from detectors.online import CohortModels, OnlineDetector
+from detectors.testing import UncheckedMessage, car, message
 from foundation.records import Trip, WindowFeature
 
 EID = "32070620200000000001"
