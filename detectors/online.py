@@ -22,7 +22,9 @@ models held in :class:`CohortModels`, one per partition (see :mod:`streams.inges
 elevator's own score stands once it has learnt ``online_warmup_trips`` (or ``_windows``);
 until then its cohort's (once that has learnt ``online_cohort_warmup``) is stored, and
 nothing alerts: a new elevator does not alarm. ``online_anomaly`` (info) is raised and
-cleared by the same trip or window, like ``trip_anomaly``.
+cleared by the trip or window that is the ``online_confirm_rows``-th in a row at or above the
+alarm threshold (one alert per run of them), like ``trip_anomaly``: a single odd trip is a
+heavy tail (a door held, a short trip), a run of them is the car.
 """
 
 from __future__ import annotations
@@ -95,7 +97,16 @@ class GaussianModel(msgspec.Struct):
     features: dict[str, list[float]] = {}
     learned: int = 0
 
-    def learn_one(self, x: dict[str, float], fading_factor: float) -> None:
+    def learn_one(
+        self,
+        x: dict[str, float],
+        fading_factor: float,
+        clip_sigmas: float = math.inf,
+        clip_after: int = 0,
+    ) -> None:
+        """Learn ``x``; once a feature has ``clip_after`` values, a value is learnt as at
+        most ``clip_sigmas`` standard deviations from the mean (Huber), so one outlier
+        cannot inflate the variance, while a lasting change is still followed."""
         learnt = False
         for name, value in x.items():
             if not math.isfinite(value):
@@ -105,6 +116,9 @@ class GaussianModel(msgspec.Struct):
             if st is None:
                 self.features[name] = [1.0, value, 0.0]
                 continue
+            if st[0] >= clip_after and st[0] >= 2:
+                bound = clip_sigmas * math.sqrt(st[2])
+                value = min(max(value, st[1] - bound), st[1] + bound)
             st[0] += 1.0
             weight = max(1.0 / st[0], fading_factor)
             diff = value - st[1]
@@ -159,6 +173,8 @@ class OnlineState(msgspec.Struct):
 
     elevator_id: str
     model: GaussianModel = msgspec.field(default_factory=GaussianModel)
+    #: Consecutive rows at or above the alarm threshold (an alert at ``online_confirm_rows``).
+    unusual_rows: int = 0
 
 
 class CohortModels(msgspec.Struct):
@@ -253,6 +269,10 @@ class OnlineDetector:
         warm = own.learned >= self._warmup()
         alerts: list[Alert] = []
         if warm and own_score >= 0.5:
+            state.unusual_rows += 1
+        elif not math.isnan(own_score):
+            state.unusual_rows = 0
+        if warm and state.unusual_rows == th.online_confirm_rows:
             evidence = {
                 "score": round(own_score, 4),
                 "p_value": own_p,
@@ -261,13 +281,15 @@ class OnlineDetector:
                 "z": own.z_scores(x, th.online_min_sigma_ratio),
                 "input": self.consumes,
                 "alarm_p": th.online_alarm_p,
+                "rows": th.online_confirm_rows,
                 "limits": "registry" if limits.from_registry else "defaults (not in registry)",
             }
             a = make_alert(state.elevator_id, ONLINE_ANOMALY, start_ms, end_ms, evidence)
             alerts += [a, msgspec.structs.replace(a, state="cleared")]
-        own.learn_one(x, th.online_fading_factor)
+        clip = th.online_learn_clip_sigmas, th.online_learn_clip_after
+        own.learn_one(x, th.online_fading_factor, *clip)
         if cohort is not None:
-            cohort.learn_one(x, th.online_fading_factor)
+            cohort.learn_one(x, th.online_fading_factor, *clip)
         score = own_score if warm else cohort_score
         return Scored(None if math.isnan(score) else round(score, 4), alerts)
 

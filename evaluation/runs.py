@@ -306,6 +306,8 @@ class DetectorRun:
     quarantined: int
     duplicates: int
     trips: int
+    #: Trips and one-minute windows given an online-learning score.
+    scored: int = 0
 
 
 def _run_pipeline(
@@ -331,7 +333,7 @@ def run_detectors(
     alerts: list[Alert] = []
     # elevator id → its sample times, compact (a fleet-hour is millions of samples)
     times: dict[str, array[int]] = {}
-    messages = quarantined = duplicates = trips = 0
+    messages = quarantined = duplicates = trips = scored = 0
     for offset, (key, value, arrival_ms) in enumerate(send_times(records)):
         batch = ingest.process([RawRecord(key, value, 0, offset, arrival_ms)])
         # batch: the message (or its quarantine / duplicate count), trips, alerts
@@ -340,6 +342,8 @@ def run_detectors(
         quarantined += len(batch.quarantined)
         duplicates += batch.duplicates
         trips += len(batch.trips)
+        scored += sum(1 for t in batch.trips if t.online_score is not None)
+        scored += sum(1 for w in batch.windows if w.online_score is not None)
         for m in batch.messages:
             times.setdefault(m.elevator_id, array("q")).extend(m.samples.t_ms)
         alerts += ingest.tick().alerts
@@ -351,6 +355,7 @@ def run_detectors(
         quarantined=quarantined,
         duplicates=duplicates,
         trips=trips,
+        scored=scored,
     )
 
 

@@ -84,8 +84,8 @@ def trips(seed: int, count: int) -> Iterator[Trip]:
             load_kg=float(rng.uniform(0, 600)),
             leveling_offset_mm=None if rng.random() < 0.05 else float(rng.normal(drift_mm, 3)),
             door_opening_s=float(rng.normal(2.5, 0.05)),
-            # Now and then a door that closes a second late: a trip unlike the others.
-            door_closing_s=float(rng.normal(2.6, 0.05)) + (1.0 if i % 97 == 96 else 0.0),
+            # Now and then three doors in a row that close a second late: trips unlike the others.
+            door_closing_s=float(rng.normal(2.6, 0.05)) + (1.0 if i % 97 >= 94 else 0.0),
         )
 
 
@@ -112,7 +112,7 @@ def windows(seed: int, count: int) -> Iterator[WindowFeature]:
             door_opening_s=None if idle else float(rng.normal(2.5, 0.05)),
             door_closing_s=None
             if idle
-            else float(rng.normal(2.6 * (1 + wear), 0.05)) + (1.0 if i % 97 == 96 else 0.0),
+            else float(rng.normal(2.6 * (1 + wear), 0.05)) + (1.0 if i % 97 >= 94 else 0.0),
             door_open_s=0.0 if idle else 8.0,
             leveling_offset_mm=None if idle else float(rng.normal(0, 3)),
         )
