@@ -7,7 +7,8 @@ windows and trips into alerts.
 - :mod:`detectors.rules` — safety rules per message (:class:`SafetyRules`).
 - :mod:`detectors.stats` — EWMA / CUSUM / robust z for slow degradation, per trip
   (:class:`TripHealth`).
-- :mod:`detectors.online` — river Half-Space Trees.
+- :mod:`detectors.online` — online learning per trip and per one-minute window, per
+  elevator and per cohort (:class:`OnlineTrips`, :class:`OnlineWindows`).
 - :mod:`detectors.series` — scorers for any series (:func:`score_series`).
 - :mod:`detectors.thresholds` — every limit, with its source; :mod:`detectors.diagnosis` —
   cause and handling per alert type; :mod:`detectors.alerts` — the :class:`Alert` record.
@@ -17,12 +18,12 @@ from .alerts import Alert, alert_key
 from .catalog import DETECTOR_TYPES, SERIES_SCORERS, detectors
 from .diagnosis import DIAGNOSIS, diagnose
 from .maintenance import MaintenanceDue, MaintenanceDueState
-from .online import HalfSpaceTreesDetector
+from .online import CohortModels, GaussianModel, OnlineState, OnlineTrips, OnlineWindows
 from .protocol import Detector
 from .rules import RuleState, SafetyRules
 from .series import SeriesError, score_series
 from .state import decode_state, encode_state
-from .stats import CohortState, Cusum, Ewma, RobustZ, TripHealth, TripHealthState, cohort_key
+from .stats import Cusum, Ewma, RobustZ, TripHealth, TripHealthState, cohort_key
 from .thresholds import ElevatorLimits, ThresholdError, Thresholds
 
 __all__ = [
@@ -30,14 +31,17 @@ __all__ = [
     "DIAGNOSIS",
     "SERIES_SCORERS",
     "Alert",
-    "CohortState",
+    "CohortModels",
     "Cusum",
     "Detector",
     "ElevatorLimits",
     "Ewma",
-    "HalfSpaceTreesDetector",
+    "GaussianModel",
     "MaintenanceDue",
     "MaintenanceDueState",
+    "OnlineState",
+    "OnlineTrips",
+    "OnlineWindows",
     "RobustZ",
     "RuleState",
     "SafetyRules",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from .maintenance import MaintenanceDue
+from .online import OnlineTrips, OnlineWindows
 from .protocol import Detector
 from .rules import SafetyRules
 from .series import SCORERS
@@ -23,7 +24,7 @@ from .stats import TripHealth
 from .thresholds import Thresholds
 
 #: Every stream detector's class, in running order.
-DETECTOR_TYPES: Final = (SafetyRules, TripHealth, MaintenanceDue)
+DETECTOR_TYPES: Final = (SafetyRules, TripHealth, MaintenanceDue, OnlineTrips, OnlineWindows)
 #: Series scorers by name: ``tianyan score --detector NAME``.
 SERIES_SCORERS: Final = SCORERS
 

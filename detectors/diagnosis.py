@@ -169,6 +169,14 @@ DIAGNOSIS: Final[dict[str, Diagnosis]] = {
         "A trip unlike this elevator's (or its cohort's) usual trips.",
         "Review the trip in Grafana; no immediate action.",
     ),
+    "online_anomaly": Diagnosis(
+        "info",
+        None,
+        "A trip or a minute of running unlike what the online model learnt of this elevator "
+        "(its features jointly improbable: several a little off, or one far off).",
+        "Review the trip or minute in Grafana (its score on the elevator board); repeated, "
+        "have the car checked at the next maintenance visit.",
+    ),
     "maintenance_overdue": Diagnosis(
         "minor",
         None,

@@ -11,7 +11,8 @@ checkpointed by :mod:`detectors.state`, never by the detector. It does no I/O::
     alerts = detector.tick(state, now_ms, limits)       # stream time, no new input
 
 ``consumes`` says which input ``observe`` takes: ``"message"`` (every validated,
-de-duplicated telemetry message, in order) or ``"trip"`` (every trip the segmenter closes).
+de-duplicated telemetry message, in order), ``"trip"`` (every trip the segmenter closes) or
+``"window"`` (every one-minute window the fold closes).
 ``limits`` is the elevator's :class:`~detectors.thresholds.ElevatorLimits`, passed on each
 call because the registry may change under a running worker.
 """
@@ -25,7 +26,7 @@ import msgspec
 from .alerts import Alert
 from .thresholds import ElevatorLimits
 
-Consumes = Literal["message", "trip"]
+Consumes = Literal["message", "trip", "window"]
 StateT = TypeVar("StateT", bound=msgspec.Struct)
 
 

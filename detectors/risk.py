@@ -70,8 +70,9 @@ GRADE_EN: Final[dict[Grade, str]] = {
 
 #: Alert types of the trip-health charts (detectors.stats) that show slow degradation.
 DEGRADATION_TYPES: Final = frozenset({"leveling_drift", "door_operator_wear"})
-#: Alert types that flag an unusual trip without a fault (detectors.stats, robust z).
-ANOMALY_TYPES: Final = frozenset({"trip_anomaly"})
+#: Alert types that flag an unusual trip without a fault (detectors.stats, robust z;
+#: detectors.online).
+ANOMALY_TYPES: Final = frozenset({"trip_anomaly", "online_anomaly"})
 #: Compliance alerts the registry factors already weigh (maintenance lapsed: the
 #: ``maintenance`` factor), so they count toward no alert factor.
 COMPLIANCE_TYPES: Final = frozenset({"maintenance_overdue"})

@@ -2,9 +2,9 @@
 
 Every detector keeps its state in a :class:`msgspec.Struct` whose fields are the state,
 so checkpointing needs no ``to_dict`` / ``from_dict`` of its own. MessagePack rather than
-JSON because states hold NaN (a chart still warming up) and JSON has none. The one thing
-that is not plain data, a river model, is a :class:`PickledModel` field: the codec stores
-its pickle.
+JSON because states hold NaN (a chart still warming up) and JSON has none. Every state is
+plain data: the online models too (:mod:`detectors.online`), whose river pickles were
+costlier than the rest of a state together.
 
 >>> from detectors.rules import RuleState
 >>> st = RuleState.new("32070620200000000001")
@@ -14,7 +14,6 @@ True
 
 from __future__ import annotations
 
-import pickle
 from typing import Any, TypeVar
 
 import msgspec
@@ -22,37 +21,7 @@ import msgspec
 S = TypeVar("S")
 
 
-class PickledModel:
-    """A live river model inside a state Struct; checkpointed as its pickle."""
-
-    __slots__ = ("model",)
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PickledModel) and _pickle(self) == _pickle(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-def _pickle(m: PickledModel) -> bytes:
-    return pickle.dumps(m.model, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _enc_hook(obj: Any) -> Any:
-    if isinstance(obj, PickledModel):
-        return _pickle(obj)
-    raise NotImplementedError(f"{type(obj).__name__}: not a detector state type")
-
-
-def _dec_hook(type_: type, obj: Any) -> Any:
-    if type_ is PickledModel:
-        return PickledModel(pickle.loads(obj))
-    raise NotImplementedError(f"{type_.__name__}: not a detector state type")
-
-
-_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_encoder = msgspec.msgpack.Encoder()
 
 
 def encode_state(state: Any) -> bytes:
@@ -68,4 +37,4 @@ def decode_state(data: bytes | msgspec.Raw, type_: type[S]) -> S:
     msgspec.ValidationError
         ``data`` does not hold a ``type_`` (e.g. written by an incompatible version).
     """
-    return msgspec.msgpack.decode(data, type=type_, dec_hook=_dec_hook)
+    return msgspec.msgpack.decode(data, type=type_)

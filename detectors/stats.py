@@ -218,6 +218,11 @@ class RobustZ(msgspec.Struct):
             self.values[self.pos] = float(x)
             self.pos = (self.pos + 1) % self.size
 
+    def resize(self, size: int) -> None:
+        """Keep the newest ``size`` values (a changed ``trip_anomaly_history_trips``)."""
+        ordered = self.values[self.pos :] + self.values[: self.pos]
+        self.values, self.pos, self.size = ordered[-size:] if size else [], 0, size
+
     def score_one(self, x: float) -> float:
         """Signed robust z of ``x``; NaN with fewer than ``min_count`` values or bad ``x``."""
         if not math.isfinite(x) or len(self.values) < self.min_count:
@@ -231,11 +236,12 @@ class RobustZ(msgspec.Struct):
 class TripHealthState(msgspec.Struct):
     """One elevator's degradation charts, folded per trip.
 
-    Leveling drift: EWMA of the stop's leveling offset (λ 0.1, L 4.5, baseline over 50
-    stops, σ ≥ 1 mm) and a mean shift of at least ``min_shift_mm`` (3 mm: below that a
-    drift is noise at this level). Door-operator wear: EWMA of door opening and closing
-    times (λ 0.1, L 4.5, σ ≥ 0.05 s) whose mean must also be ``min_ratio`` (1.15) × the
-    baseline. Trip anomaly: robust z of :data:`TRIP_FEATURES` beyond ``z_limit`` (8).
+    Leveling drift: EWMA of the stop's leveling offset and a mean shift of at least
+    ``leveling_drift_min_shift_mm``. Door-operator wear: EWMA of door opening and closing
+    times whose mean must also be ``door_wear_min_ratio`` × the baseline. Trip anomaly:
+    robust z of :data:`TRIP_FEATURES` beyond ``trip_anomaly_z_limit``. Every parameter is a
+    :class:`~detectors.thresholds.Thresholds` field, applied at each trip (so an override
+    reaches charts restored from a checkpoint).
 
     Examples
     --------
@@ -246,24 +252,37 @@ class TripHealthState(msgspec.Struct):
     """
 
     elevator_id: str
-    leveling: Ewma = msgspec.field(default_factory=lambda: Ewma(0.1, 4.5, 50, 1.0))
-    door_opening: Ewma = msgspec.field(default_factory=lambda: Ewma(0.1, 4.5, 50, 0.05))
-    door_closing: Ewma = msgspec.field(default_factory=lambda: Ewma(0.1, 4.5, 50, 0.05))
+    leveling: Ewma = msgspec.field(default_factory=Ewma)
+    door_opening: Ewma = msgspec.field(default_factory=Ewma)
+    door_closing: Ewma = msgspec.field(default_factory=Ewma)
     history: dict[str, RobustZ] = msgspec.field(
-        default_factory=lambda: {k: RobustZ(200, 50) for k in TRIP_FEATURES}
+        default_factory=lambda: {k: RobustZ() for k in TRIP_FEATURES}
     )
     active: dict[str, int] = {}
-    min_shift_mm: float = 3.0
-    min_ratio: float = 1.15
-    z_limit: float = 8.0
 
     @classmethod
-    def new(cls, elevator_id: str) -> TripHealthState:
-        return cls(elevator_id)
+    def new(cls, elevator_id: str, thresholds: Thresholds | None = None) -> TripHealthState:
+        st = cls(elevator_id)
+        _configure(st, thresholds or Thresholds())
+        return st
+
+
+def _configure(st: TripHealthState, th: Thresholds) -> None:
+    """Set the charts' parameters from ``th`` (cheap: a few attributes per trip)."""
+    ch = st.leveling
+    ch.alpha, ch.limit_sigmas = th.leveling_drift_ewma_alpha, th.leveling_drift_limit_sigmas
+    ch.warmup, ch.min_sigma = th.leveling_drift_baseline_stops, th.leveling_drift_min_sigma_mm
+    for ch in (st.door_opening, st.door_closing):
+        ch.alpha, ch.limit_sigmas = th.door_wear_ewma_alpha, th.door_wear_limit_sigmas
+        ch.warmup, ch.min_sigma = th.door_wear_baseline_cycles, th.door_wear_min_sigma_s
+    for rz in st.history.values():
+        rz.min_count = th.trip_anomaly_min_trips
+        if rz.size != th.trip_anomaly_history_trips:
+            rz.resize(th.trip_anomaly_history_trips)
 
 
 def observe_trip(
-    state: TripHealthState, trip: Trip, limits: ElevatorLimits
+    state: TripHealthState, trip: Trip, limits: ElevatorLimits, th: Thresholds | None = None
 ) -> tuple[TripHealthState, list[Alert]]:
     """Fold one trip into the elevator's charts; alerts raised (and cleared) by it.
 
@@ -271,6 +290,8 @@ def observe_trip(
     its limits; a trip anomaly is an instant (raised and cleared by the same trip).
     """
     st = state
+    th = th or Thresholds()
+    _configure(st, th)
     out: list[Alert] = []
     t = trip.end_ms
     feats = trip_features(trip, limits)
@@ -293,7 +314,7 @@ def observe_trip(
         if math.isfinite(score):
             chart(
                 "leveling_drift",
-                score >= 1.0 and shift >= st.min_shift_mm,
+                score >= 1.0 and shift >= th.leveling_drift_min_shift_mm,
                 {"ewma_mm": st.leveling.ewma, "baseline_mm": st.leveling.mean, "score": score},
             )
     wear = False
@@ -310,7 +331,7 @@ def observe_trip(
         judged = True
         ratio = ch.ewma / ch.mean if ch.mean > 0 else math.nan
         wear_ev[name] = {"ewma_s": ch.ewma, "baseline_s": ch.mean, "score": score}
-        wear |= score >= 1.0 and ratio >= st.min_ratio
+        wear |= score >= 1.0 and ratio >= th.door_wear_min_ratio
     if judged:
         chart("door_operator_wear", wear, wear_ev)
     zs: dict[str, float] = {}
@@ -325,13 +346,13 @@ def observe_trip(
         if k in ANOMALY_SIDES
     }
     worst = max(harmful, key=harmful.__getitem__, default=None)
-    if worst is not None and harmful[worst] > st.z_limit:
+    if worst is not None and harmful[worst] > th.trip_anomaly_z_limit:
         a = make_alert(
             st.elevator_id,
             "trip_anomaly",
             trip.start_ms,
             t,
-            {"robust_z": zs, "feature": worst, "limit": st.z_limit, "limits": src},
+            {"robust_z": zs, "feature": worst, "limit": th.trip_anomaly_z_limit, "limits": src},
         )
         out += [a, _cleared(a)]
     return st, out
@@ -341,40 +362,16 @@ def _cleared(a: Alert) -> Alert:
     return msgspec.structs.replace(a, state="cleared")
 
 
-def cohort_key(limits: ElevatorLimits, building_type: str) -> str:
+def cohort_key(limits: ElevatorLimits, building_type: str | None = None) -> str:
     """Elevators judged together: same rated speed, floors band (≤ 6, 7–11, 12–18, 19–33,
-    34+) and building type."""
+    34+) and building type (``limits.building_type`` unless given)."""
+    if building_type is None:
+        building_type = limits.building_type
     f = limits.floors
     band = "≤6" if f <= 6 else "7-11" if f <= 11 else "12-18" if f <= 18 else "19-33"
     if f > 33:
         band = "34+"
     return f"{limits.rated_speed_mps:.2f}|{band}|{building_type}"
-
-
-class CohortState(msgspec.Struct):
-    """Robust z of trip features against a cohort's pooled history (bounded per cohort).
-
-    Examples
-    --------
-    >>> cs = CohortState()
-    >>> cs.score_trip("1.00|7-11|residential", {"door_opening_s": 2.5})
-    {'door_opening_s': nan}
-    """
-
-    size: int = 500
-    cohorts: dict[str, dict[str, RobustZ]] = {}
-
-    def score_trip(self, key: str, features: dict[str, float]) -> dict[str, float]:
-        """Signed robust z per feature against the cohort, then learn the trip."""
-        hist = self.cohorts.setdefault(key, {})
-        out = {}
-        for name, x in features.items():
-            rz = hist.get(name)
-            if rz is None:
-                rz = hist[name] = RobustZ(self.size, 50)
-            out[name] = rz.score_one(x)
-            rz.learn_one(x)
-        return out
 
 
 class TripHealth:
@@ -389,10 +386,10 @@ class TripHealth:
         self.thresholds = thresholds
 
     def new(self, elevator_id: str) -> TripHealthState:
-        return TripHealthState.new(elevator_id)
+        return TripHealthState.new(elevator_id, self.thresholds)
 
     def observe(self, state: TripHealthState, item: Trip, limits: ElevatorLimits) -> list[Alert]:
-        return observe_trip(state, item, limits)[1]
+        return observe_trip(state, item, limits, self.thresholds)[1]
 
     def tick(self, state: TripHealthState, now_ms: int, limits: ElevatorLimits) -> list[Alert]:
         return []

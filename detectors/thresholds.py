@@ -132,6 +132,80 @@ class Thresholds:
         perfunctory visits (假保). A judgement: override it where the city rules otherwise.
     passenger_mass_kg
         Mass of one passenger for estimating people trapped (GB/T 7588.1 Table 6: 75 kg).
+
+    Degradation charts (:mod:`detectors.stats`, per trip). No standard sets them; they are
+    the textbook EWMA settings (Montgomery, *Introduction to Statistical Quality Control*,
+    §9.2: λ 0.05–0.25, L ≈ 3 for 3-σ in-control run lengths of ~500; L 4.5 here because a
+    car makes hundreds of trips a day and a false degradation alert a day per car would be
+    ignored), checked on the fault-free scenario (``tianyan evaluate``).
+
+    leveling_drift_ewma_alpha, leveling_drift_limit_sigmas
+        λ and L of the leveling-offset EWMA chart (0.1, 4.5).
+    leveling_drift_baseline_stops
+        Stops that form the chart's in-control baseline (50).
+    leveling_drift_min_sigma_mm
+        Floor on the baseline standard deviation, mm: leveling sensors read in whole
+        millimetres, so a car that always reads the same must not alarm at the first 1 mm.
+    leveling_drift_min_shift_mm
+        A drift must also move the EWMA this far from the baseline (3 mm: below it is noise
+        at the ±10 mm stopping accuracy of GB/T 7588.1-2020 5.12.1.1.4).
+    door_wear_ewma_alpha, door_wear_limit_sigmas, door_wear_baseline_cycles
+        λ, L and baseline size of the door opening / closing time charts (0.1, 4.5, 50).
+    door_wear_min_sigma_s
+        Floor on their baseline standard deviation, s (0.05 s: half a 10 Hz sample period).
+    door_wear_min_ratio
+        The charted door time must also be this multiple of its baseline (1.15: slower by
+        15 %, below which door operators vary with temperature and load).
+    trip_anomaly_history_trips, trip_anomaly_min_trips
+        Trips remembered per feature for the robust z-score (200, a day or two of a car),
+        and fewer than which nothing is judged (50).
+    trip_anomaly_z_limit
+        A trip feature whose robust z (harmful side) exceeds this is a ``trip_anomaly``
+        (8: measured, 310 false alarms in 16.7 elevator-days at lower limits with both
+        sides, none at 8 on the fault-free scenario).
+
+    Online learning (:mod:`detectors.online`, per trip and per one-minute window, each
+    elevator against itself and against its cohort).
+
+    online_fading_factor
+        Weight of a new trip / window in the exponentially weighted mean and variance of
+        each feature (river's ``AdaptiveStandardScaler``): 0.005, a memory of about 200
+        trips (a busy car's day), so a car's normal after maintenance is learnt within a
+        day, while a degradation over days is still seen against it.
+    online_warmup_trips, online_warmup_windows
+        Trips / active one-minute windows an elevator's own model learns before its score
+        is used or alerts: 100 (several times 1 / fading factor is not needed for a mean,
+        but the variance of 6 features needs ~100 values to be within ±15 %).
+    online_cohort_warmup
+        Trips / windows a cohort's model learns before its score stands for an elevator
+        still warming up (50: several cars' trips pooled; the score is only shown then,
+        never alerted on, so a rougher variance is acceptable and a new car has a score on
+        its board within minutes).
+    online_alarm_p
+        The tail probability (χ² of the standardised features) at or below which a trip or
+        window scores 0.5, the alarm threshold of every score (``tianyan score``); it
+        scores 1 at its square. 1e-6 (≈ 5 σ on one feature): trip features are
+        heavier-tailed than Gaussian (door reopenings, short trips), so a single row this
+        unusual is common enough; ``online_confirm_rows`` makes the alert.
+    online_confirm_rows
+        Consecutive trips (or active minutes) at or beyond ``online_alarm_p`` that raise
+        ``online_anomaly``, once per run: 3. Single heavy-tail rows raised 1.2 alerts per
+        elevator-day at p ≤ 1e-9 on the degradation scenario's healthy cars; a car
+        degrading stays unusual trip after trip (README "Online learning").
+    online_min_sigma_ratio
+        Floor on each feature's standard deviation, as a fraction of its mean's magnitude
+        plus 1e-3 of its unit (a quantised sensor can read constant): 0.02.
+    online_learn_clip_sigmas, online_learn_clip_after
+        Once a feature has ``online_learn_clip_after`` values (30: its variance is then
+        within about ±25 %), a value is learnt as at most this many standard deviations
+        from the mean (3: Huber's winsorising; a Gaussian value is beyond it 0.3 % of the
+        time): one door held open cannot inflate the variance and hide the next ten
+        unusual trips, while a lasting change still moves the mean by 3 σ × the fading
+        factor per row and is learnt within a few hundred rows.
+    online_max_cohorts
+        Cohort models kept per partition (least recently used dropped first): 512, more
+        than the combinations of rated speed, floors band and building type in the
+        registry.
     default_rated_speed_mps, default_rated_load_kg, default_floors
         Used for an elevator that is not in the registry; deliberately strict (a slow, small
         car) so that an unknown car is over- rather than under-alarmed, and every alert
@@ -213,6 +287,29 @@ class Thresholds:
     maintenance_visit_interval_days: float = 15.0
     maintenance_visit_min_s: float = 1800.0
     passenger_mass_kg: float = 75.0
+    leveling_drift_ewma_alpha: float = 0.1
+    leveling_drift_limit_sigmas: float = 4.5
+    leveling_drift_baseline_stops: int = 50
+    leveling_drift_min_sigma_mm: float = 1.0
+    leveling_drift_min_shift_mm: float = 3.0
+    door_wear_ewma_alpha: float = 0.1
+    door_wear_limit_sigmas: float = 4.5
+    door_wear_baseline_cycles: int = 50
+    door_wear_min_sigma_s: float = 0.05
+    door_wear_min_ratio: float = 1.15
+    trip_anomaly_history_trips: int = 200
+    trip_anomaly_min_trips: int = 50
+    trip_anomaly_z_limit: float = 8.0
+    online_fading_factor: float = 0.005
+    online_warmup_trips: int = 100
+    online_warmup_windows: int = 100
+    online_cohort_warmup: int = 50
+    online_alarm_p: float = 1e-6
+    online_confirm_rows: int = 3
+    online_min_sigma_ratio: float = 0.02
+    online_max_cohorts: int = 512
+    online_learn_clip_sigmas: float = 3.0
+    online_learn_clip_after: int = 30
     default_rated_speed_mps: float = 1.0
     default_rated_load_kg: float = 630.0
     default_floors: int = 0
@@ -261,6 +358,16 @@ class Thresholds:
                 "risk grade cut-offs: need 0 < risk_yellow_min_score < risk_orange_min_score"
                 f" < risk_red_min_score ≤ 100, got {self.risk_yellow_min_score},"
                 f" {self.risk_orange_min_score}, {self.risk_red_min_score}"
+            )
+        for name in ("leveling_drift_ewma_alpha", "door_wear_ewma_alpha", "online_fading_factor"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ThresholdError(f"{name}: {getattr(self, name)!r} must be in (0, 1]")
+        if not 0 < self.online_alarm_p < 1:
+            raise ThresholdError(f"online_alarm_p: {self.online_alarm_p!r} must be in (0, 1)")
+        if self.trip_anomaly_history_trips < self.trip_anomaly_min_trips:
+            raise ThresholdError(
+                f"trip_anomaly_history_trips: {self.trip_anomaly_history_trips} is fewer than"
+                f" trip_anomaly_min_trips ({self.trip_anomaly_min_trips})"
             )
         if self.risk_window_days < 1:
             raise ThresholdError("risk_window_days: at least 1 day is needed")
@@ -326,6 +433,9 @@ class ElevatorLimits:
     from_registry
         False when the elevator is not in the registry and the values are
         :class:`Thresholds` defaults; every alert's evidence then says so.
+    building_type
+        From the registry ("" if unknown): with the ratings, the elevator's cohort
+        (:func:`detectors.stats.cohort_key`).
 
     Examples
     --------
@@ -339,15 +449,18 @@ class ElevatorLimits:
     floors: int
     floor_height_m: float = 3.0
     from_registry: bool = True
+    building_type: str = ""
 
     @classmethod
     def of(cls, elevator: _RegistryElevator, floor_height_m: float = 3.0) -> ElevatorLimits:
-        """Limits of a registry record (anything with the three rating attributes)."""
+        """Limits of a registry record (anything with the three rating attributes, and
+        ``building_type`` if it has one)."""
         return cls(
             float(elevator.rated_speed_mps),
             float(elevator.rated_load_kg),
             int(elevator.floors),
             floor_height_m,
+            building_type=str(getattr(elevator, "building_type", "")),
         )
 
     @classmethod

@@ -306,6 +306,8 @@ class DetectorRun:
     quarantined: int
     duplicates: int
     trips: int
+    #: Trips and one-minute windows given an online-learning score.
+    scored: int = 0
 
 
 def _run_pipeline(
@@ -320,17 +322,18 @@ def run_detectors(
     records: Iterable[tuple[bytes | None, bytes]],
     limits_for: Callable[[str], ElevatorLimits],
     thresholds: Thresholds,
+    without: Iterable[str] = (),
 ) -> DetectorRun:
     """Feed raw (key, value) messages to the worker's :class:`Ingest` one at a time, as one
     partition would deliver them (arriving at their :func:`send_times`), each followed by a
     tick as the worker ticks after each batch; the stream's end is one more turn with
-    nothing new."""
+    nothing new. ``without`` names detectors not to run."""
     # grace_ms only decides which late samples are re-windowed; windows are not scored.
-    ingest = Ingest(0, limits_for=limits_for, thresholds=thresholds)
+    ingest = Ingest(0, limits_for=limits_for, thresholds=thresholds, without=without)
     alerts: list[Alert] = []
     # elevator id → its sample times, compact (a fleet-hour is millions of samples)
     times: dict[str, array[int]] = {}
-    messages = quarantined = duplicates = trips = 0
+    messages = quarantined = duplicates = trips = scored = 0
     for offset, (key, value, arrival_ms) in enumerate(send_times(records)):
         batch = ingest.process([RawRecord(key, value, 0, offset, arrival_ms)])
         # batch: the message (or its quarantine / duplicate count), trips, alerts
@@ -339,6 +342,8 @@ def run_detectors(
         quarantined += len(batch.quarantined)
         duplicates += batch.duplicates
         trips += len(batch.trips)
+        scored += sum(1 for t in batch.trips if t.online_score is not None)
+        scored += sum(1 for w in batch.windows if w.online_score is not None)
         for m in batch.messages:
             times.setdefault(m.elevator_id, array("q")).extend(m.samples.t_ms)
         alerts += ingest.tick().alerts
@@ -350,6 +355,7 @@ def run_detectors(
         quarantined=quarantined,
         duplicates=duplicates,
         trips=trips,
+        scored=scored,
     )
 
 

@@ -62,7 +62,6 @@ from typing import Any, Final
 import numpy as np
 
 from detectors.alerts import Alert
-from detectors.stats import TripHealthState
 from detectors.thresholds import Thresholds
 
 #: How long after a label's end an alert still counts as its detection, ms: a clearing
@@ -160,6 +159,7 @@ EXPLAINED_BY: Final[dict[str, frozenset[str]]] = {
     "device_offline": frozenset({"dropout"}),
     "clock_fault": frozenset({"clock_skew"}),
     "trip_anomaly": _TRIP_CHANGES,
+    "online_anomaly": _TRIP_CHANGES,
 }
 _inverse: dict[str, set[str]] = defaultdict(set)
 for _label, _alert_types in DETECTS.items():
@@ -170,7 +170,7 @@ for _alert_type, _labels in _inverse.items():
 del _inverse
 #: Alerts about a whole trip (raised at its end): judged on the trip's span, since the fault
 #: that made the trip unusual may have ended before the car stood still.
-TRIP_SPAN_ALERTS: Final = frozenset({"trip_anomaly"})
+TRIP_SPAN_ALERTS: Final = frozenset({"trip_anomaly", "online_anomaly"})
 
 Label = Mapping[str, Any]
 
@@ -244,16 +244,16 @@ def censor_reason(
 
 def _too_small(label: Label, end_ms: int) -> str | None:
     """A degradation whose injected change at the end of the run is below what the trip
-    charts are built to flag (:class:`~detectors.stats.TripHealthState`)."""
+    charts are built to flag (``leveling_drift_min_shift_mm``, ``door_wear_min_ratio``)."""
     days = (end_ms - int(label["onset_ms"])) / _MS_PER_DAY
-    charts = TripHealthState("")
+    th = Thresholds()
     if label["fault_type"] == "leveling_drift":
         change = abs(float(label["params"]["mm_per_day"])) * days
-        if change < charts.min_shift_mm:
+        if change < th.leveling_drift_min_shift_mm:
             return f"too small: {change:.1f} mm of drift by the end of the run"
     else:
         change = float(label["params"]["slowdown_per_day"]) * days
-        if 1.0 + change < charts.min_ratio:
+        if 1.0 + change < th.door_wear_min_ratio:
             return f"too small: door times ×{1 + change:.2f} by the end of the run"
     return None
 

@@ -59,6 +59,10 @@ class WindowFeature(msgspec.Struct, frozen=True):
     leveling_offset_mm
         Leveling offset of the window's last stopped sample in a landing (door zone, speed
         at most :data:`MOVING_SPEED_MPS`, doors OPENING or OPEN), mm; None if no stop.
+    online_score
+        The online-learning score of a one-minute window (``detectors.online``: in [0, 1],
+        0.5 the alarm threshold); None for 1-s and idle windows, while its models warm up,
+        and with the detectors off.
     """
 
     bucket_start_ms: int
@@ -78,6 +82,7 @@ class WindowFeature(msgspec.Struct, frozen=True):
     door_closing_s: float | None
     door_open_s: float
     leveling_offset_mm: float | None
+    online_score: float | None = None
 
 
 class Trip(msgspec.Struct, frozen=True):
@@ -125,6 +130,10 @@ class Trip(msgspec.Struct, frozen=True):
     door_closing_s
         Duration of the last CLOSING phase completed (CLOSING → CLOSED) while the car stood
         before departure, with no opening after it, s; None if not seen.
+    online_score
+        The trip's online-learning score (``detectors.online``: in [0, 1], 0.5 the alarm
+        threshold); None while its models warm up, for inspection runs, and with the
+        detectors off.
     """
 
     start_ms: int
@@ -142,6 +151,7 @@ class Trip(msgspec.Struct, frozen=True):
     leveling_offset_mm: float | None
     door_opening_s: float | None
     door_closing_s: float | None
+    online_score: float | None = None
 
 
 class MaintenanceSession(msgspec.Struct, frozen=True):

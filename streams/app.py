@@ -53,6 +53,12 @@ SINK_RETRY_S = 2.0
 STALL_S = 30.0
 
 
+def cohorts_key(partition: int) -> bytes:
+    """The state table's key of a partition's cohort models (elevator states are keyed by
+    the 20-digit id, so the two never meet); written to that partition of the changelog."""
+    return f"cohorts/{partition}".encode()
+
+
 class RegistryLimits:
     """Each elevator's ratings from the registry, cached; refreshed when the registry changes."""
 
@@ -75,10 +81,7 @@ class RegistryLimits:
                 ).fetchone()
             if version == self._version:
                 return
-            self._limits = {
-                e.registration_code: ElevatorLimits(e.rated_speed_mps, e.rated_load_kg, e.floors)
-                for e in load(self.url)
-            }
+            self._limits = {e.registration_code: ElevatorLimits.of(e) for e in load(self.url)}
             self._version = version
             log.info("registry loaded", extra={"elevators": len(self._limits)})
         except psycopg.Error as e:
@@ -127,6 +130,8 @@ class Worker:
             is_registered=self.limits.known if settings.registered_only else None,
             # Cars silent long after their device_offline: state dropped, checkpoint kept.
             evict_silent=True,
+            # Each partition's cohort models, checkpointed with its elevators' states.
+            load_cohorts=self._load_cohorts,
         )
         self.sink = TimescaleSink(settings.database_url)
         # Quarantine and state changelog, flushed together at each checkpoint.
@@ -139,6 +144,8 @@ class Worker:
         )
         self.last_turn = time.monotonic()
         self._dirty: dict[str, int] = {}
+        #: Partitions whose cohort models changed since the last checkpoint.
+        self._dirty_cohorts: set[int] = set()
         #: States evicted from memory (silent cars reported offline): elevator id →
         #: (partition, final checkpoint), sent to the changelog at the next checkpoint.
         self._evicted: dict[str, tuple[int, bytes]] = {}
@@ -152,6 +159,10 @@ class Worker:
         raw: bytes | None = self.state_table.data.get(elevator_id.encode())
         if raw is not None:
             metrics.STATES_RESTORED.inc()
+        return raw
+
+    def _load_cohorts(self, partition: int) -> bytes | None:
+        raw: bytes | None = self.state_table.data.get(cohorts_key(partition))
         return raw
 
     async def checkpoint(self) -> None:
@@ -178,6 +189,14 @@ class Worker:
             table.data[key] = value
             self.producer.publish(key, value, topic=changelog, partition=partition)
         self._dirty.clear()
+        for partition in self._dirty_cohorts:
+            models = self.ingest.cohort_checkpoint(partition)
+            if models is None:  # its partition went to another worker since
+                continue
+            key = cohorts_key(partition)
+            table.data[key] = models
+            self.producer.publish(key, models, topic=changelog, partition=partition)
+        self._dirty_cohorts.clear()
         while True:
             try:
                 await asyncio.to_thread(self.producer.flush, 30.0)
@@ -205,6 +224,7 @@ class Worker:
         # Their unsaved changes (silence judged since the last checkpoint) are the new
         # owner's to make again: it judges the same silences at the same stream times.
         self._dirty = {e: p for e, p in self._dirty.items() if p not in revoked}
+        self._dirty_cohorts -= revoked
         self._evicted = {e: v for e, v in self._evicted.items() if v[0] not in revoked}
         self.ingest.forget_partitions(revoked)
         metrics.ELEVATOR_STATES.set(len(self.ingest.states))
@@ -325,6 +345,7 @@ class Worker:
         metrics.ALERTS.inc(len(batch.alerts))
         for elevator_id, partition in batch.touched.items():
             self._dirty[elevator_id] = partition
+        self._dirty_cohorts |= batch.cohorts_touched
         self._held.extend(messages)
         metrics.MESSAGES.inc(len(batch.messages))
         metrics.ELEVATOR_STATES.set(len(self.ingest.states))

@@ -20,6 +20,7 @@ import msgspec
 from detectors.alerts import Alert
 from detectors.catalog import detectors
 from detectors.clock import ClockState, judge_clock
+from detectors.online import CohortModels, OnlineDetector
 from detectors.protocol import Detector
 from detectors.state import decode_state, encode_state
 from detectors.thresholds import ElevatorLimits, Thresholds
@@ -184,6 +185,22 @@ class _SavedElevatorState(msgspec.Struct):
     newest_stamp_ms: int = -1
 
 
+class PartitionCohorts(msgspec.Struct):
+    """The cohort models of one partition (:class:`detectors.online.CohortModels`, per
+    detector name), checkpointed with the partition's elevator states.
+
+    Why per partition: a cohort (same rated speed, floors band, building type) spans
+    elevators on every partition, but a partition is one ordered log read by one worker at
+    a time. A model per partition has one writer, learns in the log's order (so a replay or
+    a restart from the last checkpoint learns the same model), and goes to the changelog
+    with the partition's elevator states at the same checkpoint, before its offsets are
+    committed. A city-wide model would need every worker's trips merged in one order; with
+    thousands of elevators per partition, each partition's cohort model sees enough trips.
+    """
+
+    detectors: dict[str, CohortModels] = {}
+
+
 class _Partition:
     """One partition's clock and elevators. Its stream time is the newest sample time read
     from it: a partition is one ordered log, so an elevator that sent nothing while it moved
@@ -280,6 +297,8 @@ class IngestBatch:
     touched: dict[str, int] = field(default_factory=dict)
     #: Messages quarantined because their elevator is not in the registry.
     unregistered: int = 0
+    #: Partitions whose cohort models changed (:class:`PartitionCohorts`), for checkpoints.
+    cohorts_touched: set[int] = field(default_factory=set)
     #: States dropped from memory (a car silent beyond ``state_eviction_after_s`` and
     #: reported offline): elevator id → (partition, its final checkpoint), for the worker
     #: to save before it forgets them.
@@ -347,6 +366,12 @@ class Ingest:
         Whether an elevator id is in the registry; a message from one that is not is
         quarantined with the reason before any state is made for it (so random ids cannot
         grow the worker). None accepts every id (offline evaluation, tests).
+    load_cohorts
+        Called with a partition the first time it is seen; returns its cohort models'
+        checkpoint (:meth:`cohort_checkpoint`) or None.
+    without
+        Names of catalogue detectors not to run (``tianyan bench online`` measures the cost
+        of the online detectors so); the worker runs them all.
     evict_silent
         Drop from memory the state of a car silent beyond ``state_eviction_after_s`` once
         its ``device_offline`` was raised (the worker, whose ``load_state`` restores it from
@@ -363,6 +388,8 @@ class Ingest:
         wall_clock_ms: Callable[[], float] | None = None,
         is_registered: Callable[[str], bool] | None = None,
         evict_silent: bool = False,
+        load_cohorts: Callable[[int], bytes | None] = lambda _: None,
+        without: Iterable[str] = (),
     ) -> None:
         if grace_ms < 0:
             raise ValueError(f"grace_ms: {grace_ms} is negative")
@@ -370,9 +397,13 @@ class Ingest:
         self._load_state = load_state
         self._limits_for = limits_for
         self.thresholds = thresholds or Thresholds()
-        self.detectors = detectors(self.thresholds)
+        left_out = set(without)
+        self.detectors = tuple(d for d in detectors(self.thresholds) if d.name not in left_out)
         self._message_detectors = [d for d in self.detectors if d.consumes == "message"]
         self._trip_detectors = [d for d in self.detectors if d.consumes == "trip"]
+        self._window_detectors = [d for d in self.detectors if d.consumes == "window"]
+        self._load_cohorts = load_cohorts
+        self._cohorts: dict[int, PartitionCohorts] = {}
         self._wall_clock_ms = wall_clock_ms
         self._is_registered = is_registered
         self._evict_silent = evict_silent
@@ -414,9 +445,30 @@ class Ingest:
             if p is not None and p in self._partitions:
                 self._partitions[p].elevators.pop(e, None)
 
+    def cohorts(self, partition: int) -> PartitionCohorts:
+        """The partition's cohort models, restored from its checkpoint when first needed."""
+        c = self._cohorts.get(partition)
+        if c is None:
+            saved = self._load_cohorts(partition)
+            if saved:
+                try:
+                    c = decode_state(saved, PartitionCohorts)
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    self.unreadable_states += 1
+            if c is None:
+                c = PartitionCohorts()
+            self._cohorts[partition] = c
+        return c
+
+    def cohort_checkpoint(self, partition: int) -> bytes | None:
+        """The partition's cohort models as MessagePack (None if not held here)."""
+        c = self._cohorts.get(partition)
+        return None if c is None else encode_state(c)
+
     def forget_partitions(self, partitions: Iterable[int]) -> None:
-        """Drop the states and clocks of partitions assigned elsewhere."""
+        """Drop the states, clocks and cohort models of partitions assigned elsewhere."""
         for p in set(partitions):
+            self._cohorts.pop(p, None)
             gone = self._partitions.pop(p, None)
             if gone is not None:
                 self.forget(list(gone.elevators))
@@ -476,18 +528,17 @@ class Ingest:
             out.samples += len(message.samples.t_ms)
             out.touched[eid] = record.partition
             st.windows, closed, stats = fold_message(st.windows, message, grace)
-            out.windows.extend(closed)
             out.late_samples += stats.samples_late
             st.trip, trips = segment_message(st.trip, message)
-            out.trips.extend(trips)
             sessions = st.maintenance or initial_maintenance_state(eid)
             st.maintenance, opened_or_closed = segment_sessions(sessions, message)
             out.maintenance_sessions.extend(opened_or_closed)
             if detect:
-                # Inspection runs are a technician's, not the car's usual trips: the
-                # trip-health charts neither learn from nor judge them.
-                usual = [t for t in trips if not st.maintenance.in_inspection(t.start_ms)]
-                out.alerts.extend(self._detect(st, message, usual))
+                # (elevator state, message, its closed trips and windows) → alerts, and the
+                # trips and windows with their online-learning scores
+                trips, closed = self._detect(st, message, trips, closed, record.partition, out)
+            out.windows.extend(closed)
+            out.trips.extend(trips)
             t_end = message.samples.t_ms[-1]
             self._advance(
                 record.partition, eid, t_end if newest_ms is None else min(t_end, newest_ms)
@@ -572,18 +623,73 @@ class Ingest:
         return p
 
     def _detect(
-        self, st: ElevatorState, message: TelemetryMessage, trips: list[Trip]
-    ) -> list[Alert]:
-        # (elevator state, message, the trips it closed) → alerts, every detector in order
+        self,
+        st: ElevatorState,
+        message: TelemetryMessage,
+        trips: list[Trip],
+        windows: list[WindowFeature],
+        partition: int,
+        out: IngestBatch,
+    ) -> tuple[list[Trip], list[WindowFeature]]:
+        """Every detector in order on the message, the trips and the one-minute windows it
+        closed; alerts go to ``out``. Returns the trips and windows, scored.
+
+        Inspection runs (and the minutes of them) are a technician's, not the car's usual
+        running: the trip-health charts and the online models neither learn from nor
+        judge them.
+        """
         assert self._limits_for is not None
         limits = self._limits_for(st.elevator_id)
-        alerts: list[Alert] = []
+        alerts = out.alerts
         for d in self._message_detectors:
             alerts += d.observe(st.detectors[d.name], message, limits)
+        maintenance = st.maintenance
+        scored_trips: list[Trip] = []
         for trip in trips:
-            for d in self._trip_detectors:
-                alerts += d.observe(st.detectors[d.name], trip, limits)
-        return alerts
+            if maintenance is not None and maintenance.in_inspection(trip.start_ms):
+                scored_trips.append(trip)
+                continue
+            score = self._run(self._trip_detectors, st, trip, limits, partition, out)
+            scored_trips.append(
+                trip if score is None else msgspec.structs.replace(trip, online_score=score)
+            )
+        scored_windows: list[WindowFeature] = []
+        for w in windows:
+            if w.width_s != 60 or (
+                maintenance is not None and maintenance.in_inspection(w.bucket_start_ms)
+            ):
+                scored_windows.append(w)
+                continue
+            score = self._run(self._window_detectors, st, w, limits, partition, out)
+            scored_windows.append(
+                w if score is None else msgspec.structs.replace(w, online_score=score)
+            )
+        return scored_trips, scored_windows
+
+    def _run(
+        self,
+        dets: list[Detector[Any]],
+        st: ElevatorState,
+        item: Trip | WindowFeature,
+        limits: ElevatorLimits,
+        partition: int,
+        out: IngestBatch,
+    ) -> float | None:
+        """``item`` through ``dets`` (alerts to ``out``); the online-learning score."""
+        score = None
+        for d in dets:
+            if isinstance(d, OnlineDetector):
+                cohorts = self.cohorts(partition).detectors
+                models = cohorts.get(d.name)
+                if models is None:
+                    models = cohorts[d.name] = d.new_cohorts()
+                scored = d.observe_in_cohort(st.detectors[d.name], models, item, limits)
+                out.alerts += scored.alerts
+                out.cohorts_touched.add(partition)
+                score = scored.score if score is None else score
+            else:
+                out.alerts += d.observe(st.detectors[d.name], item, limits)
+        return score
 
     def _advance(self, partition: int, elevator_id: str, t_ms: int) -> None:
         p = self._partition(partition)

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -23,8 +24,9 @@ from detectors import (
     encode_state,
     score_series,
 )
+from detectors.online import CohortModels, OnlineDetector
 from detectors.testing import UncheckedMessage, car, message
-from foundation.records import Trip
+from foundation.records import Trip, WindowFeature
 
 EID = "32070620200000000001"
 T0 = 1_700_000_000_000
@@ -82,7 +84,37 @@ def trips(seed: int, count: int) -> Iterator[Trip]:
             load_kg=float(rng.uniform(0, 600)),
             leveling_offset_mm=None if rng.random() < 0.05 else float(rng.normal(drift_mm, 3)),
             door_opening_s=float(rng.normal(2.5, 0.05)),
-            door_closing_s=float(rng.normal(2.6, 0.05)),
+            # Now and then three doors in a row that close a second late: trips unlike the others.
+            door_closing_s=float(rng.normal(2.6, 0.05)) + (1.0 if i % 97 >= 94 else 0.0),
+        )
+
+
+def windows(seed: int, count: int) -> Iterator[WindowFeature]:
+    """One-minute windows of a car at work (some idle), its door closing slowing after 120."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        idle = rng.random() < 0.2
+        wear = max(0, i - 120) * 0.0004  # door closing 0.04 % slower per minute after 120
+        yield WindowFeature(
+            bucket_start_ms=T0 + i * 60_000,
+            elevator_id=EID,
+            width_s=60,
+            samples=1 if idle else 600,
+            speed_max_mps=0.0 if idle else float(rng.normal(1.0, 0.01)),
+            speed_mean_mps=0.0 if idle else 0.4,
+            accel_peak_mps2=0.0 if idle else float(rng.normal(0.7, 0.02)),
+            jerk_peak_mps3=None if idle else float(rng.normal(1.2, 0.05)),
+            load_max_kg=float(rng.uniform(0, 600)),
+            moving_s=0.0 if idle else float(rng.uniform(5, 40)),
+            occupied_s=0.0,
+            door_open_count=0 if idle else 2,
+            door_close_count=0 if idle else 2,
+            door_opening_s=None if idle else float(rng.normal(2.5, 0.05)),
+            door_closing_s=None
+            if idle
+            else float(rng.normal(2.6 * (1 + wear), 0.05)) + (1.0 if i % 97 >= 94 else 0.0),
+            door_open_s=0.0 if idle else 8.0,
+            leveling_offset_mm=None if idle else float(rng.normal(0, 3)),
         )
 
 
@@ -116,8 +148,31 @@ _bad_trip = Trip(
 )
 
 #: What each kind of input is made of, and the bad inputs every detector must survive.
-INPUTS: dict[str, Callable[[int, int], Iterator[Any]]] = {"message": messages, "trip": trips}
-BAD: dict[str, list[Any]] = {"message": _bad_rows(), "trip": [_bad_trip]}
+INPUTS: dict[str, Callable[[int, int], Iterator[Any]]] = {
+    "message": messages,
+    "trip": trips,
+    "window": windows,
+}
+_bad_window = WindowFeature(
+    bucket_start_ms=T0,
+    elevator_id=EID,
+    width_s=60,
+    samples=3,
+    speed_max_mps=math.nan,
+    speed_mean_mps=math.inf,
+    accel_peak_mps2=-math.inf,
+    jerk_peak_mps3=None,
+    load_max_kg=math.nan,
+    moving_s=math.inf,
+    occupied_s=math.nan,
+    door_open_count=1,
+    door_close_count=0,
+    door_opening_s=math.nan,
+    door_closing_s=None,
+    door_open_s=math.nan,
+    leveling_offset_mm=math.inf,
+)
+BAD: dict[str, list[Any]] = {"message": _bad_rows(), "trip": [_bad_trip], "window": [_bad_window]}
 #: Every stream detector of the catalogue: the one list the worker and evaluation run.
 DETECTORS = detectors(TH)
 
@@ -125,7 +180,12 @@ DETECTORS = detectors(TH)
 def step(det: Detector[Any], state: Any, item: Any) -> list[dict[str, Any]]:
     """One input through the protocol, then a tick 70 s of stream time later."""
     out = det.observe(state, item, LIM)
-    t_ms = item.samples.t_ms[-1] if det.consumes == "message" else item.end_ms
+    if det.consumes == "message":
+        t_ms = item.samples.t_ms[-1]
+    elif det.consumes == "window":
+        t_ms = item.bucket_start_ms + item.width_s * 1000
+    else:
+        t_ms = item.end_ms
     out += det.tick(state, t_ms + 70_000, LIM)
     return [a.to_dict() for a in out]
 
@@ -140,7 +200,13 @@ def checkpoint(det: Detector[Any], state: Any) -> Any:
 
 def test_the_catalogue_holds_every_detector_once() -> None:
     names = [d.name for d in DETECTORS]
-    assert names == ["safety_rules", "trip_health", "maintenance_due"]
+    assert names == [
+        "safety_rules",
+        "trip_health",
+        "maintenance_due",
+        "online_trips",
+        "online_windows",
+    ]
     assert len(set(names)) == len(names)
     assert {d.consumes for d in DETECTORS} <= set(INPUTS)
 
@@ -212,3 +278,57 @@ def test_series_detectors_contract(name: str) -> None:
     assert np.isnan(a[10]) and np.isnan(a[50])
     finite = a[np.isfinite(a)]
     assert finite.size > 700 and np.all((finite >= 0) & (finite <= 1))
+
+
+#: The detectors that also learn per cohort (one model per cohort and partition).
+COHORT_DETECTORS = [d for d in DETECTORS if isinstance(d, OnlineDetector)]
+#: Three elevators of one cohort and one of another.
+PEERS = [f"3207062020000000000{i}" for i in range(4)]
+COHORT_LIMITS = [LIM, LIM, LIM, ElevatorLimits(2.5, 1600.0, 30, building_type="office")]
+
+
+def run_cohort(
+    det: OnlineDetector, states: dict[str, Any], cohorts: CohortModels, items: list[Any]
+) -> list[Any]:
+    """Each item for each of :data:`PEERS` in turn, through the cohort path the worker runs."""
+    out = []
+    for x in items:
+        for eid, lim in zip(PEERS, COHORT_LIMITS, strict=True):
+            item = msgspec.structs.replace(x, elevator_id=eid)
+            scored = det.observe_in_cohort(states[eid], cohorts, item, lim)
+            out.append((scored.score, [a.to_dict() for a in scored.alerts]))
+    return out
+
+
+@pytest.mark.parametrize("det", COHORT_DETECTORS, ids=lambda d: d.name)
+def test_cohort_models_checkpoint_mid_stream_and_are_deterministic(det: OnlineDetector) -> None:
+    items = list(INPUTS[det.consumes](7, 300))
+
+    def fresh() -> tuple[dict[str, Any], CohortModels]:
+        return {e: det.new(e) for e in PEERS}, det.new_cohorts()
+
+    expected = run_cohort(det, *fresh(), items)
+    assert expected == run_cohort(det, *fresh(), items)
+    states, cohorts = fresh()
+    head = run_cohort(det, states, cohorts, items[:150])
+    states = {e: checkpoint(det, s) for e, s in states.items()}
+    cohorts = decode_state(encode_state(cohorts), CohortModels)
+    assert head + run_cohort(det, states, cohorts, items[150:]) == expected
+    assert sorted(cohorts.models) == ["1.00|7-11|", "2.50|19-33|office"]
+    # The cohort's score stands for an elevator still warming up, its own after.
+    scores = [s for s, _ in expected]
+    warm_own = det._warmup() * len(PEERS)
+    assert any(s is not None for s in scores[:warm_own])
+    assert any(alerts for _, alerts in expected[warm_own:])
+    assert not any(alerts for _, alerts in expected[:warm_own]), "alerted while warming up"
+
+
+@pytest.mark.parametrize("det", COHORT_DETECTORS, ids=lambda d: d.name)
+def test_cohort_models_are_bounded(det: OnlineDetector) -> None:
+    cohorts = det.new_cohorts()
+    item = next(INPUTS[det.consumes](8, 1))
+    for i in range(3 * TH.online_max_cohorts):
+        lim = ElevatorLimits(1.0 + i / 100, 1000.0, 10, building_type="residential")
+        det.observe_in_cohort(det.new(EID), cohorts, item, lim)
+    assert len(cohorts.models) == TH.online_max_cohorts
+    assert len(encode_state(cohorts)) < 400 * TH.online_max_cohorts  # ~300 bytes a model

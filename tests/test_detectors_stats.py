@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from detectors import (
-    CohortState,
     ElevatorLimits,
-    HalfSpaceTreesDetector,
+    GaussianModel,
     SeriesError,
     Thresholds,
     TripHealth,
@@ -88,28 +87,25 @@ def test_series_errors_are_clear() -> None:
         score_series("ewma", [1, 2], {"x": [1, 2]}, lam=3)
 
 
-def test_cohort_and_half_space_tree_states_survive_a_checkpoint_mid_stream() -> None:
-    """The building blocks outside the stream catalogue keep state the same way: a msgspec
-    Struct through the one codec (the river model as its pickle), identical scores after."""
+def test_online_model_learns_mean_and_variance_then_forgets_with_its_fading_factor() -> None:
+    """The first values weigh equally (mean and variance as numpy's), later ones with the
+    fading factor; a value far from what was learnt scores a tiny tail probability."""
     rng = np.random.default_rng(4)
-    feats = [
-        trip_features(trip(i, float(rng.normal(0, 3)), float(rng.normal(2.5, 0.05))), LIM)
-        for i in range(200)
-    ]
-    key = cohort_key(LIM, "residential")
-
-    def scores(cohort: CohortState, hst: HalfSpaceTreesDetector, rows: list) -> list:
-        out = []
-        for x in rows:
-            z = cohort.score_trip(key, x)
-            out.append((repr(z), hst.score_one(x)))
-            hst.learn_one(x)
-        return out
-
-    expected = scores(CohortState(), HalfSpaceTreesDetector(seed=7), feats)
-    cohort, hst = CohortState(), HalfSpaceTreesDetector(seed=7)
-    head = scores(cohort, hst, feats[:100])
-    cohort = decode_state(encode_state(cohort), CohortState)
-    hst = decode_state(encode_state(hst), HalfSpaceTreesDetector)
-    assert head + scores(cohort, hst, feats[100:]) == expected
-    assert any(np.isfinite(z) for _, z in expected)
+    x = rng.normal(2.5, 0.05, 150)
+    m = GaussianModel()
+    for v in x:
+        m.learn_one({"door_opening_s": float(v)}, fading_factor=0.005)
+    n, mean, var = m.features["door_opening_s"]
+    assert n == 150 and mean == pytest.approx(x.mean()) and var == pytest.approx(x.var())
+    assert m.p_value({"door_opening_s": 2.5}, 0.0) > 0.5
+    assert m.p_value({"door_opening_s": 2.9}, 0.0) < 1e-12
+    for v in rng.normal(3.0, 0.05, 1500):  # a new normal, after maintenance
+        m.learn_one({"door_opening_s": float(v)}, fading_factor=0.005)
+    assert m.features["door_opening_s"][1] == pytest.approx(3.0, abs=0.01)
+    assert m.p_value({"door_opening_s": 3.0}, 0.0) > 0.5
+    assert np.isnan(m.p_value({"door_opening_s": float("nan")}, 0.0))
+    restored = decode_state(encode_state(m), GaussianModel)
+    assert restored == m
+    # ``trip_features`` and ``cohort_key`` give the model its rows and its cohort.
+    assert set(trip_features(trip(0, 1.0, 2.5), LIM)) >= {"door_opening_s"}
+    assert cohort_key(LIM, "residential") == "1.00|7-11|residential"

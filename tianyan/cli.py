@@ -1144,6 +1144,34 @@ def bench_backfill(elevators: int, minutes: float, scenario: str, keep: bool) ->
     click.echo(as_json(result))
 
 
+@bench.command("online")
+@click.option(
+    "--scenario",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=Path("tests/scenarios/degradation.toml"),
+    show_default=True,
+)
+@click.option("--elevators", type=int, default=20, show_default=True)
+@click.option(
+    "--duration", "duration_s", type=float, default=None, help="Simulated s (the scenario's)."
+)
+@click.option("--seed", type=int, default=None, help="Overrides the scenario's seed.")
+def bench_online(
+    scenario: Path, elevators: int, duration_s: float | None, seed: int | None
+) -> None:
+    """Online learning against the EWMA charts on slow degradation (who alerts first after
+    onset; online alerts from healthy cars), and the detection loop's cost per message
+    without and with the online detectors. No stack needed: the worker's detection loop
+    runs in-process. A table, then one JSON line."""
+    import json
+
+    from evaluation.online import measure
+
+    report = measure(scenario, seed=seed, elevators=elevators, duration_s=duration_s)
+    click.echo(report.table())
+    click.echo(json.dumps(report.to_dict()))
+
+
 @bench.command("nab")
 @click.option(
     "--data",

@@ -93,6 +93,23 @@ ORDER BY 1""",
         " AND $__timeFilter(bucket_start)",
     )
     b.panel(
+        timeseries().min(0).max(1),
+        "Online-learning score (0.5 alarms)",
+        f"""SELECT t AS time, metric, score FROM (
+    SELECT end_time AS t, 'trip' AS metric, online_score AS score FROM trip
+    WHERE {_THIS} AND online_score IS NOT NULL AND $__timeFilter(start_time)
+    UNION ALL
+    SELECT bucket_start + interval '1 minute', 'minute', online_score FROM window_feature
+    WHERE {_THIS} AND width_s = 60 AND online_score IS NOT NULL
+      AND $__timeFilter(bucket_start)
+) s
+ORDER BY 1""",
+        format="time_series",
+        shows=f"""SELECT 1 FROM trip WHERE {_THIS} AND online_score IS NOT NULL
+  AND $__timeFilter(start_time)""",
+        width=24,
+    )
+    b.panel(
         table().override_by_name(
             *link_column(
                 "trip",
@@ -103,7 +120,7 @@ ORDER BY 1""",
         "Trips",
         f"""SELECT {TRIP_ID} AS trip, start_time, end_time, start_floor, end_floor,
        duration_s, distance_m, peak_speed_mps, peak_accel_mps2, load_kg,
-       leveling_offset_mm, door_opening_s, door_closing_s
+       leveling_offset_mm, door_opening_s, door_closing_s, online_score
 FROM trip
 WHERE {_THIS} AND $__timeFilter(start_time)
 ORDER BY start_time DESC

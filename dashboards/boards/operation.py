@@ -118,6 +118,31 @@ ORDER BY 1""",
         format="time_series",
         shows="SELECT 1 FROM alert WHERE state = 'raised' AND $__timeFilter(raised_at)",
     )
+    b.panel(
+        table()
+        .decimals(3)
+        .override_by_name(
+            *link_column(
+                "registration_code",
+                "Elevator ${__value.raw}",
+                board_url(shared.ELEVATOR, elevator="${__value.raw}"),
+            )
+        ),
+        "Most unusual elevators: online-learning scores (0.5 alarms)",
+        """SELECT t.elevator_id AS registration_code, e.district, e.building_type,
+       count(*) AS trips_scored,
+       avg(t.online_score) AS mean_score,
+       max(t.online_score) AS max_score,
+       count(*) FILTER (WHERE t.online_score >= 0.5) AS trips_at_or_above_alarm
+FROM trip t JOIN elevator e ON e.registration_code = t.elevator_id
+WHERE t.online_score IS NOT NULL AND $__timeFilter(t.start_time)
+GROUP BY 1, 2, 3
+ORDER BY mean_score DESC, max_score DESC
+LIMIT 50""",
+        shows="SELECT 1 FROM trip WHERE online_score IS NOT NULL AND $__timeFilter(start_time)",
+        width=24,
+        height=9,
+    )
     b.row("District: $district")
     b.panel(
         table().override_by_name(
