@@ -55,10 +55,12 @@ def acl_plan(settings: Settings) -> list[Grant]:
     """Each component's least rights on ``settings``'s topics and groups.
 
     - worker: reads raw telemetry (its group), writes quarantine and alerts, owns its Faust
-      app's topics (``<worker id>-…``);
+      app's topics (``<worker id>-…``); as a replay worker (``--replay-run``) reads the
+      replay runs' topics (``<raw topic>.replay.…``) under groups ``<worker id>.replay.…``;
     - dispatcher: reads alerts (its group), writes commands, dead letters and audit anchors,
       owns its Faust app's topics;
-    - publisher (replay, simulator, terminals' gateway): writes raw telemetry, nothing else;
+    - publisher (replay, simulator, terminals' gateway): writes raw telemetry; creates and
+      writes the replay runs' own topics, nothing else;
     - auditor (``tianyan audit verify``): reads the audit anchors.
     """
     s = settings
@@ -68,6 +70,8 @@ def acl_plan(settings: Settings) -> list[Grant]:
         Grant("worker", "WRITE", "TOPIC", s.alerts_topic),
         Grant("worker", "READ", "GROUP", s.worker_id),
         Grant("worker", "ALL", "TOPIC", f"{s.worker_id}-", prefixed=True),
+        Grant("worker", "READ", "TOPIC", f"{s.raw_topic}.replay.", prefixed=True),
+        Grant("worker", "READ", "GROUP", f"{s.worker_id}.replay.", prefixed=True),
         Grant("dispatcher", "READ", "TOPIC", s.alerts_topic),
         Grant("dispatcher", "WRITE", "TOPIC", s.device_commands_topic),
         Grant("dispatcher", "WRITE", "TOPIC", s.alerts_dead_letter_topic),
@@ -75,6 +79,8 @@ def acl_plan(settings: Settings) -> list[Grant]:
         Grant("dispatcher", "READ", "GROUP", s.dispatcher_id),
         Grant("dispatcher", "ALL", "TOPIC", f"{s.dispatcher_id}-", prefixed=True),
         Grant("publisher", "WRITE", "TOPIC", s.raw_topic),
+        Grant("publisher", "CREATE", "TOPIC", f"{s.raw_topic}.replay.", prefixed=True),
+        Grant("publisher", "WRITE", "TOPIC", f"{s.raw_topic}.replay.", prefixed=True),
         Grant("auditor", "READ", "TOPIC", s.audit_anchors_topic),
     ]
 
