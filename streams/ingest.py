@@ -56,6 +56,17 @@ ARRIVAL_LAG_TERMINALS = 31
 PACE_SPAN_MS = 60_000
 #: Paces within these bounds are real time (arrival jitter and a slow link's catching up).
 REAL_TIME_PACE = (0.8, 1.25)
+#: Before its pace is measured, a partition is known not to be read in real time when the
+#: median pace of its terminals' consecutive messages (sample time moved per arrival time,
+#: the last :data:`ARRIVAL_LAG_MESSAGES`, at least :data:`PACE_PROBE_PAIRS`) lies outside
+#: these bounds: a replay at 20x moves a terminal's time 20 s per second of arrival, one
+#: sharing a batch's timestamp infinitely far; wide, as one message's jitter is a second's.
+PLAUSIBLE_REAL_TIME_PACE = (0.67, 1.5)
+PACE_PROBE_PAIRS = 3
+#: Before its pace is measured, a partition whose stream time ran this far ahead of its
+#: arrival time (since its first record) is known not to be read in real time either: a
+#: replay published at once moves its stream on with no arrival time passing, ms.
+PACE_AHEAD_MAX_MS = 5_000
 #: The middle third of a partition's recent arrival lags, times this factor, is how far past
 #: their median a message may move the partition's time (with lags spread evenly, as in a
 #: batch sharing one timestamp, the newest is 1.5 times that spread from the median).
@@ -213,10 +224,13 @@ class _Partition:
         "arrival_lags_ms",
         "elevators",
         "idle",
+        "pace_ahead_ms",
         "pace_anchor",
         "pace_measured",
+        "pace_pairs",
         "pace_real_time",
         "stream_time_ms",
+        "terminal_arrivals_ms",
         "terminal_lags_ms",
         "ticked_ms",
     )
@@ -229,6 +243,9 @@ class _Partition:
         self.idle = True
         self.arrival_lags_ms: deque[int] = deque(maxlen=ARRIVAL_LAG_MESSAGES)
         self.terminal_lags_ms: dict[str, int] = {}  # the least recently heard first
+        self.terminal_arrivals_ms: dict[str, int] = {}  # the arrival of each one's latest
+        self.pace_pairs: deque[float] = deque(maxlen=ARRIVAL_LAG_MESSAGES)
+        self.pace_ahead_ms = 0
         self.pace_anchor: tuple[int, int] | None = None
         self.pace_real_time = False
         self.pace_measured = False
@@ -240,21 +257,44 @@ class _Partition:
         others = [v for k, v in self.terminal_lags_ms.items() if k != elevator_id]
         return others if len(others) >= ARRIVAL_SPREAD_MIN_MESSAGES else self.arrival_lags_ms
 
-    def add_lag(self, elevator_id: str, lag_ms: int) -> None:
-        """Record an in-order message's arrival lag."""
+    def add_lag(self, elevator_id: str, lag_ms: int, arrival_ms: int) -> None:
+        """Record an in-order message's arrival lag, and with the terminal's previous one,
+        the pace its time moved at."""
         self.arrival_lags_ms.append(lag_ms)
-        votes = self.terminal_lags_ms
-        votes.pop(elevator_id, None)
+        votes, arrivals = self.terminal_lags_ms, self.terminal_arrivals_ms
+        previous = votes.pop(elevator_id, None)
+        if previous is not None:
+            waited_ms = arrival_ms - arrivals.pop(elevator_id)
+            moved_ms = waited_ms + lag_ms - previous
+            self.pace_pairs.append(moved_ms / waited_ms if waited_ms > 0 else math.inf)
         votes[elevator_id] = lag_ms
+        arrivals[elevator_id] = arrival_ms
         if len(votes) > ARRIVAL_LAG_TERMINALS:
-            del votes[next(iter(votes))]
+            oldest = next(iter(votes))
+            del votes[oldest], arrivals[oldest]
+
+    @property
+    def pace_implausible(self) -> bool:
+        """Before the pace is measured: whether the terminals' consecutive messages already
+        say the partition is not read in real time (:data:`PLAUSIBLE_REAL_TIME_PACE`)."""
+        if self.pace_measured:
+            return False
+        if self.pace_ahead_ms > PACE_AHEAD_MAX_MS:
+            return True
+        if len(self.pace_pairs) < PACE_PROBE_PAIRS:
+            return False
+        pace = statistics.median(self.pace_pairs)
+        return not PLAUSIBLE_REAL_TIME_PACE[0] <= pace <= PLAUSIBLE_REAL_TIME_PACE[1]
 
     def real_time(self, arrival_ms: int, reference_ms: int) -> bool:
         """Whether the partition is read in real time: its stream time (``reference_ms``)
         moved on as fast as arrival time over the last :data:`PACE_SPAN_MS` or more."""
         if self.pace_anchor is None:
             self.pace_anchor = (arrival_ms, reference_ms)
-        elif arrival_ms - self.pace_anchor[0] >= PACE_SPAN_MS:
+        elif not self.pace_measured:
+            ahead_ms = (reference_ms - self.pace_anchor[1]) - (arrival_ms - self.pace_anchor[0])
+            self.pace_ahead_ms = max(self.pace_ahead_ms, ahead_ms)
+        if arrival_ms - self.pace_anchor[0] >= PACE_SPAN_MS:
             pace = (reference_ms - self.pace_anchor[1]) / (arrival_ms - self.pace_anchor[0])
             self.pace_real_time = REAL_TIME_PACE[0] <= pace <= REAL_TIME_PACE[1]
             self.pace_measured = True
@@ -575,10 +615,14 @@ class Ingest:
             spread_ms = upper_ms - lower_ms
         # In a partition's first minute its pace is not known yet; there the other
         # terminals' lags, one vote each, agreeing within the tolerance say the same (a fast
-        # replay's batch spreads them): a terminal whose clock is off from the first message
+        # replay's batch spreads them), unless the terminals' consecutive messages already
+        # moved at a pace real time cannot have (a replay at 20x, read in event order, gives
+        # agreeing votes, and a heartbeat published a second before them lags 19 s more):
+        # a terminal whose clock is off from the first message
         # is judged at once, not accepted as it is and then held to its own wrong time.
         settled = (
             not p.pace_measured
+            and not p.pace_implausible
             and lags is not p.arrival_lags_ms
             and spread_ms is not None
             and spread_ms <= tolerance_ms
@@ -605,7 +649,7 @@ class Ingest:
             uncertainty_ms,
         )
         if in_order:
-            p.add_lag(message.elevator_id, lag_ms)
+            p.add_lag(message.elevator_id, lag_ms, record.arrival_ms)
         if self._limits_for is not None:
             out.alerts.extend(verdict.alerts)
         if verdict.refused is not None:

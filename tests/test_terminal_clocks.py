@@ -5,6 +5,8 @@ raises ``clock_fault`` once, and moves nobody else's time. In-process, explicit 
 from __future__ import annotations
 
 import datetime as dt
+import zlib
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -150,6 +152,59 @@ def test_a_replay_faster_than_real_time_leaves_clocks_alone() -> None:
                 fleet.alerts += batch.alerts + fleet.ingest.tick().alerts
     assert fleet.raised("clock_fault") == []
     assert fleet.raised("device_offline") == []
+
+
+def _replayed(lines: list[bytes], speed: float | None) -> tuple[set[tuple[str, int]], list[Alert]]:
+    """The windows and clock faults of a fresh worker reading ``lines`` as a replay publishes
+    them: paced by their first sample times at ``speed``, or all at once (None), on four
+    partitions."""
+    ingest = Ingest(0, limits_for=lambda _: LIMITS, thresholds=Thresholds())
+    windows: set[tuple[str, int]] = set()
+    faults: list[Alert] = []
+    first_ms: int | None = None
+    arrival_ms = T0_MS
+    for offset, line in enumerate(lines):
+        try:
+            msg = msgspec.json.decode(line)
+            eid, event_ms = msg["elevator_id"], msg["samples"]["t_ms"][0]
+        except (msgspec.DecodeError, KeyError, IndexError, TypeError):
+            eid, event_ms = "", None
+        if event_ms is not None:
+            first_ms = event_ms if first_ms is None else first_ms
+            if speed is not None:
+                arrival_ms = max(arrival_ms, T0_MS + round((event_ms - first_ms) / speed))
+        record = RawRecord(eid.encode(), line, zlib.crc32(eid.encode()) % 4, offset, arrival_ms)
+        batch = ingest.process([record])
+        windows |= {(w.elevator_id, w.bucket_start_ms) for w in batch.windows}
+        faults += [a for a in batch.alerts if a.alert_type == "clock_fault"]
+    return windows, faults
+
+
+def test_a_replay_judges_no_clock_whatever_its_pace(tmp_path: Path) -> None:
+    """A fleet with every device fault (clock skew of seconds included) replayed to a fresh
+    worker at 20x real time, and all at once: no clock is judged, and both store the same
+    windows. In the first minute a 20x replay's latest lags agree, yet one published a
+    second before the others lags 19 s more: judged as real time, a skewed clock was
+    "corrected" in one run and not the other, and a SIGKILLed worker stored windows a second
+    off from an uninterrupted run's."""
+    import simulator
+    from registry.generate import generate
+
+    out = tmp_path / "run.jsonl"
+    simulator.simulate(
+        simulator.load_scenario(Path(__file__).parent / "scenarios" / "device_faults.toml"),
+        generate(99, 60, dt.date(2026, 11, 1)),
+        start=dt.datetime(2026, 11, 2, 0, 30, tzinfo=dt.UTC),
+        duration_s=240.0,
+        output=simulator.FileOutput(out),
+        progress=False,
+    )
+    lines = out.read_bytes().splitlines()
+    at_once, at_once_faults = _replayed(lines, None)
+    paced, paced_faults = _replayed(lines, 20.0)
+    assert at_once_faults == [] and paced_faults == []
+    assert len(at_once) > 1000
+    assert paced == at_once
 
 
 def test_the_module_examples_hold() -> None:
