@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import time
 from collections.abc import Iterable
@@ -364,6 +365,22 @@ class Worker:
                 "quarantined messages",
                 extra={"count": len(batch.quarantined), "first_reason": batch.quarantined[0][1]},
             )
+
+
+#: The worker's garbage-collector thresholds. A batch allocates tens of thousands of
+#: short-lived objects (decoded messages, rows); with CPython's default (700, 10, 10) a young
+#: collection ran every 700 allocations and every 100th an old one over every elevator's
+#: state. Few, larger young collections cost far less; the reference cycles a worker makes
+#: are few, and memory is measured by `tianyan bench stream`.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Before a worker's loop: what was loaded so far (modules, the registry, thresholds)
+    moves out of the collector's sight for good, and :data:`GC_THRESHOLDS` applies."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:

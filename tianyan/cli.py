@@ -752,7 +752,7 @@ def worker(loglevel: str, replay_run: str | None) -> None:
     from faust.worker import Worker as FaustWorker
 
     from detectors.thresholds import ThresholdError, load_thresholds
-    from streams.app import create_app
+    from streams.app import create_app, tune_gc
 
     settings = _settings()
     if replay_run is not None:
@@ -761,6 +761,7 @@ def worker(loglevel: str, replay_run: str | None) -> None:
 
         try:
             thresholds = load_thresholds(settings.thresholds_file)
+            tune_gc()
             done = detect_run(
                 settings, replay_run, thresholds, thresholds_file=settings.thresholds_file
             )
@@ -774,6 +775,7 @@ def worker(loglevel: str, replay_run: str | None) -> None:
         raise click.ClickException(str(e)) from e
     # Structured logs: one JSON object per line on stderr, Faust's own lines included.
     app.conf.logging_config = json_logging_config(loglevel)
+    tune_gc()
     FaustWorker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
