@@ -75,6 +75,10 @@ EVIDENCE_BATCH = 50
 #: An alert that could not be applied (database or Kafka away) is tried again after this
 #: pause, for as long as it takes: it is never acknowledged unapplied.
 APPLY_RETRY_S = 2.0
+#: How long a terminal's answer naming an incident not found is tried again, s: a command
+#: goes out before its incident's transaction commits, and over MQTT the terminal's answer
+#: can come back first. Then it is counted (``tianyan_dispatcher_answers_unmatched_total``).
+ANSWER_RETRY_S = 60.0
 REASSURANCE = (
     "您好，电梯暂时停止运行，救援人员已在赶来途中。请保持冷静，不要强行扒门，"
     "可通过对讲与值班人员通话。 Help is on the way; please stay calm and do not force the doors."
@@ -337,6 +341,8 @@ class Dispatcher:
         self.anchored_seq = 0
         self._tasks: set[asyncio.Future[None]] = set()
         self.last_turn = self.last_tick = time.monotonic()
+        #: Terminals' answers whose incident was not found yet, with when first seen.
+        self.unmatched_answers: dict[tuple[str, str, str, dt.datetime], float] = {}
 
     # -- alerts → incidents ----------------------------------------------------------------
     def _publish_commands(self, changes: list[store.Change]) -> None:
@@ -444,6 +450,7 @@ class Dispatcher:
         )
         self._changed(changes)
         await self.report_unanswered()
+        await self.retry_unmatched_answers()
 
     async def report_unanswered(self) -> None:
         changes = await self.timer_db.run_until_done(
@@ -476,10 +483,42 @@ class Dispatcher:
                     extra={"error": str(e), "value": value[:200], "key": key},
                 )
         if answers:
-            changes = await self.action_db.run_until_done(
-                "recording terminal answers", store.record_reassurance_answers, self.config, answers
+            await self._record_answers(self.action_db, answers)
+
+    async def _record_answers(
+        self, db: Database, answers: list[tuple[str, str, str, dt.datetime]]
+    ) -> list[tuple[str, str, str, dt.datetime]]:
+        """Record ``answers``; those whose incident was not found are kept to try again
+        (:meth:`retry_unmatched_answers`) and returned."""
+        changes, unmatched = await db.run_until_done(
+            "recording terminal answers", store.record_reassurance_answers, self.config, answers
+        )
+        self._changed(changes)
+        now = time.monotonic()
+        for answer in unmatched:
+            self.unmatched_answers.setdefault(answer, now)
+        return unmatched
+
+    async def retry_unmatched_answers(self) -> None:
+        """Try the answers whose incident was not found again; after :data:`ANSWER_RETRY_S`
+        count and log them."""
+        if not self.unmatched_answers:
+            return
+        now = time.monotonic()
+        expired = [a for a, seen in self.unmatched_answers.items() if now - seen >= ANSWER_RETRY_S]
+        for answer in expired:
+            del self.unmatched_answers[answer]
+            metrics.ANSWERS_UNMATCHED.inc()
+            log.warning(
+                "a terminal's answer names no incident of its elevator; dropped",
+                extra={"elevator_id": answer[0], "command_id": answer[1], "status": answer[2]},
             )
-            self._changed(changes)
+        due = list(self.unmatched_answers)
+        if due:
+            still = set(await self._record_answers(self.timer_db, due))
+            for answer in due:
+                if answer not in still:
+                    self.unmatched_answers.pop(answer, None)
 
     async def copy_evidence(self) -> None:
         """Make the evidence copies incident changes requested, a batch at a time."""

@@ -21,6 +21,12 @@ DEVICE_COMMANDS = Counter(
     ["command"],
     registry=REGISTRY,
 )
+ANSWERS_UNMATCHED = Counter(
+    "tianyan_dispatcher_answers_unmatched_total",
+    "Terminals' answers to commands whose incident was still not found after"
+    " ANSWER_RETRY_S of tries (an unknown incident, or another elevator's)",
+    registry=REGISTRY,
+)
 ATTEMPTS = Counter(
     "tianyan_webhook_attempts_total", "Webhook delivery attempts", ["endpoint"], registry=REGISTRY
 )

@@ -895,12 +895,15 @@ def record_reassurance_answers(
     conn: psycopg.Connection[Any],
     config: DispatchConfig,
     answers: Sequence[tuple[str, str, str, dt.datetime]],
-) -> list[Change]:
+) -> tuple[list[Change], list[tuple[str, str, str, dt.datetime]]]:
     """Record terminals' answers ``(elevator_id, command_id, status, at)`` to reassurance
     commands as ``reassurance.played`` or ``reassurance.failed`` (each an event and a
-    webhook). An answer for another command, an unknown incident, another elevator's
-    incident, or an incident whose outcome is already recorded changes nothing."""
+    webhook). An answer for another command, or an incident whose outcome is already
+    recorded, changes nothing. Returns the changes, and the answers naming an incident of
+    that elevator not found: the command goes out before its incident's transaction
+    commits, so the answer may come first (the caller tries again)."""
     changes: list[Change] = []
+    unmatched: list[tuple[str, str, str, dt.datetime]] = []
     writes = _Writes()
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         for elevator_id, command_id, status, at in answers:
@@ -916,7 +919,10 @@ def record_reassurance_answers(
                 (incident_id, elevator_id),
             )
             incident = cur.fetchone()
-            if incident is None or _reassurance_recorded(cur, incident_id):
+            if incident is None:
+                unmatched.append((elevator_id, command_id, status, at))
+                continue
+            if _reassurance_recorded(cur, incident_id):
                 continue
             played = status == "played"
             changes.append(
@@ -936,7 +942,7 @@ def record_reassurance_answers(
                 )
             )
         _flush_writes(cur, writes)
-    return changes
+    return changes, unmatched
 
 
 def report_unanswered_reassurance(

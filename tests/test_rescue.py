@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -166,6 +167,34 @@ def test_alerts_become_one_incident_per_elevator_and_fault_with_outbox_and_ledge
     assert data["fault"]["probable_cause"] and data["fault"]["suggested_handling"]
     assert "passengers=True" in data["fault"]["evidence_summary"]
     assert data["times"]["arrival_due_at"] and data["arrival"]["target_s"] == 1800
+
+
+def test_an_answer_before_its_incident_is_returned_to_try_again(
+    rescue: Callable[..., Rescue],
+) -> None:
+    """The reassurance command goes out before its incident's transaction commits; over
+    MQTT the terminal's answer can come back first. Such an answer is not dropped: it is
+    returned, and the dispatcher tries it again (``ANSWER_RETRY_S``) until the incident is
+    there."""
+    r = rescue(["http://a.invalid/hook"])
+    config = store.DispatchConfig(
+        ("http://a.invalid/hook",), (1, 2, 3), 1800, rescue_min_severity="info"
+    )
+    now = dt.datetime.now(dt.UTC)
+    alert = trapped(0, 0)
+    with psycopg.connect(r.writer_url) as conn:
+        opened = store.apply_alerts(conn, [(alert, now)], config)
+        incident_id = opened[0].incident_id
+        command_id = f"{incident_id}:play_reassurance"
+        early = (alert.elevator_id, f"{uuid.uuid4()}:play_reassurance", "played", now)
+        other_car = (trapped(1, 0).elevator_id, command_id, "played", now)
+        answer = (alert.elevator_id, command_id, "played", now)
+        changes, unmatched = store.record_reassurance_answers(conn, config, [early, other_car])
+        assert changes == [] and unmatched == [early, other_car]
+        changes, unmatched = store.record_reassurance_answers(conn, config, [answer])
+        assert [c.event_type for c in changes] == ["reassurance.played"] and unmatched == []
+        # once recorded, a repeat changes nothing and is not tried again
+        assert store.record_reassurance_answers(conn, config, [answer]) == ([], [])
 
 
 def test_an_alert_is_stored_once_under_the_one_id_its_application_references(
