@@ -1,4 +1,5 @@
-"""Publishing history back to Kafka, as fast as possible or at N× real time."""
+"""Publishing history back to Kafka (or through the terminals' MQTT broker), as fast as
+possible or at N× real time."""
 
 from __future__ import annotations
 
@@ -6,13 +7,23 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from tqdm import tqdm
 
 from foundation.contract import REPLAY_RUN_HEADER
-from streams.producer import Headers, RawPublisher
+from streams.producer import Headers
 
 from .sources import ReplayItem
+
+
+class Publisher(Protocol):
+    """Where :func:`replay` sends: Kafka (:class:`streams.producer.RawPublisher`), or the
+    terminals themselves over MQTT (:class:`simulator.mqtt_output.MqttOutput`)."""
+
+    def publish(self, key: bytes, value: bytes, *, headers: Headers = None) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,7 @@ class ReplaySummary:
 
 def replay(
     items: Iterable[ReplayItem],
-    publisher: RawPublisher,
+    publisher: Publisher,
     *,
     speed: float | None = None,
     total: int | None = None,

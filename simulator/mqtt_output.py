@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 
 from foundation.settings import Settings
 from streams.mqtt import COMMANDS, EVENTS, TELEMETRY, new_client, terminal_topic
+from streams.producer import Headers
 
 from .fleet import FaultLabel
 from .output import write_labels_db, write_labels_file
@@ -43,6 +44,7 @@ class MqttTerminal:
         *,
         tls: bool = False,
         command_answer: str | None = "played",
+        fresh_session: bool = False,
     ) -> None:
         self.code = code
         self.command_answer = command_answer
@@ -60,9 +62,15 @@ class MqttTerminal:
         if tls:
             self.client.tls_set(ca_certs=str(settings.mqtt_ca_file))
         port = settings.mqtt_tls_port if tls else settings.mqtt_port
-        # Asynchronous: a broker down at start is retried like one lost later.
+        # Asynchronous: a broker down at start is retried like one lost later. A fresh
+        # session drops what an earlier run of the same terminal left queued at the broker
+        # on its first connection only: a reconnection still resumes this run's session.
         self.client.connect_async(
-            settings.mqtt_host, port, keepalive=30, clean_start=False, properties=props
+            settings.mqtt_host,
+            port,
+            keepalive=30,
+            clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY if fresh_session else False,
+            properties=props,
         )
         self.client.loop_start()
 
@@ -130,7 +138,13 @@ class MqttOutput:
     credentials
         Each terminal's password, by registration code (``tianyan terminals issue``).
     flush_timeout_s
-        How long :meth:`close` waits for the broker to acknowledge everything.
+        How long :meth:`close` (and :meth:`flush`) waits for the broker to acknowledge
+        everything.
+    fresh_sessions
+        Each terminal starts a new session at the broker (:class:`MqttTerminal`).
+
+    It is also a publisher for :func:`replay.replay` (:meth:`publish`, :meth:`flush`): a
+    recorded stream sent through the terminals, each record from its elevator's own.
     """
 
     def __init__(
@@ -142,6 +156,7 @@ class MqttOutput:
         labels_path: Path | str | None = None,
         tls: bool = False,
         flush_timeout_s: float = 300.0,
+        fresh_sessions: bool = False,
     ) -> None:
         self.settings = settings
         self.credentials = credentials
@@ -149,14 +164,18 @@ class MqttOutput:
         self.labels_path = None if labels_path is None else Path(labels_path)
         self.tls = tls
         self.flush_timeout_s = flush_timeout_s
+        self.fresh_sessions = fresh_sessions
         self.terminals: dict[str, MqttTerminal] = {}
+        #: Records :meth:`publish` could not send: no terminal of theirs (no elevator id).
         self.skipped = 0
 
     def open(self, connect_timeout_s: float = 60.0) -> None:
         """Connect every terminal; returns once all are connected (messages published while
         a client is still connecting can overtake those queued before)."""
         for code, password in self.credentials.items():
-            self.terminals[code] = MqttTerminal(self.settings, code, password, tls=self.tls)
+            self.terminals[code] = MqttTerminal(
+                self.settings, code, password, tls=self.tls, fresh_session=self.fresh_sessions
+            )
         deadline = time.monotonic() + connect_timeout_s
         while not all(t.client.is_connected() for t in self.terminals.values()):
             if time.monotonic() > deadline:
@@ -170,20 +189,42 @@ class MqttOutput:
             raise KeyError(f"no MQTT credential for terminal {key.decode()!r}")
         terminal.publish(payload)
 
-    def close(self, run_id: str, labels: Sequence[FaultLabel]) -> None:
+    def publish(self, key: bytes, value: bytes, *, headers: Headers = None) -> None:
+        """:func:`replay.replay`'s publisher: ``value`` from ``key``'s terminal. A record
+        of no elevator (a malformed one whose id cannot be read) has no terminal to send it:
+        counted in :attr:`skipped`."""
+        if headers:
+            raise ValueError("a replay run's header cannot travel over MQTT: replay to Kafka")
+        terminal = self.terminals.get(key.decode(errors="replace"))
+        if terminal is None:
+            self.skipped += 1
+            return
+        terminal.publish(value)
+
+    def flush(self) -> None:
+        """Wait until the broker acknowledged every terminal's messages; TimeoutError after
+        ``flush_timeout_s``."""
         deadline = time.monotonic() + self.flush_timeout_s
         late = [
             t.code
             for t in self.terminals.values()
             if not t.flush(max(0.0, deadline - time.monotonic()))
         ]
-        for t in self.terminals.values():
-            t.close()
         if late:
             raise TimeoutError(
                 f"{len(late)} terminal(s) still had unacknowledged messages after "
                 f"{self.flush_timeout_s:.0f} s (first: {late[0]})"
             )
+
+    def disconnect(self) -> None:
+        for t in self.terminals.values():
+            t.close()
+
+    def close(self, run_id: str, labels: Sequence[FaultLabel]) -> None:
+        try:
+            self.flush()
+        finally:
+            self.disconnect()
         if self.labels_path is not None:
             write_labels_file(self.labels_path, run_id, labels)
         if self.labels_db_url is not None:

@@ -32,6 +32,13 @@ def test_the_demo_runs_the_whole_pipeline_and_sums_it_up(
     assert hooks["delivered"] > 0 and hooks["pending"] == hooks["dead"] == 0
     assert hooks["received_verified"] == hooks["received_unique"] == hooks["delivered"]
     assert summary["ledger"].startswith("verified")
+    # the terminals sent through the MQTT broker and the gateway, and every trapped car's
+    # terminal answered its reassurance command
+    assert summary["path"] == "mqtt" and summary["unsendable"] == 0
+    assert "path: terminal → MQTT broker" in res.stdout
+    r = summary["reassurance"]
+    assert r["answered"] + r["unanswered"] == r["commands"]
+    assert r["played"] == r["commands"] - r["unanswered"] - r["failed"]
     assert summary["boards_checked"] >= 6 and summary["boards_failed"] == []
     assert sum(sum(g.values()) for g in summary["grades_by_district"].values()) == 40
     assert Path(summary["report"]).stat().st_size > 1000

@@ -1249,12 +1249,25 @@ _register_detector_commands()
     show_default=True,
     help="The demo's own database, dropped and created again on every run.",
 )
+@click.option(
+    "--kafka",
+    "straight_to_kafka",
+    is_flag=True,
+    help="Publish the simulated stream straight to Kafka, as fast as possible, instead of"
+    " through the terminals' MQTT broker and the gateway at 10x real time.",
+)
 @click.pass_context
 def demo(
-    ctx: click.Context, elevators: int, minutes: float, out: Path | None, database: str
+    ctx: click.Context,
+    elevators: int,
+    minutes: float,
+    out: Path | None,
+    database: str,
+    straight_to_kafka: bool,
 ) -> None:
-    """The whole pipeline in a few minutes: simulated city → workers → detectors → incidents
-    → signed webhooks → risk grades → boards checked → report; then a summary.
+    """The whole pipeline in a few minutes: simulated city → terminals → MQTT → gateway →
+    Kafka → workers → detectors → incidents → signed webhooks (and reassurance played in
+    the trapped cars) → risk grades → boards checked → report; then a summary.
 
     Runs in a database (--database, recreated) and topics of its own.
     """
@@ -1270,6 +1283,7 @@ def demo(
             minutes=minutes,
             out=out or settings.var_dir / "demo",
             database=database,
+            mqtt=not straight_to_kafka,
             say=lambda m: click.echo(m, err=True),
         )
     except demo_pipeline.DemoError as e:

@@ -1,9 +1,13 @@
 """``tianyan demo``: the whole pipeline on the local stack, in a few minutes.
 
-A slice of the city is simulated with faults → two stream workers (validation, windows,
-trips, detectors) → the incident dispatcher (incidents, signed webhooks to the reference
-receiver, the ledger) → risk grades → every Grafana board's SQL checked → the regulators'
-report written. It ends with a summary a person can read, and one JSON line.
+A slice of the city is simulated with faults → every elevator's terminal publishes its
+messages through the MQTT broker, paced at :data:`MQTT_SPEED` × real time, with its own
+credential → the gateway → Kafka (``--kafka``: straight to Kafka, as fast as possible) →
+two stream workers (validation, windows, trips, detectors) → the incident dispatcher
+(incidents, signed webhooks to the reference receiver, the ledger; a trapped car's terminal
+is told to play the reassurance message and answers) → risk grades → every Grafana board's
+SQL checked → the regulators' report written. It ends with a summary a person can read,
+and one JSON line.
 
 Everything runs in a database and topics of the demo's own (``tianyan_demo``, recreated on
 every run; topics ``demo.*.<tag>``), so the demo never mixes with other data. Its files go
@@ -34,6 +38,9 @@ REGISTRY_SEED = 20210101
 #: The reference receiver plays the rescuers: their travel time to a trapping, median and
 #: 90th percentile in minutes (a city's maintenance crews; the plan's target is 30 min).
 RESCUER_TRAVEL_MIN = (12.0, 28.0)
+#: Through MQTT the terminals send as real ones do, paced by their own sample times, this
+#: many times faster than real time (a 15-minute demo publishes for 90 s).
+MQTT_SPEED = 10.0
 
 
 class DemoError(RuntimeError):
@@ -44,7 +51,13 @@ class DemoError(RuntimeError):
 class DemoSummary:
     elevators: int
     simulated_s: float
+    #: "mqtt" (terminal → broker → gateway → Kafka) or "kafka" (straight to Kafka).
+    path: str = "mqtt"
     messages: int = 0
+    #: Records no terminal could send (a malformed one whose elevator id cannot be read).
+    unsendable: int = 0
+    #: Trappings' reassurance commands and what the terminals answered (MQTT only).
+    reassurance: dict[str, int] = field(default_factory=dict)
     samples: int = 0
     quarantined: int = 0
     alerts: int = 0
@@ -76,6 +89,7 @@ def run(
     minutes: float,
     out: Path,
     database: str = "tianyan_demo",
+    mqtt: bool = True,
     say: Callable[[str], None] = print,
 ) -> DemoSummary:
     import simulator
@@ -98,7 +112,15 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     for old in ("received.jsonl", *(p.name for p in out.glob("*.log"))):
         (out / old).unlink(missing_ok=True)
-    summary = DemoSummary(elevators=elevators, simulated_s=minutes * 60)
+    summary = DemoSummary(
+        elevators=elevators, simulated_s=minutes * 60, path="mqtt" if mqtt else "kafka"
+    )
+    if mqtt and not settings.mqtt_local:
+        raise DemoError(
+            "the demo's terminals get their credentials from the local MQTT broker, and"
+            " TIANYAN_MQTT_LOCAL is off: run it with --kafka"
+        )
+    terminals = None
 
     # -- a database and topics of the demo's own, and its services ---------------------------
     start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=minutes + 5)
@@ -152,11 +174,27 @@ def run(
                 run.start_worker(f"worker {i + 1}")
             say("started: 2 stream workers, the incident dispatcher, the reference rescue receiver")
 
-            published = run.publish(stream)
-            say(
-                f"published {published.messages} messages to {run.settings.raw_topic};"
-                " the workers fold …"
-            )
+            if mqtt:
+                run.start_gateway()
+                terminals = run.connect_terminals([e.registration_code for e in fleet])
+                say(
+                    f"started the MQTT gateway; {len(terminals.terminals)} terminals connected,"
+                    f" each with its own credential; publishing at {MQTT_SPEED:g}× real time …"
+                )
+                published = run.publish(stream, speed=MQTT_SPEED, terminals=terminals)
+                summary.unsendable = terminals.skipped
+                say(
+                    f"the terminals published {published.messages - terminals.skipped}"
+                    f" messages through the broker ({terminals.skipped} with no elevator id"
+                    " to send them from); the gateway bridges them to"
+                    f" {run.settings.raw_topic}; the workers fold …"
+                )
+            else:
+                published = run.publish(stream)
+                say(
+                    f"published {published.messages} messages to {run.settings.raw_topic};"
+                    " the workers fold …"
+                )
             expected = len(inspect_jsonl(stream).samples)
             run.wait(
                 lambda: run.scalar("SELECT count(*) FROM telemetry_sample"),
@@ -179,8 +217,18 @@ def run(
                 ),
                 "the receiver's acknowledgements and arrivals, and their webhooks",
             )
+            if mqtt:
+                run.wait(
+                    lambda: _reassurance(admin),
+                    lambda r: r["answered"] + r["unanswered"] >= r["commands"],
+                    "every trapped car's terminal answering its reassurance command",
+                )
+                summary.reassurance = _reassurance(admin)
     except WaitTimeout as e:
         raise DemoError(f"{e}; the services' logs are in {out}") from None
+    finally:
+        if terminals is not None:
+            terminals.disconnect()
 
     # -- what the pipeline did ----------------------------------------------------------------
     with psycopg.connect(admin) as conn:
@@ -323,6 +371,32 @@ def _receiver_stats(port: int) -> dict[str, int]:
         return {k: int(v) for k, v in json.loads(r.read()).items()}
 
 
+def _reassurance(url: str) -> dict[str, int]:
+    """Trappings told to play the reassurance message, and their terminals' answers."""
+    from detectors.alerts import TRAPPED_TYPES
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(DISTINCT i.incident_id),"
+            " count(DISTINCT e.incident_id) FILTER (WHERE e.event_type = 'reassurance.played'),"
+            " count(DISTINCT e.incident_id) FILTER (WHERE e.event_type = 'reassurance.failed'),"
+            " count(DISTINCT e.incident_id)"
+            " FILTER (WHERE e.event_type = 'reassurance.unanswered')"
+            " FROM incident i LEFT JOIN incident_event e USING (incident_id)"
+            " WHERE i.fault_type = ANY(%s)",
+            (list(TRAPPED_TYPES),),
+        ).fetchone()
+    assert row is not None
+    commands, played, failed, unanswered = (int(v) for v in row)
+    return {
+        "commands": commands,
+        "played": played,
+        "failed": failed,
+        "answered": played + failed,
+        "unanswered": unanswered,
+    }
+
+
 def _rescue_progress(url: str) -> dict[str, int]:
     """Where the rescue path stands: alerts stored and applied, deliveries by status."""
     with psycopg.connect(url) as conn:
@@ -360,6 +434,12 @@ def render(summary: DemoSummary) -> str:
         f"{summary.elevators} elevators × {summary.simulated_s / 60:g} min simulated;"
         f" {summary.messages} messages, {summary.samples} samples stored;"
         f" {summary.alerts} alerts raised.  ({summary.seconds} s)",
+        (
+            "path: terminal → MQTT broker (a credential each) → gateway → Kafka → workers;"
+            f" {summary.unsendable} records had no terminal to send them"
+            if summary.path == "mqtt"
+            else "path: straight to Kafka (--kafka) → workers"
+        ),
         "",
         "incidents by type (detection delay = condition began → incident opened;"
         " '→ rescue platform': routed to it, the rest recorded for the boards and the"
@@ -388,6 +468,14 @@ def render(summary: DemoSummary) -> str:
         f" {w['incidents_acknowledged_by_receiver']} incidents; its rescuers arrived at"
         f" {w['incidents_arrived_by_receiver']} (median {w['arrival_s_p50']} s after opening)",
         f"ledger: {summary.ledger}",
+        *(
+            [
+                f"reassurance: {r['commands']} trapped cars' terminals told to play it;"
+                f" {r['played']} played, {r['failed']} failed, {r['unanswered']} unanswered"
+            ]
+            if (r := summary.reassurance)
+            else []
+        ),
         "",
         f"risk grades by district:  {'':18}{'red':>4} {'orng':>4} {'yell':>4} {'blue':>4}",
     ]

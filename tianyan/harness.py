@@ -9,7 +9,8 @@ A :func:`pipeline` owns everything a run needs and gives it all back afterwards:
 - the run's :class:`~foundation.settings.Settings`, derived from the caller's, and the
   environment the services get from them (:meth:`Settings.to_env`);
 - the services, started in one :class:`~tianyan.processes.ServiceGroup` (stopped together,
-  whichever way the run ends);
+  whichever way the run ends), the MQTT gateway among them with an id and shared
+  subscription of the run's own;
 - waits that follow progress and fail only when nothing has moved, naming what was awaited.
 
 >>> with pipeline(settings, "tianyan_demo", Path("var/demo")) as run:  # doctest: +SKIP
@@ -22,11 +23,13 @@ A :func:`pipeline` owns everything a run needs and gives it all back afterwards:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -42,6 +45,7 @@ from tianyan.processes import ServiceGroup, free_port, listening, services, wait
 
 if TYPE_CHECKING:
     from replay import ReplaySummary
+    from simulator.mqtt_output import MqttOutput
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
 log = logging.getLogger("tianyan.harness")
@@ -121,12 +125,48 @@ class Run:
             TIANYAN_RECEIVER_LOGLEVEL="WARNING",
         )
 
-    def publish(self, stream: Path, *, speed: float | None = None) -> ReplaySummary:
+    def start_gateway(self, name: str = "gateway") -> int:
+        """The run's MQTT gateway (the broker's terminals → the run's raw topic, the run's
+        commands → the terminals); returns its web port once it has subscribed."""
+        port = self.settings.gateway_web_port
+        self.start(name, ["gateway", "--loglevel", "warn"])
+        self.wait(
+            lambda: _gateway_subscribed(port),
+            bool,
+            f"{name} to subscribe to the terminals (its /health on {port})",
+        )
+        return port
+
+    def connect_terminals(self, codes: list[str]) -> MqttOutput:
+        """Every terminal of ``codes`` connected to the broker with a credential issued now,
+        each in a fresh session; the caller disconnects them (:meth:`MqttOutput.disconnect`).
+        They answer the commands they receive."""
+        from simulator.mqtt_output import MqttOutput
+        from tianyan.stack import LocalMosquitto
+
+        broker = LocalMosquitto(self.settings)
+        credentials = broker.issue_many(codes)
+        broker.reload()
+        terminals = MqttOutput(self.settings, credentials, fresh_sessions=True)
+        terminals.open()
+        return terminals
+
+    def publish(
+        self,
+        stream: Path,
+        *,
+        speed: float | None = None,
+        terminals: MqttOutput | None = None,
+    ) -> ReplaySummary:
         """Publish a JSON Lines stream to the run's raw topic as it was recorded (``speed``
-        × real time, or as fast as possible), every record acknowledged."""
+        × real time, or as fast as possible), every record acknowledged: straight to Kafka,
+        or with ``terminals``, each record from its elevator's terminal through the broker
+        (and the gateway)."""
         from replay import from_jsonl, replay
         from streams.producer import RawPublisher
 
+        if terminals is not None:
+            return replay(from_jsonl(stream), terminals, speed=speed, progress=False)
         with RawPublisher(
             self.settings.kafka_bootstrap,
             self.settings.raw_topic,
@@ -160,6 +200,15 @@ class Run:
         """The first column of the first row (None for no row), as the owner."""
         row = self.row(sql, *params)
         return row[0] if row else None
+
+
+def _gateway_subscribed(port: int) -> bool:
+    """Whether the gateway on ``port`` says (its /health) it has subscribed."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return bool(json.loads(r.read()).get("subscribed"))
+    except (OSError, ValueError):
+        return False
 
 
 def create_database(settings: Settings, database: str) -> str:
@@ -213,6 +262,9 @@ def pipeline(
         audit_anchors_topic=f"{database}.anchors.{tag}",
         raw_partitions=partitions,
         worker_id=f"{database}-worker-{tag}",
+        gateway_id=f"{database}-gateway-{tag}",
+        mqtt_share_group=f"{database}-{tag}",
+        gateway_web_port=free_port(),
         dispatcher_id=f"{database}-dispatcher-{tag}",
         dispatcher_web_port=free_port(),
         rescue_api_port=free_port(),
