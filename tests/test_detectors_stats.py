@@ -109,3 +109,30 @@ def test_online_model_learns_mean_and_variance_then_forgets_with_its_fading_fact
     # ``trip_features`` and ``cohort_key`` give the model its rows and its cohort.
     assert set(trip_features(trip(0, 1.0, 2.5), LIM)) >= {"door_opening_s"}
     assert cohort_key(LIM, "residential") == "1.00|7-11|residential"
+
+
+def test_a_robust_z_history_is_packed_and_reads_an_older_checkpoint() -> None:
+    """Eight bytes a value, not a Python float's 32; a checkpoint that kept the values as a
+    list (before they were packed) reads as the same history and goes on from it."""
+    import msgspec
+
+    from detectors.state import decode_state, encode_state
+    from detectors.stats import RobustZ
+
+    rz = RobustZ(size=200, min_count=3)
+    for x in np.linspace(1.0, 2.0, 250):
+        rz.learn_one(float(x))
+    assert isinstance(rz.values, bytearray) and len(rz.values) == 200 * 8 and len(rz) == 200
+    assert rz.history()[0] == pytest.approx(np.linspace(1.0, 2.0, 250)[50])
+    restored = decode_state(encode_state(rz), RobustZ)
+    assert restored.history().tolist() == rz.history().tolist()
+    assert restored.score_one(1.9) == rz.score_one(1.9)
+    older = msgspec.msgpack.encode(
+        {"size": 3, "min_count": 1, "min_mad": 1e-6, "values": [1.0, 2.0, 3.0], "pos": 1}
+    )
+    old = decode_state(older, RobustZ)
+    assert old.history().tolist() == [2.0, 3.0, 1.0]
+    old.learn_one(9.0)
+    assert old.history().tolist() == [3.0, 1.0, 9.0]
+    old.resize(2)
+    assert old.history().tolist() == [1.0, 9.0] and old.pos == 0

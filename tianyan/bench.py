@@ -5,7 +5,10 @@
 (c) latency     last sample time → rows committed, p50 and p99, while messages arrive in real
                 time at a set rate (from the worker's histogram, interpolated within buckets)
 (d) COPY        the sink's rows/s against psql's own COPY of the same rows into the same table
-(e) memory      the worker's peak resident memory, with every simulated elevator's state
+(e) memory      the worker's peak resident memory, with every simulated elevator's state;
+                and, measured offline, one elevator's state once its trip histories are
+                full (a worker that ran for days; the bench's minute or two fills them
+                with a few trips only), per elevator and per 10,000
 
 The workload is a simulated city (``simulator``) written to JSON Lines. Each stage runs on
 a :func:`~tianyan.harness.pipeline` of its own (topics, consumer group and database, all
@@ -76,6 +79,59 @@ def _workload(cfg: BenchConfig, start: dt.datetime, duration_s: float, path: Pat
         progress=False,
     )
     return summary.messages
+
+
+#: Elevators of the workload whose states are measured at a full history.
+STATE_SAMPLE_ELEVATORS = 300
+
+
+def state_memory(path: Path, sample: int = STATE_SAMPLE_ELEVATORS) -> dict[str, float]:
+    """(e) One elevator's state in the worker's memory once its trip histories are full:
+    the detectors folded over the first ``sample`` elevators of the workload, each robust
+    z-score's history then filled to its size, every state checkpointed and restored ten
+    times over, and the restored copies' Python heap measured (tracemalloc)."""
+    import gc
+    import tracemalloc
+
+    import numpy as np
+
+    from detectors.catalog import detectors as catalog
+    from detectors.stats import TripHealthState
+    from detectors.thresholds import ElevatorLimits, Thresholds
+    from streams.ingest import ElevatorState, Ingest, RawRecord
+
+    limits = ElevatorLimits(rated_speed_mps=1.75, rated_load_kg=1000.0, floors=20)
+    ingest = Ingest(0, limits_for=lambda _: limits, thresholds=Thresholds())
+    chosen: set[bytes] = set()
+    with path.open("rb") as f:
+        for offset, line in enumerate(f):
+            key = peek_key(line)
+            if key is None or (key not in chosen and len(chosen) >= sample):
+                continue
+            chosen.add(key)
+            ingest.process([RawRecord(key, line.rstrip(b"\n"), 0, offset, None)])
+    rng = np.random.default_rng(0)
+    for st in ingest.states.values():
+        for det in st.detectors.values():
+            if isinstance(det, TripHealthState):
+                for rz in det.history.values():
+                    for x in rng.normal(1.0, 0.1, rz.size):
+                        rz.learn_one(float(x))
+    saved = [st.encode() for st in ingest.states.values()]
+    detectors = catalog()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        copies = [ElevatorState.decode(b, detectors) for b in saved for _ in range(10)]
+        heap_bytes, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    per_elevator = heap_bytes / len(copies)
+    return {
+        "state_full_history_kb_per_elevator": per_elevator / 1000,
+        "state_full_history_mb_per_10000": per_elevator * 10_000 / 1e6,
+        "state_checkpoint_kb_per_elevator": sum(map(len, saved)) / len(saved) / 1000,
+    }
 
 
 def ceiling(settings: Settings, topic: str, expected: int) -> float:
@@ -321,4 +377,6 @@ def run(settings: Settings, cfg: BenchConfig) -> dict[str, object]:
     with _pipeline(settings, tmp / "latency") as rt_run:
         result |= latency(rt_run, cfg, tmp)
     result["peak_rss_mb"] = off["peak_rss_mb"]
+    _say("bench: (e) one elevator's state at a full trip history, offline")
+    result |= state_memory(path)
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
