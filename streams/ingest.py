@@ -259,14 +259,15 @@ class _Partition:
 
     def add_lag(self, elevator_id: str, lag_ms: int, arrival_ms: int) -> None:
         """Record an in-order message's arrival lag, and with the terminal's previous one,
-        the pace its time moved at."""
+        the pace its time moved at (until the partition's pace is measured)."""
         self.arrival_lags_ms.append(lag_ms)
         votes, arrivals = self.terminal_lags_ms, self.terminal_arrivals_ms
         previous = votes.pop(elevator_id, None)
         if previous is not None:
             waited_ms = arrival_ms - arrivals.pop(elevator_id)
-            moved_ms = waited_ms + lag_ms - previous
-            self.pace_pairs.append(moved_ms / waited_ms if waited_ms > 0 else math.inf)
+            if not self.pace_measured:
+                moved_ms = waited_ms + lag_ms - previous
+                self.pace_pairs.append(moved_ms / waited_ms if waited_ms > 0 else math.inf)
         votes[elevator_id] = lag_ms
         arrivals[elevator_id] = arrival_ms
         if len(votes) > ARRIVAL_LAG_TERMINALS:
@@ -622,10 +623,10 @@ class Ingest:
         # is judged at once, not accepted as it is and then held to its own wrong time.
         settled = (
             not p.pace_measured
-            and not p.pace_implausible
             and lags is not p.arrival_lags_ms
             and spread_ms is not None
             and spread_ms <= tolerance_ms
+            and not p.pace_implausible
         )
         uncertainty_ms = (
             0 if real_time or settled else round(self.thresholds.clock_offset_max_s * 1000)
