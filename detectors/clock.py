@@ -18,7 +18,11 @@ quarantined, and raises or clears ``clock_fault``:
 - an offset back within the tolerance (of 0) clears the episode.
 
 Messages that arrive out of sequence order (a resend, a reordering) are late by nature:
-they are corrected by the offset in force but do not measure it.
+they are corrected by the offset in force but do not measure it. One that the offset in force
+would put ahead of its own arrival was stamped before the clock last changed (held back
+across the change): it is corrected by the offset before the change, or, ahead by that one
+too, quarantined. Corrected by the new offset, it would move the car's time hours ahead and
+blind its rules to every sample until then.
 
 >>> th = Thresholds()
 >>> st = ClockState()
@@ -71,6 +75,9 @@ class ClockState(msgspec.Struct):
     last_corrected_ms: int = -1
     #: The open episode's last in-order measurements, ms (at most :data:`OFFSET_MEASUREMENTS`).
     measured_ms: list[int] = msgspec.field(default_factory=list)
+    #: The offset in force before the latest change (0 if the clock was right): a message
+    #: stamped before the change and delivered after it is corrected by it.
+    previous_offset_ms: int = 0
 
 
 class ClockVerdict(NamedTuple):
@@ -147,11 +154,26 @@ def judge_clock(
             f"{thresholds.clock_offset_max_s:.0f} s that are corrected (clock_offset_max_s)"
         )
         return ClockVerdict(state.offset_ms, reason, alerts)
+    if not in_order and measured_ms - state.offset_ms > tolerance_ms:
+        # Ahead of its own arrival once corrected, which no late message is.
+        if measured_ms - state.previous_offset_ms <= tolerance_ms:
+            return ClockVerdict(state.previous_offset_ms, None, alerts)
+        reason = (
+            f"clock fault: a message out of sequence order whose newest sample time "
+            f"{_iso(last_ms)} is {measured_ms / 1000:+.0f} s from its arrival {_iso(arrival_ms)}: "
+            f"ahead of its arrival whether corrected by the terminal's offset in force "
+            f"({state.offset_ms / 1000:+.0f} s) or the one before it "
+            f"({state.previous_offset_ms / 1000:+.0f} s)"
+        )
+        return ClockVerdict(state.offset_ms, reason, alerts)
     if in_order and abs(measured_ms) <= tolerance_ms:
+        if state.offset_ms:
+            state.previous_offset_ms = state.offset_ms
         state.offset_ms = 0  # the clock may be right: it is trusted
         state.measured_ms = []
     elif in_order:
         if abs(measured_ms - state.offset_ms) > tolerance_ms:
+            state.previous_offset_ms = state.offset_ms
             state.measured_ms = [measured_ms]  # a new offset
         else:
             state.measured_ms = [*state.measured_ms[-(OFFSET_MEASUREMENTS - 1) :], measured_ms]

@@ -311,3 +311,49 @@ def test_an_offset_is_the_median_of_its_episode_not_its_first_message() -> None:
         sent = T0_MS + k * 1000
         judge_clock(st, FLEET[0], sent + 600_000 - 900, sent + 600_000, sent - j, True, th)
     assert st.offset_ms == 600_000
+
+
+def test_a_message_held_back_across_a_clock_change_keeps_the_clock_it_was_stamped_by() -> None:
+    """Stamped just before the terminal's clock fell a day behind and delivered just after
+    (reordered): corrected by the new offset it would sit a day ahead, and every later sample
+    of the car would be older than it — its rules blind for a day. It is corrected by the
+    offset it was stamped under; one that fits neither offset is quarantined."""
+    th, st, eid, day = Thresholds(), ClockState(), FLEET[0], 86_400_000
+    assert judge_clock(st, eid, T0_MS, T0_MS + 900, T0_MS + 1_000, True, th) == (0, None, [])
+    behind = judge_clock(st, eid, T0_MS + 2_000 - day, T0_MS + 2_900 - day, T0_MS + 3_000, True, th)
+    assert behind.correction_ms == -day - 100
+    held = judge_clock(st, eid, T0_MS + 1_000, T0_MS + 1_900, T0_MS + 3_100, False, th)
+    assert held == (0, None, [])
+    ahead = judge_clock(st, eid, T0_MS + 2 * day, T0_MS + 2 * day + 900, T0_MS + 4_000, False, th)
+    assert ahead.refused is not None and "out of sequence order" in ahead.refused
+    # and back: a message stamped under the day-behind clock, delivered once it is right
+    back = judge_clock(st, eid, T0_MS + 5_000, T0_MS + 5_900, T0_MS + 6_000, True, th)
+    assert back.correction_ms == 0 and back.alerts[0].state == "cleared"
+    late = judge_clock(st, eid, T0_MS + 4_000 - day, T0_MS + 4_900 - day, T0_MS + 6_100, False, th)
+    assert late == (0, None, [])  # behind its arrival by a day: a late message, as it is
+
+
+def test_a_reordered_message_at_a_clock_change_blinds_no_car() -> None:
+    """The fleet's terminals on time; one's clock falls a day behind at 122 s, and a message
+    it stamped before that arrives after two stamped by the new clock. Its trapping from
+    130 s is still detected, and no silence is reported for it."""
+    fleet, day = Fleet(), 86_400_000
+    for sec in range(121):
+        for eid in FLEET:
+            fleet.send(eid, T0_MS + sec * 1000, T0_MS + sec * 1000)
+    held_seq = fleet.seq[ODD_ONE]
+    fleet.seq[ODD_ONE] = held_seq + 1
+    for sec in range(122, 180):
+        for eid in FLEET:
+            values = TRAPPED if eid == ODD_ONE and sec >= 130 else {}
+            stamp = T0_MS + sec * 1000 - (day if eid == ODD_ONE else 0)
+            fleet.send(eid, T0_MS + sec * 1000, stamp, **values)
+        if sec == 123:
+            after = fleet.seq[ODD_ONE]
+            fleet.seq[ODD_ONE] = held_seq
+            fleet.send(ODD_ONE, T0_MS + 123_500, T0_MS + 119_500)
+            fleet.seq[ODD_ONE] = after
+    (trapped,) = fleet.raised("trapped_between_levels")
+    assert trapped.elevator_id == ODD_ONE
+    assert T0_MS + 130_000 <= trapped.condition_since_ms <= T0_MS + 131_000
+    assert fleet.raised("device_offline") == []
