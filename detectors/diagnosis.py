@@ -185,6 +185,15 @@ DIAGNOSIS: Final[dict[str, Diagnosis]] = {
         "Ask the maintenance company for its record of the last visit; have the elevator "
         "maintained, and inspected if maintenance lapsed.",
     ),
+    "sensor_stuck": Diagnosis(
+        "minor",
+        None,
+        "A terminal sensor is frozen (evidence: sensors): its reading stays the same whatever "
+        "the car does. A frozen speed reading is replaced by the position encoder's; a frozen "
+        "load reading hides an overload and the number of people in a trapped car.",
+        "Have the terminal's vendor or the maintenance unit check the sensor and its wiring at "
+        "the next visit; until then overload is not monitored on this car.",
+    ),
     "terminal_fault": Diagnosis(
         "major",
         None,

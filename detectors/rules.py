@@ -49,6 +49,9 @@ they fail as often; durations are measured from the first sample at which a cond
   so neither ``stopped_outside_door_zone`` nor ``run_time_limiter`` is judged in it.
 - ``alarm_button``: the alarm pressed (column or event 90); cleared on release.
 - ``repeated_door_reopening``: ``reopenings_alert`` reopenings of a closing door in one stop.
+- ``sensor_stuck``: a frozen reading — speed (the encoder disagrees with it, see below) or
+  load (the same bit for bit at ``load_stuck_changes`` changes of the passengers flag in a
+  row: overload and the people trapped cannot be seen); cleared when the readings are live.
 - ``device_offline`` (from :func:`tick`): silence beyond ``heartbeat_timeout_s``, or beyond
   ``active_silence_timeout_s`` if the car was in use.
 
@@ -142,6 +145,10 @@ class RuleState(msgspec.Struct):
     active_car: bool = False
     moving: bool = False
     standing_since_ms: int = _NONE
+    #: When the car was first *seen* in this stop: after a silence, later than
+    #: ``standing_since_ms`` (which takes the worst case for anyone inside). A stop's
+    #: accuracy is judged on what was seen (:func:`_stopping_accuracy`).
+    stop_seen_ms: int = _NONE
     stop_checked: bool = False
     stop_level_bad: bool = False
     stop_doors_opened: bool = False
@@ -179,6 +186,8 @@ class RuleState(msgspec.Struct):
     speed_anchor_t_ms: int = _NONE
     speed_anchor_position_m: float = 0.0
     speed_anchor_mps: float = -1.0
+    #: Samples seen with that reading since the span began.
+    speed_anchor_samples: int = 0
     #: The car's speed as its position showed it over the last span checked, m/s.
     position_speed_mps: float = 0.0
     #: Last sample at which the leveling reading changed, and last moving sample: a reading
@@ -190,6 +199,12 @@ class RuleState(msgspec.Struct):
     #: alert type → [condition since ms, raised at ms, estimated trapped or -1, flag]
     active: dict[str, list[int]] = {}
     recent_codes: list[list[Any]] = []
+    #: The load reading at the latest change of the passengers flag, and how many changes
+    #: in a row it has been the same at: a load cell that reads the same however many
+    #: people get in or out is frozen (:func:`_load_frozen`).
+    load_at_change_kg: float = -1.0
+    load_same_changes: int = 0
+    load_frozen: bool = False
 
     @classmethod
     def new(cls, elevator_id: str) -> RuleState:
@@ -210,12 +225,14 @@ class _Derived:
         "run_tolerance_ms",
         "silence_min_ms",
         "speed_check_ms",
+        "speed_jump_mps",
         "speed_mismatch_mps",
         "stall_min_ms",
         "stop_confirm_ms",
         "thresholds",
         "top_m",
         "trapped_ms",
+        "trapped_silent_seen_ms",
         "v_over",
         "v_stand",
     )
@@ -229,6 +246,7 @@ class _Derived:
         self.bottom_m = -th.overtravel_margin_m
         self.v_stand = th.standstill_speed_mps
         self.trapped_ms = th.trapped_after_s * 1000.0
+        self.trapped_silent_seen_ms = th.trapped_silent_at_level_seen_s * 1000.0
         self.outside_ms = th.stopped_outside_zone_after_s * 1000.0
         self.run_limit_ms = limits.run_time_limit_s(th) * 1000.0
         self.run_tolerance_ms = th.run_time_tolerance_s * 1000.0
@@ -238,6 +256,7 @@ class _Derived:
         self.silence_min_ms = th.active_silence_timeout_s * 1000.0
         self.speed_check_ms = th.speed_check_s * 1000.0
         self.speed_mismatch_mps = th.speed_position_mismatch_mps
+        self.speed_jump_mps = th.encoder_jump_speed_ratio * limits.rated_speed_mps
 
 
 _derived_cache: dict[tuple[int, int], _Derived] = {}
@@ -379,7 +398,7 @@ def _start(st: RuleState, s: Any, i: int, v_stand: float) -> None:
     st.last_t_ms = t - 1
     moving = s.speed_mps[i] > v_stand
     st.moving = moving
-    st.standing_since_ms = _NONE if moving else t
+    st.standing_since_ms = st.stop_seen_ms = _NONE if moving else t
     st.stop_checked = moving
     st.door = s.door[i]
     st.door_since_ms = t
@@ -572,6 +591,11 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
             st.zone, st.zone_since_ms = c.zone, t
         if pas[i] != st.passengers:
             st.passengers, st.passengers_since_ms = pas[i], t
+            _load_frozen(st, c.load_kg, d.thresholds.load_stuck_changes)
+        elif st.load_frozen and c.load_kg != st.load_at_change_kg:
+            st.load_frozen, st.load_same_changes = False, 0
+        if (st.speed_frozen or st.load_frozen) != ("sensor_stuck" in st.active):
+            _sensor_stuck(em, t)
         _alarm_button(em, c, alarms[i])
         _run_time_limiter(em, c)
         c.prev_mode, st.mode = st.mode, c.mode
@@ -608,17 +632,49 @@ def _speed(
             st.position_speed_mps = 0.0  # what the car did unseen says nothing of now
         st.speed_anchor_t_ms, st.speed_anchor_position_m = t, p
         st.speed_anchor_mps = reading
-    elif t - st.speed_anchor_t_ms >= d.speed_check_ms:
-        moved_m = p - st.speed_anchor_position_m
-        st.position_speed_mps = abs(moved_m) * 1000.0 / (t - st.speed_anchor_t_ms)
-        if abs(st.position_speed_mps - reading) > d.speed_mismatch_mps:
-            st.speed_frozen = True
-        st.speed_anchor_t_ms, st.speed_anchor_position_m = t, p
+        st.speed_anchor_samples = 1
+    else:
+        # Judged over enough samples: two readings alike across a lost message are a
+        # coincidence, not a freeze.
+        st.speed_anchor_samples += 1
+        if (
+            st.speed_anchor_samples >= d.thresholds.speed_check_samples
+            and t - st.speed_anchor_t_ms >= d.speed_check_ms
+        ):
+            moved_m = p - st.speed_anchor_position_m
+            position_speed = abs(moved_m) * 1000.0 / (t - st.speed_anchor_t_ms)
+            if position_speed <= d.speed_jump_mps:  # faster: the encoder jumping, no judgement
+                st.position_speed_mps = position_speed
+                if abs(position_speed - reading) > d.speed_mismatch_mps:
+                    st.speed_frozen = True
+            st.speed_anchor_t_ms, st.speed_anchor_position_m = t, p
+            st.speed_anchor_samples = 1
     if not st.speed_frozen:
         return reading
     if gap or t <= prev_t:
         return 0.0
     return min(st.position_speed_mps, abs(p - prev_p) * 1000.0 / (t - prev_t))
+
+
+def _load_frozen(st: RuleState, load_kg: float, changes: int) -> None:
+    """At a change of the passengers flag: the load cell is frozen once its reading has
+    been the same (bit for bit) at ``changes`` such changes in a row after the first."""
+    if load_kg == st.load_at_change_kg:
+        st.load_same_changes += 1
+        st.load_frozen = st.load_same_changes >= changes
+    else:
+        st.load_at_change_kg, st.load_same_changes, st.load_frozen = load_kg, 0, False
+
+
+def _sensor_stuck(em: _Emitter, t: int) -> None:
+    """``sensor_stuck``: the speed reading (:func:`_speed`) or the load reading
+    (:func:`_load_frozen`) is frozen; cleared when every reading is live again."""
+    st = em.st
+    if st.speed_frozen or st.load_frozen:
+        sensors = [n for n, f in (("speed_mps", st.speed_frozen), ("load_kg", st.load_frozen)) if f]
+        em.raise_("sensor_stuck", t, t, sensors=sensors)
+    else:
+        em.clear("sensor_stuck", t, "readings live again")
 
 
 def _leveling_frozen(st: RuleState) -> bool:
@@ -653,6 +709,7 @@ def _motion(em: _Emitter, c: _Sample, prev_t: int, prev_p: float) -> None:
             st.run_since_ms = t  # arrived at a landing: a held command is a new run
         st.moving = False
         st.standing_since_ms = prev_t if silent_gap else t
+        st.stop_seen_ms = t
         st.stop_checked = False
         st.opened_in_stop = False
         st.stop_doors_opened = False
@@ -874,7 +931,9 @@ def _stopping_accuracy(em: _Emitter, c: _Sample) -> None:
     stops. Also, at that moment, a car trapped between levels that re-levelled with the
     doors still shut hands its trapping over to ``trapped_at_level``."""
     st, d, t = em.st, em.d, c.t
-    if st.stop_checked or t - st.standing_since_ms < d.stop_confirm_ms:
+    # Confirmed on samples seen: a car found standing after a silence, somewhere else, may
+    # have been seen only as it moves off (a frozen speed sensor reads 0 then).
+    if st.stop_checked or t - max(st.standing_since_ms, st.stop_seen_ms) < d.stop_confirm_ms:
         return
     st.stop_checked = True
     active = st.active
@@ -882,7 +941,8 @@ def _stopping_accuracy(em: _Emitter, c: _Sample) -> None:
         # Re-levelled with the doors still shut: the same people, now at a level.
         em.clear("trapped_between_levels", t, "car re-levelled; doors still closed")
         em.raise_("trapped_at_level", st.standing_since_ms, t, how="handover")
-    if c.zone and c.mode == 1 and not _leveling_frozen(st):  # a stop in normal service
+    at_rest = abs(st.accel_mps2) <= d.thresholds.at_rest_accel_mps2  # not already leaving
+    if c.zone and c.mode == 1 and at_rest and not _leveling_frozen(st):  # a normal stop
         limit_mm = d.thresholds.stopping_accuracy_mm
         off = c.offset_mm
         if abs(off) > limit_mm:
@@ -1018,8 +1078,11 @@ def _timers(em: _Emitter, now: int, silent_from_ms: int | None = None) -> None:
                 if st.alarm
                 else None
             )
+            seen = not (extrapolated and zone and st.last_t_ms - since < d.trapped_silent_seen_ms)
             timer_t = (
-                due_at(since + d.trapped_ms) if zone is False or not st.opened_in_stop else None
+                due_at(since + d.trapped_ms)
+                if seen and (zone is False or not st.opened_in_stop)
+                else None
             )
             if alarm_t is not None:
                 em.raise_(
@@ -1120,6 +1183,7 @@ def alert_types() -> list[str]:
         "device_offline",
         "repeated_door_reopening",
         "terminal_fault",
+        "sensor_stuck",
     ]
 
 

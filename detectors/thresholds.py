@@ -42,6 +42,14 @@ class Thresholds:
     trapped_after_s
         Car stopped, doors closed, passengers present and no way out for longer than this
         is a trapping, as platforms implement it (MISSION.md: "more than ~30 s").
+    trapped_silent_at_level_seen_s
+        Through a terminal's silence the trapping timers run on the car's last state (safety
+        first). At a level that needs this much seen of it first: standing, doors closed,
+        people inside, for 5 s before the silence. No clause fixes it: doors open within
+        about 1–3 s of leveling, so 5 s shut is a door that did not open, while a car that
+        fell silent as it arrived says nothing of its doors (its silence is reported at once:
+        ``device_offline`` with the car in use, "call the user unit to check the car").
+        Between levels no minimum: standing there with people inside is abnormal at once.
     stopped_outside_zone_after_s
         A car standing outside the door zone this long is stopped outside the unlocking
         zone (GB/T 24476 fault 04); terminals raise 04 about 1 s after the stop.
@@ -50,6 +58,11 @@ class Thresholds:
     leveling_accuracy_mm
         Leveling accuracy ±20 mm while loading; beyond it the car must re-level
         (GB/T 7588.1-2020 5.12.1.1.4).
+    at_rest_accel_mps2
+        A stop's accuracy is judged only with the car at rest: its acceleration within this.
+        A ride accelerates at 0.5–1 m/s² (``travel_accel_mps2``); a car at rest reads its
+        sensor's noise (a few hundredths). 0.2 m/s² is between: a car leaving a landing
+        below the standstill speed (a re-leveling or recovery run starting) is not a stop.
     stop_confirm_s
         The car must have stood this long before its stopping accuracy is judged (the trip
         segmenter's STOP_CONFIRM_MS).
@@ -100,8 +113,11 @@ class Thresholds:
         Beyond this offset a message is quarantined, not corrected: 7 days, well past the
         largest offset a real terminal that lost NTP shows (the simulator's ``clock_skew``
         goes to 1 day) and far short of an unset clock (1970) or a bogus year (2999).
-    speed_check_s, speed_position_mismatch_mps
-        A speed sensor that reads exactly the same value for ``speed_check_s`` while the
+    speed_check_s, speed_check_samples, speed_position_mismatch_mps
+        A speed sensor that reads exactly the same value for ``speed_check_s``, over at
+        least ``speed_check_samples`` samples (two alike across a lost message are a
+        coincidence: seen on a healthy sensor decelerating past the value it had read
+        1.1 s earlier), while the
         speed the position encoder shows over that span differs from it by more than
         ``speed_position_mismatch_mps`` is frozen (a stuck sensor, simulator
         ``stuck_sensor``): the rules then take the car's speed from its position until the
@@ -111,6 +127,17 @@ class Thresholds:
         standstill speed, a tenth of a typical rated speed — is never a healthy sensor's
         disagreement, while a car leaving a landing shows it within about a second, inside
         the ±0.2 m unlocking zone (EN 81-20 5.12.1.4).
+    load_stuck_changes
+        A load reading the same, bit for bit, at this many changes of the passengers flag
+        in a row after the first (people got in, out, in) is a frozen load cell
+        (``sensor_stuck``; simulator ``stuck_sensor``): a live cell reads each person's
+        weight and its own noise. No clause fixes it; two repeats rule out a coincidence
+        of a quantised reading.
+    encoder_jump_speed_ratio
+        Position steps faster than this × rated speed are the encoder jumping (a glitch, a
+        frozen encoder catching up), not the car moving: they never make a frozen-speed
+        judgement. Twice the rated speed is beyond any car still running: the overspeed
+        governor trips below 1.25 × rated + 0.25 m/s (GB/T 7588.1-2020 5.6.2.2.1.1).
     state_eviction_after_s
         A car silent this long (stream time) whose ``device_offline`` alert was raised has
         its in-memory state dropped by the worker (its last checkpoint stays in the state
@@ -263,10 +290,12 @@ class Thresholds:
     confirm_samples: int = 2
     standstill_speed_mps: float = 0.05
     trapped_after_s: float = 30.0
+    trapped_silent_at_level_seen_s: float = 5.0
     stopped_outside_zone_after_s: float = 1.0
     stopping_accuracy_mm: float = 10.0
     leveling_accuracy_mm: float = 20.0
     stop_confirm_s: float = 0.5
+    at_rest_accel_mps2: float = 0.2
     accuracy_clear_stops: int = 3
     overtravel_margin_m: float = 0.2
     run_time_limit_s: float = 45.0
@@ -282,7 +311,10 @@ class Thresholds:
     clock_offset_tolerance_s: float = 5.0
     clock_offset_max_s: float = 7 * 86_400.0
     speed_check_s: float = 0.5
+    speed_check_samples: int = 3
     speed_position_mismatch_mps: float = 0.1
+    encoder_jump_speed_ratio: float = 2.0
+    load_stuck_changes: int = 2
     state_eviction_after_s: float = 6 * 3600.0
     maintenance_visit_interval_days: float = 15.0
     maintenance_visit_min_s: float = 1800.0

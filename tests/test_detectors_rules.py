@@ -100,13 +100,14 @@ def test_overspeed_needs_two_samples() -> None:
 def test_overload_overtravel_and_door_open_while_running() -> None:
     _, alerts = feed([second(0, load_kg=1150.0, door=2)])
     assert kinds(alerts) == ["overload"]
+    # (a speed reading with no position change is a frozen sensor, and says so)
     _, alerts = feed([second(0, speed_mps=0.3, position_m=27.4, door_zone=False, floor=10)])
-    assert kinds(alerts) == ["overtravel_top"]
+    assert kinds(alerts) == ["overtravel_top", "sensor_stuck"]
     _, alerts = feed([second(0, speed_mps=0.3, position_m=-0.3, door_zone=False)])
-    assert kinds(alerts) == ["overtravel_bottom"]
+    assert kinds(alerts) == ["overtravel_bottom", "sensor_stuck"]
     closing = [car(t_ms=T0 + k * 100, door=3) for k in range(10)]
     _, alerts = feed([closing, second(1, speed_mps=1.0, door=2, direction=1)])
-    assert kinds(alerts) == ["door_open_while_running"]
+    assert kinds(alerts) == ["door_open_while_running", "sensor_stuck"]
 
 
 def test_unintended_movement_from_an_open_landing() -> None:
@@ -234,7 +235,7 @@ def test_replay_gives_the_same_alert_keys() -> None:
 def test_unknown_elevator_uses_defaults_and_says_so() -> None:
     lim = ElevatorLimits.unknown()
     alerts = RULES.observe(RULES.new(support_id()), message(second(0, speed_mps=1.3)), lim)
-    assert kinds(alerts) == ["overspeed"]
+    assert kinds(alerts) == ["overspeed", "sensor_stuck"]  # (no position change: frozen)
     assert alerts[0].evidence["limits"]["source"] == "defaults (not in registry)"
 
 
@@ -331,15 +332,15 @@ def test_a_speed_reading_frozen_at_0_gives_way_to_the_position() -> None:
     _, healthy = feed(_ride(None))
     assert kinds(healthy) == []
     st, frozen = feed(_ride(0.0))
-    assert kinds(frozen) == []
-    assert st.speed_frozen
+    assert kinds(frozen) == ["sensor_stuck"]
+    assert st.speed_frozen and frozen[0].evidence["sensors"] == ["speed_mps"]
 
 
 def test_a_speed_reading_frozen_while_moving_raises_no_door_alarm() -> None:
     """Stuck at 1 m/s, the car stops and opens its doors: without the position the rules
     saw doors open in a moving car (``door_open_while_running``, critical)."""
     st, alerts = feed(_ride(1.0))
-    assert kinds(alerts) == []
+    assert kinds(alerts) == ["sensor_stuck"]
     assert st.speed_frozen
 
 
@@ -395,3 +396,80 @@ def test_an_overtravel_seen_only_by_its_code_clears_when_the_car_is_back() -> No
         alerts += RULES.observe(st, message(rows, seq=seq, faults=codes), LIM)
     bottom = [a.state for a in alerts if a.alert_type == "overtravel_bottom"]
     assert bottom == ["raised", "cleared", "raised"]
+
+
+def test_a_stop_is_judged_at_rest_not_as_the_car_leaves() -> None:
+    """15 mm off level: a stop at rest is beyond ±10 mm; the same reading while the car
+    already accelerates away below the standstill speed (a re-leveling run starting) is no
+    stop to judge."""
+    at_rest = [second(s, leveling_offset_mm=15.0, accel_mps2=0.01) for s in range(3)]
+    _, alerts = feed([second(0, speed_mps=1.0, door_zone=False), *at_rest[1:]])
+    assert "stopping_accuracy" in kinds(alerts)
+    leaving = [second(s, leveling_offset_mm=15.0, accel_mps2=0.4) for s in range(1, 3)]
+    _, alerts = feed([second(0, speed_mps=1.0, door_zone=False), *leaving])
+    assert "stopping_accuracy" not in kinds(alerts)
+
+
+def test_a_car_found_elsewhere_after_a_silence_is_judged_on_what_is_seen() -> None:
+    """Standing level, then 20 s unheard, then found 150 mm higher at 0 m/s for one sample
+    as it moves off: the stop began unseen, so its accuracy is not judged on that sample."""
+    rows = [car(t_ms=T0 + 21_000, position_m=3.15, leveling_offset_mm=150.0, speed_mps=0.0)]
+    rows += [
+        car(t_ms=T0 + 21_000 + k * 100, position_m=3.15 + k * 0.05, speed_mps=0.5)
+        for k in range(1, 10)
+    ]
+    _, alerts = feed([second(0, position_m=3.0), rows])
+    assert "stopping_accuracy" not in kinds(alerts)
+
+
+@pytest.mark.parametrize(
+    ("seen_s", "zone", "expected"),
+    [
+        (1, True, []),
+        (6, True, ["trapped_at_level"]),
+        (1, False, ["trapped_between_levels"]),
+    ],
+)
+def test_a_silent_car_is_taken_as_trapped_only_on_what_was_seen(
+    seen_s: int, zone: bool, expected: list[str]
+) -> None:
+    """Through a silence the trapping timer runs on the car's last state. At a level only
+    if the doors were seen shut for a while (a car silent the moment it arrived says nothing
+    of its doors); between levels at once. The silence itself is reported either way."""
+    ride = second(0, speed_mps=1.0, door_zone=False, passengers=True, position_m=2.5)
+    stand = {"passengers": True, "door_zone": zone, "position_m": 3.0 if zone else 4.5}
+    st, alerts = feed([ride, *[second(s, **stand) for s in range(1, 1 + seen_s)]])
+    alerts += RULES.tick(st, T0 + 120_000, LIM)
+    trapped = [k for k in kinds(alerts) if k.startswith("trapped")]
+    assert trapped == expected
+    assert "device_offline" in kinds(alerts)
+
+
+def test_an_encoder_catching_up_is_no_ride() -> None:
+    """A position encoder frozen at 4.5 m under a car standing between levels jumps to the
+    car's true place (a healthy speed reading stays 0): the stop goes on, and so does the
+    trapping timer (it used to restart, and a 43-s trapping went unreported)."""
+    stuck = {"door_zone": False, "passengers": True, "load_kg": 80.0}
+    seconds = [second(0, speed_mps=1.0, position_m=4.0, door_zone=False, passengers=True)]
+    seconds += [second(s, position_m=4.5, **stuck) for s in range(1, 20)]
+    seconds += [second(s, position_m=7.6, **stuck) for s in range(20, 36)]
+    _, alerts = feed(seconds)
+    (trapped,) = [a for a in alerts if a.alert_type == "trapped_between_levels"]
+    assert trapped.condition_since_ms == T0 + 1000
+
+
+def test_a_frozen_load_cell_is_reported_and_a_live_one_is_not() -> None:
+    """People get in, out, in: a load reading the same each time is a frozen load cell
+    (``sensor_stuck``, the overload it hides), cleared when the reading lives again."""
+
+    def stop(sec: int, people: bool, load_kg: float) -> list[dict[str, Any]]:
+        return second(sec, door=2, passengers=people, load_kg=load_kg)
+
+    frozen = [stop(s, s % 2 == 1, 412.5) for s in range(5)] + [stop(5, False, 3.0)]
+    _, alerts = feed(frozen)
+    stuck = [a for a in alerts if a.alert_type == "sensor_stuck"]
+    assert [a.state for a in stuck] == ["raised", "cleared"]
+    assert stuck[0].evidence["sensors"] == ["load_kg"] and stuck[0].severity == "minor"
+    live = [stop(s, s % 2 == 1, 80.0 * (s % 2) + 0.1 * s) for s in range(6)]
+    _, alerts = feed(live)
+    assert "sensor_stuck" not in kinds(alerts)
