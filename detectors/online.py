@@ -66,9 +66,10 @@ def window_features(window: WindowFeature, limits: ElevatorLimits) -> dict[str, 
         return nan if v is None else float(v)
 
     rated = limits.rated_speed_mps or nan
+    accel_frozen = window.jerk_peak_mps3 == 0.0  # never changed: a frozen sensor's, missing
     return {
-        "accel_peak_mps2": f(window.accel_peak_mps2),
-        "jerk_peak_mps3": f(window.jerk_peak_mps3),
+        "accel_peak_mps2": nan if accel_frozen else f(window.accel_peak_mps2),
+        "jerk_peak_mps3": nan if accel_frozen else f(window.jerk_peak_mps3),
         "door_opening_s": f(window.door_opening_s),
         "door_closing_s": f(window.door_closing_s),
         "leveling_offset_mm": f(window.leveling_offset_mm),

@@ -51,16 +51,23 @@ ANOMALY_SIDES: Final = {
 
 
 def trip_features(trip: Trip, limits: ElevatorLimits) -> dict[str, float]:
-    """Numeric features of one trip (missing ones NaN); speeds relative to rated."""
+    """Numeric features of one trip (missing ones NaN); speeds relative to rated.
+
+    A trip's acceleration readings that never changed (peak jerk exactly 0) are a frozen
+    sensor's: its acceleration and jerk are missing, so that neither is judged nor learnt
+    (a history of one frozen value makes every healthy trip after it look extreme). The
+    segmenter leaves out a frozen leveling reading the same way (``Trip.leveling_offset_mm``).
+    """
     nan = math.nan
 
     def f(v: float | None) -> float:
         return nan if v is None else float(v)
 
     rated = limits.rated_speed_mps or nan
+    accel_frozen = trip.peak_jerk_mps3 == 0.0
     return {
-        "peak_accel_mps2": f(trip.peak_accel_mps2),
-        "peak_jerk_mps3": f(trip.peak_jerk_mps3),
+        "peak_accel_mps2": nan if accel_frozen else f(trip.peak_accel_mps2),
+        "peak_jerk_mps3": nan if accel_frozen else f(trip.peak_jerk_mps3),
         "door_opening_s": f(trip.door_opening_s),
         "door_closing_s": f(trip.door_closing_s),
         "leveling_offset_mm": f(trip.leveling_offset_mm),

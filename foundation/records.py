@@ -122,7 +122,8 @@ class Trip(msgspec.Struct, frozen=True):
         Highest load during the trip, kg.
     leveling_offset_mm
         Leveling offset when the standstill was confirmed (:data:`STOP_CONFIRM_MS` after the
-        stop), mm; None if the car stopped outside the door zone.
+        stop), mm; None if the car stopped outside the door zone, or if the reading did not
+        change from departure to arrival (a frozen sensor: no measurement).
     door_opening_s
         Duration of the OPENING phase at arrival (first OPENING sample to first OPEN
         sample), s; None if the doors did not open before the trip was emitted or an edge

@@ -109,6 +109,9 @@ class TripState(msgspec.Struct):
         Door zone and leveling offset of the latest standing sample up to confirmation.
     door_opening_ms, doors_opened
         The arrival's door-opening time and whether the doors have reached OPEN.
+    start_leveling_offset_mm, leveling_changed
+        The leveling reading at departure, and whether the trip's readings have differed
+        from it since: a healthy sensor's follows the car; one that never moved is frozen.
     """
 
     elevator_id: str
@@ -138,6 +141,8 @@ class TripState(msgspec.Struct):
     stop_leveling_offset_mm: float = 0.0
     door_opening_ms: int | None = None
     doors_opened: bool = False
+    start_leveling_offset_mm: float = 0.0
+    leveling_changed: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """The state as JSON-able builtins."""
@@ -278,7 +283,11 @@ def segment_message(state: TripState, message: TelemetryMessage) -> tuple[TripSt
                 state.linked = False
                 state.door_opening_ms = None
                 state.doors_opened = False
+                state.start_leveling_offset_mm = offsets[i]
+                state.leveling_changed = False
         elif phase != _ARRIVED:  # moving or stopping: the sample belongs to the trip
+            if not state.leveling_changed and offsets[i] != state.start_leveling_offset_mm:
+                state.leveling_changed = True
             if v > state.peak_speed_mps:
                 state.peak_speed_mps = v
             a_abs = a if a >= 0.0 else -a
@@ -374,7 +383,10 @@ def _trip(state: TripState) -> Trip:
         state.peak_accel_mps2,
         state.peak_jerk_mps3 if state.peak_jerk_mps3 >= 0.0 else None,
         state.load_max_kg,
-        state.stop_leveling_offset_mm if state.stop_in_door_zone else None,
+        # A reading that did not change from departure to arrival is a frozen sensor's.
+        state.stop_leveling_offset_mm
+        if state.stop_in_door_zone and state.leveling_changed
+        else None,
         None if state.door_opening_ms is None else state.door_opening_ms / 1000.0,
         None if state.door_closing_ms is None else state.door_closing_ms / 1000.0,
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import msgspec
 import numpy as np
 import pytest
 
@@ -136,3 +139,21 @@ def test_a_robust_z_history_is_packed_and_reads_an_older_checkpoint() -> None:
     assert old.history().tolist() == [3.0, 1.0, 9.0]
     old.resize(2)
     assert old.history().tolist() == [1.0, 9.0] and old.pos == 0
+
+
+def test_a_frozen_acceleration_reading_is_neither_judged_nor_learnt() -> None:
+    """Trips whose acceleration never changed (peak jerk exactly 0) carry no acceleration
+    or jerk; learnt, their one value made every live trip after the sensor recovered an
+    anomaly (seen on no-fault traffic with stuck sensors)."""
+    frozen = msgspec.structs.replace(trip(0, 2.0, 3.0), peak_accel_mps2=0.35, peak_jerk_mps3=0.0)
+    features = trip_features(frozen, LIM)
+    assert math.isnan(features["peak_accel_mps2"]) and math.isnan(features["peak_jerk_mps3"])
+    health = TripHealth(Thresholds())
+    st = health.new("32070620200000000001")
+    raised = []
+    for i in range(400):
+        t = trip(i, 2.0 + 0.1 * (i % 7), 3.0 + 0.01 * (i % 5))
+        if i < 300:
+            t = msgspec.structs.replace(t, peak_accel_mps2=0.35, peak_jerk_mps3=0.0)
+        raised += [a.alert_type for a in health.observe(st, t, LIM) if a.state == "raised"]
+    assert raised == []

@@ -223,3 +223,15 @@ def test_day_stream_trips() -> None:
 def test_message_of_another_elevator_is_refused() -> None:
     with pytest.raises(ValueError, match="elevator_id"):
         segment_message(initial_trip_state("32070000000000000002"), message([row(T0)]))
+
+
+def test_a_leveling_reading_frozen_through_the_ride_is_no_measurement() -> None:
+    """A healthy leveling reading follows the car from departure to arrival; one that never
+    changed is a frozen sensor's, and the trip carries no leveling offset (the drift charts
+    would learn a constant, then take the live reading for a fault)."""
+    rows, _ = ride(T0, 2, 1, arrival_offset_mm=12.5)
+    frozen = [{**r, "leveling_offset_mm": 12.5} for r in rows]
+    _, trips, _ = segment_all(per_second(frozen))
+    assert trips[0].leveling_offset_mm is None
+    _, trips, _ = segment_all(per_second(rows))
+    assert trips[0].leveling_offset_mm == 12.5
