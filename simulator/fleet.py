@@ -220,6 +220,9 @@ class FleetEngine:
         self.speed = np.zeros(n)
         self.accel = np.zeros(n)
         self.door = np.zeros(n, dtype=np.int8)
+        #: The tick the doors last closed: doors that reopen on that very tick (a call at
+        #: the landing) show no closed sample, so the signals see a reopening.
+        self.closed_tick = np.full(n, -1, dtype=np.int64)
         self.load = np.zeros(n)
         self.passengers = np.zeros(n, dtype=bool)
         self.mode = np.ones(n, dtype=np.int8)
@@ -481,6 +484,9 @@ class FleetEngine:
         if self.door[i] == DOOR_OPEN:  # already open (door-open-while-running trip)
             self._doors_open(i, t)
             return
+        # A call at this landing reverses doors still closing, or shut this very tick.
+        if self.door[i] == DOOR_CLOSING or self.closed_tick[i] == round(t * self.hz):
+            self._count_reopening(i, round(t * self.hz) - 1)
         self.phase[i], self.door[i] = OPENING, DOOR_OPENING
         self.phase_end[i] = t + self.open_s[i] * self._door_factor(i, t)
 
@@ -553,6 +559,8 @@ class FleetEngine:
             distance_m=round(dist, 3),
             creep_speed_mps=round(speed, 3),
             direction="up" if sign > 0 else "down",
+            # The creep began in the door zone, before the onset (leaving it).
+            creep_started_ms=self._ms(round(t * self.hz)),
         )
         self._raise(i, int(out[0]), "05")
         self.trip_flags[i] = {
@@ -580,12 +588,32 @@ class FleetEngine:
                     self.rng.integers(reopening["reopens_min"], reopening["reopens_max"] + 1)
                 )
                 ctx["reopens_left"] = count
-                ctx["reopen_label"] = (count, round(t * self.hz))
+                # One label per stop: reopenings earlier in it (chance ones, an episode
+                # drawn before) are the episode's beginning.
+                before, first = ctx.get(
+                    "reopen_label",
+                    (ctx.get("chance_reopens", 0), ctx.get("chance_first", round(t * self.hz))),
+                )
+                ctx["reopen_label"] = (before + count, first)
             elif self.rng.random() < self.sc["doors"]["reopen_probability"]:
                 ctx["reopens_left"] = 1
+                self._count_reopening(i, round(t * self.hz))
         if ctx.get("reopens_left"):
             self.phase_end[i] = t + close_s * self._u(0.2, 0.8)
             ctx["reopen_now"] = True
+
+    def _count_reopening(self, i: int, closing_tick: int) -> None:
+        """A reopening no fault planned (a chance obstruction, a call at this landing while
+        the doors close), of doors closing at ``closing_tick``: part of the stop's
+        ``door_reopening`` label if it has one, else counted towards
+        :data:`CHANCE_REOPENING_EPISODE`."""
+        ctx = self.door_ctx[i]
+        if "reopen_label" in ctx:
+            before, first = ctx["reopen_label"]
+            ctx["reopen_label"] = (before + 1, first)
+        else:
+            ctx["chance_reopens"] = ctx.get("chance_reopens", 0) + 1
+            ctx.setdefault("chance_first", closing_tick)
 
     def _end_closing(self, i: int, t: float) -> None:
         ctx = self.door_ctx[i]
@@ -597,9 +625,19 @@ class FleetEngine:
             )
             return
         self.door[i] = DOOR_CLOSED
+        self.closed_tick[i] = round(t * self.hz)
         if "reopen_label" in ctx:
             count, first_closing = ctx.pop("reopen_label")
             self._label(i, "door_reopening", first_closing, round(t * self.hz), reopenings=count)
+        elif ctx.get("chance_reopens", 0) >= CHANCE_REOPENING_EPISODE:
+            self._label(
+                i,
+                "door_reopening",
+                ctx["chance_first"],
+                round(t * self.hz),
+                reopenings=ctx["chance_reopens"],
+                by_chance=True,
+            )
         ctx.clear()
         if self.stage[i] == BOARDING:
             self.stage[i] = TO_DEST
@@ -1284,6 +1322,8 @@ class FleetEngine:
             self.code_next_tick[i] = min((c[0] for c in keep), default=np.iinfo(np.int64).max)
         self.last_msg_sec[i] = sec
         dev = self.device[i]
+        # A per-message fault's label is stamped with true time, not a skewed clock's.
+        true_span = (samples["t_ms"][0], samples["t_ms"][-1])
         if dev is not None and not self._apply_device(i, dev, samples, faults, events):
             return
         seq = self.seq[i]
@@ -1299,7 +1339,7 @@ class FleetEngine:
         }
         payload = self._encode(msg)
         if seq >= self.special_seq[i]:
-            self._special(i, seq, payload, msg)
+            self._special(i, seq, payload, msg, true_span)
         else:
             self._deliver(i, payload, msg)
         held = self.held[i]
@@ -1349,9 +1389,11 @@ class FleetEngine:
                 c["t_ms"] += shift
         return True
 
-    def _special(self, i: int, seq: int, payload: bytes, msg: dict[str, Any]) -> None:
-        """This message is the one a per-message device fault picked."""
-        t = msg["samples"]["t_ms"]
+    def _special(
+        self, i: int, seq: int, payload: bytes, msg: dict[str, Any], t: tuple[int, int]
+    ) -> None:
+        """This message is the one a per-message device fault picked; ``t``: its first and
+        last sample times, true (before any clock skew)."""
         chosen = min(self.next_special, key=lambda k: (self.next_special[k][i], k))
         for name, nxt in self.next_special.items():
             if nxt[i] <= seq:
@@ -1404,6 +1446,12 @@ class FleetEngine:
             )
             self.held[i].append((seq + hold, seq + hold, payload, msg))
 
+
+#: Reopenings no fault planned (``doors.reopen_probability``, drawn at each closing; a call
+#: at the landing while the doors close) that make a stop's ``door_reopening`` label: the
+#: signals then show the episode the fault injects (``faults.door_reopening.reopens_min``'s
+#: default), whatever its cause.
+CHANCE_REOPENING_EPISODE: Final = 3
 
 #: Columns as the contract orders them, for outputs.
 SAMPLE_COLUMNS: Final = COLUMNS

@@ -292,3 +292,51 @@ def test_labels_file_has_iso_and_ms_times(device: dict[str, Any]) -> None:
         assert round(onset.timestamp() * 1000) == lb["onset_ms"]
         assert lb["run_id"] == device["summary"].run_id
     assert [lb["label_id"] for lb in device["labels"]] == list(range(1, len(device["labels"]) + 1))
+
+
+def test_a_message_fault_is_labelled_in_true_time_under_a_clock_skew(
+    device: dict[str, Any],
+) -> None:
+    """A duplicated or reordered message's label says when it was sent in true time, as
+    every label does, not the skewed stamp it carries (scoring matches labels to alerts in
+    true time)."""
+    skews = _labels(device, "clock_skew")
+    by_seq = {(m.elevator_id, m.seq): m for m in device["messages"]}
+    under_skew = 0
+    for lb in device["labels"]:
+        key = (lb["elevator_id"], lb["params"].get("seq"))
+        if lb["fault_type"] not in ("duplicate", "out_of_order") or key not in by_seq:
+            continue
+        shift = by_seq[key].samples.t_ms[0] - lb["onset_ms"]
+        held = [
+            s["params"]["skew_ms"]
+            for s in skews
+            if s["elevator_id"] == lb["elevator_id"]
+            and s["onset_ms"] <= lb["onset_ms"]
+            and (s["ended_ms"] is None or lb["onset_ms"] < s["ended_ms"])
+        ]
+        assert shift == (held[0] if held else 0), lb
+        under_skew += bool(held)
+    assert under_skew > 0
+
+
+def test_a_stop_whose_doors_reopen_three_times_is_labelled_whatever_the_cause(
+    tmp_path: Path,
+) -> None:
+    """No door fault injected, but doors that reverse often by chance (and on calls at the
+    landing): every stop with three reversals is a ``door_reopening`` label, as the signals
+    show it, so that the detector raising it is no false alarm."""
+    path = tmp_path / "doors.jsonl"
+    run(scenario("doors", seed=9, doors={"reopen_probability": 0.5}), fleet(4), path, 900.0)
+    labels = [lb for lb in read_labels(path) if lb["fault_type"] == "door_reopening"]
+    assert labels and all(lb["params"].get("by_chance") for lb in labels)
+    sig = signals(read_messages(path)[0])
+    labelled = 0
+    for eid, s in sig.items():
+        door = s["door"]
+        reverse_ms = s["t_ms"][1:][(door[:-1] == 3) & (door[1:] == 1)]
+        for lb in (lb for lb in labels if lb["elevator_id"] == eid):
+            inside = (reverse_ms >= lb["onset_ms"]) & (reverse_ms <= lb["ended_ms"])
+            assert int(inside.sum()) == lb["params"]["reopenings"] >= 3
+            labelled += int(inside.sum())
+    assert labelled > 0
