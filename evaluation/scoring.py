@@ -18,15 +18,17 @@ How alerts and labels are matched
   An unexplained alert is a **false alarm**; :attr:`Evaluation.false_alarms_per_1000_elevator_days`
   scales their count by the fleet's size and the simulated duration.
 - **Censored labels** are left out of recall, each with its reason (:func:`censor_reason`):
-  a fault the signals never showed (a dropout over all of it), one that began too close to
-  the end of the run for any detector to be sure, or a degradation still too small at the
-  end of the run for the charts to be meant to see it.
+  a fault the signals never showed (a dropout over all of it; an overload while the load
+  reading was frozen, :data:`ONLY_SHOWN_BY`, which ``sensor_stuck`` reports), one that
+  began too close to the end of the run for any detector to be sure, or a degradation
+  still too small at the end of the run for the charts to be meant to see it.
 - **Excluded alerts** are left out of precision (:func:`alert_excluded`): an alert whose
   label the simulator writes only after the run ended.
 - Label types absent from :data:`DETECTS` are not scored: device faults (``dropout``,
   ``stuck_sensor``, ``clock_skew``, ``duplicate``, ``out_of_order``, ``malformed``) are the
   terminal misbehaving, handled by validation and de-duplication; they only *explain* alerts
-  (a dropout explains ``device_offline``).
+  (a dropout explains ``device_offline``; see :func:`_explained` for the two that explain
+  through the alert's own evidence).
 
 Degradations
 ------------
@@ -154,10 +156,12 @@ EXPLAINED_BY: Final[dict[str, frozenset[str]]] = {
     ),
     "trapped_at_level": frozenset({"trapped_at_level", "power_loss"}),
     "terminal_fault": frozenset({"trapped_at_level"}),
-    "stopping_accuracy": frozenset({"leveling_drift"}),
-    "leveling_accuracy": frozenset({"leveling_drift"}),
+    # A car halted off level by a power loss, or creeping off it, stops (and opens) there.
+    "stopping_accuracy": frozenset({"leveling_drift", "power_loss", "unintended_movement"}),
+    "leveling_accuracy": frozenset({"leveling_drift", "power_loss", "unintended_movement"}),
     "device_offline": frozenset({"dropout"}),
     "clock_fault": frozenset({"clock_skew"}),
+    "sensor_stuck": frozenset({"stuck_sensor"}),
     "trip_anomaly": _TRIP_CHANGES,
     "online_anomaly": _TRIP_CHANGES,
 }
@@ -185,10 +189,14 @@ def label_window(label: Label, end_ms: int) -> tuple[int, int]:
 def explain_window(label: Label, end_ms: int) -> tuple[int, int]:
     """Times in which ``label`` explains an alert: :func:`label_window`, widened for a
     run-time limiter to the stall before it (the limiter trips ``limiter_s`` after the car
-    stalled, and the car stood outside the door zone all that time)."""
+    stalled, and the car stood outside the door zone all that time), and for an unintended
+    movement to the start of the creep (``creep_started_ms``: the car creeps off level, its
+    doors open, before it leaves the door zone, the label's onset)."""
     lo, hi = label_window(label, end_ms)
     if label["fault_type"] == "runtime_limiter":
         lo -= int(label["params"]["limiter_s"] * 1000)
+    elif label["fault_type"] == "unintended_movement":
+        lo = min(lo, int(label["params"].get("creep_started_ms", lo)))
     return lo, hi
 
 
@@ -211,8 +219,16 @@ def safety_fault_ms(label: Label, thresholds: Thresholds | None = None) -> int |
     return int(label["onset_ms"]) + round(days * _MS_PER_DAY)
 
 
+#: Label types only one reading shows: frozen over all of such a label (``stuck_sensor``),
+#: it was never seen — the frozen reading is reported instead (``sensor_stuck``).
+ONLY_SHOWN_BY: Final[dict[str, str]] = {"overload": "load_kg"}
+
+
 def censor_reason(
-    label: Label, end_ms: int, sample_times: Mapping[str, Sequence[int] | np.ndarray]
+    label: Label,
+    end_ms: int,
+    sample_times: Mapping[str, Sequence[int] | np.ndarray],
+    car_labels: Sequence[Label] = (),
 ) -> str | None:
     """Why ``label`` cannot count for recall, or None if it counts.
 
@@ -224,6 +240,8 @@ def censor_reason(
         The last sample time of the run.
     sample_times
         Each elevator's sample times, sorted (what the detectors could see).
+    car_labels
+        Every label of the car (its frozen sensors).
     """
     lo = int(label["onset_ms"])
     hi = int(label["ended_ms"]) if label["ended_ms"] is not None else end_ms
@@ -231,6 +249,12 @@ def censor_reason(
     k = bisect.bisect_left(times, lo)
     if k >= len(times) or times[k] > hi:
         return "unobservable: no sample while it held (a dropout)"
+    column = ONLY_SHOWN_BY.get(label["fault_type"])
+    for lb in car_labels if column else ():
+        if lb["fault_type"] == "stuck_sensor" and lb["params"].get("column") == column:
+            frozen_to = lb["ended_ms"] if lb["ended_ms"] is not None else end_ms
+            if int(lb["onset_ms"]) <= lo and hi <= int(frozen_to):
+                return f"unobservable: {column} frozen all through it (stuck_sensor)"
     kind = label["fault_type"]
     if kind in EARLY_WARNINGS:
         return _too_small(label, end_ms)
@@ -539,7 +563,7 @@ def score(
                 degradations[kind], lb, car_alerts, end_ms, thresholds
             )
         fs = faults[kind]
-        reason = censor_reason(lb, end_ms, sample_times)
+        reason = censor_reason(lb, end_ms, sample_times, labels_by_car[lb["elevator_id"]])
         if reason is not None:
             fs.censored[reason] = fs.censored.get(reason, 0) + 1
             continue
@@ -586,13 +610,40 @@ def score(
     )
 
 
+#: Device faults that keep a terminal's messages from arriving readable and on time: one
+#: beginning during a ``device_offline`` alert's silence caused it (a message held back by
+#: ``out_of_order`` or garbled by ``malformed`` was the one that would have ended it).
+SILENCING_FAULTS: Final = frozenset({"dropout", "out_of_order", "malformed"})
+
+
 def _explained(alert: Alert, car_labels: Sequence[Label], end_ms: int) -> bool:
+    """A label of the car explains ``alert`` (:data:`EXPLAINED_BY`, :func:`explain_window`),
+    or, judged on the alert's own evidence:
+
+    - a ``device_offline`` whose silence (``condition_since_ms`` to ``raised_at_ms``) a
+      :data:`SILENCING_FAULTS` label began in;
+    - a ``clock_fault`` whose offending sample was stamped while a ``clock_skew`` label
+      held: its time less the label's skew falls in the label's window (a message stamped
+      under the skew and delivered after it ended, held back by ``out_of_order``).
+    """
     ok = EXPLAINED_BY.get(alert.alert_type, frozenset())
     since = alert.condition_since_ms if alert.alert_type in TRIP_SPAN_ALERTS else alert.raised_at_ms
+    sample_ms = alert.evidence.get("sample_ms") if alert.alert_type == "clock_fault" else None
     for lb in car_labels:
-        if lb["fault_type"] in ok:
+        kind = lb["fault_type"]
+        if kind in ok:
             lo, hi = explain_window(lb, end_ms)
             if since <= hi and lo <= alert.raised_at_ms:
+                return True
+        if (
+            alert.alert_type == "device_offline"
+            and kind in SILENCING_FAULTS
+            and alert.condition_since_ms <= int(lb["onset_ms"]) <= alert.raised_at_ms
+        ):
+            return True
+        if sample_ms is not None and kind == "clock_skew":
+            lo, hi = explain_window(lb, end_ms)
+            if lo <= int(sample_ms) - int(lb["params"]["skew_ms"]) <= hi:
                 return True
     return False
 

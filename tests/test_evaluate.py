@@ -295,3 +295,40 @@ def test_send_times_are_one_vote_per_terminal() -> None:
             truth.append(sent)
     got = [arrival for _, _, arrival in send_times(records)]
     assert all(a is not None and abs(a - t) <= 1_000 for a, t in zip(got, truth, strict=True))
+
+
+def test_device_faults_explain_what_they_cause_through_the_alerts_evidence() -> None:
+    """A silence a held-back or garbled message made; a clock fault measured on a message
+    stamped under a skew that ended before it arrived; a leveling error as a car creeps
+    off level before it leaves the door zone; an overload the frozen load cell hid."""
+    labels = [
+        label("E1", "out_of_order", 100, 100.9, seq=7, emitted_after_seq=10),
+        label("E2", "clock_skew", 0, 200, skew_ms=3_600_000),
+        label("E3", "unintended_movement", 300, 330, creep_started_ms=T0 + 296_000),
+        label("E4", "stuck_sensor", 0, 1_000, column="load_kg"),
+        label("E4", "overload", 400, 420),
+        label("E5", "overload", 400, 420),
+    ]
+    offline = make_alert("E1", "device_offline", T0 + 70_000, T0 + 135_000, {})
+    stale_offline = make_alert("E1", "device_offline", T0 + 500_000, T0 + 565_000, {})
+    clock = make_alert(
+        "E2", "clock_fault", T0 + 230_000, T0 + 230_000, {"sample_ms": T0 + 195_000 + 3_600_000}
+    )
+    leveling = alert("E3", "leveling_accuracy", 298)
+    ev = score(
+        labels,
+        [offline, stale_offline, clock, leveling],
+        end_ms=T0 + 1_000_000,
+        sample_times=everywhere("E1", "E2", "E3", "E4", "E5"),
+        elevators=5,
+        duration_s=1_000,
+    )
+    assert [a.alert_key for a in ev.alerts["device_offline"].unexplained] == [
+        stale_offline.alert_key
+    ]
+    assert ev.alerts["clock_fault"].explained == 1
+    assert ev.alerts["leveling_accuracy"].explained == 1
+    overload = ev.faults["overload"]
+    assert overload.labels == 1 and list(overload.censored) == [
+        "unobservable: load_kg frozen all through it (stuck_sensor)"
+    ]
