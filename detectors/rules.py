@@ -467,6 +467,7 @@ def observe(
     else:
         i = n - 1
         st.last_t_ms = ts[i]
+        st.speed_anchor_t_ms = _NONE  # samples unseen by _speed: its next span starts afresh
         st.position_m = s.position_m[i]
         st.floor = s.floor[i]
         st.load_kg = s.load_kg[i]

@@ -473,3 +473,32 @@ def test_a_frozen_load_cell_is_reported_and_a_live_one_is_not() -> None:
     live = [stop(s, s % 2 == 1, 80.0 * (s % 2) + 0.1 * s) for s in range(6)]
     _, alerts = feed(live)
     assert "sensor_stuck" not in kinds(alerts)
+
+
+def test_a_speed_reading_met_again_after_unseen_samples_is_no_freeze() -> None:
+    """A ride: 0.9 m/s at the end of one message, 1.14 m/s through two the fast path folds
+    without looking at each sample, 0.9 m/s again at the start of the next. The same
+    reading at both ends of samples the freeze check never saw is no frozen sensor (it
+    raised ``sensor_stuck`` on healthy cars on no-fault traffic)."""
+
+    def rows(sec: int, speeds: list[float], p0: float) -> tuple[list[dict[str, Any]], float]:
+        out = []
+        for k, v in enumerate(speeds):
+            p0 = round(p0 + v * 0.1, 4)
+            out.append(
+                car(
+                    t_ms=T0 + sec * 1000 + k * 100,
+                    speed_mps=v,
+                    position_m=p0,
+                    door_zone=False,
+                    direction=1,
+                )
+            )
+        return out, p0
+
+    first, p = rows(0, [0.0, 0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.9], 3.0)
+    cruise1, p = rows(1, [1.14] * 10, p)
+    cruise2, p = rows(2, [1.14] * 10, p)
+    last, _ = rows(3, [0.9, 0.8, 0.6, 0.4, 0.2, 0.1, 0.04, 0.0, 0.0, 0.0], p)
+    st, alerts = feed([first, cruise1, cruise2, last])
+    assert "sensor_stuck" not in kinds(alerts) and not st.speed_frozen
