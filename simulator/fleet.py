@@ -223,6 +223,10 @@ class FleetEngine:
         #: The tick the doors last closed: doors that reopen on that very tick (a call at
         #: the landing) show no closed sample, so the signals see a reopening.
         self.closed_tick = np.full(n, -1, dtype=np.int64)
+        #: The stop's unplanned reopenings when they closed, and the first one's tick: a
+        #: reopening on that very tick continues the count.
+        self.closed_reopens = np.zeros(n, dtype=np.int64)
+        self.closed_reopens_first = np.zeros(n, dtype=np.int64)
         self.load = np.zeros(n)
         self.passengers = np.zeros(n, dtype=bool)
         self.mode = np.ones(n, dtype=np.int8)
@@ -485,7 +489,13 @@ class FleetEngine:
             self._doors_open(i, t)
             return
         # A call at this landing reverses doors still closing, or shut this very tick.
-        if self.door[i] == DOOR_CLOSING or self.closed_tick[i] == round(t * self.hz):
+        if self.door[i] == DOOR_CLOSING:
+            self._count_reopening(i, round(t * self.hz) - 1)
+        elif self.closed_tick[i] == round(t * self.hz):
+            if 0 < self.closed_reopens[i] < CHANCE_REOPENING_EPISODE:  # (else labelled)
+                ctx = self.door_ctx[i]
+                ctx["chance_reopens"] = int(self.closed_reopens[i])
+                ctx["chance_first"] = int(self.closed_reopens_first[i])
             self._count_reopening(i, round(t * self.hz) - 1)
         self.phase[i], self.door[i] = OPENING, DOOR_OPENING
         self.phase_end[i] = t + self.open_s[i] * self._door_factor(i, t)
@@ -626,6 +636,8 @@ class FleetEngine:
             return
         self.door[i] = DOOR_CLOSED
         self.closed_tick[i] = round(t * self.hz)
+        self.closed_reopens[i] = ctx.get("chance_reopens", 0)
+        self.closed_reopens_first[i] = ctx.get("chance_first", 0)
         if "reopen_label" in ctx:
             count, first_closing = ctx.pop("reopen_label")
             self._label(i, "door_reopening", first_closing, round(t * self.hz), reopenings=count)
