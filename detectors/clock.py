@@ -9,15 +9,10 @@ quarantined, and raises or clears ``clock_fault``:
   offset in force is the median of the episode's last :data:`OFFSET_MEASUREMENTS`
   measurements, so one message's arrival jitter (up to a message's span) neither sets it
   nor moves the terminal's times about;
-- a new offset beyond the tolerance is adopted and held while the terminal keeps it: every
-  sample is corrected by it (a steady offset leaves the car's own timings untouched, and a
-  trapping keeps its timers), and ``clock_fault`` is raised once for the episode with the
-  measured offset. One ahead of its arrival is adopted at once (nothing arrives before it
-  is stamped). One behind it is adopted only when a later in-order message, arriving at
-  least :data:`BEHIND_CONFIRM_MS` later, measures it again: its sample time has kept pace
-  with arrival time, as a clock behind does. A terminal sending the messages it buffered
-  through an outage sends them faster than they were stamped, and they are late, not
-  wrongly stamped: corrected, they would be moved onto the present;
+- a new offset beyond the tolerance is adopted at once and held while the terminal keeps
+  it: every sample is corrected by it (a steady offset leaves the car's own timings
+  untouched, and a trapping keeps its timers), and ``clock_fault`` is raised once for the
+  episode with the measured offset;
 - an offset beyond ``clock_offset_max_s`` (a year 2999, an unset 1970 clock) is not
   corrected: the message is quarantined with the reason, and ``clock_fault`` raised;
 - an offset back within the tolerance (of 0) clears the episode.
@@ -54,9 +49,6 @@ from .thresholds import Thresholds
 #: In-order measurements of an episode whose median is the offset in force: enough that
 #: one message's arrival jitter does not set it, few enough to follow a clock that drifts.
 OFFSET_MEASUREMENTS: Final = 9
-#: A new offset behind arrival time is confirmed by a message arriving at least this much
-#: later, ms: a buffered backlog arrives in a burst, far faster than it was stamped.
-BEHIND_CONFIRM_MS: Final = 1_000
 
 
 class ClockState(msgspec.Struct):
@@ -86,10 +78,6 @@ class ClockState(msgspec.Struct):
     #: The offset in force before the latest change (0 if the clock was right): a message
     #: stamped before the change and delivered after it is corrected by it.
     previous_offset_ms: int = 0
-    #: A new offset behind arrival time awaiting confirmation (None when none), and when
-    #: the message that measured it arrived, Unix ms.
-    pending_offset_ms: int | None = None
-    pending_arrival_ms: int = -1
 
 
 class ClockVerdict(NamedTuple):
@@ -183,14 +171,8 @@ def judge_clock(
             state.previous_offset_ms = state.offset_ms
         state.offset_ms = 0  # the clock may be right: it is trusted
         state.measured_ms = []
-        state.pending_offset_ms = None
     elif in_order:
         if abs(measured_ms - state.offset_ms) > tolerance_ms:
-            if measured_ms < state.offset_ms and not _behind_confirmed(
-                state, measured_ms, arrival_ms, tolerance_ms
-            ):
-                # Behind: late delivery (a backlog) or a clock behind; the next tells.
-                return ClockVerdict(state.offset_ms, None, alerts)
             state.previous_offset_ms = state.offset_ms
             state.measured_ms = [measured_ms]  # a new offset
         else:
@@ -214,22 +196,7 @@ def judge_clock(
         state.raised_offset_ms = 0
     if in_order:
         state.last_corrected_ms = max(state.last_corrected_ms, last_ms - state.offset_ms)
-        state.pending_offset_ms = None
     return ClockVerdict(state.offset_ms, None, alerts)
-
-
-def _behind_confirmed(
-    state: ClockState, measured_ms: int, arrival_ms: int, tolerance_ms: int
-) -> bool:
-    """Whether ``measured_ms``, an offset behind the one in force, was measured before by a
-    message that arrived at least :data:`BEHIND_CONFIRM_MS` earlier; else it is noted."""
-    pending = state.pending_offset_ms
-    if pending is not None and abs(measured_ms - pending) <= tolerance_ms:
-        if arrival_ms - state.pending_arrival_ms >= BEHIND_CONFIRM_MS:
-            return True
-        return False  # the same burst: keep the first arrival
-    state.pending_offset_ms, state.pending_arrival_ms = measured_ms, arrival_ms
-    return False
 
 
 __all__ = ["ClockState", "ClockVerdict", "judge_clock"]

