@@ -90,6 +90,9 @@ class Ewma(msgspec.Struct):
         Values that form the in-control baseline (mean and variance, Welford).
     min_sigma
         Floor on the baseline standard deviation (a quantised sensor can read constant).
+    clip_sigmas
+        After warm-up a value counts clipped to the baseline ± this many σ (infinite: not
+        clipped), so that one wild value cannot cross the limit alone.
 
     Examples
     --------
@@ -113,6 +116,13 @@ class Ewma(msgspec.Struct):
     mean: float = 0.0
     m2: float = 0.0
     ewma: float = math.nan
+    clip_sigmas: float = math.inf
+
+    def _clipped(self, x: float) -> float:
+        if self.clip_sigmas == math.inf:
+            return x
+        reach = self.clip_sigmas * self.sigma
+        return min(max(x, self.mean - reach), self.mean + reach)
 
     def learn_one(self, x: float) -> None:
         if not math.isfinite(x):
@@ -124,7 +134,7 @@ class Ewma(msgspec.Struct):
             self.m2 += delta * (x - self.mean)
             self.ewma = self.mean
             return
-        self.ewma = self.alpha * x + (1 - self.alpha) * self.ewma
+        self.ewma = self.alpha * self._clipped(x) + (1 - self.alpha) * self.ewma
 
     @property
     def sigma(self) -> float:
@@ -140,7 +150,7 @@ class Ewma(msgspec.Struct):
         if x is not None:
             if not math.isfinite(x):
                 return math.nan
-            e = self.alpha * x + (1 - self.alpha) * e
+            e = self.alpha * self._clipped(x) + (1 - self.alpha) * e
         sd = self.sigma * math.sqrt(self.alpha / (2 - self.alpha))
         if sd <= 0:
             return math.inf if e != self.mean else 0.0
@@ -306,6 +316,7 @@ def _configure(st: TripHealthState, th: Thresholds) -> None:
     ch = st.leveling
     ch.alpha, ch.limit_sigmas = th.leveling_drift_ewma_alpha, th.leveling_drift_limit_sigmas
     ch.warmup, ch.min_sigma = th.leveling_drift_baseline_stops, th.leveling_drift_min_sigma_mm
+    ch.clip_sigmas = th.leveling_drift_clip_sigmas
     for ch in (st.door_opening, st.door_closing):
         ch.alpha, ch.limit_sigmas = th.door_wear_ewma_alpha, th.door_wear_limit_sigmas
         ch.warmup, ch.min_sigma = th.door_wear_baseline_cycles, th.door_wear_min_sigma_s

@@ -176,6 +176,12 @@ class Thresholds:
     leveling_drift_min_shift_mm
         A drift must also move the EWMA this far from the baseline (3 mm: below it is noise
         at the ±10 mm stopping accuracy of GB/T 7588.1-2020 5.12.1.1.4).
+    leveling_drift_clip_sigmas
+        A stop's offset enters the leveling chart clipped to the baseline ± this many σ (a
+        Huber-type robust EWMA): one wild reading — a sensor freezing mid-approach, a glitch
+        — moves the EWMA by at most λ × 3σ, under a third of its 4.5-σ limit (seen: one such
+        stop raised leveling_drift on no-fault traffic), while a drift's readings climb
+        gradually and the EWMA reaches its limit before they are clipped.
     door_wear_ewma_alpha, door_wear_limit_sigmas, door_wear_baseline_cycles
         λ, L and baseline size of the door opening / closing time charts (0.1, 4.5, 50).
     door_wear_min_sigma_s
@@ -324,6 +330,7 @@ class Thresholds:
     leveling_drift_baseline_stops: int = 50
     leveling_drift_min_sigma_mm: float = 1.0
     leveling_drift_min_shift_mm: float = 3.0
+    leveling_drift_clip_sigmas: float = 3.0
     door_wear_ewma_alpha: float = 0.1
     door_wear_limit_sigmas: float = 4.5
     door_wear_baseline_cycles: int = 50

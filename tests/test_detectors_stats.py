@@ -157,3 +157,14 @@ def test_a_frozen_acceleration_reading_is_neither_judged_nor_learnt() -> None:
             t = msgspec.structs.replace(t, peak_accel_mps2=0.35, peak_jerk_mps3=0.0)
         raised += [a.alert_type for a in health.observe(st, t, LIM) if a.state == "raised"]
     assert raised == []
+
+
+def test_one_wild_leveling_reading_is_no_drift_and_a_drift_still_is() -> None:
+    """A sensor freezing mid-approach reports one stop 60 mm off: the chart takes it clipped
+    to 3 σ, and a single stop raises nothing. A drift of 0.3 mm a stop is still flagged."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(0.0, 2.0, 120)
+    one_wild = run(np.concatenate([base, [60.0], base[:20]]), np.full(141, 3.0))
+    assert "leveling_drift" not in one_wild  # (a trip anomaly it is)
+    drift = base + np.concatenate([np.zeros(60), np.arange(60) * 0.3])
+    assert "leveling_drift" in run(drift, np.full(120, 3.0))
