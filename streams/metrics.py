@@ -137,16 +137,28 @@ CONSUMER_LAG = Gauge(
 )
 
 
+READ_LAG = Gauge(
+    "tianyan_consumer_read_lag_messages",
+    "Messages between the last one the worker read and the end of each partition (what it "
+    "has yet to see; the committed lag adds what it saw but has not checkpointed)",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+
+
 def update_lag(app: Any) -> None:
-    """Refresh the lag gauge from the Faust consumer's view of its assignment."""
+    """Refresh the lag gauges from the Faust consumer's view of its assignment."""
     consumer = app.consumer
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)
-        committed = consumer._committed_offset.get(tp)
         if highwater is None:
             continue
+        committed = consumer._committed_offset.get(tp)
+        read = consumer._read_offset.get(tp)
         lag = highwater - (committed + 1 if committed is not None else 0)
         CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+        read_lag = highwater - (read + 1 if read is not None else 0)
+        READ_LAG.labels(tp.topic, str(tp.partition)).set(max(read_lag, 0))
 
 
 def exposition(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:

@@ -918,6 +918,33 @@ def bench_stream(
     _echo_figures(result)
 
 
+@bench.command("city")
+@click.option("--elevators", type=click.IntRange(min=10), default=40_000, show_default=True)
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    help="Simulated minutes, published at real time.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Stream workers in the consumer group, on this machine.",
+)
+def bench_city(elevators: int, minutes: float, workers: int) -> None:
+    """The city at real-time rate: consumer lag p99, every sample stored once, memory and
+    storage per elevator, and the workers a city needs from their measured rate."""
+    from tianyan.bench_city import CityBenchConfig, run
+
+    result = run(
+        _settings(), CityBenchConfig(elevators=elevators, minutes=minutes, workers=workers)
+    )
+    _echo_figures(result)
+
+
 @bench.command("gateway")
 @click.option("--terminals", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--gateways", type=click.IntRange(min=1), default=1, show_default=True)
