@@ -57,10 +57,11 @@ def _say(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def _pipeline(settings: Settings, work: Path) -> Iterator[Run]:
-    with pipeline(
-        settings, f"tianyan_bench_{uuid.uuid4().hex[:8]}", work, partitions=PARTITIONS
-    ) as run:
+def _pipeline(
+    settings: Settings, work: Path, partitions: int = PARTITIONS, prefix: str = "tianyan_bench"
+) -> Iterator[Run]:
+    """A pipeline of its own for one bench stage: database ``<prefix>_<random>``."""
+    with pipeline(settings, f"{prefix}_{uuid.uuid4().hex[:8]}", work, partitions=partitions) as run:
         yield run
 
 

@@ -28,7 +28,6 @@ The last line is one JSON object.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import itertools
 import math
@@ -36,15 +35,13 @@ import os
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from foundation import contract
 from foundation.settings import PROJECT_ROOT, Settings
-from tianyan.bench import _metrics, _quantile, _say, _workload
-from tianyan.harness import Run, pipeline
+from tianyan.bench import BenchConfig, _metrics, _pipeline, _quantile, _say, _workload
+from tianyan.harness import Run
 
 #: The consumer-lag goal of issue 13, s (p99 over the publishing time).
 LAG_GOAL_S = 5.0
@@ -173,14 +170,6 @@ def _storage_bytes(run: Run) -> int:
     return size + int(run.scalar("SELECT pg_total_relation_size('alert')") or 0)
 
 
-@contextlib.contextmanager
-def _run(settings: Settings, work: Path) -> Iterator[Run]:
-    with pipeline(
-        settings, f"tianyan_city_{uuid.uuid4().hex[:8]}", work, partitions=PARTITIONS
-    ) as run:
-        yield run
-
-
 def run(settings: Settings, cfg: CityBenchConfig) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="tianyan-city-", dir=PROJECT_ROOT / "var"))
     path = tmp / "city.jsonl"
@@ -191,13 +180,15 @@ def run(settings: Settings, cfg: CityBenchConfig) -> dict[str, object]:
     # so that every message is published when its last sample happens.
     lead_s = PREPARE_LEAD_S + PREPARE_S_PER_ELEVATOR_SECOND * cfg.elevators * seconds
     start = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead_s)).replace(microsecond=0)
-    result["simulated_messages"] = _workload_city(cfg, start, seconds, path)
+    result["simulated_messages"] = _workload(
+        BenchConfig(elevators=cfg.elevators), start, seconds, path
+    )
     messages, samples = expected_samples(path)
     result |= {"expected_messages": messages, "expected_samples": samples}
     mean_rate = messages / seconds
     result["mean_arrival_msgs_per_s"] = mean_rate
     try:
-        with _run(settings, tmp / "run") as city:
+        with _pipeline(settings, tmp / "run", PARTITIONS, "tianyan_city") as city:
             ports = [city.start_worker(f"worker {i + 1}") for i in range(cfg.workers)]
             pids = [city.group.procs[f"worker {i + 1}"].pid for i in range(cfg.workers)]
             cpu0 = [_cpu_s(p) for p in pids]
@@ -263,9 +254,3 @@ def run(settings: Settings, cfg: CityBenchConfig) -> dict[str, object]:
         result["saturated_msgs_per_s_per_worker"] = None
         result["workers_needed"] = cfg.workers  # they kept up: never a backlog for long
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
-
-
-def _workload_city(cfg: CityBenchConfig, start: dt.datetime, seconds: float, path: Path) -> int:
-    from tianyan.bench import BenchConfig
-
-    return _workload(BenchConfig(elevators=cfg.elevators), start, seconds, path)
