@@ -12,7 +12,14 @@ quarantined, and raises or clears ``clock_fault``:
 - a new offset beyond the tolerance is adopted at once and held while the terminal keeps
   it: every sample is corrected by it (a steady offset leaves the car's own timings
   untouched, and a trapping keeps its timers), and ``clock_fault`` is raised once for the
-  episode with the measured offset;
+  episode with the measured offset. An episode that opens with an offset behind, on a
+  message whose samples still follow the terminal's earlier ones, may be late delivery, not
+  a clock behind: a message whose successors were lost, or a backlog sent after an outage.
+  Its samples are corrected all the same (a clock behind must not shift a trapping's
+  times), but ``clock_fault`` is raised only when in-order messages arriving at least
+  ``clock_behind_confirm_s`` later still measure the offset: sample time kept pace with
+  arrival time, as a clock's does. A backlog sent in a burst changes its offset faster
+  than that, and the next message on time closes the episode unannounced;
 - an offset beyond ``clock_offset_max_s`` (a year 2999, an unset 1970 clock) is not
   corrected: the message is quarantined with the reason, and ``clock_fault`` raised;
 - an offset back within the tolerance (of 0) clears the episode.
@@ -78,6 +85,11 @@ class ClockState(msgspec.Struct):
     #: The offset in force before the latest change (0 if the clock was right): a message
     #: stamped before the change and delivered after it is corrected by it.
     previous_offset_ms: int = 0
+    #: The open episode is not announced yet: ``clock_fault`` is raised by an in-order
+    #: message arriving from this time on, Unix ms, that still measures its offset (one
+    #: that opened behind, on a message that may only be late, waits
+    #: ``clock_behind_confirm_s``). None when announced, or none is open.
+    confirm_from_ms: int | None = None
 
 
 class ClockVerdict(NamedTuple):
@@ -146,7 +158,10 @@ def judge_clock(
     if abs(measured_ms) > thresholds.clock_offset_max_s * 1000:
         if state.since_ms is None:
             state.since_ms = arrival_ms
+            state.confirm_from_ms = arrival_ms
+        if state.confirm_from_ms is not None:  # no late message is this far off
             state.raised_offset_ms = measured_ms
+            state.confirm_from_ms = None
             alerts.append(_raised(elevator_id, state, arrival_ms, evidence))
         reason = (
             f"clock fault: the newest sample time {_iso(last_ms)} is {measured_ms / 1000:+.0f} s "
@@ -166,6 +181,7 @@ def judge_clock(
             f"({state.previous_offset_ms / 1000:+.0f} s)"
         )
         return ClockVerdict(state.offset_ms, reason, alerts)
+    new_offset = maybe_late = False
     if in_order and abs(measured_ms) <= tolerance_ms:
         if state.offset_ms:
             state.previous_offset_ms = state.offset_ms
@@ -173,6 +189,10 @@ def judge_clock(
         state.measured_ms = []
     elif in_order:
         if abs(measured_ms - state.offset_ms) > tolerance_ms:
+            new_offset = True
+            # Behind, yet after the samples already corrected: a late message, or a clock
+            # behind (one that steps back further folds them back, and is not late).
+            maybe_late = measured_ms < 0 and first_ms - state.offset_ms > state.last_corrected_ms
             state.previous_offset_ms = state.offset_ms
             state.measured_ms = [measured_ms]  # a new offset
         else:
@@ -183,17 +203,28 @@ def judge_clock(
             # samples back over the ones already corrected.
             offset = min(offset, first_ms - state.last_corrected_ms - 1)
         state.offset_ms = offset
+    # When to announce the episode: at once, or if it may be late delivery, when messages
+    # arriving clock_behind_confirm_s later measure the offset still.
+    announce_from_ms = arrival_ms + (
+        round(thresholds.clock_behind_confirm_s * 1000) if maybe_late else 0
+    )
     if state.offset_ms and state.since_ms is None:
         state.since_ms = first_ms - state.offset_ms
-        state.raised_offset_ms = state.offset_ms
-        alerts.append(_raised(elevator_id, state, last_ms - state.offset_ms, evidence))
+        state.confirm_from_ms = announce_from_ms
     elif state.since_ms is not None and state.offset_ms == 0:
-        raised = _raised(
-            elevator_id, state, state.since_ms, {**evidence, "offset_ms": state.raised_offset_ms}
-        )
-        alerts.append(clear_alert(raised, max(last_ms, state.since_ms), evidence))
+        if state.confirm_from_ms is None:  # announced: cleared (else it was late delivery)
+            raised_evidence = {**evidence, "offset_ms": state.raised_offset_ms}
+            raised = _raised(elevator_id, state, state.since_ms, raised_evidence)
+            alerts.append(clear_alert(raised, max(last_ms, state.since_ms), evidence))
         state.since_ms = None
         state.raised_offset_ms = 0
+        state.confirm_from_ms = None
+    elif state.confirm_from_ms is not None and new_offset:
+        state.confirm_from_ms = announce_from_ms  # a burst moved on, or a clock stepped
+    if state.confirm_from_ms is not None and in_order and arrival_ms >= state.confirm_from_ms:
+        state.raised_offset_ms = state.offset_ms
+        state.confirm_from_ms = None
+        alerts.append(_raised(elevator_id, state, last_ms - state.offset_ms, evidence))
     if in_order:
         state.last_corrected_ms = max(state.last_corrected_ms, last_ms - state.offset_ms)
     return ClockVerdict(state.offset_ms, None, alerts)

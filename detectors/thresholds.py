@@ -109,6 +109,15 @@ class Thresholds:
         and network latency (< 1 s in the load tests), and far below the 30-s trapping
         confirmation and the 65-s heartbeat timeout, so no offset that could hide or fake a
         trapping or a silence is left uncorrected.
+    clock_behind_confirm_s
+        A clock episode that opens behind arrival time, on a message whose samples still
+        follow the terminal's earlier ones, is corrected at once but announced
+        (``clock_fault``) only when messages arriving this much later still measure its
+        offset (within ``clock_offset_tolerance_s``): a message late because its successors
+        were lost, or a backlog sent after an outage, is not a clock behind. 10 s: a backlog
+        sent faster than 1.5 times real time (1 + tolerance / this) moves its offset beyond
+        the tolerance before then and is taken for late delivery, and a minor alert comes
+        10 s later at most.
     clock_offset_max_s
         Beyond this offset a message is quarantined, not corrected: 7 days, well past the
         largest offset a real terminal that lost NTP shows (the simulator's ``clock_skew``
@@ -315,6 +324,7 @@ class Thresholds:
     heartbeat_timeout_s: float = 65.0
     active_silence_timeout_s: float = 10.0
     clock_offset_tolerance_s: float = 5.0
+    clock_behind_confirm_s: float = 10.0
     clock_offset_max_s: float = 7 * 86_400.0
     speed_check_s: float = 0.5
     speed_check_samples: int = 3

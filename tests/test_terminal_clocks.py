@@ -29,9 +29,9 @@ class Fleet:
     """A partition of terminals sending one message a second, each stamped with its own
     clock, and arriving at the true time."""
 
-    def __init__(self) -> None:
+    def __init__(self, ids: list[str] = FLEET) -> None:
         self.ingest = Ingest(0, limits_for=lambda _: LIMITS, thresholds=Thresholds())
-        self.seq = dict.fromkeys(FLEET, 0)
+        self.seq = dict.fromkeys(ids, 0)
         self.offset = 0
         self.alerts: list[Alert] = []
         self.quarantined: list[str] = []
@@ -357,3 +357,50 @@ def test_a_reordered_message_at_a_clock_change_blinds_no_car() -> None:
     assert trapped.elevator_id == ODD_ONE
     assert T0_MS + 130_000 <= trapped.condition_since_ms <= T0_MS + 131_000
     assert fleet.raised("device_offline") == []
+
+
+def test_a_late_message_or_a_backlog_is_not_a_clock_behind() -> None:
+    """One terminal's message arrives 30 s late, its successors lost; later the terminal is
+    cut off for a minute and sends what it buffered in one burst. Behind their arrival, yet
+    following its earlier samples: late delivery, not a clock behind. No ``clock_fault``
+    (these were the no-fault fleet's only false alarms), nothing quarantined, nobody offline.
+    Eight terminals: the burst is judged against the seven others' lags, one vote each."""
+    ids = [*FLEET, *(f"320706202000000001{i:02d}" for i in range(2))]
+    fleet = Fleet(ids)
+    for sec in range(300):
+        true_ms = T0_MS + sec * 1000
+        for eid in ids:
+            if eid != ODD_ONE or sec < 120 or 180 < sec < 200 or sec >= 260:
+                fleet.send(eid, true_ms, true_ms)
+        if sec == 150:
+            fleet.send(ODD_ONE, true_ms, T0_MS + 120_000)
+        if sec == 259:
+            for stamped in range(200, 259):
+                fleet.send(ODD_ONE, true_ms, T0_MS + stamped * 1000)
+    assert fleet.raised("clock_fault") == []
+    assert fleet.quarantined == []
+    assert fleet.raised("device_offline") == []
+
+
+def test_a_clock_behind_by_less_than_a_silence_is_confirmed_and_its_trapping_timed() -> None:
+    """One terminal is silent for 50 s and comes back 40 s behind (its samples still after
+    its earlier ones, as a late message's would be), trapped from 180 s. It keeps pace with
+    arrival time, so ``clock_fault`` is raised once ``clock_behind_confirm_s`` has passed;
+    its samples were corrected from the first message, so the trapping has its true time."""
+    fleet, th = Fleet(), Thresholds()
+    for sec in range(260):
+        true_ms = T0_MS + sec * 1000
+        for eid in FLEET:
+            if eid != ODD_ONE or sec <= 120:
+                fleet.send(eid, true_ms, true_ms)
+            elif sec > 170:
+                fleet.send(eid, true_ms, true_ms - 40_000, **(TRAPPED if sec >= 180 else {}))
+    (fault,) = fleet.raised("clock_fault")
+    assert fault.elevator_id == ODD_ONE
+    assert T0_MS + 171_000 <= fault.condition_since_ms <= T0_MS + 172_000
+    confirmed_ms = T0_MS + 171_000 + th.clock_behind_confirm_s * 1000
+    assert confirmed_ms <= fault.raised_at_ms <= confirmed_ms + 2_000
+    assert -41_000 <= fault.evidence["offset_ms"] <= -39_000
+    (trapped,) = fleet.raised("trapped_between_levels")
+    assert T0_MS + 180_000 <= trapped.condition_since_ms <= T0_MS + 181_000
+    assert fleet.quarantined == []
