@@ -181,6 +181,16 @@ def judge_clock(
             f"({state.previous_offset_ms / 1000:+.0f} s)"
         )
         return ClockVerdict(state.offset_ms, reason, alerts)
+    if in_order and arrival_uncertainty_ms and state.offset_ms:
+        # Arrival times say little here (a replay, a partition's first minute): an episode is
+        # neither ended nor changed by this message, which is corrected by the offset in
+        # force or by none, whichever its measurement is nearer. (Taken for a right clock,
+        # a terminal a day ahead had its samples stored a day ahead, and its car blinded.)
+        correction_ms = (
+            state.offset_ms if abs(measured_ms - state.offset_ms) <= abs(measured_ms) else 0
+        )
+        state.last_corrected_ms = max(state.last_corrected_ms, last_ms - correction_ms)
+        return ClockVerdict(correction_ms, None, alerts)
     new_offset = maybe_late = False
     if in_order and abs(measured_ms) <= tolerance_ms:
         if state.offset_ms:

@@ -492,7 +492,10 @@ def observe(
 def _uniform(st: RuleState, s: Any, d: _Derived, n: int) -> bool:
     """True when nothing in the message can change a rule's state (the common case): one
     door state, zone, presence, mode and direction throughout, all equal to the last
-    sample's, no alarm, no limit approached, and the car moving or standing throughout."""
+    sample's, no alarm, no limit approached, the car moving or standing throughout, and
+    the position encoder agreeing with the speed reading (else the reading may be frozen:
+    a car stopping under a speed sensor stuck at its travel speed, judged only when its
+    doors opened, raised a false door-open-while-running)."""
     door = st.door
     if (
         s.door.count(door) != n
@@ -507,6 +510,11 @@ def _uniform(st: RuleState, s: Any, d: _Derived, n: int) -> bool:
     if max(pos) > d.top_m or min(pos) < d.bottom_m or max(s.load_kg) > d.load_kg:
         return False
     sp = s.speed_mps
+    ts = s.t_ms
+    if ts[-1] > ts[0]:
+        encoder_mps = abs(pos[-1] - pos[0]) * 1000.0 / (ts[-1] - ts[0])
+        if abs(encoder_mps - sum(sp) / n) > d.speed_mismatch_mps:
+            return False
     if st.moving:
         return door == _CLOSED and min(sp) > d.v_stand and max(sp) < d.v_over
     if max(sp) > d.v_stand:
@@ -1097,7 +1105,10 @@ def _timers(em: _Emitter, now: int, silent_from_ms: int | None = None) -> None:
         and not st.moving
         and not zone
         and "run_time_limiter" not in st.active
-        and (t := due_at(math.floor(st.run_since_ms + d.run_limit_ms) + 1)) is not None
+        # Past the limit by more than the tolerance: a limiter about to trip (our estimate of
+        # its limit is the tolerance off) is left to trip, and raises when it does.
+        and (t := due_at(math.floor(st.run_since_ms + d.run_limit_ms + d.run_tolerance_ms) + 1))
+        is not None
     ):
         em.raise_(
             "run_time_limiter",

@@ -82,8 +82,9 @@ class Thresholds:
         Lower bound of the limiter (GB/T 7588.1-2020 5.9.2.7: 20 s).
     run_time_tolerance_s
         A stalled run whose command drops after at least limit − this is read as the
-        limiter tripping (the terminal's and our estimate of full-travel time differ by
-        the car's own acceleration and jerk).
+        limiter tripping, and one held beyond limit + this as a limiter that did not trip
+        (the terminal's and our estimate of full-travel time differ by the car's own
+        acceleration and jerk, and the run's start by a sample).
     run_stall_min_s
         A run counts as stalled (the car standing with the command held) only after this
         long: the last samples of a normal run's S-curve are slower than the standstill

@@ -37,13 +37,28 @@ def second(sec: int, **values: Any) -> list[dict[str, Any]]:
     return [car(t_ms=T0 + sec * 1000 + k * 100, **values) for k in range(10)]
 
 
+def travel(sec: int, **values: Any) -> list[dict[str, Any]]:
+    """Second ``sec`` of travel at ``speed_mps``, arriving at ``position_m`` (default 0) at
+    its end: the encoder agreeing with the speed reading (a reading that disagrees with it
+    is judged frozen within ``speed_check_s``). Down to the lowest landing, else up."""
+    v, p = values["speed_mps"], values.get("position_m", 0.0)
+    behind = 1.0 if p <= 0 else -1.0  # where it comes from: above the lowest landing
+    return [
+        car(
+            t_ms=T0 + sec * 1000 + k * 100,
+            **{**values, "position_m": p + behind * v * (9 - k) / 10},
+        )
+        for k in range(10)
+    ]
+
+
 def kinds(alerts: list[Alert], state: str = "raised") -> list[str]:
     return [a.alert_type for a in alerts if a.state == state]
 
 
 def test_trapped_between_levels_after_30_s_then_cleared_when_doors_open() -> None:
     stuck = {"position_m": 4.5, "door_zone": False, "passengers": True, "load_kg": 160.0}
-    seconds = [second(0, speed_mps=1.0, position_m=4.0, door_zone=False, passengers=True)]
+    seconds = [travel(0, speed_mps=1.0, position_m=4.0, door_zone=False, passengers=True)]
     seconds += [second(s, **stuck) for s in range(1, 40)]
     seconds += [second(40, position_m=6.0, door=1, passengers=True)]
     _, alerts = feed(seconds)
@@ -59,7 +74,7 @@ def test_trapped_between_levels_after_30_s_then_cleared_when_doors_open() -> Non
 
 
 def test_trapped_at_level_when_doors_do_not_open_after_arrival() -> None:
-    seconds = [second(0, speed_mps=0.8, door_zone=True, passengers=True, load_kg=80.0)]
+    seconds = [travel(0, speed_mps=0.8, door_zone=True, passengers=True, load_kg=80.0)]
     seconds += [second(s, passengers=True, load_kg=80.0) for s in range(1, 33)]
     _, alerts = feed(seconds)
     assert kinds(alerts) == ["trapped_at_level"]
@@ -67,14 +82,14 @@ def test_trapped_at_level_when_doors_do_not_open_after_arrival() -> None:
 
 
 def test_no_trapping_when_the_doors_opened_at_the_stop() -> None:
-    seconds = [second(0, speed_mps=0.8, passengers=True), second(1, door=2, passengers=True)]
+    seconds = [travel(0, speed_mps=0.8, passengers=True), second(1, door=2, passengers=True)]
     seconds += [second(s, passengers=True) for s in range(2, 40)]
     _, alerts = feed(seconds)
     assert kinds(alerts) == []
 
 
 def test_alarm_in_a_standing_closed_car_with_passengers_is_a_trapping_at_once() -> None:
-    seconds = [second(0, speed_mps=0.8, passengers=True)]
+    seconds = [travel(0, speed_mps=0.8, passengers=True)]
     seconds += [second(s, passengers=True, door_zone=False, position_m=1.5) for s in (1, 2)]
     seconds += [
         second(s, passengers=True, door_zone=False, position_m=1.5, alarm=True) for s in (3, 4)
@@ -127,6 +142,39 @@ def test_unintended_movement_from_an_open_landing() -> None:
     assert alerts[0].gb_code == "05"
 
 
+def _stalled_run(held_s: int) -> list[list[dict[str, Any]]]:
+    """A run from second 0 that stalls outside the door zone at once, its command held
+    ``held_s`` seconds, then dropped (the limiter cutting it: service mode 0)."""
+    moving = {"speed_mps": 1.0, "direction": 1, "door_zone": False, "position_m": 4.0}
+    stalled = {"direction": 1, "door_zone": False, "position_m": 4.5}
+    cut = {"door_zone": False, "position_m": 4.5, "service_mode": 0}
+    seconds = [second(0, **moving)] + [second(s, **stalled) for s in range(1, held_s)]
+    return seconds + [second(s, **cut) for s in range(held_s, held_s + 5)]
+
+
+def test_a_limiter_tripping_just_past_our_estimate_is_raised_when_it_trips() -> None:
+    """The car's limiter trips a second or two after our estimate of its limit (its acceleration
+    is not the nominal one): one ``run_time_limiter``, raised when the command drops, not
+    a moment before the limiter acted (it used to be, as "held beyond the limit")."""
+    limit_s = LIM.run_time_limit_s(TH)
+    trip_s = int(limit_s) + 2
+    _, alerts = feed(_stalled_run(trip_s))
+    (limiter,) = [a for a in alerts if a.alert_type == "run_time_limiter" and a.state == "raised"]
+    assert limiter.raised_at_ms == T0 + trip_s * 1000
+    assert limiter.evidence["how"] == "run command dropped while stalled outside the door zone"
+
+
+def test_a_limiter_that_does_not_trip_is_raised_past_the_limit_and_tolerance() -> None:
+    limit_s = LIM.run_time_limit_s(TH)
+    _, alerts = feed(_stalled_run(int(limit_s) + 10))
+    (limiter,) = [a for a in alerts if a.alert_type == "run_time_limiter" and a.state == "raised"]
+    # the run is seen from its first message (second 0 or 1); the timer runs per message
+    assert T0 + limit_s * 1000 - 1 <= limiter.condition_since_ms <= T0 + (limit_s + 1) * 1000
+    due_ms = limiter.condition_since_ms + TH.run_time_tolerance_s * 1000
+    assert due_ms <= limiter.raised_at_ms <= due_ms + 1000
+    assert limiter.evidence["how"] == "run command held beyond the limit with the car stalled"
+
+
 def test_power_loss_from_event_41_and_its_return_40() -> None:
     seconds = [second(0), second(1, service_mode=0), second(2)]
     st = RULES.new(support_id())
@@ -146,7 +194,7 @@ def test_terminal_code_is_sufficient_evidence() -> None:
 
 
 def test_device_offline_from_tick_and_cleared_by_the_next_message() -> None:
-    st, _ = feed([second(0, speed_mps=1.0)])
+    st, _ = feed([travel(0, speed_mps=1.0)])
     assert RULES.tick(st, T0 + 5_000, LIM) == []
     alerts = RULES.tick(st, T0 + 12_000, LIM)
     assert kinds(alerts) == ["device_offline"]
@@ -162,7 +210,7 @@ def _trapped_then_silent() -> list[list[dict[str, Any]]]:
     """A car standing between floors with people inside for 25 s; its terminal then goes
     silent for 60 s, and comes back with the doors open (the people let out)."""
     stuck = {"position_m": 4.5, "door_zone": False, "passengers": True, "load_kg": 160.0}
-    seconds = [second(0, speed_mps=1.0, position_m=4.0, door_zone=False, passengers=True)]
+    seconds = [travel(0, speed_mps=1.0, position_m=4.0, door_zone=False, passengers=True)]
     seconds += [second(s, **stuck) for s in range(1, 25)]
     return [*seconds, second(85, **{**stuck, "door": 2})]
 
@@ -359,6 +407,24 @@ def test_the_position_still_shows_an_overspeed_behind_a_frozen_speed_reading() -
     assert "overspeed" in kinds(alerts)
 
 
+def test_a_speed_reading_stuck_at_travel_speed_through_a_stop_opens_no_door_alarm() -> None:
+    """The speed reading sticks at 1.0 m/s while the car travels; it slows to a stop at a
+    landing within one message (in the door zone, entered the second before; the reading
+    still 1.0), then opens
+    its doors. The encoder showed the stop: no door-open-while-running (critical), and the
+    frozen reading is reported. The stopping message used to look uniform and skip the
+    encoder's check, and the doors opening were judged on the frozen reading."""
+    seconds = [travel(s, speed_mps=1.0, position_m=3.0 + s, door_zone=s == 2) for s in range(3)]
+    slowing = [5.0 + 1.0 * k / 10 - 0.045 * k * k / 10 for k in range(10)]  # 0.9 → 0.1 m/s
+    seconds += [
+        [car(t_ms=T0 + 3000 + k * 100, speed_mps=1.0, position_m=x) for k, x in enumerate(slowing)]
+    ]
+    seconds += [second(4, speed_mps=1.0, position_m=slowing[-1], door=1)]
+    _, alerts = feed(seconds)
+    assert "door_open_while_running" not in kinds(alerts)
+    assert "sensor_stuck" in kinds(alerts)
+
+
 def test_a_frozen_leveling_reading_judges_no_stop() -> None:
     """The leveling reading stuck at 150 mm from before the ride: the stop is not judged.
     A reading that follows the car, at the same bad value, is."""
@@ -436,7 +502,7 @@ def test_a_silent_car_is_taken_as_trapped_only_on_what_was_seen(
     """Through a silence the trapping timer runs on the car's last state. At a level only
     if the doors were seen shut for a while (a car silent the moment it arrived says nothing
     of its doors); between levels at once. The silence itself is reported either way."""
-    ride = second(0, speed_mps=1.0, door_zone=False, passengers=True, position_m=2.5)
+    ride = travel(0, speed_mps=1.0, door_zone=False, passengers=True, position_m=2.5)
     stand = {"passengers": True, "door_zone": zone, "position_m": 3.0 if zone else 4.5}
     st, alerts = feed([ride, *[second(s, **stand) for s in range(1, 1 + seen_s)]])
     alerts += RULES.tick(st, T0 + 120_000, LIM)
@@ -450,7 +516,7 @@ def test_an_encoder_catching_up_is_no_ride() -> None:
     car's true place (a healthy speed reading stays 0): the stop goes on, and so does the
     trapping timer (it used to restart, and a 43-s trapping went unreported)."""
     stuck = {"door_zone": False, "passengers": True, "load_kg": 80.0}
-    seconds = [second(0, speed_mps=1.0, position_m=4.0, door_zone=False, passengers=True)]
+    seconds = [travel(0, speed_mps=1.0, position_m=4.0, door_zone=False, passengers=True)]
     seconds += [second(s, position_m=4.5, **stuck) for s in range(1, 20)]
     seconds += [second(s, position_m=7.6, **stuck) for s in range(20, 36)]
     _, alerts = feed(seconds)

@@ -404,3 +404,23 @@ def test_a_clock_behind_by_less_than_a_silence_is_confirmed_and_its_trapping_tim
     (trapped,) = fleet.raised("trapped_between_levels")
     assert T0_MS + 180_000 <= trapped.condition_since_ms <= T0_MS + 181_000
     assert fleet.quarantined == []
+
+
+def test_arrival_times_that_say_little_neither_end_nor_change_a_clock_episode() -> None:
+    """A terminal a day ahead, judged so while its partition was read in real time; then
+    messages whose arrival times say little (a replay's, a partition's first minute). They
+    used to be taken for a right clock: the episode cleared, the samples stored a day ahead
+    and the car blinded. Now each is corrected by the offset in force, or by none if its
+    measurement is nearer that, and only a message read in real time ends the episode."""
+    th, st, eid, day = Thresholds(), ClockState(), FLEET[0], 86_400_000
+    unsure = round(th.clock_offset_max_s * 1000)
+    ahead = judge_clock(st, eid, T0_MS + day, T0_MS + day + 900, T0_MS + 1_000, True, th)
+    assert ahead.correction_ms == day - 100 and ahead.alerts[0].state == "raised"
+    still = judge_clock(
+        st, eid, T0_MS + day + 1_000, T0_MS + day + 1_900, T0_MS + 2_000, True, th, unsure
+    )
+    assert still == (day - 100, None, [])
+    right = judge_clock(st, eid, T0_MS + 3_000, T0_MS + 3_900, T0_MS + 4_000, True, th, unsure)
+    assert right == (0, None, []) and st.since_ms is not None  # corrected by none, still open
+    ended = judge_clock(st, eid, T0_MS + 5_000, T0_MS + 5_900, T0_MS + 6_000, True, th)
+    assert ended.correction_ms == 0 and [a.state for a in ended.alerts] == ["cleared"]
