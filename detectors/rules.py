@@ -471,6 +471,8 @@ def observe(
         st.position_m = s.position_m[i]
         st.floor = s.floor[i]
         st.load_kg = s.load_kg[i]
+        if st.load_at_change_kg >= 0.0 and s.load_kg.count(st.load_at_change_kg) != n:
+            _load_live(st)
         if s.leveling_offset_mm.count(st.leveling_offset_mm) != n:
             st.leveling_changed_ms = ts[i]
         if st.moving:
@@ -601,8 +603,8 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
         if pas[i] != st.passengers:
             st.passengers, st.passengers_since_ms = pas[i], t
             _load_frozen(st, c.load_kg, d.thresholds.load_stuck_changes)
-        elif st.load_frozen and c.load_kg != st.load_at_change_kg:
-            st.load_frozen, st.load_same_changes = False, 0
+        elif st.load_at_change_kg >= 0.0 and c.load_kg != st.load_at_change_kg:
+            _load_live(st)
         if (st.speed_frozen or st.load_frozen) != ("sensor_stuck" in st.active):
             _sensor_stuck(em, t)
         _alarm_button(em, c, alarms[i])
@@ -667,12 +669,20 @@ def _speed(
 
 def _load_frozen(st: RuleState, load_kg: float, changes: int) -> None:
     """At a change of the passengers flag: the load cell is frozen once its reading has
-    been the same (bit for bit) at ``changes`` such changes in a row after the first."""
+    been the same (bit for bit) at ``changes`` such changes in a row after the first, and
+    in every sample between them (an empty car's live cell reads the same 0 kg at each
+    departure of its passengers, and changes while they ride)."""
     if load_kg == st.load_at_change_kg:
         st.load_same_changes += 1
         st.load_frozen = st.load_same_changes >= changes
     else:
         st.load_at_change_kg, st.load_same_changes, st.load_frozen = load_kg, 0, False
+
+
+def _load_live(st: RuleState) -> None:
+    """The load cell read something else between changes of the passengers flag: it is
+    live, and the count starts again at the next change."""
+    st.load_at_change_kg, st.load_same_changes, st.load_frozen = -1.0, 0, False
 
 
 def _sensor_stuck(em: _Emitter, t: int) -> None:

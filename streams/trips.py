@@ -237,6 +237,8 @@ def segment_message(state: TripState, message: TelemetryMessage) -> tuple[TripSt
         moving = v > moving_mps
         gap_ms = t - last_t
         near = gap_ms <= gap_cap_ms
+        if not near:
+            phase_start = None  # a door phase that went on unseen has no measured length
 
         if d != last_door:
             if d in opened:

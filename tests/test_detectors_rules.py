@@ -539,6 +539,17 @@ def test_a_frozen_load_cell_is_reported_and_a_live_one_is_not() -> None:
     live = [stop(s, s % 2 == 1, 80.0 * (s % 2) + 0.1 * s) for s in range(6)]
     _, alerts = feed(live)
     assert "sensor_stuck" not in kinds(alerts)
+    # An empty car's live cell reads exactly 0 kg whenever its passengers leave, and the
+    # flag changes as it fills (0 kg the moment before the weight lands): the same at each
+    # change, yet live between them (it raised a false sensor_stuck on no-fault traffic).
+    empty = []
+    for s in range(6):
+        rows = stop(s, s % 2 == 1, 0.0)
+        if s % 2:
+            rows = rows[:2] + [{**r, "load_kg": 75.0} for r in rows[2:]]
+        empty.append(rows)
+    _, alerts = feed(empty)
+    assert "sensor_stuck" not in kinds(alerts)
 
 
 def test_a_speed_reading_met_again_after_unseen_samples_is_no_freeze() -> None:

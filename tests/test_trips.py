@@ -20,6 +20,7 @@ from streams.trips import (
     initial_trip_state,
     segment_message,
 )
+from streams.windows import MAX_SAMPLE_GAP_MS
 from tests.test_windows import (
     EID,
     OPEN,
@@ -125,6 +126,19 @@ def test_departure_without_a_door_cycle_has_no_closing_time() -> None:
     _, trips, _ = segment_all(per_second(first + second))
     assert trips[1].door_closing_s is None
     assert trips[1].start_ms == expected["start_ms"]
+
+
+def test_a_door_phase_through_a_silence_has_no_length() -> None:
+    """The terminal falls silent while the doors close before the second departure and
+    comes back as they finish: the closing went on unseen, so it has no measured length
+    (it used to count the silence, and one 4-minute dropout made a door-wear alarm)."""
+    first, _ = ride(T0, 1, 3)
+    second, _ = ride(first[-1]["t_ms"] + 100, 3, 1)
+    silence_ms = MAX_SAMPLE_GAP_MS + 5_000
+    second = second[:15] + [{**r, "t_ms": r["t_ms"] + silence_ms} for r in second[15:]]
+    _, trips, _ = segment_all(per_second(first + second))
+    assert len(trips) == 2
+    assert trips[1].door_closing_s is None
 
 
 def test_leveling_offset_at_arrival() -> None:
