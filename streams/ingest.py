@@ -287,10 +287,15 @@ class _Partition:
         pace = statistics.median(self.pace_pairs)
         return not PLAUSIBLE_REAL_TIME_PACE[0] <= pace <= PLAUSIBLE_REAL_TIME_PACE[1]
 
-    def real_time(self, arrival_ms: int, reference_ms: int) -> bool:
+    def real_time(self, arrival_ms: int, reference_ms: int, settled_lag: bool) -> bool:
         """Whether the partition is read in real time: its stream time (``reference_ms``)
-        moved on as fast as arrival time over the last :data:`PACE_SPAN_MS` or more."""
+        moved on as fast as arrival time over the last :data:`PACE_SPAN_MS` or more. The
+        first span starts once ``settled_lag`` (the reference is a median of enough lags: a
+        first message from a terminal hours ahead, anchoring it, made the partition's first
+        two minutes look replayed, and every clock in them unjudged)."""
         if self.pace_anchor is None:
+            if not settled_lag:
+                return self.pace_real_time
             self.pace_anchor = (arrival_ms, reference_ms)
         elif not self.pace_measured:
             ahead_ms = (reference_ms - self.pace_anchor[1]) - (arrival_ms - self.pace_anchor[0])
@@ -608,7 +613,9 @@ class Ingest:
         # Arrival times resolve send times only when the partition is read in real time; a
         # replay published faster stamps a whole batch with one time. Until its pace is
         # known to be real time, only a clock beyond any correction is acted on.
-        real_time = p.real_time(record.arrival_ms, reference_ms)
+        real_time = p.real_time(
+            record.arrival_ms, reference_ms, len(lags) >= ARRIVAL_SPREAD_MIN_MESSAGES
+        )
         tolerance_ms = round(self.thresholds.clock_offset_tolerance_s * 1000)
         spread_ms: float | None = None
         if len(lags) >= ARRIVAL_SPREAD_MIN_MESSAGES:

@@ -424,3 +424,22 @@ def test_arrival_times_that_say_little_neither_end_nor_change_a_clock_episode() 
     assert right == (0, None, []) and st.since_ms is not None  # corrected by none, still open
     ended = judge_clock(st, eid, T0_MS + 5_000, T0_MS + 5_900, T0_MS + 6_000, True, th)
     assert ended.correction_ms == 0 and [a.state for a in ended.alerts] == ["cleared"]
+
+
+def test_a_first_message_hours_ahead_leaves_the_partition_s_pace_to_the_others() -> None:
+    """The partition's very first message comes from a terminal 11 h ahead. Its pace used
+    to be anchored on that message, so for two minutes it looked replayed and no clock was
+    judged: another terminal jumping 6 h ahead at 70 s had its samples stored 6 h ahead
+    and was reported offline. The pace is anchored once enough lags are known."""
+    fleet, hours = Fleet(), 3_600_000
+    for sec in range(0, 240, 2):
+        true_ms = T0_MS + sec * 1000
+        for eid in (ODD_ONE, *FLEET[:-1]):
+            skew_ms = 11 * hours if eid == ODD_ONE else 0
+            if eid == FLEET[0] and sec >= 70:
+                skew_ms = 6 * hours
+            fleet.send(eid, true_ms, true_ms + skew_ms)
+    jumped = [a for a in fleet.raised("clock_fault") if a.elevator_id == FLEET[0]]
+    assert [round(a.evidence["offset_ms"] / hours) for a in jumped] == [6]
+    assert jumped[0].raised_at_ms <= T0_MS + 75_000
+    assert [a.elevator_id for a in fleet.raised("device_offline")] == []
