@@ -1090,6 +1090,11 @@ def _timers(em: _Emitter, now: int, silent_from_ms: int | None = None) -> None:
         em.raise_("stopped_outside_door_zone", base, t, **extra)
     if st.passengers:
         since = max(base, st.passengers_since_ms)
+        if not zone and st.standing_since_ms < st.stop_seen_ms and since <= st.stop_seen_ms:
+            # Found standing between levels with people inside after a silence: what was
+            # seen then may have held all through it (the worst case for anyone inside; a
+            # trapping that began unseen and ended 10 s after the silence went unreported).
+            since = st.standing_since_ms
         kind = "trapped_at_level" if zone else "trapped_between_levels"
         if "trapped_at_level" not in st.active and "trapped_between_levels" not in st.active:
             alarm_t = (

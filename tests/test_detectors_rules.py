@@ -488,6 +488,23 @@ def test_a_car_found_elsewhere_after_a_silence_is_judged_on_what_is_seen() -> No
     assert "stopping_accuracy" not in kinds(alerts)
 
 
+def test_a_car_found_between_levels_with_people_after_a_silence_is_a_trapping_at_once() -> None:
+    """An empty car at a landing; the terminal silent for a minute; the car found standing
+    between levels, in another place, doors shut, people inside, and let out 8 s later. It
+    may have stood there all through the silence: a trapping at once (it used to wait 30 s
+    from when it was found, and a trapping that began unseen went unreported)."""
+    ride = second(0, position_m=3.0)
+    found = {"passengers": True, "door_zone": False, "position_m": 10.5}
+    seconds = [ride] + [second(s, **found) for s in range(60, 68)]
+    seconds += [second(68, **{**found, "door": 2})]
+    _, alerts = feed(seconds)
+    (trapped,) = [
+        a for a in alerts if a.alert_type == "trapped_between_levels" and a.state == "raised"
+    ]
+    assert T0 + 60_000 <= trapped.raised_at_ms <= T0 + 61_000
+    assert trapped.condition_since_ms < T0 + 60_000
+
+
 @pytest.mark.parametrize(
     ("seen_s", "zone", "expected"),
     [
