@@ -156,10 +156,10 @@ def judge_clock(
         "tolerance_ms": tolerance_ms,
     }
     if abs(measured_ms) > thresholds.clock_offset_max_s * 1000:
+        announce = state.since_ms is None or state.confirm_from_ms is not None
         if state.since_ms is None:
             state.since_ms = arrival_ms
-            state.confirm_from_ms = arrival_ms
-        if state.confirm_from_ms is not None:  # no late message is this far off
+        if announce:  # no late message is this far off
             state.raised_offset_ms = measured_ms
             state.confirm_from_ms = None
             alerts.append(_raised(elevator_id, state, arrival_ms, evidence))
