@@ -47,6 +47,7 @@ from .mqtt import (
     connect,
     new_client,
     parse_topic,
+    serve_once,
     terminal_topic,
 )
 from .quarantine import quarantine_record
@@ -58,6 +59,12 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_S: Final = 24 * 3600
 #: The health endpoint reports unhealthy when the broker connection has been down this long.
 UNHEALTHY_AFTER_S: Final = 30.0
+#: Seconds between attempts to reach a lost broker: the first, and the longest.
+RECONNECT_DELAY_S: Final = (1.0, 5.0)
+#: Messages handled from the broker between two turns of Kafka's callbacks.
+READ_BATCH_MESSAGES: Final = 500
+#: Seconds between reads of the device-commands topic.
+COMMANDS_EVERY_S: Final = 0.1
 
 REGISTRY = CollectorRegistry()
 FORWARDED = Counter(
@@ -146,7 +153,10 @@ class Gateway:
         self.stopping = threading.Event()
         self.disconnected_since: float | None = time.monotonic()
         self._inflight = 0
-        self._lock = threading.Lock()
+        self._reconnect_delay_s = RECONNECT_DELAY_S[0]
+        #: Commands published to terminals and not yet acknowledged by the broker, with
+        #: the Kafka record whose offset is stored once they are.
+        self._commands_unacknowledged: list[tuple[mqtt.MQTTMessageInfo, Message]] = []
         self.producer = Producer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -193,7 +203,6 @@ class Gateway:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        self.client.reconnect_delay_set(1, 5)
 
     @property
     def subscription(self) -> str:
@@ -220,6 +229,7 @@ class Gateway:
             log.error("the broker refused the subscription %s: %s", self.subscription, codes)
             return
         self.disconnected_since = None
+        self._reconnect_delay_s = RECONNECT_DELAY_S[0]
         CONNECTED.set(1)
         log.info("gateway %s subscribed to %s", self.client_id, self.subscription)
 
@@ -242,8 +252,7 @@ class Gateway:
             return
         reason = mismatch_reason(code, msg.payload)
         received = time.monotonic()
-        with self._lock:
-            self._inflight += 1
+        self._inflight += 1
         INFLIGHT.inc()
 
         def delivered(err: KafkaError | None, m: Message) -> None:
@@ -254,8 +263,7 @@ class Gateway:
                 return
             KAFKA_ACK_SECONDS.observe(time.monotonic() - received)
             (QUARANTINED if reason else FORWARDED).inc()
-            with self._lock:
-                self._inflight -= 1
+            self._inflight -= 1
             INFLIGHT.dec()
             if msg.qos:
                 client.ack(msg.mid, msg.qos)
@@ -333,11 +341,11 @@ class Gateway:
             )
             if "command_id" in command:
                 self.last_command[code] = command["command_id"]
-            try:
-                info.wait_for_publish(10)
-            except (RuntimeError, ValueError) as e:
-                # Not connected now: the client keeps it and sends it on reconnection.
-                log.warning("command %s queued until the broker is back: %s", code, e)
+            # Not connected now: the client keeps it and sends it on reconnection.
+            self._commands_unacknowledged.append((info, m))
+        # A command's offset is stored once the broker has it, in the order read.
+        while self._commands_unacknowledged and self._commands_unacknowledged[0][0].is_published():
+            _, m = self._commands_unacknowledged.pop(0)
             self.commands.store_offsets(m)
             COMMANDS_SENT.inc()
 
@@ -359,20 +367,49 @@ class Gateway:
         return since is None or time.monotonic() - since < UNHEALTHY_AFTER_S
 
     def run(self, *, web_port: int | None = None) -> None:
-        """Serve until :attr:`stopping` is set; the main thread drives Kafka's callbacks."""
+        """Serve until :attr:`stopping` is set.
+
+        One thread drives the broker connection and Kafka's delivery callbacks in turn, so
+        a message's acknowledgement is written by the thread that read it, with no lock
+        between them.
+        """
         server = self._serve_web(web_port) if web_port else None
-        connect(self.client, self._props, self.settings)
+        connect(self.client, self._props, self.settings, network_thread=False)
+        commands_due = 0.0
         try:
             while not self.stopping.is_set():
-                self.producer.poll(0.05)
-                self._send_commands()
+                # Waiting on the broker only briefly while Kafka owes acknowledgements.
+                wait_s = 0.005 if self._inflight else 0.05
+                if not serve_once(self.client, wait_s, READ_BATCH_MESSAGES):
+                    self._reconnect()
+                self.producer.poll(0)
+                if self.client.want_write():
+                    serve_once(self.client, 0)
+                if (now := time.monotonic()) >= commands_due:
+                    self._send_commands()
+                    commands_due = now + COMMANDS_EVERY_S
         finally:
             self.commands.close()
-            self.client.disconnect()
-            self.client.loop_stop()
+            # What Kafka has is acknowledged to the broker before leaving it.
             self.producer.flush(30)
+            self.client.disconnect()
+            serve_once(self.client, 0)
             if server is not None:
                 server.shutdown()
+
+    def _reconnect(self) -> None:
+        """Reach a lost broker again, waiting longer after each failure (up to 5 s) while
+        Kafka's callbacks are still served; on_connect subscribes again."""
+        if self.client.socket() is not None:
+            return
+        deadline = time.monotonic() + self._reconnect_delay_s
+        while (left := deadline - time.monotonic()) > 0 and not self.stopping.is_set():
+            self.producer.poll(min(left, 0.1))
+        self._reconnect_delay_s = min(2 * self._reconnect_delay_s, RECONNECT_DELAY_S[1])
+        try:
+            self.client.reconnect()
+        except OSError as e:
+            log.warning("gateway %s cannot reach the broker: %s", self.client_id, e)
 
     def _serve_web(self, port: int) -> ThreadingHTTPServer:
         gateway = self
@@ -407,4 +444,18 @@ class Gateway:
         return server
 
 
-__all__ = ["COMMANDS", "Gateway", "mismatch_reason"]
+def retire(settings: Settings, password: str, client_id: str | None = None) -> None:
+    """End a gateway's session at the broker (``client_id``, the settings' gateway id by
+    default): its shared subscriptions go, and with them the messages queued for it and not
+    yet forwarded. For a gateway taken out of service for good, and for the benches' and
+    tests' gateways: a session left behind takes a copy of every later message for
+    :data:`SESSION_EXPIRY_S`, which the broker keeps and saves."""
+    client, props = new_client(
+        client_id or settings.gateway_id, settings.mqtt_gateway_username, password
+    )  # a clean start discards the old session; this one ends when it disconnects
+    connect(client, props, settings, network_thread=False)
+    client.disconnect()
+    serve_once(client, 0)
+
+
+__all__ = ["COMMANDS", "Gateway", "mismatch_reason", "retire"]

@@ -91,6 +91,15 @@ class Bridge:
             self.proc.terminate()
             self.proc.wait(30)
 
+    def retire(self) -> None:
+        """Stop the gateway and end its broker session: left behind, it would take a copy
+        of every later test's messages for a day."""
+        self.stop()
+        res = subprocess.run(
+            [TIANYAN, "gateway", "--retire"], env=self.env, capture_output=True, text=True
+        )
+        assert res.returncode == 0, res.stderr
+
 
 @pytest.fixture(scope="module")
 def bridge(settings: Settings) -> Iterator[Bridge]:
@@ -115,7 +124,7 @@ def bridge(settings: Settings) -> Iterator[Bridge]:
     b = Bridge(s, env, raw, quarantine)
     b.start()
     yield b
-    b.stop()
+    b.retire()
     admin.delete_topics(topics)
     admin.close()
 
@@ -523,6 +532,48 @@ def test_trapping_reassurance_played_and_unanswered_reach_the_incident(
         payload = webhooks[1][1] if isinstance(webhooks[1][1], dict) else json.loads(webhooks[1][1])
         assert payload["type"] == "reassurance.unanswered"
     finally:
-        gw.stop()
+        gw.retire()
         for t in terminals:
             t.close()
+
+
+def test_a_retired_gateways_session_is_gone(settings: Settings) -> None:
+    """`tianyan gateway --retire` ends the gateway's session: no shared subscription is
+    left behind to take a copy of every later message."""
+    tag = uuid.uuid4().hex[:8]
+    s = replace(settings, gateway_id=f"test-retired-{tag}", mqtt_share_group=f"test-{tag}")
+    password = LocalMosquitto(s).gateway_password()
+
+    def session_present() -> bool:
+        """Whether the broker still held the gateway's session; it holds one afterwards."""
+        client, props = new_client(
+            s.gateway_id,
+            s.mqtt_gateway_username,
+            password,
+            clean_start=False,
+            session_expiry_s=3600,
+        )
+        flags: dict[str, bool] = {}
+        client.on_connect = lambda c, u, f, r, p: flags.update(present=f.session_present)
+        connect(client, props, s, tls=False)
+        client.subscribe(f"$share/{s.mqtt_share_group}/tianyan/v1/+/telemetry", qos=1)
+        time.sleep(0.3)
+        client.disconnect()
+        client.loop_stop()
+        return flags["present"]
+
+    def retire() -> None:
+        res = subprocess.run(
+            [TIANYAN, "gateway", "--retire"],
+            env={**os.environ, **s.to_env()},
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr
+        assert f"gateway {s.gateway_id}: session ended" in res.stdout
+
+    assert not session_present()
+    assert session_present()
+    retire()
+    assert not session_present()
+    retire()

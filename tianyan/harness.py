@@ -62,6 +62,7 @@ class Run:
     group: ServiceGroup
     work: Path
     stall_s: float = STALL_S
+    gateway_started: bool = False
 
     @property
     def writer_url(self) -> str:
@@ -129,6 +130,7 @@ class Run:
         """The run's MQTT gateway (the broker's terminals → the run's raw topic, the run's
         commands → the terminals); returns its web port once it has subscribed."""
         port = self.settings.gateway_web_port
+        self.gateway_started = True
         self.start(name, ["gateway", "--loglevel", "warn"])
         self.wait(
             lambda: _gateway_subscribed(port),
@@ -274,12 +276,16 @@ def pipeline(
         **changes,
     )
     specs = topic_specs(run_settings)
+    run: Run | None = None
     try:
         migrate(admin_url)
         ensure_topics(settings.kafka_bootstrap, specs, security=settings.kafka_security)
         with services() as group:
-            yield Run(run_settings, admin_url, group, work)
+            run = Run(run_settings, admin_url, group, work)
+            yield run
     finally:
+        if run is not None and run.gateway_started:
+            _retire_gateway(run_settings)
         apps = (run_settings.worker_id, run_settings.dispatcher_id)
         _clean_up(
             settings,
@@ -290,6 +296,20 @@ def pipeline(
         )
         for app_id in apps:
             shutil.rmtree(settings.faust_datadir(app_id), ignore_errors=True)
+
+
+def _retire_gateway(settings: Settings) -> None:
+    """End the run's gateway session at the broker (it would take a copy of every later
+    message for a day); logged, never raised over the run's own outcome."""
+    from streams.gateway import retire
+    from tianyan.stack import LocalMosquitto, StackError
+
+    broker = LocalMosquitto(settings)
+    try:
+        retire(settings, broker.gateway_password())
+        broker.forget_shared_subscriptions(settings.gateway_id)
+    except (ConnectionError, OSError, StackError) as e:
+        log.warning("the run's gateway session was not ended: %s", e)
 
 
 def _clean_up(

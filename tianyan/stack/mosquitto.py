@@ -287,6 +287,15 @@ class LocalMosquitto:
         tmp.write_text(json.dumps(sessions, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self.shared_subscriptions)
 
+    def forget_shared_subscriptions(self, client_id: str) -> None:
+        """Stop putting ``client_id``'s shared subscriptions back at restarts."""
+        sessions = self._remembered_sessions()
+        if sessions.pop(client_id, None) is None:
+            return
+        tmp = self.shared_subscriptions.with_suffix(f".{os.getpid()}")
+        tmp.write_text(json.dumps(sessions, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, self.shared_subscriptions)
+
     def _remembered_sessions(self) -> dict[str, list[str]]:
         try:
             sessions = json.loads(self.shared_subscriptions.read_text())
