@@ -820,7 +820,13 @@ def terminals_revoke(terminal_ids: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("--loglevel", type=click.Choice(["debug", "info", "warn", "error"]), default="info")
-def gateway(loglevel: str) -> None:
+@click.option(
+    "--retire",
+    is_flag=True,
+    help="End this gateway's broker session (TIANYAN_GATEWAY_ID) and exit: for a gateway "
+    "taken out of service for good. Messages queued for it and not yet forwarded are dropped.",
+)
+def gateway(loglevel: str, retire: bool) -> None:
     """Bridge every terminal's MQTT telemetry to the raw Kafka topic.
 
     Start several, each with its own TIANYAN_GATEWAY_ID and TIANYAN_GATEWAY_WEB_PORT: they
@@ -830,22 +836,30 @@ def gateway(loglevel: str) -> None:
     import logging.config
     import signal
 
-    from streams.gateway import Gateway
+    from streams import gateway as gateways
     from tianyan import stack as local_stack
 
     logging.config.dictConfig(json_logging_config(loglevel))
     settings = _settings()
+    broker = local_stack.LocalMosquitto(settings)
     try:
-        password = local_stack.LocalMosquitto(settings).gateway_password()
+        password = broker.gateway_password()
     except local_stack.StackError as e:
         raise click.ClickException(str(e)) from e
-    gw = Gateway(settings, password)
+    if retire:
+        try:
+            gateways.retire(settings, password)
+        except ConnectionError as e:
+            raise click.ClickException(str(e)) from e
+        if settings.mqtt_local:
+            broker.forget_shared_subscriptions(settings.gateway_id)
+        click.echo(f"gateway {settings.gateway_id}: session ended")
+        return
+    gw = gateways.Gateway(settings, password)
     if settings.mqtt_local:
         # Mosquitto 2.0.11 forgets shared subscriptions on a restart; the local broker's
         # start puts these back into its persistence file before it listens.
-        local_stack.LocalMosquitto(settings).remember_shared_subscriptions(
-            gw.client_id, gw.subscriptions
-        )
+        broker.remember_shared_subscriptions(gw.client_id, gw.subscriptions)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: gw.stopping.set())
     try:
@@ -964,11 +978,20 @@ def bench_city(elevators: int, minutes: float, workers: int) -> None:
     help="Messages/s for the latency phase (a): below what the gateways can take.",
 )
 @click.option("--latency-seconds", type=click.FloatRange(min=2), default=15.0, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Messages/s the terminals offer in the throughput phase (b), e.g. 11000 for the "
+    "city's peak; 0: as fast as the broker acknowledges them.",
+)
 def bench_gateway(
     terminals: int,
     gateways: int,
     loaders: int,
     seconds: float,
+    rate: float,
     latency_rate: float,
     latency_seconds: float,
 ) -> None:
@@ -982,6 +1005,7 @@ def bench_gateway(
             gateways=gateways,
             loaders=loaders,
             throughput_s=seconds,
+            throughput_rate_msgs_per_s=rate or None,
             latency_s=latency_seconds,
             latency_rate_msgs_per_s=latency_rate,
         ),
