@@ -250,7 +250,8 @@ class Gateway:
         if parsed[1] == EVENTS:
             self._on_event(client, msg, code)
             return
-        reason = mismatch_reason(code, msg.payload)
+        payload = bytes(msg.payload)  # the same object when paho gave bytes
+        reason = mismatch_reason(code, payload)
         received = time.monotonic()
         self._inflight += 1
         INFLIGHT.inc()
@@ -269,9 +270,9 @@ class Gateway:
                 client.ack(msg.mid, msg.qos)
 
         if reason is None:
-            self._produce(self.settings.raw_topic, key, msg.payload, None, delivered)
+            self._produce(self.settings.raw_topic, key, payload, None, delivered)
         else:
-            q = quarantine_record(RawRecord(key, msg.payload, -1, -1), f"gateway: {reason}")
+            q = quarantine_record(RawRecord(key, payload, -1, -1), f"gateway: {reason}")
             self._produce(self.settings.quarantine_topic, q.key, q.value, q.headers, delivered)
 
     def _on_event(self, client: mqtt.Client, msg: mqtt.MQTTMessage, code: str) -> None:
@@ -284,7 +285,7 @@ class Gateway:
                 raise ValueError("not an object")
         except ValueError as e:
             reason = f"gateway: a command answer that is not a JSON object: {e}"
-            q = quarantine_record(RawRecord(code.encode(), msg.payload, -1, -1), reason)
+            q = quarantine_record(RawRecord(code.encode(), bytes(msg.payload), -1, -1), reason)
             self._produce(self.settings.quarantine_topic, q.key, q.value, q.headers,
                           self._acker(client, msg))  # fmt: skip
             return
@@ -355,8 +356,9 @@ class Gateway:
                 self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=cb)
                 return
             except BufferError:
-                # Kafka is slow: stop reading from the broker until it catches up.
-                time.sleep(0.01)
+                # Kafka is slow: stop reading from the broker until it catches up, serving
+                # its delivery reports meanwhile (a full queue empties only through them).
+                self.producer.poll(0.01)
 
     # -- the process --------------------------------------------------------------------------
     def subscribed(self) -> bool:

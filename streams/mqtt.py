@@ -51,13 +51,13 @@ class _Received(mqtt.MQTTMessage):
 class BufferedClient(mqtt.Client):
     """paho's client, reading its socket up to :data:`READ_CHUNK_BYTES` at a time.
 
-    paho 2.1 reads a packet's fixed header a byte per ``recv()`` and handles one packet per
+    paho 2.2 reads a packet's fixed header a byte per ``recv()`` and handles one packet per
     ``select()``: about four system calls per message, much of a gateway's time at its
     rate. This client takes what the socket holds at once and serves paho's reads from
     memory. :meth:`loop_read` goes on while any is left (paho's own thread never finds bytes
     waiting that no ``select()`` would announce); a caller that limits it asks
     :attr:`pending` before it waits. It overrides ``_sock_recv``, ``_sock_close`` and
-    ``_handle_publish``, private to paho 2.1.0 (pinned in setup.cfg).
+    ``_handle_publish``, private to paho 2.2.0 (pinned in setup.cfg).
     """
 
     _read_buffer = b""
