@@ -345,7 +345,7 @@ class Gateway:
             # Not connected now: the client keeps it and sends it on reconnection.
             self._commands_unacknowledged.append((info, m))
         # A command's offset is stored once the broker has it, in the order read.
-        while self._commands_unacknowledged and self._commands_unacknowledged[0][0].is_published():
+        while self._commands_unacknowledged and _settled(self._commands_unacknowledged[0][0]):
             _, m = self._commands_unacknowledged.pop(0)
             self.commands.store_offsets(m)
             COMMANDS_SENT.inc()
@@ -444,6 +444,16 @@ class Gateway:
         server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=server.serve_forever, daemon=True, name="gateway-web").start()
         return server
+
+
+def _settled(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether a command is the broker's now, or the client's to send when it reconnects
+    (published while the broker was away: paho keeps it in the session)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError) as e:
+        log.warning("command %s queued until the broker is back: %s", info.mid, e)
+        return True
 
 
 def retire(settings: Settings, password: str, client_id: str | None = None) -> None:

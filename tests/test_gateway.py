@@ -577,3 +577,39 @@ def test_a_retired_gateways_session_is_gone(settings: Settings) -> None:
     retire()
     assert not session_present()
     retire()
+
+
+def test_a_command_read_while_the_broker_is_away_reaches_the_terminal_after(
+    bridge: Bridge,
+) -> None:
+    """The gateway reads a command while the broker is stopped: it keeps running, and the
+    terminal gets the command once the broker is back."""
+    from confluent_kafka import Producer
+
+    from simulator.mqtt_output import MqttTerminal
+
+    code = _code()
+    creds = _issue(bridge.settings, code)
+    broker = LocalMosquitto(bridge.settings)
+    command = {"command": "play_reassurance", "command_id": f"inc-{code}:play_reassurance",
+               "elevator_id": code}  # fmt: skip
+    broker.stop()
+    try:
+        producer = Producer({"bootstrap.servers": bridge.settings.kafka_bootstrap})
+        producer.produce(
+            bridge.settings.device_commands_topic, key=code.encode(), value=json.dumps(command)
+        )
+        producer.flush(10)
+        time.sleep(3)  # the gateway reads the commands topic every 0.1 s
+        assert bridge.proc is not None and bridge.proc.poll() is None, "the gateway exited"
+    finally:
+        broker.start()
+    terminal = MqttTerminal(bridge.settings, code, creds[code])
+    try:
+        deadline = time.monotonic() + 60
+        while not terminal.commands:
+            assert time.monotonic() < deadline, "the command never reached the terminal"
+            time.sleep(0.05)
+        assert [c["command_id"] for c in terminal.commands] == [command["command_id"]]
+    finally:
+        terminal.close()
