@@ -241,9 +241,9 @@ def serve_once(client: BufferedClient, timeout_s: float, max_packets: int = 0) -
     ok = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
     if (readable or pending) and client.loop_read(max_packets) != ok:
         return False
-    if client.want_write() and client.loop_write() != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS:
+    if client.want_write() and client.loop_write() != ok:
         return False
-    return client.loop_misc() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    return client.loop_misc() == ok
 
 
 def connect_gateway_client(

@@ -44,7 +44,6 @@ from typing import Any
 
 from foundation.kafka_security import confluent_config
 from foundation.settings import Settings
-from streams.gateway import retire
 from streams.mqtt import TELEMETRY, terminal_topic
 from tianyan.stack import LocalKafka, LocalMosquitto
 
@@ -424,8 +423,7 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
             gw.wait(30)
         # A bench gateway's session left behind would take a copy of every later message.
         for g in range(len(gateways)):
-            retire(settings, broker.gateway_password(), f"bench-gateway-{tag}-{g}")
-            broker.forget_shared_subscriptions(f"bench-gateway-{tag}-{g}")
+            broker.retire_gateway(f"bench-gateway-{tag}-{g}")
         broker.revoke_many(codes)
         broker.reload()
         admin.delete_topics(topics)

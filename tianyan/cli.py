@@ -836,7 +836,7 @@ def gateway(loglevel: str, retire: bool) -> None:
     import logging.config
     import signal
 
-    from streams import gateway as gateways
+    from streams.gateway import Gateway
     from tianyan import stack as local_stack
 
     logging.config.dictConfig(json_logging_config(loglevel))
@@ -848,14 +848,12 @@ def gateway(loglevel: str, retire: bool) -> None:
         raise click.ClickException(str(e)) from e
     if retire:
         try:
-            gateways.retire(settings, password)
+            broker.retire_gateway()
         except ConnectionError as e:
             raise click.ClickException(str(e)) from e
-        if settings.mqtt_local:
-            broker.forget_shared_subscriptions(settings.gateway_id)
         click.echo(f"gateway {settings.gateway_id}: session ended")
         return
-    gw = gateways.Gateway(settings, password)
+    gw = Gateway(settings, password)
     if settings.mqtt_local:
         # Mosquitto 2.0.11 forgets shared subscriptions on a restart; the local broker's
         # start puts these back into its persistence file before it listens.

@@ -301,13 +301,10 @@ def pipeline(
 def _retire_gateway(settings: Settings) -> None:
     """End the run's gateway session at the broker (it would take a copy of every later
     message for a day); logged, never raised over the run's own outcome."""
-    from streams.gateway import retire
     from tianyan.stack import LocalMosquitto, StackError
 
-    broker = LocalMosquitto(settings)
     try:
-        retire(settings, broker.gateway_password())
-        broker.forget_shared_subscriptions(settings.gateway_id)
+        LocalMosquitto(settings).retire_gateway()
     except (ConnectionError, OSError, StackError) as e:
         log.warning("the run's gateway session was not ended: %s", e)
 

@@ -282,16 +282,23 @@ class LocalMosquitto:
         if sessions.get(client_id) == filters:
             return
         sessions[client_id] = filters
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.shared_subscriptions.with_suffix(f".{os.getpid()}")
-        tmp.write_text(json.dumps(sessions, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, self.shared_subscriptions)
+        self._remember_sessions(sessions)
 
-    def forget_shared_subscriptions(self, client_id: str) -> None:
-        """Stop putting ``client_id``'s shared subscriptions back at restarts."""
-        sessions = self._remembered_sessions()
-        if sessions.pop(client_id, None) is None:
-            return
+    def retire_gateway(self, client_id: str | None = None) -> None:
+        """End a gateway's broker session (the settings' gateway id by default; see
+        :func:`streams.gateway.retire`) and, for the local broker, stop putting its shared
+        subscriptions back at restarts. Raises ConnectionError when the broker refuses."""
+        from streams.gateway import retire
+
+        client_id = client_id or self.settings.gateway_id
+        retire(self.settings, self.gateway_password(), client_id)
+        if self.settings.mqtt_local:
+            sessions = self._remembered_sessions()
+            if sessions.pop(client_id, None) is not None:
+                self._remember_sessions(sessions)
+
+    def _remember_sessions(self, sessions: dict[str, list[str]]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.shared_subscriptions.with_suffix(f".{os.getpid()}")
         tmp.write_text(json.dumps(sessions, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self.shared_subscriptions)
