@@ -8,6 +8,7 @@ the tests drive it directly.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections import deque
@@ -250,12 +251,20 @@ class _Partition:
         self.pace_real_time = False
         self.pace_measured = False
 
-    def lags_for(self, elevator_id: str) -> list[int] | deque[int]:
-        """The arrival lags a message of ``elevator_id`` is judged against: the other
-        terminals' latest ones (:data:`ARRIVAL_LAG_TERMINALS`), or while too few others have
-        been heard from, the partition's recent messages'."""
-        others = [v for k, v in self.terminal_lags_ms.items() if k != elevator_id]
-        return others if len(others) >= ARRIVAL_SPREAD_MIN_MESSAGES else self.arrival_lags_ms
+    def lags_for(self, elevator_id: str) -> tuple[list[int], bool]:
+        """The arrival lags a message of ``elevator_id`` is judged against, sorted: the
+        other terminals' latest ones (:data:`ARRIVAL_LAG_TERMINALS`), or while too few
+        others have been heard from, the partition's recent messages'; and whether they are
+        the other terminals'. Sorted once, for the median and the tertiles (this runs for
+        every message)."""
+        votes = self.terminal_lags_ms
+        others = sorted(votes.values())
+        own = votes.get(elevator_id)
+        if own is not None:
+            del others[bisect.bisect_left(others, own)]
+        if len(others) >= ARRIVAL_SPREAD_MIN_MESSAGES:
+            return others, True
+        return sorted(self.arrival_lags_ms), False
 
     def add_lag(self, elevator_id: str, lag_ms: int, arrival_ms: int) -> None:
         """Record an in-order message's arrival lag, and with the terminal's previous one,
@@ -606,9 +615,9 @@ class Ingest:
         p = self._partition(record.partition)
         t = message.samples.t_ms
         lag_ms = t[-1] - record.arrival_ms
-        lags = p.lags_for(message.elevator_id)
+        lags, of_terminals = p.lags_for(message.elevator_id)
         # The partition's usual lag (a replay's, a slow link's) is no terminal's fault.
-        usual_lag_ms = statistics.median_low(lags) if lags else lag_ms
+        usual_lag_ms = lags[(len(lags) - 1) // 2] if lags else lag_ms  # the low median
         reference_ms = record.arrival_ms + usual_lag_ms
         # Arrival times resolve send times only when the partition is read in real time; a
         # replay published faster stamps a whole batch with one time. Until its pace is
@@ -619,7 +628,7 @@ class Ingest:
         tolerance_ms = round(self.thresholds.clock_offset_tolerance_s * 1000)
         spread_ms: float | None = None
         if len(lags) >= ARRIVAL_SPREAD_MIN_MESSAGES:
-            lower_ms, upper_ms = statistics.quantiles(lags, n=3)
+            lower_ms, upper_ms = _tertiles(lags)
             spread_ms = upper_ms - lower_ms
         # In a partition's first minute its pace is not known yet; there the other
         # terminals' lags, one vote each, agreeing within the tolerance say the same (a fast
@@ -630,7 +639,7 @@ class Ingest:
         # is judged at once, not accepted as it is and then held to its own wrong time.
         settled = (
             not p.pace_measured
-            and lags is not p.arrival_lags_ms
+            and of_terminals
             and spread_ms is not None
             and spread_ms <= tolerance_ms
             and not p.pace_implausible
@@ -806,6 +815,26 @@ class Ingest:
         if rules is None or "device_offline" not in rules.active:
             return False
         return bool(now_ms - rules.last_t_ms > self._evict_after_ms)
+
+
+def _tertiles(ordered: list[int]) -> tuple[float, float]:
+    """``statistics.quantiles(ordered, n=3)`` (its default, exclusive method) of values
+    already sorted, at least two, without sorting them again: the same arithmetic, so the
+    same floats.
+
+    >>> import statistics
+    >>> lags = [-900, -40, 0, 12, 250, 251, 3_600_000]
+    >>> _tertiles(lags) == tuple(statistics.quantiles(lags, n=3))
+    True
+    """
+    ld = len(ordered)
+    m = ld + 1
+    result = []
+    for i in (1, 2):
+        j = min(max(i * m // 3, 1), ld - 1)
+        delta = i * m - j * 3
+        result.append((ordered[j - 1] * (3 - delta) + ordered[j] * delta) / 3)
+    return result[0], result[1]
 
 
 def _replayed_reason(run_id: str) -> str:
