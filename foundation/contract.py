@@ -176,14 +176,29 @@ class Samples(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ValueError(
                 f"samples.t_ms: {n} samples, more than the {MAX_SAMPLES_PER_MESSAGE} allowed"
             )
-        for name in COLUMNS[1:]:
-            if len(getattr(self, name)) != n:
-                raise ValueError(
-                    f"samples.{name}: {len(getattr(self, name))} values but samples.t_ms has {n}"
-                )
+        # Every check below is one expression for the common case, valid input (this runs
+        # for every message); the loops that name the offending field and index run only
+        # when one fails.
+        if not (
+            n
+            == len(self.speed_mps)
+            == len(self.accel_mps2)
+            == len(self.position_m)
+            == len(self.floor)
+            == len(self.direction)
+            == len(self.load_kg)
+            == len(self.door)
+            == len(self.door_zone)
+            == len(self.leveling_offset_mm)
+            == len(self.passengers)
+            == len(self.alarm)
+            == len(self.service_mode)
+        ):
+            name = next(c for c in COLUMNS[1:] if len(getattr(self, c)) != n)
+            raise ValueError(
+                f"samples.{name}: {len(getattr(self, name))} values but samples.t_ms has {n}"
+            )
         t = self.t_ms
-        # Checked with builtins in C (this runs for every message); the loop that names
-        # the offending index runs only when the check fails.
         if not all(map(operator.lt, t, t[1:])):
             i = next(i for i in range(1, n) if t[i] <= t[i - 1])
             raise ValueError(
@@ -196,15 +211,23 @@ class Samples(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             )
         # Decoded JSON is always finite (the bounds refuse 1e999); this guards messages built
         # in code. The values are bounded, so the sum is finite exactly when each one is.
-        for name in ("speed_mps", "accel_mps2", "position_m", "load_kg", "leveling_offset_mm"):
-            values = getattr(self, name)
-            if not math.isfinite(sum(values)):
-                i = next(i for i, v in enumerate(values) if not math.isfinite(v))
-                raise ValueError(f"samples.{name}[{i}]: {values[i]} is not a finite number")
+        if not math.isfinite(
+            sum(self.speed_mps)
+            + sum(self.accel_mps2)
+            + sum(self.position_m)
+            + sum(self.load_kg)
+            + sum(self.leveling_offset_mm)
+        ):
+            for name in _FLOAT_COLUMNS:
+                values = getattr(self, name)
+                for i, v in enumerate(values):
+                    if not math.isfinite(v):
+                        raise ValueError(f"samples.{name}[{i}]: {v} is not a finite number")
 
 
 #: The sample columns, in wire and table order.
 COLUMNS: Final = tuple(Samples.__struct_fields__)
+_FLOAT_COLUMNS: Final = ("speed_mps", "accel_mps2", "position_m", "load_kg", "leveling_offset_mm")
 
 
 class CodeEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

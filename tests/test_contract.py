@@ -119,6 +119,23 @@ def test_empty_and_too_many_samples() -> None:
         decode(raw(d))
 
 
+def test_a_short_column_and_a_non_finite_value_are_named() -> None:
+    for col in contract.COLUMNS[1:]:
+        d = good()
+        d["samples"][col] = d["samples"][col][:-1]
+        with pytest.raises(
+            InvalidMessage, match=rf"samples\.{col}: 9 values but samples\.t_ms has 10"
+        ):
+            decode(raw(d))
+    # Decoded JSON cannot hold one (the bounds refuse 1e999); a message built in code can.
+    samples = trip_messages(ELEVATOR, T0)[1].samples
+    for col in ("speed_mps", "load_kg", "leveling_offset_mm"):
+        values = list(getattr(samples, col))
+        values[3] = float("nan")
+        with pytest.raises(ValueError, match=rf"samples\.{col}\[3\]: nan is not a finite number"):
+            contract.Samples(**{c: getattr(samples, c) for c in contract.COLUMNS} | {col: values})
+
+
 def test_malformed_and_oversized() -> None:
     with pytest.raises(InvalidMessage, match="not valid JSON"):
         decode(b'{"schema": "tianyan.telemetry/1", "elevator_id": ')
