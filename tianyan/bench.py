@@ -1,7 +1,8 @@
 """``tianyan bench stream``: what one worker does on this machine, measured on the real stack.
 
 (a) ceiling     a plain aiokafka consumer decoding the same messages (msgspec, the contract)
-(b) end to end  one ``tianyan worker`` from Kafka into TimescaleDB, messages and samples/s
+(b) end to end  one ``tianyan worker`` from Kafka into TimescaleDB, messages and samples/s,
+                and the CPU the worker, PostgreSQL and the Kafka broker spent a message
 (c) latency     last sample time → rows committed, p50 and p99, while messages arrive in real
                 time at a set rate (from the worker's histogram, interpolated within buckets)
 (d) COPY        the sink's rows/s against psql's own COPY of the same rows into the same table
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -39,6 +42,7 @@ from replay.sources import peek_key
 from streams.producer import RawPublisher
 from streams.sinks import TimescaleSink
 from tianyan.harness import Run, pipeline
+from tianyan.procstat import cpu_s, peak_rss_kb, tree_cpu_s
 
 PARTITIONS = 8
 
@@ -183,19 +187,12 @@ def _metrics(port: int) -> dict[str, float]:
 
 def _stop_worker(run: Run, name: str) -> int:
     """Stop the worker; returns its peak resident memory in kB."""
-    peak = 0
-    try:
-        status = Path(f"/proc/{run.group.procs[name].pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1])
-    except OSError:
-        pass
+    peak = peak_rss_kb(run.group.procs[name].pid)
     run.group.stop(name)
     return peak
 
 
-def end_to_end(run: Run, expected: int, detectors: bool) -> dict[str, float]:
+def end_to_end(run: Run, expected: int, detectors: bool) -> dict[str, Any]:
     """(b) one worker draining ``expected`` messages already in the run's raw topic."""
     port = run.start_worker(TIANYAN_DETECTORS="on" if detectors else "off")
 
@@ -213,16 +210,36 @@ def end_to_end(run: Run, expected: int, detectors: bool) -> dict[str, float]:
                 f"bench: all {expected} messages fit in the worker's first batch, so no rate can"
                 " be measured; give it more elevators or a longer --duration"
             )
-        t0, m0 = time.perf_counter(), _metrics(port)
+        cpu0, t0, m0 = _cpu_by_part(run), time.perf_counter(), _metrics(port)
         run.wait(folded, lambda n: n >= expected, f"the worker folding {expected} messages")
-        t1, m1 = time.perf_counter(), _metrics(port)
+        cpu1, t1, m1 = _cpu_by_part(run), time.perf_counter(), _metrics(port)
     finally:
         peak_kb = _stop_worker(run, "worker")
     seconds = t1 - t0
+    messages = m1["tianyan_messages_total"] - m0["tianyan_messages_total"]
     return {
-        "messages_per_s": (m1["tianyan_messages_total"] - m0["tianyan_messages_total"]) / seconds,
+        "messages_per_s": messages / seconds,
         "samples_per_s": (m1["tianyan_samples_total"] - m0["tianyan_samples_total"]) / seconds,
         "peak_rss_mb": peak_kb / 1024,
+        # Where the machine's two cores went while the rate was measured: a worker at one
+        # core is limited by its own Python (one interpreter lock), not by what it waits on.
+        "cpu_cores": {part: round((cpu1[part] - cpu0[part]) / seconds, 2) for part in cpu0},
+        "cpu_us_per_msg": {
+            part: round((cpu1[part] - cpu0[part]) / messages * 1e6, 1) for part in cpu0
+        },
+    }
+
+
+def _cpu_by_part(run: Run) -> dict[str, float]:
+    """CPU seconds used so far by the run's worker, PostgreSQL (its postmaster and every
+    backend) and the Kafka broker."""
+    from tianyan.stack import LocalKafka, LocalPostgres
+
+    postmaster, broker = LocalPostgres(run.settings).pid(), LocalKafka(run.settings).pid()
+    return {
+        "worker": cpu_s([run.group.procs["worker"].pid]),
+        "postgres": tree_cpu_s(postmaster) if postmaster else math.nan,
+        "kafka": cpu_s([broker]) if broker else math.nan,
     }
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
-import os
 import tempfile
 import threading
 import time
@@ -42,6 +41,7 @@ from foundation import contract
 from foundation.settings import PROJECT_ROOT, Settings
 from tianyan.bench import BenchConfig, _metrics, _pipeline, _quantile, _say, _workload
 from tianyan.harness import Run
+from tianyan.procstat import cpu_s, peak_rss_kb
 
 #: The consumer-lag goal of issue 13, s (p99 over the publishing time).
 LAG_GOAL_S = 5.0
@@ -75,25 +75,6 @@ def expected_samples(path: Path) -> tuple[int, int]:
                 seen.add(key)
                 samples += len(m.samples.t_ms)
     return len(seen), samples
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _peak_rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 class _Sampler:
@@ -191,7 +172,7 @@ def run(settings: Settings, cfg: CityBenchConfig) -> dict[str, object]:
         with _pipeline(settings, tmp / "run", PARTITIONS, "tianyan_city") as city:
             ports = [city.start_worker(f"worker {i + 1}") for i in range(cfg.workers)]
             pids = [city.group.procs[f"worker {i + 1}"].pid for i in range(cfg.workers)]
-            cpu0 = [_cpu_s(p) for p in pids]
+            cpu0 = [cpu_s([p]) for p in pids]
             late_s = (dt.datetime.now(dt.UTC) - start).total_seconds()
             if late_s < 0:
                 time.sleep(-late_s)
@@ -208,8 +189,8 @@ def run(settings: Settings, cfg: CityBenchConfig) -> dict[str, object]:
                 _say("bench city: the workers draining what is left")
                 city.wait(stored, lambda n: n >= samples, f"{samples} samples stored")
                 t2 = time.perf_counter()
-            cpu = [_cpu_s(p) - c for p, c in zip(pids, cpu0, strict=True)]
-            rss_kb = [_peak_rss_kb(p) for p in pids]
+            cpu = [cpu_s([p]) - c for p, c in zip(pids, cpu0, strict=True)]
+            rss_kb = [peak_rss_kb(p) for p in pids]
             stored_samples = stored()
             storage = _storage_bytes(city)
     finally:

@@ -39,12 +39,12 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from foundation.kafka_security import confluent_config
 from foundation.settings import Settings
 from streams.mqtt import TELEMETRY, terminal_topic
+from tianyan.procstat import cpu_s, peak_rss_kb
 from tianyan.stack import LocalKafka, LocalMosquitto
 
 #: A city of 40,000 elevators at its peak: ≈ 10,000 moving (one message per second each)
@@ -401,7 +401,7 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
         budget_s = config.throughput_s + config.latency_s + 120
         while marks.get(timeout=budget_s) != len(phases) - 1:
             pass
-        cpu_before = {part: _cpu_s(pids) for part, pids in parts.items()}
+        cpu_before = {part: cpu_s(pids) for part, pids in parts.items()}
         outcomes = [results.get(timeout=budget_s) for _ in procs]
         sent_by_phase = [sum(s[i] for s, _ in outcomes) for i in range(len(phases))]
         # The terminals are done when the broker has acknowledged them; the gateways when
@@ -409,11 +409,11 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
         published_at = time.monotonic()
         _wait_forwarded(ports, sum(sent_by_phase))
         backlog_s = time.monotonic() - published_at
-        cpu_used = {part: _cpu_s(pids) - cpu_before[part] for part, pids in parts.items()}
+        cpu_used = {part: cpu_s(pids) - cpu_before[part] for part, pids in parts.items()}
         cpu_used["load_generator"] = sum(cpu[-1] for _, cpu in outcomes)
         _say(f"published {sent_by_phase}; reading the topic back")
         records = _consume(settings, raw, sum(sent_by_phase), timeout_s=180)
-        peak_rss_kb = max(_peak_rss_kb(gw.pid) for gw in gateways)
+        peak_rss_kb = max(peak_rss_kb(gw.pid) for gw in gateways)
     finally:
         for p in procs:
             if p.is_alive():
@@ -460,24 +460,6 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
-
-
-def _cpu_s(pids: list[int]) -> float:
-    """User and system CPU the processes have used so far, seconds."""
-    total_ticks = 0
-    for pid in pids:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total_ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return total_ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _peak_rss_kb(pid: int) -> int:
-    """A running process's peak resident memory (``VmHWM``), kB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 def _forwarded(port: int) -> float:

@@ -85,6 +85,15 @@ class LocalPostgres:
             == 0
         )
 
+    def pid(self) -> int | None:
+        """The postmaster's process id, if the cluster is running (its ``postmaster.pid``)."""
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
     def init(self) -> None:
         for d in (self.root, self.run_dir, self.log.parent):
             d.mkdir(parents=True, exist_ok=True)
