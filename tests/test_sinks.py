@@ -136,6 +136,35 @@ def test_a_number_postgresql_reads_otherwise_is_stored_as_validated(scratch_db: 
     assert result.refused == () and result.samples == len(m.samples.t_ms)
 
 
+def test_fault_and_event_codes_are_stored_once_each_from_the_bytes_received(
+    scratch_db: str,
+) -> None:
+    """Codes go to ``telemetry_code`` from the message's own bytes (faults, events, and a
+    message with neither among them), once each however often the message comes."""
+    migrate(scratch_db)
+    first, second, *_ = trip_messages("32070000000000007031", T0)
+    t = second.samples.t_ms
+    coded = msgspec.structs.replace(
+        second,
+        faults=[contract.CodeEvent(t[2], "03")],
+        events=[contract.CodeEvent(t[2], "90"), contract.CodeEvent(t[5], "43")],
+    )
+    batch = [RawMessage(m, contract.encode(m)) for m in (first, coded)]
+    with SampleSink(_writer(scratch_db)) as sink:
+        sink.write(batch)
+        sink.write(batch)  # again, as after a restart
+    with psycopg.connect(scratch_db) as conn:
+        rows = conn.execute(
+            "SELECT (extract(epoch FROM time) * 1000)::bigint, code, kind, seq"
+            " FROM tianyan.telemetry_code ORDER BY time, code"
+        ).fetchall()
+    assert rows == [
+        (t[2], "03", "fault", coded.seq),
+        (t[2], "90", "event", coded.seq),
+        (t[5], "43", "event", coded.seq),
+    ]
+
+
 def test_each_record_type_has_its_own_sink(scratch_db: str) -> None:
     migrate(scratch_db)
     url = _writer(scratch_db)
