@@ -42,13 +42,13 @@ they fail as often; durations are measured from the first sample at which a cond
   first bad stop, cleared after ``accuracy_clear_stops`` good stops.
 - ``power_loss``: event 41, or the service mode dropping to 0 (stopped) unexplained by an
   overtravel, unintended movement or run-time limiter, or by a code of
-  :data:`OUT_OF_SERVICE_CODES` sent within :data:`CODE_EXPLAINS_STOP_MS` of the stop (in the
+  :data:`OUT_OF_SERVICE_CODES` sent within ``code_explains_stop_s`` of the stop (in the
   same message or an earlier one); cleared by event 40 or the mode's return.
 - In inspection (service mode 2) a technician drives the car: a stop outside the door zone
   is theirs, and the run-time limiter does not act on inspection runs (EN 81-20 5.9.2.7),
   so neither ``stopped_outside_door_zone`` nor ``run_time_limiter`` is judged in it.
 - ``alarm_button``: the alarm pressed (column or event 90); cleared on release.
-- ``repeated_door_reopening``: ``reopenings_alert`` reopenings of a closing door in one stop.
+- ``repeated_door_reopening``: ``door_reopenings_alert`` reopenings of a closing door in one stop.
 - ``sensor_stuck``: a frozen reading — speed (the encoder disagrees with it, see below) or
   load (the same bit for bit at ``load_stuck_changes`` changes of the passengers flag in a
   row: overload and the people trapped cannot be seen); cleared when the readings are live.
@@ -89,17 +89,6 @@ _CLOSING: Final = int(DoorState.CLOSING)
 _NONE: Final = -1
 #: Terminal codes remembered per elevator for evidence (bounded).
 RECENT_CODES: Final = 8
-#: Alarm held this long in a standing car with doors closed and passengers = trapped at once.
-ALARM_STATIONARY_S: Final = 1.0
-#: A silence longer than this between two samples (a terminal dropout) hides what the car
-#: did. Safety first: a car found standing after one is taken to have stood since the last
-#: sample seen (the worst case for anyone inside), and a standing car found somewhere else
-#: moved unseen, so its old stop, and any alert about it, ended.
-SILENT_GAP_MS: Final = 2_000
-#: Position change across a silence that means the car moved while unseen, m.
-UNSEEN_MOVE_M: Final = 0.1
-#: Reopenings of a closing door within one stop that make an alert (normal obstruction: 1).
-REOPENINGS_ALERT: Final = 3
 
 #: Terminal fault codes and the alert each is sufficient evidence of ("11" depends on zone).
 CODE_ALERT: Final[dict[str, str]] = {
@@ -118,9 +107,6 @@ INSPECTION_MODE: Final = 2
 #: 06 run-time limiter, 09 / 10 overtravel), all GB/T 24476. A terminal sends the code with
 #: the mode change, and a dropout may have hidden the run that led to it.
 OUT_OF_SERVICE_CODES: Final = frozenset({"42", "01", "02", "07", "08", "05", "06", "09", "10"})
-#: Such a code explains a stop in mode 0 that began this close to it, ms: one message's span
-#: (≤ 5 s, the contract), so that a code long past explains no later stop.
-CODE_EXPLAINS_STOP_MS: Final = 5_000
 #: Modes the power-loss rule leaves alone: the car is out of normal service for a reason the
 #: terminal already told (out-of-service alerts explain mode 0).
 _EXPLAINS_MODE_0: Final = (
@@ -216,14 +202,18 @@ class _Derived:
     """Absolute limits of one (limits, thresholds) pair, computed once."""
 
     __slots__ = (
+        "alarm_trapped_ms",
         "bottom_m",
+        "code_explains_ms",
         "confirm",
         "limits",
         "load_kg",
         "outside_ms",
+        "reopenings_alert",
         "run_limit_ms",
         "run_tolerance_ms",
         "silence_min_ms",
+        "silent_gap_ms",
         "speed_check_ms",
         "speed_jump_mps",
         "speed_mismatch_mps",
@@ -233,6 +223,7 @@ class _Derived:
         "top_m",
         "trapped_ms",
         "trapped_silent_seen_ms",
+        "unseen_move_m",
         "v_over",
         "v_stand",
     )
@@ -257,6 +248,11 @@ class _Derived:
         self.speed_check_ms = th.speed_check_s * 1000.0
         self.speed_mismatch_mps = th.speed_position_mismatch_mps
         self.speed_jump_mps = th.encoder_jump_speed_ratio * limits.rated_speed_mps
+        self.silent_gap_ms = th.silent_gap_s * 1000.0
+        self.unseen_move_m = th.unseen_move_m
+        self.reopenings_alert = th.door_reopenings_alert
+        self.code_explains_ms = th.code_explains_stop_s * 1000.0
+        self.alarm_trapped_ms = th.alarm_trapped_after_s * 1000.0
 
 
 _derived_cache: dict[tuple[int, int], _Derived] = {}
@@ -454,7 +450,7 @@ def observe(
         and not message.faults
         and not message.events
         and ts[0] > st.last_t_ms
-        and ts[0] - st.last_t_ms <= SILENT_GAP_MS
+        and ts[0] - st.last_t_ms <= d.silent_gap_ms
         and (st.moving or st.stop_checked)
         and not st.alarm
         and not st.speed_frozen
@@ -635,7 +631,7 @@ def _speed(
     healthy speed sensor blames nothing: that reading changes from sample to sample. Spans
     do not cross a silent gap.
     """
-    gap = prev_t >= 0 and t - prev_t > SILENT_GAP_MS
+    gap = prev_t >= 0 and t - prev_t > d.silent_gap_ms
     if gap or reading != st.speed_anchor_mps or st.speed_anchor_t_ms < 0:
         if reading != st.speed_anchor_mps:
             st.speed_frozen = False
@@ -708,7 +704,7 @@ def _motion(em: _Emitter, c: _Sample, prev_t: int, prev_p: float) -> None:
     standing elsewhere after a silence moved unseen: its old stop's alerts end."""
     st = em.st
     t = c.t
-    silent_gap = prev_t >= 0 and t - prev_t > SILENT_GAP_MS
+    silent_gap = prev_t >= 0 and t - prev_t > em.d.silent_gap_ms
     if c.moving:
         if not st.moving:
             _departure(em, st, t, c.door, em.d.thresholds)
@@ -717,7 +713,7 @@ def _motion(em: _Emitter, c: _Sample, prev_t: int, prev_p: float) -> None:
         st.standing_since_ms < 0
         or st.moving
         or c.zone != st.zone
-        or (silent_gap and abs(c.p - prev_p) > UNSEEN_MOVE_M)
+        or (silent_gap and abs(c.p - prev_p) > em.d.unseen_move_m)
     ):
         # A new stop; a zone change while standing means the car moved unseen (a gap).
         if not st.moving and st.standing_since_ms >= 0:
@@ -751,12 +747,12 @@ def _doors(c: _Sample, st: RuleState) -> None:
 
 
 def _repeated_door_reopening(em: _Emitter, c: _Sample) -> None:
-    """``repeated_door_reopening``: :data:`REOPENINGS_ALERT` reopenings of a closing door in
+    """``repeated_door_reopening``: ``door_reopenings_alert`` reopenings of a closing door in
     one stop; cleared when the doors close (or the car departs)."""
     if not c.door_changed:
         return
     st = em.st
-    if c.door == _OPENING and c.prev_door == _CLOSING and st.reopenings >= REOPENINGS_ALERT:
+    if c.door == _OPENING and c.prev_door == _CLOSING and st.reopenings >= em.d.reopenings_alert:
         em.raise_("repeated_door_reopening", c.t, c.t, reopenings=st.reopenings)
     if c.door == _CLOSED and "repeated_door_reopening" in st.active:
         em.clear("repeated_door_reopening", c.t, "doors closed")
@@ -900,7 +896,7 @@ def _power_loss(em: _Emitter, c: _Sample) -> None:
         if (
             r[0] == em.d.confirm
             and not any(k in active for k in _EXPLAINS_MODE_0)
-            and not (code is not None and abs(code[2] - r[2]) <= CODE_EXPLAINS_STOP_MS)
+            and not (code is not None and abs(code[2] - r[2]) <= em.d.code_explains_ms)
         ):
             em.raise_(
                 "power_loss",
@@ -915,7 +911,7 @@ def _power_loss(em: _Emitter, c: _Sample) -> None:
         power = active.get("power_loss")
         if power is not None and power[3]:
             em.clear("power_loss", t, "service mode back from 0")
-    elif (code := runs.get("out_of_service")) is not None and t - code[2] > CODE_EXPLAINS_STOP_MS:
+    elif (code := runs.get("out_of_service")) is not None and t - code[2] > em.d.code_explains_ms:
         runs.pop("out_of_service")  # a code that led to no stop
 
 
@@ -1098,9 +1094,7 @@ def _timers(em: _Emitter, now: int, silent_from_ms: int | None = None) -> None:
         kind = "trapped_at_level" if zone else "trapped_between_levels"
         if "trapped_at_level" not in st.active and "trapped_between_levels" not in st.active:
             alarm_t = (
-                due_at(max(since, st.alarm_since_ms) + ALARM_STATIONARY_S * 1e3)
-                if st.alarm
-                else None
+                due_at(max(since, st.alarm_since_ms) + d.alarm_trapped_ms) if st.alarm else None
             )
             seen = not (extrapolated and zone and st.last_t_ms - since < d.trapped_silent_seen_ms)
             timer_t = (

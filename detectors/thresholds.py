@@ -50,6 +50,28 @@ class Thresholds:
         fell silent as it arrived says nothing of its doors (its silence is reported at once:
         ``device_offline`` with the car in use, "call the user unit to check the car").
         Between levels no minimum: standing there with people inside is abnormal at once.
+    alarm_trapped_after_s
+        The alarm button held this long in a standing car with its doors closed and people
+        inside is a trapping at once, without waiting ``trapped_after_s``: the people inside
+        are asking to be let out. 1 s rejects a brush against the button.
+    silent_gap_s
+        A silence longer than this between two samples (a terminal dropout; 20 samples at
+        10 Hz) hides what the car did. Safety first: a car found standing after one is
+        taken to have stood since the last sample seen (the worst case for anyone inside),
+        a standing car found somewhere else moved unseen (``unseen_move_m``), so its old
+        stop and any alert about it ended, and no speed or stop is measured across it.
+    unseen_move_m
+        Position change across such a silence that means the car moved while unseen: 0.1 m,
+        beyond any encoder noise and below any trip (half the overtravel margin).
+    door_reopenings_alert
+        Reopenings of a closing door within one stop that make a
+        ``repeated_door_reopening`` alert: one is a normal obstruction (a hand or a bag in
+        the doorway, EN 81-20 5.3.6.2 reversing device), three a door or a user in trouble.
+    code_explains_stop_s
+        A terminal's out-of-service code (event 42, faults 01/02/05–10) explains a stop in
+        service mode 0 that began this close to it, so that it is no ``power_loss``: one
+        message's span (≤ 5 s, the contract), so that a code long past explains no later
+        stop.
     stopped_outside_zone_after_s
         A car standing outside the door zone this long is stopped outside the unlocking
         zone (GB/T 24476 fault 04); terminals raise 04 about 1 s after the stop.
@@ -307,6 +329,11 @@ class Thresholds:
     standstill_speed_mps: float = 0.05
     trapped_after_s: float = 30.0
     trapped_silent_at_level_seen_s: float = 5.0
+    alarm_trapped_after_s: float = 1.0
+    silent_gap_s: float = 2.0
+    unseen_move_m: float = 0.1
+    door_reopenings_alert: int = 3
+    code_explains_stop_s: float = 5.0
     stopped_outside_zone_after_s: float = 1.0
     stopping_accuracy_mm: float = 10.0
     leveling_accuracy_mm: float = 20.0

@@ -101,6 +101,38 @@ def test_alarm_in_a_standing_closed_car_with_passengers_is_a_trapping_at_once() 
     assert trapped[0].evidence["how"] == "alarm button pressed in a standing car"
 
 
+def test_the_rule_constants_are_thresholds_an_override_reaches() -> None:
+    """``alarm_trapped_after_s`` and ``door_reopenings_alert`` (once constants of rules.py)
+    are read from the thresholds each rule is given."""
+
+    def run(th: Thresholds, seconds: list[list[dict[str, Any]]]) -> list[Alert]:
+        rules, out = SafetyRules(th), []
+        st = rules.new(support_id())
+        for seq, rows in enumerate(seconds):
+            out += rules.observe(st, message(rows, seq=seq), LIM)
+        return out
+
+    standing = {"passengers": True, "door_zone": False, "position_m": 1.5}
+    alarm = [travel(0, speed_mps=0.8, passengers=True), second(1, **standing)]
+    alarm += [second(s, **standing, alarm=True) for s in range(2, 8)]
+    raised_ms = []
+    for after_s in (1.0, 4.0):
+        raised_ms += [
+            a.raised_at_ms
+            for a in run(Thresholds(alarm_trapped_after_s=after_s), alarm)
+            if a.alert_type == "trapped_between_levels" and a.state == "raised"
+        ]
+    assert len(raised_ms) == 2 and raised_ms[1] - raised_ms[0] == 3000
+
+    # One stop at a landing whose closing doors reopen twice.
+    cycle = [2, 3, 1, 2, 3, 1, 2, 3, 0, 0]
+    doors = [car(t_ms=T0 + 1000 + k * 100, door=d) for k, d in enumerate(cycle)]
+    stop = [travel(0, speed_mps=0.8), doors, second(2)]
+    for alert_at, expected in ((3, []), (2, ["repeated_door_reopening"])):
+        alerts = run(Thresholds(door_reopenings_alert=alert_at), stop)
+        assert kinds(alerts) == expected
+
+
 def test_overspeed_needs_two_samples() -> None:
     one = [car(t_ms=T0 + k * 100, speed_mps=1.2 if k == 5 else 1.0) for k in range(10)]
     _, alerts = feed([one])
