@@ -221,8 +221,9 @@ def end_to_end(run: Run, expected: int, detectors: bool) -> dict[str, Any]:
         "messages_per_s": messages / seconds,
         "samples_per_s": (m1["tianyan_samples_total"] - m0["tianyan_samples_total"]) / seconds,
         "peak_rss_mb": peak_kb / 1024,
-        # Where the machine's two cores went while the rate was measured: a worker at one
-        # core is limited by its own Python (one interpreter lock), not by what it waits on.
+        # Where the machine's cores went while the rate was measured. A worker near one core
+        # is limited by its own Python (one interpreter lock); well below it, by what it
+        # waits on or by its threads handing that lock to each other (a profile tells which).
         "cpu_cores": {part: round((cpu1[part] - cpu0[part]) / seconds, 2) for part in cpu0},
         "cpu_us_per_msg": {
             part: round((cpu1[part] - cpu0[part]) / messages * 1e6, 1) for part in cpu0
