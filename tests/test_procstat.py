@@ -18,7 +18,7 @@ def test_a_childs_cpu_counts_in_its_parents_tree_alive_and_reaped() -> None:
     try:
         # Alive: counted among the children (its interpreter start-up and the 0.5 s burn).
         while cpu_s([child.pid]) < 0.5:
-            pass
+            assert child.poll() is None, "the child ended before it had burnt 0.5 s"
         alive = tree_cpu_s(me) - before_tree
     finally:
         child.communicate(b"\n")
