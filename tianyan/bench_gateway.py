@@ -413,7 +413,7 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
         cpu_used["load_generator"] = sum(cpu[-1] for _, cpu in outcomes)
         _say(f"published {sent_by_phase}; reading the topic back")
         records = _consume(settings, raw, sum(sent_by_phase), timeout_s=180)
-        peak_rss_kb = max(peak_rss_kb(gw.pid) for gw in gateways)
+        gateway_peak_kb = max(peak_rss_kb(gw.pid) for gw in gateways)
     finally:
         for p in procs:
             if p.is_alive():
@@ -447,7 +447,7 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
         "stored_latency_phase": len(paced),
         "publish_to_kafka_p50_ms": round(_percentile(lat, 0.50), 1),
         "publish_to_kafka_p99_ms": round(_percentile(lat, 0.99), 1),
-        "gateway_peak_rss_mb": round(peak_rss_kb / 1024, 1),
+        "gateway_peak_rss_mb": round(gateway_peak_kb / 1024, 1),
         # CPU each part spent per message of phase (b), µs (of one core).
         "cpu_us_per_msg": {
             part: round(1e6 * used_s / max(1, sent_by_phase[1]), 1)
