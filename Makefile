@@ -37,11 +37,17 @@ lint: venv ## ruff (lint and format), mypy, and the import floors (lint-imports)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The tests run in two processes (pytest-xdist), a module's tests in one of them; then, alone,
+# those marked exclusive (they stop or reconfigure a service the others share).
+PARALLEL := -n 2 --dist loadscope
+
 test: setup lint ## Everything CI runs: set-up, lint, type checks, the tests on the real stack
-	$(BIN)/pytest
+	$(BIN)/pytest $(PARALLEL) -m "not exclusive"
+	$(BIN)/pytest -m exclusive
 
 test-fast: setup lint ## The inner loop: the tests not marked slow (no outages, no whole pipelines)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest $(PARALLEL) -m "not slow and not exclusive"
+	$(BIN)/pytest -m "exclusive and not slow"
 
 chaos: setup ## Fault injection at full length: a 6-minute broker outage, a receiver failing 11 minutes
 	TIANYAN_CHAOS_FULL=1 $(BIN)/pytest --timeout=1800 tests/test_chaos.py

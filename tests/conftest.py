@@ -7,6 +7,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,57 @@ from foundation.settings import Settings
 from tianyan import stack
 
 TIANYAN = str(Path(sys.executable).with_name("tianyan"))
+
+
+#: Modules that share something cluster-wide run in one xdist worker, one after the other
+#: (``make test`` runs the tests in two workers): the simulated city run (session-scoped,
+#: built once by the worker that runs them; it creates a login role of its own) and the
+#: demos (which create the same sample login roles).
+SHARED_GROUPS = {
+    "test_city_run": "city_run",
+    "test_dashboards": "city_run",
+    "test_notebooks": "city_run",
+    "test_risk": "city_run",
+    "test_demo": "demo",
+    "test_rescue_faults": "demo",
+}
+
+
+def test_group(nodeid: str) -> str:
+    """The xdist work unit of a test: its module, or the module's shared group."""
+    module = nodeid.split("::", 1)[0]
+    return SHARED_GROUPS.get(Path(module).stem, module)
+
+
+test_group.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``--dist loadscope``, a module's tests go to one worker (its module-scoped
+    fixtures, a secure broker or a gateway, set up once) and the modules of a shared group
+    too. (xdist's own ``loadgroup`` no longer groups under pytest 9.2: it renames items'
+    node ids, which pytest 9.2 no longer reads.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return test_group(nodeid)
+
+    return ByModule(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every module using the city run is in its group: built twice, it would also create its
+    login role twice at once."""
+    stray = {
+        i.path.stem
+        for i in items
+        if "city_run" in getattr(i, "fixturenames", ()) and test_group(i.nodeid) != "city_run"
+    }
+    if stray:
+        raise pytest.UsageError(f"add {sorted(stray)} to SHARED_GROUPS in tests/conftest.py")
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +87,13 @@ def superuser_url(settings: Settings) -> str:
 @pytest.fixture
 def scratch_db(settings: Settings, request: pytest.FixtureRequest) -> Iterator[str]:
     """A new, empty database owned by the tianyan role; its admin URL; dropped afterwards."""
+    import uuid
+
     from tianyan.harness import create_database, drop_database
 
-    name = "tianyan_test_" + request.node.name.lower().replace("[", "_").replace("]", "")[:40]
+    # Unique across the xdist workers, whose tests may share a name.
+    node = request.node.name.lower().replace("[", "_").replace("]", "")[:40]
+    name = f"tianyan_test_{node}_{uuid.uuid4().hex[:8]}"
     yield create_database(settings, name)
     drop_database(settings, name)
 

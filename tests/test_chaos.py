@@ -26,6 +26,7 @@ from .chaos_support import FULL, chaos_pipeline, flush_until_done
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.exclusive
 def test_kafka_broker_stopped_mid_stream(settings: Settings, tmp_path: Path) -> None:
     outage_s = 360 if FULL else 25  # longer than the services' delivery timeout either way
     with chaos_pipeline(settings, tmp_path) as c:
@@ -48,6 +49,7 @@ def test_kafka_broker_stopped_mid_stream(settings: Settings, tmp_path: Path) -> 
         assert c.scrapes["200"] > 0
 
 
+@pytest.mark.exclusive
 def test_postgresql_restarted_mid_stream(settings: Settings, tmp_path: Path) -> None:
     with chaos_pipeline(settings, tmp_path) as c:
         c.run.start_dispatcher()

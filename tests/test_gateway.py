@@ -297,6 +297,7 @@ def _spans(numbers: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
 
 
+@pytest.mark.exclusive
 def test_broker_restarts_lose_nothing_and_keep_each_terminals_order(bridge: Bridge) -> None:
     """Simulated terminals publish before, during and after each of several broker
     restarts; every message reaches Kafka, each terminal's in its seq order (a re-sent

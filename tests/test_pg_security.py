@@ -172,6 +172,7 @@ def test_the_pipeline_still_writes_everything_under_row_level_security(db: str) 
         assert conn.execute("SELECT count(*) FROM tianyan.incident").fetchone() == (4,)
 
 
+@pytest.mark.exclusive  # the limits of the cluster's read roles, which other tests log in as
 def test_read_roles_carry_statement_timeout_temp_file_and_connection_limits(db: str) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         apply_read_limits(conn, LIMITS)
@@ -191,6 +192,7 @@ def test_read_roles_carry_statement_timeout_temp_file_and_connection_limits(db: 
             apply_read_limits(conn, ReadLimits())
 
 
+@pytest.mark.exclusive  # the cluster's roles' passwords and limits
 def test_roles_log_in_with_scram_passwords_set_from_the_settings(
     db: str, superuser_url: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

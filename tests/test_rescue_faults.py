@@ -56,6 +56,7 @@ def _kafka_ready(settings: Settings) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_records_kafka_failed_are_sent_again_not_forgotten(settings: Settings) -> None:
     """flush() used to reset its failure count before raising, so a second flush 'succeeded'
     and the worker acknowledged offsets for records Kafka never took."""
