@@ -122,7 +122,7 @@ def _hypertable(table: str, columns: str, arrays: Sequence[str]) -> str:
 _KEY = 'time timestamptz NOT NULL, elevator_id char(20) COLLATE "C" NOT NULL, seq bigint NOT NULL'
 _FROM_STAGING = (
     " FROM message_staging m,"
-    " LATERAL jsonb_populate_record(NULL::tianyan.sample_columns, m.body->'samples') s"
+    " LATERAL json_populate_record(NULL::tianyan.sample_columns, m.body->'samples') s"
 )
 _WHERE_ROWS = (
     " WHERE (%(elevator)s::text IS NULL OR m.elevator_id = %(elevator)s::char(20))"
