@@ -49,9 +49,10 @@ they fail as often; durations are measured from the first sample at which a cond
   so neither ``stopped_outside_door_zone`` nor ``run_time_limiter`` is judged in it.
 - ``alarm_button``: the alarm pressed (column or event 90); cleared on release.
 - ``repeated_door_reopening``: ``door_reopenings_alert`` reopenings of a closing door in one stop.
-- ``sensor_stuck``: a frozen reading — speed (the encoder disagrees with it, see below) or
-  load (the same bit for bit at ``load_stuck_changes`` changes of the passengers flag in a
-  row: overload and the people trapped cannot be seen); cleared when the readings are live.
+- ``sensor_stuck``: a frozen reading — speed (the encoder disagrees with it, see below),
+  position (the encoder still while a live speed reading shows the car moving) or load (the
+  same bit for bit at ``load_stuck_changes`` changes of the passengers flag in a row:
+  overload and the people trapped cannot be seen); cleared when the readings are live.
 - ``device_offline`` (from :func:`tick`): silence beyond ``heartbeat_timeout_s``, or beyond
   ``active_silence_timeout_s`` if the car was in use.
 
@@ -63,8 +64,10 @@ messages, a clock stepping back) are skipped, as the trip segmenter does; gaps i
 taken as they are (a condition that held before a gap and after it is taken to have held
 throughout). A frozen sensor (a stuck reading) is told by the car's other signals: a speed
 reading that does not change while the position encoder disagrees with it gives way to the
-encoder (``speed_check_s``, ``speed_position_mismatch_mps``), and a leveling reading that
-did not change while the car moved judges no stop's accuracy. Contract-validated messages
+encoder (``speed_check_s``, ``speed_position_mismatch_mps``); a position that does not
+change while a live speed reading shows the car moving judges no overtravel (the terminal's
+codes 09 and 10 still raise it); and a leveling reading that did not change while the car
+moved judges no stop's accuracy. Contract-validated messages
 carry no NaN; a NaN that reaches a rule (a message built without validation) compares
 false, so it neither raises nor clears anything.
 """
@@ -176,6 +179,16 @@ class RuleState(msgspec.Struct):
     speed_anchor_samples: int = 0
     #: The car's speed as its position showed it over the last span checked, m/s.
     position_speed_mps: float = 0.0
+    #: The position encoder judged frozen (a stuck sensor): its reading says nothing of
+    #: overtravel until it changes. See :func:`_encoder`.
+    position_frozen: bool = False
+    #: Start of the span over which the position has not changed while the speed reading
+    #: showed the car moving (-1: none), the samples in it, the speed reading at its latest
+    #: sample, and whether that reading changed within it (a live sensor's does).
+    encoder_anchor_t_ms: int = _NONE
+    encoder_anchor_samples: int = 0
+    encoder_anchor_mps: float = -1.0
+    encoder_speed_varied: bool = False
     #: Last sample at which the leveling reading changed, and last moving sample: a reading
     #: that did not change while the car moved is a frozen sensor's (:func:`_leveling_frozen`).
     leveling_changed_ms: int = _NONE
@@ -209,6 +222,7 @@ class _Derived:
         "limits",
         "load_kg",
         "outside_ms",
+        "position_check_ms",
         "reopenings_alert",
         "run_limit_ms",
         "run_tolerance_ms",
@@ -246,6 +260,7 @@ class _Derived:
         #: The shortest silence anything is judged on (an active car's timeout).
         self.silence_min_ms = th.active_silence_timeout_s * 1000.0
         self.speed_check_ms = th.speed_check_s * 1000.0
+        self.position_check_ms = th.position_check_s * 1000.0
         self.speed_mismatch_mps = th.speed_position_mismatch_mps
         self.speed_jump_mps = th.encoder_jump_speed_ratio * limits.rated_speed_mps
         self.silent_gap_ms = th.silent_gap_s * 1000.0
@@ -464,6 +479,7 @@ def observe(
         i = n - 1
         st.last_t_ms = ts[i]
         st.speed_anchor_t_ms = _NONE  # samples unseen by _speed: its next span starts afresh
+        st.encoder_anchor_t_ms = _NONE  # and _encoder's
         st.position_m = s.position_m[i]
         st.floor = s.floor[i]
         st.load_kg = s.load_kg[i]
@@ -578,6 +594,7 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
         prev_t, prev_p = st.last_t_ms, st.position_m
         c.t, c.p, c.door, c.zone, c.dirn = t, pos[i], doors[i], zones[i], dirs[i]
         c.v = _speed(st, d, t, prev_t, prev_p, sp[i], c.p)
+        _encoder(st, d, t, prev_t, prev_p, sp[i], c.p)
         c.load_kg, c.offset_mm, c.mode = loads[i], offs[i], modes[i]
         c.moving = c.v > v_stand
         c.prev_dir = st.direction
@@ -601,7 +618,9 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
             _load_frozen(st, c.load_kg, d.thresholds.load_stuck_changes)
         elif st.load_at_change_kg >= 0.0 and c.load_kg != st.load_at_change_kg:
             _load_live(st)
-        if (st.speed_frozen or st.load_frozen) != ("sensor_stuck" in st.active):
+        if (st.speed_frozen or st.position_frozen or st.load_frozen) != (
+            "sensor_stuck" in st.active
+        ):
             _sensor_stuck(em, t)
         _alarm_button(em, c, alarms[i])
         _run_time_limiter(em, c)
@@ -663,6 +682,43 @@ def _speed(
     return min(st.position_speed_mps, abs(p - prev_p) * 1000.0 / (t - prev_t))
 
 
+def _encoder(
+    st: RuleState, d: _Derived, t: int, prev_t: int, prev_p: float, reading: float, p: float
+) -> None:
+    """Judge the position encoder at sample ``t``: frozen once its reading has stayed the
+    same (bit for bit) for ``position_check_s``, over at least ``speed_check_samples`` samples,
+    while the speed reading showed the car moving throughout and changed within the span (a
+    live sensor's does; two readings both still are a standing car, or two frozen sensors,
+    and blame neither). Live again the moment the position changes.
+
+    A frozen position says nothing of overtravel: stuck beyond a terminal landing, it held
+    an ``overtravel_top`` open for half an hour, and the next real overtravel, its code 09
+    with it, raised nothing. Spans do not cross a silent gap.
+    """
+    if p != prev_p:
+        st.position_frozen = False
+        st.encoder_anchor_t_ms = _NONE
+        return
+    gap = prev_t >= 0 and t - prev_t > d.silent_gap_ms
+    if gap or reading <= d.v_stand or st.speed_frozen:
+        st.encoder_anchor_t_ms = _NONE  # a standing car's still position blames nothing
+        return
+    if st.encoder_anchor_t_ms < 0:
+        st.encoder_anchor_t_ms, st.encoder_anchor_samples = t, 1
+        st.encoder_anchor_mps, st.encoder_speed_varied = reading, False
+        return
+    st.encoder_anchor_samples += 1
+    if reading != st.encoder_anchor_mps:
+        st.encoder_speed_varied = True
+        st.encoder_anchor_mps = reading
+    if (
+        st.encoder_speed_varied
+        and st.encoder_anchor_samples >= d.thresholds.speed_check_samples
+        and t - st.encoder_anchor_t_ms >= d.position_check_ms
+    ):
+        st.position_frozen = True
+
+
 def _load_frozen(st: RuleState, load_kg: float, changes: int) -> None:
     """At a change of the passengers flag: the load cell is frozen once its reading has
     been the same (bit for bit) at ``changes`` such changes in a row after the first, and
@@ -682,11 +738,17 @@ def _load_live(st: RuleState) -> None:
 
 
 def _sensor_stuck(em: _Emitter, t: int) -> None:
-    """``sensor_stuck``: the speed reading (:func:`_speed`) or the load reading
-    (:func:`_load_frozen`) is frozen; cleared when every reading is live again."""
+    """``sensor_stuck``: the speed reading (:func:`_speed`), the position (:func:`_encoder`)
+    or the load reading (:func:`_load_frozen`) is frozen; cleared when every reading is
+    live again."""
     st = em.st
-    if st.speed_frozen or st.load_frozen:
-        sensors = [n for n, f in (("speed_mps", st.speed_frozen), ("load_kg", st.load_frozen)) if f]
+    frozen = (
+        ("speed_mps", st.speed_frozen),
+        ("position_m", st.position_frozen),
+        ("load_kg", st.load_frozen),
+    )
+    if any(f for _, f in frozen):
+        sensors = [n for n, f in frozen if f]
         em.raise_("sensor_stuck", t, t, sensors=sensors)
     else:
         em.clear("sensor_stuck", t, "readings live again")
@@ -827,15 +889,17 @@ def _overload(em: _Emitter, c: _Sample) -> None:
 
 
 def _overtravel_top(em: _Emitter, c: _Sample) -> None:
-    """``overtravel_top``: beyond the top landing by more than ``overtravel_margin_m``."""
-    holds = c.p > em.d.top_m
+    """``overtravel_top``: beyond the top landing by more than ``overtravel_margin_m``, by a
+    live position (:func:`_encoder`)."""
+    holds = c.p > em.d.top_m and not em.st.position_frozen
     if holds or "overtravel_top" in em.st.runs:
         _instant(em, "overtravel_top", holds, c.t, em.d.confirm, limit_m=em.d.top_m)
 
 
 def _overtravel_bottom(em: _Emitter, c: _Sample) -> None:
-    """``overtravel_bottom``: below the bottom landing by more than ``overtravel_margin_m``."""
-    holds = c.p < em.d.bottom_m
+    """``overtravel_bottom``: below the bottom landing by more than ``overtravel_margin_m``,
+    by a live position (:func:`_encoder`)."""
+    holds = c.p < em.d.bottom_m and not em.st.position_frozen
     if holds or "overtravel_bottom" in em.st.runs:
         _instant(em, "overtravel_bottom", holds, c.t, em.d.confirm, limit_m=em.d.bottom_m)
 

@@ -159,6 +159,16 @@ class Thresholds:
         standstill speed, a tenth of a typical rated speed — is never a healthy sensor's
         disagreement, while a car leaving a landing shows it within about a second, inside
         the ±0.2 m unlocking zone (EN 81-20 5.12.1.4).
+    position_check_s
+        A position that stays the same, bit for bit, for this long (over at least
+        ``speed_check_samples`` samples) while a live speed reading (one that changes
+        within the span) shows the car moving throughout is a frozen encoder
+        (``sensor_stuck``; simulator ``stuck_sensor``): it then judges no overtravel until
+        it changes (the terminal's codes 09 and 10 still raise one). Stuck beyond a
+        terminal landing, a frozen encoder held an overtravel alert open and the next real
+        overtravel raised nothing. No clause fixes it. 2 s, four times the speed check:
+        a terminal that holds its position between encoder updates of up to 1 s, as some
+        do, is not taken for frozen, and a car at 0.5 m/s moves a metre in that time.
     load_stuck_changes
         A load reading the same, bit for bit, at this many changes of the passengers flag
         in a row after the first (people got in, out, in) is a frozen load cell
@@ -358,6 +368,7 @@ class Thresholds:
     speed_check_samples: int = 3
     speed_position_mismatch_mps: float = 0.1
     encoder_jump_speed_ratio: float = 2.0
+    position_check_s: float = 2.0
     load_stuck_changes: int = 2
     state_eviction_after_s: float = 6 * 3600.0
     maintenance_visit_interval_days: float = 15.0

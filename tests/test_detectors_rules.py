@@ -439,6 +439,61 @@ def test_the_position_still_shows_an_overspeed_behind_a_frozen_speed_reading() -
     assert "overspeed" in kinds(alerts)
 
 
+def _live_speed(k: int) -> float:
+    """A healthy speed sensor at 1 m/s: its reading moves with its own noise."""
+    return (0.99, 1.0, 1.01)[k % 3]
+
+
+def _running(sec: int, position_m: list[float] | float, **values: Any) -> list[dict[str, Any]]:
+    """Second ``sec`` of a car running between levels at a live 1 m/s reading; the
+    position per sample, or one position throughout."""
+    at = position_m if isinstance(position_m, list) else [position_m] * 10
+    return [
+        car(
+            t_ms=T0 + sec * 1000 + k * 100,
+            speed_mps=_live_speed(k),
+            position_m=at[k],
+            door_zone=False,
+            **values,
+        )
+        for k in range(10)
+    ]
+
+
+def test_an_encoder_frozen_beyond_the_top_hides_no_later_overtravel() -> None:
+    """The car overtravels at the top (27 m + 0.2 m margin) and its encoder freezes there.
+    The car runs on (a live speed reading): the frozen position is reported and no longer
+    holds the overtravel open, so the next one, seen only by its code 09, is raised again.
+    Before, the frozen position kept the first alert open for the rest of the run and the
+    second overtravel raised nothing (seed 1401 of detector_faults_device_faults.toml)."""
+    st = RULES.new(support_id())
+    out: list[Alert] = []
+
+    def send(sec: int, rows: list[dict[str, Any]], **kw: Any) -> None:
+        out.extend(RULES.observe(st, message(rows, seq=sec, **kw), LIM))
+
+    up = [26.5 + 0.1 * k for k in range(10)]  # to 27.4 m, past the top landing's margin
+    send(0, _running(0, up, direction=1))
+    assert kinds(out) == ["overtravel_top"]
+    for sec in range(1, 5):  # the encoder stuck at 27.4 m while the car runs down
+        send(sec, _running(sec, up[-1], direction=2))
+    assert "overtravel_top" in kinds(out, "cleared")
+    stuck = [a for a in out if a.alert_type == "sensor_stuck"]
+    assert [a.state for a in stuck] == ["raised"]
+    assert stuck[0].evidence["sensors"] == ["position_m"] and st.position_frozen
+    # back at the top, the car overtravels again: the encoder shows nothing, code 09 does
+    stopped = second(5, position_m=up[-1], door_zone=False, service_mode=0)
+    send(5, stopped, faults=[(T0 + 5_300, "09")])
+    assert kinds(out).count("overtravel_top") == 2
+
+
+def test_a_position_held_between_encoder_updates_is_not_a_frozen_encoder() -> None:
+    """Some terminals hold the position between encoder readings up to a second apart: the
+    car travels at 1 m/s with its position stepping once a second. Nothing is frozen."""
+    st, alerts = feed([_running(sec, 3.0 + sec, direction=1) for sec in range(8)])
+    assert "sensor_stuck" not in kinds(alerts) and not st.position_frozen
+
+
 def test_a_speed_reading_stuck_at_travel_speed_through_a_stop_opens_no_door_alarm() -> None:
     """The speed reading sticks at 1.0 m/s while the car travels; it slows to a stop at a
     landing within one message (in the door zone, entered the second before; the reading
