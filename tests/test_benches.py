@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from foundation.settings import Settings
+from foundation.settings import PROJECT_ROOT, Settings
 
 from .conftest import TIANYAN
 
@@ -114,6 +114,8 @@ BENCHES: dict[str, tuple[str, Callable[[Figures], None]]] = {
 @pytest.mark.parametrize("name", list(BENCHES))
 def test_the_bench_runs_and_ends_in_its_figures(name: str, settings: Settings) -> None:
     args, check = BENCHES[name]
+    scratch = ("tianyan-bench-*", "tianyan-city-*")
+    before = {p for pattern in scratch for p in (PROJECT_ROOT / "var").glob(pattern)}
     res = subprocess.run(
         [TIANYAN, "bench", name, *args.split()], capture_output=True, text=True, timeout=540
     )
@@ -121,6 +123,9 @@ def test_the_bench_runs_and_ends_in_its_figures(name: str, settings: Settings) -
     figures = json.loads(res.stdout.strip().splitlines()[-1])
     assert isinstance(figures, dict)
     check(figures)
+    # a completed run leaves no folder behind (its workload is hundreds of MB at the defaults)
+    after = {p for pattern in scratch for p in (PROJECT_ROOT / "var").glob(pattern)}
+    assert after <= before, sorted(after - before)
 
 
 def test_every_bench_is_run_here_or_in_test_nab() -> None:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,20 @@ class BenchConfig:
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A folder under ``var/`` for one bench run (its workload, a few hundred MB at the
+    defaults, and its services' logs): removed when the run completes, kept and named when
+    it fails. Every run used to leave its folder behind."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=PROJECT_ROOT / "var"))
+    try:
+        yield tmp
+    except BaseException:
+        _say(f"bench: kept {tmp} (the workload and the services' logs)")
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -369,33 +384,35 @@ def copy_rates(run: Run, path: Path, tmp: Path, limit: int = 100_000) -> dict[st
 
 
 def run(settings: Settings, cfg: BenchConfig) -> dict[str, object]:
-    tmp = Path(tempfile.mkdtemp(prefix="tianyan-bench-", dir=PROJECT_ROOT / "var"))
-    result: dict[str, object] = {"elevators": cfg.elevators}
-    start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
-    _say(f"bench: simulating {cfg.elevators} elevators for {cfg.duration_s:.0f} s")
-    path = tmp / "workload.jsonl"
-    result["simulated_messages"] = _workload(cfg, start, cfg.duration_s, path)
-    with _pipeline(settings, tmp / "detectors-off") as off_run:
-        published = off_run.publish(path).messages
-        result["messages"] = published
-        _say(f"bench: (a) plain aiokafka consumer over {published} messages")
-        ceiling_msgs_per_s = ceiling(settings, off_run.settings.raw_topic, published)
-        result["ceiling_msgs_per_s"] = ceiling_msgs_per_s
-        _say("bench: (b) one worker end to end, detectors off then on")
-        off = end_to_end(off_run, published, detectors=False)
-        result |= {f"worker_{k}": v for k, v in off.items()}
-        result["ratio_b_over_a"] = off["messages_per_s"] / ceiling_msgs_per_s
-        _say("bench: (d) COPY rows/s, sink against psql")
-        result |= copy_rates(off_run, path, tmp)
-    if cfg.detectors:
-        with _pipeline(settings, tmp / "detectors-on") as on_run:
-            on_run.publish(path)
-            on = end_to_end(on_run, published, detectors=True)
-            result |= {f"worker_with_detectors_{k}": v for k, v in on.items()}
-    _say(f"bench: (c) latency at {cfg.rate_msgs_per_s:.0f} messages/s for {cfg.latency_s:.0f} s")
-    with _pipeline(settings, tmp / "latency") as rt_run:
-        result |= latency(rt_run, cfg, tmp)
-    result["peak_rss_mb"] = off["peak_rss_mb"]
-    _say("bench: (e) one elevator's state at a full trip history, offline")
-    result |= state_memory(path)
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
+    with scratch_dir("tianyan-bench-") as tmp:
+        result: dict[str, object] = {"elevators": cfg.elevators}
+        start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+        _say(f"bench: simulating {cfg.elevators} elevators for {cfg.duration_s:.0f} s")
+        path = tmp / "workload.jsonl"
+        result["simulated_messages"] = _workload(cfg, start, cfg.duration_s, path)
+        with _pipeline(settings, tmp / "detectors-off") as off_run:
+            published = off_run.publish(path).messages
+            result["messages"] = published
+            _say(f"bench: (a) plain aiokafka consumer over {published} messages")
+            ceiling_msgs_per_s = ceiling(settings, off_run.settings.raw_topic, published)
+            result["ceiling_msgs_per_s"] = ceiling_msgs_per_s
+            _say("bench: (b) one worker end to end, detectors off then on")
+            off = end_to_end(off_run, published, detectors=False)
+            result |= {f"worker_{k}": v for k, v in off.items()}
+            result["ratio_b_over_a"] = off["messages_per_s"] / ceiling_msgs_per_s
+            _say("bench: (d) COPY rows/s, sink against psql")
+            result |= copy_rates(off_run, path, tmp)
+        if cfg.detectors:
+            with _pipeline(settings, tmp / "detectors-on") as on_run:
+                on_run.publish(path)
+                on = end_to_end(on_run, published, detectors=True)
+                result |= {f"worker_with_detectors_{k}": v for k, v in on.items()}
+        _say(
+            f"bench: (c) latency at {cfg.rate_msgs_per_s:.0f} messages/s for {cfg.latency_s:.0f} s"
+        )
+        with _pipeline(settings, tmp / "latency") as rt_run:
+            result |= latency(rt_run, cfg, tmp)
+        result["peak_rss_mb"] = off["peak_rss_mb"]
+        _say("bench: (e) one elevator's state at a full trip history, offline")
+        result |= state_memory(path)
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}

@@ -31,15 +31,22 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from foundation import contract
-from foundation.settings import PROJECT_ROOT, Settings
-from tianyan.bench import BenchConfig, _metrics, _pipeline, _quantile, _say, _workload
+from foundation.settings import Settings
+from tianyan.bench import (
+    BenchConfig,
+    _metrics,
+    _pipeline,
+    _quantile,
+    _say,
+    _workload,
+    scratch_dir,
+)
 from tianyan.harness import Run
 from tianyan.procstat import cpu_s, peak_rss_kb
 
@@ -152,86 +159,86 @@ def _storage_bytes(run: Run) -> int:
 
 
 def run(settings: Settings, cfg: CityBenchConfig) -> dict[str, object]:
-    tmp = Path(tempfile.mkdtemp(prefix="tianyan-city-", dir=PROJECT_ROOT / "var"))
-    path = tmp / "city.jsonl"
-    seconds = cfg.minutes * 60.0
-    result: dict[str, object] = {"elevators": cfg.elevators, "minutes": cfg.minutes}
-    _say(f"bench city: simulating {cfg.elevators} elevators for {cfg.minutes:g} min")
-    # The simulated day starts when publishing will: a lead for simulating and counting,
-    # so that every message is published when its last sample happens.
-    lead_s = PREPARE_LEAD_S + PREPARE_S_PER_ELEVATOR_SECOND * cfg.elevators * seconds
-    start = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead_s)).replace(microsecond=0)
-    result["simulated_messages"] = _workload(
-        BenchConfig(elevators=cfg.elevators), start, seconds, path
-    )
-    messages, samples = expected_samples(path)
-    result |= {"expected_messages": messages, "expected_samples": samples}
-    mean_rate = messages / seconds
-    result["mean_arrival_msgs_per_s"] = mean_rate
-    try:
-        with _pipeline(settings, tmp / "run", PARTITIONS, "tianyan_city") as city:
-            ports = [city.start_worker(f"worker {i + 1}") for i in range(cfg.workers)]
-            pids = [city.group.procs[f"worker {i + 1}"].pid for i in range(cfg.workers)]
-            cpu0 = [cpu_s([p]) for p in pids]
-            late_s = (dt.datetime.now(dt.UTC) - start).total_seconds()
-            if late_s < 0:
-                time.sleep(-late_s)
-            result["publish_started_after_simulated_start_s"] = max(0.0, late_s)
-            _say(f"bench city: publishing at real time through {cfg.workers} worker(s)")
-            with _Sampler(ports) as sampler:
-                t0 = time.perf_counter()
-                published = city.publish(path, speed=1.0)
-                t1 = time.perf_counter()
+    with scratch_dir("tianyan-city-") as tmp:
+        path = tmp / "city.jsonl"
+        seconds = cfg.minutes * 60.0
+        result: dict[str, object] = {"elevators": cfg.elevators, "minutes": cfg.minutes}
+        _say(f"bench city: simulating {cfg.elevators} elevators for {cfg.minutes:g} min")
+        # The simulated day starts when publishing will: a lead for simulating and counting,
+        # so that every message is published when its last sample happens.
+        lead_s = PREPARE_LEAD_S + PREPARE_S_PER_ELEVATOR_SECOND * cfg.elevators * seconds
+        start = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead_s)).replace(microsecond=0)
+        result["simulated_messages"] = _workload(
+            BenchConfig(elevators=cfg.elevators), start, seconds, path
+        )
+        messages, samples = expected_samples(path)
+        result |= {"expected_messages": messages, "expected_samples": samples}
+        mean_rate = messages / seconds
+        result["mean_arrival_msgs_per_s"] = mean_rate
+        try:
+            with _pipeline(settings, tmp / "run", PARTITIONS, "tianyan_city") as city:
+                ports = [city.start_worker(f"worker {i + 1}") for i in range(cfg.workers)]
+                pids = [city.group.procs[f"worker {i + 1}"].pid for i in range(cfg.workers)]
+                cpu0 = [cpu_s([p]) for p in pids]
+                late_s = (dt.datetime.now(dt.UTC) - start).total_seconds()
+                if late_s < 0:
+                    time.sleep(-late_s)
+                result["publish_started_after_simulated_start_s"] = max(0.0, late_s)
+                _say(f"bench city: publishing at real time through {cfg.workers} worker(s)")
+                with _Sampler(ports) as sampler:
+                    t0 = time.perf_counter()
+                    published = city.publish(path, speed=1.0)
+                    t1 = time.perf_counter()
 
-                def stored() -> int:
-                    return int(city.scalar("SELECT count(*) FROM raw_sample") or 0)
+                    def stored() -> int:
+                        return int(city.scalar("SELECT count(*) FROM raw_sample") or 0)
 
-                _say("bench city: the workers draining what is left")
-                city.wait(stored, lambda n: n >= samples, f"{samples} samples stored")
-                t2 = time.perf_counter()
-            cpu = [cpu_s([p]) - c for p, c in zip(pids, cpu0, strict=True)]
-            rss_kb = [peak_rss_kb(p) for p in pids]
-            stored_samples = stored()
-            storage = _storage_bytes(city)
-    finally:
-        path.unlink(missing_ok=True)
-    arrival_rate = published.messages / (t1 - t0)
-    lags_s = [lag / arrival_rate for t, lag, _ in sampler.points if t0 <= t <= t1]
-    lag_p99 = _p99(lags_s)
-    committed_s = [lag / arrival_rate for t, lag in sampler.committed if t0 <= t <= t1]
-    buckets = sorted(
-        (float(k.split('le="')[1].split('"')[0]), v) for k, v in sampler.histogram.items()
-    )
-    result |= {
-        "workers": cfg.workers,
-        "published_messages": published.messages,
-        "publish_s": t1 - t0,
-        # The publisher shares the machine: when it cannot keep real time, arrivals are
-        # slower than the city's and the lag below is the lag at that slower rate.
-        "publisher_behind_real_time_s": max(0.0, (t1 - t0) - seconds),
-        "arrival_msgs_per_s": published.messages / (t1 - t0),
-        "drain_after_publish_s": t2 - t1,
-        "consumer_lag_p99_s": lag_p99,
-        "consumer_lag_max_s": max(lags_s, default=math.nan),
-        "lag_goal_met": lag_p99 < LAG_GOAL_S,
-        "committed_lag_p99_s": _p99(committed_s),
-        "sample_to_durable_p50_s": _quantile(buckets, 0.50) if buckets else math.nan,
-        "sample_to_durable_p99_s": _quantile(buckets, 0.99) if buckets else math.nan,
-        "stored_samples": stored_samples,
-        "every_sample_stored_once": stored_samples == samples,
-        "worker_peak_rss_mb": [round(k / 1024, 1) for k in rss_kb],
-        "memory_per_elevator_kb": sum(rss_kb) / cfg.elevators,
-        "storage_bytes_per_elevator": storage / cfg.elevators,
-        "storage_per_elevator_day_mb": storage / cfg.elevators * (86_400 / seconds) / 1e6,
-        "worker_cpu_cores": [round(c / (t2 - t0), 2) for c in cpu],
-    }
-    # A backlog of 2 s of arrivals: the workers had work waiting every moment.
-    drain = saturated_rate(sampler.points, 2.0 * arrival_rate)
-    if drain is not None:
-        per_worker = drain / cfg.workers
-        result["saturated_msgs_per_s_per_worker"] = per_worker
-        result["workers_needed"] = math.ceil(mean_rate / per_worker)
-    else:
-        result["saturated_msgs_per_s_per_worker"] = None
-        result["workers_needed"] = cfg.workers  # they kept up: never a backlog for long
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
+                    _say("bench city: the workers draining what is left")
+                    city.wait(stored, lambda n: n >= samples, f"{samples} samples stored")
+                    t2 = time.perf_counter()
+                cpu = [cpu_s([p]) - c for p, c in zip(pids, cpu0, strict=True)]
+                rss_kb = [peak_rss_kb(p) for p in pids]
+                stored_samples = stored()
+                storage = _storage_bytes(city)
+        finally:
+            path.unlink(missing_ok=True)
+        arrival_rate = published.messages / (t1 - t0)
+        lags_s = [lag / arrival_rate for t, lag, _ in sampler.points if t0 <= t <= t1]
+        lag_p99 = _p99(lags_s)
+        committed_s = [lag / arrival_rate for t, lag in sampler.committed if t0 <= t <= t1]
+        buckets = sorted(
+            (float(k.split('le="')[1].split('"')[0]), v) for k, v in sampler.histogram.items()
+        )
+        result |= {
+            "workers": cfg.workers,
+            "published_messages": published.messages,
+            "publish_s": t1 - t0,
+            # The publisher shares the machine: when it cannot keep real time, arrivals are
+            # slower than the city's and the lag below is the lag at that slower rate.
+            "publisher_behind_real_time_s": max(0.0, (t1 - t0) - seconds),
+            "arrival_msgs_per_s": published.messages / (t1 - t0),
+            "drain_after_publish_s": t2 - t1,
+            "consumer_lag_p99_s": lag_p99,
+            "consumer_lag_max_s": max(lags_s, default=math.nan),
+            "lag_goal_met": lag_p99 < LAG_GOAL_S,
+            "committed_lag_p99_s": _p99(committed_s),
+            "sample_to_durable_p50_s": _quantile(buckets, 0.50) if buckets else math.nan,
+            "sample_to_durable_p99_s": _quantile(buckets, 0.99) if buckets else math.nan,
+            "stored_samples": stored_samples,
+            "every_sample_stored_once": stored_samples == samples,
+            "worker_peak_rss_mb": [round(k / 1024, 1) for k in rss_kb],
+            "memory_per_elevator_kb": sum(rss_kb) / cfg.elevators,
+            "storage_bytes_per_elevator": storage / cfg.elevators,
+            "storage_per_elevator_day_mb": storage / cfg.elevators * (86_400 / seconds) / 1e6,
+            "worker_cpu_cores": [round(c / (t2 - t0), 2) for c in cpu],
+        }
+        # A backlog of 2 s of arrivals: the workers had work waiting every moment.
+        drain = saturated_rate(sampler.points, 2.0 * arrival_rate)
+        if drain is not None:
+            per_worker = drain / cfg.workers
+            result["saturated_msgs_per_s_per_worker"] = per_worker
+            result["workers_needed"] = math.ceil(mean_rate / per_worker)
+        else:
+            result["saturated_msgs_per_s_per_worker"] = None
+            result["workers_needed"] = cfg.workers  # they kept up: never a backlog for long
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
