@@ -32,13 +32,10 @@ SHARED_GROUPS = {
 }
 
 
-def test_group(nodeid: str) -> str:
+def xdist_unit(nodeid: str) -> str:
     """The xdist work unit of a test: its module, or the module's shared group."""
     module = nodeid.split("::", 1)[0]
     return SHARED_GROUPS.get(Path(module).stem, module)
-
-
-test_group.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -52,7 +49,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return test_group(nodeid)
+            return xdist_unit(nodeid)
 
     return ByModule(config, log)
 
@@ -63,7 +60,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     stray = {
         i.path.stem
         for i in items
-        if "city_run" in getattr(i, "fixturenames", ()) and test_group(i.nodeid) != "city_run"
+        if "city_run" in getattr(i, "fixturenames", ()) and xdist_unit(i.nodeid) != "city_run"
     }
     if stray:
         raise pytest.UsageError(f"add {sorted(stray)} to SHARED_GROUPS in tests/conftest.py")
