@@ -25,6 +25,7 @@ from registry.generate import generate
 from registry.store import upsert
 from replay import JsonlContents, inspect_jsonl
 from tianyan.harness import Run, pipeline
+from tianyan.processes import Stalled
 
 from .conftest import consume_all
 
@@ -78,6 +79,57 @@ def _count(run: Run, table: str = "telemetry_sample") -> int:
 def _wait_for_samples(run: Run, expected: int) -> int:
     """Wait while the count moves until ``expected`` samples are stored."""
     return int(run.wait(lambda: _count(run), lambda n: n >= expected, f"{expected} samples stored"))
+
+
+def _wait_for_every_sample(run: Run, expect: JsonlContents, worker_ports: list[int]) -> int:
+    """:func:`_wait_for_samples` for all of ``expect``; if the count stops short, the failure
+    says which samples are missing, where they are in Kafka, what the group committed and
+    what each worker counted: what a loss in a rebalance needs to be traced."""
+    try:
+        return _wait_for_samples(run, len(expect.samples))
+    except Stalled as e:
+        raise AssertionError(f"{e}\n{_explain_missing(run, expect, worker_ports)}") from e
+
+
+def _explain_missing(run: Run, expect: JsonlContents, worker_ports: list[int]) -> str:
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    from foundation.kafka_security import confluent_config
+
+    with psycopg.connect(run.admin_url) as conn:
+        rows = conn.execute("SELECT elevator_id, time FROM tianyan.telemetry_sample").fetchall()
+    missing = expect.samples - {(e, int(t.timestamp() * 1000)) for e, t in rows}
+    settings = run.settings
+    offsets: dict[int, list[int]] = {}
+    for r in consume_all(settings.kafka_bootstrap, settings.raw_topic, expect.lines):
+        try:
+            m = contract.decode(r.value)
+        except contract.InvalidMessage:
+            continue
+        if any((m.elevator_id, int(t)) in missing for t in m.samples.t_ms):
+            offsets.setdefault(r.partition, []).append(r.offset)
+    admin = AdminClient(
+        {"bootstrap.servers": settings.kafka_bootstrap} | confluent_config(settings.kafka_security)
+    )
+    group = ConsumerGroupTopicPartitions(settings.worker_id)
+    listed = admin.list_consumer_group_offsets([group])[settings.worker_id].result(timeout=10)
+    committed = {
+        tp.partition: tp.offset for tp in listed.topic_partitions if tp.topic == settings.raw_topic
+    }
+    counters = []
+    for port in worker_ports:
+        try:
+            counters.append({k: v for k, v in _metrics(port).items() if k.endswith("_total")})
+        except OSError as err:
+            counters.append({"unreachable": str(err)})
+    return (
+        f"{len(missing)} samples missing, e.g. {sorted(missing)[:5]}; their messages by"
+        f" partition: {dict(sorted(offsets.items()))};"
+        f" committed: {dict(sorted(committed.items()))};"
+        f" workers' counters: {counters}; logs: "
+        + " | ".join(f"{p.name}: {p.read_text()[-1500:]}" for p in sorted(run.work.glob("*.log")))
+    )
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -202,7 +254,7 @@ def test_two_workers_split_the_partitions(
         ports = [run.start_worker("worker a"), run.start_worker("worker b")]
         time.sleep(15)  # both join the group before the data arrives
         run.publish(simulated.path)
-        n = _wait_for_samples(run, len(simulated.expect.samples))
+        n = _wait_for_every_sample(run, simulated.expect, ports)
         time.sleep(2)
         shares = [_metrics(port)["tianyan_messages_total"] for port in ports]
     assert n == len(simulated.expect.samples)
@@ -282,7 +334,7 @@ def test_a_rebalance_while_the_worker_is_blocked_loses_nothing(
     expected = len(simulated.expect.samples)
     with _pipeline(settings, tmp_path) as run:
         # A small buffer, full at once: 10 batches of 50 messages.
-        run.start_worker("worker a", TIANYAN_BATCH_MESSAGES="50")
+        first = run.start_worker("worker a", TIANYAN_BATCH_MESSAGES="50")
         with psycopg.connect(run.admin_url) as blocker:
             blocker.execute("LOCK TABLE tianyan.telemetry_sample IN SHARE MODE")
             run.publish(simulated.path)
@@ -294,7 +346,7 @@ def test_a_rebalance_while_the_worker_is_blocked_loses_nothing(
                 lambda row: row[0] > 0,
                 "worker a's write waiting on the lock",
             )
-            run.start_worker("worker b", TIANYAN_BATCH_MESSAGES="50")
+            second = run.start_worker("worker b", TIANYAN_BATCH_MESSAGES="50")
             admin = AdminClient(
                 {"bootstrap.servers": settings.kafka_bootstrap}
                 | confluent_config(settings.kafka_security)
@@ -306,7 +358,7 @@ def test_a_rebalance_while_the_worker_is_blocked_loses_nothing(
 
             run.wait(members, lambda n: n == 2, "worker b joining the group")
             blocker.rollback()  # the lock goes; worker a's write and fetcher go on
-        stored = _wait_for_samples(run, expected)
+        stored = _wait_for_every_sample(run, simulated.expect, [first, second])
         time.sleep(2)
         distinct = int(
             run.scalar("SELECT count(DISTINCT (elevator_id, time)) FROM tianyan.telemetry_sample")
