@@ -284,6 +284,12 @@ class _Partition:
             del votes[oldest], arrivals[oldest]
 
     @property
+    def pace_probed(self) -> bool:
+        """Whether enough of the terminals' consecutive messages were heard to judge the
+        pace by (:data:`PACE_PROBE_PAIRS`)."""
+        return len(self.pace_pairs) >= PACE_PROBE_PAIRS
+
+    @property
     def pace_implausible(self) -> bool:
         """Before the pace is measured: whether the terminals' consecutive messages already
         say the partition is not read in real time (:data:`PLAUSIBLE_REAL_TIME_PACE`)."""
@@ -291,7 +297,7 @@ class _Partition:
             return False
         if self.pace_ahead_ms > PACE_AHEAD_MAX_MS:
             return True
-        if len(self.pace_pairs) < PACE_PROBE_PAIRS:
+        if not self.pace_probed:
             return False
         pace = statistics.median(self.pace_pairs)
         return not PLAUSIBLE_REAL_TIME_PACE[0] <= pace <= PLAUSIBLE_REAL_TIME_PACE[1]
@@ -637,12 +643,19 @@ class Ingest:
         # agreeing votes, and a heartbeat published a second before them lags 19 s more):
         # a terminal whose clock is off from the first message
         # is judged at once, not accepted as it is and then held to its own wrong time.
+        # Before any terminal's consecutive messages were heard, every vote must agree, not
+        # only the middle third: a worker that takes a partition over mid-stream (a
+        # rebalance, a restart on a backlog) hears each terminal's first message at once,
+        # and in a backlog published faster than real time the middle third of them agreed
+        # while one terminal's heartbeat 12 s ahead of the others' was taken for a clock
+        # 12 s ahead, and its samples stored 12 s off (over others of the same car's).
         settled = (
             not p.pace_measured
             and of_terminals
             and spread_ms is not None
             and spread_ms <= tolerance_ms
             and not p.pace_implausible
+            and (p.pace_probed or lags[-1] - lags[0] <= tolerance_ms)
         )
         uncertainty_ms = (
             0 if real_time or settled else round(self.thresholds.clock_offset_max_s * 1000)

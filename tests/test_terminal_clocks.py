@@ -443,3 +443,91 @@ def test_a_first_message_hours_ahead_leaves_the_partition_s_pace_to_the_others()
     assert [round(a.evidence["offset_ms"] / hours) for a in jumped] == [6]
     assert jumped[0].raised_at_ms <= T0_MS + 75_000
     assert [a.elevator_id for a in fleet.raised("device_offline")] == []
+
+
+def test_a_partition_taken_over_on_a_backlog_judges_no_clock_by_first_messages() -> None:
+    """A worker that takes a partition over mid-stream hears each terminal's first message
+    at once, and in a backlog published faster than real time their newest samples spread
+    over seconds. The middle third of the lags agreed within the tolerance, so a heartbeat
+    12 s ahead of the others' was taken for a clock 12 s ahead: ``clock_fault`` raised and
+    its samples stored 12 s off. Until consecutive messages show the pace, every lag must
+    agree."""
+    ingest, ids, alerts, _ = _partition(8)
+    read_at_ms = T0_MS + 3_600_000  # the backlog, an hour old, read at once
+    corrected = 0
+    for offset, (eid, newest_ms) in enumerate(
+        zip(ids, (-8000, -3000, -2000, -1000, 0, 1000, 3000, 12_000), strict=True)
+    ):
+        rows = [car(t_ms=T0_MS + newest_ms - 900 + k * 100) for k in range(10)]
+        value = msgspec.json.encode(message(rows, elevator_id=eid, seq=40))
+        batch = ingest.process([RawRecord(eid.encode(), value, 0, offset, read_at_ms)])
+        alerts += batch.alerts
+        corrected += batch.clock_corrected
+    assert corrected == 0
+    assert [a for a in alerts if a.alert_type == "clock_fault"] == []
+
+
+def test_a_rebalance_on_a_fast_backlog_stores_every_sample_at_its_own_time(
+    tmp_path: Path,
+) -> None:
+    """``test_worker``'s stream (device faults: repeats, reordering, garbling, dropouts),
+    published at once and folded as two workers do across a rebalance: worker a folds a
+    part and checkpoints its states, folds on without checkpointing, and forgets every
+    partition (Faust revokes them all); a takes half back and b the other half, each
+    reading from the offsets a committed, b restoring a's checkpoints. Every sample comes
+    out once at its own time. Cut at these points, a's heartbeats at the head of b's
+    re-read were taken for clocks up to 25 s ahead: 1,298 and 933 samples shifted, which
+    the sink's key on (elevator, time) partly dropped (a test worker stopped 410 short)."""
+    import simulator
+    from registry.generate import generate
+    from replay import from_jsonl, inspect_jsonl
+
+    path = tmp_path / "run.jsonl"
+    simulator.simulate(
+        simulator.load_scenario(Path(__file__).parent / "scenarios" / "device_faults.toml"),
+        generate(99, 60, dt.date(2026, 11, 1)),
+        start=dt.datetime(2026, 11, 2, 0, 30, tzinfo=dt.UTC),
+        duration_s=240.0,
+        output=simulator.FileOutput(path),
+        progress=False,
+    )
+    expected = inspect_jsonl(path).samples
+    read_at_ms = T0_MS + 400 * 86_400_000  # published at once, long after
+    partitions: dict[int, list[RawRecord]] = {p: [] for p in range(4)}
+    published: list[RawRecord] = []
+    for item in from_jsonl(path):
+        partition = zlib.crc32(item.key or b"") % 4
+        log = partitions[partition]
+        log.append(
+            RawRecord(item.key, item.value, partition, len(log), read_at_ms + len(published))
+        )
+        published.append(log[-1])
+
+    def fold(ingest: Ingest, records: list[RawRecord], out: set[tuple[str, int]]) -> int:
+        corrected = 0
+        for i in range(0, len(records), 50):  # the worker's batches
+            batch = ingest.process(records[i : i + 50])
+            ingest.tick()
+            corrected += batch.clock_corrected
+            out.update((m.elevator_id, int(t)) for m in batch.messages for t in m.samples.t_ms)
+        return corrected
+
+    def from_offsets(offsets: dict[int, int]) -> list[RawRecord]:
+        records = [r for p, o in offsets.items() for r in partitions[p][o:]]
+        return sorted(records, key=lambda r: r.arrival_ms)
+
+    for checkpointed, folded in ((431, 574), (574, 1251)):
+        stored: set[tuple[str, int]] = set()
+        a = Ingest(0, load_state=(saved := {}).get)
+        corrected = fold(a, published[:checkpointed], stored)
+        saved.update((eid, st.encode()) for eid, st in a.states.items())
+        committed = dict.fromkeys(partitions, 0)
+        for r in published[:checkpointed]:
+            committed[r.partition] = r.offset + 1
+        corrected += fold(a, published[checkpointed:folded], stored)
+        a.forget_partitions(partitions)
+        b = Ingest(0, load_state=saved.get)
+        corrected += fold(a, from_offsets({p: committed[p] for p in (0, 1)}), stored)
+        corrected += fold(b, from_offsets({p: committed[p] for p in (2, 3)}), stored)
+        assert corrected == 0
+        assert stored == expected
