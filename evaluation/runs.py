@@ -66,7 +66,8 @@ class EvaluationReport:
     elevators
         Elevators in the run (for a file: distinct elevators that sent a valid message).
     duration_s
-        Stream time from the first to the last sample, s.
+        Send time (:func:`send_times`) from the first to the last valid message, s: not
+        sample time, which a terminal's wrong clock can stretch.
     messages, quarantined, duplicates, trips
         What :class:`~streams.ingest.Ingest` accepted, rejected, dropped and segmented.
     alerts_raised
@@ -269,9 +270,12 @@ def _evaluate_run(
     run = _run_pipeline(path, limits_for, th)
     if not run.times:
         raise EvaluationError(f"{path}: no valid telemetry message")
-    start_ms = min(int(t[0]) for t in run.times.values())
     end_ms = max(int(t[-1]) for t in run.times.values())
-    duration_s = (end_ms - start_ms) / 1000
+    # From send times, not sample times: a terminal's clock hours ahead, stored so until it
+    # was judged, made a no-fault hour of 200 elevators 218 elevator-days, and its false
+    # alarms 26 times fewer per 1,000.
+    assert run.first_sent_ms is not None and run.last_sent_ms is not None
+    duration_s = (run.last_sent_ms - run.first_sent_ms) / 1000
     evaluation = score(
         labels,
         run.alerts,
@@ -308,6 +312,9 @@ class DetectorRun:
     trips: int
     #: Trips and one-minute windows given an online-learning score.
     scored: int = 0
+    #: The first and last valid message's send time (:func:`send_times`), Unix ms.
+    first_sent_ms: int | None = None
+    last_sent_ms: int | None = None
 
 
 def _run_pipeline(
@@ -334,8 +341,12 @@ def run_detectors(
     # elevator id → its sample times, compact (a fleet-hour is millions of samples)
     times: dict[str, array[int]] = {}
     messages = quarantined = duplicates = trips = scored = 0
+    first_sent_ms = last_sent_ms = None
     for offset, (key, value, arrival_ms) in enumerate(send_times(records)):
         batch = ingest.process([RawRecord(key, value, 0, offset, arrival_ms)])
+        if batch.messages and arrival_ms is not None:
+            first_sent_ms = arrival_ms if first_sent_ms is None else first_sent_ms
+            last_sent_ms = arrival_ms
         # batch: the message (or its quarantine / duplicate count), trips, alerts
         alerts += batch.alerts
         messages += len(batch.messages)
@@ -356,6 +367,8 @@ def run_detectors(
         duplicates=duplicates,
         trips=trips,
         scored=scored,
+        first_sent_ms=first_sent_ms,
+        last_sent_ms=last_sent_ms,
     )
 
 
