@@ -93,7 +93,7 @@ def _rescue(f: Figures) -> None:
 BENCHES: dict[str, tuple[str, Callable[[Figures], None]]] = {
     # more messages than the worker's first batch, or no rate can be measured
     "stream": ("--elevators 2000 --duration 20 --rate 200 --latency-seconds 5", _stream),
-    "city": ("--elevators 50 --minutes 1 --workers 1", _city),
+    "city": ("--elevators 50 --minutes 0.25 --workers 1", _city),
     "gateway": (
         "--terminals 5 --loaders 1 --seconds 2 --latency-seconds 2 --latency-rate 20 --rate 50",
         _gateway,

@@ -934,10 +934,10 @@ def bench_stream(
 @click.option("--elevators", type=click.IntRange(min=10), default=40_000, show_default=True)
 @click.option(
     "--minutes",
-    type=click.FloatRange(min=1),
+    type=click.FloatRange(min=0.25),
     default=10.0,
     show_default=True,
-    help="Simulated minutes, published at real time.",
+    help="Simulated minutes, published at real time (0.25 at least: a smoke run).",
 )
 @click.option(
     "--workers",
