@@ -311,7 +311,7 @@ class Worker:
                     batch.windows,
                     batch.trips,
                     batch.alerts,
-                    originals=[source.value for source in batch.sources],
+                    originals=batch.originals(),
                     maintenance_sessions=batch.maintenance_sessions,
                 )
             except SinkError as e:

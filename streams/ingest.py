@@ -339,6 +339,9 @@ class IngestBatch:
     #: The record each of ``messages`` came from, same index: a message the database
     #: refuses is quarantined with its original bytes.
     sources: list[RawRecord] = field(default_factory=list)
+    #: Indices in ``messages`` of those rewritten on the way (their times corrected for
+    #: their terminal's clock): their bytes as received hold the terminal's own times.
+    rewritten: set[int] = field(default_factory=set)
     #: Refused records and the reason, for the quarantine topic (``streams.quarantine``).
     quarantined: list[tuple[RawRecord, str]] = field(default_factory=list)
     windows: list[WindowFeature] = field(default_factory=list)
@@ -382,6 +385,15 @@ class IngestBatch:
             self.samples -= len(self.messages[i].samples.t_ms)
         self.messages = [self.messages[i] for i in kept]
         self.sources = [self.sources[i] for i in kept]
+        self.rewritten = {new for new, old in enumerate(kept) if old in self.rewritten}
+
+    def originals(self) -> list[bytes | None]:
+        """What the sink stores of each of ``messages``: the bytes it arrived as, or None
+        where it was rewritten, to be encoded as it is now. (Sent as received, a terminal's
+        samples corrected an hour back were stored an hour ahead, where no board looks and
+        no incident's evidence finds them.)"""
+        rewritten = self.rewritten
+        return [None if i in rewritten else s.value for i, s in enumerate(self.sources)]
 
 
 class Ingest:
@@ -583,6 +595,8 @@ class Ingest:
                 judged = self._judge_clock(st, message, record, in_order, out)
                 if judged is None:
                     continue
+                if judged[0] is not message:
+                    out.rewritten.add(len(out.messages))
                 message, newest_ms = judged
             out.messages.append(message)
             out.sources.append(record)

@@ -531,3 +531,27 @@ def test_a_rebalance_on_a_fast_backlog_stores_every_sample_at_its_own_time(
         corrected += fold(b, from_offsets({p: committed[p] for p in (2, 3)}), stored)
         assert corrected == 0
         assert stored == expected
+
+
+def test_a_corrected_message_is_stored_as_corrected_not_as_received() -> None:
+    """The sink sends a message's bytes as received unless the worker rewrote it: a
+    message whose clock was corrected is encoded as it is now (sent as received, its
+    samples were stored an hour ahead). The indices follow the messages the database
+    refused."""
+    ingest, ids, alerts, seqs = _partition(10)
+    odd, hour_ms = ids[-1], 3_600_000
+    for sec in range(5):
+        for eid in ids:
+            _send(ingest, alerts, seqs, eid, T0_MS + sec * 1000, hour_ms if eid == odd else 0)
+    assert ingest.states[odd].clock.offset_ms == hour_ms
+    records = []
+    for eid in (ids[0], odd, ids[1]):
+        skew_ms = hour_ms if eid == odd else 0
+        rows = [car(t_ms=T0_MS + 4_100 + skew_ms + k * 100) for k in range(10)]
+        body = msgspec.json.encode(message(rows, elevator_id=eid, seq=seqs[eid]))
+        records.append(RawRecord(eid.encode(), body, 0, 100 + len(records), T0_MS + 5_000))
+    batch = ingest.process(records)
+    assert batch.originals() == [records[0].value, None, records[2].value]
+    assert batch.messages[1].samples.t_ms[0] == T0_MS + 4_100
+    batch.quarantine_refused([(0, "refused")])
+    assert batch.originals() == [None, records[2].value]

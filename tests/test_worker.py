@@ -365,3 +365,45 @@ def test_a_rebalance_while_the_worker_is_blocked_loses_nothing(
         )
         stored = _count(run)
     assert stored == distinct == expected
+
+
+def test_a_terminal_clock_an_hour_ahead_is_stored_at_its_corrected_times(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The worker corrects a terminal's clock before its detectors see the samples; the
+    samples must be stored at the corrected times too. COPY sent each message's bytes as
+    received, so a terminal an hour ahead had its samples stored an hour ahead, where no
+    board looks and no incident's evidence (±5 min of the alert) finds them."""
+    import msgspec
+
+    from detectors.testing import car, message
+    from streams.producer import RawPublisher
+
+    ids = [e.registration_code for e in generate(FLEET_SEED, FLEET_SIZE, FLEET_DATE)][:8]
+    odd, hour_ms, rounds = ids[-1], 3_600_000, 12
+    with _pipeline(settings, tmp_path) as run:
+        run.start_worker()
+        with RawPublisher(
+            settings.kafka_bootstrap, run.settings.raw_topic, security=settings.kafka_security
+        ) as terminals:
+            for seq in range(rounds):  # a message a second from each, read in real time
+                now_ms = round(time.time() * 1000)
+                for eid in ids:  # one partition: the others' lags judge the odd one
+                    stamp_ms = now_ms + (hour_ms if eid == odd else 0)
+                    rows = [car(t_ms=stamp_ms - 900 + k * 100) for k in range(10)]
+                    body = msgspec.json.encode(message(rows, elevator_id=eid, seq=seq))
+                    terminals.publish(eid.encode(), body, partition=0)
+                terminals.flush(30)
+                time.sleep(max(0.0, now_ms / 1000 + 1 - time.time()))
+        published_ms = round(time.time() * 1000)
+        _wait_for_samples(run, rounds * len(ids) * 10)
+        odd_newest = run.scalar(
+            "SELECT max(time) FROM tianyan.telemetry_sample WHERE elevator_id = %s", odd
+        )
+        corrected = run.scalar(
+            "SELECT count(*) FROM tianyan.alert"
+            " WHERE elevator_id = %s AND alert_type = 'clock_fault' AND state = 'raised'",
+            odd,
+        )
+    assert corrected == 1
+    assert odd_newest.timestamp() * 1000 < published_ms + 60_000, odd_newest

@@ -84,13 +84,14 @@ class TimescaleSink(Connected):
         trips: Sequence[Trip] = (),
         alerts: Sequence[Alert] = (),
         *,
-        originals: Sequence[bytes] | None = None,
+        originals: Sequence[bytes | None] | None = None,
         maintenance_sessions: Sequence[MaintenanceSession] = (),
     ) -> WriteResult:
         """Store a batch; durable when this returns.
 
         ``originals`` are the bytes each of ``messages`` was decoded from (same index): they
-        are what COPY sends. Without them (messages built in code) the messages are encoded.
+        are what COPY sends. Without them (messages built in code), and where one is None (a
+        message rewritten since: its clock corrected), the message is encoded.
 
         The batch is one transaction. If the database refuses it for its data, it is written
         again part by part (see the module docstring): refused messages are left out and
