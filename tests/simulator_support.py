@@ -75,6 +75,28 @@ def run(
     )
 
 
+#: The stream-processing tests' stream: 60 registered elevators (registry seed 99, as of
+#: 2026-11-01) for 240 s of ``tests/scenarios/device_faults.toml``: repeats, reordering,
+#: garbling, dropouts and overloads.
+DEVICE_FAULTS_FLEET = (99, 60, dt.date(2026, 11, 1))
+
+
+def device_faults_stream(path: Path) -> Path:
+    """Simulate the stream-processing tests' stream (:data:`DEVICE_FAULTS_FLEET`) to
+    ``path``."""
+    from simulator import load_scenario
+
+    simulate(
+        load_scenario(Path(__file__).parent / "scenarios" / "device_faults.toml"),
+        generate(*DEVICE_FAULTS_FLEET),
+        start=dt.datetime(2026, 11, 2, 0, 30, tzinfo=dt.UTC),
+        duration_s=240.0,
+        output=FileOutput(path),
+        progress=False,
+    )
+    return path
+
+
 def read_messages(path: Path) -> tuple[list[TelemetryMessage], list[bytes], list[bytes]]:
     """(valid messages in file order, their raw lines, lines failing the contract)."""
     good, raw, bad = [], [], []

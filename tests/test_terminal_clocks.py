@@ -18,6 +18,8 @@ from detectors.testing import car, message
 from detectors.thresholds import ElevatorLimits, Thresholds
 from streams.ingest import ElevatorState, Ingest, RawRecord
 
+from .simulator_support import device_faults_stream
+
 T0_MS = 1_740_963_600_000  # 2025-03-03T01:00:00Z
 LIMITS = ElevatorLimits(rated_speed_mps=1.0, rated_load_kg=1000.0, floors=10)
 FLEET = [f"320706202000000000{i:02d}" for i in range(1, 7)]
@@ -187,18 +189,7 @@ def test_a_replay_judges_no_clock_whatever_its_pace(tmp_path: Path) -> None:
     second before the others lags 19 s more: judged as real time, a skewed clock was
     "corrected" in one run and not the other, and a SIGKILLed worker stored windows a second
     off from an uninterrupted run's."""
-    import simulator
-    from registry.generate import generate
-
-    out = tmp_path / "run.jsonl"
-    simulator.simulate(
-        simulator.load_scenario(Path(__file__).parent / "scenarios" / "device_faults.toml"),
-        generate(99, 60, dt.date(2026, 11, 1)),
-        start=dt.datetime(2026, 11, 2, 0, 30, tzinfo=dt.UTC),
-        duration_s=240.0,
-        output=simulator.FileOutput(out),
-        progress=False,
-    )
+    out = device_faults_stream(tmp_path / "run.jsonl")
     lines = out.read_bytes().splitlines()
     at_once, at_once_faults = _replayed(lines, None)
     paced, paced_faults = _replayed(lines, 20.0)
@@ -478,19 +469,9 @@ def test_a_rebalance_on_a_fast_backlog_stores_every_sample_at_its_own_time(
     out once at its own time. Cut at these points, a's heartbeats at the head of b's
     re-read were taken for clocks up to 25 s ahead: 1,298 and 933 samples shifted, some
     onto the times of the same car's other samples."""
-    import simulator
-    from registry.generate import generate
     from replay import from_jsonl, inspect_jsonl
 
-    path = tmp_path / "run.jsonl"
-    simulator.simulate(
-        simulator.load_scenario(Path(__file__).parent / "scenarios" / "device_faults.toml"),
-        generate(99, 60, dt.date(2026, 11, 1)),
-        start=dt.datetime(2026, 11, 2, 0, 30, tzinfo=dt.UTC),
-        duration_s=240.0,
-        output=simulator.FileOutput(path),
-        progress=False,
-    )
+    path = device_faults_stream(tmp_path / "run.jsonl")
     expected = inspect_jsonl(path).samples
     read_at_ms = T0_MS + 400 * 86_400_000  # published at once, long after
     partitions: dict[int, list[RawRecord]] = {p: [] for p in range(4)}

@@ -4,7 +4,6 @@ the work."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import signal
 import threading
@@ -28,11 +27,12 @@ from tianyan.harness import Run, pipeline
 from tianyan.processes import Stalled
 
 from .conftest import consume_all
+from .simulator_support import DEVICE_FAULTS_FLEET, device_faults_stream
 
 # Real worker processes on a simulated stream.
 pytestmark = pytest.mark.slow
 
-FLEET_SEED, FLEET_SIZE, FLEET_DATE = 99, 60, dt.date(2026, 11, 1)
+FLEET_SEED, FLEET_SIZE, FLEET_DATE = DEVICE_FAULTS_FLEET
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,7 @@ class Stream:
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> Stream:
-    import simulator
-
-    out = tmp_path_factory.mktemp("worker") / "run.jsonl"
-    scenario = simulator.load_scenario(Path(__file__).parent / "scenarios" / "device_faults.toml")
-    elevators = generate(FLEET_SEED, FLEET_SIZE, FLEET_DATE)
-    simulator.simulate(
-        scenario,
-        elevators,
-        start=dt.datetime(2026, 11, 2, 0, 30, tzinfo=dt.UTC),
-        duration_s=240.0,
-        output=simulator.FileOutput(out),
-        progress=False,
-    )
+    out = device_faults_stream(tmp_path_factory.mktemp("worker") / "run.jsonl")
     expect = inspect_jsonl(out)
     assert expect.malformed > 0 and expect.duplicates > 0, "the scenario should exercise bad input"
     return Stream(out, expect)
