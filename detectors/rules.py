@@ -139,6 +139,9 @@ class RuleState(msgspec.Struct):
     #: accuracy is judged on what was seen (:func:`_stopping_accuracy`).
     stop_seen_ms: int = _NONE
     stop_checked: bool = False
+    #: The stop's leveling readings over the second half of its confirmation (a few
+    #: samples), for their median (:func:`_stopping_accuracy`).
+    stop_offsets_mm: list[float] = msgspec.field(default_factory=list)
     stop_level_bad: bool = False
     stop_doors_opened: bool = False
     good_stops: int = 0
@@ -788,6 +791,7 @@ def _motion(em: _Emitter, c: _Sample, prev_t: int, prev_p: float) -> None:
         st.standing_since_ms = prev_t if silent_gap else t
         st.stop_seen_ms = t
         st.stop_checked = False
+        st.stop_offsets_mm.clear()
         st.opened_in_stop = False
         st.stop_doors_opened = False
         st.stop_level_bad = False
@@ -1005,16 +1009,30 @@ def _leveling_accuracy(em: _Emitter, c: _Sample) -> None:
 
 
 def _stopping_accuracy(em: _Emitter, c: _Sample) -> None:
-    """``stopping_accuracy``: beyond ±``stopping_accuracy_mm`` once the stop is confirmed
-    (``stop_confirm_s``) in normal service; cleared after ``accuracy_clear_stops`` good
-    stops. Also, at that moment, a car trapped between levels that re-levelled with the
-    doors still shut hands its trapping over to ``trapped_at_level``."""
+    """``stopping_accuracy``: the median of the stop's leveling readings over the second
+    half of its confirmation (``stop_confirm_s``), in normal service, beyond
+    ±``stopping_accuracy_mm`` (``evidence.stop_offset_mm``); cleared after
+    ``accuracy_clear_stops`` good stops. Also, at that moment, a car trapped between
+    levels that re-levelled with the doors still shut hands its trapping over to
+    ``trapped_at_level``."""
     st, d, t = em.st, em.d, c.t
+    if st.stop_checked:
+        return
     # Confirmed on samples seen: a car found standing after a silence, somewhere else, may
     # have been seen only as it moves off (a frozen speed sensor reads 0 then).
-    if st.stop_checked or t - max(st.standing_since_ms, st.stop_seen_ms) < d.stop_confirm_ms:
+    stood_ms = t - max(st.standing_since_ms, st.stop_seen_ms)
+    # The stop's offset is the median of its readings over the second half of the
+    # confirmation, not the last one alone: a car stopped 9 mm low read -10.1 mm in that
+    # one sample (the sensor's noise) and raised an alarm. The first half is the car still
+    # creeping in below the standstill speed (-12.7, -10.3 mm there).
+    if c.offset_mm == c.offset_mm and 2 * stood_ms >= d.stop_confirm_ms:  # NaN: no reading
+        st.stop_offsets_mm.append(c.offset_mm)
+    if stood_ms < d.stop_confirm_ms:
         return
     st.stop_checked = True
+    readings = sorted(st.stop_offsets_mm)
+    st.stop_offsets_mm.clear()
+    off = readings[(len(readings) - 1) // 2] if readings else c.offset_mm
     active = st.active
     if c.zone and c.door == _CLOSED and st.passengers and "trapped_between_levels" in active:
         # Re-levelled with the doors still shut: the same people, now at a level.
@@ -1023,10 +1041,11 @@ def _stopping_accuracy(em: _Emitter, c: _Sample) -> None:
     at_rest = abs(st.accel_mps2) <= d.thresholds.at_rest_accel_mps2  # not already leaving
     if c.zone and c.mode == 1 and at_rest and not _leveling_frozen(st):  # a normal stop
         limit_mm = d.thresholds.stopping_accuracy_mm
-        off = c.offset_mm
         if abs(off) > limit_mm:
             st.good_stops = 0
-            em.raise_("stopping_accuracy", st.standing_since_ms, t, limit_mm=limit_mm)
+            em.raise_(
+                "stopping_accuracy", st.standing_since_ms, t, limit_mm=limit_mm, stop_offset_mm=off
+            )
         elif off == off:  # NaN is neither good nor bad
             st.good_stops += 1
             if "stopping_accuracy" in active and st.good_stops >= d.thresholds.accuracy_clear_stops:
