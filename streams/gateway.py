@@ -44,6 +44,7 @@ from .mqtt import (
     EVENTS,
     TELEMETRY,
     TOPIC_PREFIX,
+    BrokerRefusedError,
     connect,
     new_client,
     parse_topic,
@@ -376,7 +377,16 @@ class Gateway:
         between them.
         """
         server = self._serve_web(web_port) if web_port else None
-        connect(self.client, self._props, self.settings, network_thread=False)
+        try:
+            connect(self.client, self._props, self.settings, network_thread=False)
+        except BrokerRefusedError:
+            if server is not None:
+                server.shutdown()
+            raise
+        except OSError as e:
+            # A broker not there yet (restarting, or started after the gateway) is reached
+            # as a lost one is; /health says not subscribed until it is.
+            log.warning("gateway %s cannot reach the broker: %s; retrying", self.client_id, e)
         commands_due = 0.0
         try:
             while not self.stopping.is_set():

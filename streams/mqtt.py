@@ -48,6 +48,11 @@ class _Received(mqtt.MQTTMessage):
         self.properties = None
 
 
+class BrokerRefusedError(ConnectionError):
+    """The broker answered and refused the client (its credential, its client id): retrying
+    the same connection cannot succeed."""
+
+
 class BufferedClient(mqtt.Client):
     """paho's client, reading its socket up to :data:`READ_CHUNK_BYTES` at a time.
 
@@ -181,7 +186,8 @@ def connect(
     network_thread: bool = True,
 ) -> None:
     """Connect ``client`` to the broker the settings name; returns once the broker accepted
-    it. Raises ConnectionError when it refused it or did not answer.
+    it. Raises :class:`BrokerRefusedError` when it refused it, ConnectionError (OSError)
+    when it did not answer or could not be reached.
 
     With ``network_thread`` paho's own thread serves the connection from then on; without,
     the caller drives it (``loop_read``, ``loop_write``, ``loop_misc``), as the gateway does.
@@ -201,21 +207,23 @@ def connect(
             previous(c, userdata, flags, reason, p)
 
     client.on_connect = on_connect
-    client.connect(
-        settings.mqtt_host,
-        port,
-        keepalive=KEEPALIVE_S,
-        clean_start=getattr(client, "_tianyan_clean_start", True),
-        properties=props,
-    )
-    if network_thread:
-        client.loop_start()
-        connected.wait(timeout_s)
-    else:
-        deadline = time.monotonic() + timeout_s
-        while not connected.is_set() and time.monotonic() < deadline:
-            serve_once(client, 0.05)
-    client.on_connect = previous
+    try:
+        client.connect(
+            settings.mqtt_host,
+            port,
+            keepalive=KEEPALIVE_S,
+            clean_start=getattr(client, "_tianyan_clean_start", True),
+            properties=props,
+        )
+        if network_thread:
+            client.loop_start()
+            connected.wait(timeout_s)
+        else:
+            deadline = time.monotonic() + timeout_s
+            while not connected.is_set() and time.monotonic() < deadline:
+                serve_once(client, 0.05)
+    finally:
+        client.on_connect = previous
     if not connected.is_set():
         if network_thread:
             client.loop_stop()
@@ -225,7 +233,7 @@ def connect(
         if network_thread:
             client.loop_stop()
         client.disconnect()
-        raise ConnectionError(f"the broker refused {client._client_id!r}: {reason}")
+        raise BrokerRefusedError(f"the broker refused {client._client_id!r}: {reason}")
 
 
 def serve_once(client: BufferedClient, timeout_s: float, max_packets: int = 0) -> bool:

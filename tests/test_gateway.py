@@ -68,6 +68,11 @@ class Bridge:
         self.proc = subprocess.Popen(
             [TIANYAN, "gateway"], env=self.env, stderr=subprocess.DEVNULL, start_new_session=True
         )
+        self.wait_subscribed()
+
+    def wait_subscribed(self) -> None:
+        """Until the running gateway's /health says it is subscribed."""
+        assert self.proc is not None
         url = f"http://127.0.0.1:{self.env['TIANYAN_GATEWAY_WEB_PORT']}/health"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -580,6 +585,7 @@ def test_a_retired_gateways_session_is_gone(settings: Settings) -> None:
     retire()
 
 
+@pytest.mark.exclusive  # it stops the broker every other test and bench shares
 def test_a_command_read_while_the_broker_is_away_reaches_the_terminal_after(
     bridge: Bridge,
 ) -> None:
@@ -614,3 +620,49 @@ def test_a_command_read_while_the_broker_is_away_reaches_the_terminal_after(
         assert [c["command_id"] for c in terminal.commands] == [command["command_id"]]
     finally:
         terminal.close()
+
+
+@pytest.mark.exclusive  # it stops the broker every other test and bench shares
+def test_a_gateway_started_while_the_broker_is_away_carries_messages_once_it_is_back(
+    bridge: Bridge,
+) -> None:
+    """A gateway started before its broker (a machine booting, a broker restarting) does
+    not exit: it says so, keeps trying, and carries the terminals' messages once the broker
+    is up. (It exited with "Connection refused", failing a bench run beside a broker
+    restart.)"""
+    code = _code()
+    creds = _issue(bridge.settings, code)
+    broker = LocalMosquitto(bridge.settings)
+    bridge.stop()
+    broker.stop()
+    early = subprocess.Popen(
+        [TIANYAN, "gateway"], env=bridge.env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert early.stderr is not None
+        attempts = []
+        # Its first connection and one retry, both refused: progress, not a fixed wait.
+        while len(attempts) < 2:
+            line = early.stderr.readline()
+            assert line, f"the gateway exited ({early.wait()}) while the broker was away"
+            if "cannot reach the broker" in line:
+                attempts.append(line)
+        assert early.poll() is None
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{bridge.env['TIANYAN_GATEWAY_WEB_PORT']}/health", timeout=5
+        ) as r:
+            assert json.loads(r.read())["subscribed"] is False
+    finally:
+        broker.start()
+    # stderr is drained from here on, so the gateway never blocks writing to it.
+    threading.Thread(target=early.stderr.read, daemon=True).start()
+    bridge.proc = early
+    bridge.wait_subscribed()
+    t = Terminal(bridge.settings, code, creds[code])
+    try:
+        info = t.publish(terminal_topic(code, TELEMETRY), _message(code, 1))
+        assert not t.wait_acks([info.mid])[0].is_failure  # type: ignore[union-attr]
+    finally:
+        t.close()
+    records = consume_all(bridge.settings.kafka_bootstrap, bridge.raw_topic, expected=1)
+    assert [json.loads(r.value)["seq"] for r in records if r.key == code.encode()] == [1]

@@ -364,7 +364,7 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
                     [exe, "gateway", "--loglevel", "warn"], env=env, stdin=subprocess.DEVNULL
                 )
             )
-            _wait_subscribed(port)
+            _wait_subscribed(port, gateways[-1])
             ports.append(port)
         # Latency first, on an idle pipeline; then throughput.
         phases: list[tuple[float, float | None]] = [
@@ -482,9 +482,12 @@ def _wait_forwarded(ports: list[int], expected: int) -> None:
         time.sleep(0.1)
 
 
-def _wait_subscribed(port: int) -> None:
+def _wait_subscribed(port: int, gateway: subprocess.Popen[bytes]) -> None:
+    """Until the gateway's /health says it is subscribed; an error when it exits first."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        if (code := gateway.poll()) is not None:
+            raise RuntimeError(f"a bench gateway exited with {code} before subscribing")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
                 if json.loads(r.read())["subscribed"]:
