@@ -44,9 +44,12 @@ DEFAULT_START = dt.datetime(2025, 3, 3, 1, 0, tzinfo=dt.UTC)
 #: The synthetic registry the fleet is drawn from (``tianyan simulate --registry-seed``).
 REGISTRY_SEED = 3
 #: Records on each side of a record whose newest sample times give its send time
-#: (:func:`send_times`): a median over 31 records, most of them from terminals whose clock
-#: is right, even with clock faults at 20 per elevator-day.
+#: (:func:`send_times`): 31 records, many of them from terminals whose clock is right, even
+#: with clock faults at 20 per elevator-day.
 SEND_TIME_RECORDS = 15
+#: Votes for a send time this close agree (:func:`send_times`): right clocks stamp their
+#: newest samples within a second or two of sending; wrong ones are off by minutes to days.
+CLOCKS_AGREE_MS = 10_000
 
 
 class EvaluationError(ValueError):
@@ -378,12 +381,15 @@ def send_times(
     """Each (key, value) with its send time, Unix ms: what Kafka's record timestamp is to the
     worker, for a file written in send order (the simulator's, a recording's).
 
-    A record's send time is the median of the newest sample times of the
+    A record's send time is read from the newest sample times of the
     :data:`SEND_TIME_RECORDS` records on each side of it (terminals whose clock is right
     stamp their newest sample at about the time they send it), one vote per terminal (its
     latest record there: a busy car whose clock is off sends a record a second, and a few
-    such would outvote the idle cars around them), never earlier than the record before's;
-    None until a valid message is seen.
+    such would outvote the idle cars around them): the median of the largest group of votes
+    within :data:`CLOCKS_AGREE_MS` of one another, the right clocks agreeing while wrong ones
+    scatter (so even when most of the window's clocks are wrong; a plain median then jumped
+    hours ahead), the group nearest the last send time on a tie, the last send time when no
+    two agree; never earlier than the record before's; None until a valid message is seen.
     """
     from foundation.contract import InvalidMessage, decode
 
@@ -403,8 +409,8 @@ def send_times(
         key, value, _ = ahead.popleft()
         times = list(dict(v for v in window if v is not None).values())
         if times:
-            median_ms = statistics.median_low(times)
-            sent_ms = median_ms if sent_ms is None else max(sent_ms, median_ms)
+            agreed_ms = _agreed_time_ms(times, sent_ms)
+            sent_ms = agreed_ms if sent_ms is None else max(sent_ms, agreed_ms)
         return key, value, sent_ms
 
     for key, value in records:
@@ -416,3 +422,28 @@ def send_times(
     while ahead:
         window.append(None)
         yield release()
+
+
+def _agreed_time_ms(times_ms: list[int], last_ms: int | None) -> int:
+    """The median of the largest group of ``times_ms`` within :data:`CLOCKS_AGREE_MS` of one
+    another; among groups as large, the one whose median is nearest ``last_ms`` (or, when
+    there is none yet, the median of all); ``last_ms`` itself when no two agree."""
+    ordered = sorted(times_ms)
+    near_ms = statistics.median_low(ordered) if last_ms is None else last_ms
+    best: tuple[int, int] | None = None  # (size, median)
+    start = 0
+    for end, t in enumerate(ordered):
+        while t - ordered[start] > CLOCKS_AGREE_MS:
+            start += 1
+        size = end - start + 1
+        median_ms = ordered[(start + end) // 2]
+        if (
+            best is None
+            or size > best[0]
+            or (size == best[0] and abs(median_ms - near_ms) < abs(best[1] - near_ms))
+        ):
+            best = (size, median_ms)
+    assert best is not None
+    if best[0] == 1 and last_ms is not None:
+        return last_ms  # no two clocks agree: none is trusted over the last send time
+    return best[1]

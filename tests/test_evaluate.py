@@ -297,6 +297,33 @@ def test_send_times_are_one_vote_per_terminal() -> None:
     assert all(a is not None and abs(a - t) <= 1_000 for a, t in zip(got, truth, strict=True))
 
 
+def test_send_times_follow_the_clocks_that_agree_when_most_are_wrong() -> None:
+    """Thirty terminals send a record a second; eighteen of their clocks are ahead, each by
+    its own minutes to a day, the rest right. The median of the votes is a wrong clock's,
+    and (send times never going back) every later record's send time with it; the right
+    clocks agree with one another, the wrong ones do not."""
+    import random
+
+    import msgspec
+
+    from detectors.testing import car, message
+
+    rng = random.Random(7)
+    t0 = 1_740_963_600_000
+    skews = [0] * 12 + [rng.randint(60_000, 86_400_000) for _ in range(18)]
+    records: list[tuple[bytes | None, bytes]] = []
+    truth: list[int] = []
+    for sec in range(20):
+        sent = t0 + sec * 1000
+        for i, skew in enumerate(skews):
+            m = message([car(t_ms=sent + skew)], elevator_id=f"32070620200000{i:06d}", seq=sec)
+            records.append((None, msgspec.json.encode(m)))
+            truth.append(sent)
+    got = [arrival for _, _, arrival in send_times(records)]
+    wrong = [(a, t) for a, t in zip(got, truth, strict=True) if a is None or abs(a - t) > 1_000]
+    assert not wrong, f"{len(wrong)} of {len(got)} send times off, first {wrong[:3]}"
+
+
 def test_device_faults_explain_what_they_cause_through_the_alerts_evidence() -> None:
     """A silence a held-back or garbled message made; a clock fault measured on a message
     stamped under a skew that ended before it arrived; a leveling error as a car creeps
