@@ -24,7 +24,8 @@ they fail as often; durations are measured from the first sample at which a cond
 - ``overtravel_top`` / ``overtravel_bottom``: position beyond the top / bottom landing by more
   than ``overtravel_margin_m``.
 - ``door_open_while_running``: moving with the doors not closed after the doors had been
-  closing for departure (the car left with its doors commanded shut).
+  closing for departure (the car left with its doors commanded shut), outside the door zone
+  or in it faster than ``door_zone_open_speed_mps``.
 - ``unintended_movement``: the car left the door zone with the doors not closed after they
   had been opening for passengers at that stop (GB/T 7588.1 5.6.7).
 - ``stopped_outside_door_zone``: standing outside the door zone for
@@ -242,6 +243,7 @@ class _Derived:
         "trapped_silent_seen_ms",
         "unseen_move_m",
         "v_over",
+        "v_relevel",
         "v_stand",
     )
 
@@ -253,6 +255,7 @@ class _Derived:
         self.top_m = limits.top_position_m + th.overtravel_margin_m
         self.bottom_m = -th.overtravel_margin_m
         self.v_stand = th.standstill_speed_mps
+        self.v_relevel = th.door_zone_open_speed_mps
         self.trapped_ms = th.trapped_after_s * 1000.0
         self.trapped_silent_seen_ms = th.trapped_silent_at_level_seen_s * 1000.0
         self.outside_ms = th.stopped_outside_zone_after_s * 1000.0
@@ -910,8 +913,15 @@ def _overtravel_bottom(em: _Emitter, c: _Sample) -> None:
 
 def _door_open_while_running(em: _Emitter, c: _Sample) -> None:
     """``door_open_while_running``: moving with the doors not closed after they had been
-    closing for departure."""
-    holds = c.moving and c.door != _CLOSED and not em.st.departed_open
+    closing for departure — outside the door zone, or in it faster than
+    ``door_zone_open_speed_mps`` (levelling and re-levelling with the doors opening are
+    allowed there)."""
+    holds = (
+        c.moving
+        and c.door != _CLOSED
+        and not em.st.departed_open
+        and (not c.zone or c.v > em.d.v_relevel)
+    )
     if holds or "door_open_while_running" in em.st.runs:
         _instant(em, "door_open_while_running", holds, c.t, em.d.confirm)
 

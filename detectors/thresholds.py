@@ -39,6 +39,14 @@ class Thresholds:
         cost of one sample period (0.1 s at 10 Hz).
     standstill_speed_mps
         At or below this speed the car stands (the same value the trip segmenter uses).
+    door_zone_open_speed_mps
+        In the door (unlocking) zone a car may move with its doors not closed while it
+        levels and re-levels, re-levelling at no more than 0.3 m/s (GB/T 7588.1-2020 /
+        EN 81-20 5.12.1.4; advance door opening, where fitted, up to 0.8 m/s): there
+        ``door_open_while_running`` holds only above this speed. Outside the zone any
+        movement with the doors not closed holds. A speed reading frozen at 0.05–0.09 m/s
+        as a car stopped raised a false critical alarm when its doors opened (no-fault
+        traffic, 6 of 120 seeds), 0.3 s after the freeze, before any check can see one.
     trapped_after_s
         Car stopped, doors closed, passengers present and no way out for longer than this
         is a trapping, as platforms implement it (MISSION.md: "more than ~30 s").
@@ -337,6 +345,7 @@ class Thresholds:
     overload_ratio: float = 1.10
     confirm_samples: int = 2
     standstill_speed_mps: float = 0.05
+    door_zone_open_speed_mps: float = 0.3
     trapped_after_s: float = 30.0
     trapped_silent_at_level_seen_s: float = 5.0
     alarm_trapped_after_s: float = 1.0

@@ -714,3 +714,27 @@ def test_a_speed_reading_met_again_after_unseen_samples_is_no_freeze() -> None:
     last, _ = rows(3, [0.9, 0.8, 0.6, 0.4, 0.2, 0.1, 0.04, 0.0, 0.0, 0.0], p)
     st, alerts = feed([first, cruise1, cruise2, last])
     assert "sensor_stuck" not in kinds(alerts) and not st.speed_frozen
+
+
+def _doors_open_arriving(arrival: list[dict[str, Any]]) -> list[str]:
+    """A car closes its doors, travels a floor up (3 m), then ``arrival``: the alerts."""
+    closing = [car(t_ms=T0 + k * 100, door=3) for k in range(10)]
+    _, alerts = feed([closing, travel(1, speed_mps=1.0, position_m=2.8, door_zone=False), arrival])
+    return kinds(alerts)
+
+
+def test_doors_opening_while_a_car_levels_in_the_door_zone_raise_no_door_alarm() -> None:
+    """In the door zone a car may level and re-level with its doors opening, at up to
+    0.3 m/s (GB/T 7588.1-2020 5.12.1.4). A speed reading frozen at 0.06 m/s as the car
+    stopped, its doors opening 0.3 s later (before any check can see a freeze), raised a
+    false critical ``door_open_while_running`` (6 of 120 no-fault seeds). Faster than that
+    in the zone, or at any speed outside it, the alarm stands."""
+    frozen = [
+        car(t_ms=T0 + 2000 + k * 100, speed_mps=0.06, position_m=3.0, door=1 if k >= 3 else 0)
+        for k in range(10)
+    ]
+    assert "door_open_while_running" not in _doors_open_arriving(frozen)
+    fast_in_zone = travel(2, speed_mps=0.5, position_m=3.3, door=1)
+    assert "door_open_while_running" in _doors_open_arriving(fast_in_zone)
+    slow_outside = travel(2, speed_mps=0.1, position_m=3.5, door_zone=False, door=1)
+    assert "door_open_while_running" in _doors_open_arriving(slow_outside)
