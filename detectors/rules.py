@@ -533,7 +533,7 @@ def _uniform(st: RuleState, s: Any, d: _Derived, n: int) -> bool:
     ts = s.t_ms
     if ts[-1] > ts[0]:
         encoder_mps = abs(pos[-1] - pos[0]) * 1000.0 / (ts[-1] - ts[0])
-        if abs(encoder_mps - sum(sp) / n) > d.speed_mismatch_mps:
+        if _disagree(d, encoder_mps, sum(sp) / n):
             return False
     if st.moving:
         return door == _CLOSED and min(sp) > d.v_stand and max(sp) < d.v_over
@@ -677,7 +677,7 @@ def _speed(
             position_speed = abs(moved_m) * 1000.0 / (t - st.speed_anchor_t_ms)
             if position_speed <= d.speed_jump_mps:  # faster: the encoder jumping, no judgement
                 st.position_speed_mps = position_speed
-                if abs(position_speed - reading) > d.speed_mismatch_mps:
+                if _disagree(d, position_speed, reading):
                     st.speed_frozen = True
             st.speed_anchor_t_ms, st.speed_anchor_position_m = t, p
             st.speed_anchor_samples = 1
@@ -686,6 +686,15 @@ def _speed(
     if gap or t <= prev_t:
         return 0.0
     return min(st.position_speed_mps, abs(p - prev_p) * 1000.0 / (t - prev_t))
+
+
+def _disagree(d: _Derived, encoder_mps: float, reading_mps: float) -> bool:
+    """Whether the encoder's speed and the speed reading tell different stories: more than
+    ``speed_position_mismatch_mps`` apart, or the reading above the standstill speed while
+    the encoder shows the car standing (under half of it)."""
+    return abs(encoder_mps - reading_mps) > d.speed_mismatch_mps or (
+        reading_mps > d.v_stand and encoder_mps <= d.v_stand / 2
+    )
 
 
 def _encoder(

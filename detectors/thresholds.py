@@ -159,14 +159,17 @@ class Thresholds:
         coincidence: seen on a healthy sensor decelerating past the value it had read
         1.1 s earlier), while the
         speed the position encoder shows over that span differs from it by more than
-        ``speed_position_mismatch_mps`` is frozen (a stuck sensor, simulator
+        ``speed_position_mismatch_mps``, or shows the car standing (under half the
+        standstill speed) while the reading is above it, is frozen (a stuck sensor, simulator
         ``stuck_sensor``): the rules then take the car's speed from its position until the
         reading changes. No clause fixes either; a healthy sensor's reading changes from
         sample to sample while the car moves (its own noise) and reads 0 at a standstill,
         and over 0.5 s a 1-mm encoder resolves speed to ±0.004 m/s, so 0.1 m/s — twice the
         standstill speed, a tenth of a typical rated speed — is never a healthy sensor's
         disagreement, while a car leaving a landing shows it within about a second, inside
-        the ±0.2 m unlocking zone (EN 81-20 5.12.1.4).
+        the ±0.2 m unlocking zone (EN 81-20 5.12.1.4). The standing case catches a reading
+        frozen at 0.05–0.1 m/s as a car stopped: it kept the car "moving" for good, and
+        its terminal's first pause in sending was a `device_offline` for a car in use.
     position_check_s
         A position that stays the same, bit for bit, for this long (over at least
         ``speed_check_samples`` samples) while a live speed reading (one that changes

@@ -738,3 +738,14 @@ def test_doors_opening_while_a_car_levels_in_the_door_zone_raise_no_door_alarm()
     assert "door_open_while_running" in _doors_open_arriving(fast_in_zone)
     slow_outside = travel(2, speed_mps=0.1, position_m=3.5, door_zone=False, door=1)
     assert "door_open_while_running" in _doors_open_arriving(slow_outside)
+
+
+def test_a_speed_reading_frozen_just_above_standstill_is_a_frozen_sensor() -> None:
+    """The reading freezes at 0.07 m/s as the car stops at a landing: within 0.1 m/s of the
+    encoder's 0, it kept the car moving for good (and the terminal's first pause a
+    `device_offline` for a car in use). The encoder shows the car standing: frozen."""
+    arrival = travel(0, speed_mps=1.0, position_m=3.0, door_zone=False)
+    stopped = [second(s, speed_mps=0.07, position_m=3.0) for s in range(1, 4)]
+    st, alerts = feed([arrival, *stopped])
+    assert st.speed_frozen and not st.moving
+    assert kinds(alerts) == ["sensor_stuck"]
