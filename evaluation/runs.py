@@ -425,8 +425,9 @@ def send_times(
 
 
 def _agreed_time_ms(times_ms: list[int], last_ms: int | None) -> int:
-    """The median of the largest group of ``times_ms`` within :data:`CLOCKS_AGREE_MS` of one
-    another; among groups as large, the one whose median is nearest ``last_ms`` (or, when
+    """The (upper) median of the largest group of ``times_ms`` within :data:`CLOCKS_AGREE_MS`
+    of one another (upper: a second late rather than early, as a network delays and never
+    hastens a message); among groups as large, the one whose median is nearest ``last_ms`` (or, when
     there is none yet, the median of all); ``last_ms`` itself when no two agree."""
     ordered = sorted(times_ms)
     near_ms = statistics.median_low(ordered) if last_ms is None else last_ms
@@ -436,7 +437,7 @@ def _agreed_time_ms(times_ms: list[int], last_ms: int | None) -> int:
         while t - ordered[start] > CLOCKS_AGREE_MS:
             start += 1
         size = end - start + 1
-        median_ms = ordered[(start + end) // 2]
+        median_ms = ordered[(start + end + 1) // 2]
         if (
             best is None
             or size > best[0]
