@@ -24,8 +24,8 @@ they fail as often; durations are measured from the first sample at which a cond
 - ``overtravel_top`` / ``overtravel_bottom``: position beyond the top / bottom landing by more
   than ``overtravel_margin_m``.
 - ``door_open_while_running``: moving with the doors not closed after the doors had been
-  closing for departure (the car left with its doors commanded shut), outside the door zone
-  or in it faster than ``door_zone_open_speed_mps``.
+  closing for departure (the car left with its doors commanded shut); not as the car
+  arrives in a door zone at no more than ``door_zone_open_speed_mps`` (levelling).
 - ``unintended_movement``: the car left the door zone with the doors not closed after they
   had been opening for passengers at that stop (GB/T 7588.1 5.6.7).
 - ``stopped_outside_door_zone``: standing outside the door zone for
@@ -155,6 +155,9 @@ class RuleState(msgspec.Struct):
     reopenings: int = 0
     zone: bool = True
     zone_since_ms: int = _NONE
+    #: The car entered the door zone moving and has not stood since: arriving at a
+    #: landing, where it may level with its doors opening (:func:`_door_open_while_running`).
+    arriving: bool = False
     passengers: bool = False
     passengers_since_ms: int = _NONE
     alarm: bool = False
@@ -619,6 +622,7 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
             st.opened_in_stop = True
         if c.zone != st.zone:
             st.zone, st.zone_since_ms = c.zone, t
+            st.arriving = c.zone and c.moving
         if pas[i] != st.passengers:
             st.passengers, st.passengers_since_ms = pas[i], t
             _load_frozen(st, c.load_kg, d.thresholds.load_stuck_changes)
@@ -804,6 +808,7 @@ def _motion(em: _Emitter, c: _Sample, prev_t: int, prev_p: float) -> None:
         st.stop_seen_ms = t
         st.stop_checked = False
         st.stop_offsets_mm.clear()
+        st.arriving = False
         st.opened_in_stop = False
         st.stop_doors_opened = False
         st.stop_level_bad = False
@@ -922,16 +927,17 @@ def _overtravel_bottom(em: _Emitter, c: _Sample) -> None:
 
 def _door_open_while_running(em: _Emitter, c: _Sample) -> None:
     """``door_open_while_running``: moving with the doors not closed after they had been
-    closing for departure — outside the door zone, or in it faster than
-    ``door_zone_open_speed_mps`` (levelling and re-levelling with the doors opening are
-    allowed there)."""
+    closing for departure — except as the car arrives at a landing, in its door zone at
+    no more than ``door_zone_open_speed_mps`` (levelling with the doors opening is allowed
+    there)."""
+    st = em.st
     holds = (
         c.moving
         and c.door != _CLOSED
-        and not em.st.departed_open
-        and (not c.zone or c.v > em.d.v_relevel)
+        and not st.departed_open
+        and not (c.zone and st.arriving and c.v <= em.d.v_relevel)
     )
-    if holds or "door_open_while_running" in em.st.runs:
+    if holds or "door_open_while_running" in st.runs:
         _instant(em, "door_open_while_running", holds, c.t, em.d.confirm)
 
 

@@ -42,11 +42,12 @@ class Thresholds:
     door_zone_open_speed_mps
         In the door (unlocking) zone a car may move with its doors not closed while it
         levels and re-levels, re-levelling at no more than 0.3 m/s (GB/T 7588.1-2020 /
-        EN 81-20 5.12.1.4; advance door opening, where fitted, up to 0.8 m/s): there
-        ``door_open_while_running`` holds only above this speed. Outside the zone any
-        movement with the doors not closed holds. A speed reading frozen at 0.05–0.09 m/s
-        as a car stopped raised a false critical alarm when its doors opened (no-fault
-        traffic, 6 of 120 seeds), 0.3 s after the freeze, before any check can see one.
+        EN 81-20 5.12.1.4; advance door opening, where fitted, up to 0.8 m/s): a car that
+        entered the zone moving and opens its doors before it stands is levelling at or
+        below this speed, not a door open while running. A car leaving a landing has no
+        such allowance. A speed reading frozen at 0.05–0.09 m/s as a car stopped raised a
+        false critical alarm when its doors opened (no-fault traffic, 6 of 120 seeds),
+        0.3 s after the freeze, before any check can see one.
     trapped_after_s
         Car stopped, doors closed, passengers present and no way out for longer than this
         is a trapping, as platforms implement it (MISSION.md: "more than ~30 s").

@@ -728,7 +728,8 @@ def test_doors_opening_while_a_car_levels_in_the_door_zone_raise_no_door_alarm()
     0.3 m/s (GB/T 7588.1-2020 5.12.1.4). A speed reading frozen at 0.06 m/s as the car
     stopped, its doors opening 0.3 s later (before any check can see a freeze), raised a
     false critical ``door_open_while_running`` (6 of 120 no-fault seeds). Faster than that
-    in the zone, or at any speed outside it, the alarm stands."""
+    in the zone, at any speed outside it, or leaving a landing (no levelling there), the
+    alarm stands."""
     frozen = [
         car(t_ms=T0 + 2000 + k * 100, speed_mps=0.06, position_m=3.0, door=1 if k >= 3 else 0)
         for k in range(10)
@@ -738,6 +739,10 @@ def test_doors_opening_while_a_car_levels_in_the_door_zone_raise_no_door_alarm()
     assert "door_open_while_running" in _doors_open_arriving(fast_in_zone)
     slow_outside = travel(2, speed_mps=0.1, position_m=3.5, door_zone=False, door=1)
     assert "door_open_while_running" in _doors_open_arriving(slow_outside)
+    closing = [car(t_ms=T0 + k * 100, door=3) for k in range(10)]
+    leaving = travel(1, speed_mps=0.1, position_m=0.1, door=1)  # in the zone, doors opening
+    _, alerts = feed([closing, leaving])
+    assert "door_open_while_running" in kinds(alerts)
 
 
 def test_a_speed_reading_frozen_just_above_standstill_is_a_frozen_sensor() -> None:
