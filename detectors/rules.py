@@ -49,7 +49,8 @@ they fail as often; durations are measured from the first sample at which a cond
   is theirs, and the run-time limiter does not act on inspection runs (EN 81-20 5.9.2.7),
   so neither ``stopped_outside_door_zone`` nor ``run_time_limiter`` is judged in it.
 - ``alarm_button``: the alarm pressed (column or event 90); cleared on release.
-- ``repeated_door_reopening``: ``door_reopenings_alert`` reopenings of a closing door in one stop.
+- ``repeated_door_reopening``: ``door_reopenings_alert`` reopenings of a closing door in one
+  door cycle (before it closes).
 - ``sensor_stuck``: a frozen reading — speed (the encoder disagrees with it, see below),
   position (the encoder still while a live speed reading shows the car moving) or load (the
   same bit for bit at ``load_stuck_changes`` changes of the passengers flag in a row:
@@ -827,11 +828,13 @@ def _doors(c: _Sample, st: RuleState) -> None:
             st.reopenings += 1
     elif c.door in (_CLOSING, _CLOSED):
         st.intent_open = False
+        if c.door == _CLOSED:
+            st.reopenings = 0  # a closing door that reopens belongs to one door cycle
 
 
 def _repeated_door_reopening(em: _Emitter, c: _Sample) -> None:
     """``repeated_door_reopening``: ``door_reopenings_alert`` reopenings of a closing door in
-    one stop; cleared when the doors close (or the car departs)."""
+    one door cycle, before it closes; cleared when the doors close (or the car departs)."""
     if not c.door_changed:
         return
     st = em.st

@@ -131,6 +131,12 @@ def test_the_rule_constants_are_thresholds_an_override_reaches() -> None:
     for alert_at, expected in ((3, []), (2, ["repeated_door_reopening"])):
         alerts = run(Thresholds(door_reopenings_alert=alert_at), stop)
         assert kinds(alerts) == expected
+    # The car stays at the landing: its doors close, then open again for a call there and
+    # reopen once more. Reopenings are counted per door cycle (they were counted per stop,
+    # and three across two cycles 142 s apart raised the alert on no-fault traffic).
+    again = [car(t_ms=T0 + 3000 + k * 100, door=d) for k, d in enumerate([1, 2, 3, 1, 2, 3, 0])]
+    alerts = run(Thresholds(door_reopenings_alert=3), [*stop, again, second(4)])
+    assert kinds(alerts) == []
 
 
 def test_overspeed_needs_two_samples() -> None:
