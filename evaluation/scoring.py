@@ -621,7 +621,9 @@ def _explained(alert: Alert, car_labels: Sequence[Label], end_ms: int) -> bool:
     or, judged on the alert's own evidence:
 
     - a ``device_offline`` whose silence (``condition_since_ms`` to ``raised_at_ms``) a
-      :data:`SILENCING_FAULTS` label began in;
+      :data:`SILENCING_FAULTS` label overlaps (a dropout that began a moment before the
+      last message's estimated arrival, and ended before the terminal's next heartbeat
+      was due, made the silence all the same);
     - a ``clock_fault`` whose offending sample was stamped while a ``clock_skew`` label
       held: its time less the label's skew falls in the label's window (a message stamped
       under the skew and delivered after it ended, held back by ``out_of_order``).
@@ -638,7 +640,8 @@ def _explained(alert: Alert, car_labels: Sequence[Label], end_ms: int) -> bool:
         if (
             alert.alert_type == "device_offline"
             and kind in SILENCING_FAULTS
-            and alert.condition_since_ms <= int(lb["onset_ms"]) <= alert.raised_at_ms
+            and int(lb["onset_ms"]) <= alert.raised_at_ms
+            and alert.condition_since_ms <= int(lb["ended_ms"] or lb["onset_ms"])
         ):
             return True
         if sample_ms is not None and kind == "clock_skew":

@@ -325,11 +325,14 @@ def test_send_times_follow_the_clocks_that_agree_when_most_are_wrong() -> None:
 
 
 def test_device_faults_explain_what_they_cause_through_the_alerts_evidence() -> None:
-    """A silence a held-back or garbled message made; a clock fault measured on a message
+    """A silence a held-back or garbled message made, or a dropout that began a moment
+    before its last message's estimated arrival; a clock fault measured on a message
     stamped under a skew that ended before it arrived; a leveling error as a car creeps
     off level before it leaves the door zone; an overload the frozen load cell hid."""
     labels = [
         label("E1", "out_of_order", 100, 100.9, seq=7, emitted_after_seq=10),
+        # began 0.7 s before the last message's estimated arrival, ended 5.001 s before the alert
+        label("E1", "dropout", 2094.2, 2154.9, duration_s=60.7),
         label("E2", "clock_skew", 0, 200, skew_ms=3_600_000),
         label("E3", "unintended_movement", 300, 330, creep_started_ms=T0 + 296_000),
         label("E4", "stuck_sensor", 0, 1_000, column="load_kg"),
@@ -338,14 +341,15 @@ def test_device_faults_explain_what_they_cause_through_the_alerts_evidence() -> 
     ]
     offline = make_alert("E1", "device_offline", T0 + 70_000, T0 + 135_000, {})
     stale_offline = make_alert("E1", "device_offline", T0 + 500_000, T0 + 565_000, {})
+    after_dropout = make_alert("E1", "device_offline", T0 + 2_094_900, T0 + 2_159_901, {})
     clock = make_alert(
         "E2", "clock_fault", T0 + 230_000, T0 + 230_000, {"sample_ms": T0 + 195_000 + 3_600_000}
     )
     leveling = alert("E3", "leveling_accuracy", 298)
     ev = score(
         labels,
-        [offline, stale_offline, clock, leveling],
-        end_ms=T0 + 1_000_000,
+        [offline, stale_offline, after_dropout, clock, leveling],
+        end_ms=T0 + 3_000_000,
         sample_times=everywhere("E1", "E2", "E3", "E4", "E5"),
         elevators=5,
         duration_s=1_000,
