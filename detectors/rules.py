@@ -495,8 +495,14 @@ def observe(
         st.load_kg = s.load_kg[i]
         if st.load_at_change_kg >= 0.0 and s.load_kg.count(st.load_at_change_kg) != n:
             _load_live(st)
-        if s.leveling_offset_mm.count(st.leveling_offset_mm) != n:
-            st.leveling_changed_ms = ts[i]
+        offs = s.leveling_offset_mm
+        if offs.count(st.leveling_offset_mm) != n:
+            # The last change, not the message's end: a reading that froze mid-message
+            # has not changed since (a frozen sensor's, :func:`_leveling_frozen`).
+            j = i
+            while j > 0 and offs[j] == offs[j - 1]:
+                j -= 1
+            st.leveling_changed_ms = ts[j]
         if st.moving:
             st.moved_ms = ts[i]
         st.leveling_offset_mm = s.leveling_offset_mm[i]

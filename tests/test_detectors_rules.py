@@ -760,3 +760,23 @@ def test_a_speed_reading_frozen_just_above_standstill_is_a_frozen_sensor() -> No
     st, alerts = feed([arrival, *stopped])
     assert st.speed_frozen and not st.moving
     assert kinds(alerts) == ["sensor_stuck"]
+
+
+def test_a_leveling_reading_frozen_mid_message_judges_no_stop() -> None:
+    """The leveling reading freezes at the second sample of a message the fast path folds
+    (the car running on at 1 m/s), and the car stops at a landing reading its frozen
+    −852.7 mm. The fast path took the reading as changed at the message's end, as the car
+    last moved, so it was live: `stopping_accuracy` and `leveling_accuracy` on no-fault
+    traffic (seed 81). It froze before the car last moved: it judges no stop."""
+    first = travel(0, speed_mps=1.0, position_m=1.0, door_zone=False)
+    for k, row in enumerate(first):
+        row["leveling_offset_mm"] = -1000.0 + 100.0 * k
+    frozen = travel(1, speed_mps=1.0, position_m=2.0, door_zone=False)
+    for k, row in enumerate(frozen):
+        row["leveling_offset_mm"] = -953.9 if k == 0 else -852.7
+    stop = [
+        car(t_ms=T0 + 2000 + k * 100, position_m=2.0, leveling_offset_mm=-852.7, door=1)
+        for k in range(10)
+    ]
+    _, alerts = feed([first, frozen, stop, second(3, position_m=2.0, leveling_offset_mm=-852.7)])
+    assert not {"stopping_accuracy", "leveling_accuracy"} & set(kinds(alerts))
