@@ -185,6 +185,8 @@ class RuleState(msgspec.Struct):
     speed_anchor_mps: float = -1.0
     #: Samples seen with that reading since the span began.
     speed_anchor_samples: int = 0
+    #: The step between the last two samples judged by :func:`_speed`, ms (-1: none).
+    speed_step_ms: int = _NONE
     #: The car's speed as its position showed it over the last span checked, m/s.
     position_speed_mps: float = 0.0
     #: The position encoder judged frozen (a stuck sensor): its reading says nothing of
@@ -665,10 +667,15 @@ def _speed(
     (which no encoder noise makes a standing car's) and over the last sample step (which
     falls to 0 the moment the car stops, before its doors open). A frozen encoder under a
     healthy speed sensor blames nothing: that reading changes from sample to sample. Spans
-    do not cross a silent gap.
+    do not cross a silent gap, nor a step over twice the one before it.
     """
     gap = prev_t >= 0 and t - prev_t > d.silent_gap_ms
-    if gap or reading != st.speed_anchor_mps or st.speed_anchor_t_ms < 0:
+    # A step over twice the one before is samples lost between them (a message held back
+    # or garbled): readings alike across it are a coincidence, so the span starts again.
+    step_ms = t - prev_t if prev_t >= 0 else _NONE
+    lost = st.speed_step_ms > 0 and 2 * st.speed_step_ms < step_ms
+    st.speed_step_ms = step_ms
+    if gap or lost or reading != st.speed_anchor_mps or st.speed_anchor_t_ms < 0:
         if reading != st.speed_anchor_mps:
             st.speed_frozen = False
         elif gap:

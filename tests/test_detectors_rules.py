@@ -780,3 +780,28 @@ def test_a_leveling_reading_frozen_mid_message_judges_no_stop() -> None:
     ]
     _, alerts = feed([first, frozen, stop, second(3, position_m=2.0, leveling_offset_mm=-852.7)])
     assert not {"stopping_accuracy", "leveling_accuracy"} & set(kinds(alerts))
+
+
+def test_readings_alike_across_a_jump_in_time_are_no_frozen_sensor() -> None:
+    """A car at 1 m/s: the last reading of one message and the first two of the next are
+    0.999 by chance, and the next message's times are 1 s later than its samples follow
+    on (its terminal's clock correction moved by a second; or a message lost between). The
+    span looked 1.2 s long with the car 0.2 m further: frozen, a false `sensor_stuck`
+    (no-fault seed 100). A step over twice the one before starts the span again."""
+
+    def ride(sec: int, start_m: float, readings: list[float], shift_ms: int = 0) -> list:
+        return [
+            car(
+                t_ms=T0 + sec * 1000 + k * 100 + shift_ms,
+                speed_mps=v,
+                position_m=round(start_m + 0.1 * k, 3),
+                door_zone=k == 5,  # passing a landing: each sample judged, no fast path
+            )
+            for k, v in enumerate(readings)
+        ]
+
+    noisy = [1.001, 0.996, 1.004, 0.997, 1.002, 0.998, 1.005, 0.994, 1.003]
+    before = ride(0, 10.0, [*noisy, 0.999])
+    after = ride(1, 11.0, [0.999, 0.999, *noisy[:8]], shift_ms=1000)
+    st, alerts = feed([before, after])
+    assert not st.speed_frozen and kinds(alerts) == []
