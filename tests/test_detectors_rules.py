@@ -19,6 +19,21 @@ TH = Thresholds()
 RULES = SafetyRules(TH)
 
 
+def _second_of_travel(t0_ms: int) -> list[dict[str, Any]]:
+    """A second of travel at 1 m/s outside the door zone from 1.0 m, the encoder moving
+    with the speed reading (else the reading is frozen) and the leveling reading live."""
+    return [
+        car(
+            t_ms=t0_ms + k * 100,
+            speed_mps=1.0,
+            door_zone=False,
+            position_m=1.0 + k * 0.1,
+            leveling_offset_mm=100.0 * k,
+        )
+        for k in range(10)
+    ]
+
+
 def feed(seconds: list[list[dict[str, Any]]], **kw: Any) -> tuple[RuleState, list[Alert]]:
     """Messages (one per list of rows) through the rules; every alert in order."""
     st = RULES.new(support_id())
@@ -286,16 +301,7 @@ def test_stopping_accuracy_is_the_median_of_the_stop_not_one_noisy_reading() -> 
     that confirm it; a car really 12 mm low still is."""
 
     def stop(readings: list[float]) -> list[list[dict[str, Any]]]:
-        ride = [
-            car(
-                t_ms=T0 + k * 100,
-                speed_mps=1.0,
-                door_zone=False,
-                position_m=1.0 + k * 0.1,
-                leveling_offset_mm=100.0 * k,
-            )
-            for k in range(10)
-        ]
+        ride = _second_of_travel(T0)
         standing = [
             car(t_ms=T0 + 1000 + k * 100, leveling_offset_mm=readings[k % len(readings)])
             for k in range(10)
@@ -323,16 +329,7 @@ def test_stopping_accuracy_raised_once_and_cleared_after_good_stops() -> None:
     for stop, off in enumerate([14.0, 15.0, 2.0, 1.0, 0.0]):
         # a ride whose encoder moves with the speed reading (else the reading is frozen)
         t0 = T0 + 2 * stop * 1000
-        ride = [
-            car(
-                t_ms=t0 + k * 100,
-                speed_mps=1.0,
-                door_zone=False,
-                position_m=1.0 + k * 0.1,
-                leveling_offset_mm=100.0 * k,
-            )
-            for k in range(10)
-        ]
+        ride = _second_of_travel(t0)
         seconds.append(ride)
         seconds.append(second(2 * stop + 1, leveling_offset_mm=off))
     _, alerts = feed(seconds)

@@ -172,6 +172,18 @@ class Terminal:
         self.client.loop_stop()
 
 
+def _publish_acknowledged(
+    settings: Settings, code: str, password: str, payload: bytes, *, tls: bool = True
+) -> None:
+    """One telemetry message from terminal ``code``, acknowledged by the broker."""
+    t = Terminal(settings, code, password, tls=tls)
+    try:
+        info = t.publish(terminal_topic(code, TELEMETRY), payload)
+        assert not t.wait_acks([info.mid])[0].is_failure  # type: ignore[union-attr]
+    finally:
+        t.close()
+
+
 def test_terminal_speaks_only_for_its_own_elevator(bridge: Bridge) -> None:
     a, b = _code(), _code()
     creds = _issue(bridge.settings, a, b)
@@ -212,12 +224,7 @@ def test_terminal_speaks_only_for_its_own_elevator(bridge: Bridge) -> None:
 def test_payload_for_another_elevator_is_quarantined(bridge: Bridge) -> None:
     a, b = _code(), _code()
     creds = _issue(bridge.settings, a)
-    t = Terminal(bridge.settings, a, creds[a], tls=False)
-    try:
-        info = t.publish(terminal_topic(a, TELEMETRY), _message(b, 7))
-        assert not t.wait_acks([info.mid])[0].is_failure  # type: ignore[union-attr]
-    finally:
-        t.close()
+    _publish_acknowledged(bridge.settings, a, creds[a], _message(b, 7), tls=False)
     records = consume_all(bridge.settings.kafka_bootstrap, bridge.quarantine_topic, expected=1)
     mine = [r for r in records if r.key == a.encode()]
     assert len(mine) == 1
@@ -658,11 +665,6 @@ def test_a_gateway_started_while_the_broker_is_away_carries_messages_once_it_is_
     threading.Thread(target=early.stderr.read, daemon=True).start()
     bridge.proc = early
     bridge.wait_subscribed()
-    t = Terminal(bridge.settings, code, creds[code])
-    try:
-        info = t.publish(terminal_topic(code, TELEMETRY), _message(code, 1))
-        assert not t.wait_acks([info.mid])[0].is_failure  # type: ignore[union-attr]
-    finally:
-        t.close()
+    _publish_acknowledged(bridge.settings, code, creds[code], _message(code, 1))
     records = consume_all(bridge.settings.kafka_bootstrap, bridge.raw_topic, expected=1)
     assert [json.loads(r.value)["seq"] for r in records if r.key == code.encode()] == [1]
