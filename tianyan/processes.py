@@ -152,6 +152,8 @@ class ServiceGroup:
             os.setpgid(0, pgid or 0)
             _die_with_parent()
 
+        global _caught_signal
+        _caught_signal = None
         proc = subprocess.Popen(
             list(args),
             env=dict(env),
@@ -165,6 +167,8 @@ class ServiceGroup:
         if self._pgid is None:
             self._pgid = proc.pid
         self.procs[name] = proc
+        if _caught_signal is not None:  # a signal whose exception the fork swallowed
+            raise Interrupted(128 + _caught_signal)
         return proc
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
@@ -208,6 +212,13 @@ class Interrupted(SystemExit):
     """The command got SIGTERM or SIGINT; raised so that its ``finally`` blocks run."""
 
 
+#: The signal :func:`services` caught while a service was being started. Its handler
+#: raises :class:`Interrupted`, but one that runs inside the fork's callbacks (logging's
+#: at-fork lock release) has its exception ignored by Python: a demo sent SIGTERM as it
+#: started its gateway ran to its end. :meth:`ServiceGroup.start` raises it after the fork.
+_caught_signal: int | None = None
+
+
 @contextmanager
 def services(*, stop_timeout_s: float = 20.0) -> Iterator[ServiceGroup]:
     """A :class:`ServiceGroup` stopped on exit, with SIGTERM and SIGINT turned into
@@ -215,6 +226,8 @@ def services(*, stop_timeout_s: float = 20.0) -> Iterator[ServiceGroup]:
     whichever way the command ends."""
 
     def interrupted(signum: int, _frame: FrameType | None) -> None:
+        global _caught_signal
+        _caught_signal = signum
         raise Interrupted(128 + signum)
 
     previous = {s: signal.signal(s, interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
