@@ -12,12 +12,18 @@ kafka-python remains for administration (topics, health checks).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from types import TracebackType
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from foundation.kafka_security import KafkaSecurity, confluent_config
+
+#: How long a topic missing from the broker's metadata is asked for again before it is
+#: refused: one created a moment ago (by `tianyan topics ensure`, a test) may not be there
+#: yet. (A test's topic, created just before, was refused once in a new clone.)
+TOPIC_APPEARS_S = 5.0
 
 
 class PublishError(RuntimeError):
@@ -92,11 +98,23 @@ class RawPublisher:
             **confluent_config(security or KafkaSecurity()),
         }
         self._producer = Producer(self._config)
-        try:
-            metadata = self._producer.list_topics(topic, timeout=10)
-        except KafkaException as e:
-            raise PublishError(f"Kafka does not answer at {bootstrap}: {e}") from e
-        topic_md = metadata.topics.get(topic)
+        # A topic created a moment ago may not be in the broker's metadata yet (no leader
+        # yet, or not known at all): asked again for a few seconds before it is refused.
+        deadline = time.monotonic() + TOPIC_APPEARS_S
+        while True:
+            try:
+                metadata = self._producer.list_topics(topic, timeout=10)
+            except KafkaException as e:
+                raise PublishError(f"Kafka does not answer at {bootstrap}: {e}") from e
+            topic_md = metadata.topics.get(topic)
+            settling = topic_md is None or (
+                topic_md.error is not None
+                and topic_md.error.code()
+                in (KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
+            )
+            if not settling or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
         if (
             topic_md is not None
             and topic_md.error is not None
