@@ -64,7 +64,11 @@ def test_old_raw_chunks_are_packed_and_read_back_unchanged(scratch_db: str) -> N
     is merged by the next pack, not kept twice; retention drops packed hours too."""
     migrate(scratch_db)
     now = dt.datetime.now(dt.UTC)
-    old = _store(scratch_db, now - dt.timedelta(hours=3))
+    # At a minute's start, the trip's 6 s of samples are one row, over TOAST's 2 kB. Begun in
+    # a minute's last 6 s (one run in ten), it was two rows under it, as was the 9-day-old
+    # trip begun at the same second: nothing was compressed.
+    three_hours_ago = (now - dt.timedelta(hours=3)).replace(second=0, microsecond=0)
+    old = _store(scratch_db, three_hours_ago)
     recent = _store(scratch_db, now - dt.timedelta(minutes=5))
     very_old = _store(scratch_db, now - dt.timedelta(days=9))
     with psycopg.connect(_writer(scratch_db), autocommit=True) as conn:
@@ -77,7 +81,7 @@ def test_old_raw_chunks_are_packed_and_read_back_unchanged(scratch_db: str) -> N
             "SELECT count(*) FILTER (WHERE pg_column_compression(speed_mps) = 'lz4')"
             " FROM tianyan.telemetry_sample_minute"
         ).fetchone()
-        again = _store(scratch_db, now - dt.timedelta(hours=3))  # a replay of packed history
+        again = _store(scratch_db, three_hours_ago)  # a replay of packed history
         doubled = conn.execute("SELECT count(*) FROM tianyan.raw_sample").fetchone()
         conn.execute("SELECT tianyan.pack_raw_chunks(60)")
         merged = _raw_samples(conn, "raw_sample")
