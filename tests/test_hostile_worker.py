@@ -43,10 +43,11 @@ RANDOM_ID_HEARTBEATS = HOSTILE_MESSAGES // 2
 #: buffers stay with the allocator (measured: +27 to +36 MB with the registry check; +74 MB
 #: before it, each random id keeping a state).
 RSS_FIRST_FLOOD_BOUND_MB = 50.0
-#: How much it may grow over a second flood as large: what the first one left behind is
+#: How much it may grow over a later flood as large: what the first one left behind is
 #: reused, so this is what hostile messages retain (measured: +1 to +3 MB with the check
-#: alone, +5.4 MB once in a full `make test` run; +57 MB before it, 5,000 states). The bound
-#: is "a few MB" (issue 13) with room for the allocator's noise, and 7× below the failure.
+#: alone; +5.4 and +9.9 MB once each in a full `make test` run, the least of two floods
+#: judged since; +57 MB before the check, 5,000 states). The bound is "a few MB" (issue 13)
+#: with room for the allocator's noise, and 7× below the failure.
 RSS_RETAINED_BOUND_MB = 8.0
 #: Short silence thresholds, so offline and eviction happen within seconds of wall time.
 THRESHOLDS = (
@@ -211,23 +212,28 @@ def test_hostile_flood_quarantined_with_reasons_valid_stored_memory_bounded(
     print(f"\nworker RSS {rss_before:.1f} MB → {rss_after:.1f} MB ({growth:+.1f} MB)")
     assert growth <= RSS_FIRST_FLOOD_BOUND_MB, (rss_before, rss_after)
 
-    # A second flood as large retains nothing: no state, no memory.
-    with RawPublisher(run.settings.kafka_bootstrap, run.settings.raw_topic) as pub:
-        for i in range(HOSTILE_MESSAGES):
-            key, value, _ = _hostile(rng, template, now_ms, HOSTILE_MESSAGES + i)
-            pub.publish(key, value)
-    run.wait(
-        lambda: _metrics(port)["tianyan_quarantined_total"],
-        lambda q: q >= 2 * HOSTILE_MESSAGES,
-        "the second flood quarantined",
-    )
-    rss_second = _rss_mb(worker.pid)
-    metrics = _metrics(port)
-    print(f"second flood: RSS {rss_after:.1f} MB → {rss_second:.1f} MB")
-    assert run.group.exited() is None
-    assert metrics["tianyan_unregistered_messages_total"] == 2 * RANDOM_ID_HEARTBEATS
-    assert metrics["tianyan_elevator_states"] <= len(cars)
-    assert rss_second - rss_after <= RSS_RETAINED_BOUND_MB, (rss_after, rss_second)
+    # Further floods as large retain nothing: no state, no memory. What one retains is the
+    # least growth over two of them: a retention grows the worker at each (57 MB a flood
+    # before the registry check), the allocator's noise not at both (+9.9 MB once).
+    rss = [rss_after]
+    for flood in (2, 3):
+        with RawPublisher(run.settings.kafka_bootstrap, run.settings.raw_topic) as pub:
+            for i in range(HOSTILE_MESSAGES):
+                key, value, _ = _hostile(rng, template, now_ms, (flood - 1) * HOSTILE_MESSAGES + i)
+                pub.publish(key, value)
+        run.wait(
+            lambda: _metrics(port)["tianyan_quarantined_total"],
+            lambda q, total=flood * HOSTILE_MESSAGES: q >= total,
+            f"flood {flood} quarantined",
+        )
+        rss.append(_rss_mb(worker.pid))
+        metrics = _metrics(port)
+        print(f"flood {flood}: RSS {rss[-2]:.1f} MB → {rss[-1]:.1f} MB")
+        assert run.group.exited() is None
+        assert metrics["tianyan_unregistered_messages_total"] == flood * RANDOM_ID_HEARTBEATS
+        assert metrics["tianyan_elevator_states"] <= len(cars)
+    retained = min(rss[1] - rss[0], rss[2] - rss[1])
+    assert retained <= RSS_RETAINED_BOUND_MB, rss
 
 
 def test_silent_car_reported_offline_evicted_and_restored(worker: Worker) -> None:
