@@ -156,8 +156,9 @@ class RuleState(msgspec.Struct):
     reopenings: int = 0
     zone: bool = True
     zone_since_ms: int = _NONE
-    #: The car entered the door zone moving and has not stood since: arriving at a
-    #: landing, where it may level with its doors opening (:func:`_door_open_while_running`).
+    #: The car entered the door zone moving (or was found in it, moving, at another landing
+    #: after a silence) and has not stood since: arriving at a landing, where it may level
+    #: with its doors opening (:func:`_door_open_while_running`).
     arriving: bool = False
     passengers: bool = False
     passengers_since_ms: int = _NONE
@@ -629,7 +630,8 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
         _repeated_door_reopening(em, c)
         if not c.moving and (c.door in (_OPENING, _OPEN)):
             st.opened_in_stop = True
-        if c.zone != st.zone:
+        if c.zone != st.zone or _moved_unseen(d, t, prev_t, c.p, prev_p):
+            # A car found elsewhere after a silence entered its zone unseen.
             st.zone, st.zone_since_ms = c.zone, t
             st.arriving = c.zone and c.moving
         if pas[i] != st.passengers:
@@ -794,6 +796,12 @@ def _leveling_frozen(st: RuleState) -> bool:
     return st.leveling_changed_ms < st.moved_ms
 
 
+def _moved_unseen(d: _Derived, t: int, prev_t: int, p: float, prev_p: float) -> bool:
+    """Whether the car moved while its terminal was silent: found after a silent gap more
+    than ``unseen_move_m`` from where it was last seen."""
+    return prev_t >= 0 and t - prev_t > d.silent_gap_ms and abs(p - prev_p) > d.unseen_move_m
+
+
 def _motion(em: _Emitter, c: _Sample, prev_t: int, prev_p: float) -> None:
     """The car's motion: a departure closes the stop; a new stop opens one. A car found
     standing elsewhere after a silence moved unseen: its old stop's alerts end."""
@@ -808,7 +816,7 @@ def _motion(em: _Emitter, c: _Sample, prev_t: int, prev_p: float) -> None:
         st.standing_since_ms < 0
         or st.moving
         or c.zone != st.zone
-        or (silent_gap and abs(c.p - prev_p) > em.d.unseen_move_m)
+        or _moved_unseen(em.d, t, prev_t, c.p, prev_p)
     ):
         # A new stop; a zone change while standing means the car moved unseen (a gap).
         if not st.moving and st.standing_since_ms >= 0:

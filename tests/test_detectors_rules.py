@@ -748,6 +748,26 @@ def test_doors_opening_while_a_car_levels_in_the_door_zone_raise_no_door_alarm()
     assert "door_open_while_running" in kinds(alerts)
 
 
+def test_a_car_found_levelling_at_another_landing_after_a_silence_raises_no_door_alarm() -> None:
+    """The terminal fell silent for 16 min with its car standing at 24 m; its first message
+    after shows the car at the bottom landing, in the door zone, its speed reading frozen
+    at 0.116 m/s, doors opening 0.5 s in. It entered that zone unseen, so it was not taken
+    as arriving: a false critical `door_open_while_running` (no-fault seed 128). A car that
+    moved unseen into a door zone entered it; one found at the landing it stood at, moving
+    with its doors opening, is leaving it, and the alarm stands."""
+    standing = second(0, position_m=24.0)
+    settling_m = [0.012, 0.004, -0.002, -0.004, -0.005, -0.003, -0.005, -0.004, -0.005, -0.005]
+    found = [
+        car(t_ms=T0 + 60_000 + k * 100, speed_mps=0.116, position_m=p, door=1 if k >= 5 else 0)
+        for k, p in enumerate(settling_m)
+    ]
+    _, alerts = feed([standing, found])
+    assert "door_open_while_running" not in kinds(alerts)
+    leaving = [{**row, "position_m": 24.0 + 0.0116 * k} for k, row in enumerate(found)]
+    _, alerts = feed([standing, leaving])
+    assert "door_open_while_running" in kinds(alerts)
+
+
 def test_a_speed_reading_frozen_just_above_standstill_is_a_frozen_sensor() -> None:
     """The reading freezes at 0.07 m/s as the car stops at a landing: within 0.1 m/s of the
     encoder's 0, it kept the car moving for good (and the terminal's first pause a
