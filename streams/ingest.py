@@ -150,6 +150,13 @@ class ElevatorState(msgspec.Struct):
         # Older than the window: let it through; the sinks' natural keys drop a repeat.
         return True
 
+    def is_gap(self, seq: int) -> bool:
+        """Whether ``seq`` is behind the newest, within the window, and never seen: a
+        message held back or reordered fills it (a terminal that restarted its count
+        repeats numbers it sent)."""
+        behind = self.last_seq - seq - 1
+        return 0 <= behind < DEDUP_WINDOW and not self.seen_mask & (1 << behind)
+
     def encode(self) -> bytes:
         """The checkpoint (:func:`detectors.state.encode_state`)."""
         return encode_state(self)
@@ -577,11 +584,17 @@ class Ingest:
                 continue
             st = self.state(eid)
             stamps = message.samples.t_ms
-            if message.seq <= st.last_seq and len(stamps) and stamps[0] > st.newest_stamp_ms >= 0:
+            if (
+                message.seq <= st.last_seq
+                and not st.is_gap(message.seq)
+                and len(stamps)
+                and stamps[0] > st.newest_stamp_ms >= 0
+            ):
                 # Its count went back while its own time moved on past everything it sent: a
                 # terminal that restarted and lost its seq (the contract asks it to keep it),
                 # not a resend. Counting afresh keeps its new messages from being taken for
-                # repeats of the old ones.
+                # repeats of the old ones. A gap's seq is a late message's, even one past
+                # everything sent after it by a clock that stepped back meanwhile.
                 st.last_seq, st.seen_mask = -1, 0
                 out.seq_restarts += 1
             in_order = message.seq > st.last_seq

@@ -241,6 +241,35 @@ def test_a_terminal_that_restarts_its_count_loses_nothing(sent_before: int) -> N
     assert restored.newest_stamp_ms == saved.newest_stamp_ms > restart_ms
 
 
+def test_a_message_held_back_across_a_clock_step_back_is_late_not_a_restart() -> None:
+    """A terminal's message is held back (its car standing with people inside, doors open);
+    meanwhile its clock steps back an hour, and its next messages carry the earlier times.
+    The held-back message arrives last: its seq behind the newest, its times past every
+    other it sent. That was taken for a terminal that had restarted its count, so for the
+    newest message, corrected to arrive now: the car seemed in use, and the next
+    heartbeat's pause a `device_offline` (no-fault seed 129). A seq behind the newest that
+    was never seen is a gap the late message fills, not a count started again."""
+    ingest = Ingest(0, limits_for=lambda _: LIMITS, thresholds=Thresholds())
+    eid = FLEET[0]
+
+    def send(seq: int, stamp_ms: int, arrival_ms: int, **values: Any) -> tuple[int, int, int]:
+        value = msgspec.json.encode(
+            message([car(t_ms=stamp_ms, **values)], elevator_id=eid, seq=seq)
+        )
+        batch = ingest.process([RawRecord(eid.encode(), value, 0, seq, arrival_ms)])
+        return len(batch.messages), batch.duplicates, batch.seq_restarts
+
+    for seq in range(9):
+        assert send(seq, T0_MS + seq * 1000, T0_MS + seq * 1000 + 200) == (1, 0, 0)
+    for seq in range(10, 13):  # the clock an hour behind from here
+        stamp_ms = T0_MS + seq * 1000 - 3_600_000
+        assert send(seq, stamp_ms, T0_MS + seq * 1000 + 200) == (1, 0, 0)
+    held = send(9, T0_MS + 9000, T0_MS + 13_200, door=2, passengers=True, load_kg=150.0)
+    assert held == (1, 0, 0)
+    assert ingest.states[eid].last_seq == 12
+    assert send(10, T0_MS + 10_000 - 3_600_000, T0_MS + 13_300) == (0, 1, 0)  # still a repeat
+
+
 def _partition(n: int) -> tuple[Ingest, list[str], list[Alert], dict[str, int]]:
     ids = [f"3207062020000000{i:04d}" for i in range(n)]
     ingest = Ingest(0, limits_for=lambda _: LIMITS, thresholds=Thresholds())
