@@ -22,7 +22,11 @@ quarantined, and raises or clears ``clock_fault``:
   than that, and the next message on time closes the episode unannounced;
 - an offset beyond ``clock_offset_max_s`` (a year 2999, an unset 1970 clock) is not
   corrected: the message is quarantined with the reason, and ``clock_fault`` raised;
-- an offset back within the tolerance (of 0) clears the episode.
+- an offset back within the tolerance (of 0) clears the episode;
+- a correction that moves a message's samples back more than ``clock_rebase_s`` before the
+  terminal's newest corrected one says those were in a wrong frame (a clock trusted before
+  it could be judged): the verdict says ``rebased``, and the caller starts the car's state
+  again rather than take every later sample for an old one.
 
 Messages that arrive out of sequence order (a resend, a reordering) are late by nature:
 they are corrected by the offset in force but do not measure it. One that the offset in force
@@ -99,6 +103,10 @@ class ClockVerdict(NamedTuple):
     correction_ms: int
     refused: str | None
     alerts: list[Alert]
+    #: The correction moves this message's samples back before the terminal's newest
+    #: corrected one by more than ``clock_rebase_s``: the times before were in a wrong frame
+    #: (a clock trusted ahead before it could be judged); its elevator's state is rebased.
+    rebased: bool = False
 
 
 def _iso(ms: int) -> str:
@@ -191,12 +199,14 @@ def judge_clock(
         )
         state.last_corrected_ms = max(state.last_corrected_ms, last_ms - correction_ms)
         return ClockVerdict(correction_ms, None, alerts)
-    new_offset = maybe_late = False
+    new_offset = maybe_late = rebased = False
+    rebase_ms = round(thresholds.clock_rebase_s * 1000)
     if in_order and abs(measured_ms) <= tolerance_ms:
         if state.offset_ms:
             state.previous_offset_ms = state.offset_ms
         state.offset_ms = 0  # the clock may be right: it is trusted
         state.measured_ms = []
+        rebased = state.last_corrected_ms - first_ms > rebase_ms
     elif in_order:
         if abs(measured_ms - state.offset_ms) > tolerance_ms:
             new_offset = True
@@ -208,11 +218,15 @@ def judge_clock(
         else:
             state.measured_ms = [*state.measured_ms[-(OFFSET_MEASUREMENTS - 1) :], measured_ms]
         offset = statistics.median_low(state.measured_ms)
-        if state.last_corrected_ms >= 0:
+        rebased = state.last_corrected_ms - (first_ms - offset) > rebase_ms
+        if state.last_corrected_ms >= 0 and not rebased:
             # Arrival times are coarser than sample spacing: never fold the terminal's new
-            # samples back over the ones already corrected.
+            # samples back over the ones already corrected (by the arrival jitter; beyond
+            # clock_rebase_s, those were in a wrong frame, and the state is rebased).
             offset = min(offset, first_ms - state.last_corrected_ms - 1)
         state.offset_ms = offset
+    if rebased:
+        state.last_corrected_ms = -1
     # When to announce the episode: at once, or if it may be late delivery, when messages
     # arriving clock_behind_confirm_s later measure the offset still.
     announce_from_ms = arrival_ms + (
@@ -237,7 +251,7 @@ def judge_clock(
         alerts.append(_raised(elevator_id, state, last_ms - state.offset_ms, evidence))
     if in_order:
         state.last_corrected_ms = max(state.last_corrected_ms, last_ms - state.offset_ms)
-    return ClockVerdict(state.offset_ms, None, alerts)
+    return ClockVerdict(state.offset_ms, None, alerts, rebased)
 
 
 __all__ = ["ClockState", "ClockVerdict", "judge_clock"]

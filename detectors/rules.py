@@ -1340,6 +1340,17 @@ def alert_types() -> list[str]:
     ]
 
 
+def rebased(state: RuleState) -> RuleState:
+    """The state to go on with once the car's terminal time was corrected back by more
+    than ``clock_rebase_s`` (:func:`detectors.clock.judge_clock`): every time in ``state``
+    is in a frame the car's samples will not reach again (each would be "old", and the car
+    unseen), so its facts and timers start again; its open alerts stay open, each ended by
+    its own rule."""
+    fresh = RuleState.new(state.elevator_id)
+    fresh.active = state.active
+    return fresh
+
+
 class SafetyRules:
     """Every safety rule, per telemetry message: the :class:`~detectors.protocol.Detector`
     over :func:`observe` and :func:`tick`.

@@ -150,6 +150,17 @@ class Thresholds:
         sent faster than 1.5 times real time (1 + tolerance / this) moves its offset beyond
         the tolerance before then and is taken for late delivery, and a minor alert comes
         10 s later at most.
+    clock_rebase_s
+        A terminal trusted before its clock could be judged (heard before any other terminal
+        of its partition) may have run its car's state ahead in a wrong frame; once judged,
+        a correction that moves its samples back more than this before the newest already
+        corrected rebases the car: its rule state starts again at the corrected time (its
+        open alerts stay open), instead of taking every later sample for "old" and seeing
+        nothing of the car until real time passes the wrong frame (11 h on no-fault seed
+        18). Smaller folds back are held off (a newly adopted offset never moves samples
+        back): the arrival jitter of a backlog sent in a burst folds back up to about the
+        tolerance plus half an offset's measurements (≈ 10 s). 60 s: above that, and a car
+        of a clock trusted less than a minute off is blind for that long at most.
     clock_offset_max_s
         Beyond this offset a message is quarantined, not corrected: 7 days, well past the
         largest offset a real terminal that lost NTP shows (the simulator's ``clock_skew``
@@ -376,6 +387,7 @@ class Thresholds:
     active_silence_timeout_s: float = 10.0
     clock_offset_tolerance_s: float = 5.0
     clock_behind_confirm_s: float = 10.0
+    clock_rebase_s: float = 60.0
     clock_offset_max_s: float = 7 * 86_400.0
     speed_check_s: float = 0.5
     speed_check_samples: int = 3

@@ -360,6 +360,7 @@ class Worker:
         metrics.SEQ_RESTARTS.inc(batch.seq_restarts)
         metrics.LATE_SAMPLES.inc(batch.late_samples)
         metrics.CLOCK_CORRECTED.inc(batch.clock_corrected)
+        metrics.CLOCK_REBASED.inc(batch.clock_rebased)
         metrics.CLOCK_FAULTS.inc(
             sum(1 for a in batch.alerts if a.alert_type == "clock_fault" and a.state == "raised")
         )

@@ -23,6 +23,7 @@ from detectors.catalog import detectors
 from detectors.clock import ClockState, judge_clock
 from detectors.online import CohortModels, OnlineDetector
 from detectors.protocol import Detector
+from detectors.rules import rebased
 from detectors.state import decode_state, encode_state
 from detectors.thresholds import ElevatorLimits, Thresholds
 from foundation import contract
@@ -362,6 +363,9 @@ class IngestBatch:
     seq_restarts: int = 0
     #: Messages whose sample times were corrected for their terminal's clock offset.
     clock_corrected: int = 0
+    #: Elevators whose rule state was rebased (:func:`detectors.rules.rebased`): their
+    #: terminal's times were corrected back by more than ``clock_rebase_s``.
+    clock_rebased: int = 0
     samples: int = 0
     late_samples: int = 0
     #: elevator id → the partition its messages came from, for state checkpoints.
@@ -716,6 +720,9 @@ class Ingest:
         if verdict.refused is not None:
             out.quarantined.append((record, verdict.refused))
             return None
+        if verdict.rebased and _RULES in st.detectors:
+            st.detectors[_RULES] = rebased(st.detectors[_RULES])
+            out.clock_rebased += 1
         if verdict.correction_ms == 0:
             return message, newest_ms
         out.clock_corrected += 1

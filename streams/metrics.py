@@ -41,6 +41,12 @@ CLOCK_CORRECTED = Counter(
     "Messages whose sample times were corrected for their terminal's clock offset",
     registry=REGISTRY,
 )
+CLOCK_REBASED = Counter(
+    "tianyan_clock_rebased_total",
+    "Elevators whose rule state started again because their terminal's times were corrected "
+    "back by more than clock_rebase_s (a clock trusted ahead before it could be judged)",
+    registry=REGISTRY,
+)
 CLOCK_FAULTS = Counter(
     "tianyan_clock_faults_total",
     "clock_fault episodes raised (a terminal clock off by more than clock_offset_tolerance_s)",

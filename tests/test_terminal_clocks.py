@@ -112,13 +112,13 @@ def test_a_clock_that_comes_back_clears_the_fault() -> None:
     st = ClockState()
     eid = FLEET[0]
     # within the tolerance: nothing to correct, nothing raised
-    assert judge_clock(st, eid, T0_MS, T0_MS + 900, T0_MS + 3_000, True, th) == (0, None, [])
+    assert judge_clock(st, eid, T0_MS, T0_MS + 900, T0_MS + 3_000, True, th) == (0, None, [], False)
     ahead = judge_clock(st, eid, T0_MS + 61_000, T0_MS + 61_900, T0_MS + 2_000, True, th)
     assert ahead.correction_ms == 59_900 and ahead.alerts[0].state == "raised"
     assert ahead.alerts[0].severity != "critical"
     # a resend (not in sequence order) is corrected but measures nothing
     late = judge_clock(st, eid, T0_MS + 1_000, T0_MS + 1_900, T0_MS + 30_000, False, th)
-    assert late == (59_900, None, [])
+    assert late == (59_900, None, [], False)
     back = judge_clock(st, eid, T0_MS + 4_000, T0_MS + 4_900, T0_MS + 5_000, True, th)
     assert back.correction_ms == 0
     assert [(a.state, a.alert_key) for a in back.alerts] == [("cleared", ahead.alerts[0].alert_key)]
@@ -321,6 +321,36 @@ def test_a_clock_off_from_the_first_message_is_corrected_in_the_first_minute() -
     assert ingest.stream_time_ms < T0_MS + 41_000
 
 
+def test_a_clock_trusted_ahead_from_the_first_message_and_set_right_blinds_no_car() -> None:
+    """A terminal an hour ahead is heard first, before any other terminal's lag can judge
+    it: it is taken as on time, and its car's state runs an hour ahead. Judged later, the
+    hour was held (a newly adopted offset never moved samples back); when the terminal's
+    clock was set right, its samples were an hour behind the car's state, "old", and its
+    rules saw nothing: a trapping went unseen (no-fault seed 18, for the 930 s left of the
+    run, and would have for 11 h). A correction that moves the samples back beyond the
+    tolerance rebases the car: its state starts again at the corrected time."""
+    ingest, ids, alerts, seqs = _partition(10)
+    odd = ids[0]  # heard first
+    for sec in range(120):
+        for eid in ids:
+            _send(ingest, alerts, seqs, eid, T0_MS + sec * 1000, 3_600_000 if eid == odd else 0)
+    trapped = {"position_m": 4.5, "door_zone": False, "passengers": True, "load_kg": 150.0}
+    for sec in range(120, 180):  # its clock right again; its car stuck between floors
+        true_ms = T0_MS + sec * 1000
+        for eid in ids:
+            if eid != odd:
+                _send(ingest, alerts, seqs, eid, true_ms, 0)
+                continue
+            rows = [car(t_ms=true_ms - 900 + k * 100, **trapped) for k in range(10)]
+            value = msgspec.json.encode(message(rows, elevator_id=eid, seq=seqs[eid]))
+            seqs[eid] += 1
+            batch = ingest.process([RawRecord(eid.encode(), value, 0, 0, true_ms)])
+            alerts += batch.alerts + ingest.tick().alerts
+    raised = {(a.elevator_id, a.alert_type) for a in alerts if a.state == "raised"}
+    assert (odd, "trapped_between_levels") in raised
+    assert (odd, "clock_fault") in raised
+
+
 def test_an_offset_is_the_median_of_its_episode_not_its_first_message() -> None:
     """Arrival jitter of a second on the first measurement: the offset in force settles on
     the true one (a whole episode's alerts used to be a second early or late)."""
@@ -339,18 +369,18 @@ def test_a_message_held_back_across_a_clock_change_keeps_the_clock_it_was_stampe
     of the car would be older than it — its rules blind for a day. It is corrected by the
     offset it was stamped under; one that fits neither offset is quarantined."""
     th, st, eid, day = Thresholds(), ClockState(), FLEET[0], 86_400_000
-    assert judge_clock(st, eid, T0_MS, T0_MS + 900, T0_MS + 1_000, True, th) == (0, None, [])
+    assert judge_clock(st, eid, T0_MS, T0_MS + 900, T0_MS + 1_000, True, th) == (0, None, [], False)
     behind = judge_clock(st, eid, T0_MS + 2_000 - day, T0_MS + 2_900 - day, T0_MS + 3_000, True, th)
     assert behind.correction_ms == -day - 100
     held = judge_clock(st, eid, T0_MS + 1_000, T0_MS + 1_900, T0_MS + 3_100, False, th)
-    assert held == (0, None, [])
+    assert held == (0, None, [], False)
     ahead = judge_clock(st, eid, T0_MS + 2 * day, T0_MS + 2 * day + 900, T0_MS + 4_000, False, th)
     assert ahead.refused is not None and "out of sequence order" in ahead.refused
     # and back: a message stamped under the day-behind clock, delivered once it is right
     back = judge_clock(st, eid, T0_MS + 5_000, T0_MS + 5_900, T0_MS + 6_000, True, th)
     assert back.correction_ms == 0 and back.alerts[0].state == "cleared"
     late = judge_clock(st, eid, T0_MS + 4_000 - day, T0_MS + 4_900 - day, T0_MS + 6_100, False, th)
-    assert late == (0, None, [])  # behind its arrival by a day: a late message, as it is
+    assert late == (0, None, [], False)  # behind its arrival by a day: a late message, as it is
 
 
 def test_a_reordered_message_at_a_clock_change_blinds_no_car() -> None:
@@ -439,9 +469,11 @@ def test_arrival_times_that_say_little_neither_end_nor_change_a_clock_episode() 
     still = judge_clock(
         st, eid, T0_MS + day + 1_000, T0_MS + day + 1_900, T0_MS + 2_000, True, th, unsure
     )
-    assert still == (day - 100, None, [])
+    assert still == (day - 100, None, [], False)
     right = judge_clock(st, eid, T0_MS + 3_000, T0_MS + 3_900, T0_MS + 4_000, True, th, unsure)
-    assert right == (0, None, []) and st.since_ms is not None  # corrected by none, still open
+    assert (
+        right == (0, None, [], False) and st.since_ms is not None
+    )  # corrected by none, still open
     ended = judge_clock(st, eid, T0_MS + 5_000, T0_MS + 5_900, T0_MS + 6_000, True, th)
     assert ended.correction_ms == 0 and [a.state for a in ended.alerts] == ["cleared"]
 
