@@ -182,6 +182,15 @@ class Thresholds:
         the ±0.2 m unlocking zone (EN 81-20 5.12.1.4). The standing case catches a reading
         frozen at 0.05–0.1 m/s as a car stopped: it kept the car "moving" for good, and
         its terminal's first pause in sending was a `device_offline` for a car in use.
+    encoder_speed_samples
+        With the speed reading frozen, the car's speed is the least of its encoder's speed
+        over the last span checked, over the last sample step, and over its last
+        ``encoder_speed_samples`` sample steps (the net move): one 0.1-s step holds the
+        encoder's noise, 5–6 mm (0.05–0.06 m/s, over the standstill speed) on a standing
+        car, and with a span that still held the end of the approach it made a standing car
+        depart as its doors opened (a false critical ``door_open_while_running``, no-fault
+        seed 151). 3 steps (0.3 s at 10 Hz): noise of ±3 mm reads at most 0.02 m/s over
+        them, and a moving car's net move still shows it moving within 0.3 s.
     position_check_s
         A position that stays the same, bit for bit, for this long (over at least
         ``speed_check_samples`` samples) while a live speed reading (one that changes
@@ -393,6 +402,7 @@ class Thresholds:
     speed_check_samples: int = 3
     speed_position_mismatch_mps: float = 0.1
     encoder_jump_speed_ratio: float = 2.0
+    encoder_speed_samples: int = 3
     position_check_s: float = 2.0
     load_stuck_changes: int = 2
     state_eviction_after_s: float = 6 * 3600.0

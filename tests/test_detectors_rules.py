@@ -768,6 +768,37 @@ def test_a_car_found_levelling_at_another_landing_after_a_silence_raises_no_door
     assert "door_open_while_running" in kinds(alerts)
 
 
+def test_encoder_noise_of_a_car_standing_with_a_frozen_speed_sensor_is_no_departure() -> None:
+    """The speed sensor frozen at 0 m/s, the car's speed is its encoder's. A message is lost
+    as the car arrives (the span starts again); the car stands, and as its doors open the
+    span just ended holds the last 26 mm of the approach (0.052 m/s) while each sample step
+    holds 5–6 mm of encoder noise (0.05–0.06 m/s): a departure with the doors opening, a
+    false critical `door_open_while_running` (no-fault seed 151, its positions). The net
+    move over the last few samples, lower than one noisy step, bounds the speed too."""
+    seconds = []
+    for sec in range(4):  # up at 1 m/s, outside the door zone, the reading frozen at 0
+        seconds.append(
+            [
+                car(
+                    t_ms=T0 + sec * 1000 + k * 100, position_m=13.0 + sec + 0.1 * k, door_zone=False
+                )
+                for k in range(10)
+            ]
+        )
+    arrival = [17.827, 17.87, 17.909, 17.94, 17.961, 17.978, 17.989, 17.995, 17.999, 17.998]
+    standing = [18.004, 17.999, 18.002, 18.0, 18.001, 18.002, 18.002, 17.999, 18.002, 18.0]
+    seconds.append([car(t_ms=T0 + 5000 + k * 100, position_m=p) for k, p in enumerate(arrival)])
+    seconds.append(
+        [car(t_ms=T0 + 6000 + k * 100, position_m=p, door=1) for k, p in enumerate(standing)]
+    )
+    for rows in seconds:
+        for row in rows:
+            row.update(speed_mps=0.0, passengers=True, load_kg=150.0)
+    st, alerts = feed(seconds)
+    assert st.speed_frozen
+    assert "door_open_while_running" not in kinds(alerts)
+
+
 def test_a_speed_reading_frozen_just_above_standstill_is_a_frozen_sensor() -> None:
     """The reading freezes at 0.07 m/s as the car stops at a landing: within 0.1 m/s of the
     encoder's 0, it kept the car moving for good (and the terminal's first pause a
