@@ -707,12 +707,16 @@ def _speed(
                     st.speed_frozen = True
             st.speed_anchor_t_ms, st.speed_anchor_position_m = t, p
             st.speed_anchor_samples = 1
+    if not st.speed_frozen:
+        if st.frozen_track_ms:  # kept only while frozen: the live path does no more
+            st.frozen_track_ms.clear()
+            st.frozen_track_m.clear()
+        return reading
     track_ms, track_m = st.frozen_track_ms, st.frozen_track_m
-    if not st.speed_frozen or gap or t <= prev_t:
-        if track_ms:
-            track_ms.clear()
-            track_m.clear()
-        return reading if not st.speed_frozen else 0.0
+    if gap or t <= prev_t:
+        track_ms.clear()
+        track_m.clear()
+        return 0.0
     track_ms.append(prev_t)
     track_m.append(prev_p)
     if len(track_ms) > d.thresholds.encoder_speed_samples:
