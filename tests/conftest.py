@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +132,13 @@ def consume_all(
     timeout_s: float = 60.0,
     *,
     security: KafkaSecurity | None = None,
+    done: Callable[[list], bool] | None = None,
 ) -> list:
-    """Every record of ``topic`` (at least ``expected`` of them), per partition in offset order."""
+    """Every record of ``topic`` (at least ``expected`` of them), per partition in offset order.
+
+    Where records may repeat (a message re-sent after an outage), ``expected`` records can
+    all be there before the last distinct one is: ``done`` then says when the records read
+    so far are complete (``expected`` is not used)."""
     import time
 
     from kafka import KafkaConsumer
@@ -149,7 +154,8 @@ def consume_all(
     records: list = []
     deadline = time.monotonic() + timeout_s
     try:
-        while len(records) < expected and time.monotonic() < deadline:
+        complete = done or (lambda got: len(got) >= expected)
+        while not complete(records) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500, max_records=50_000).values():
                 records.extend(batch)
         # Anything beyond `expected` would be a duplicate: give it a moment to show up.

@@ -55,6 +55,17 @@ def _message(code: str, seq: int) -> bytes:
     return json.dumps({"elevator_id": code, "seq": seq, "samples": []}).encode()
 
 
+def _seqs(records: list, code: str) -> list[int]:
+    """The seqs of ``code``'s messages among ``records``, in the order read."""
+    return [json.loads(r.value)["seq"] for r in records if r.key == code.encode()]
+
+
+def _every_seq(codes: list[str], count: int) -> Callable[[list], bool]:
+    """Whether records hold seqs 0 to ``count`` - 1 of each of ``codes``: a message re-sent
+    after an outage repeats, so a count of records can be reached before the last one."""
+    return lambda records: all(set(_seqs(records, c)) >= set(range(count)) for c in codes)
+
+
 @dataclass
 class Bridge:
     settings: Settings
@@ -281,14 +292,10 @@ def test_gateway_killed_mid_stream_loses_nothing(bridge: Bridge) -> None:
         bridge.raw_topic,
         expected=len(codes) * per_terminal,
         timeout_s=90,
+        done=_every_seq(codes, per_terminal),
     )
-    seen: dict[str, set[int]] = {c: set() for c in codes}
-    for r in records:
-        code = r.key.decode()
-        if code in seen:
-            seen[code].add(json.loads(r.value)["seq"])
     for code in codes:
-        missing = set(range(per_terminal)) - seen[code]
+        missing = set(range(per_terminal)) - set(_seqs(records, code))
         assert not missing, f"{code}: {len(missing)} messages lost, first {sorted(missing)[:5]}"
 
 
@@ -350,17 +357,19 @@ def test_broker_restarts_lose_nothing_and_keep_each_terminals_order(bridge: Brid
         if bridge.proc is None or bridge.proc.poll() is not None:
             bridge.start()
     records = consume_all(
-        bridge.settings.kafka_bootstrap, bridge.raw_topic, expected=seq * len(codes), timeout_s=90
+        bridge.settings.kafka_bootstrap,
+        bridge.raw_topic,
+        expected=seq * len(codes),
+        timeout_s=90,
+        done=_every_seq(codes, seq),
     )
     lost = {}
     for code in codes:
-        seqs = [json.loads(r.value)["seq"] for r in records if r.key == code.encode()]
-        if missing := sorted(set(range(seq)) - set(seqs)):
+        if missing := sorted(set(range(seq)) - set(_seqs(records, code))):
             lost[code] = f"{len(missing)} of {seq}: seqs {_spans(missing)}"
     assert not lost, f"lost across broker restarts (3 x {per_phase} seqs each): {lost}"
     for code in codes:
-        seqs = [json.loads(r.value)["seq"] for r in records if r.key == code.encode()]
-        first_seen = list(dict.fromkeys(seqs))
+        first_seen = list(dict.fromkeys(_seqs(records, code)))
         assert first_seen == list(range(seq)), f"{code} out of order: {first_seen[:10]}…"
 
 
