@@ -160,7 +160,11 @@ class Thresholds:
         18). Smaller folds back are held off (a newly adopted offset never moves samples
         back): the arrival jitter of a backlog sent in a burst folds back up to about the
         tolerance plus half an offset's measurements (≈ 10 s). 60 s: above that, and a car
-        of a clock trusted less than a minute off is blind for that long at most.
+        of a clock trusted less than a minute off is blind for that long at most. Ahead
+        too: a correction that moves a message's samples this much further past the newest
+        corrected one than its arrival is past the previous message's rebases the car (a
+        clock trusted behind; the gap is no silence of its terminal), where arrival times
+        are exact (not in a replay published faster than real time).
     clock_offset_max_s
         Beyond this offset a message is quarantined, not corrected: 7 days, well past the
         largest offset a real terminal that lost NTP shows (the simulator's ``clock_skew``

@@ -119,6 +119,15 @@ class ElevatorState(msgspec.Struct):
     #: The newest sample time the terminal stamped (its own clock, before any correction):
     #: a ``seq`` that goes back while this moves on is a terminal that restarted its count.
     newest_stamp_ms: int = -1
+    #: When the terminal's newest in-order message arrived (the Kafka record timestamp, or
+    #: offline the send time), Unix ms; -1 before any. Silence is judged on it as well as
+    #: on the car's sample times (:meth:`Ingest.tick`): a clock behind that was taken as it
+    #: was leaves the car's samples behind, not its terminal silent.
+    heard_ms: int = -1
+    #: The newest in-order message was judged against exact arrival times (the partition
+    #: read in real time, or its terminals' lags agreeing): its clock is known. False
+    #: while arrival times could not judge it (a partition's first messages, a replay).
+    clock_judged: bool = False
 
     @classmethod
     def new(cls, elevator_id: str, detectors: Iterable[Detector[Any]]) -> ElevatorState:
@@ -232,6 +241,7 @@ class _Partition:
         "advanced_wall_ms",
         "arrival_lags_ms",
         "elevators",
+        "heard_ms",
         "idle",
         "pace_ahead_ms",
         "pace_anchor",
@@ -249,6 +259,7 @@ class _Partition:
         self.ticked_ms = 0
         self.advanced_wall_ms: float | None = None
         self.elevators: dict[str, None] = {}  # insertion order: deterministic ticks
+        self.heard_ms = -1  # the latest arrival time of a record from it, Unix ms
         self.idle = True
         self.arrival_lags_ms: deque[int] = deque(maxlen=ARRIVAL_LAG_MESSAGES)
         self.terminal_lags_ms: dict[str, int] = {}  # the least recently heard first
@@ -650,6 +661,7 @@ class Ingest:
         ``out``). ``clock_fault`` alerts go to ``out`` too."""
         assert record.arrival_ms is not None
         p = self._partition(record.partition)
+        p.heard_ms = max(p.heard_ms, record.arrival_ms)
         t = message.samples.t_ms
         lag_ms = t[-1] - record.arrival_ms
         lags, of_terminals = p.lags_for(message.elevator_id)
@@ -699,6 +711,7 @@ class Ingest:
             newest_ms += round(ARRIVAL_SPREAD_FACTOR * spread_ms)
         else:
             newest_ms += uncertainty_ms
+        newest_before_ms = st.clock.last_corrected_ms
         verdict = judge_clock(
             st.clock,
             message.elevator_id,
@@ -720,6 +733,13 @@ class Ingest:
         if verdict.refused is not None:
             out.quarantined.append((record, verdict.refused))
             return None
+        if in_order and not verdict.rebased and uncertainty_ms == 0:
+            first_ms = t[0] - verdict.correction_ms
+            ahead = self._moved_ahead(st, newest_before_ms, first_ms, record.arrival_ms)
+            verdict = verdict._replace(rebased=ahead)
+        if in_order:
+            st.heard_ms = max(st.heard_ms, record.arrival_ms)
+            st.clock_judged = uncertainty_ms == 0
         if verdict.rebased and _RULES in st.detectors:
             st.detectors[_RULES] = rebased(st.detectors[_RULES])
             out.clock_rebased += 1
@@ -727,6 +747,22 @@ class Ingest:
             return message, newest_ms
         out.clock_corrected += 1
         return _shifted(message, -verdict.correction_ms), newest_ms
+
+    def _moved_ahead(
+        self, st: ElevatorState, newest_ms: int, first_ms: int, arrival_ms: int
+    ) -> bool:
+        """Whether a message's corrected samples (from ``first_ms``) start more than
+        ``clock_rebase_s`` further past the terminal's newest corrected one (``newest_ms``)
+        than its arrival is past the last one's: the times before were in a frame behind
+        (a clock behind, taken as it was before arrival times could judge it), and the
+        gap is no silence (a terminal 5.9 h behind, heard first of its partition, made a
+        5.9-h ``device_offline`` once set right). Asked only where arrival times resolve
+        send times: in a replay published faster than real time, a real dropout's gap is
+        far longer than the gap between its arrivals."""
+        if newest_ms < 0 or st.heard_ms < 0:
+            return False
+        ahead_ms = (first_ms - newest_ms) - (arrival_ms - st.heard_ms)
+        return ahead_ms > self.thresholds.clock_rebase_s * 1000
 
     def _partition(self, partition: int) -> _Partition:
         p = self._partitions.get(partition)
@@ -837,10 +873,11 @@ class Ingest:
             if not due:
                 continue
             p.ticked_ms = now
+            heard_ms = p.heard_ms if wall is None else max(p.heard_ms, round(wall))
             stale: list[str] = []
             for eid in p.elevators:
                 st = self.states.get(eid)
-                if st is None:
+                if st is None or self._heard_unjudged(st, heard_ms):
                     continue
                 limits = self._limits_for(eid)
                 for d in self.detectors:
@@ -854,6 +891,22 @@ class Ingest:
                 out.evicted[eid] = (partition, self.states[eid].encode())
             self.forget(stale)
         return out
+
+    def _heard_unjudged(self, st: ElevatorState, heard_ms: int) -> bool:
+        """Whether the car's terminal was heard within its silence timeout of the
+        partition's latest arrival (``heard_ms``; the wall clock, in the worker) while its
+        clock is not judged yet: its samples may be in a wrong frame, and a tick at the
+        others' time would take a terminal that was heard for one long silent. One heard
+        first of its partition is taken as it is, with no other arrival lag to judge it
+        by; 5.9 h behind, the partition's next tick found its car silent 5.9 h (no-fault
+        seed 96). Its next message, judged, sets its clock right."""
+        if st.clock_judged or st.heard_ms < 0:
+            return False
+        rules = st.detectors.get(_RULES)
+        in_use = rules is not None and rules.active_car
+        th = self.thresholds
+        timeout_s = th.active_silence_timeout_s if in_use else th.heartbeat_timeout_s
+        return heard_ms - st.heard_ms <= timeout_s * 1000
 
     def _evictable(self, st: ElevatorState, now_ms: int) -> bool:
         """Silent beyond ``state_eviction_after_s`` and its ``device_offline`` raised at an

@@ -351,6 +351,30 @@ def test_a_clock_trusted_ahead_from_the_first_message_and_set_right_blinds_no_ca
     assert (odd, "clock_fault") in raised
 
 
+def test_a_clock_trusted_behind_from_the_first_message_is_no_silence() -> None:
+    """An idle terminal 5.9 h behind (a heartbeat every 30 s) is heard first of its
+    partition: taken as on time, its car's state runs 5.9 h in the past. The partition's
+    next tick, at the others' time, found the car silent 5.9 h, and the heartbeat that set
+    its clock right ended a 5.9-h silence: a false ``device_offline`` (no-fault seed 96).
+    Its terminal was heard all along; another's real two-minute dropout is still raised."""
+    ingest, ids, alerts, seqs = _partition(10)
+    odd, dropped = ids[0], ids[1]  # odd heard first
+    behind_ms = -round(5.9 * 3_600_000)
+    for sec in range(300):
+        true_ms = T0_MS + sec * 1000
+        for eid in ids:
+            if eid == odd and sec % 30 == 0:
+                _send(ingest, alerts, seqs, eid, true_ms, behind_ms)
+            elif eid != odd and (eid != dropped or not 60 <= sec < 180):
+                _send(ingest, alerts, seqs, eid, true_ms, 0)
+    offline = [a for a in alerts if a.alert_type == "device_offline" and a.state == "raised"]
+    assert [a.elevator_id for a in offline] == [dropped]
+    assert T0_MS + 60_000 <= offline[0].raised_at_ms <= T0_MS + 130_000
+    faults = [a for a in alerts if a.alert_type == "clock_fault" and a.state == "raised"]
+    assert [a.elevator_id for a in faults] == [odd]
+    assert abs(faults[0].evidence["offset_ms"] - behind_ms) <= 2_000
+
+
 def test_an_offset_is_the_median_of_its_episode_not_its_first_message() -> None:
     """Arrival jitter of a second on the first measurement: the offset in force settles on
     the true one (a whole episode's alerts used to be a second early or late)."""
