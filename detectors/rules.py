@@ -1236,22 +1236,24 @@ def _timers(em: _Emitter, now: int, silent_from_ms: int | None = None) -> None:
         em.raise_("stopped_outside_door_zone", base, t, **extra)
     if st.passengers:
         since = max(base, st.passengers_since_ms)
-        if not zone and st.standing_since_ms < st.stop_seen_ms and since <= st.stop_seen_ms:
-            # Found standing between levels with people inside after a silence: what was
-            # seen then may have held all through it (the worst case for anyone inside; a
-            # trapping that began unseen and ended 10 s after the silence went unreported).
+        due_ms = since + d.trapped_ms
+        if st.standing_since_ms < st.stop_seen_ms and since <= st.stop_seen_ms:
+            # Found standing with people inside after a silence: what was seen then may have
+            # held all through it (the worst case for anyone inside; a trapping that began
+            # unseen and ended 10 s after the silence went unreported). At a level, once
+            # seen shut as long as a door that did not open (a car that just arrived opens
+            # them): found 14 min into a dropout, two trappings were seen 16 s and 23 s.
             since = st.standing_since_ms
+            due_ms = since + d.trapped_ms
+            if zone:
+                due_ms = max(due_ms, st.stop_seen_ms + d.trapped_silent_seen_ms)
         kind = "trapped_at_level" if zone else "trapped_between_levels"
         if "trapped_at_level" not in st.active and "trapped_between_levels" not in st.active:
             alarm_t = (
                 due_at(max(since, st.alarm_since_ms) + d.alarm_trapped_ms) if st.alarm else None
             )
             seen = not (extrapolated and zone and st.last_t_ms - since < d.trapped_silent_seen_ms)
-            timer_t = (
-                due_at(since + d.trapped_ms)
-                if seen and (zone is False or not st.opened_in_stop)
-                else None
-            )
+            timer_t = due_at(due_ms) if seen and (zone is False or not st.opened_in_stop) else None
             if alarm_t is not None:
                 em.raise_(
                     kind, since, alarm_t, how="alarm button pressed in a standing car", **extra

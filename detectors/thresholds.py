@@ -59,6 +59,9 @@ class Thresholds:
         fell silent as it arrived says nothing of its doors (its silence is reported at once:
         ``device_offline`` with the car in use, "call the user unit to check the car").
         Between levels no minimum: standing there with people inside is abnormal at once.
+        The same after a silence: a car found standing at a level, doors shut, people
+        inside, is taken to have stood so all through the silence once seen so this long
+        (two trappings that began in a 14-min dropout were seen for 16 s and 23 s only).
     alarm_trapped_after_s
         The alarm button held this long in a standing car with its doors closed and people
         inside is a trapping at once, without waiting ``trapped_after_s``: the people inside

@@ -626,6 +626,26 @@ def test_a_car_found_between_levels_with_people_after_a_silence_is_a_trapping_at
     assert trapped.condition_since_ms < T0 + 60_000
 
 
+@pytest.mark.parametrize(("shut_s", "trapped"), [(2, False), (6, True)])
+def test_a_car_found_at_a_level_with_people_after_a_silence(shut_s: int, trapped: bool) -> None:
+    """An empty car at a landing; the terminal silent for five minutes; the car found at
+    another landing, doors shut, people inside. Doors that open 2 s later are a car that
+    just arrived; shut for 6 s (``trapped_silent_at_level_seen_s``, 5) they did not open:
+    it may have stood so all through the silence, a trapping (two that began in a 14-min
+    dropout were seen for 16 s and 23 s and went unreported, waiting 30 s from when they
+    were found)."""
+    found = {"passengers": True, "position_m": 9.0}
+    seconds = [second(0, position_m=3.0)]
+    seconds += [second(s, **found) for s in range(300, 300 + shut_s)]
+    seconds += [second(300 + shut_s, **{**found, "door": 1})]
+    _, alerts = feed(seconds)
+    raised = [a for a in alerts if a.alert_type == "trapped_at_level" and a.state == "raised"]
+    assert bool(raised) is trapped
+    if trapped:
+        assert T0 + 305_000 <= raised[0].raised_at_ms <= T0 + 306_000
+        assert raised[0].condition_since_ms < T0 + 300_000
+
+
 @pytest.mark.parametrize(
     ("seen_s", "zone", "expected"),
     [
