@@ -621,9 +621,13 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
         c.load_kg, c.offset_mm, c.mode = loads[i], offs[i], modes[i]
         c.moving = c.v > v_stand
         c.prev_dir = st.direction
-        if c.offset_mm != st.leveling_offset_mm:
+        # Across a silence the car may have moved unseen, and a reading that differs from
+        # the last one seen says nothing of the sensor being live (one that froze in a
+        # 10-min dropout, 266.5 mm off, raised both accuracy alarms at the car's next stop).
+        unseen = prev_t >= 0 and t - prev_t > d.silent_gap_ms
+        if c.offset_mm != st.leveling_offset_mm and not unseen:
             st.leveling_changed_ms = t
-        if c.moving:
+        if c.moving or unseen:
             st.moved_ms = t
         st.last_t_ms = t
         st.speed_mps, st.accel_mps2, st.position_m = c.v, acc[i], c.p

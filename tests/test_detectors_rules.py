@@ -609,6 +609,30 @@ def test_a_car_found_elsewhere_after_a_silence_is_judged_on_what_is_seen() -> No
     assert "stopping_accuracy" not in kinds(alerts)
 
 
+@pytest.mark.parametrize(("readings_mm", "judged"), [([266.5], False), ([266.4, 266.6], True)])
+def test_a_leveling_reading_first_seen_after_a_silence_is_judged_once_it_moves(
+    readings_mm: list[float], judged: bool
+) -> None:
+    """A car arriving at a landing; its terminal silent for ten minutes; the car found
+    standing there, doors opening, its leveling sensor reading 266.5 mm. Unchanged since,
+    it may have frozen unseen in the silence (a dropout hid the freeze, and both accuracy
+    alarms were raised on no-fault traffic): nothing is judged on it. A reading that moves
+    with the sensor's noise is live: the stop is judged."""
+
+    def found(sec: int, door: int) -> list[dict[str, Any]]:
+        return [
+            car(t_ms=T0 + sec * 1000 + k * 100, door=door, position_m=0.0,
+                leveling_offset_mm=readings_mm[k % len(readings_mm)])
+            for k in range(10)
+        ]  # fmt: skip
+
+    seconds = [travel(0, speed_mps=0.5, position_m=0.0)]
+    seconds += [found(600, 0), found(601, 1), *(found(s, 2) for s in range(602, 606))]
+    _, alerts = feed(seconds)
+    accuracy = {"stopping_accuracy", "leveling_accuracy"} & set(kinds(alerts))
+    assert accuracy == ({"stopping_accuracy", "leveling_accuracy"} if judged else set())
+
+
 def test_a_car_found_between_levels_with_people_after_a_silence_is_a_trapping_at_once() -> None:
     """An empty car at a landing; the terminal silent for a minute; the car found standing
     between levels, in another place, doors shut, people inside, and let out 8 s later. It
