@@ -650,6 +650,29 @@ def test_a_car_found_between_levels_with_people_after_a_silence_is_a_trapping_at
     assert trapped.condition_since_ms < T0 + 60_000
 
 
+@pytest.mark.parametrize(("lost", "raised"), [(False, False), (True, True)])
+def test_one_sample_over_the_speed_limit_then_samples_lost_is_an_overspeed(
+    lost: bool, raised: bool
+) -> None:
+    """A car speeding up through the limit (1.15 m/s): one sample over it ends a message.
+    Followed by the next one, back under, it is one sample of noise; followed by a message
+    lost (garbled) and then one back under, nothing seen refutes it: an overspeed (one
+    whose 1.275-m/s peak was in a garbled message went unreported)."""
+
+    def run(sec: int, speeds: list[float]) -> list[dict[str, Any]]:
+        return [
+            car(t_ms=T0 + sec * 1000 + k * 100, speed_mps=v, position_m=20.0 + sec + k * 0.1,
+                door_zone=False, direction=1)
+            for k, v in enumerate(speeds)
+        ]  # fmt: skip
+
+    rising = [1.0 + k * 0.01 for k in range(9)] + [1.19]
+    seconds = [run(0, [0.99, 1.0, 1.01] * 3 + [1.0]), run(1, rising)]
+    seconds += [run(3 if lost else 2, [1.1 - k * 0.01 for k in range(10)])]
+    _, alerts = feed(seconds)
+    assert ("overspeed" in kinds(alerts)) is raised
+
+
 @pytest.mark.parametrize(("shut_s", "trapped"), [(2, False), (6, True)])
 def test_a_car_found_at_a_level_with_people_after_a_silence(shut_s: int, trapped: bool) -> None:
     """An empty car at a landing; the terminal silent for five minutes; the car found at
