@@ -873,11 +873,15 @@ class Ingest:
             if not due:
                 continue
             p.ticked_ms = now
+            # Arrival times say when a terminal was last heard only if the partition may be
+            # read in real time (a replay published faster compresses them).
             heard_ms = p.heard_ms if wall is None else max(p.heard_ms, round(wall))
+            if p.pace_implausible or (p.pace_measured and not p.pace_real_time):
+                heard_ms = -1
             stale: list[str] = []
             for eid in p.elevators:
                 st = self.states.get(eid)
-                if st is None or self._heard_unjudged(st, heard_ms):
+                if st is None or (heard_ms >= 0 and self._heard_unjudged(st, heard_ms)):
                     continue
                 limits = self._limits_for(eid)
                 for d in self.detectors:
