@@ -581,6 +581,7 @@ class _Sample:
         "prev_dir",
         "prev_door",
         "prev_mode",
+        "speed_unconfirmed",
         "t",
         "v",
         "zone",
@@ -602,6 +603,10 @@ class _Sample:
     #: Samples were lost just before this one (a step over twice the one before it, or a
     #: silence: a message garbled, held back or dropped).
     lost: bool
+    #: The speed reading is the previous sample's, bit for bit, while the encoder's last
+    #: step shows the car standing: nothing live says it moves (a sensor frozen at travel
+    #: speed, not yet judged so because lost samples restarted its check).
+    speed_unconfirmed: bool
 
 
 def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
@@ -622,6 +627,11 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
         c.t, c.p, c.door, c.zone, c.dirn = t, pos[i], doors[i], zones[i], dirs[i]
         step_ms = t - prev_t
         c.lost = prev_t >= 0 and (step_ms > d.silent_gap_ms or 0 < 2 * st.speed_step_ms < step_ms)
+        c.speed_unconfirmed = (
+            sp[i] == st.speed_anchor_mps
+            and step_ms > 0
+            and abs(c.p - prev_p) * 1000.0 / step_ms <= v_stand
+        )
         c.v = _speed(st, d, t, prev_t, prev_p, sp[i], c.p)
         _encoder(st, d, t, prev_t, prev_p, sp[i], c.p)
         c.load_kg, c.offset_mm, c.mode = loads[i], offs[i], modes[i]
@@ -987,10 +997,16 @@ def _door_open_while_running(em: _Emitter, c: _Sample) -> None:
     """``door_open_while_running``: moving with the doors not closed after they had been
     closing for departure — except as the car arrives at a landing, in its door zone at
     no more than ``door_zone_open_speed_mps`` (levelling with the doors opening is allowed
-    there)."""
+    there). "Moving" on a speed reading unchanged from the sample before while the encoder
+    shows the car standing is not enough to raise it: a sensor frozen at travel speed,
+    whose check a message held back at arrival had restarted, raised it as the doors
+    opened (no-fault seeds 228, 243, 250)."""
     st = em.st
+    # Once raised, the reading alone keeps it (an episode must not flicker on and off).
+    unconfirmed = c.speed_unconfirmed and "door_open_while_running" not in st.active
     holds = (
         c.moving
+        and not unconfirmed
         and c.door != _CLOSED
         and not st.departed_open
         and not (c.zone and st.arriving and c.v <= em.d.v_relevel)
