@@ -277,9 +277,11 @@ def _loader(
 
 
 def _consume(
-    settings: Settings, topic: str, expected: int, timeout_s: float
+    settings: Settings, topic: str, codes: list[str], expected: int, timeout_s: float
 ) -> list[tuple[int, int, float]]:
-    """(phase, Kafka timestamp ms, publish time ms) of every record."""
+    """(phase, Kafka timestamp ms, publish time ms) of every record of the bench's own
+    terminals (``codes``): its gateways share the broker's whole telemetry, so whatever
+    other terminals publish meanwhile (a test beside it, a demo) reaches its topic too."""
     from confluent_kafka import Consumer
 
     consumer = Consumer(
@@ -292,6 +294,7 @@ def _consume(
         }
     )
     consumer.subscribe([topic])
+    ours = {code.encode() for code in codes}
     out: list[tuple[int, int, float]] = []
     deadline = time.monotonic() + timeout_s
     idle_since = time.monotonic()
@@ -304,7 +307,7 @@ def _consume(
                 continue
             idle_since = time.monotonic()
             for m in batch:
-                if m.error():
+                if m.error() or m.key() not in ours:
                     continue
                 value = json.loads(m.value())
                 out.append((value["bench_phase"], m.timestamp()[1], value["sent_ms"]))
@@ -412,7 +415,7 @@ def run(settings: Settings, config: GatewayBenchConfig) -> dict[str, Any]:
         cpu_used = {part: cpu_s(pids) - cpu_before[part] for part, pids in parts.items()}
         cpu_used["load_generator"] = sum(cpu[-1] for _, cpu in outcomes)
         _say(f"published {sent_by_phase}; reading the topic back")
-        records = _consume(settings, raw, sum(sent_by_phase), timeout_s=180)
+        records = _consume(settings, raw, codes, sum(sent_by_phase), timeout_s=180)
         gateway_peak_kb = max(peak_rss_kb(gw.pid) for gw in gateways)
     finally:
         for p in procs:
