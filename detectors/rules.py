@@ -603,9 +603,10 @@ class _Sample:
     #: Samples were lost just before this one (a step over twice the one before it, or a
     #: silence: a message garbled, held back or dropped).
     lost: bool
-    #: The speed reading is the previous sample's, bit for bit, while the encoder's last
-    #: step shows the car standing: nothing live says it moves (a sensor frozen at travel
-    #: speed, not yet judged so because lost samples restarted its check).
+    #: The car is "moving" on a speed reading that is the previous sample's, bit for bit,
+    #: while the encoder's last step shows it standing: nothing live says it moves (a
+    #: sensor frozen at travel speed, not yet judged so because lost samples restarted its
+    #: check).
     speed_unconfirmed: bool
 
 
@@ -626,21 +627,23 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
         prev_t, prev_p = st.last_t_ms, st.position_m
         c.t, c.p, c.door, c.zone, c.dirn = t, pos[i], doors[i], zones[i], dirs[i]
         step_ms = t - prev_t
-        c.lost = prev_t >= 0 and (step_ms > d.silent_gap_ms or 0 < 2 * st.speed_step_ms < step_ms)
-        c.speed_unconfirmed = (
-            sp[i] == st.speed_anchor_mps
-            and step_ms > 0
-            and abs(c.p - prev_p) * 1000.0 / step_ms <= v_stand
-        )
+        unseen = prev_t >= 0 and step_ms > d.silent_gap_ms  # a silence hid what the car did
+        c.lost = unseen or (prev_t >= 0 and 0 < 2 * st.speed_step_ms < step_ms)
+        reading_unchanged = sp[i] == st.speed_anchor_mps  # before _speed moves the anchor
         c.v = _speed(st, d, t, prev_t, prev_p, sp[i], c.p)
         _encoder(st, d, t, prev_t, prev_p, sp[i], c.p)
         c.load_kg, c.offset_mm, c.mode = loads[i], offs[i], modes[i]
         c.moving = c.v > v_stand
+        c.speed_unconfirmed = (
+            c.moving
+            and reading_unchanged
+            and step_ms > 0
+            and abs(c.p - prev_p) * 1000.0 / step_ms <= v_stand
+        )
         c.prev_dir = st.direction
         # Across a silence the car may have moved unseen, and a reading that differs from
         # the last one seen says nothing of the sensor being live (one that froze in a
         # 10-min dropout, 266.5 mm off, raised both accuracy alarms at the car's next stop).
-        unseen = prev_t >= 0 and t - prev_t > d.silent_gap_ms
         if c.offset_mm != st.leveling_offset_mm and not unseen:
             st.leveling_changed_ms = t
         if c.moving or unseen:
@@ -965,7 +968,7 @@ def _overspeed(em: _Emitter, c: _Sample) -> None:
     run = em.st.runs.get("overspeed")
     if not holds and c.lost and run is not None and run[0] and "overspeed" not in em.st.active:
         em.raise_("overspeed", run[2], c.t, limit_mps=em.d.v_over, how="samples lost after it")
-    if holds or "overspeed" in em.st.runs:
+    if holds or run is not None:
         _instant(em, "overspeed", holds, c.t, em.d.confirm, limit_mps=em.d.v_over)
 
 
