@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from river import anomaly
 
 from .stats import Cusum, Ewma, RobustZ
 
@@ -182,6 +181,11 @@ def _hst(
         hi = max(r[k] for _, r in rows[:warmup])
         width = (hi - lo) or 1.0
         limits[k] = (lo - margin * width, hi + margin * width)
+    # river (and the scipy.stats it loads) only here: imported at the top, through
+    # detectors.catalog, it cost every stream worker ≈ 60 MB of resident memory for a scorer
+    # only `tianyan score` and the NAB bench run.
+    from river import anomaly
+
     model = anomaly.HalfSpaceTrees(limits=limits, **hst)
     for _, row in rows[:warmup]:
         model.learn_one(row)

@@ -61,3 +61,17 @@ def test_an_import_from_a_floor_above_breaks_the_contract(tmp_path: Path) -> Non
     )
     assert res.returncode != 0
     assert "foundation.upstairs -> tianyan.cli" in res.stdout
+
+
+def test_the_stream_worker_does_not_load_the_offline_scorers_libraries() -> None:
+    """river, and the scipy.stats it loads, serve only ``tianyan score`` and the NAB bench:
+    loaded by the worker through the detectors' catalogue they cost each worker ≈ 60 MB of
+    resident memory (README § The stream worker)."""
+    probe = (
+        "import sys, streams.app, detectors.catalog; "
+        "print(sorted(m for m in ('river', 'scipy.stats', 'pandas') if m in sys.modules))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert res.stdout.strip() == "[]", res.stdout
