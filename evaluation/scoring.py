@@ -9,12 +9,15 @@ How alerts and labels are matched
 ---------------------------------
 - **Recall** (per label type): a label is *detected* when an alert of a type in
   :data:`DETECTS` for it is raised on the same elevator between the label's onset and
-  :data:`SLACK_MS` after its end (the end of the run for a label without end). Its
-  *detection delay* is the first such alert's ``raised_at_ms`` minus the onset (the moment
-  the condition holds, as the simulator labels it).
+  :data:`SLACK_MS` after its end (the end of the run for a label without end); on a
+  terminal whose clock was skewed, from ``clock_offset_tolerance_s`` before the onset
+  (:func:`clock_margin_ms`: the detectors see its corrected times). Its *detection delay*
+  is the first such alert's ``raised_at_ms`` minus the onset (the moment the condition
+  holds, as the simulator labels it; 0 for one within the clock's margin before it).
 - **Precision** (per alert type, and per label type over the alert types that detect it):
   a raised alert is *explained* when a label of a type in :data:`EXPLAINED_BY` for it covers
-  it on the same elevator (same window; see :func:`explain_window` for the one widening).
+  it on the same elevator (same window; see :func:`explain_window` for the one widening,
+  and the clock's margin as for recall).
   An unexplained alert is a **false alarm**; :attr:`Evaluation.false_alarms_per_1000_elevator_days`
   scales their count by the fleet's size and the simulated duration.
 - **Censored labels** are left out of recall, each with its reason (:func:`censor_reason`):
@@ -541,6 +544,7 @@ def score(
     -------
     Evaluation
     """
+    th = thresholds or Thresholds()
     labels = list(labels)
     raised = [a for a in alerts if a.state == "raised"]
     alerts_by_car: dict[str, list[Alert]] = defaultdict(list)
@@ -569,17 +573,20 @@ def score(
             continue
         fs.labels += 1
         lo, hi = label_window(lb, end_ms)
+        car_labels = labels_by_car[lb["elevator_id"]]
         first = min(
             (
                 a.raised_at_ms
                 for a in car_alerts
-                if a.alert_type in detecting and lo <= a.raised_at_ms <= hi
+                if a.alert_type in detecting
+                and lo - clock_margin_ms(a, car_labels, end_ms, th) <= a.raised_at_ms <= hi
             ),
             default=None,
         )
         if first is not None:
             fs.detected += 1
-            fs.delays_ms.append(first - lo)
+            # within the clock's margin before the onset: detected at once
+            fs.delays_ms.append(max(0, first - lo))
         else:
             fs.missed.append(lb)
 
@@ -591,7 +598,7 @@ def score(
             continue
         s = per_alert[a.alert_type]
         s.alerts += 1
-        if _explained(a, labels_by_car[a.elevator_id], end_ms):
+        if _explained(a, labels_by_car[a.elevator_id], end_ms, th):
             s.explained += 1
         else:
             s.unexplained.append(a)
@@ -616,9 +623,34 @@ def score(
 SILENCING_FAULTS: Final = frozenset({"dropout", "out_of_order", "malformed"})
 
 
-def _explained(alert: Alert, car_labels: Sequence[Label], end_ms: int) -> bool:
-    """A label of the car explains ``alert`` (:data:`EXPLAINED_BY`, :func:`explain_window`),
-    or, judged on the alert's own evidence:
+def clock_margin_ms(
+    alert: Alert, car_labels: Sequence[Label], end_ms: int, thresholds: Thresholds
+) -> int:
+    """How much earlier than a label's onset ``alert`` may be raised and still be of it:
+    ``clock_offset_tolerance_s`` while a ``clock_skew`` label of the car held, else 0.
+
+    Under a skew the detectors see the terminal's times corrected by its measured offset,
+    which is right to within the tolerance (an offset is measured against arrival times);
+    the labels are in true time. A frozen speed reading found 1.0 s before the label's onset
+    on such a terminal (no-fault seed 261), and a run-time limiter 1.8 s before (seed 1403),
+    were the fault itself, not false alarms and misses.
+    """
+    tolerance_ms = round(thresholds.clock_offset_tolerance_s * 1000)
+    t = alert.raised_at_ms
+    for lb in car_labels:
+        if lb["fault_type"] == "clock_skew":
+            lo, hi = label_window(lb, end_ms)
+            if lo - tolerance_ms <= t <= hi:
+                return tolerance_ms
+    return 0
+
+
+def _explained(
+    alert: Alert, car_labels: Sequence[Label], end_ms: int, thresholds: Thresholds
+) -> bool:
+    """A label of the car explains ``alert`` (:data:`EXPLAINED_BY`, :func:`explain_window`,
+    opened :func:`clock_margin_ms` earlier under a clock skew), or, judged on the alert's own
+    evidence:
 
     - a ``device_offline`` whose silence (``condition_since_ms`` to ``raised_at_ms``) a
       :data:`SILENCING_FAULTS` label overlaps (a dropout that began a moment before the
@@ -631,11 +663,12 @@ def _explained(alert: Alert, car_labels: Sequence[Label], end_ms: int) -> bool:
     ok = EXPLAINED_BY.get(alert.alert_type, frozenset())
     since = alert.condition_since_ms if alert.alert_type in TRIP_SPAN_ALERTS else alert.raised_at_ms
     sample_ms = alert.evidence.get("sample_ms") if alert.alert_type == "clock_fault" else None
+    margin_ms = clock_margin_ms(alert, car_labels, end_ms, thresholds)
     for lb in car_labels:
         kind = lb["fault_type"]
         if kind in ok:
             lo, hi = explain_window(lb, end_ms)
-            if since <= hi and lo <= alert.raised_at_ms:
+            if since <= hi and lo - margin_ms <= alert.raised_at_ms:
                 return True
         if (
             alert.alert_type == "device_offline"
