@@ -663,6 +663,13 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
             st.arriving = c.zone and c.moving
         if pas[i] != st.passengers:
             st.passengers, st.passengers_since_ms = pas[i], t
+            if unseen and st.passengers and not c.zone and not c.moving:
+                # People first seen in a car standing outside its door zone after a silence
+                # were inside, at worst, since it fell silent: nobody boards between
+                # landings (the car reached one unseen, its encoder frozen where it last
+                # stood, seed 1412; or they were there unseen). A trapping found 21 s before
+                # it ended, after a 19-min dropout, waited 30 s from then: unreported.
+                st.passengers_since_ms = prev_t
             _load_frozen(st, c.load_kg, d.thresholds.load_stuck_changes)
         elif st.load_at_change_kg >= 0.0 and c.load_kg != st.load_at_change_kg:
             _load_live(st)

@@ -659,6 +659,30 @@ def test_a_car_found_between_levels_with_people_after_a_silence_is_a_trapping_at
     assert trapped.condition_since_ms < T0 + 60_000
 
 
+@pytest.mark.parametrize(("zone", "raised_at_s"), [(False, 300), (True, None)])
+def test_people_first_seen_after_a_silence_in_a_car_standing_where_it_stood(
+    zone: bool, raised_at_s: int | None
+) -> None:
+    """An empty car standing (between levels, or at a level), doors shut; the terminal
+    silent for five minutes; found where it stood (its encoder frozen there), doors shut,
+    people inside, let out 20 s later. Nobody boards between landings: they were inside, at
+    worst, all through the silence, a trapping at once. At a level they may have just got
+    in: the timer runs from when they were seen (nothing within the 20 s)."""
+    here = {"door_zone": zone, "position_m": 10.5 if not zone else 9.0}
+    seconds = [second(s, **here) for s in range(0, 3)]
+    seconds += [second(s, **here, passengers=True) for s in range(300, 320)]
+    seconds += [second(320, **here, passengers=True, door=2)]
+    _, alerts = feed(seconds)
+    trapped = [a for a in alerts if a.alert_type.startswith("trapped_") and a.state == "raised"]
+    if raised_at_s is None:
+        assert trapped == []
+    else:
+        (alert,) = trapped
+        assert alert.alert_type == "trapped_between_levels"
+        assert T0 + raised_at_s * 1000 <= alert.raised_at_ms <= T0 + (raised_at_s + 1) * 1000
+        assert alert.condition_since_ms < T0 + 300_000
+
+
 def test_doors_opening_under_a_speed_reading_frozen_at_travel_speed_raise_nothing() -> None:
     """A speed sensor frozen at 1.0 m/s while the car cruised (the encoder agreed); the
     message in which the car slowed and stopped is held back, so the freeze check starts
