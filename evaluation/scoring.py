@@ -26,7 +26,7 @@ How alerts and labels are matched
   began too close to the end of the run for any detector to be sure, or a degradation
   still too small at the end of the run for the charts to be meant to see it.
 - **Excluded alerts** are left out of precision (:func:`alert_excluded`): an alert whose
-  label the simulator writes only after the run ended.
+  label the simulator writes only after the run ended (:data:`LABEL_LAG_MS`).
 - Label types absent from :data:`DETECTS` are not scored: device faults (``dropout``,
   ``stuck_sensor``, ``clock_skew``, ``duplicate``, ``out_of_order``, ``malformed``) are the
   terminal misbehaving, handled by validation and de-duplication; they only *explain* alerts
@@ -68,6 +68,7 @@ import numpy as np
 
 from detectors.alerts import Alert
 from detectors.thresholds import Thresholds
+from simulator.fleet import LIMITER_MAX_S
 
 #: How long after a label's end an alert still counts as its detection, ms: a clearing
 #: condition is confirmed over a few samples and a message spans up to 5 s.
@@ -77,9 +78,19 @@ SLACK_MS: Final = 5_000
 MIN_OBSERVABLE_MS: Final = 2_000
 #: A trapping needs the trapped time (``Thresholds.trapped_after_s``) plus this, ms.
 TRAPPED_MARGIN_MS: Final = 1_000
-#: Within this of the end of the run a ``repeated_door_reopening`` is not judged, ms: the
-#: simulator writes its label when the episode ends, which may be after the run.
-REOPENING_LABEL_LAG_MS: Final = 60_000
+#: Alert type → how long before the end of the run it is not judged for precision, ms: the
+#: simulator writes the label that explains it only later, which may be after the run. A
+#: reopening's when its episode ends; a car stalled outside the door zone by a run-time
+#: limiter fault is labelled when the limiter trips, up to ``LIMITER_MAX_S`` after the
+#: stall (every seed of ``detector_faults_device_faults.toml`` had 1–4 such alerts in its
+#: last 35 s, each a car standing where the fault stalled it); an overtravel when the car
+#: stops beyond the landing, a second or two after it passed the margin.
+LABEL_LAG_MS: Final = {
+    "repeated_door_reopening": 60_000,
+    "stopped_outside_door_zone": round(LIMITER_MAX_S * 1000),
+    "overtravel_top": 5_000,
+    "overtravel_bottom": 5_000,
+}
 #: Door times this multiple of their value at onset make a door degradation a safety fault.
 #: No clause fixes a door time; at 1.5× a door operator is beyond its adjustment range and
 #: door time-outs (doors not closing, then not opening: people trapped) are the next step.
@@ -286,11 +297,9 @@ def _too_small(label: Label, end_ms: int) -> str | None:
 
 
 def alert_excluded(alert: Alert, end_ms: int) -> bool:
-    """True for an alert precision cannot judge (its label may be written after the run)."""
-    return (
-        alert.alert_type == "repeated_door_reopening"
-        and end_ms - alert.raised_at_ms < REOPENING_LABEL_LAG_MS
-    )
+    """True for an alert precision cannot judge (its label may be written after the run:
+    :data:`LABEL_LAG_MS`)."""
+    return end_ms - alert.raised_at_ms < LABEL_LAG_MS.get(alert.alert_type, 0)
 
 
 @dataclass

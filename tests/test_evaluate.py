@@ -155,6 +155,31 @@ def test_on_a_skewed_clock_an_alert_within_the_tolerance_before_the_onset_is_the
     assert ev.false_alarms == 1
 
 
+@pytest.mark.parametrize(
+    ("kind", "before_end_s", "judged"),
+    [
+        ("stopped_outside_door_zone", 30, False),  # a limiter fault labelled when it trips
+        ("stopped_outside_door_zone", 60, True),
+        ("overtravel_bottom", 1, False),  # labelled as the car stops beyond the landing
+        ("overtravel_bottom", 10, True),
+        ("repeated_door_reopening", 30, False),
+        ("overspeed", 1, True),
+    ],
+)
+def test_alerts_whose_label_may_come_after_the_run_are_not_judged(
+    kind: str, before_end_s: float, judged: bool
+) -> None:
+    ev = score(
+        [],
+        [alert("E1", kind, 1000 - before_end_s)],
+        end_ms=T0 + 1_000_000,
+        sample_times=everywhere("E1"),
+        elevators=1,
+        duration_s=1000,
+    )
+    assert (ev.false_alarms, ev.excluded_alerts) == ((1, 0) if judged else (0, 1))
+
+
 def test_one_situation_seen_by_several_rules_is_explained() -> None:
     # A trapping between landings is also a car stopped outside the door zone.
     labels = [label("E1", "trapped_between_levels", 0, 60)]
