@@ -752,15 +752,8 @@ def _speed(
     if len(track_ms) > d.thresholds.encoder_speed_samples:
         del track_ms[0], track_m[0]
     step_mps = abs(p - prev_p) * 1000.0 / (t - prev_t)
-    return min(st.position_speed_mps, step_mps, _encoder_net_mps(st, t, p))
-
-
-def _encoder_net_mps(st: RuleState, t: int, p: float) -> float:
-    """Under a frozen speed reading, the encoder's net speed over the last
-    ``encoder_speed_samples`` steps, to sample ``t`` at position ``p`` (0 without them)."""
-    if not st.frozen_track_ms:
-        return 0.0
-    return abs(p - st.frozen_track_m[0]) * 1000.0 / (t - st.frozen_track_ms[0])
+    net_mps = abs(p - track_m[0]) * 1000.0 / (t - track_ms[0])
+    return min(st.position_speed_mps, step_mps, net_mps)
 
 
 def _disagree(d: _Derived, encoder_mps: float, reading_mps: float) -> bool:
@@ -977,25 +970,13 @@ def _overspeed(em: _Emitter, c: _Sample) -> None:
     """``overspeed``: speed ≥ ``overspeed_ratio`` × rated speed. Seen over the limit and
     then samples lost, it is confirmed: nothing seen refutes it (a 0.7-s overspeed showed
     one sample over the limit, 1.191 m/s rising at 0.48 m/s², before its peak went down
-    with a garbled message), and no sensor noise reaches the limit's margin.
-
-    Under a frozen speed reading the car's speed is the encoder's, taken cautiously for the
-    other rules (:func:`_speed`: the least of three estimates, one of them over the last
-    0.5-s span); overspeed reads the encoder's net speed over the last
-    ``encoder_speed_samples`` steps (0.3 s), unless that is a jump
-    (``encoder_jump_speed_ratio``): the span's estimate lags, and a 0.9-s overspeed to
-    1.31 × rated under a frozen reading went unreported (seed 1412). The position's noise
-    (4 mm at four times the default) moves a 0.3-s net speed by ≈ 0.02 m/s, far inside the
-    limit's margin (0.15 × rated)."""
-    st, d = em.st, em.d
-    holds = c.v >= d.v_over or (
-        st.speed_frozen and d.v_over <= _encoder_net_mps(st, c.t, c.p) <= d.speed_jump_mps
-    )
-    run = st.runs.get("overspeed")
-    if not holds and c.lost and run is not None and run[0] and "overspeed" not in st.active:
-        em.raise_("overspeed", run[2], c.t, limit_mps=d.v_over, how="samples lost after it")
+    with a garbled message), and no sensor noise reaches the limit's margin."""
+    holds = c.v >= em.d.v_over
+    run = em.st.runs.get("overspeed")
+    if not holds and c.lost and run is not None and run[0] and "overspeed" not in em.st.active:
+        em.raise_("overspeed", run[2], c.t, limit_mps=em.d.v_over, how="samples lost after it")
     if holds or run is not None:
-        _instant(em, "overspeed", holds, c.t, d.confirm, limit_mps=d.v_over)
+        _instant(em, "overspeed", holds, c.t, em.d.confirm, limit_mps=em.d.v_over)
 
 
 def _overload(em: _Emitter, c: _Sample) -> None:
