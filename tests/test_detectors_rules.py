@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from detectors import ElevatorLimits, RuleState, SafetyRules, ThresholdError, Thresholds
@@ -723,6 +724,29 @@ def test_one_sample_over_the_speed_limit_then_samples_lost_is_an_overspeed(
     seconds = [run(0, [0.99, 1.0, 1.01] * 3 + [1.0]), run(1, rising)]
     seconds += [run(3 if lost else 2, [1.1 - k * 0.01 for k in range(10)])]
     _, alerts = feed(seconds)
+    assert ("overspeed" in kinds(alerts)) is raised
+
+
+@pytest.mark.parametrize(("surge_mps", "raised"), [(None, False), (1.22, True)])
+def test_an_overspeed_under_a_frozen_speed_reading_is_read_off_the_encoder(
+    surge_mps: float | None, raised: bool
+) -> None:
+    """The speed reading frozen at 0 while the encoder shows the car cruising at rated
+    speed (1.0 m/s); for 1 s the encoder runs faster, to 1.22 m/s at its peak, over the
+    limit (1.15). A 0.5-s span of the cautious estimate holds 1.13 m/s at most; the
+    encoder's net speed over 0.3 s reaches 1.19 m/s: an overspeed (one to 1.31 × rated
+    went unreported, seed 1412). Cruising alone, with the encoder's noise, raises nothing."""
+    rng = np.random.default_rng(7)
+    rows, p = [], 10.0
+    for k in range(60):  # 6 s; the surge from 2.9 s to 3.9 s, its peak at 3.4 s
+        v = 1.0 + max(0.0, 1.0 - abs(k - 34) / 5) * ((surge_mps or 1.0) - 1.0)
+        p += v * 0.1
+        rows.append(
+            car(t_ms=T0 + k * 100, speed_mps=0.0, position_m=round(p + rng.normal(0, 0.004), 3),
+                door_zone=False, direction=1)
+        )  # fmt: skip
+    _, alerts = feed([rows[i : i + 10] for i in range(0, 60, 10)])
+    assert "sensor_stuck" in kinds(alerts)
     assert ("overspeed" in kinds(alerts)) is raised
 
 
