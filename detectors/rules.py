@@ -583,6 +583,7 @@ class _Sample:
         "prev_mode",
         "speed_unconfirmed",
         "t",
+        "unseen",
         "v",
         "v_encoder",
         "zone",
@@ -609,6 +610,9 @@ class _Sample:
     #: sensor frozen at travel speed, not yet judged so because lost samples restarted its
     #: check).
     speed_unconfirmed: bool
+    #: A silence (over ``silent_gap_s``) came just before this sample: what the car did,
+    #: and the codes its terminal sent, are unknown.
+    unseen: bool
     #: Under a frozen speed reading, the encoder's net speed over the last
     #: ``encoder_speed_samples`` steps of this message (0 otherwise, or with fewer steps in
     #: it): one message's sample times share one clock, while across messages a terminal's
@@ -634,6 +638,7 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
         c.t, c.p, c.door, c.zone, c.dirn = t, pos[i], doors[i], zones[i], dirs[i]
         step_ms = t - prev_t
         unseen = prev_t >= 0 and step_ms > d.silent_gap_ms  # a silence hid what the car did
+        c.unseen = unseen
         c.lost = unseen or (prev_t >= 0 and 0 < 2 * st.speed_step_ms < step_ms)
         reading_unchanged = sp[i] == st.speed_anchor_mps  # before _speed moves the anchor
         c.v = _speed(st, d, t, prev_t, prev_p, sp[i], c.p)
@@ -1069,18 +1074,35 @@ _INSTANT_RULES: Final = (
 )
 
 
+#: ``mode_stopped`` run's second field: the stop began unseen, its cause not known yet; the
+#: power restored (event 40) has told it (:func:`_power_loss`).
+_CAUSE_UNSEEN: Final = 1
+_POWER_RESTORED: Final = 2
+
+
 def _out_of_service(st: RuleState, message: TelemetryMessage) -> None:
     """Note a code that explains the car stopping (:data:`OUT_OF_SERVICE_CODES`) before
     the message's samples are judged: terminals send the code with the mode change."""
     for code_event in (*message.faults, *message.events):
         if code_event.code in OUT_OF_SERVICE_CODES:
             st.runs["out_of_service"] = [0, 0, code_event.t_ms]
+        elif code_event.code == "40" and (stopped := st.runs.get("mode_stopped")) and stopped[1]:
+            stopped[1] = _POWER_RESTORED  # the unseen stop's cause: see _power_loss
 
 
 def _power_loss(em: _Emitter, c: _Sample) -> None:
     """``power_loss`` from service mode 0 (stopped) unless another alert explains it;
     judged after the instantaneous conditions, on the ``confirm_samples``-th sample, so
-    that an overtravel or unintended movement seen in the same samples explains it."""
+    that an overtravel or unintended movement seen in the same samples explains it.
+
+    A car found after a silence already out of service outside its door zone, with no code
+    saying why, stopped unseen: a power loss (event 41) or a run-time limiter (06) whose
+    code was lost with the silence look the same. Its cause waits (``mode_stopped`` run's
+    second field 1; the car is reported meanwhile as stopped outside the door zone, and
+    trapped if people are inside): the power restored (event 40) says power loss; back in
+    service without it, the limiter, reset (GB/T 7588.1-2020 5.9.2.7 takes a stalled car
+    out of service). Raised at once as a power loss, such cars were 6 misses and false
+    alarms on seeds 1406–1411."""
     st, t = em.st, c.t
     active, runs = st.active, st.runs
     if c.mode == 0:
@@ -1090,11 +1112,12 @@ def _power_loss(em: _Emitter, c: _Sample) -> None:
             return
         r = runs.get("mode_stopped")
         if r is None:
-            r = runs["mode_stopped"] = [0, 0, t]
+            r = runs["mode_stopped"] = [0, _CAUSE_UNSEEN if c.unseen and not c.zone else 0, t]
         r[0] += 1
         code = runs.get("out_of_service")
         if (
             r[0] == em.d.confirm
+            and not r[1]
             and not any(k in active for k in _EXPLAINS_MODE_0)
             and not (code is not None and abs(code[2] - r[2]) <= em.d.code_explains_ms)
         ):
@@ -1106,11 +1129,27 @@ def _power_loss(em: _Emitter, c: _Sample) -> None:
                 how="service mode 0 (stopped) without another explanation",
             )
     elif c.prev_mode == 0:
-        runs.pop("mode_stopped", None)
+        r = runs.pop("mode_stopped", None)
         runs.pop("out_of_service", None)
         power = active.get("power_loss")
         if power is not None and power[3]:
             em.clear("power_loss", t, "service mode back from 0")
+        elif (
+            r is not None
+            and r[1]
+            and r[0] >= em.d.confirm
+            and not any(k in active for k in _EXPLAINS_MODE_0)
+        ):
+            if r[1] == _POWER_RESTORED:  # cleared by event 40 itself (_codes)
+                em.raise_("power_loss", r[2], t, source="terminal event 40")
+            else:
+                em.raise_(
+                    "run_time_limiter",
+                    r[2],
+                    t,
+                    how="found out of service outside the door zone after a silence; back"
+                    " in service without the power restored (event 40)",
+                )
     elif (code := runs.get("out_of_service")) is not None and t - code[2] > em.d.code_explains_ms:
         runs.pop("out_of_service")  # a code that led to no stop
 
@@ -1264,6 +1303,12 @@ def _codes(em: _Emitter, message: TelemetryMessage) -> None:
                 st.active["power_loss"][3] = 1
         elif code == "40":
             st.runs.pop("out_of_service", None)
+            stopped = st.runs.get("mode_stopped")
+            if stopped is not None and stopped[1] == _POWER_RESTORED:
+                # Still out of service: the car found so after a silence, its cause unknown
+                # until now, had lost power (:func:`_power_loss`).
+                stopped[1] = 0
+                em.raise_("power_loss", stopped[2], max(t, t_last), source="terminal event 40")
             em.clear("power_loss", max(t, t_last), "terminal event 40 (back to normal)")
             em.clear("terminal_fault", max(t, t_last), "terminal event 40 (back to normal)")
         elif code == "90" and st.alarm_since_ms < t and "alarm_button" not in st.active:

@@ -250,6 +250,32 @@ def test_power_loss_from_event_41_and_its_return_40() -> None:
     assert kinds(out) == ["power_loss"] and kinds(out, "cleared") == ["power_loss"]
 
 
+@pytest.mark.parametrize(
+    ("restored", "expected"), [(False, "run_time_limiter"), (True, "power_loss")]
+)
+def test_a_car_found_out_of_service_between_levels_after_a_silence_waits_for_its_cause(
+    restored: bool, expected: str
+) -> None:
+    """An empty car standing between levels; its terminal silent for three minutes; found
+    there out of service (mode 0), no code: a run-time limiter's 06 or a power loss's 41
+    may have been lost in the silence. Back in service with the power restored (event
+    40): a power loss; without it: the limiter, reset. Either way one alert, not the other
+    (raised at once as a power loss, such cars were a miss and a false alarm each)."""
+    here = {"door_zone": False, "position_m": 10.5}
+    seconds = [second(0, **here), second(1, **here)]
+    seconds += [second(s, **here, service_mode=0) for s in range(180, 200)]
+    seconds += [second(200, **here)]
+    st = RULES.new(support_id())
+    out: list[Alert] = []
+    for seq, rows in enumerate(seconds):
+        ev = [(rows[0]["t_ms"], "40")] if restored and seq == len(seconds) - 1 else []
+        out += RULES.observe(st, message(rows, seq=seq, events=ev), LIM)
+    raised = set(kinds(out)) & {"power_loss", "run_time_limiter"}
+    assert raised == {expected}
+    (alert,) = [a for a in out if a.alert_type == expected and a.state == "raised"]
+    assert alert.condition_since_ms == T0 + 180_000 and alert.raised_at_ms == T0 + 200_000
+
+
 def test_terminal_code_is_sufficient_evidence() -> None:
     rows = second(0, passengers=True, door_zone=False, position_m=4.5)
     alerts = RULES.observe(RULES.new(support_id()), message(rows, faults=[(T0 + 500, "11")]), LIM)
