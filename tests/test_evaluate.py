@@ -111,48 +111,29 @@ def test_on_a_skewed_clock_an_alert_within_the_tolerance_before_the_onset_is_the
     to within ``clock_offset_tolerance_s`` (5 s); the labels are in true time."""
     faults = [label(car, "runtime_limiter", 100, 130, limiter_s=45) for car in ("E1", "E2")]
     skew = label("E1", "clock_skew", 50, 500, skew_ms=70_000_000, duration_s=450)
-    ev = score(
-        [*faults, skew],
-        # 1.8 s before the onset on both cars; and 5.5 s before, beyond the tolerance
-        [alert("E1", "run_time_limiter", 98.2), alert("E2", "run_time_limiter", 98.2)],
-        end_ms=T0 + 1_000_000,
-        sample_times=everywhere("E1", "E2"),
-        elevators=2,
-        duration_s=1000,
-    )
+
+    def run(labels: list[dict], alerts: list[Alert]) -> Any:
+        return score(
+            labels,
+            alerts,
+            end_ms=T0 + 1_000_000,
+            sample_times=everywhere("E1", "E2"),
+            elevators=2,
+            duration_s=1000,
+        )
+
+    # 1.8 s before the onset on both cars
+    ev = run([*faults, skew], [alert(c, "run_time_limiter", 98.2) for c in ("E1", "E2")])
     s = ev.faults["runtime_limiter"]
     assert (s.labels, s.detected, s.delays_ms) == (2, 1, [0])
     assert s.missed == [faults[1]]  # E2's clock was right: 1.8 s early is not its fault
-    early = [alert("E1", "run_time_limiter", 94.5)]
-    ev = score(
-        [*faults, skew],
-        early,
-        end_ms=T0 + 1_000_000,
-        sample_times=everywhere("E1", "E2"),
-        elevators=2,
-        duration_s=1000,
-    )
+    # 5.5 s before, beyond the tolerance
+    ev = run([*faults, skew], [alert("E1", "run_time_limiter", 94.5)])
     assert ev.faults["runtime_limiter"].detected == 0
     # a frozen reading found a second before its label's onset, under a skew (seed 261)
     stuck = label("E1", "stuck_sensor", 200, 900, column="speed_mps")
-    ev = score(
-        [stuck, skew],
-        [alert("E1", "sensor_stuck", 199.0)],
-        end_ms=T0 + 1_000_000,
-        sample_times=everywhere("E1"),
-        elevators=1,
-        duration_s=1000,
-    )
-    assert ev.false_alarms == 0
-    ev = score(
-        [stuck],
-        [alert("E1", "sensor_stuck", 199.0)],
-        end_ms=T0 + 1_000_000,
-        sample_times=everywhere("E1"),
-        elevators=1,
-        duration_s=1000,
-    )
-    assert ev.false_alarms == 1
+    assert run([stuck, skew], [alert("E1", "sensor_stuck", 199.0)]).false_alarms == 0
+    assert run([stuck], [alert("E1", "sensor_stuck", 199.0)]).false_alarms == 1
 
 
 @pytest.mark.parametrize(
