@@ -962,6 +962,7 @@ def _run_time_limiter(em: _Emitter, c: _Sample) -> None:
         if (
             not c.zone
             and c.mode != INSPECTION_MODE
+            and not _overtravelled(st)
             and st.stalled_since_ms >= 0
             and t - st.stalled_since_ms >= d.stall_min_ms
             and t - st.run_since_ms >= d.run_limit_ms - d.run_tolerance_ms
@@ -981,6 +982,13 @@ def _run_time_limiter(em: _Emitter, c: _Sample) -> None:
             st.stalled_since_ms = t
     else:
         st.stalled_since_ms = _NONE
+
+
+def _overtravelled(st: RuleState) -> bool:
+    """The car is beyond a terminal landing (an overtravel alert open): the final limit
+    switch stopped it, not the run-time limiter, however long the run (a long run that
+    overshot the bottom landing raised both; seeds 1401, 1411)."""
+    return "overtravel_top" in st.active or "overtravel_bottom" in st.active
 
 
 def _overspeed(em: _Emitter, c: _Sample) -> None:
@@ -1376,6 +1384,7 @@ def _timers(em: _Emitter, now: int, silent_from_ms: int | None = None) -> None:
         and not st.moving
         and not zone
         and "run_time_limiter" not in st.active
+        and not _overtravelled(st)
         # Past the limit by more than the tolerance: a limiter about to trip (our estimate of
         # its limit is the tolerance off) is left to trip, and raises when it does.
         and (t := due_at(math.floor(st.run_since_ms + d.run_limit_ms + d.run_tolerance_ms) + 1))

@@ -276,6 +276,27 @@ def test_a_car_found_out_of_service_between_levels_after_a_silence_waits_for_its
     assert alert.condition_since_ms == T0 + 180_000 and alert.raised_at_ms == T0 + 200_000
 
 
+def test_a_long_run_that_overshoots_the_bottom_landing_is_an_overtravel_alone() -> None:
+    """A car running down the whole shaft at 1 m/s overshoots the bottom landing by 0.5 m
+    and stands there, its run command held, until past the run-time limit (45 s at most).
+    The final limit switch stopped it: an overtravel, not a run-time limiter (both were
+    raised on seeds 1401 and 1411)."""
+    rows = [car(t_ms=T0 + k * 100, position_m=27.0) for k in range(20)]  # at the top
+    rows += [
+        car(t_ms=T0 + 2000 + k * 100, speed_mps=1.0, position_m=round(27.0 - k * 0.1, 3),
+            door_zone=k < 2, direction=2)
+        for k in range(276)
+    ]  # fmt: skip
+    rows += [
+        car(t_ms=T0 + 29_600 + k * 100, speed_mps=0.0, position_m=-0.5, door_zone=False,
+            direction=2)
+        for k in range(250)
+    ]  # fmt: skip
+    _, alerts = feed([rows[i : i + 10] for i in range(0, len(rows), 10)])
+    assert "overtravel_bottom" in kinds(alerts)
+    assert "run_time_limiter" not in kinds(alerts)
+
+
 def test_terminal_code_is_sufficient_evidence() -> None:
     rows = second(0, passengers=True, door_zone=False, position_m=4.5)
     alerts = RULES.observe(RULES.new(support_id()), message(rows, faults=[(T0 + 500, "11")]), LIM)
