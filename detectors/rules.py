@@ -630,6 +630,7 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
     loads, doors, zones, pas, alarms = s.load_kg, s.door, s.door_zone, s.passengers, s.alarm
     modes, offs, floors = s.service_mode, s.leveling_offset_mm, s.floor
     c = _Sample()
+    k = th.encoder_speed_samples
     for i in range(n):
         t = ts[i]
         if t <= st.last_t_ms:
@@ -645,7 +646,6 @@ def _samples(em: _Emitter, s: Any, n: int, d: _Derived, th: Thresholds) -> None:
         _encoder(st, d, t, prev_t, prev_p, sp[i], c.p)
         c.load_kg, c.offset_mm, c.mode = loads[i], offs[i], modes[i]
         c.moving = c.v > v_stand
-        k = th.encoder_speed_samples
         c.v_encoder = (
             abs(c.p - pos[i - k]) * 1000.0 / (t - ts[i - k])
             if st.speed_frozen and i >= k and t > ts[i - k]
@@ -1006,13 +1006,13 @@ def _overspeed(em: _Emitter, c: _Sample) -> None:
     sample times may stand 1 ms apart: an encoder speed taken across them raised false
     overspeeds. The position's noise (4 mm at four times the default) moves a 0.3-s net
     speed by ≈ 0.02 m/s, far inside the limit's margin (0.15 × rated)."""
-    d = em.d
+    st, d = em.st, em.d
     holds = c.v >= d.v_over or d.v_over <= c.v_encoder <= d.speed_jump_mps
-    run = em.st.runs.get("overspeed")
-    if not holds and c.lost and run is not None and run[0] and "overspeed" not in em.st.active:
-        em.raise_("overspeed", run[2], c.t, limit_mps=em.d.v_over, how="samples lost after it")
+    run = st.runs.get("overspeed")
+    if not holds and c.lost and run is not None and run[0] and "overspeed" not in st.active:
+        em.raise_("overspeed", run[2], c.t, limit_mps=d.v_over, how="samples lost after it")
     if holds or run is not None:
-        _instant(em, "overspeed", holds, c.t, em.d.confirm, limit_mps=em.d.v_over)
+        _instant(em, "overspeed", holds, c.t, d.confirm, limit_mps=d.v_over)
 
 
 def _overload(em: _Emitter, c: _Sample) -> None:
