@@ -31,6 +31,13 @@ def test_the_demo_runs_the_whole_pipeline_and_sums_it_up(
     hooks = summary["webhooks"]
     assert hooks["delivered"] > 0 and hooks["pending"] == hooks["dead"] == 0
     assert hooks["received_verified"] == hooks["received_unique"] == hooks["delivered"]
+    # every incident routed to the receiver was acknowledged, unless the detector closed it
+    # before the acknowledgement arrived (refused, 409)
+    assert (
+        hooks["incidents_acknowledged_by_receiver"]
+        + hooks["incidents_closed_by_detector_before_acknowledgement"]
+        == hooks["incidents_to_rescue_platform"]
+    )
     assert summary["ledger"].startswith("verified")
     # the terminals sent through the MQTT broker and the gateway, and every trapped car's
     # terminal answered its reassurance command
