@@ -67,3 +67,26 @@ def test_the_demo_fails_on_anything_the_rescue_platform_would_miss() -> None:
     assert failures(unapplied) == ["2 alerts were never applied to an incident"]
     broken = DemoSummary(**{**ok.__dict__, "ledger": "FAILED: entry 3 altered"})
     assert failures(broken) == ["the ledger did not verify: FAILED: entry 3 altered"]
+
+
+def test_a_warning_repeated_with_other_numbers_is_no_progress(tmp_path: Path) -> None:
+    """The demo hung for its test's whole 600 s once: a worker stuck in its table recovery
+    logged the same warnings every 5 s, and a growing log counted as progress."""
+    from tianyan.harness import LogLines
+
+    log = tmp_path / "worker-1.log"
+    lines = LogLines(tmp_path)
+    stuck = '{{"asctime": "00:13:{s:02d}", "message": "No event received for tp 2 ({s} s ago)"}}\n'
+    with log.open("a") as f:
+        f.write(stuck.format(s=0))
+    first = lines.kinds()
+    for s in range(5, 60, 5):
+        with log.open("a") as f:
+            f.write(stuck.format(s=s))
+        assert lines.kinds() == first
+    with log.open("a") as f:
+        f.write('{"asctime": "00:14:00", "message": "recovery complete"}\n')
+        f.write('{"asctime": "00:14:01", "message": "half a li')  # not a line yet
+    assert lines.kinds() == first + 1
+    (tmp_path / "dispatcher.log").write_text("dispatcher up\n")
+    assert lines.kinds() == first + 2

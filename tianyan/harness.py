@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,35 @@ log = logging.getLogger("tianyan.harness")
 STALL_S = 120.0
 
 
+class LogLines:
+    """The kinds of line the services of a run have written to their logs (``*.log`` in its
+    directory), a line's kind being its text with every number blanked.
+
+    A new kind of line is progress; a line repeating an earlier one with other numbers is
+    not: a worker stuck in its table recovery logs the same two warnings every 5 s, and
+    counted as progress they kept a wait from failing for as long as the run lasted.
+    """
+
+    _NUMBERS = re.compile(rb"\d+")
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._read: dict[Path, int] = {}
+        self._kinds: set[bytes] = set()
+
+    def kinds(self) -> int:
+        """How many kinds of line the logs hold so far (complete lines only)."""
+        for path in sorted(self.directory.glob("*.log")):
+            start = self._read.get(path, 0)
+            with path.open("rb") as f:
+                f.seek(start)
+                chunk = f.read()
+            end = chunk.rfind(b"\n") + 1
+            self._read[path] = start + end
+            self._kinds.update(self._NUMBERS.sub(b"#", line) for line in chunk[:end].splitlines())
+        return len(self._kinds)
+
+
 @dataclass
 class Run:
     """A running pipeline; see the module docstring."""
@@ -63,6 +93,10 @@ class Run:
     work: Path
     stall_s: float = STALL_S
     gateway_started: bool = False
+    _log_lines: LogLines = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self._log_lines = LogLines(self.work)
 
     @property
     def writer_url(self) -> str:
@@ -177,15 +211,12 @@ class Run:
             return replay(from_jsonl(stream), pub, speed=speed, progress=False)
 
     # -- waiting and reading ----------------------------------------------------------------
-    def logs_size(self) -> int:
-        return sum(p.stat().st_size for p in self.work.glob("*.log"))
-
     def wait(self, progress: Callable[[], Hashable], done: Callable[[Any], bool], what: str) -> Any:
-        """Wait while ``progress()`` (or any service's log) moves until ``done(progress())``;
-        :class:`~tianyan.processes.Stalled` naming ``what`` when nothing moved for
-        :attr:`stall_s` or a service exited."""
+        """Wait while ``progress()`` (or a new kind of line in a service's log) moves until
+        ``done(progress())``; :class:`~tianyan.processes.Stalled` naming ``what`` when nothing
+        moved for :attr:`stall_s` or a service exited."""
         reached = wait_for_progress(
-            lambda: (progress(), self.logs_size()),
+            lambda: (progress(), self._log_lines.kinds()),
             lambda p: done(p[0]),  # type: ignore[index]
             stall_s=self.stall_s,
             what=what,
