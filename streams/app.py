@@ -38,7 +38,12 @@ from foundation.settings import Settings
 
 from . import metrics
 from .background import keep_serving
-from .faust_batching import BatchingApp, BatchTopic
+from .faust_batching import (
+    BatchingApp,
+    BatchTopic,
+    rewind_lost_changelog_reads,
+    seconds_in_recovery,
+)
 from .grading import GradingError, grade_fleet
 from .ingest import Ingest, IngestBatch, RawRecord
 from .producer import PublishError, RawPublisher
@@ -50,8 +55,12 @@ log = logging.getLogger("tianyan.worker")
 #: A sink failure is retried after this pause (TimescaleDB restarting, a network blip);
 #: nothing is acknowledged meanwhile, so nothing is lost.
 SINK_RETRY_S = 2.0
-#: The health endpoint reports unhealthy when no batch loop turn finished for this long.
+#: The health endpoint reports unhealthy when no batch loop turn finished for this long,
 STALL_S = 30.0
+#: or when the table recovery after a rebalance has lasted this long (restoring 12,000
+#: elevators' states from their changelog takes seconds; a recovery waiting for records
+#: it will never get is first read again, at 15 s: faust_batching.RECOVERY_STALLED_S).
+RECOVERY_STALL_S = 300.0
 
 
 def cohorts_key(partition: int) -> bytes:
@@ -427,6 +436,14 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     def survive(task: str) -> Any:
         return keep_serving(task, metrics.BACKGROUND_ERRORS, log)
 
+    @app.timer(interval=5.0)
+    @survive("recovery_watch")
+    async def recovery_watch() -> None:
+        # Changelog records fetched but never applied leave the table recovery, and every
+        # partition of this worker, waiting for ever: read them again.
+        lost = await rewind_lost_changelog_reads(app)
+        metrics.RECOVERY_REWINDS.inc(len(lost))
+
     @app.timer(interval=60.0)
     @survive("registry_refresh")
     async def registry_refresh() -> None:
@@ -469,14 +486,17 @@ def create_app(settings: Settings) -> tuple[BatchingApp, Worker]:
     @app.page("/health")
     class HealthView(View):
         async def get(self, request: Request) -> Response:
-            stalled = time.monotonic() - worker.last_turn > STALL_S
-            status = 503 if stalled else 200
+            now = time.monotonic()
+            # A worker whose table recovery lasts folds nothing for the partitions it holds.
+            recovering_s = seconds_in_recovery(app)
+            stalled = now - worker.last_turn > STALL_S or recovering_s > RECOVERY_STALL_S
             return self.json(
                 {
                     "ok": not stalled,
-                    "seconds_since_last_batch": round(time.monotonic() - worker.last_turn, 1),
+                    "seconds_since_last_batch": round(now - worker.last_turn, 1),
+                    "seconds_in_table_recovery": round(recovering_s, 1),
                 },
-                status=status,
+                status=503 if stalled else 200,
             )
 
     return app, worker

@@ -100,6 +100,12 @@ CHECKPOINTS = Counter(
     "State checkpoints (changelog flushed, offsets acknowledged)",
     registry=REGISTRY,
 )
+RECOVERY_REWINDS = Counter(
+    "tianyan_recovery_rewinds_total",
+    "Changelog partitions read again because their fetched records never reached the table"
+    " recovery after a rebalance (streams.faust_batching.rewind_lost_changelog_reads)",
+    registry=REGISTRY,
+)
 STATES_RESTORED = Counter(
     "tianyan_states_restored_total",
     "Elevator states loaded from the table (recovered from the changelog)",
