@@ -620,11 +620,22 @@ class Ingest:
                 st.newest_stamp_ms = max(st.newest_stamp_ms, int(stamps[-1]))
             newest_ms = None  # how far this message may move its partition's time
             if record.arrival_ms is not None:
+                correction_before_ms = st.clock.offset_ms
                 judged = self._judge_clock(st, message, record, in_order, out)
                 if judged is None:
                     continue
                 if judged[0] is not message:
                     out.rewritten.add(len(out.messages))
+                    correction_ms = stamps[0] - judged[0].samples.t_ms[0]
+                else:
+                    correction_ms = 0
+                if in_order and correction_ms != correction_before_ms:
+                    # Its samples are in another clock frame than the car's last ones (a
+                    # clock corrected, a late message taken for one behind and the next on
+                    # time): the gap between the two was not measured. Across it a standing
+                    # heartbeat 100 ms before a car at full acceleration made a 6 m/s³ jerk
+                    # and a false trip_anomaly (no-fault seed 375).
+                    st.trip.continuous = st.windows.continuous = False
                 message, newest_ms = judged
             out.messages.append(message)
             out.sources.append(record)

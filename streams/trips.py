@@ -112,6 +112,10 @@ class TripState(msgspec.Struct):
     start_leveling_offset_mm, leveling_changed
         The leveling reading at departure, and whether the trip's readings have differed
         from it since: a healthy sensor's follows the car; one that never moved is frozen.
+    continuous
+        False when the next sample is in another clock frame than the last (the ingest's
+        correction of the terminal's clock changed between their messages): the gap
+        between them was not measured, so no jerk, door phase or link is taken across it.
     """
 
     elevator_id: str
@@ -143,6 +147,7 @@ class TripState(msgspec.Struct):
     doors_opened: bool = False
     start_leveling_offset_mm: float = 0.0
     leveling_changed: bool = True
+    continuous: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """The state as JSON-able builtins."""
@@ -228,6 +233,8 @@ def segment_message(state: TripState, message: TelemetryMessage) -> tuple[TripSt
     first = 0
     while first < n and ts[first] <= last_t:
         first += 1  # already seen or out of order: segmentation needs order
+    # Across a change of clock frame the gap to the last sample is not measured.
+    cap = gap_cap_ms if state.continuous else -1
 
     for i in range(first, n):
         t = ts[i]
@@ -236,7 +243,8 @@ def segment_message(state: TripState, message: TelemetryMessage) -> tuple[TripSt
         d = doors[i]
         moving = v > moving_mps
         gap_ms = t - last_t
-        near = gap_ms <= gap_cap_ms
+        near = gap_ms <= cap
+        cap = gap_cap_ms
         if not near:
             phase_start = None  # a door phase that went on unseen has no measured length
 
@@ -335,6 +343,7 @@ def segment_message(state: TripState, message: TelemetryMessage) -> tuple[TripSt
     state.phase = phase
     if first < n:
         state.last_t_ms = last_t
+        state.continuous = True
     state.last_accel_mps2 = last_a
     state.last_moving = last_moving
     state.last_door = last_door

@@ -192,6 +192,10 @@ class WindowState(msgspec.Struct):
     flushed_1s_until_ms, flushed_60s_until_ms
         End of the latest window of each width emitted by :func:`flush`; windows starting
         before it are never opened again, so each window is emitted at most once.
+    continuous
+        False when the next sample is in another clock frame than the last (the ingest's
+        correction of the terminal's clock changed between their messages): the gap
+        between them was not measured, so no jerk or door phase is taken across it.
     """
 
     elevator_id: str
@@ -207,6 +211,7 @@ class WindowState(msgspec.Struct):
     open_60s: dict[int, _Window] = {}
     flushed_1s_until_ms: int = 0
     flushed_60s_until_ms: int = 0
+    continuous: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """The state as JSON-able builtins (window keys become strings)."""
@@ -372,6 +377,8 @@ def _fold_in_order(state: WindowState, message: TelemetryMessage, first: int) ->
     prev_door = state.last_door
     phase_start = state.door_phase_start_ms
     pending = state.pending_bucket_ms
+    # Across a change of clock frame the gap to the last sample is not measured.
+    cap = gap_cap_ms if state.continuous else -1
     scratch = _Window()  # takes samples whose 1-s window was flushed; thrown away
     # The window that receives the previous sample's time weight (None once credited);
     # the loop starts in it, so a sample in the same second needs no lookup.
@@ -410,9 +417,10 @@ def _fold_in_order(state: WindowState, message: TelemetryMessage, first: int) ->
         if prev_t is not None:
             prev_gap = gap = t - prev_t
             if gap <= gap_cap_ms:
-                jerk = abs(a - prev_a) * 1000.0 / gap
-                if jerk > window.jerk_peak_mps3:
-                    window.jerk_peak_mps3 = jerk
+                if gap <= cap:
+                    jerk = abs(a - prev_a) * 1000.0 / gap
+                    if jerk > window.jerk_peak_mps3:
+                        window.jerk_peak_mps3 = jerk
                 weight = gap
             else:
                 weight = gap_cap_ms
@@ -441,14 +449,15 @@ def _fold_in_order(state: WindowState, message: TelemetryMessage, first: int) ->
                     window.door_open_count += 1
                 elif d == closing or (d == closed and prev_door != closing):
                     window.door_close_count += 1
-                if phase_start is not None and gap <= gap_cap_ms:
+                if phase_start is not None and gap <= cap:
                     if prev_door == opening and d == open_:
                         window.opening_ms += t - phase_start
                         window.opening_n += 1
                     elif prev_door == closing and d == closed:
                         window.closing_ms += t - phase_start
                         window.closing_n += 1
-                phase_start = t if gap <= gap_cap_ms else None
+                phase_start = t if gap <= cap else None
+        cap = gap_cap_ms
         if d in stop_doors and v <= moving_mps and zones[i]:
             window.leveling_offset_mm = offsets[i]
             window.leveling_t_ms = t
@@ -466,6 +475,8 @@ def _fold_in_order(state: WindowState, message: TelemetryMessage, first: int) ->
     state.last_door = prev_door
     state.door_phase_start_ms = phase_start
     state.pending_bucket_ms = None if window is scratch else bucket
+    if first < len(ts):
+        state.continuous = True
     return scratch.samples
 
 

@@ -621,3 +621,28 @@ def test_a_corrected_message_is_stored_as_corrected_not_as_received() -> None:
     assert batch.messages[1].samples.t_ms[0] == T0_MS + 4_100
     batch.quarantine_refused([(0, "refused")])
     assert batch.originals() == [None, records[2].value]
+
+
+def test_no_jerk_is_measured_across_a_change_of_clock_frame() -> None:
+    """A standing heartbeat arrives 26 s late (held back by the terminal) and is taken for a
+    clock behind: its samples are corrected up to its arrival. The next message, on time,
+    has the car at full acceleration. The 100 ms between the two are in two clock frames,
+    not measured: taken as measured they made a 6 m/s³ jerk and a false ``trip_anomaly``
+    (no-fault seed 375). Within the message the jerk is measured as ever."""
+    fleet = Fleet()
+    for sec in range(120):  # the partition's pace is known: arrival times judge clocks
+        true_ms = T0_MS + sec * 1000
+        for eid in FLEET:
+            if eid != ODD_ONE or sec < 30:  # the odd one stands, last heard at 29 s
+                fleet.send(eid, true_ms, true_ms)
+    late_true_ms = T0_MS + 120_000
+    fleet.send(ODD_ONE, late_true_ms, T0_MS + 94_000)  # standing, stamped 26 s before
+    accelerating = {"speed_mps": 0.5, "accel_mps2": 0.64, "direction": 1}
+    fleet.send(ODD_ONE, late_true_ms + 1000, late_true_ms + 1000, **accelerating)
+    trip = fleet.ingest.states[ODD_ONE].trip
+    assert trip.start_ms == late_true_ms + 1000  # 100 ms after the late one's corrected last
+    assert trip.peak_jerk_mps3 == 0.0  # within the message: Δa = 0; none across the frames
+    second = fleet.ingest.states[ODD_ONE].windows.open_1s[late_true_ms + 1000]
+    assert second.jerk_peak_mps3 == 0.0  # the one-second window's, likewise
+    fleet.send(ODD_ONE, late_true_ms + 2000, late_true_ms + 2000, speed_mps=0.9, accel_mps2=0.5)
+    assert trip.peak_jerk_mps3 == pytest.approx(1.4)  # (0.64 − 0.5) / 0.1 s, measured
