@@ -211,6 +211,11 @@ class Cusum(msgspec.Struct):
         self.s_hi = self.s_lo = 0.0
 
 
+#: The median absolute deviation of a normal variable, in σ: a robust z of
+#: ``MAD_PER_SIGMA (x − median) / MAD`` reads as a z-score.
+MAD_PER_SIGMA: Final = 0.6745
+
+
 class RobustZ(msgspec.Struct):
     """Robust z-score ``0.6745 (x − median) / MAD`` against the last ``size`` values
     (a ring buffer: bounded memory, the history follows slow change).
@@ -274,7 +279,7 @@ class RobustZ(msgspec.Struct):
         arr = np.frombuffer(bytes(self._packed()), dtype=_F8)
         med = float(np.median(arr))
         mad = max(float(np.median(np.abs(arr - med))), self.min_mad)
-        return 0.6745 * (x - med) / mad
+        return MAD_PER_SIGMA * (x - med) / mad
 
 
 class TripHealthState(msgspec.Struct):
@@ -320,8 +325,17 @@ def _configure(st: TripHealthState, th: Thresholds) -> None:
     for ch in (st.door_opening, st.door_closing):
         ch.alpha, ch.limit_sigmas = th.door_wear_ewma_alpha, th.door_wear_limit_sigmas
         ch.warmup, ch.min_sigma = th.door_wear_baseline_cycles, th.door_wear_min_sigma_s
-    for rz in st.history.values():
+    # The robust z's scale is never below the feature's measurement resolution (as σ).
+    min_sigma = {
+        "peak_accel_mps2": th.trip_anomaly_min_sigma_accel_mps2,
+        "peak_jerk_mps3": th.trip_anomaly_min_sigma_jerk_mps3,
+        "door_opening_s": th.door_wear_min_sigma_s,
+        "door_closing_s": th.door_wear_min_sigma_s,
+        "leveling_offset_mm": th.leveling_drift_min_sigma_mm,
+    }
+    for name, rz in st.history.items():
         rz.min_count = th.trip_anomaly_min_trips
+        rz.min_mad = max(MAD_PER_SIGMA * min_sigma.get(name, 0.0), 1e-6)
         if rz.size != th.trip_anomaly_history_trips:
             rz.resize(th.trip_anomaly_history_trips)
 

@@ -277,6 +277,15 @@ class Thresholds:
         A trip feature whose robust z (harmful side) exceeds this is a ``trip_anomaly``
         (8: measured, 310 false alarms in 16.7 elevator-days at lower limits with both
         sides, none at 8 on the fault-free scenario).
+    trip_anomaly_min_sigma_accel_mps2, trip_anomaly_min_sigma_jerk_mps3
+        Floor on the scale of the robust z of peak acceleration (0.02 m/s², an elevator
+        accelerometer's noise) and peak jerk (0.2 m/s³: a 10-Hz difference of two such
+        readings has a noise of 0.28), as σ (the MAD floor is 0.6745 × it). A car whose
+        trips are much alike has a tiny MAD: with none, a trip 0.6 m/s³ above its median
+        jerk of 2.0 (MAD 0.065) was a ``trip_anomaly`` at z 8.2 (no-fault seed 296). The
+        door times and the leveling offset take the charts' floors, the same resolutions:
+        ``door_wear_min_sigma_s`` and ``leveling_drift_min_sigma_mm`` (a car whose doors
+        always took 2.2 s had a MAD of 0, and one 2.3-s opening a z of 67,000).
 
     Online learning (:mod:`detectors.online`, per trip and per one-minute window, each
     elevator against itself and against its cohort).
@@ -430,6 +439,8 @@ class Thresholds:
     trip_anomaly_history_trips: int = 200
     trip_anomaly_min_trips: int = 50
     trip_anomaly_z_limit: float = 8.0
+    trip_anomaly_min_sigma_accel_mps2: float = 0.02
+    trip_anomaly_min_sigma_jerk_mps3: float = 0.2
     online_fading_factor: float = 0.005
     online_warmup_trips: int = 100
     online_warmup_windows: int = 100

@@ -168,3 +168,29 @@ def test_one_wild_leveling_reading_is_no_drift_and_a_drift_still_is() -> None:
     assert "leveling_drift" not in one_wild  # (a trip anomaly it is)
     drift = base + np.concatenate([np.zeros(60), np.arange(60) * 0.3])
     assert "leveling_drift" in run(drift, np.full(120, 3.0))
+
+
+@pytest.mark.parametrize(
+    ("changes", "anomaly"),
+    [
+        # doors that always took 2.2 s (MAD 0): one sample longer is no anomaly, 1.5 s is
+        ({"door_opening_s": 2.3}, False),
+        ({"door_opening_s": 3.7}, True),
+        # jerk always 1.2 m/s³: 0.6 above it is within a 10-Hz difference's noise
+        ({"peak_jerk_mps3": 1.8}, False),
+        ({"peak_jerk_mps3": 3.4}, True),
+    ],
+)
+def test_a_car_whose_trips_are_alike_is_judged_at_its_sensors_resolution(
+    changes: dict[str, float], anomaly: bool
+) -> None:
+    """With every trip alike the median absolute deviation is 0: with no floor on the
+    robust z's scale, any trip off by one reading was a ``trip_anomaly`` (no-fault seed 296:
+    z 8.2 for a jerk 0.6 m/s³ above its median)."""
+    health = TripHealth(Thresholds())
+    st = health.new("32070620200000000001")
+    for i in range(60):
+        assert health.observe(st, trip(i, 1.0, 2.2), LIM) == []
+    odd = msgspec.structs.replace(trip(60, 1.0, 2.2), **changes)
+    alerts = health.observe(st, odd, LIM)
+    assert ("trip_anomaly" in {a.alert_type for a in alerts}) is anomaly
