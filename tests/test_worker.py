@@ -400,8 +400,8 @@ def test_a_terminal_clock_an_hour_ahead_is_stored_at_its_corrected_times(
 
 
 def test_changelog_records_fetched_but_never_recovered_are_read_again() -> None:
-    """A worker waited in its table recovery for ever, folding nothing (the demo, about one
-    run in three one day): the consumer had fetched the changelog records and they never
+    """A worker waited in its table recovery for ever, folding nothing (the demo, 3 runs of
+    5 one day): the consumer had fetched the changelog records and they never
     reached recovery. Such a partition is read again; one still being read is left alone."""
     from faust.types import TP
 
