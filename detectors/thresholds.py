@@ -250,7 +250,11 @@ class Thresholds:
     leveling_drift_ewma_alpha, leveling_drift_limit_sigmas
         λ and L of the leveling-offset EWMA chart (0.1, 4.5).
     leveling_drift_baseline_stops
-        Stops that form the chart's in-control baseline (50).
+        Stops that form the chart's in-control baseline (100, about half a busy car's day:
+        a stop's offset varies by ±3 mm, and a baseline mean of 50 stops was 1 mm off its
+        car's true mean often enough to raise ``leveling_drift`` on ordinary stops, no-fault
+        seeds 342, 371, 377; ``tianyan bench online``, leveling drift at 24–96 mm/day:
+        14 of 17 cars charted first at 50 and at 100, p50 4,565 s and 5,178 s after onset).
     leveling_drift_min_sigma_mm
         Floor on the baseline standard deviation, mm: leveling sensors read in whole
         millimetres, so a car that always reads the same must not alarm at the first 1 mm.
@@ -427,7 +431,7 @@ class Thresholds:
     passenger_mass_kg: float = 75.0
     leveling_drift_ewma_alpha: float = 0.1
     leveling_drift_limit_sigmas: float = 4.5
-    leveling_drift_baseline_stops: int = 50
+    leveling_drift_baseline_stops: int = 100
     leveling_drift_min_sigma_mm: float = 1.0
     leveling_drift_min_shift_mm: float = 3.0
     leveling_drift_clip_sigmas: float = 3.0
