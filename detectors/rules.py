@@ -170,6 +170,10 @@ class RuleState(msgspec.Struct):
     stalled_since_ms: int = _NONE
     run_since_ms: int = _NONE
     position_m: float = 0.0
+    #: The last leveling reading of a car not moving, and when (``leveling_accuracy``
+    #: judges a steady reading only: one that moves is a car moving).
+    level_prev_mm: float = math.nan
+    level_prev_ms: int = _NONE
     #: The floor the terminal last reported (``None`` before the first sample): where a
     #: stopped car is, for the rescuers.
     floor: int | None = None
@@ -1164,13 +1168,26 @@ def _power_loss(em: _Emitter, c: _Sample) -> None:
 
 def _leveling_accuracy(em: _Emitter, c: _Sample) -> None:
     """``leveling_accuracy``: beyond ±``leveling_accuracy_mm`` while the doors are open at
-    a landing; an episode, cleared after ``accuracy_clear_stops`` good stops (at departure)."""
+    a landing, on a car at rest: stood ``stop_confirm_s`` (seen so, as for the stopping
+    accuracy) and its leveling reading steady, moving no faster than the standstill speed
+    since the last one. A car still settling is not at rest; nor is one leaving with its
+    doors open under a frozen speed reading, the speed estimate a moment behind while the
+    leveling reading runs off at 0.1–0.3 m/s (raised beside ``door_open_while_running``,
+    seed 1410). An episode, cleared after ``accuracy_clear_stops`` good stops (at
+    departure)."""
     st = em.st
+    prev_mm, prev_ms = st.level_prev_mm, st.level_prev_ms
+    if c.offset_mm == c.offset_mm:  # NaN: no reading
+        st.level_prev_mm, st.level_prev_ms = c.offset_mm, c.t
     if not (c.zone and c.door == _OPEN):
         return
     st.stop_doors_opened = True
-    if _leveling_frozen(st):
+    if _leveling_frozen(st) or c.t - max(st.standing_since_ms, st.stop_seen_ms) < (
+        em.d.stop_confirm_ms
+    ):
         return
+    if prev_ms >= 0 and abs(c.offset_mm - prev_mm) > em.d.v_stand * (c.t - prev_ms):
+        return  # mm against m/s × ms: both in mm
     limit_mm = em.d.thresholds.leveling_accuracy_mm
     holds = abs(c.offset_mm) > limit_mm
     runs = st.runs

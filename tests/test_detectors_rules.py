@@ -1044,3 +1044,46 @@ def test_readings_alike_across_a_jump_in_time_are_no_frozen_sensor() -> None:
     after = ride(1, 11.0, [0.999, 0.999, *noisy[:8]], shift_ms=1000)
     st, alerts = feed([before, after])
     assert not st.speed_frozen and kinds(alerts) == []
+
+
+@pytest.mark.parametrize(("settled_mm", "raised"), [(2.0, False), (30.0, True)])
+def test_leveling_accuracy_is_judged_on_a_car_at_rest(settled_mm: float, raised: bool) -> None:
+    """Doors open the moment the car reads standing, 30 mm off for 0.3 s while it settles:
+    no ``leveling_accuracy`` unless it is still off once it has stood ``stop_confirm_s``,
+    as the stopping accuracy waits."""
+    seconds = [travel(0, speed_mps=1.0, position_m=3.0)]
+    seconds += [
+        [
+            car(
+                t_ms=T0 + 1000 + k * 100,
+                position_m=3.0,
+                door=2,
+                leveling_offset_mm=30.0 if k < 3 else settled_mm,
+            )
+            for k in range(10)
+        ]
+    ]
+    seconds += [second(2, position_m=3.0, door=2, leveling_offset_mm=settled_mm)]
+    _, alerts = feed(seconds)
+    assert ("leveling_accuracy" in kinds(alerts)) is raised
+
+
+def test_a_leveling_reading_that_runs_off_is_a_car_moving_not_a_level() -> None:
+    """Seed 1410: a car leaves a landing with its doors open, its speed reading frozen at
+    0 and the encoder's estimate a moment behind; its leveling reading runs off −7, −15,
+    −27, −46 mm in 100-ms steps. That is the car moving (``door_open_while_running``), not
+    a ``leveling_accuracy`` fault. The same readings, steady, are one."""
+    seconds = [travel(0, speed_mps=1.0, position_m=3.0)]
+    seconds += [second(s, position_m=3.0, door=2, leveling_offset_mm=-1.0) for s in (1, 2)]
+    leaving = [-1.0, -1.1, -2.8, -7.0, -14.6, -26.6, -45.9, -72.8, -106.7, -150.0]
+    seconds += [
+        [
+            car(t_ms=T0 + 3000 + k * 100, position_m=3.0, door=2, leveling_offset_mm=x)
+            for k, x in enumerate(leaving)
+        ]
+    ]
+    _, alerts = feed(seconds)
+    assert "leveling_accuracy" not in kinds(alerts)
+    seconds[-1] = second(3, position_m=3.0, door=2, leveling_offset_mm=-45.9)
+    _, alerts = feed(seconds)
+    assert "leveling_accuracy" in kinds(alerts)
