@@ -1220,8 +1220,14 @@ def _stopping_accuracy(em: _Emitter, c: _Sample) -> None:
     # The stop's offset is the median of its readings over the second half of the
     # confirmation, not the last one alone: a car stopped 9 mm low read -10.1 mm in that
     # one sample (the sensor's noise) and raised an alarm. The first half is the car still
-    # creeping in below the standstill speed (-12.7, -10.3 mm there).
-    if c.offset_mm == c.offset_mm and 2 * stood_ms >= d.stop_confirm_ms:  # NaN: no reading
+    # creeping in below the standstill speed (-12.7, -10.3 mm there). A frozen reading is
+    # none: a sensor stuck at -403 mm through the ride that came back 0.1 s before the stop
+    # was judged left its frozen readings in the median (no-fault seed 237).
+    if (
+        c.offset_mm == c.offset_mm  # NaN: no reading
+        and 2 * stood_ms >= d.stop_confirm_ms
+        and not _leveling_frozen(st)
+    ):
         st.stop_offsets_mm.append(c.offset_mm)
     if stood_ms < d.stop_confirm_ms:
         return

@@ -1087,3 +1087,16 @@ def test_a_leveling_reading_that_runs_off_is_a_car_moving_not_a_level() -> None:
     seconds[-1] = second(3, position_m=3.0, door=2, leveling_offset_mm=-45.9)
     _, alerts = feed(seconds)
     assert "leveling_accuracy" in kinds(alerts)
+
+
+def test_a_leveling_reading_that_unfreezes_as_the_car_stops_judges_the_stop_on_live_ones() -> None:
+    """Seed 237 (no faults but the device's): the leveling sensor stuck at −403 mm through
+    the ride came back 0.1 s before the stop was judged. Its frozen readings were in the
+    stop's median, and a car level at its landing raised ``stopping_accuracy``."""
+    seconds = _ride(None)
+    for sec in seconds:
+        for row in sec:
+            if T0 + 2_000 <= row["t_ms"] < T0 + 5_600:  # stuck as the car set off
+                row["leveling_offset_mm"] = -403.0
+    _, alerts = feed(seconds)
+    assert "stopping_accuracy" not in kinds(alerts)
