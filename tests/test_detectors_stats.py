@@ -194,3 +194,22 @@ def test_a_car_whose_trips_are_alike_is_judged_at_its_sensors_resolution(
     odd = msgspec.structs.replace(trip(60, 1.0, 2.2), **changes)
     alerts = health.observe(st, odd, LIM)
     assert ("trip_anomaly" in {a.alert_type for a in alerts}) is anomaly
+
+
+@pytest.mark.parametrize(("charted_mm", "alarm"), [(-2.3, False), (-3.2, True)])
+def test_an_ewma_limit_counts_its_baseline_mean_s_own_uncertainty(
+    charted_mm: float, alarm: bool
+) -> None:
+    """A baseline mean of 50 stops of σ 3 mm is itself uncertain by 0.42 mm: the limit is
+    L σ √(λ/(2−λ) + 1/n), not L σ √(λ/(2−λ)). With the EWMA alone a car whose baseline sat
+    1 mm above its true mean raised ``leveling_drift`` on ordinary stops (no-fault seeds
+    342, 371, 377): here an EWMA settled 3.3 mm from the baseline (1.06 of the old limit)
+    is inside the limit, 4.2 mm is beyond it."""
+    from detectors.stats import Ewma
+
+    chart = Ewma(alpha=0.1, limit_sigmas=4.5, warmup=50, min_sigma=1.0)
+    for k in range(50):
+        chart.learn_one(1.0 + (3.0 if k % 2 else -3.0))  # mean 1.0 mm, σ ≈ 3.03 mm
+    for _ in range(200):
+        chart.learn_one(charted_mm)
+    assert (chart.score_one() >= 1.0) is alarm
